@@ -1,0 +1,10 @@
+//! lifeboat: disaster recovery for small Kubernetes clusters.
+//!
+//! The library behind both programs: the repository format ([`repo`]), the
+//! object stores it lives in ([`storage`]), what is backed up ([`sources`]),
+//! turning snapshots back into data ([`restore`]) and the local state cache
+//! ([`state`]). `lifeboatd` (the service) and `lifeboat` (the restore CLI)
+//! are thin layers over it.
+
+pub mod repo;
+pub mod storage;

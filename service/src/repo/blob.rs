@@ -1,0 +1,90 @@
+//! The blob codec: each blob is stored zstd-compressed, or raw when
+//! compression would not make it smaller.
+
+use serde::{Deserialize, Serialize};
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// A chunk of file or stream data.
+    Data,
+    /// A tree: one directory's listing (JSON).
+    Tree,
+}
+
+impl BlobKind {
+    /// The kind's code in a pack's blob table.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Data => 0,
+            Self::Tree => 1,
+        }
+    }
+
+    /// The kind of a blob-table code.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Data),
+            1 => Some(Self::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// A blob as it is stored in a pack.
+#[derive(Debug)]
+pub(crate) struct EncodedBlob {
+    /// The stored bytes.
+    pub bytes: Vec<u8>,
+    /// Whether `bytes` is a zstd frame (else the plaintext itself).
+    pub compressed: bool,
+}
+
+/// Compresses `plain` at `level`, keeping it raw unless that saves at least
+/// 1/32 of its size.
+pub(crate) fn encode(plain: &[u8], level: i32) -> EncodedBlob {
+    if level > 0 {
+        if let Ok(packed) = zstd::bulk::compress(plain, level) {
+            if packed.len() + plain.len() / 32 < plain.len() {
+                return EncodedBlob {
+                    bytes: packed,
+                    compressed: true,
+                };
+            }
+        }
+    }
+    EncodedBlob {
+        bytes: plain.to_vec(),
+        compressed: false,
+    }
+}
+
+/// Reverses [`encode`]; `raw_length` is the plaintext length recorded for
+/// the blob. Returns `None` when the stored bytes do not decompress to it.
+pub(crate) fn decode(stored: &[u8], compressed: bool, raw_length: usize) -> Option<Vec<u8>> {
+    if !compressed {
+        return (stored.len() == raw_length).then(|| stored.to_vec());
+    }
+    let plain = zstd::bulk::decompress(stored, raw_length).ok()?;
+    (plain.len() == raw_length).then_some(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_data_is_compressed_and_random_data_is_not() {
+        let text = b"lifeboat ".repeat(1000);
+        let packed = encode(&text, 3);
+        assert!(packed.compressed && packed.bytes.len() < text.len() / 10);
+        assert_eq!(decode(&packed.bytes, true, text.len()), Some(text.clone()));
+
+        let noise: Vec<u8> = (0..10_000).map(|_| rand::random()).collect();
+        let kept = encode(&noise, 3);
+        assert!(!kept.compressed);
+        assert_eq!(decode(&kept.bytes, false, noise.len()), Some(noise));
+        assert_eq!(decode(&packed.bytes, true, text.len() + 1), None);
+    }
+}

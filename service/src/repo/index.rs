@@ -1,0 +1,174 @@
+//! Index objects: where every blob lives.
+//!
+//! An index object (`index/<id>`) is zstd-compressed JSON encrypted to the
+//! service and the restore recipients, listing packs and the blobs in each.
+//! Writers add one index object every few packs and at the end of a backup,
+//! so a crash loses at most the last few packs' entries (their packs stay
+//! as unreferenced garbage until prune). The in-memory [`Index`] is the union
+//! of all index objects.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::blob::BlobKind;
+use super::id::{BlobId, IndexId, PackId};
+use super::pack::PackedBlob;
+
+/// One pack as an index object lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexedPack {
+    /// The pack.
+    pub id: PackId,
+    /// Its size as stored.
+    pub size: u64,
+    /// Where the age payload starts (header plus nonce length).
+    pub payload_offset: u64,
+    /// Its blobs.
+    pub blobs: Vec<IndexedBlob>,
+}
+
+/// One blob as an index object lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexedBlob {
+    /// The blob.
+    pub id: BlobId,
+    /// What it holds.
+    pub kind: BlobKind,
+    /// Whether stored as a zstd frame.
+    pub compressed: bool,
+    /// Start of its stored bytes in the pack's plaintext.
+    pub offset: u64,
+    /// Stored length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+impl From<&PackedBlob> for IndexedBlob {
+    fn from(blob: &PackedBlob) -> Self {
+        Self {
+            id: blob.id,
+            kind: blob.kind,
+            compressed: blob.compressed,
+            offset: blob.offset,
+            length: blob.length,
+            raw_length: blob.raw_length,
+        }
+    }
+}
+
+impl IndexedBlob {
+    /// As a pack's blob table would list it.
+    pub fn as_packed(&self) -> PackedBlob {
+        PackedBlob {
+            id: self.id,
+            kind: self.kind,
+            compressed: self.compressed,
+            offset: self.offset,
+            length: self.length,
+            raw_length: self.raw_length,
+        }
+    }
+}
+
+/// The plaintext of an index object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexFile {
+    /// The packs it lists.
+    pub packs: Vec<IndexedPack>,
+}
+
+/// Where a blob is: its pack and place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Its entry.
+    pub blob: PackedBlob,
+}
+
+/// What the repository knows of a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackInfo {
+    /// Its size as stored.
+    pub size: u64,
+    /// Where the age payload starts.
+    pub payload_offset: u64,
+    /// How many blobs it holds.
+    pub blobs: u32,
+}
+
+/// Every blob and pack of the repository, from all index objects.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    blobs: HashMap<BlobId, BlobLocation>,
+    packs: HashMap<PackId, PackInfo>,
+    files: Vec<IndexId>,
+}
+
+impl Index {
+    /// Adds the entries of one index object.
+    pub fn add_file(&mut self, id: IndexId, file: IndexFile) {
+        self.files.push(id);
+        for pack in file.packs {
+            self.add_pack(&pack);
+        }
+    }
+
+    /// Adds one pack's entries.
+    pub fn add_pack(&mut self, pack: &IndexedPack) {
+        self.packs.insert(
+            pack.id,
+            PackInfo {
+                size: pack.size,
+                payload_offset: pack.payload_offset,
+                blobs: u32::try_from(pack.blobs.len()).unwrap_or(u32::MAX),
+            },
+        );
+        for blob in &pack.blobs {
+            self.blobs.entry(blob.id).or_insert(BlobLocation {
+                pack: pack.id,
+                blob: blob.as_packed(),
+            });
+        }
+    }
+
+    /// Where `id` is stored, if anywhere.
+    pub fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
+        self.blobs.get(id)
+    }
+
+    /// Whether `id` is stored.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// What is known of a pack.
+    pub fn pack(&self, id: &PackId) -> Option<&PackInfo> {
+        self.packs.get(id)
+    }
+
+    /// Every pack.
+    pub fn packs(&self) -> impl Iterator<Item = (&PackId, &PackInfo)> {
+        self.packs.iter()
+    }
+
+    /// Every blob.
+    pub fn blobs(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
+        self.blobs.iter()
+    }
+
+    /// The index objects read.
+    pub fn files(&self) -> &[IndexId] {
+        &self.files
+    }
+
+    /// Number of distinct blobs.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+}

@@ -1,0 +1,483 @@
+//! The repository format (v1, see `FORMAT.md`).
+//!
+//! Knows nothing of sources, HTTP, schedules or the CLI: it turns blobs into
+//! packs, indexes and snapshots in an [`ObjectStore`](crate::storage::ObjectStore)
+//! and back. The typestate is [`Repository`] (config read) →
+//! [`UnlockedRepository`] (keys and index loaded with an identity); reading
+//! packs needs the restore identity, writing needs only public recipients.
+
+pub mod blob;
+pub mod check;
+pub mod chunker;
+pub mod config;
+mod crypt;
+pub mod id;
+pub mod index;
+pub mod keys;
+mod meta;
+pub mod pack;
+pub mod reader;
+pub mod snapshot;
+pub mod tree;
+pub mod writer;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::storage::{ObjectStore, StorageError};
+use config::{CONFIG_KEY, FORMAT_VERSION, InitOptions, KEYS_KEY, KeysObject, RepoConfig};
+pub use crypt::CryptError;
+use id::{BlobId, IndexId, SnapshotId};
+use index::{Index, IndexFile};
+use keys::{AnyIdentity, ChunkIdKey, IdentityFile, KeyError, Recipients};
+use snapshot::{Snapshot, SnapshotEntry};
+
+/// What can go wrong with a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// No repository is there.
+    #[error("no lifeboat repository at {url}; create one with `lifeboat init --repo {url}`")]
+    NotARepository {
+        /// The store.
+        url: String,
+    },
+    /// `init` found a repository already there.
+    #[error("a repository already exists at {url}; use it, or pick an empty location")]
+    AlreadyInitialized {
+        /// The store.
+        url: String,
+    },
+    /// The `config` object is unusable.
+    #[error("the repository config at {url} is invalid: {reason}")]
+    BadConfig {
+        /// The store.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// An identity file matches neither key role.
+    #[error(
+        "the identity {identity} is neither this repository's restore key nor its service key \
+         (restore recipients: {restore}; service recipients: {service})"
+    )]
+    WrongKey {
+        /// The identity file.
+        identity: String,
+        /// The repository's restore recipients.
+        restore: String,
+        /// The repository's service recipients.
+        service: String,
+    },
+    /// An operation needs the restore key.
+    #[error("{what} needs the restore key; pass the restore identity file, not the service key")]
+    NeedsRestoreKey {
+        /// The operation.
+        what: &'static str,
+    },
+    /// An object could not be decrypted.
+    #[error("object {key}: {source}")]
+    Crypt {
+        /// The object.
+        key: String,
+        /// Why.
+        #[source]
+        source: CryptError,
+    },
+    /// An object is damaged or malformed.
+    #[error(
+        "object {key} is damaged: {reason}; run `lifeboat check --read-data` to find all damage"
+    )]
+    Damaged {
+        /// The object.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A blob the snapshot needs is in no index.
+    #[error("blob {id} is missing from the repository's index")]
+    MissingBlob {
+        /// The blob.
+        id: BlobId,
+    },
+    /// No snapshot matches.
+    #[error("no snapshot matches {spec:?}; list them with `lifeboat snapshots`")]
+    NoSnapshot {
+        /// What was asked for.
+        spec: String,
+    },
+    /// Several snapshots match an id prefix.
+    #[error("{spec:?} matches several snapshots; give more digits of the id")]
+    AmbiguousSnapshot {
+        /// What was asked for.
+        spec: String,
+    },
+    /// Keys could not be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The background uploader stopped.
+    #[error("the upload of packs stopped: {0}")]
+    Upload(String),
+}
+
+/// A repository whose config has been read.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    config: RepoConfig,
+    config_bytes: Bytes,
+    recipients: Recipients,
+}
+
+impl Repository {
+    /// Creates a repository in an empty store.
+    ///
+    /// Fails when one is already there, the options are invalid, or the
+    /// store cannot be written.
+    pub async fn init(
+        store: Arc<dyn ObjectStore>,
+        recipients: Recipients,
+        options: &InitOptions,
+    ) -> Result<Self, RepoError> {
+        let url = store.url();
+        options.validate().map_err(|reason| RepoError::BadConfig {
+            url: url.clone(),
+            reason,
+        })?;
+        if recipients.restore.is_empty() || recipients.service.is_empty() {
+            return Err(RepoError::BadConfig {
+                url,
+                reason: "a repository needs at least one restore and one service recipient".into(),
+            });
+        }
+        match store.get(CONFIG_KEY).await {
+            Ok(_) => return Err(RepoError::AlreadyInitialized { url }),
+            Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let config = RepoConfig::new(options, &recipients);
+        let config_bytes = Bytes::from(serde_json::to_vec_pretty(&config).unwrap_or_default());
+        let keys = KeysObject::new(&ChunkIdKey::generate(), &config_bytes);
+        let keys_cipher =
+            meta::seal(&keys, recipients.both()).map_err(|source| RepoError::Crypt {
+                key: KEYS_KEY.into(),
+                source,
+            })?;
+        // A `keys` without a `config` is left by an init that crashed: replace it.
+        store.delete(KEYS_KEY).await?;
+        store.put_new(KEYS_KEY, keys_cipher.into()).await?;
+        store.put_new(CONFIG_KEY, config_bytes.clone()).await?;
+        Ok(Self {
+            store,
+            config,
+            config_bytes,
+            recipients,
+        })
+    }
+
+    /// Opens the repository in `store` by reading its config.
+    ///
+    /// Fails when there is no repository or its config is invalid.
+    pub async fn open(store: Arc<dyn ObjectStore>) -> Result<Self, RepoError> {
+        let url = store.url();
+        let config_bytes = match store.get(CONFIG_KEY).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Err(RepoError::NotARepository { url }),
+            Err(e) => return Err(e.into()),
+        };
+        let bad = |reason: String| RepoError::BadConfig {
+            url: url.clone(),
+            reason,
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| bad(e.to_string()))?;
+        if config.version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported by this lifeboat (it reads version {FORMAT_VERSION})",
+                config.version
+            )));
+        }
+        let recipients = config.recipients()?;
+        Ok(Self {
+            store,
+            config,
+            config_bytes,
+            recipients,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The recipients objects are encrypted to.
+    pub fn recipients(&self) -> &Recipients {
+        &self.recipients
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Tells whether an identity file is this repository's restore or
+    /// service key.
+    ///
+    /// Fails with [`RepoError::WrongKey`] when it is neither.
+    pub fn identify(&self, file: IdentityFile) -> Result<AnyIdentity, RepoError> {
+        let held = file.recipients();
+        if held.iter().any(|r| self.recipients.restore.contains(r)) {
+            return Ok(AnyIdentity::Restore(file.into_restore()));
+        }
+        if held.iter().any(|r| self.recipients.service.contains(r)) {
+            return Ok(AnyIdentity::Service(file.into_service()));
+        }
+        let join = |list: &[keys::Recipient]| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(RepoError::WrongKey {
+            identity: format!("{file:?}"),
+            restore: join(&self.recipients.restore),
+            service: join(&self.recipients.service),
+        })
+    }
+
+    /// Reads the keys and the whole index with `identity` (either role).
+    ///
+    /// Fails when the identity opens no key, `config` was altered, or an
+    /// index object is unreadable.
+    pub async fn unlock(self, identity: AnyIdentity) -> Result<UnlockedRepository, RepoError> {
+        let keys_cipher = self.store.get(KEYS_KEY).await?;
+        let keys: KeysObject =
+            meta::open(&keys_cipher, identity.age_identities()).map_err(|e| e.at(KEYS_KEY))?;
+        if keys.config_blake3 != blake3::hash(&self.config_bytes).to_hex().as_str() {
+            return Err(RepoError::Damaged {
+                key: CONFIG_KEY.into(),
+                reason: "it differs from the copy sealed in `keys` (altered or corrupted)".into(),
+            });
+        }
+        let chunk_key = keys.chunk_id_key().ok_or_else(|| RepoError::Damaged {
+            key: KEYS_KEY.into(),
+            reason: "the chunk-id key is malformed".into(),
+        })?;
+        let identity = Arc::new(identity);
+        let (index, index_problems) = load_index(&self.store, &identity).await?;
+        for (key, problem) in &index_problems {
+            tracing::warn!(object = %key, "skipping an unreadable index object: {problem}");
+        }
+        Ok(UnlockedRepository {
+            repo: self,
+            chunk_key,
+            identity,
+            index: Arc::new(index),
+            index_problems,
+        })
+    }
+}
+
+/// Index objects that could not be read, with the reason.
+type IndexProblems = Vec<(String, String)>;
+
+/// Reads every index object, a few at a time. An unreadable index object is
+/// set aside: its packs' blobs count as missing (and are stored again by the
+/// next backup) rather than making the repository unusable.
+async fn load_index(
+    store: &Arc<dyn ObjectStore>,
+    identity: &Arc<AnyIdentity>,
+) -> Result<(Index, IndexProblems), RepoError> {
+    let listed = store.list("index/").await?;
+    let mut index = Index::default();
+    let mut problems = Vec::new();
+    let mut pending = tokio::task::JoinSet::new();
+    let mut objects = listed.into_iter();
+    loop {
+        while pending.len() < 8 {
+            let Some(object) = objects.next() else { break };
+            let (store, identity) = (store.clone(), identity.clone());
+            pending.spawn(async move {
+                let key = object.key.clone();
+                let read = async move {
+                    let id = object_id::<IndexId>(&object.key, "index/")?;
+                    let cipher = store.get(&object.key).await?;
+                    meta::verify_name(&object.key, id.as_bytes(), &cipher)?;
+                    let file: IndexFile = tokio::task::spawn_blocking(move || {
+                        meta::open(&cipher, identity.age_identities())
+                            .map_err(|e| e.at(&object.key))
+                    })
+                    .await
+                    .map_err(|e| RepoError::Upload(e.to_string()))??;
+                    Ok::<_, RepoError>((id, file))
+                };
+                (key, read.await)
+            });
+        }
+        let Some(done) = pending.join_next().await else {
+            break;
+        };
+        match done.map_err(|e| RepoError::Upload(e.to_string()))? {
+            (_, Ok((id, file))) => index.add_file(id, file),
+            (_, Err(RepoError::Storage(e))) => return Err(e.into()),
+            (key, Err(e)) => problems.push((key, e.to_string())),
+        }
+    }
+    Ok((index, problems))
+}
+
+/// Parses the id in an object key such as `index/<hex>`.
+fn object_id<T: std::str::FromStr>(key: &str, prefix: &str) -> Result<T, RepoError> {
+    key.strip_prefix(prefix)
+        .and_then(|hex| hex.parse().ok())
+        .ok_or_else(|| RepoError::Damaged {
+            key: key.into(),
+            reason: "its name is not a 64-digit hex id".into(),
+        })
+}
+
+/// A repository whose keys and index are loaded.
+#[derive(Debug, Clone)]
+pub struct UnlockedRepository {
+    repo: Repository,
+    chunk_key: ChunkIdKey,
+    identity: Arc<AnyIdentity>,
+    index: Arc<Index>,
+    index_problems: IndexProblems,
+}
+
+impl UnlockedRepository {
+    /// Index objects that could not be read when unlocking, with the reason.
+    pub fn index_problems(&self) -> &[(String, String)] {
+        &self.index_problems
+    }
+
+    /// The opened repository.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The index as loaded.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// The identity it was unlocked with.
+    pub fn identity(&self) -> &AnyIdentity {
+        &self.identity
+    }
+
+    /// Whether the restore key unlocked it (so packs can be read).
+    pub fn can_read_data(&self) -> bool {
+        self.identity.as_restore().is_some()
+    }
+
+    /// Adds packs written since the index was loaded.
+    pub fn add_packs(&mut self, packs: &[index::IndexedPack]) {
+        let index = Arc::make_mut(&mut self.index);
+        for pack in packs {
+            index.add_pack(pack);
+        }
+    }
+
+    /// A writer of new blobs (needs only public keys).
+    pub fn writer(&self) -> writer::BlobWriter {
+        writer::BlobWriter::start(
+            self.repo.store.clone(),
+            self.repo.recipients.clone(),
+            self.chunk_key.clone(),
+            self.index.clone(),
+            &self.repo.config,
+        )
+    }
+
+    /// A reader of blobs.
+    ///
+    /// Fails with [`RepoError::NeedsRestoreKey`] when unlocked with the
+    /// service key.
+    pub fn reader(&self, what: &'static str) -> Result<reader::BlobReader, RepoError> {
+        if !self.can_read_data() {
+            return Err(RepoError::NeedsRestoreKey { what });
+        }
+        Ok(reader::BlobReader::new(
+            self.repo.store.clone(),
+            self.identity.clone(),
+            self.chunk_key.clone(),
+            self.index.clone(),
+        ))
+    }
+
+    /// Writes a snapshot object: the last step of a backup.
+    ///
+    /// Fails when the store cannot be written.
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
+        let cipher = meta::seal(snapshot, self.repo.recipients.both()).map_err(|source| {
+            RepoError::Crypt {
+                key: "snapshots/".into(),
+                source,
+            }
+        })?;
+        let id = SnapshotId::from_bytes(id::content_hash(&cipher));
+        self.repo.store.put_new(&id.key(), cipher.into()).await?;
+        Ok(id)
+    }
+
+    /// Every snapshot, oldest first.
+    ///
+    /// Fails when a snapshot object is unreadable.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>, RepoError> {
+        let listed = self.repo.store.list("snapshots/").await?;
+        let mut entries = Vec::with_capacity(listed.len());
+        for object in listed {
+            let id = object_id::<SnapshotId>(&object.key, "snapshots/")?;
+            entries.push(SnapshotEntry {
+                id,
+                snapshot: self.read_snapshot(id).await?,
+            });
+        }
+        entries.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(entries)
+    }
+
+    /// Reads one snapshot.
+    ///
+    /// Fails when it is missing, damaged or not readable with this key.
+    pub async fn read_snapshot(&self, id: SnapshotId) -> Result<Snapshot, RepoError> {
+        let key = id.key();
+        let cipher = self.repo.store.get(&key).await?;
+        meta::verify_name(&key, id.as_bytes(), &cipher)?;
+        meta::open(&cipher, self.identity.age_identities()).map_err(|e| e.at(&key))
+    }
+
+    /// Finds a snapshot by `latest`, `latest:JOB` or an id prefix.
+    ///
+    /// Fails when none or several match.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry, RepoError> {
+        let all = self.snapshots().await?;
+        let none = || RepoError::NoSnapshot { spec: spec.into() };
+        if let Some(rest) = spec.strip_prefix("latest") {
+            let job = rest.strip_prefix(':');
+            if !rest.is_empty() && job.is_none() {
+                return Err(none());
+            }
+            return all
+                .into_iter()
+                .rev()
+                .find(|e| job.is_none_or(|job| e.snapshot.job == job))
+                .ok_or_else(none);
+        }
+        let prefix = spec.to_ascii_lowercase();
+        let mut matching = all
+            .into_iter()
+            .filter(|e| e.id.to_hex().starts_with(&prefix));
+        match (matching.next(), matching.next()) {
+            (Some(entry), None) if !prefix.is_empty() => Ok(entry),
+            (Some(_), Some(_)) => Err(RepoError::AmbiguousSnapshot { spec: spec.into() }),
+            _ => Err(none()),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Packs: many blobs in one age file.
+//!
+//! A pack's plaintext is the stored blobs back to back, then a blob table,
+//! then a 16-byte trailer:
+//!
+//! ```text
+//! blob 0 | blob 1 | … | entry 0 | entry 1 | … | u32 count | u32 version | "LBPACK\0\0"
+//! entry = id (32) | kind u8 | compressed u8 | offset u64 | length u32 | raw_length u32   (50 bytes, little-endian)
+//! ```
+//!
+//! The whole plaintext is encrypted to the restore recipients only, so the
+//! blob boundaries stay hidden, and the table lets the index be rebuilt from
+//! the packs alone with the restore key.
+
+use super::blob::BlobKind;
+use super::id::BlobId;
+
+const MAGIC: &[u8; 8] = b"LBPACK\0\0";
+const VERSION: u32 = 1;
+const ENTRY_LEN: usize = 50;
+const TRAILER_LEN: usize = 16;
+
+/// One blob's place in a pack's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedBlob {
+    /// The blob.
+    pub id: BlobId,
+    /// What it holds.
+    pub kind: BlobKind,
+    /// Whether it is stored as a zstd frame.
+    pub compressed: bool,
+    /// Where its stored bytes start in the pack's plaintext.
+    pub offset: u64,
+    /// How many stored bytes it has.
+    pub length: u32,
+    /// Its plaintext length.
+    pub raw_length: u32,
+}
+
+impl PackedBlob {
+    /// The plaintext byte range of the stored blob within its pack.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.length)
+    }
+}
+
+/// Why a pack's plaintext could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the pack's blob table is damaged: {0}")]
+pub struct BadPack(&'static str);
+
+/// A pack being filled.
+#[derive(Debug, Default)]
+pub(crate) struct PackBuilder {
+    body: Vec<u8>,
+    blobs: Vec<PackedBlob>,
+}
+
+impl PackBuilder {
+    /// An empty pack with room for `capacity` bytes.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            body: Vec::with_capacity(capacity),
+            blobs: Vec::new(),
+        }
+    }
+
+    /// Appends a stored blob. Fails if it is larger than 4 GiB.
+    pub(crate) fn add(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        stored: &[u8],
+        compressed: bool,
+        raw_length: usize,
+    ) {
+        let entry = PackedBlob {
+            id,
+            kind,
+            compressed,
+            offset: self.body.len() as u64,
+            length: u32::try_from(stored.len()).unwrap_or(u32::MAX),
+            raw_length: u32::try_from(raw_length).unwrap_or(u32::MAX),
+        };
+        self.body.extend_from_slice(stored);
+        self.blobs.push(entry);
+    }
+
+    /// Bytes of blobs held so far.
+    pub(crate) fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether no blob was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// The finished plaintext and the blobs it holds.
+    pub(crate) fn finish(mut self) -> (Vec<u8>, Vec<PackedBlob>) {
+        for blob in &self.blobs {
+            self.body.extend_from_slice(blob.id.as_bytes());
+            self.body.push(blob.kind.code());
+            self.body.push(u8::from(blob.compressed));
+            self.body.extend_from_slice(&blob.offset.to_le_bytes());
+            self.body.extend_from_slice(&blob.length.to_le_bytes());
+            self.body.extend_from_slice(&blob.raw_length.to_le_bytes());
+        }
+        let count = u32::try_from(self.blobs.len()).unwrap_or(u32::MAX);
+        self.body.extend_from_slice(&count.to_le_bytes());
+        self.body.extend_from_slice(&VERSION.to_le_bytes());
+        self.body.extend_from_slice(MAGIC);
+        (self.body, self.blobs)
+    }
+}
+
+/// Reads the blob table of a pack's plaintext.
+///
+/// Fails when the trailer or a table entry is malformed or points outside
+/// the blob area.
+pub fn read_table(plain: &[u8]) -> Result<Vec<PackedBlob>, BadPack> {
+    let trailer_at = plain
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .ok_or(BadPack("too short"))?;
+    let trailer = &plain[trailer_at..];
+    if &trailer[8..] != MAGIC {
+        return Err(BadPack("no LBPACK trailer"));
+    }
+    if le_u32(&trailer[4..8]) != VERSION {
+        return Err(BadPack("unknown pack version"));
+    }
+    let count = le_u32(&trailer[..4]) as usize;
+    let table_at = count
+        .checked_mul(ENTRY_LEN)
+        .and_then(|len| trailer_at.checked_sub(len))
+        .ok_or(BadPack("table longer than the pack"))?;
+    plain[table_at..trailer_at]
+        .chunks_exact(ENTRY_LEN)
+        .map(|entry| {
+            let mut id = [0; 32];
+            id.copy_from_slice(&entry[..32]);
+            let blob = PackedBlob {
+                id: BlobId::from_bytes(id),
+                kind: BlobKind::from_code(entry[32]).ok_or(BadPack("unknown blob kind"))?,
+                compressed: match entry[33] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(BadPack("unknown compression flag")),
+                },
+                offset: u64::from_le_bytes(entry[34..42].try_into().map_err(|_| BadPack("entry"))?),
+                length: le_u32(&entry[42..46]),
+                raw_length: le_u32(&entry[46..50]),
+            };
+            if blob.range().end > table_at as u64 {
+                return Err(BadPack("blob outside the blob area"));
+            }
+            Ok(blob)
+        })
+        .collect()
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_round_trips_and_rejects_damage() -> anyhow::Result<()> {
+        let mut pack = PackBuilder::with_capacity(64);
+        let a = BlobId::from_bytes([1; 32]);
+        let b = BlobId::from_bytes([2; 32]);
+        pack.add(a, BlobKind::Data, b"hello", false, 5);
+        pack.add(b, BlobKind::Tree, b"zz", true, 40);
+        let (plain, blobs) = pack.finish();
+        let table = read_table(&plain)?;
+        assert_eq!(table, blobs);
+        assert_eq!(&plain[table[1].range().start as usize..][..2], b"zz");
+
+        let mut damaged = plain.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(read_table(&damaged).is_err());
+        assert!(read_table(b"short").is_err());
+        Ok(())
+    }
+}

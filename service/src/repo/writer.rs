@@ -1,0 +1,303 @@
+//! Writing blobs: deduplicate, compress, pack, encrypt, upload, index.
+//!
+//! [`BlobWriter::save`] is synchronous and may be called from many threads
+//! at once: hashing and compression run on the caller's thread, a full pack
+//! is encrypted on the thread that filled it, and sealed packs go through a
+//! bounded channel to an async uploader that runs a few uploads at a time.
+//! The uploader writes an index object after every few packs and at the end,
+//! always after the packs it lists are stored.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::RepoError;
+use super::blob::{self, BlobKind};
+use super::config::RepoConfig;
+use super::crypt;
+use super::id::{BlobId, IndexId, PackId, content_hash};
+use super::index::{Index, IndexFile, IndexedBlob, IndexedPack};
+use super::keys::{ChunkIdKey, Recipients};
+use super::meta;
+use super::pack::{PackBuilder, PackedBlob};
+use crate::storage::{ObjectStore, StorageError};
+
+/// Packs uploaded at the same time.
+const PARALLEL_UPLOADS: usize = 4;
+/// Sealed packs waiting for upload before writers block.
+const QUEUED_PACKS: usize = 2;
+/// Packs listed per index object written during a backup.
+const PACKS_PER_INDEX: usize = 8;
+
+/// A pack ready for upload.
+struct SealedPack {
+    id: PackId,
+    bytes: Bytes,
+    payload_offset: u64,
+    blobs: Vec<PackedBlob>,
+}
+
+/// What a writer stored.
+#[derive(Debug, Clone, Default)]
+pub struct WriteStats {
+    /// New blobs.
+    pub blobs_added: u64,
+    /// Plaintext bytes of new blobs.
+    pub bytes_added: u64,
+    /// Bytes of new packs as stored.
+    pub bytes_stored: u64,
+    /// The packs written, as indexed.
+    pub packs: Vec<IndexedPack>,
+    /// The index objects written.
+    pub indexes: Vec<IndexId>,
+}
+
+struct Shared {
+    key: ChunkIdKey,
+    recipients: Recipients,
+    index: Arc<Index>,
+    level: i32,
+    pack_size: usize,
+    pending: Mutex<HashSet<BlobId>>,
+    open_pack: Mutex<PackBuilder>,
+    blobs_added: AtomicU64,
+    bytes_added: AtomicU64,
+}
+
+/// Stores new blobs of one backup. Dropping it without [`BlobWriter::finish`]
+/// abandons the unflushed packs (garbage for prune, never a broken repository).
+pub struct BlobWriter {
+    shared: Arc<Shared>,
+    sender: mpsc::Sender<SealedPack>,
+    uploader: tokio::task::JoinHandle<Result<(Vec<IndexedPack>, Vec<IndexId>), RepoError>>,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter").finish_non_exhaustive()
+    }
+}
+
+impl BlobWriter {
+    /// Starts a writer and its uploader on the current tokio runtime.
+    pub(crate) fn start(
+        store: Arc<dyn ObjectStore>,
+        recipients: Recipients,
+        key: ChunkIdKey,
+        index: Arc<Index>,
+        config: &RepoConfig,
+    ) -> Self {
+        let pack_size = config.pack_size as usize;
+        let (sender, receiver) = mpsc::channel(QUEUED_PACKS);
+        let uploader = tokio::spawn(upload_packs(store, recipients.clone(), receiver));
+        Self {
+            shared: Arc::new(Shared {
+                key,
+                recipients,
+                index,
+                level: config.compression_level,
+                pack_size,
+                pending: Mutex::new(HashSet::new()),
+                open_pack: Mutex::new(PackBuilder::with_capacity(pack_size + pack_size / 8)),
+                blobs_added: AtomicU64::new(0),
+                bytes_added: AtomicU64::new(0),
+            }),
+            sender,
+            uploader,
+        }
+    }
+
+    /// The id `plain` has as a blob.
+    pub fn blob_id(&self, plain: &[u8]) -> BlobId {
+        BlobId::from_bytes(self.shared.key.hash(plain))
+    }
+
+    /// Whether a blob is already stored or queued.
+    pub fn has(&self, id: &BlobId) -> bool {
+        self.shared.index.contains(id) || self.shared.pending.lock().is_ok_and(|p| p.contains(id))
+    }
+
+    /// Stores `plain` as a blob unless it is already stored, and returns its
+    /// id and whether it was new. Blocking: call it off the async threads.
+    ///
+    /// Fails when the uploader has stopped (the cause comes from
+    /// [`BlobWriter::finish`]).
+    pub fn save(&self, kind: BlobKind, plain: &[u8]) -> Result<(BlobId, bool), RepoError> {
+        let shared = &self.shared;
+        let id = self.blob_id(plain);
+        if shared.index.contains(&id) {
+            return Ok((id, false));
+        }
+        {
+            let mut pending = shared.pending.lock().map_err(|_| poisoned())?;
+            if !pending.insert(id) {
+                return Ok((id, false));
+            }
+        }
+        let encoded = blob::encode(plain, shared.level);
+        let full = {
+            let mut pack = shared.open_pack.lock().map_err(|_| poisoned())?;
+            pack.add(id, kind, &encoded.bytes, encoded.compressed, plain.len());
+            (pack.len() >= shared.pack_size).then(|| {
+                std::mem::replace(
+                    &mut *pack,
+                    PackBuilder::with_capacity(shared.pack_size + shared.pack_size / 8),
+                )
+            })
+        };
+        shared.blobs_added.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes_added
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        if let Some(full) = full {
+            self.send(full)?;
+        }
+        Ok((id, true))
+    }
+
+    fn send(&self, pack: PackBuilder) -> Result<(), RepoError> {
+        let sealed = seal(pack, &self.shared.recipients)?;
+        self.sender.blocking_send(sealed).map_err(|_| {
+            RepoError::Upload("the uploader stopped; see the error that ends the backup".into())
+        })
+    }
+
+    /// Flushes the last pack, waits for every upload and writes the final
+    /// index object. After it returns, every saved blob is stored and indexed.
+    ///
+    /// Fails with the first upload error.
+    pub async fn finish(self) -> Result<WriteStats, RepoError> {
+        let Self {
+            shared,
+            sender,
+            uploader,
+        } = self;
+        let last = {
+            let mut pack = shared.open_pack.lock().map_err(|_| poisoned())?;
+            std::mem::take(&mut *pack)
+        };
+        let flushed = if last.is_empty() {
+            Ok(())
+        } else {
+            let recipients = shared.recipients.clone();
+            match tokio::task::spawn_blocking(move || seal(last, &recipients)).await {
+                Ok(Ok(sealed)) => sender
+                    .send(sealed)
+                    .await
+                    .map_err(|_| RepoError::Upload("the uploader stopped".into())),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(RepoError::Upload(e.to_string())),
+            }
+        };
+        drop(sender);
+        let (packs, indexes) = uploader
+            .await
+            .map_err(|e| RepoError::Upload(e.to_string()))??;
+        flushed?;
+        Ok(WriteStats {
+            blobs_added: shared.blobs_added.load(Ordering::Relaxed),
+            bytes_added: shared.bytes_added.load(Ordering::Relaxed),
+            bytes_stored: packs.iter().map(|p| p.size).sum(),
+            packs,
+            indexes,
+        })
+    }
+}
+
+fn poisoned() -> RepoError {
+    RepoError::Upload("a backup thread panicked".into())
+}
+
+/// Finishes and encrypts a pack.
+fn seal(pack: PackBuilder, recipients: &Recipients) -> Result<SealedPack, RepoError> {
+    let (plain, blobs) = pack.finish();
+    let cipher =
+        crypt::encrypt(recipients.restore_only(), &plain).map_err(|source| RepoError::Crypt {
+            key: "data/".into(),
+            source,
+        })?;
+    let payload_offset = crypt::payload_offset(&cipher).ok_or_else(|| RepoError::Damaged {
+        key: "data/".into(),
+        reason: "age wrote no header".into(),
+    })?;
+    Ok(SealedPack {
+        id: PackId::from_bytes(content_hash(&cipher)),
+        bytes: Bytes::from(cipher),
+        payload_offset,
+        blobs,
+    })
+}
+
+/// Uploads sealed packs, a few at a time, and indexes them.
+async fn upload_packs(
+    store: Arc<dyn ObjectStore>,
+    recipients: Recipients,
+    mut receiver: mpsc::Receiver<SealedPack>,
+) -> Result<(Vec<IndexedPack>, Vec<IndexId>), RepoError> {
+    let mut running = JoinSet::new();
+    let mut unindexed = Vec::new();
+    let mut all = Vec::new();
+    let mut indexes = Vec::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            received = receiver.recv(), if open && running.len() < PARALLEL_UPLOADS => match received {
+                Some(pack) => {
+                    let store = store.clone();
+                    running.spawn(async move { upload_one(store.as_ref(), pack).await });
+                }
+                None => open = false,
+            },
+            Some(done) = running.join_next() => {
+                let pack = done.map_err(|e| RepoError::Upload(e.to_string()))??;
+                unindexed.push(pack);
+                if unindexed.len() >= PACKS_PER_INDEX {
+                    indexes.push(write_index(store.as_ref(), &recipients, &unindexed).await?);
+                    all.append(&mut unindexed);
+                }
+            }
+        }
+    }
+    if !unindexed.is_empty() {
+        indexes.push(write_index(store.as_ref(), &recipients, &unindexed).await?);
+        all.append(&mut unindexed);
+    }
+    Ok((all, indexes))
+}
+
+async fn upload_one(store: &dyn ObjectStore, pack: SealedPack) -> Result<IndexedPack, RepoError> {
+    let size = pack.bytes.len() as u64;
+    match store.put_new(&pack.id.key(), pack.bytes).await {
+        // Same name, same bytes: the pack is already there.
+        Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(IndexedPack {
+        id: pack.id,
+        size,
+        payload_offset: pack.payload_offset,
+        blobs: pack.blobs.iter().map(IndexedBlob::from).collect(),
+    })
+}
+
+/// Writes one index object listing `packs`.
+pub(crate) async fn write_index(
+    store: &dyn ObjectStore,
+    recipients: &Recipients,
+    packs: &[IndexedPack],
+) -> Result<IndexId, RepoError> {
+    let file = IndexFile {
+        packs: packs.to_vec(),
+    };
+    let cipher = meta::seal(&file, recipients.both()).map_err(|source| RepoError::Crypt {
+        key: "index/".into(),
+        source,
+    })?;
+    let id = IndexId::from_bytes(content_hash(&cipher));
+    store.put_new(&id.key(), cipher.into()).await?;
+    Ok(id)
+}

@@ -1,0 +1,147 @@
+//! Object stores: where the repository's objects live.
+//!
+//! A store moves opaque bytes under slash-separated keys (`data/ab/ab12…`,
+//! `snapshots/…`). It never sees a key or a plaintext: everything it holds is
+//! already encrypted, except the small plaintext `config` object. Objects are
+//! immutable, so the only write is [`ObjectStore::put_new`], which refuses to
+//! replace an existing object where the store can tell.
+
+mod local;
+mod s3;
+
+use std::fmt::Debug;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
+
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's key, relative to the store's root or prefix.
+    pub key: String,
+    /// The object's size in bytes.
+    pub size: u64,
+}
+
+/// What can go wrong talking to an object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("object {key} does not exist in {store}")]
+    NotFound {
+        /// The store, as its URL.
+        store: String,
+        /// The missing object's key.
+        key: String,
+    },
+    /// A create found the object already there.
+    #[error("object {key} already exists in {store}; objects are never overwritten")]
+    AlreadyExists {
+        /// The store, as its URL.
+        store: String,
+        /// The existing object's key.
+        key: String,
+    },
+    /// A local file operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "writing".
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 request failed after its retries.
+    #[error("S3 {operation} of {key} in {store} failed: {message}")]
+    Remote {
+        /// The store, as its URL.
+        store: String,
+        /// The request, e.g. "PutObject".
+        operation: &'static str,
+        /// The key concerned (empty for listings of the whole store).
+        key: String,
+        /// The server's or the client's account of the failure, with the fix where known.
+        message: String,
+    },
+    /// A repository URL that names no store this build knows.
+    #[error("invalid repository URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was refused, and what would be accepted.
+        reason: String,
+    },
+}
+
+/// Where objects live: a local directory or an S3-compatible bucket.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + Debug {
+    /// The store as a URL, for messages.
+    fn url(&self) -> String;
+
+    /// Whether [`ObjectStore::put_new`] is refused atomically by the store
+    /// itself when the object exists (local `link`, S3 `If-None-Match: *`).
+    fn has_conditional_create(&self) -> bool;
+
+    /// Creates `key` holding `data`. Fails with [`StorageError::AlreadyExists`]
+    /// when the object exists and the store can tell; a partly written object
+    /// never becomes visible.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// Reads a whole object. Fails with [`StorageError::NotFound`] when absent.
+    async fn get(&self, key: &str) -> Result<Bytes, StorageError>;
+
+    /// Reads the bytes `range` of an object (one ranged GET on S3). The range
+    /// must lie within the object.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError>;
+
+    /// Lists every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+}
+
+/// Opens the store a repository URL names: `s3://bucket/prefix` for S3 and
+/// R2, `file:///path` or a plain path for a local directory.
+///
+/// Fails with [`StorageError::InvalidUrl`] on an unknown scheme or an
+/// S3 URL without a bucket.
+pub async fn open(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StorageError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "no bucket; write s3://BUCKET/PREFIX".into(),
+            });
+        }
+        return Ok(Arc::new(S3Store::connect(bucket, prefix, s3).await?));
+    }
+    let path = match url.strip_prefix("file://") {
+        Some(path) => path,
+        None if url.contains("://") => {
+            return Err(StorageError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "unknown scheme; use s3://BUCKET/PREFIX, file:///PATH or a plain path"
+                    .into(),
+            });
+        }
+        None => url,
+    };
+    if path.is_empty() {
+        return Err(StorageError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "empty path".into(),
+        });
+    }
+    Ok(Arc::new(LocalStore::new(PathBuf::from(path))))
+}
