@@ -6,5 +6,8 @@
 //! ([`state`]). `lifeboatd` (the service) and `lifeboat` (the restore CLI)
 //! are thin layers over it.
 
+pub mod backup;
 pub mod repo;
+pub mod restore;
+pub mod state;
 pub mod storage;

@@ -1,1 +1,22 @@
-//! harness
+//! The end-to-end test harness: real servers, started on free loopback ports
+//! by the tests themselves and stopped when the test drops them.
+//!
+//! - [`MotoServer`]: moto's S3 server (conditional creates, any signature);
+//! - [`GarageServer`]: Garage, a real S3 implementation checking signatures;
+//! - [`FaultProxy`]: an HTTP proxy that fails the first requests on purpose;
+//! - [`s3`]: how a test reaches a bucket, and how it runs lifeboat code with
+//!   the server's credentials in a child process's environment.
+//!
+//! A test whose server is not installed fails, naming the command that
+//! installs it; it never passes silently.
+
+pub mod fault_proxy;
+pub mod garage;
+pub mod moto;
+pub mod process;
+pub mod s3;
+
+pub use fault_proxy::{Fault, FaultProxy};
+pub use garage::GarageServer;
+pub use moto::MotoServer;
+pub use s3::S3Target;

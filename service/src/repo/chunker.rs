@@ -105,6 +105,42 @@ impl Chunking {
     }
 }
 
+impl Chunking {
+    /// Calls `each` with every chunk of `data`, in order: the same cuts as
+    /// [`Chunking::split`] gives for the same bytes, without a stream buffer.
+    ///
+    /// Fails with the first error of `each`.
+    pub fn split_bytes<E>(
+        &self,
+        data: &[u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match *self {
+            Self::FastCdc { min, avg, max } => {
+                for chunk in
+                    fastcdc::v2020::FastCDC::new(data, min as usize, avg as usize, max as usize)
+                {
+                    each(&data[chunk.offset..chunk.offset + chunk.length])?;
+                }
+            }
+            Self::Fixed { size } => {
+                for chunk in data.chunks(size as usize) {
+                    each(chunk)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest chunk this chunking cuts.
+    pub fn max_chunk(&self) -> usize {
+        match *self {
+            Self::FastCdc { max, .. } => max as usize,
+            Self::Fixed { size } => size as usize,
+        }
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -156,6 +192,15 @@ mod tests {
             "{shared} of {} chunks shared",
             chunks.len()
         );
+
+        let mut in_memory = Vec::new();
+        small
+            .split_bytes(&data, |c| {
+                in_memory.push(c.to_vec());
+                Ok::<_, io::Error>(())
+            })
+            .unwrap_or_default();
+        assert_eq!(in_memory, chunks);
 
         let fixed = cut(Chunking::Fixed { size: 4096 }, &data);
         assert!(fixed.iter().rev().skip(1).all(|c| c.len() == 4096));

@@ -1,21 +1,66 @@
-//! S3-compatible object store (Cloudflare R2, Garage, MinIO, AWS).
-//! (Being written: see the S3 helper's task.)
+//! S3-compatible object store: Cloudflare R2 in production, and Garage, MinIO
+//! or AWS S3 where they serve.
+//!
+//! One SDK client per store; it is cheap to clone and safe to share between
+//! tasks, so callers bound upload parallelism themselves. The client is tuned
+//! for S3-compatible servers rather than AWS alone:
+//!
+//! - checksums are computed and validated only where an operation requires
+//!   them: the SDK's default CRC trailers have broken R2 and other servers;
+//! - the standard retry mode retries throttling (429, `SlowDown`), 5xx answers,
+//!   dropped connections and timeouts with exponential backoff and jitter, up
+//!   to [`MAX_ATTEMPTS`] attempts, within bounded timeouts;
+//! - a create is one `PutObject` with `If-None-Match: *`, which R2 and AWS
+//!   refuse atomically when the object exists (some servers, e.g. Garage,
+//!   ignore the header and overwrite).
+//!
+//! Credentials come from the standard AWS chain (`AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE` and the shared files, …); endpoint
+//! and region from [`S3Options`], then the environment.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::InterceptorContext;
+use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 
 use super::{ObjectInfo, ObjectStore, StorageError};
+
+/// Attempts per request, the first included.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Limit on establishing a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limit on one attempt, transfer included (objects are tens of MiB at most).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Limit on a whole request, retries and backoff included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(900);
+/// Region when neither the options nor the environment name one (R2's).
+const DEFAULT_REGION: &str = "auto";
+/// How to give credentials.
+const CREDENTIALS_SET: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE";
+/// The fix for every authentication or authorization failure.
+const CREDENTIALS_FIX: &str =
+    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the token's bucket scope";
 
 /// How to reach an S3-compatible server; every field falls back to the
 /// standard AWS environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Options {
-    /// Endpoint URL, e.g. `https://<account>.r2.cloudflarestorage.com`.
+    /// Endpoint URL, e.g. `https://<account>.r2.cloudflarestorage.com`;
+    /// else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`.
     pub endpoint: Option<String>,
-    /// Region; `auto` (R2's) when unset.
+    /// Region; else `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `auto` (R2's).
     pub region: Option<String>,
     /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint`.
     #[serde(default)]
@@ -23,56 +68,392 @@ pub struct S3Options {
 }
 
 /// A bucket (and key prefix) on an S3-compatible server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct S3Store {
+    client: Client,
     bucket: String,
+    /// Empty, or the prefix with one trailing slash.
     prefix: String,
+    /// The endpoint as configured, for messages; `None` means AWS.
+    endpoint: Option<String>,
 }
 
 impl S3Store {
-    /// Connects to `bucket`, storing objects under `prefix`.
+    /// Connects to `bucket`, storing objects under `prefix` (`""` or `a/b`).
+    ///
+    /// Nothing is sent to the server yet. Fails with [`StorageError::Remote`]
+    /// when no credentials can be found, or when the region is `auto` but no
+    /// endpoint is given.
     pub async fn connect(
         bucket: &str,
         prefix: &str,
-        _options: &S3Options,
+        options: &S3Options,
     ) -> Result<Self, StorageError> {
+        let prefix = normalize_prefix(prefix);
+        let url = store_url(bucket, &prefix);
+        let connect_failure = |message: String| StorageError::Remote {
+            store: url.clone(),
+            operation: "connect",
+            key: String::new(),
+            message,
+        };
+        let endpoint = options
+            .endpoint
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env("AWS_ENDPOINT_URL"))
+            .map(with_scheme);
+        let region = options
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        if endpoint.is_none() && region == DEFAULT_REGION {
+            return Err(connect_failure(
+                "no endpoint: set AWS_ENDPOINT_URL_S3 or the endpoint option \
+                 (R2: https://<account_id>.r2.cloudflarestorage.com)"
+                    .into(),
+            ));
+        }
+
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .load()
+            .await;
+        // Look the credentials up now, so that a missing one is reported
+        // here, once, rather than as the failure of some later request.
+        let Some(credentials) = shared.credentials_provider() else {
+            return Err(connect_failure(format!(
+                "no credentials provider; {CREDENTIALS_SET}"
+            )));
+        };
+        if let Err(e) = credentials.provide_credentials().await {
+            return Err(connect_failure(format!(
+                "no usable credentials ({}); {CREDENTIALS_SET}",
+                DisplayErrorContext(&e)
+            )));
+        }
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_classifier(TooManyRequests);
+        if let Some(endpoint) = &endpoint {
+            config = config.endpoint_url(endpoint);
+        }
         Ok(Self {
-            bucket: bucket.into(),
-            prefix: prefix.into(),
+            client: Client::from_conf(config.build()),
+            bucket: bucket.to_owned(),
+            prefix,
+            endpoint,
         })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn failure(&self, operation: &'static str, key: &str, message: String) -> StorageError {
+        StorageError::Remote {
+            store: self.url(),
+            operation,
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    /// Maps an SDK error that means neither "absent" nor "exists" to
+    /// [`StorageError::Remote`], naming the fix where one is known.
+    fn remote<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: &SdkError<E, HttpResponse>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (status, code) = status_and_code(err);
+        let endpoint = self.endpoint.as_deref().unwrap_or("AWS S3");
+        let fix = match (err, status, code) {
+            (_, _, Some("NoSuchBucket")) => format!(
+                "bucket {} does not exist at {endpoint}: create it, or check the bucket name",
+                self.bucket
+            ),
+            (_, Some(401 | 403), _)
+            | (_, _, Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied")) => {
+                CREDENTIALS_FIX.to_owned()
+            }
+            (_, _, Some("AuthorizationHeaderMalformed")) => {
+                "check the region (AWS_REGION or the region option; R2 wants `auto`)".to_owned()
+            }
+            (_, Some(429 | 500..), _) => {
+                format!("the server kept failing after {MAX_ATTEMPTS} attempts; try again later")
+            }
+            (SdkError::TimeoutError(_), ..) => format!(
+                "no answer from {endpoint} in time after {MAX_ATTEMPTS} attempts: \
+                 is the endpoint right and the network up?"
+            ),
+            (SdkError::DispatchFailure(failure), ..) if failure.is_timeout() => format!(
+                "{endpoint} did not answer in time: is the endpoint right and the network up?"
+            ),
+            (SdkError::DispatchFailure(failure), ..) if failure.is_io() => format!(
+                "could not reach {endpoint}: is the endpoint right \
+                 (endpoint option, AWS_ENDPOINT_URL_S3) and the server up?"
+            ),
+            _ => String::new(),
+        };
+        let details = DisplayErrorContext(err);
+        let message = match (status, fix.is_empty()) {
+            (Some(status), true) => format!("HTTP {status}: {details}"),
+            (Some(status), false) => format!("HTTP {status}: {fix} ({details})"),
+            (None, true) => details.to_string(),
+            (None, false) => format!("{fix} ({details})"),
+        };
+        self.failure(operation, key, message)
+    }
+
+    fn not_found(&self, key: &str) -> StorageError {
+        StorageError::NotFound {
+            store: self.url(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// One GET, of the whole object or of `range`.
+    async fn fetch(&self, key: &str, range: Option<&Range<u64>>) -> Result<Bytes, StorageError> {
+        let operation = "GetObject";
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)));
+        let output = match request.send().await {
+            Ok(output) => output,
+            Err(err) if is_missing_object(&err) => return Err(self.not_found(key)),
+            Err(err) => return Err(self.remote(operation, key, &err)),
+        };
+        let data = output.body.collect().await.map_err(|e| {
+            self.failure(
+                operation,
+                key,
+                format!("reading the body: {}", DisplayErrorContext(&e)),
+            )
+        })?;
+        let data = data.into_bytes();
+        if let Some(range) = range {
+            let wanted = range.end - range.start;
+            if data.len() as u64 != wanted {
+                return Err(self.failure(
+                    operation,
+                    key,
+                    format!(
+                        "asked for bytes {}..{} and got {} bytes: is the range past the end, \
+                         or does the server ignore Range headers?",
+                        range.start,
+                        range.end,
+                        data.len()
+                    ),
+                ));
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// The HTTP status and the S3 error code of a failed request, where it got an answer.
+fn status_and_code<E: ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+) -> (Option<u16>, Option<&str>) {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.as_service_error().and_then(ProvideErrorMetadata::code);
+    (status, code)
+}
+
+/// Whether a GET failed because the object (not the bucket) is absent.
+fn is_missing_object<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match status_and_code(err) {
+        (_, Some("NoSuchKey")) => true,
+        (Some(404), code) => code != Some("NoSuchBucket"),
+        _ => false,
+    }
+}
+
+/// `""` for no prefix, else the prefix without leading and with one trailing slash.
+fn normalize_prefix(prefix: &str) -> String {
+    match prefix.trim_matches('/') {
+        "" => String::new(),
+        prefix => format!("{prefix}/"),
+    }
+}
+
+/// The store as a URL: `s3://bucket/prefix`.
+fn store_url(bucket: &str, prefix: &str) -> String {
+    format!("s3://{bucket}/{}", prefix.trim_end_matches('/'))
+}
+
+/// An endpoint as the SDK wants it: with a scheme, `https` unless given.
+fn with_scheme(endpoint: String) -> String {
+    if endpoint.contains("://") {
+        endpoint
+    } else {
+        format!("https://{endpoint}")
+    }
+}
+
+/// A non-empty environment variable.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// Retries any HTTP 429 as throttling, whatever its body says: the standard
+/// classifiers know 429 only by S3 error codes such as `SlowDown`.
+#[derive(Debug)]
+struct TooManyRequests;
+
+impl ClassifyRetry for TooManyRequests {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.response() {
+            Some(response) if response.status().as_u16() == 429 => RetryAction::throttling_error(),
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "HTTP 429 Too Many Requests"
     }
 }
 
 #[async_trait]
 impl ObjectStore for S3Store {
     fn url(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
+        store_url(&self.bucket, &self.prefix)
     }
+
     fn has_conditional_create(&self) -> bool {
         true
     }
-    async fn put_new(&self, key: &str, _data: Bytes) -> Result<(), StorageError> {
-        Err(StorageError::NotFound {
-            store: self.url(),
-            key: key.into(),
-        })
+
+    /// Creates `key` with one `PutObject` carrying `If-None-Match: *`.
+    ///
+    /// A create whose first attempt landed but whose answer was lost is
+    /// retried and then reported as [`StorageError::AlreadyExists`]; objects
+    /// are named by their content or uniquely, so the caller may treat that
+    /// as done.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .if_none_match("*")
+            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
+            .body(data.into())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match status_and_code(&err) {
+                (Some(412), _)
+                | (_, Some("PreconditionFailed"))
+                | (Some(409), Some("ConditionalRequestConflict")) => {
+                    Err(StorageError::AlreadyExists {
+                        store: self.url(),
+                        key: key.to_owned(),
+                    })
+                }
+                _ => Err(self.remote("PutObject", key, &err)),
+            },
+        }
     }
+
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        Err(StorageError::NotFound {
-            store: self.url(),
-            key: key.into(),
-        })
+        self.fetch(key, None).await
     }
-    async fn get_range(&self, key: &str, _range: Range<u64>) -> Result<Bytes, StorageError> {
-        Err(StorageError::NotFound {
-            store: self.url(),
-            key: key.into(),
-        })
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        self.fetch(key, Some(&range)).await
     }
-    async fn list(&self, _prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        Ok(Vec::new())
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| self.remote("ListObjectsV2", prefix, &err))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                out.push(ObjectInfo {
+                    key: key.to_owned(),
+                    size: object
+                        .size()
+                        .and_then(|s| u64::try_from(s).ok())
+                        .unwrap_or(0),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
-    async fn delete(&self, _key: &str) -> Result<(), StorageError> {
-        Ok(())
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let result = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if is_missing_object(&err) => Ok(()),
+            Err(err) => Err(self.remote("DeleteObject", key, &err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_and_endpoints_are_normalised() {
+        for (given, prefix, url) in [
+            ("", "", "s3://b/"),
+            ("/", "", "s3://b/"),
+            ("a/b", "a/b/", "s3://b/a/b"),
+            ("/a/b/", "a/b/", "s3://b/a/b"),
+        ] {
+            assert_eq!(normalize_prefix(given), prefix);
+            assert_eq!(store_url("b", prefix), url);
+        }
+        assert_eq!(
+            with_scheme("x.r2.cloudflarestorage.com".into()),
+            "https://x.r2.cloudflarestorage.com"
+        );
+        assert_eq!(
+            with_scheme("http://127.0.0.1:9000".into()),
+            "http://127.0.0.1:9000"
+        );
     }
 }

@@ -1,0 +1,551 @@
+//! Backing up folder trees.
+//!
+//! Each configured folder is stored under its absolute path (intermediate
+//! directories included), so one snapshot can hold many folders. Directories
+//! are walked in parallel on rayon's pool; each file is read, chunked,
+//! hashed and compressed on the thread that found it. A file whose size,
+//! times and inode match the file cache is not read again. Entries that
+//! cannot be stored (sockets, unreadable files) are skipped with a warning
+//! naming them; they never fail the backup.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{BackupError, Progress, SnapshotBuilder, add_summary, bump, save_tree};
+use crate::repo::RepoError;
+use crate::repo::blob::BlobKind;
+use crate::repo::chunker::Chunking;
+use crate::repo::id::BlobId;
+use crate::repo::snapshot::Summary;
+use crate::repo::tree::{Node, NodeKind, RawName, Tree};
+use crate::repo::writer::BlobWriter;
+use crate::state::{CachedFile, FileCache};
+
+/// One folder to back up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Folder {
+    /// The folder.
+    pub path: PathBuf,
+    /// Glob patterns to leave out: without a `/` they match a name anywhere,
+    /// with one they match the path relative to the folder.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl SnapshotBuilder {
+    /// Backs up `folders` into this snapshot, using the file cache in
+    /// `state_dir` when given.
+    ///
+    /// Fails when a folder does not exist or an exclude pattern is invalid,
+    /// or when the repository fails; unreadable entries inside the folders
+    /// are skipped with a warning.
+    pub async fn add_folders(
+        &mut self,
+        folders: &[Folder],
+        state_dir: Option<&Path>,
+    ) -> Result<(), BackupError> {
+        let prepared = prepare(folders)?;
+        let repo_id = self.repo.repository().config().id.clone();
+        let job = self.job.clone();
+        let writer = self.writer.clone();
+        let chunking = self.repo.repository().config().file_chunking;
+        let progress = self.progress.clone();
+        let state_dir = state_dir.map(Path::to_path_buf);
+        let (entries, summary, references, warnings) = tokio::task::spawn_blocking(move || {
+            let mut cache = state_dir.as_deref().and_then(|dir| {
+                FileCache::open(dir)
+                    .inspect_err(|e| tracing::warn!("working without the file cache: {e}"))
+                    .ok()
+            });
+            let known = cache
+                .as_ref()
+                .and_then(|c| {
+                    c.load(&repo_id, &job)
+                        .inspect_err(|e| tracing::warn!("{e}"))
+                        .ok()
+                })
+                .unwrap_or_default();
+            let archiver = Archiver {
+                writer,
+                chunking,
+                known,
+                progress,
+                fresh: Mutex::default(),
+                counts: Counts::default(),
+                warnings: Mutex::default(),
+                hardlinks: Mutex::default(),
+                references: Mutex::default(),
+            };
+            let entries = archiver.archive_layout(&prepared, Path::new("/"))?;
+            if let Some(cache) = cache.as_mut() {
+                let fresh = archiver.fresh.into_inner().unwrap_or_default();
+                if let Err(e) = cache.replace(&repo_id, &job, &fresh) {
+                    tracing::warn!("{e}");
+                }
+            }
+            Ok::<_, BackupError>((
+                entries,
+                archiver.counts.summary(),
+                archiver.references.into_inner().unwrap_or_default(),
+                archiver.warnings.into_inner().unwrap_or_default(),
+            ))
+        })
+        .await
+        .map_err(|e| RepoError::Upload(e.to_string()))??;
+        for node in entries {
+            self.add_entry(node)?;
+        }
+        add_summary(&mut self.summary, &summary);
+        self.references.extend(references);
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+}
+
+/// The folders arranged by path: each name is a folder to archive or an
+/// intermediate directory holding more.
+#[derive(Debug, Default)]
+struct Layout {
+    children: BTreeMap<Vec<u8>, LayoutEntry>,
+}
+
+#[derive(Debug)]
+enum LayoutEntry {
+    Folder(PathBuf, Excludes),
+    Parent(Layout),
+}
+
+fn prepare(folders: &[Folder]) -> Result<Layout, BackupError> {
+    let mut layout = Layout::default();
+    for folder in folders {
+        let fail = |reason: String| BackupError::Source {
+            path: folder.path.display().to_string(),
+            reason,
+        };
+        let path = std::path::absolute(&folder.path).map_err(|e| fail(e.to_string()))?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| fail(format!("{e}; check the folder list of the job")))?;
+        if !meta.is_dir() {
+            return Err(fail("it is not a directory".into()));
+        }
+        let excludes = Excludes::new(&folder.exclude).map_err(fail)?;
+        let names: Vec<&OsStr> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name),
+                _ => None,
+            })
+            .collect();
+        let Some((last, parents)) = names.split_last() else {
+            return Err(fail(
+                "back up the folders under / rather than / itself".into(),
+            ));
+        };
+        let mut level = &mut layout;
+        for name in parents {
+            let entry = level
+                .children
+                .entry(name.as_bytes().to_vec())
+                .or_insert_with(|| LayoutEntry::Parent(Layout::default()));
+            level = match entry {
+                LayoutEntry::Parent(inner) => inner,
+                LayoutEntry::Folder(..) => {
+                    return Err(fail("it lies inside another folder of the job".into()));
+                }
+            };
+        }
+        if level.children.contains_key(last.as_bytes()) {
+            return Err(fail(
+                "it is listed twice, or holds another folder of the job".into(),
+            ));
+        }
+        level.children.insert(
+            last.as_bytes().to_vec(),
+            LayoutEntry::Folder(path.clone(), excludes),
+        );
+    }
+    Ok(layout)
+}
+
+/// Exclude patterns of one folder.
+#[derive(Debug)]
+struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Self, String> {
+        let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+        for pattern in patterns {
+            let glob = Glob::new(pattern.trim_start_matches('/'))
+                .map_err(|e| format!("exclude pattern {pattern:?}: {e}"))?;
+            if pattern.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |set: GlobSetBuilder| set.build().map_err(|e| e.to_string());
+        Ok(Self {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
+    }
+
+    fn excludes(&self, name: &OsStr, relative: &Path) -> bool {
+        self.names.is_match(name) || self.paths.is_match(relative)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    others: AtomicU64,
+    skipped: AtomicU64,
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_total: AtomicU64,
+}
+
+impl Counts {
+    fn summary(&self) -> Summary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Summary {
+            files: get(&self.files),
+            dirs: get(&self.dirs),
+            symlinks: get(&self.symlinks),
+            others: get(&self.others),
+            skipped: get(&self.skipped),
+            files_read: get(&self.files_read),
+            bytes_read: get(&self.bytes_read),
+            bytes_total: get(&self.bytes_total),
+            ..Summary::default()
+        }
+    }
+}
+
+struct Archiver {
+    writer: Arc<BlobWriter>,
+    chunking: Chunking,
+    known: HashMap<Vec<u8>, CachedFile>,
+    progress: Arc<Progress>,
+    fresh: Mutex<Vec<(Vec<u8>, CachedFile)>>,
+    counts: Counts,
+    warnings: Mutex<Vec<String>>,
+    hardlinks: Mutex<HashMap<(u64, u64), RawName>>,
+    references: Mutex<BTreeSet<BlobId>>,
+}
+
+/// Where an entry is: on disk, and in the snapshot.
+struct Place<'a> {
+    path: PathBuf,
+    snapshot_path: Vec<u8>,
+    relative: PathBuf,
+    excludes: &'a Excludes,
+}
+
+impl Archiver {
+    fn warn(&self, path: &Path, what: &str) {
+        bump(&self.counts.skipped, 1);
+        let message = format!("{}: {what}", path.display());
+        tracing::warn!("skipped {message}");
+        if let Ok(mut warnings) = self.warnings.lock() {
+            warnings.push(message);
+        }
+    }
+
+    /// The top-level entries for a layout under `at`.
+    fn archive_layout(&self, layout: &Layout, at: &Path) -> Result<Vec<Node>, BackupError> {
+        layout
+            .children
+            .iter()
+            .map(|(name, entry)| {
+                let path = at.join(OsStr::from_bytes(name));
+                let meta = std::fs::metadata(&path).map_err(|e| BackupError::Source {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let mut node = base_node(name, &meta, NodeKind::Dir);
+                let subtree = match entry {
+                    LayoutEntry::Parent(inner) => {
+                        let mut tree = Tree {
+                            entries: self.archive_layout(inner, &path)?,
+                        };
+                        self.save_tree(&mut tree)?
+                    }
+                    LayoutEntry::Folder(folder, excludes) => {
+                        bump(&self.counts.dirs, 1);
+                        let place = Place {
+                            path: folder.clone(),
+                            snapshot_path: folder.as_os_str().as_bytes().to_vec(),
+                            relative: PathBuf::new(),
+                            excludes,
+                        };
+                        self.archive_dir(&place)?
+                    }
+                };
+                node.subtree = Some(subtree);
+                Ok(node)
+            })
+            .collect()
+    }
+
+    fn save_tree(&self, tree: &mut Tree) -> Result<BlobId, RepoError> {
+        let mut references = self
+            .references
+            .lock()
+            .map_err(|_| RepoError::Upload("poisoned".into()))?;
+        save_tree(&self.writer, tree, &mut references).map(|(id, _)| id)
+    }
+
+    /// Stores one directory's tree (and everything below it).
+    fn archive_dir(&self, place: &Place<'_>) -> Result<BlobId, RepoError> {
+        let mut names = Vec::new();
+        match std::fs::read_dir(&place.path) {
+            Ok(listing) => {
+                for entry in listing {
+                    match entry {
+                        Ok(entry) => names.push(entry.file_name()),
+                        Err(e) => self.warn(&place.path, &format!("listing failed part way: {e}")),
+                    }
+                }
+            }
+            Err(e) => self.warn(
+                &place.path,
+                &format!("cannot list it: {e}; stored as empty"),
+            ),
+        }
+        names.sort();
+        let nodes: Vec<Option<Node>> = names
+            .par_iter()
+            .map(|name| {
+                let child = Place {
+                    path: place.path.join(name),
+                    snapshot_path: [place.snapshot_path.as_slice(), b"/", name.as_bytes()].concat(),
+                    relative: place.relative.join(name),
+                    excludes: place.excludes,
+                };
+                if place.excludes.excludes(name, &child.relative) {
+                    return Ok(None);
+                }
+                let node = self.archive_entry(name, &child);
+                bump(&self.progress.entries, 1);
+                node
+            })
+            .collect::<Result<_, RepoError>>()?;
+        let mut tree = Tree {
+            entries: nodes.into_iter().flatten().collect(),
+        };
+        self.save_tree(&mut tree)
+    }
+
+    /// One directory entry as a node; `None` when it is skipped.
+    fn archive_entry(&self, name: &OsStr, place: &Place<'_>) -> Result<Option<Node>, RepoError> {
+        let meta = match std::fs::symlink_metadata(&place.path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.warn(&place.path, &format!("cannot read its metadata: {e}"));
+                return Ok(None);
+            }
+        };
+        let name = name.as_bytes();
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            bump(&self.counts.dirs, 1);
+            let mut node = base_node(name, &meta, NodeKind::Dir);
+            node.subtree = Some(self.archive_dir(place)?);
+            return Ok(Some(node));
+        }
+        if kind.is_symlink() {
+            return Ok(match std::fs::read_link(&place.path) {
+                Ok(target) => {
+                    bump(&self.counts.symlinks, 1);
+                    let mut node = base_node(name, &meta, NodeKind::Symlink);
+                    node.target = Some(RawName(target.as_os_str().as_bytes().to_vec()));
+                    Some(node)
+                }
+                Err(e) => {
+                    self.warn(&place.path, &format!("cannot read the link: {e}"));
+                    None
+                }
+            });
+        }
+        if kind.is_file() {
+            return self.archive_file(name, &meta, place);
+        }
+        let special = if kind.is_fifo() {
+            NodeKind::Fifo
+        } else if kind.is_char_device() {
+            NodeKind::Chardev
+        } else if kind.is_block_device() {
+            NodeKind::Blockdev
+        } else {
+            self.warn(&place.path, "sockets cannot be backed up");
+            return Ok(None);
+        };
+        bump(&self.counts.others, 1);
+        let mut node = base_node(name, &meta, special);
+        node.rdev = (special != NodeKind::Fifo).then_some(meta.rdev());
+        Ok(Some(node))
+    }
+
+    fn archive_file(
+        &self,
+        name: &[u8],
+        meta: &Metadata,
+        place: &Place<'_>,
+    ) -> Result<Option<Node>, RepoError> {
+        let link_key = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            if let Some(first) = self
+                .hardlinks
+                .lock()
+                .ok()
+                .and_then(|l| l.get(&link_key).cloned())
+            {
+                bump(&self.counts.others, 1);
+                let mut node = base_node(name, meta, NodeKind::Hardlink);
+                node.link = Some(first);
+                return Ok(Some(node));
+            }
+        }
+        let Some(content) = self.file_content(meta, place)? else {
+            return Ok(None);
+        };
+        if meta.nlink() > 1 {
+            if let Ok(mut links) = self.hardlinks.lock() {
+                links
+                    .entry(link_key)
+                    .or_insert_with(|| RawName(place.snapshot_path.clone()));
+            }
+        }
+        bump(&self.counts.files, 1);
+        bump(&self.counts.bytes_total, meta.len());
+        let mut node = base_node(name, meta, NodeKind::File);
+        node.size = meta.len();
+        node.content = content;
+        Ok(Some(node))
+    }
+
+    /// The file's data blobs: from the cache when unchanged, else read.
+    fn file_content(
+        &self,
+        meta: &Metadata,
+        place: &Place<'_>,
+    ) -> Result<Option<Vec<BlobId>>, RepoError> {
+        let key = place.path.as_os_str().as_bytes();
+        let now = CachedFile {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            inode: meta.ino(),
+            content: Vec::new(),
+        };
+        let cached = self.known.get(key).filter(|c| {
+            c.size == now.size
+                && c.mtime_ns == now.mtime_ns
+                && c.ctime_ns == now.ctime_ns
+                && c.inode == now.inode
+                && c.content.iter().all(|id| self.writer.has(id))
+        });
+        let content = match cached {
+            Some(cached) => cached.content.clone(),
+            None => match self.read_file(&place.path, meta.len()) {
+                Ok(content) => content,
+                Err(ReadFailure::Repo(e)) => return Err(e),
+                Err(ReadFailure::Io(e)) => {
+                    self.warn(&place.path, &format!("cannot read it: {e}"));
+                    return Ok(None);
+                }
+            },
+        };
+        bump(&self.progress.bytes, meta.len());
+        if let Ok(mut references) = self.references.lock() {
+            references.extend(content.iter().copied());
+        }
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.push((
+                key.to_vec(),
+                CachedFile {
+                    content: content.clone(),
+                    ..now
+                },
+            ));
+        }
+        Ok(Some(content))
+    }
+
+    fn read_file(&self, path: &Path, size: u64) -> Result<Vec<BlobId>, ReadFailure> {
+        let mut file = std::fs::File::open(path)?;
+        let mut content = Vec::new();
+        let mut store = |chunk: &[u8]| -> Result<(), ReadFailure> {
+            let (id, _) = self.writer.save(BlobKind::Data, chunk)?;
+            content.push(id);
+            bump(&self.counts.bytes_read, chunk.len() as u64);
+            Ok(())
+        };
+        if size <= self.chunking.max_chunk() as u64 {
+            let mut data = Vec::with_capacity(size as usize + 1);
+            file.read_to_end(&mut data)?;
+            self.chunking.split_bytes(&data, &mut store)?;
+        } else {
+            self.chunking.split(file, &mut store)?;
+        }
+        bump(&self.counts.files_read, 1);
+        Ok(content)
+    }
+}
+
+/// Why a file's content could not be stored.
+enum ReadFailure {
+    /// The file: skip it.
+    Io(std::io::Error),
+    /// The repository: stop.
+    Repo(RepoError),
+}
+
+impl From<std::io::Error> for ReadFailure {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<RepoError> for ReadFailure {
+    fn from(e: RepoError) -> Self {
+        Self::Repo(e)
+    }
+}
+
+/// A node with the metadata every kind records.
+fn base_node(name: &[u8], meta: &Metadata, kind: NodeKind) -> Node {
+    Node {
+        name: RawName(name.to_vec()),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: meta.mtime(),
+        mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        size: 0,
+        content: Vec::new(),
+        subtree: None,
+        target: None,
+        link: None,
+        rdev: None,
+    }
+}

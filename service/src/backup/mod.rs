@@ -1,0 +1,203 @@
+//! Turning sources into snapshots.
+//!
+//! A [`SnapshotBuilder`] collects the top-level entries of one snapshot —
+//! folder trees ([`files`]) and named byte streams ([`stream`]) — while a
+//! [`BlobWriter`] stores their blobs. [`SnapshotBuilder::commit`] waits for
+//! every pack and index to be stored and only then writes the snapshot
+//! object, so a crash at any point leaves no snapshot that points at nothing.
+
+pub mod files;
+pub mod stream;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+use crate::repo::blob::BlobKind;
+use crate::repo::id::{BlobId, SnapshotId};
+use crate::repo::index::IndexedPack;
+use crate::repo::snapshot::{Snapshot, Summary};
+use crate::repo::tree::{Node, Tree};
+use crate::repo::writer::BlobWriter;
+use crate::repo::{RepoError, UnlockedRepository};
+
+/// What can stop a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// A configured source path cannot be backed up at all.
+    #[error("cannot back up {path}: {reason}")]
+    Source {
+        /// The path.
+        path: String,
+        /// Why, and the fix where known.
+        reason: String,
+    },
+    /// Reading a stream failed.
+    #[error("reading stream {name}: {source}")]
+    Stream {
+        /// The stream's name.
+        name: String,
+        /// The reader's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Two entries of one snapshot have the same name.
+    #[error("two sources of one snapshot are both called {0:?}; give them different names")]
+    DuplicateName(String),
+}
+
+/// Live counters a progress display can poll.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Entries done.
+    pub entries: AtomicU64,
+    /// Bytes of file data processed (read or found unchanged).
+    pub bytes: AtomicU64,
+}
+
+/// A finished backup.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    /// The new snapshot.
+    pub id: SnapshotId,
+    /// Its contents.
+    pub snapshot: Snapshot,
+    /// Entries skipped or read with trouble, each a sentence naming the path.
+    pub warnings: Vec<String>,
+    /// The packs written, to add to an index kept in memory.
+    pub packs: Vec<IndexedPack>,
+}
+
+/// One snapshot being built.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    repo: UnlockedRepository,
+    writer: Arc<BlobWriter>,
+    job: String,
+    source_kind: String,
+    start: DateTime<Utc>,
+    entries: Vec<Node>,
+    summary: Summary,
+    references: BTreeSet<BlobId>,
+    warnings: Vec<String>,
+    progress: Arc<Progress>,
+}
+
+impl SnapshotBuilder {
+    /// Starts a snapshot of `job`, whose source is of `source_kind`.
+    pub fn new(repo: &UnlockedRepository, job: &str, source_kind: &str) -> Self {
+        Self {
+            writer: Arc::new(repo.writer()),
+            repo: repo.clone(),
+            job: job.into(),
+            source_kind: source_kind.into(),
+            start: Utc::now(),
+            entries: Vec::new(),
+            summary: Summary::default(),
+            references: BTreeSet::new(),
+            warnings: Vec::new(),
+            progress: Arc::default(),
+        }
+    }
+
+    /// The live counters of this backup.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// The repository being written.
+    pub fn repository(&self) -> &UnlockedRepository {
+        &self.repo
+    }
+
+    fn add_entry(&mut self, node: Node) -> Result<(), BackupError> {
+        if self.entries.iter().any(|e| e.name == node.name) {
+            return Err(BackupError::DuplicateName(node.name.display().into_owned()));
+        }
+        self.entries.push(node);
+        Ok(())
+    }
+
+    /// Stores everything added, then writes the snapshot object with
+    /// `metadata` (summary figures only: the service key can read them).
+    ///
+    /// Fails when a pack, index or the snapshot cannot be stored; nothing
+    /// then refers to what was uploaded.
+    pub async fn commit(
+        mut self,
+        metadata: serde_json::Value,
+    ) -> Result<BackupReport, BackupError> {
+        let mut root = Tree {
+            entries: std::mem::take(&mut self.entries),
+        };
+        let (root_id, _) = save_tree(&self.writer, &mut root, &mut self.references)?;
+        let writer = Arc::try_unwrap(self.writer)
+            .map_err(|_| RepoError::Upload("a backup thread still holds the writer".into()))?;
+        let stats = writer.finish().await?;
+        self.summary.blobs_added = stats.blobs_added;
+        self.summary.bytes_added = stats.bytes_added;
+        self.summary.bytes_stored = stats.bytes_stored;
+        self.summary.packs_added = stats.packs.len() as u64;
+        let snapshot = Snapshot {
+            job: self.job,
+            source_kind: self.source_kind,
+            host: hostname(),
+            time: self.start,
+            end_time: Utc::now(),
+            root: root_id,
+            summary: self.summary,
+            metadata,
+            references: self.references.into_iter().collect(),
+        };
+        let id = self.repo.save_snapshot(&snapshot).await?;
+        Ok(BackupReport {
+            id,
+            snapshot,
+            warnings: self.warnings,
+            packs: stats.packs,
+        })
+    }
+}
+
+/// Stores a tree blob and notes its id among the references.
+fn save_tree(
+    writer: &BlobWriter,
+    tree: &mut Tree,
+    references: &mut BTreeSet<BlobId>,
+) -> Result<(BlobId, bool), RepoError> {
+    let saved = writer.save(BlobKind::Tree, &tree.to_bytes())?;
+    references.insert(saved.0);
+    Ok(saved)
+}
+
+/// Adds `from` into `into`.
+fn add_summary(into: &mut Summary, from: &Summary) {
+    into.files += from.files;
+    into.dirs += from.dirs;
+    into.symlinks += from.symlinks;
+    into.others += from.others;
+    into.skipped += from.skipped;
+    into.files_read += from.files_read;
+    into.bytes_read += from.bytes_read;
+    into.bytes_total += from.bytes_total;
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Adds `n` to a counter.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}

@@ -1,0 +1,204 @@
+//! The file-metadata cache: lets a backup skip reading files whose size,
+//! modification time, change time and inode are unchanged since the last
+//! backup of the same job into the same repository.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use crate::repo::id::BlobId;
+
+/// Migrations, applied in order; the database's `user_version` counts them.
+const MIGRATIONS: &[&str] = &["CREATE TABLE files (
+        repository TEXT NOT NULL,
+        job TEXT NOT NULL,
+        path BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        content BLOB NOT NULL,
+        PRIMARY KEY (repository, job, path)
+    ) WITHOUT ROWID"];
+
+/// A cache failure. The backup goes on without the cache.
+#[derive(Debug, thiserror::Error)]
+#[error("file cache {path}: {source}; delete it to start afresh (only time is lost)")]
+pub struct StateError {
+    /// The database file.
+    pub path: PathBuf,
+    /// SQLite's error.
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+/// What was known of a file when it was last backed up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedFile {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Its data blobs, in order.
+    pub content: Vec<BlobId>,
+}
+
+/// The cache database.
+#[derive(Debug)]
+pub struct FileCache {
+    path: PathBuf,
+    connection: Connection,
+}
+
+impl FileCache {
+    /// Opens (creating if needed) the cache in `state_dir`.
+    ///
+    /// Fails when the database cannot be opened or migrated.
+    pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+        let path = state_dir.join("files.sqlite");
+        let fail = |source| StateError {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| fail(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let connection = Connection::open(&path).map_err(fail)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
+            .map_err(fail)?;
+        let version: usize = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(fail)?;
+        for (number, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            connection.execute_batch(migration).map_err(fail)?;
+            connection
+                .pragma_update(None, "user_version", number + 1)
+                .map_err(fail)?;
+        }
+        Ok(Self { path, connection })
+    }
+
+    fn fail(&self, source: rusqlite::Error) -> StateError {
+        StateError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Every cached file of one job in one repository, by path.
+    ///
+    /// Fails when the database cannot be read.
+    pub fn load(
+        &self,
+        repository: &str,
+        job: &str,
+    ) -> Result<HashMap<Vec<u8>, CachedFile>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, content FROM files \
+                 WHERE repository = ?1 AND job = ?2",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = statement
+            .query_map(params![repository, job], |row| {
+                let content: Vec<u8> = row.get(5)?;
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    CachedFile {
+                        size: row.get::<_, i64>(1)? as u64,
+                        mtime_ns: row.get(2)?,
+                        ctime_ns: row.get(3)?,
+                        inode: row.get::<_, i64>(4)? as u64,
+                        content: content
+                            .chunks_exact(32)
+                            .filter_map(|id| id.try_into().ok().map(BlobId::from_bytes))
+                            .collect(),
+                    },
+                ))
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Replaces the cached files of one job with `files`.
+    ///
+    /// Fails when the database cannot be written.
+    pub fn replace(
+        &mut self,
+        repository: &str,
+        job: &str,
+        files: &[(Vec<u8>, CachedFile)],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let fail = |source| StateError {
+            path: path.clone(),
+            source,
+        };
+        let transaction = self.connection.transaction().map_err(fail)?;
+        transaction
+            .execute(
+                "DELETE FROM files WHERE repository = ?1 AND job = ?2",
+                params![repository, job],
+            )
+            .map_err(fail)?;
+        {
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files \
+                     (repository, job, path, size, mtime_ns, ctime_ns, inode, content) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(fail)?;
+            for (file_path, file) in files {
+                let content: Vec<u8> = file.content.iter().flat_map(|id| *id.as_bytes()).collect();
+                insert
+                    .execute(params![
+                        repository,
+                        job,
+                        file_path,
+                        file.size as i64,
+                        file.mtime_ns,
+                        file.ctime_ns,
+                        file.inode as i64,
+                        content
+                    ])
+                    .map_err(fail)?;
+            }
+        }
+        transaction.commit().map_err(fail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopening_and_are_replaced_per_job() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = CachedFile {
+            size: 5,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: 3,
+            content: vec![BlobId::from_bytes([7; 32])],
+        };
+        FileCache::open(dir.path())?.replace("repo", "job", &[(b"/a".to_vec(), file.clone())])?;
+        let mut cache = FileCache::open(dir.path())?;
+        assert_eq!(
+            cache.load("repo", "job")?.get(b"/a".as_slice()),
+            Some(&file)
+        );
+        assert!(cache.load("repo", "other")?.is_empty());
+        cache.replace("repo", "job", &[])?;
+        assert!(cache.load("repo", "job")?.is_empty());
+        Ok(())
+    }
+}

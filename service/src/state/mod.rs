@@ -1,0 +1,8 @@
+//! Local state in SQLite: a cache, never the source of truth.
+//!
+//! Losing the state directory costs time (files are read again), never data:
+//! everything here can be rebuilt from the repository or the source.
+
+mod file_cache;
+
+pub use file_cache::{CachedFile, FileCache, StateError};
