@@ -1,1 +1,79 @@
-fn main() {}
+//! `lifeboat`: the restore command line. Parses flags, runs the command,
+//! maps the result to an exit code.
+
+mod args;
+mod check;
+mod init;
+mod keys;
+mod list;
+mod restore;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lifeboat: restore and inspect lifeboat backups.
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a repository and its keys.
+    Init(init::InitArgs),
+    /// List snapshots (either key).
+    Snapshots(list::SnapshotsArgs),
+    /// List the files of a snapshot (restore key).
+    Ls(list::LsArgs),
+    /// Restore files of a snapshot into a folder (restore key).
+    Restore(restore::RestoreArgs),
+    /// Verify the repository.
+    Check(check::CheckArgs),
+    /// Create identity files, show recipients.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("lifeboat: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Init(args) => init::run(args).await,
+            Command::Snapshots(args) => list::snapshots(args).await,
+            Command::Ls(args) => list::ls(args).await,
+            Command::Restore(args) => restore::run(args).await,
+            Command::Check(args) => check::run(args).await,
+            Command::Keys(command) => keys::run(command),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lifeboat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}

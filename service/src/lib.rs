@@ -7,7 +7,10 @@
 //! are thin layers over it.
 
 pub mod backup;
+pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
+pub mod sources;
 pub mod state;
 pub mod storage;

@@ -83,11 +83,13 @@ admin_token = "{admin_token}"
             &dir.path().join("garage.log"),
         )?;
 
-        let node = process
+        // `node id` reads only the metadata directory; `status` needs the RPC.
+        process
             .wait_until("answering its CLI", BOOT_TIMEOUT, || {
-                cli(&program, &config, &["node", "id", "-q"])
+                cli(&program, &config, &["status"])
             })
             .await?;
+        let node = cli(&program, &config, &["node", "id", "-q"]).await?;
         let node = node.split('@').next().unwrap_or_default().trim().to_owned();
         cli(
             &program,

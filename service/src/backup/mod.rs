@@ -57,7 +57,7 @@ pub struct Progress {
     /// Entries done.
     pub entries: AtomicU64,
     /// Bytes of file data processed (read or found unchanged).
-    pub bytes: AtomicU64,
+    pub bytes: Arc<AtomicU64>,
 }
 
 /// A finished backup.
@@ -105,9 +105,10 @@ impl SnapshotBuilder {
         }
     }
 
-    /// The live counters of this backup.
-    pub fn progress(&self) -> Arc<Progress> {
-        self.progress.clone()
+    /// Uses `progress` for the live counters of this backup.
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// The repository being written.

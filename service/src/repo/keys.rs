@@ -18,7 +18,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use age::secrecy::{ExposeSecret, SecretString};
+use age::secrecy::ExposeSecret;
+pub use age::secrecy::SecretString;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// What can go wrong with keys.
@@ -112,6 +113,15 @@ impl IdentitySet {
             .map(|identity| Recipient(identity.to_public()))
             .collect()
     }
+}
+
+/// Whether the identity file at `path` is passphrase-protected (an age
+/// file rather than plain identity lines). An unreadable file counts as not.
+pub fn needs_passphrase(path: &Path) -> bool {
+    let mut start = [0u8; 40];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut start))
+        .is_ok_and(|n| is_age_file(&start[..n]))
 }
 
 fn is_age_file(raw: &[u8]) -> bool {

@@ -40,9 +40,9 @@ pub struct RestoreOptions {
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
     /// Bytes of file data to write in all.
-    pub bytes_total: AtomicU64,
+    pub bytes_total: Arc<AtomicU64>,
     /// Bytes written so far.
-    pub bytes_done: AtomicU64,
+    pub bytes_done: Arc<AtomicU64>,
 }
 
 /// What a restore did.

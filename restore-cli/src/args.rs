@@ -1,0 +1,111 @@
+//! Flags every repository command shares, and turning them into an open
+//! repository.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use lifeboat::repo::keys::{self, AnyIdentity};
+use lifeboat::repo::{Repository, UnlockedRepository};
+use lifeboat::schedule::Config;
+use lifeboat::storage::{self, S3Options};
+
+/// Where the repository is.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// Repository URL: s3://BUCKET/PREFIX, file:///PATH or a path.
+    #[arg(
+        long,
+        short = 'r',
+        env = "LIFEBOAT_REPOSITORY",
+        required_unless_present = "config"
+    )]
+    pub repo: Option<String>,
+    /// Take the repository (URL and S3 settings) from this lifeboat.toml.
+    #[arg(long, env = "LIFEBOAT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// S3 endpoint URL (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
+    #[arg(long, env = "LIFEBOAT_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default `auto`, as R2 wants).
+    #[arg(long, env = "LIFEBOAT_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Address buckets by path (Garage, MinIO).
+    #[arg(long, env = "LIFEBOAT_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+}
+
+impl RepoArgs {
+    /// The URL and S3 settings, from flags over the config file.
+    pub fn location(&self) -> anyhow::Result<(String, S3Options)> {
+        let from_config = match &self.config {
+            Some(path) => Some(Config::load(path)?.repository),
+            None => None,
+        };
+        let url = self
+            .repo
+            .clone()
+            .or_else(|| from_config.as_ref().map(|r| r.url.clone()))
+            .context("give the repository with --repo URL or --config FILE")?;
+        let mut s3 = from_config.map(|r| r.s3).unwrap_or_default();
+        if self.s3_endpoint.is_some() {
+            s3.endpoint.clone_from(&self.s3_endpoint);
+        }
+        if self.s3_region.is_some() {
+            s3.region.clone_from(&self.s3_region);
+        }
+        s3.path_style |= self.s3_path_style;
+        Ok((url, s3))
+    }
+
+    /// Opens the repository.
+    pub async fn open(&self) -> anyhow::Result<Repository> {
+        let (url, s3) = self.location()?;
+        let store = storage::open(&url, &s3).await?;
+        Ok(Repository::open(store).await?)
+    }
+}
+
+/// Which key to use.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// An age identity file: the restore key (reads everything) or the
+    /// service key (lists, checks structure). Passphrase from
+    /// LIFEBOAT_PASSPHRASE or a prompt.
+    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY")]
+    pub identity: PathBuf,
+}
+
+impl KeyArgs {
+    /// Loads the identity and unlocks `repo` with it.
+    pub async fn unlock(&self, repo: Repository) -> anyhow::Result<UnlockedRepository> {
+        let identity = self.load(&repo)?;
+        Ok(repo.unlock(identity).await?)
+    }
+
+    fn load(&self, repo: &Repository) -> anyhow::Result<AnyIdentity> {
+        let passphrase = if keys::needs_passphrase(&self.identity) {
+            Some(passphrase(&format!(
+                "passphrase for {}: ",
+                self.identity.display()
+            ))?)
+        } else {
+            None
+        };
+        let file = AnyIdentity::from_file(&self.identity, passphrase.as_ref())?;
+        Ok(repo.identify(file)?)
+    }
+}
+
+/// A passphrase from LIFEBOAT_PASSPHRASE, else asked on the terminal.
+pub fn passphrase(prompt: &str) -> anyhow::Result<keys::SecretString> {
+    if let Ok(value) = std::env::var("LIFEBOAT_PASSPHRASE") {
+        return Ok(keys::SecretString::from(value));
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("a passphrase is needed: set LIFEBOAT_PASSPHRASE or run on a terminal");
+    }
+    let value = rpassword::prompt_password(prompt).context("reading the passphrase")?;
+    Ok(keys::SecretString::from(value))
+}

@@ -1,0 +1,143 @@
+//! `lifeboat snapshots` and `lifeboat ls`.
+
+use clap::Args;
+use lifeboat::repo::snapshot::human_bytes;
+use lifeboat::repo::tree::NodeKind;
+
+use crate::args::{KeyArgs, RepoArgs};
+
+/// Flags of `lifeboat snapshots`.
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Only this job's snapshots.
+    #[arg(long)]
+    job: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `lifeboat snapshots`: works with either key.
+pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
+    let repo = args.key.unlock(args.repo.open().await?).await?;
+    let all: Vec<_> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|e| args.job.as_ref().is_none_or(|job| e.snapshot.job == *job))
+        .collect();
+    if args.json {
+        let list: Vec<_> = all
+            .iter()
+            .map(|e| {
+                let s = &e.snapshot;
+                serde_json::json!({
+                    "id": e.id, "job": s.job, "source_kind": s.source_kind, "host": s.host,
+                    "time": s.time, "end_time": s.end_time, "summary": s.summary, "metadata": s.metadata,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<20} {:<16} {:<10} {:>8} {:>10} {:>10}",
+        "ID", "TIME (UTC)", "JOB", "KIND", "FILES", "SIZE", "ADDED"
+    );
+    for e in &all {
+        let s = &e.snapshot;
+        println!(
+            "{:<10} {:<20} {:<16} {:<10} {:>8} {:>10} {:>10}",
+            e.id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S"),
+            s.job,
+            s.source_kind,
+            s.summary.files,
+            human_bytes(s.summary.bytes_total),
+            human_bytes(s.summary.bytes_stored),
+        );
+    }
+    println!("{} snapshots", all.len());
+    Ok(())
+}
+
+/// Flags of `lifeboat ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The snapshot: `latest`, `latest:JOB` or an id prefix.
+    snapshot: String,
+    /// A folder inside it (default: everything).
+    path: Option<String>,
+    /// Print JSON (one object per entry).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `lifeboat ls`: needs the restore key (names are encrypted to it only).
+pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
+    let repo = args.key.unlock(args.repo.open().await?).await?;
+    let entry = repo.find_snapshot(&args.snapshot).await?;
+    let reader = repo.reader("listing files")?;
+    let start = args.path.clone().unwrap_or_default();
+    let mut tree = reader.read_tree(&entry.snapshot.root).await?;
+    let mut prefix = String::new();
+    for part in start.split('/').filter(|p| !p.is_empty()) {
+        let node = tree
+            .get(part.as_bytes())
+            .filter(|n| n.kind == NodeKind::Dir)
+            .and_then(|n| n.subtree)
+            .ok_or_else(|| {
+                anyhow::anyhow!("{start:?} is not a folder of snapshot {}", entry.id.short())
+            })?;
+        tree = reader.read_tree(&node).await?;
+        prefix = format!("{prefix}/{part}");
+    }
+    let mut stack = vec![(tree, prefix)];
+    let mut rows = Vec::new();
+    while let Some((tree, dir)) = stack.pop() {
+        for node in tree.entries.iter().rev() {
+            let path = format!("{dir}/{}", node.name.display());
+            if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
+                stack.push((reader.read_tree(&sub).await?, path.clone()));
+            }
+            rows.push((path, node.clone()));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, node) in rows {
+        if args.json {
+            let value = serde_json::json!({
+                "path": path, "type": node.kind, "mode": node.mode, "uid": node.uid, "gid": node.gid,
+                "size": node.size, "mtime": node.mtime,
+                "target": node.target.as_ref().map(|t| t.display().into_owned()),
+            });
+            println!("{value}");
+        } else {
+            let kind = match node.kind {
+                NodeKind::Dir => 'd',
+                NodeKind::Symlink => 'l',
+                NodeKind::Hardlink => 'h',
+                NodeKind::File => '-',
+                _ => 's',
+            };
+            let target = node
+                .target
+                .as_ref()
+                .map(|t| format!(" -> {}", t.display()))
+                .unwrap_or_default();
+            println!(
+                "{kind}{:04o} {:>6}:{:<6} {:>10} {path}{target}",
+                node.mode, node.uid, node.gid, node.size
+            );
+        }
+    }
+    Ok(())
+}

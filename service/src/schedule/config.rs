@@ -1,0 +1,210 @@
+//! `lifeboat.toml`: the repository and the jobs.
+//!
+//! ```toml
+//! [repository]
+//! url = "s3://backups/homelab"            # or a local path
+//! service_identity = "/config/service.key"
+//! recipients = ["age1…"]                  # restore recipients
+//! s3 = { endpoint = "https://<account>.r2.cloudflarestorage.com" }
+//!
+//! [[job]]
+//! name = "appdata"
+//! source = { kind = "directory", paths = ["/mnt/user/appdata"] }
+//! ```
+//!
+//! Relative paths are taken from the config file's folder. Errors name the
+//! file, the line and the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::sources::SourceConfig;
+use crate::storage::S3Options;
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a wrong field (the message gives line and field).
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+    /// No job of that name.
+    #[error("config {path} has no job {name:?}; its jobs are: {known}")]
+    NoJob {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The jobs it has.
+        known: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where backups go.
+    pub repository: RepositoryConfig,
+    /// Local state (caches); default `state` beside the config file.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The jobs.
+    #[serde(default, rename = "job")]
+    pub jobs: Vec<JobConfig>,
+}
+
+/// The `[repository]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `s3://bucket/prefix`, `file:///path` or a path.
+    pub url: String,
+    /// The service's age identity file (created on first use if missing).
+    pub service_identity: PathBuf,
+    /// Restore recipients (`age1…`). When empty on first use, a restore
+    /// identity is generated beside the service identity.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// S3 connection settings.
+    #[serde(default)]
+    pub s3: S3Options,
+}
+
+/// One `[[job]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Unique name.
+    pub name: String,
+    /// What it backs up.
+    pub source: SourceConfig,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    ///
+    /// Fails when it is unreadable, invalid, or two jobs share a name.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text that was read from `path`.
+    ///
+    /// Fails when it is invalid or two jobs share a name.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut config: Self =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        let mut names = std::collections::HashSet::new();
+        for job in &config.jobs {
+            if job.name.is_empty() || job.name.contains(['/', ':']) {
+                return Err(invalid(format!(
+                    "job name {:?} must be non-empty, without '/' or ':'",
+                    job.name
+                )));
+            }
+            if !names.insert(job.name.as_str()) {
+                return Err(invalid(format!(
+                    "two jobs are called {:?}; job names must be unique",
+                    job.name
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let absolute = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        absolute(&mut self.repository.service_identity);
+        let url = &mut self.repository.url;
+        if !url.contains("://") && Path::new(url.as_str()).is_relative() {
+            *url = base.join(&*url).display().to_string();
+        }
+        let state = self.state_dir.get_or_insert_with(|| PathBuf::from("state"));
+        absolute(state);
+        for job in &mut self.jobs {
+            job.source.resolve_paths(base);
+        }
+    }
+
+    /// The job called `name`.
+    ///
+    /// Fails with [`ConfigError::NoJob`] listing the jobs there are.
+    pub fn job(&self, name: &str, path: &Path) -> Result<&JobConfig, ConfigError> {
+        self.jobs
+            .iter()
+            .find(|j| j.name == name)
+            .ok_or_else(|| ConfigError::NoJob {
+                path: path.to_owned(),
+                name: name.into(),
+                known: self
+                    .jobs
+                    .iter()
+                    .map(|j| j.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let text = "[repository]\nurl = \"repo\"\nservice_identity = \"k\"\n\n[[job]]\nname = \"a\"\nsource = { kind = \"directory\", pahts = [\"/x\"] }\n";
+        let error = Config::parse(text, Path::new("/etc/lifeboat.toml"))
+            .err()
+            .map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(error.contains("/etc/lifeboat.toml"), "{error}");
+        assert!(error.contains("line 7"), "{error}");
+        assert!(error.contains("pahts"), "{error}");
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_folder() -> anyhow::Result<()> {
+        let text = "[repository]\nurl = \"repo\"\nservice_identity = \"keys/service.key\"\n[[job]]\nname = \"a\"\nsource = { kind = \"directory\", paths = [\"data\"] }\n";
+        let config = Config::parse(text, Path::new("/srv/lb/lifeboat.toml"))?;
+        assert_eq!(config.repository.url, "/srv/lb/repo");
+        assert_eq!(
+            config.repository.service_identity,
+            Path::new("/srv/lb/keys/service.key")
+        );
+        assert_eq!(
+            config.state_dir.as_deref(),
+            Some(Path::new("/srv/lb/state"))
+        );
+        assert!(config.job("b", Path::new("x")).is_err());
+        Ok(())
+    }
+}

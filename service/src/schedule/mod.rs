@@ -1,0 +1,7 @@
+//! Jobs: their configuration and running one.
+
+pub mod config;
+pub mod job;
+
+pub use config::{Config, ConfigError, JobConfig, RepositoryConfig};
+pub use job::{JobError, run_job};
