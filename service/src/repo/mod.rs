@@ -481,3 +481,181 @@ impl UnlockedRepository {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::blob::BlobKind;
+    use crate::repo::keys::{RestoreIdentity, ServiceIdentity, generate_identity_file};
+    use crate::storage::LocalStore;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn ObjectStore>,
+        restore: std::path::PathBuf,
+        service: std::path::PathBuf,
+    }
+
+    async fn fixture(options: &InitOptions) -> anyhow::Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        let (restore, service) = (
+            dir.path().join("restore.key"),
+            dir.path().join("service.key"),
+        );
+        let recipients = Recipients {
+            restore: vec![generate_identity_file(&restore, None)?],
+            service: vec![generate_identity_file(&service, None)?],
+        };
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("repo")));
+        Repository::init(store.clone(), recipients, options).await?;
+        Ok(Fixture {
+            _dir: dir,
+            store,
+            restore,
+            service,
+        })
+    }
+
+    fn pattern(seed: u32, len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn service_key_writes_restore_key_reads_every_blob_by_ranged_reads() -> anyhow::Result<()>
+    {
+        let f = fixture(&InitOptions::default()).await?;
+        let service = ServiceIdentity::from_file(&f.service, None)?;
+        let repo = Repository::open(f.store.clone())
+            .await?
+            .unlock(AnyIdentity::Service(service))
+            .await?;
+        assert!(
+            repo.reader("reading").is_err(),
+            "the service key must not read packs"
+        );
+
+        // Blobs of awkward sizes, so that some start exactly on a 64 KiB
+        // segment boundary, some span segments and one starts the pack.
+        let sizes = [10, 65_526, 65_536, 200_000, 1, 131_072, 70_000];
+        let blobs: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(i as u32, n))
+            .collect();
+        let writer = repo.writer();
+        let ids = tokio::task::spawn_blocking(move || {
+            let ids = blobs
+                .iter()
+                .map(|b| writer.save(BlobKind::Data, b).map(|(id, _)| id))
+                .collect::<Result<Vec<_>, _>>();
+            (writer, ids)
+        })
+        .await?;
+        let (writer, ids) = (ids.0, ids.1?);
+        let stats = writer.finish().await?;
+        assert_eq!(stats.blobs_added, sizes.len() as u64);
+        assert_eq!(stats.packs.len(), 1);
+
+        let restore = RestoreIdentity::from_file(&f.restore, None)?;
+        let repo = Repository::open(f.store.clone())
+            .await?
+            .unlock(AnyIdentity::Restore(restore))
+            .await?;
+        let reader = repo.reader("reading")?;
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                reader.read(id).await?,
+                pattern(i as u32, sizes[i]),
+                "blob {i}"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_deduplicates_against_the_index() -> anyhow::Result<()> {
+        let f = fixture(&InitOptions::default()).await?;
+        let service = ServiceIdentity::from_file(&f.service, None)?;
+        let repo = Repository::open(f.store.clone())
+            .await?
+            .unlock(AnyIdentity::Service(service))
+            .await?;
+        let data = pattern(1, 100_000);
+        let writer = repo.writer();
+        let (writer, first) = tokio::task::spawn_blocking(move || {
+            let first = writer.save(BlobKind::Data, &data);
+            let again = writer.save(BlobKind::Data, &data);
+            (writer, first.and_then(|a| again.map(|b| (a, b))))
+        })
+        .await?;
+        let (a, b) = first?;
+        assert!(a.1 && !b.1 && a.0 == b.0);
+        writer.finish().await?;
+
+        let service = ServiceIdentity::from_file(&f.service, None)?;
+        let repo = Repository::open(f.store.clone())
+            .await?
+            .unlock(AnyIdentity::Service(service))
+            .await?;
+        assert!(repo.index().contains(&a.0));
+        let writer = repo.writer();
+        let data = pattern(1, 100_000);
+        let (writer, saved) = tokio::task::spawn_blocking(move || {
+            let saved = writer.save(BlobKind::Data, &data);
+            (writer, saved)
+        })
+        .await?;
+        assert!(!saved?.1, "a stored blob is not stored again");
+        assert_eq!(writer.finish().await?.packs.len(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_altered_config_or_a_foreign_key_is_refused() -> anyhow::Result<()> {
+        let f = fixture(&InitOptions::default()).await?;
+        let dir = tempfile::tempdir()?;
+        let stranger = dir.path().join("stranger.key");
+        generate_identity_file(&stranger, None)?;
+        let repo = Repository::open(f.store.clone()).await?;
+        let file = AnyIdentity::from_file(&stranger, None)?;
+        assert!(matches!(
+            repo.identify(file),
+            Err(RepoError::WrongKey { .. })
+        ));
+
+        let config = f.store.get(CONFIG_KEY).await?;
+        let altered = String::from_utf8(config.to_vec())?
+            .replace("\"compression_level\": 3", "\"compression_level\": 4");
+        f.store.delete(CONFIG_KEY).await?;
+        f.store.put_new(CONFIG_KEY, altered.into()).await?;
+        let repo = Repository::open(f.store.clone()).await?;
+        let service = ServiceIdentity::from_file(&f.service, None)?;
+        let unlocked = repo.unlock(AnyIdentity::Service(service)).await;
+        assert!(matches!(unlocked, Err(RepoError::Damaged { .. })));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn init_refuses_an_existing_repository_and_bad_options() -> anyhow::Result<()> {
+        let f = fixture(&InitOptions::default()).await?;
+        let repo = Repository::open(f.store.clone()).await?;
+        let again = Repository::init(
+            f.store.clone(),
+            repo.recipients().clone(),
+            &InitOptions::default(),
+        )
+        .await;
+        assert!(matches!(again, Err(RepoError::AlreadyInitialized { .. })));
+        let bad = InitOptions {
+            pack_size: 10,
+            ..InitOptions::default()
+        };
+        let dir = tempfile::tempdir()?;
+        let empty: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().to_owned()));
+        let refused = Repository::init(empty, repo.recipients().clone(), &bad).await;
+        assert!(matches!(refused, Err(RepoError::BadConfig { .. })));
+        Ok(())
+    }
+}

@@ -31,7 +31,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 
 use super::{ObjectInfo, ObjectStore, StorageError};
@@ -44,6 +44,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Limit on a whole request, retries and backoff included.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(900);
+/// First pause before fetching a cut-off body again; doubles each time.
+const BODY_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Region when neither the options nor the environment name one (R2's).
 const DEFAULT_REGION: &str = "auto";
 /// How to give credentials.
@@ -139,7 +141,7 @@ impl S3Store {
         if let Err(e) = credentials.provide_credentials().await {
             return Err(connect_failure(format!(
                 "no usable credentials ({}); {CREDENTIALS_SET}",
-                DisplayErrorContext(&e)
+                error_chain(&e)
             )));
         }
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
@@ -212,12 +214,21 @@ impl S3Store {
             ),
             _ => String::new(),
         };
-        let details = DisplayErrorContext(err);
-        let message = match (status, fix.is_empty()) {
-            (Some(status), true) => format!("HTTP {status}: {details}"),
-            (Some(status), false) => format!("HTTP {status}: {fix} ({details})"),
-            (None, true) => details.to_string(),
-            (None, false) => format!("{fix} ({details})"),
+        // A server's answer says enough in its status, code and message; the
+        // SDK's full context is for failures without one.
+        let details = match err.as_service_error() {
+            Some(service) => format!(
+                "HTTP {} {}: {}",
+                status.unwrap_or_default(),
+                service.code().unwrap_or("(no error code)"),
+                service.message().unwrap_or("(no message)")
+            ),
+            None => error_chain(err),
+        };
+        let message = if fix.is_empty() {
+            details
+        } else {
+            format!("{details}; {fix}")
         };
         self.failure(operation, key, message)
     }
@@ -229,28 +240,40 @@ impl S3Store {
         }
     }
 
-    /// One GET, of the whole object or of `range`.
+    /// One GET, of the whole object or of `range`. The SDK retries a
+    /// request until its answer begins; a body cut off after that is fetched
+    /// again here, up to [`MAX_ATTEMPTS`] times in all.
     async fn fetch(&self, key: &str, range: Option<&Range<u64>>) -> Result<Bytes, StorageError> {
         let operation = "GetObject";
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)));
-        let output = match request.send().await {
-            Ok(output) => output,
-            Err(err) if is_missing_object(&err) => return Err(self.not_found(key)),
-            Err(err) => return Err(self.remote(operation, key, &err)),
+        let mut attempt = 1;
+        let data = loop {
+            let request = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)));
+            let output = match request.send().await {
+                Ok(output) => output,
+                Err(err) if is_missing_object(&err) => return Err(self.not_found(key)),
+                Err(err) => return Err(self.remote(operation, key, &err)),
+            };
+            match output.body.collect().await {
+                Ok(data) => break data.into_bytes(),
+                Err(e) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(key, attempt, error = %error_chain(&e), "S3 body cut off; fetching again");
+                    tokio::time::sleep(BODY_RETRY_BACKOFF * 2u32.pow(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let message = format!(
+                        "reading the body failed {MAX_ATTEMPTS} times, last: {}",
+                        error_chain(&e)
+                    );
+                    return Err(self.failure(operation, key, message));
+                }
+            }
         };
-        let data = output.body.collect().await.map_err(|e| {
-            self.failure(
-                operation,
-                key,
-                format!("reading the body: {}", DisplayErrorContext(&e)),
-            )
-        })?;
-        let data = data.into_bytes();
         if let Some(range) = range {
             let wanted = range.end - range.start;
             if data.len() as u64 != wanted {
@@ -269,6 +292,19 @@ impl S3Store {
         }
         Ok(data)
     }
+}
+
+/// An error and its sources, `: `-separated: the first half of the SDK's
+/// `DisplayErrorContext`, without its `Debug` dump.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// The HTTP status and the S3 error code of a failed request, where it got an answer.
