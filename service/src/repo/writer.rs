@@ -56,6 +56,9 @@ pub struct WriteStats {
     pub indexes: Vec<IndexId>,
 }
 
+/// What the uploader stored: the packs, and the index objects listing them.
+type Uploaded = (Vec<IndexedPack>, Vec<IndexId>);
+
 struct Shared {
     key: ChunkIdKey,
     recipients: Recipients,
@@ -73,7 +76,7 @@ struct Shared {
 pub struct BlobWriter {
     shared: Arc<Shared>,
     sender: mpsc::Sender<SealedPack>,
-    uploader: tokio::task::JoinHandle<Result<(Vec<IndexedPack>, Vec<IndexId>), RepoError>>,
+    uploader: tokio::task::JoinHandle<Result<Uploaded, RepoError>>,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -237,7 +240,7 @@ async fn upload_packs(
     store: Arc<dyn ObjectStore>,
     recipients: Recipients,
     mut receiver: mpsc::Receiver<SealedPack>,
-) -> Result<(Vec<IndexedPack>, Vec<IndexId>), RepoError> {
+) -> Result<Uploaded, RepoError> {
     let mut running = JoinSet::new();
     let mut unindexed = Vec::new();
     let mut all = Vec::new();
