@@ -9,6 +9,7 @@ use crate::backup::{BackupError, BackupReport, Progress, SnapshotBuilder};
 use crate::repo::config::InitOptions;
 use crate::repo::keys::{self, AnyIdentity, KeyError, Recipient, Recipients, ServiceIdentity};
 use crate::repo::{RepoError, Repository, UnlockedRepository};
+use crate::sources::{SourceContext, SourceError};
 use crate::storage::{self, StorageError};
 
 /// Why a job could not run.
@@ -26,6 +27,9 @@ pub enum JobError {
     /// The backup failed.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// A key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -131,9 +135,9 @@ pub async fn run_job(
     let repo = open_service_repository(config).await?;
     let mut builder =
         SnapshotBuilder::new(&repo, &job.name, job.source.kind()).with_progress(progress);
-    builder
-        .add_folders(&job.source.folders(), config.state_dir.as_deref())
-        .await?;
-    let report = builder.commit(serde_json::Value::Null).await?;
-    Ok(report)
+    let context = SourceContext {
+        state_dir: config.state_dir.clone(),
+    };
+    let metadata = job.source.back_up(&mut builder, &context).await?;
+    Ok(builder.commit(metadata).await?)
 }

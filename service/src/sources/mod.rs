@@ -1,72 +1,72 @@
-//! What is backed up. Each source kind has its own settings and knows how
-//! to feed a [`SnapshotBuilder`](crate::backup::SnapshotBuilder).
+//! What is backed up. Each source kind has a settings type (a variant of
+//! [`SourceConfig`], the job's `source` table) and feeds a
+//! [`SnapshotBuilder`]: folder trees, or named byte streams.
+
+pub mod directory;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::backup::files::Folder;
+use crate::backup::{BackupError, SnapshotBuilder};
 
 /// A job's `source` table, by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Folders of the host (Unraid shares, appdata).
-    Directory {
-        /// Folders, all with the job-wide excludes.
-        #[serde(default)]
-        paths: Vec<PathBuf>,
-        /// Folders with excludes of their own.
-        #[serde(default)]
-        folders: Vec<Folder>,
-        /// Glob patterns left out of every folder.
-        #[serde(default)]
-        exclude: Vec<String>,
-    },
+    Directory(directory::DirectorySource),
+}
+
+/// What a source needs from the job that runs it.
+#[derive(Debug, Clone, Default)]
+pub struct SourceContext {
+    /// The local state folder (caches), if any.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Why a source could not be backed up.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Storing what the source produced failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
 }
 
 impl SourceConfig {
     /// The kind's name as configured.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Directory { .. } => "directory",
+            Self::Directory(_) => "directory",
         }
     }
 
-    /// Makes relative paths relative to `base`.
+    /// Makes relative paths relative to `base` (the config file's folder).
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         match self {
-            Self::Directory { paths, folders, .. } => {
-                for path in paths
-                    .iter_mut()
-                    .chain(folders.iter_mut().map(|f| &mut f.path))
-                {
-                    if path.is_relative() {
-                        *path = base.join(&*path);
-                    }
-                }
-            }
+            Self::Directory(source) => source.resolve_paths(base),
         }
     }
 
-    /// A directory source's folders, each with its excludes and the job's.
-    pub fn folders(&self) -> Vec<Folder> {
+    /// Backs the source up into `builder` and returns the snapshot's
+    /// metadata (summary figures the service key may read).
+    ///
+    /// Fails when the source cannot be read as a whole or the repository
+    /// fails; the snapshot is then not committed.
+    pub async fn back_up(
+        &self,
+        builder: &mut SnapshotBuilder,
+        context: &SourceContext,
+    ) -> Result<serde_json::Value, SourceError> {
         match self {
-            Self::Directory {
-                paths,
-                folders,
-                exclude,
-            } => paths
-                .iter()
-                .map(|path| Folder {
-                    path: path.clone(),
-                    exclude: exclude.clone(),
-                })
-                .chain(folders.iter().map(|f| Folder {
-                    path: f.path.clone(),
-                    exclude: f.exclude.iter().chain(exclude).cloned().collect(),
-                }))
-                .collect(),
+            Self::Directory(source) => source.back_up(builder, context).await,
         }
+    }
+}
+
+/// Makes `path` relative to `base` when it is relative.
+pub(crate) fn resolve(path: &mut PathBuf, base: &Path) {
+    if path.is_relative() {
+        *path = base.join(&*path);
     }
 }
