@@ -1,0 +1,214 @@
+//! Retention policies: which snapshots of a job to keep.
+//!
+//! The usual rules: keep the newest `keep_last`; for each of `keep_hourly`,
+//! `keep_daily`, `keep_weekly`, `keep_monthly`, `keep_yearly` keep the newest
+//! snapshot of that many distinct periods, newest first; keep everything
+//! younger than `keep_within` (measured from the newest snapshot, so a
+//! stalled job never loses its last backups). A snapshot kept by any rule
+//! is kept. A policy that keeps nothing is refused.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A job's `retention` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Newest snapshots to keep.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Hours to keep the newest snapshot of.
+    #[serde(default)]
+    pub keep_hourly: u32,
+    /// Days to keep the newest snapshot of.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// ISO weeks to keep the newest snapshot of.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// Months to keep the newest snapshot of.
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Years to keep the newest snapshot of.
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot this much younger than the newest (e.g. "7d").
+    #[serde(default, with = "optional_duration")]
+    pub keep_within: Option<std::time::Duration>,
+}
+
+/// One snapshot's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The snapshot's time.
+    pub time: DateTime<Utc>,
+    /// Why it is kept (rule names); empty when it is forgotten.
+    pub kept_by: Vec<&'static str>,
+}
+
+impl RetentionPolicy {
+    /// Whether the policy keeps anything at all.
+    pub fn keeps_something(&self) -> bool {
+        self.keep_last
+            + self.keep_hourly
+            + self.keep_daily
+            + self.keep_weekly
+            + self.keep_monthly
+            + self.keep_yearly
+            > 0
+            || self.keep_within.is_some()
+    }
+
+    /// Decides for snapshots given by their times (any order); returns one
+    /// decision per input, in input order.
+    pub fn apply(&self, times: &[DateTime<Utc>]) -> Vec<Decision> {
+        let mut order: Vec<usize> = (0..times.len()).collect();
+        order.sort_by(|&a, &b| times[b].cmp(&times[a]));
+        let mut decisions: Vec<Decision> = times
+            .iter()
+            .map(|&time| Decision {
+                time,
+                kept_by: Vec::new(),
+            })
+            .collect();
+        for (rank, &i) in order.iter().enumerate() {
+            if rank < self.keep_last as usize {
+                decisions[i].kept_by.push("last");
+            }
+        }
+        let buckets: [(&'static str, u32, fn(&DateTime<Utc>) -> (i32, u32)); 5] = [
+            ("hourly", self.keep_hourly, |t| {
+                (t.year(), t.ordinal() * 24 + t.hour())
+            }),
+            ("daily", self.keep_daily, |t| (t.year(), t.ordinal())),
+            ("weekly", self.keep_weekly, |t| {
+                let week = t.iso_week();
+                (week.year(), week.week())
+            }),
+            ("monthly", self.keep_monthly, |t| (t.year(), t.month())),
+            ("yearly", self.keep_yearly, |t| (t.year(), 0)),
+        ];
+        for (rule, count, period) in buckets {
+            let mut seen = HashSet::new();
+            for &i in &order {
+                if seen.len() >= count as usize {
+                    break;
+                }
+                if seen.insert(period(&times[i])) {
+                    decisions[i].kept_by.push(rule);
+                }
+            }
+        }
+        if let (Some(within), Some(&newest)) = (self.keep_within, order.first()) {
+            let horizon =
+                times[newest] - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+            for &i in &order {
+                if times[i] >= horizon {
+                    decisions[i].kept_by.push("within");
+                }
+            }
+        }
+        decisions
+    }
+}
+
+/// `keep_within` as a humantime string ("36h", "7d").
+mod optional_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration like \"7d\" or \"36h\": {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn hours_ago(hours: &[i64]) -> Vec<DateTime<Utc>> {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 26, 12, 30, 0)
+            .single()
+            .unwrap_or_default();
+        hours
+            .iter()
+            .map(|h| now - chrono::Duration::hours(*h))
+            .collect()
+    }
+
+    fn kept(policy: &RetentionPolicy, times: &[DateTime<Utc>]) -> Vec<bool> {
+        policy
+            .apply(times)
+            .iter()
+            .map(|d| !d.kept_by.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn last_and_daily_keep_the_newest_of_each_day() {
+        // Hourly snapshots over three days, newest first.
+        let times = hours_ago(&(0..72).collect::<Vec<_>>());
+        let policy = RetentionPolicy {
+            keep_last: 2,
+            keep_daily: 3,
+            ..RetentionPolicy::default()
+        };
+        let kept = kept(&policy, &times);
+        // The two newest, and the newest of each of the three days
+        // (12:30 today is the newest of today; 23:30 of the two days before).
+        let expected: Vec<usize> = vec![0, 1, 13, 37];
+        let got: Vec<usize> = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn within_counts_from_the_newest_snapshot() {
+        let times = hours_ago(&[100, 101, 130, 200]);
+        let policy = RetentionPolicy {
+            keep_within: Some(std::time::Duration::from_secs(36 * 3600)),
+            ..RetentionPolicy::default()
+        };
+        assert_eq!(kept(&policy, &times), vec![true, true, true, false]);
+        assert!(policy.keeps_something());
+        assert!(!RetentionPolicy::default().keeps_something());
+    }
+
+    #[test]
+    fn input_order_does_not_matter() {
+        let mut times = hours_ago(&[0, 5, 30, 60]);
+        let policy = RetentionPolicy {
+            keep_daily: 2,
+            ..RetentionPolicy::default()
+        };
+        let before = kept(&policy, &times);
+        times.reverse();
+        let mut after = kept(&policy, &times);
+        after.reverse();
+        assert_eq!(before, after);
+    }
+}
