@@ -7,7 +7,7 @@
 //! as unreferenced garbage until prune). The in-memory [`Index`] is the union
 //! of all index objects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -107,13 +107,16 @@ pub struct PackInfo {
 pub struct Index {
     blobs: HashMap<BlobId, BlobLocation>,
     packs: HashMap<PackId, PackInfo>,
-    files: Vec<IndexId>,
+    pack_blobs: HashMap<PackId, Vec<BlobId>>,
+    files: HashMap<IndexId, Vec<PackId>>,
+    doomed: HashSet<PackId>,
 }
 
 impl Index {
     /// Adds the entries of one index object.
     pub fn add_file(&mut self, id: IndexId, file: IndexFile) {
-        self.files.push(id);
+        self.files
+            .insert(id, file.packs.iter().map(|p| p.id).collect());
         for pack in file.packs {
             self.add_pack(&pack);
         }
@@ -129,6 +132,8 @@ impl Index {
                 blobs: u32::try_from(pack.blobs.len()).unwrap_or(u32::MAX),
             },
         );
+        self.pack_blobs
+            .insert(pack.id, pack.blobs.iter().map(|b| b.id).collect());
         for blob in &pack.blobs {
             self.blobs.entry(blob.id).or_insert(BlobLocation {
                 pack: pack.id,
@@ -147,6 +152,29 @@ impl Index {
         self.blobs.contains_key(id)
     }
 
+    /// Whether a new backup may reuse the stored `id`: it is stored in a
+    /// pack that no prune plan is about to delete.
+    pub fn reusable(&self, id: &BlobId) -> bool {
+        self.blobs
+            .get(id)
+            .is_some_and(|location| !self.doomed.contains(&location.pack))
+    }
+
+    /// Marks packs a prune plan will delete: their blobs are not reused.
+    pub fn doom(&mut self, packs: impl IntoIterator<Item = PackId>) {
+        self.doomed.extend(packs);
+    }
+
+    /// The blobs a pack holds.
+    pub fn pack_blobs(&self, id: &PackId) -> &[BlobId] {
+        self.pack_blobs.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The packs an index object lists.
+    pub fn file_packs(&self) -> &HashMap<IndexId, Vec<PackId>> {
+        &self.files
+    }
+
     /// What is known of a pack.
     pub fn pack(&self, id: &PackId) -> Option<&PackInfo> {
         self.packs.get(id)
@@ -160,11 +188,6 @@ impl Index {
     /// Every blob.
     pub fn blobs(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
         self.blobs.iter()
-    }
-
-    /// The index objects read.
-    pub fn files(&self) -> &[IndexId] {
-        &self.files
     }
 
     /// Number of distinct blobs.

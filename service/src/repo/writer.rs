@@ -119,9 +119,9 @@ impl BlobWriter {
         BlobId::from_bytes(self.shared.key.hash(plain))
     }
 
-    /// Whether a blob is already stored or queued.
+    /// Whether a blob is already stored (outside packs doomed by prune) or queued.
     pub fn has(&self, id: &BlobId) -> bool {
-        self.shared.index.contains(id) || self.shared.pending.lock().is_ok_and(|p| p.contains(id))
+        self.shared.index.reusable(id) || self.shared.pending.lock().is_ok_and(|p| p.contains(id))
     }
 
     /// Stores `plain` as a blob unless it is already stored, and returns its
@@ -132,7 +132,7 @@ impl BlobWriter {
     pub fn save(&self, kind: BlobKind, plain: &[u8]) -> Result<(BlobId, bool), RepoError> {
         let shared = &self.shared;
         let id = self.blob_id(plain);
-        if shared.index.contains(&id) {
+        if shared.index.reusable(&id) {
             return Ok((id, false));
         }
         {

@@ -1,0 +1,240 @@
+//! Forgetting snapshots and pruning what no snapshot uses, with the service
+//! key alone and without locks.
+//!
+//! Prune works in two phases. A run marks the packs no snapshot uses (and
+//! packs no index lists, left by interrupted backups) in a prune plan object
+//! (`prune/<id>`, encrypted to both keys). A later run, once the plan is
+//! older than the grace period, deletes those of its packs that are still
+//! unused: it first writes index objects without them, then deletes the old
+//! index objects, then the packs, then the plan. A backup never reuses a blob
+//! of a pack that a plan names, and the grace period covers backups that
+//! loaded the index before the plan was written, so a backup running at the
+//! same time never loses a chunk it reused. Repacking partly used packs
+//! needs to decrypt them and is therefore not something the service can do.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::id::{BlobId, IndexId, PackId, SnapshotId, content_hash};
+use super::index::IndexFile;
+use super::keys::AnyIdentity;
+use super::{RepoError, UnlockedRepository, meta, object_id};
+use crate::storage::ObjectStore;
+
+/// Prefix of prune plan objects.
+pub const PLAN_PREFIX: &str = "prune/";
+
+/// The plaintext of a prune plan object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrunePlan {
+    /// When the packs were found unused.
+    pub created: DateTime<Utc>,
+    /// The packs to delete once the grace period has passed, if still unused.
+    pub packs: Vec<PackId>,
+}
+
+/// How to prune.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions {
+    /// How long a marked pack waits before it is deleted; must exceed the
+    /// longest backup.
+    pub grace: chrono::Duration,
+    /// Report only; change nothing.
+    pub dry_run: bool,
+}
+
+/// What a prune did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Packs in the store.
+    pub packs_stored: usize,
+    /// Packs some snapshot uses.
+    pub packs_used: usize,
+    /// Packs newly marked for deletion.
+    pub packs_marked: usize,
+    /// Their size.
+    pub bytes_marked: u64,
+    /// Packs deleted.
+    pub packs_deleted: usize,
+    /// Their size.
+    pub bytes_freed: u64,
+    /// Index objects rewritten without deleted packs.
+    pub indexes_rewritten: usize,
+    /// Plans still waiting for their grace period.
+    pub plans_waiting: usize,
+}
+
+/// Deletes snapshot objects.
+///
+/// Fails when the store refuses a delete.
+pub async fn forget(repo: &UnlockedRepository, snapshots: &[SnapshotId]) -> Result<(), RepoError> {
+    for id in snapshots {
+        repo.repository().store().delete(&id.key()).await?;
+    }
+    Ok(())
+}
+
+/// Reads every prune plan.
+pub(crate) async fn read_plans(
+    store: &Arc<dyn ObjectStore>,
+    identity: &AnyIdentity,
+) -> Result<Vec<(String, PrunePlan)>, RepoError> {
+    let mut plans = Vec::new();
+    for object in store.list(PLAN_PREFIX).await? {
+        let cipher = store.get(&object.key).await?;
+        let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
+        meta::verify_name(&object.key, &id, &cipher)?;
+        let plan = meta::open(&cipher, identity.age_identities()).map_err(|e| e.at(&object.key))?;
+        plans.push((object.key, plan));
+    }
+    Ok(plans)
+}
+
+/// Runs one prune round: deletes what plans past their grace period still
+/// find unused, and marks what is newly unused.
+///
+/// Fails, changing nothing, when any snapshot or index object is
+/// unreadable: pruning on partial knowledge could delete data in use.
+pub async fn prune(
+    repo: &UnlockedRepository,
+    options: &PruneOptions,
+) -> Result<PruneReport, RepoError> {
+    if let Some((key, problem)) = repo.index_problems().first() {
+        return Err(RepoError::Damaged {
+            key: key.clone(),
+            reason: format!("{problem}; prune refuses to run on a partly readable index"),
+        });
+    }
+    let store = repo.repository().store().clone();
+    let index = repo.index();
+    let mut used_blobs: HashSet<BlobId> = HashSet::new();
+    for entry in repo.snapshots().await? {
+        used_blobs.extend(entry.snapshot.references);
+    }
+    let stored: HashMap<PackId, u64> = store
+        .list("data/")
+        .await?
+        .into_iter()
+        .filter_map(|o| Some((o.key.rsplit('/').next()?.parse().ok()?, o.size)))
+        .collect();
+    let now = Utc::now();
+    let plans = read_plans(&store, repo.identity()).await?;
+    let planned: HashSet<PackId> = plans
+        .iter()
+        .flat_map(|(_, plan)| plan.packs.iter().copied())
+        .collect();
+    // Each used blob is kept in one pack, preferably one no plan names, so
+    // that a copy stored again by a later backup lets its doomed twin go.
+    let mut keeper: HashMap<BlobId, PackId> = HashMap::new();
+    for pack in stored.keys().filter(|p| index.pack(p).is_some()) {
+        for blob in index
+            .pack_blobs(pack)
+            .iter()
+            .filter(|b| used_blobs.contains(b))
+        {
+            let candidate = (planned.contains(pack), *pack);
+            keeper
+                .entry(*blob)
+                .and_modify(|best| {
+                    if candidate < (planned.contains(best), *best) {
+                        *best = *pack;
+                    }
+                })
+                .or_insert(*pack);
+        }
+    }
+    let used_packs: HashSet<PackId> = keeper.into_values().collect();
+    let unused = |pack: &PackId| !used_packs.contains(pack);
+    let mut report = PruneReport {
+        packs_stored: stored.len(),
+        packs_used: used_packs.len(),
+        ..PruneReport::default()
+    };
+
+    let mut doomed = HashSet::new();
+    let mut ripe_plans = Vec::new();
+    let mut waiting: HashSet<PackId> = HashSet::new();
+    for (key, plan) in plans {
+        if plan.created + options.grace <= now {
+            doomed.extend(
+                plan.packs
+                    .into_iter()
+                    .filter(|p| stored.contains_key(p) && unused(p)),
+            );
+            ripe_plans.push(key);
+        } else {
+            report.plans_waiting += 1;
+            waiting.extend(plan.packs);
+        }
+    }
+
+    let fresh: Vec<PackId> = stored
+        .keys()
+        .filter(|p| unused(p) && !doomed.contains(*p) && !waiting.contains(*p))
+        .copied()
+        .collect();
+    report.packs_marked = fresh.len();
+    report.bytes_marked = fresh.iter().map(|p| stored[p]).sum();
+    report.packs_deleted = doomed.len();
+    report.bytes_freed = doomed.iter().map(|p| stored[p]).sum();
+    if options.dry_run {
+        return Ok(report);
+    }
+
+    if !doomed.is_empty() {
+        report.indexes_rewritten = rewrite_indexes(repo, &doomed).await?;
+        for pack in &doomed {
+            store.delete(&pack.key()).await?;
+        }
+    }
+    for key in ripe_plans {
+        store.delete(&key).await?;
+    }
+    if !fresh.is_empty() {
+        let plan = PrunePlan {
+            created: now,
+            packs: fresh,
+        };
+        let cipher =
+            meta::seal(&plan, repo.repository().recipients().both()).map_err(|source| {
+                RepoError::Crypt {
+                    key: PLAN_PREFIX.into(),
+                    source,
+                }
+            })?;
+        let key = format!("{PLAN_PREFIX}{}", hex::encode(content_hash(&cipher)));
+        store.put_new(&key, cipher.into()).await?;
+    }
+    Ok(report)
+}
+
+/// Replaces every index object that lists a doomed pack by one without it;
+/// returns how many were replaced.
+async fn rewrite_indexes(
+    repo: &UnlockedRepository,
+    doomed: &HashSet<PackId>,
+) -> Result<usize, RepoError> {
+    let store = repo.repository().store();
+    let mut rewritten = 0;
+    for (index_id, packs) in repo.index().file_packs() {
+        if !packs.iter().any(|p| doomed.contains(p)) {
+            continue;
+        }
+        let key = index_id.key();
+        let cipher = store.get(&key).await?;
+        let mut file: IndexFile =
+            meta::open(&cipher, repo.identity().age_identities()).map_err(|e| e.at(&key))?;
+        file.packs.retain(|p| !doomed.contains(&p.id));
+        if !file.packs.is_empty() {
+            super::writer::write_index(store.as_ref(), repo.repository().recipients(), &file.packs)
+                .await?;
+        }
+        store.delete(&key).await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}
