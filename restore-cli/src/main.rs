@@ -6,6 +6,7 @@ mod check;
 mod init;
 mod keys;
 mod list;
+mod prune;
 mod restore;
 
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
+    /// Forget snapshots by a retention policy (either key).
+    Forget(prune::ForgetArgs),
+    /// Delete packs no snapshot uses, after a grace period (either key).
+    Prune(prune::PruneArgs),
     /// Create identity files, show recipients.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -59,6 +64,8 @@ fn main() -> ExitCode {
             Command::Ls(args) => list::ls(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Check(args) => check::run(args).await,
+            Command::Forget(args) => prune::run_forget(args).await,
+            Command::Prune(args) => prune::run_prune(args).await,
             Command::Keys(command) => keys::run(command),
         }
     });
