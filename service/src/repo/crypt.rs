@@ -91,7 +91,7 @@ pub(crate) fn cipher_range(payload_offset: u64, size: u64, range: &Range<u64>) -
 
 /// A stored object of known size of which only some byte ranges are held in
 /// memory; reading elsewhere is an error. age's seekable reader runs over it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SparseObject {
     size: u64,
     position: u64,

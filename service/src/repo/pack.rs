@@ -57,15 +57,12 @@ pub(crate) struct PackBuilder {
 }
 
 impl PackBuilder {
-    /// An empty pack with room for `capacity` bytes.
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
-        Self {
-            body: Vec::with_capacity(capacity),
-            blobs: Vec::new(),
-        }
+    /// Makes room for `additional` more bytes of blobs.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.body.reserve(additional);
     }
 
-    /// Appends a stored blob. Fails if it is larger than 4 GiB.
+    /// Appends a stored blob (blobs are at most a few MiB, far below 4 GiB).
     pub(crate) fn add(
         &mut self,
         id: BlobId,
@@ -172,7 +169,7 @@ mod tests {
 
     #[test]
     fn table_round_trips_and_rejects_damage() -> anyhow::Result<()> {
-        let mut pack = PackBuilder::with_capacity(64);
+        let mut pack = PackBuilder::default();
         let a = BlobId::from_bytes([1; 32]);
         let b = BlobId::from_bytes([2; 32]);
         pack.add(a, BlobKind::Data, b"hello", false, 5);

@@ -1,10 +1,13 @@
 //! Reading blobs back, each verified against its id.
 //!
-//! One blob is read with a ranged GET of the age segments that hold it (the
-//! pack's header is fetched once and kept); a restore that needs most of a
-//! pack fetches the whole pack instead and decrypts it once.
+//! One data blob is read with a ranged GET of the age segments that hold it
+//! (the pack's header is fetched once and kept); several blobs of one pack
+//! with one GET per run of nearby blobs; a restore that needs most of a pack
+//! fetches the whole pack instead and decrypts it once. Trees live in packs
+//! of their own, which are read whole and kept in a small cache, so walking
+//! a snapshot's trees costs a few GETs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +31,38 @@ pub struct BlobReader {
     key: ChunkIdKey,
     index: Arc<Index>,
     headers: Arc<Mutex<HashMap<PackId, Bytes>>>,
+    tree_packs: Arc<Mutex<PackCache>>,
+}
+
+/// Bytes of decrypted tree packs kept in memory.
+const TREE_CACHE_BYTES: usize = 64 << 20;
+/// Needed blobs closer than this are fetched with one GET.
+const MERGE_GAP: u64 = 256 << 10;
+
+/// Recently read packs' plaintexts, oldest first.
+#[derive(Default)]
+struct PackCache {
+    packs: VecDeque<(PackId, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl PackCache {
+    fn get(&self, id: &PackId) -> Option<Arc<Vec<u8>>> {
+        self.packs
+            .iter()
+            .find(|(p, _)| p == id)
+            .map(|(_, plain)| plain.clone())
+    }
+
+    fn insert(&mut self, id: PackId, plain: Arc<Vec<u8>>) {
+        self.bytes += plain.len();
+        self.packs.push_back((id, plain));
+        while self.bytes > TREE_CACHE_BYTES && self.packs.len() > 1 {
+            if let Some((_, old)) = self.packs.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for BlobReader {
@@ -49,6 +84,7 @@ impl BlobReader {
             key,
             index,
             headers: Arc::default(),
+            tree_packs: Arc::default(),
         }
     }
 
@@ -75,6 +111,10 @@ impl BlobReader {
     /// do not decrypt, decompress and hash to `id`.
     pub async fn read(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let (location, info) = self.locate(id)?;
+        if location.blob.kind == super::blob::BlobKind::Tree {
+            let plain = self.cached_pack(&location.pack).await?;
+            return self.blob_in(&location.pack, &plain, &location.blob);
+        }
         let key = location.pack.key();
         let blob = location.blob;
         let wanted = crypt::cipher_range(info.payload_offset, info.size, &blob.range());
@@ -85,41 +125,121 @@ impl BlobReader {
         } else {
             object.hold(0, self.header(&location.pack, &info).await?);
             object.hold(wanted.start, self.store.get_range(&key, wanted).await?);
-            if blob.offset % SEGMENT_PLAIN == 0 {
-                // age authenticates the length from the last segment before
-                // seeking to a segment boundary.
-                let segments = (info.size - info.payload_offset).div_ceil(SEGMENT_CIPHER);
-                let last = info.payload_offset + (segments.max(1) - 1) * SEGMENT_CIPHER;
-                if !object.holds(&(last..info.size)) {
-                    object.hold(last, self.store.get_range(&key, last..info.size).await?);
-                }
+            let last = last_segment(&info);
+            if blob.offset % SEGMENT_PLAIN == 0 && !object.holds(&last) {
+                object.hold(last.start, self.store.get_range(&key, last).await?);
             }
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut reader =
-                crypt::open(this.identity.age_identities(), object).map_err(|source| {
-                    RepoError::Crypt {
-                        key: key.clone(),
-                        source,
-                    }
-                })?;
-            let damaged = |e: std::io::Error| RepoError::Damaged {
-                key: key.clone(),
-                reason: e.to_string(),
-            };
-            if from_start {
-                std::io::copy(&mut (&mut reader).take(blob.offset), &mut std::io::sink())
-                    .map_err(damaged)?;
-            } else {
-                reader.seek(SeekFrom::Start(blob.offset)).map_err(damaged)?;
+        tokio::task::spawn_blocking(move || this.decrypt_one(&key, object, &blob))
+            .await
+            .map_err(|e| RepoError::Upload(e.to_string()))?
+    }
+
+    /// A whole pack's plaintext, from the cache or fetched and decrypted.
+    async fn cached_pack(&self, pack: &PackId) -> Result<Arc<Vec<u8>>, RepoError> {
+        if let Some(plain) = self.tree_packs.lock().ok().and_then(|c| c.get(pack)) {
+            return Ok(plain);
+        }
+        let cipher = self.fetch_pack(pack).await?;
+        let (this, id) = (self.clone(), *pack);
+        let plain = tokio::task::spawn_blocking(move || this.open_pack(&id, &cipher))
+            .await
+            .map_err(|e| RepoError::Upload(e.to_string()))??;
+        let plain = Arc::new(plain);
+        if let Ok(mut cache) = self.tree_packs.lock() {
+            cache.insert(*pack, plain.clone());
+        }
+        Ok(plain)
+    }
+
+    /// Reads several blobs of one pack with one ranged GET per run of
+    /// nearby blobs, and returns each blob's plaintext or error.
+    ///
+    /// Fails as a whole only when the pack's header cannot be fetched.
+    pub async fn read_many(
+        &self,
+        pack: &PackId,
+        blobs: &[BlobId],
+    ) -> Result<Vec<(BlobId, Result<Vec<u8>, RepoError>)>, RepoError> {
+        let Some(info) = self.index.pack(pack).copied() else {
+            return Ok(blobs
+                .iter()
+                .map(|id| (*id, Err(RepoError::MissingBlob { id: *id })))
+                .collect());
+        };
+        let mut wanted: Vec<PackedBlob> = Vec::new();
+        let mut results = Vec::new();
+        for id in blobs {
+            match self.index.get(id) {
+                Some(location) if location.pack == *pack => wanted.push(location.blob),
+                _ => results.push((*id, Err(RepoError::MissingBlob { id: *id }))),
             }
-            let mut stored = vec![0; blob.length as usize];
-            reader.read_exact(&mut stored).map_err(damaged)?;
-            this.decode(&key, &stored, &blob)
+        }
+        wanted.sort_by_key(|b| b.offset);
+        let mut object = SparseObject::new(info.size);
+        object.hold(0, self.header(pack, &info).await?);
+        let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+        for blob in &wanted {
+            let range = crypt::cipher_range(info.payload_offset, info.size, &blob.range());
+            match runs.last_mut() {
+                Some(last) if range.start <= last.end + MERGE_GAP => {
+                    last.end = last.end.max(range.end)
+                }
+                _ => runs.push(range),
+            }
+        }
+        if wanted
+            .iter()
+            .any(|b| b.offset % SEGMENT_PLAIN == 0 && b.offset > 0)
+        {
+            runs.push(last_segment(&info));
+        }
+        let key = pack.key();
+        for run in runs {
+            if !object.holds(&run) {
+                object.hold(run.start, self.store.get_range(&key, run).await?);
+            }
+        }
+        let this = self.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|blob| (blob.id, this.decrypt_one(&key, object.clone(), &blob)))
+                .collect::<Vec<_>>()
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))?
+        .map_err(|e| RepoError::Upload(e.to_string()))?;
+        results.extend(decoded);
+        Ok(results)
+    }
+
+    /// Decrypts and verifies one blob out of a partly fetched pack.
+    fn decrypt_one(
+        &self,
+        key: &str,
+        object: SparseObject,
+        blob: &PackedBlob,
+    ) -> Result<Vec<u8>, RepoError> {
+        let mut reader = crypt::open(self.identity.age_identities(), object).map_err(|source| {
+            RepoError::Crypt {
+                key: key.into(),
+                source,
+            }
+        })?;
+        let damaged = |e: std::io::Error| RepoError::Damaged {
+            key: key.into(),
+            reason: e.to_string(),
+        };
+        if blob.offset < SEGMENT_PLAIN {
+            std::io::copy(&mut (&mut reader).take(blob.offset), &mut std::io::sink())
+                .map_err(damaged)?;
+        } else {
+            reader.seek(SeekFrom::Start(blob.offset)).map_err(damaged)?;
+        }
+        let mut stored = vec![0; blob.length as usize];
+        reader.read_exact(&mut stored).map_err(damaged)?;
+        self.decode(key, &stored, blob)
     }
 
     async fn header(&self, pack: &PackId, info: &PackInfo) -> Result<Bytes, RepoError> {
@@ -196,4 +316,12 @@ impl BlobReader {
             }),
         }
     }
+}
+
+/// The ciphertext range of a pack's last age segment. age authenticates the
+/// stream's length from it before seeking to a segment boundary.
+fn last_segment(info: &PackInfo) -> std::ops::Range<u64> {
+    let segments = (info.size - info.payload_offset).div_ceil(SEGMENT_CIPHER);
+    let start = info.payload_offset + (segments.max(1) - 1) * SEGMENT_CIPHER;
+    start..info.size
 }

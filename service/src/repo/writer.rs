@@ -66,7 +66,9 @@ struct Shared {
     level: i32,
     pack_size: usize,
     pending: Mutex<HashSet<BlobId>>,
-    open_pack: Mutex<PackBuilder>,
+    /// The pack being filled for each blob kind: trees get packs of their
+    /// own, so that walking trees reads a few small packs.
+    open_packs: [Mutex<PackBuilder>; 2],
     blobs_added: AtomicU64,
     bytes_added: AtomicU64,
 }
@@ -105,7 +107,7 @@ impl BlobWriter {
                 level: config.compression_level,
                 pack_size,
                 pending: Mutex::new(HashSet::new()),
-                open_pack: Mutex::new(PackBuilder::with_capacity(pack_size + pack_size / 8)),
+                open_packs: [Mutex::default(), Mutex::default()],
                 blobs_added: AtomicU64::new(0),
                 bytes_added: AtomicU64::new(0),
             }),
@@ -143,14 +145,14 @@ impl BlobWriter {
         }
         let encoded = blob::encode(plain, shared.level);
         let full = {
-            let mut pack = shared.open_pack.lock().map_err(|_| poisoned())?;
+            let mut pack = shared.open_packs[usize::from(kind.code())]
+                .lock()
+                .map_err(|_| poisoned())?;
+            if pack.is_empty() && kind == BlobKind::Data {
+                pack.reserve(shared.pack_size + shared.pack_size / 8);
+            }
             pack.add(id, kind, &encoded.bytes, encoded.compressed, plain.len());
-            (pack.len() >= shared.pack_size).then(|| {
-                std::mem::replace(
-                    &mut *pack,
-                    PackBuilder::with_capacity(shared.pack_size + shared.pack_size / 8),
-                )
-            })
+            (pack.len() >= shared.pack_size).then(|| std::mem::take(&mut *pack))
         };
         shared.blobs_added.fetch_add(1, Ordering::Relaxed);
         shared
@@ -179,23 +181,22 @@ impl BlobWriter {
             sender,
             uploader,
         } = self;
-        let last = {
-            let mut pack = shared.open_pack.lock().map_err(|_| poisoned())?;
-            std::mem::take(&mut *pack)
-        };
-        let flushed = if last.is_empty() {
-            Ok(())
-        } else {
+        let mut flushed = Ok(());
+        for open in &shared.open_packs {
+            let last = std::mem::take(&mut *open.lock().map_err(|_| poisoned())?);
+            if last.is_empty() || flushed.is_err() {
+                continue;
+            }
             let recipients = shared.recipients.clone();
-            match tokio::task::spawn_blocking(move || seal(last, &recipients)).await {
+            flushed = match tokio::task::spawn_blocking(move || seal(last, &recipients)).await {
                 Ok(Ok(sealed)) => sender
                     .send(sealed)
                     .await
                     .map_err(|_| RepoError::Upload("the uploader stopped".into())),
                 Ok(Err(e)) => Err(e),
                 Err(e) => Err(RepoError::Upload(e.to_string())),
-            }
-        };
+            };
+        }
         drop(sender);
         let (packs, indexes) = uploader
             .await

@@ -418,8 +418,12 @@ async fn restore_pack(
         .await
         .map_err(|e| RepoError::Upload(e.to_string()))?;
     }
-    for blob in blobs {
-        match reader.read(&blob).await {
+    let read = match reader.read_many(&pack, &blobs).await {
+        Ok(read) => read,
+        Err(e) => return Ok(blobs.into_iter().map(|b| (b, e.to_string())).collect()),
+    };
+    for (blob, data) in read {
+        match data {
             Ok(data) => {
                 let (paths, slots, progress) = (paths.clone(), slots.clone(), progress.clone());
                 tokio::task::spawn_blocking(move || {
