@@ -8,6 +8,7 @@
 //! cannot be stored (sockets, unreadable files) are skipped with a warning
 //! naming them; they never fail the backup.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::Metadata;
@@ -410,30 +411,28 @@ impl Archiver {
         meta: &Metadata,
         place: &Place<'_>,
     ) -> Result<Option<Node>, RepoError> {
-        let link_key = (meta.dev(), meta.ino());
+        // The first name of a hard-linked file claims it before reading, so
+        // that threads archiving its other names store links to it.
         if meta.nlink() > 1 {
-            if let Some(first) = self
+            let mut links = self
                 .hardlinks
                 .lock()
-                .ok()
-                .and_then(|l| l.get(&link_key).cloned())
-            {
-                bump(&self.counts.others, 1);
-                let mut node = base_node(name, meta, NodeKind::Hardlink);
-                node.link = Some(first);
-                return Ok(Some(node));
+                .map_err(|_| RepoError::Upload("poisoned".into()))?;
+            match links.entry((meta.dev(), meta.ino())) {
+                Entry::Occupied(first) => {
+                    bump(&self.counts.others, 1);
+                    let mut node = base_node(name, meta, NodeKind::Hardlink);
+                    node.link = Some(first.get().clone());
+                    return Ok(Some(node));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(RawName(place.snapshot_path.clone()));
+                }
             }
         }
         let Some(content) = self.file_content(meta, place)? else {
             return Ok(None);
         };
-        if meta.nlink() > 1 {
-            if let Ok(mut links) = self.hardlinks.lock() {
-                links
-                    .entry(link_key)
-                    .or_insert_with(|| RawName(place.snapshot_path.clone()));
-            }
-        }
         bump(&self.counts.files, 1);
         bump(&self.counts.bytes_total, meta.len());
         let mut node = base_node(name, meta, NodeKind::File);

@@ -144,11 +144,9 @@ pub async fn check(
     for (id, location) in index.blobs() {
         pack_blobs.entry(location.pack).or_default().push(*id);
     }
-    let affected = |pack: &PackId| -> Vec<String> {
-        let mut list: Vec<String> = pack_blobs
-            .get(pack)
-            .into_iter()
-            .flatten()
+    let affected_blobs = |blobs: &[BlobId]| -> Vec<String> {
+        let mut list: Vec<String> = blobs
+            .iter()
             .filter_map(|b| users.get(b))
             .flatten()
             .cloned()
@@ -157,6 +155,7 @@ pub async fn check(
         list.dedup();
         list
     };
+    let affected = |pack: &PackId| affected_blobs(pack_blobs.get(pack).map_or(&[], Vec::as_slice));
     let mut to_read = Vec::new();
     for (pack, info) in index.packs() {
         match stored.get(pack) {
@@ -186,11 +185,51 @@ pub async fn check(
 
     for pack in to_read {
         report.packs_read += 1;
-        if let Err(message) = read_pack(repo, reader.as_ref(), &pack, &mut report).await {
-            report.problem(pack.key(), message, affected(&pack));
+        let Err(message) = read_pack(repo, reader.as_ref(), &pack, &mut report).await else {
+            continue;
+        };
+        // With the restore key, find which blobs the damage reaches: every
+        // blob outside the damaged age segments still reads.
+        let damaged = match &reader {
+            Some(reader) => {
+                damaged_blobs(
+                    reader,
+                    &pack,
+                    pack_blobs.get(&pack).map_or(&[], Vec::as_slice),
+                )
+                .await
+            }
+            None => None,
+        };
+        match damaged {
+            Some(blobs) if !blobs.is_empty() => {
+                let total = pack_blobs.get(&pack).map_or(0, Vec::len);
+                let message = format!(
+                    "{message} ({} of its {total} blobs are unreadable)",
+                    blobs.len()
+                );
+                report.problem(pack.key(), message, affected_blobs(&blobs));
+            }
+            _ => report.problem(pack.key(), message, affected(&pack)),
         }
     }
     Ok(report)
+}
+
+/// The blobs of a damaged pack that cannot be read one by one; `None` when
+/// the pack cannot be read at all.
+async fn damaged_blobs(
+    reader: &BlobReader,
+    pack: &PackId,
+    blobs: &[BlobId],
+) -> Option<Vec<BlobId>> {
+    let read = reader.read_many(pack, blobs).await.ok()?;
+    Some(
+        read.into_iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(id, _)| id)
+            .collect(),
+    )
 }
 
 /// Downloads one pack, checks its name and, with the restore key, every blob.

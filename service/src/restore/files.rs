@@ -121,10 +121,10 @@ pub async fn restore(
                 entries: vec![node],
             };
             let parent = snapshot_prefix
-                .rsplit_once('/')
-                .map_or("", |(p, _)| p)
-                .to_owned();
-            lay_out(reader, dir, target, &parent, &mut plan).await?;
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map_or(&[][..], |at| &snapshot_prefix[..at]);
+            lay_out(reader, dir, target, parent, &mut plan).await?;
         }
     }
     progress
@@ -173,14 +173,15 @@ async fn locate(
     reader: &BlobReader,
     root: BlobId,
     path: &str,
-) -> Result<(Start, String), RestoreError> {
+) -> Result<(Start, Vec<u8>), RestoreError> {
     let mut tree = reader.read_tree(&root).await?;
-    let mut at = String::new();
+    let mut at = Vec::new();
     let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
     while let Some(part) = parts.next() {
         let missing = || RestoreError::NoSuchPath { path: path.into() };
         let node = tree.get(part.as_bytes()).cloned().ok_or_else(missing)?;
-        at = format!("{at}/{part}");
+        at.push(b'/');
+        at.extend_from_slice(part.as_bytes());
         match (node.kind, node.subtree) {
             (NodeKind::Dir, Some(sub)) => tree = reader.read_tree(&sub).await?,
             _ if parts.peek().is_none() => return Ok((Start::Node(node), at)),
@@ -195,7 +196,7 @@ async fn plan_tree(
     reader: &BlobReader,
     tree: Tree,
     dir: &Path,
-    snapshot_dir: &str,
+    snapshot_dir: &[u8],
     plan: &mut Plan,
 ) -> Result<(), RestoreError> {
     let mut queue = vec![(tree, dir.to_owned(), snapshot_dir.to_owned())];
@@ -212,7 +213,7 @@ async fn lay_out(
     reader: &BlobReader,
     tree: Tree,
     dir: &Path,
-    snapshot_dir: &str,
+    snapshot_dir: &[u8],
     plan: &mut Plan,
 ) -> Result<(), RestoreError> {
     for (sub, path, snapshot_path) in lay_out_entries(reader, tree, dir, snapshot_dir, plan)? {
@@ -227,9 +228,9 @@ fn lay_out_entries(
     reader: &BlobReader,
     tree: Tree,
     dir: &Path,
-    snapshot_dir: &str,
+    snapshot_dir: &[u8],
     plan: &mut Plan,
-) -> Result<Vec<(BlobId, PathBuf, String)>, RestoreError> {
+) -> Result<Vec<(BlobId, PathBuf, Vec<u8>)>, RestoreError> {
     let mut subdirs = Vec::new();
     for node in tree.entries {
         if node.name.0.is_empty()
@@ -244,7 +245,8 @@ fn lay_out_entries(
             continue;
         }
         let path = dir.join(OsStr::from_bytes(&node.name.0));
-        let snapshot_path = format!("{snapshot_dir}/{}", node.name.display());
+        let snapshot_path = [snapshot_dir, b"/", node.name.0.as_slice()].concat();
+        let shown = String::from_utf8_lossy(&snapshot_path).into_owned();
         match node.kind {
             NodeKind::Dir => {
                 match std::fs::create_dir(&path) {
@@ -269,7 +271,7 @@ fn lay_out_entries(
                 for blob in &node.content {
                     let Some(location) = reader.index().get(blob) else {
                         plan.missing.push((
-                            snapshot_path.clone(),
+                            shown.clone(),
                             RepoError::MissingBlob { id: *blob }.to_string(),
                         ));
                         break;
@@ -282,12 +284,9 @@ fn lay_out_entries(
                 }
                 plan.files.push(PlannedFile {
                     path: path.clone(),
-                    shown: snapshot_path,
+                    shown,
                 });
-                plan.restored.insert(
-                    [snapshot_dir.as_bytes(), b"/", node.name.0.as_slice()].concat(),
-                    path.clone(),
-                );
+                plan.restored.insert(snapshot_path, path.clone());
                 plan.report.files += 1;
                 plan.report.bytes += node.size;
             }
@@ -387,7 +386,6 @@ async fn restore_pack(
         .map(|l| u64::from(l.blob.length))
         .sum();
     let size = index.pack(&pack).map_or(0, |p| p.size);
-    let mut failed = Vec::new();
     if needed * 4 >= size {
         let whole = match reader.fetch_pack(&pack).await {
             Ok(whole) => whole,
@@ -399,12 +397,16 @@ async fn restore_pack(
             slots.clone(),
             progress.clone(),
         );
-        return tokio::task::spawn_blocking(move || {
-            let plain = match reader.open_pack(&pack, &whole) {
-                Ok(plain) => plain,
-                Err(e) => return Ok(blobs.into_iter().map(|b| (b, e.to_string())).collect()),
+        let wanted = blobs.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            // A damaged pack does not decrypt as a whole: then fall back to
+            // reading blob by blob, which saves every blob outside the
+            // damaged 64 KiB segment.
+            let Ok(plain) = reader.open_pack(&pack, &whole) else {
+                return Ok(None);
             };
-            for blob in blobs {
+            let mut failed = Vec::new();
+            for blob in wanted {
                 let Some(location) = reader.index().get(&blob) else {
                     continue;
                 };
@@ -413,11 +415,15 @@ async fn restore_pack(
                     Err(e) => failed.push((blob, e.to_string())),
                 }
             }
-            Ok(failed)
+            Ok::<_, RestoreError>(Some(failed))
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))?;
+        .map_err(|e| RepoError::Upload(e.to_string()))??;
+        if let Some(failed) = restored {
+            return Ok(failed);
+        }
     }
+    let mut failed = Vec::new();
     let read = match reader.read_many(&pack, &blobs).await {
         Ok(read) => read,
         Err(e) => return Ok(blobs.into_iter().map(|b| (b, e.to_string())).collect()),
@@ -486,9 +492,9 @@ fn set_metadata(path: &Path, node: &Node, warnings: &mut Vec<String>) -> std::io
     } else if warnings.is_empty() && (node.uid != nix::unistd::getuid().as_raw()) {
         warnings.push("owners were not restored: run as root to restore them".into());
     }
-    if node.kind == NodeKind::Symlink {
-        return filetime::set_symlink_file_times(path, mtime, mtime);
+    if node.kind != NodeKind::Symlink {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
-    filetime::set_file_times(path, mtime, mtime)
+    // By path, never by opening the entry: opening a FIFO would block.
+    filetime::set_symlink_file_times(path, mtime, mtime)
 }

@@ -39,6 +39,9 @@ pub struct RetentionPolicy {
     pub keep_within: Option<std::time::Duration>,
 }
 
+/// Which calendar period a time falls in, as a comparable key.
+type Period = fn(&DateTime<Utc>) -> (i32, u32);
+
 /// One snapshot's fate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -78,7 +81,7 @@ impl RetentionPolicy {
                 decisions[i].kept_by.push("last");
             }
         }
-        let buckets: [(&'static str, u32, fn(&DateTime<Utc>) -> (i32, u32)); 5] = [
+        let buckets: [(&'static str, u32, Period); 5] = [
             ("hourly", self.keep_hourly, |t| {
                 (t.year(), t.ordinal() * 24 + t.hour())
             }),
