@@ -79,7 +79,7 @@ admin_token = "{admin_token}"
             "garage",
             &program,
             [Path::new("-c"), &config, Path::new("server")],
-            &[("RUST_LOG", "garage=info")],
+            &[("RUST_LOG", "garage=info,garage_net=warn")],
             &dir.path().join("garage.log"),
         )?;
 
@@ -100,7 +100,7 @@ admin_token = "{admin_token}"
         cli(&program, &config, &["layout", "apply", "--version", "1"]).await?;
         process
             .wait_until("healthy layout", BOOT_TIMEOUT, || async {
-                let health = json_api(&program, &config, "GetClusterHealth", "{}").await?;
+                let health = json_api(&program, &config, "GetClusterHealth", None).await?;
                 match health["status"].as_str() {
                     Some("healthy") => Ok(()),
                     other => bail!("cluster status {other:?}"),
@@ -112,7 +112,7 @@ admin_token = "{admin_token}"
             &program,
             &config,
             "CreateKey",
-            r#"{"name":"lifeboat-test"}"#,
+            Some(r#"{"name":"lifeboat-test"}"#),
         )
         .await?;
         let (Some(key_id), Some(secret)) =
@@ -196,8 +196,15 @@ async fn cli(program: &Path, config: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Calls an admin API endpoint through the CLI (`garage json-api`).
-async fn json_api(program: &Path, config: &Path, endpoint: &str, payload: &str) -> Result<Value> {
-    let out = cli(program, config, &["json-api", endpoint, payload]).await?;
+async fn json_api(
+    program: &Path,
+    config: &Path,
+    endpoint: &str,
+    payload: Option<&str>,
+) -> Result<Value> {
+    let mut args = vec!["json-api", endpoint];
+    args.extend(payload);
+    let out = cli(program, config, &args).await?;
     serde_json::from_str(&out).with_context(|| format!("garage json-api {endpoint} gave {out}"))
 }
 

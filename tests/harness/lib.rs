@@ -3,18 +3,27 @@
 //!
 //! - [`MotoServer`]: moto's S3 server (conditional creates, any signature);
 //! - [`GarageServer`]: Garage, a real S3 implementation checking signatures;
+//! - [`postgres::PostgresServer`]: a throw-away PostgreSQL cluster (Debian's
+//!   `postgresql`) with password authentication;
 //! - [`FaultProxy`]: an HTTP proxy that fails the first requests on purpose;
+//! - [`talos::TalosApiServer`]: a protocol-level stand-in for a Talos
+//!   node's API (gRPC, mutual TLS), because no Talos node can run here;
 //! - [`s3`]: how a test reaches a bucket, and how it runs lifeboat code with
 //!   the server's credentials in a child process's environment.
 //!
 //! A test whose server is not installed fails, naming the command that
 //! installs it; it never passes silently.
 
+pub mod cli;
+pub mod etcd;
 pub mod fault_proxy;
 pub mod garage;
 pub mod moto;
+pub mod postgres;
 pub mod process;
 pub mod s3;
+pub mod service;
+pub mod talos;
 
 pub use fault_proxy::{Fault, FaultProxy};
 pub use garage::GarageServer;

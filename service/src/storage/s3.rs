@@ -198,20 +198,21 @@ impl S3Store {
             (_, _, Some("AuthorizationHeaderMalformed")) => {
                 "check the region (AWS_REGION or the region option; R2 wants `auto`)".to_owned()
             }
-            (_, Some(429 | 500..), _) => {
+            (_, Some(501), _) => "the server does not implement this request".to_owned(),
+            (_, Some(429 | 500 | 502..=504), _) => {
                 format!("the server kept failing after {MAX_ATTEMPTS} attempts; try again later")
             }
-            (SdkError::TimeoutError(_), ..) => format!(
-                "no answer from {endpoint} in time after {MAX_ATTEMPTS} attempts: \
-                 is the endpoint right and the network up?"
-            ),
-            (SdkError::DispatchFailure(failure), ..) if failure.is_timeout() => format!(
-                "{endpoint} did not answer in time: is the endpoint right and the network up?"
-            ),
-            (SdkError::DispatchFailure(failure), ..) if failure.is_io() => format!(
-                "could not reach {endpoint}: is the endpoint right \
-                 (endpoint option, AWS_ENDPOINT_URL_S3) and the server up?"
-            ),
+            (SdkError::TimeoutError(_), ..) => {
+                format!(
+                    "no answer from {endpoint} in time: is the endpoint right and the network up?"
+                )
+            }
+            (SdkError::DispatchFailure(failure), ..) if failure.is_timeout() || failure.is_io() => {
+                format!(
+                    "could not reach {endpoint}: is the endpoint right \
+                     (endpoint option, AWS_ENDPOINT_URL_S3), the server up and the network too?"
+                )
+            }
             _ => String::new(),
         };
         // A server's answer says enough in its status, code and message; the
@@ -393,7 +394,6 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .if_none_match("*")
-            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
             .body(data.into())
             .send()
             .await;
