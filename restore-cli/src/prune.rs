@@ -50,7 +50,8 @@ pub struct ForgetArgs {
 }
 
 fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 7d or 36h: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 7d or 36h: {e}"))
 }
 
 /// Runs `lifeboat forget`.
@@ -70,8 +71,15 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
     let repo = args.key.unlock(args.repo.open().await?).await?;
     let mut by_job: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for entry in repo.snapshots().await? {
-        if args.job.as_ref().is_none_or(|job| entry.snapshot.job == *job) {
-            by_job.entry(entry.snapshot.job.clone()).or_default().push(entry);
+        if args
+            .job
+            .as_ref()
+            .is_none_or(|job| entry.snapshot.job == *job)
+        {
+            by_job
+                .entry(entry.snapshot.job.clone())
+                .or_default()
+                .push(entry);
         }
     }
     let mut rows = Vec::new();
@@ -98,7 +106,13 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
             let keep = row["keep"].as_bool().unwrap_or(true);
             println!(
                 "{} {} {:<16} {}",
-                if keep { "keep  " } else if args.dry_run { "would forget" } else { "forget" },
+                if keep {
+                    "keep  "
+                } else if args.dry_run {
+                    "would forget"
+                } else {
+                    "forget"
+                },
                 row["id"].as_str().map_or("", |s| &s[..8.min(s.len())]),
                 row["job"].as_str().unwrap_or_default(),
                 row["reasons"],
@@ -107,7 +121,11 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
         println!(
             "{} snapshots {}; run `lifeboat prune` to free their space",
             doomed.len(),
-            if args.dry_run { "would be forgotten" } else { "forgotten" }
+            if args.dry_run {
+                "would be forgotten"
+            } else {
+                "forgotten"
+            }
         );
     }
     Ok(())

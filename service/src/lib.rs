@@ -6,6 +6,7 @@
 //! ([`state`]). `lifeboatd` (the service) and `lifeboat` (the restore CLI)
 //! are thin layers over it.
 
+pub mod api;
 pub mod backup;
 pub mod progress;
 pub mod repo;
@@ -14,3 +15,4 @@ pub mod schedule;
 pub mod sources;
 pub mod state;
 pub mod storage;
+pub mod talos;

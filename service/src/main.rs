@@ -1,11 +1,15 @@
-//! `lifeboatd`: the lifeboat service. `lifeboatd run --config FILE JOB`
-//! runs one job once.
+//! `lifeboatd`: the lifeboat service. `lifeboatd serve --config FILE` runs
+//! the jobs on their schedules and serves the status page, metrics and API;
+//! `lifeboatd run --config FILE JOB` runs one job once.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use lifeboat::api::{ServeOptions, serve, shutdown_signal};
 use lifeboat::backup::{BackupReport, Progress};
 use lifeboat::progress::Bar;
 use lifeboat::schedule::{Config, run_job};
@@ -14,12 +18,43 @@ use lifeboat::schedule::{Config, run_job};
 #[derive(Debug, Parser)]
 #[command(name = "lifeboatd", version, about)]
 struct Cli {
+    /// How logs are written to standard error.
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: jobs on their schedules, retention, prune, the RPO
+    /// watch, and the status page, metrics and API over HTTP. Stops cleanly
+    /// on SIGTERM or SIGINT.
+    Serve {
+        /// The configuration file; job files are read from its schedules
+        /// folder. Default `lifeboat.toml`, written with a starter
+        /// configuration (a local repository and a directory job) when missing.
+        #[arg(long, short, env = "LIFEBOAT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of `[service] listen`.
+        #[arg(long, env = "LIFEBOAT_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
     /// Run one job once and print its snapshot.
     Run {
         /// The configuration file.
@@ -35,12 +70,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tokio_cron_scheduler=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -48,7 +87,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Blocking work of runs stopped at shutdown must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lifeboatd: {e:#}");
@@ -59,8 +101,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve { config, listen } => {
+            let options = ServeOptions {
+                create_starter: config.is_none(),
+                config: config.unwrap_or_else(|| PathBuf::from("lifeboat.toml")),
+                listen,
+            };
+            serve(options, shutdown_signal()).await?;
+        }
         Command::Run { config, job, json } => {
-            let loaded = Config::load(&config)?;
+            let loaded = Config::load_with_schedules(&config)?;
             let progress = Arc::new(Progress::default());
             let bar = Bar::bytes(&job, progress.bytes.clone(), None);
             let report = run_job(&loaded, &config, &job, progress).await?;

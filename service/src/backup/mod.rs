@@ -116,6 +116,12 @@ impl SnapshotBuilder {
         &self.repo
     }
 
+    /// Adds `warning` (a sentence naming the thing and the fix) to the
+    /// run's result; it does not fail the backup.
+    pub fn warn(&mut self, warning: impl Into<String>) {
+        self.warnings.push(warning.into());
+    }
+
     fn add_entry(&mut self, node: Node) -> Result<(), BackupError> {
         if self.entries.iter().any(|e| e.name == node.name) {
             return Err(BackupError::DuplicateName(node.name.display().into_owned()));

@@ -10,15 +10,26 @@
 //! [[job]]
 //! name = "appdata"
 //! source = { kind = "directory", paths = ["/mnt/user/appdata"] }
+//! schedule = "0 15 * * * *"               # cron with seconds; none: run by hand only
+//! timezone = "Europe/Berlin"              # default: [service] timezone, else UTC
+//! rpo = "1h"                              # default: [service] default_rpo
+//! retention = { keep_hourly = 48, keep_daily = 14 }  # none: keep every snapshot
+//! jitter = "2m"                           # random delay of scheduled runs
+//! enabled = true
 //! ```
 //!
-//! Relative paths are taken from the config file's folder. Errors name the
-//! file, the line and the field.
+//! The `[service]`, `[prune]` and `[check]` tables and the schedules folder
+//! are described in [`super::service_config`]. Relative paths are taken
+//! from the config file's folder. Errors name the file, the line and the
+//! field.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::retention::RetentionPolicy;
+use super::service_config::{self, CheckTask, Origin, PruneTask, ServiceSettings};
+use super::timing::{CronSchedule, Timezone, optional_duration};
 use crate::sources::SourceConfig;
 use crate::storage::S3Options;
 
@@ -63,6 +74,15 @@ pub struct Config {
     /// Local state (caches); default `state` beside the config file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// How `lifeboatd serve` runs.
+    #[serde(default)]
+    pub service: ServiceSettings,
+    /// The prune task, if scheduled here.
+    #[serde(default)]
+    pub prune: Option<PruneTask>,
+    /// The check task, if scheduled here.
+    #[serde(default)]
+    pub check: Option<CheckTask>,
     /// The jobs.
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
@@ -93,6 +113,42 @@ pub struct JobConfig {
     pub name: String,
     /// What it backs up.
     pub source: SourceConfig,
+    /// When it runs; `None`: only when triggered.
+    #[serde(default)]
+    pub schedule: Option<CronSchedule>,
+    /// The schedule's time zone (default: the service's).
+    #[serde(default)]
+    pub timezone: Option<Timezone>,
+    /// The most data the job may lose: the age its newest snapshot may
+    /// reach (default: the service's `default_rpo`).
+    #[serde(default, with = "optional_duration")]
+    pub rpo: Option<std::time::Duration>,
+    /// Which snapshots to keep after each run; `None` keeps them all.
+    #[serde(default, deserialize_with = "retention_that_keeps")]
+    pub retention: Option<RetentionPolicy>,
+    /// Whether the schedule runs it (a disabled job can still be triggered).
+    #[serde(default = "service_config::yes")]
+    pub enabled: bool,
+    /// Scheduled runs start after a random delay up to this.
+    #[serde(default, with = "optional_duration")]
+    pub jitter: Option<std::time::Duration>,
+    /// Where it was defined.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// A `retention` table, refused when it would keep nothing.
+fn retention_that_keeps<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RetentionPolicy>, D::Error> {
+    let policy = RetentionPolicy::deserialize(d)?;
+    if !policy.keeps_something() {
+        return Err(serde::de::Error::custom(
+            "this retention keeps nothing; give at least one keep_* rule, \
+             or leave retention out to keep every snapshot",
+        ));
+    }
+    Ok(Some(policy))
 }
 
 impl Config {
@@ -119,21 +175,8 @@ impl Config {
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
-        let mut names = std::collections::HashSet::new();
-        for job in &config.jobs {
-            if job.name.is_empty() || job.name.contains(['/', ':']) {
-                return Err(invalid(format!(
-                    "job name {:?} must be non-empty, without '/' or ':'",
-                    job.name
-                )));
-            }
-            if !names.insert(job.name.as_str()) {
-                return Err(invalid(format!(
-                    "two jobs are called {:?}; job names must be unique",
-                    job.name
-                )));
-            }
-        }
+        service_config::locate_jobs(text, path, &mut config.jobs);
+        config.check_job_names()?;
         Ok(config)
     }
 
@@ -150,6 +193,15 @@ impl Config {
         }
         let state = self.state_dir.get_or_insert_with(|| PathBuf::from("state"));
         absolute(state);
+        for path in [
+            &mut self.service.token_file,
+            &mut self.service.schedules_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            absolute(path);
+        }
         for job in &mut self.jobs {
             job.source.resolve_paths(base);
         }

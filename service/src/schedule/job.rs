@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::config::{Config, ConfigError};
+use super::config::{Config, ConfigError, JobConfig};
 use crate::backup::{BackupError, BackupReport, Progress, SnapshotBuilder};
 use crate::repo::config::InitOptions;
 use crate::repo::keys::{self, AnyIdentity, KeyError, Recipient, Recipients, ServiceIdentity};
@@ -133,8 +133,22 @@ pub async fn run_job(
 ) -> Result<BackupReport, JobError> {
     let job = config.job(name, config_path)?;
     let repo = open_service_repository(config).await?;
+    back_up_job(&repo, config, job, progress).await
+}
+
+/// Backs `job` up once into `repo` (opened with the service key) and
+/// returns its snapshot.
+///
+/// Fails when the source or the repository fails; nothing then refers to
+/// what was uploaded.
+pub async fn back_up_job(
+    repo: &UnlockedRepository,
+    config: &Config,
+    job: &JobConfig,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, JobError> {
     let mut builder =
-        SnapshotBuilder::new(&repo, &job.name, job.source.kind()).with_progress(progress);
+        SnapshotBuilder::new(repo, &job.name, job.source.kind()).with_progress(progress);
     let context = SourceContext {
         state_dir: config.state_dir.clone(),
     };

@@ -3,6 +3,11 @@
 //! [`SnapshotBuilder`]: folder trees, or named byte streams.
 
 pub mod directory;
+pub mod etcd;
+pub mod etcd_snapshot;
+pub mod postgres;
+pub mod talos_config;
+pub mod talos_etcd;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +21,15 @@ use crate::backup::{BackupError, SnapshotBuilder};
 pub enum SourceConfig {
     /// Folders of the host (Unraid shares, appdata).
     Directory(directory::DirectorySource),
+    /// An etcd member's snapshot, through the etcd v3 API.
+    Etcd(etcd::EtcdSource),
+    /// PostgreSQL databases as `pg_dump` dumps, with row counts.
+    Postgres(postgres::PostgresSource),
+    /// The files a Talos cluster rebuild needs (secrets bundle, machine
+    /// configs, talosconfig).
+    TalosConfig(talos_config::TalosConfigSource),
+    /// An etcd snapshot through the Talos API (`EtcdSnapshot`).
+    TalosEtcd(talos_etcd::TalosEtcdSource),
 }
 
 /// What a source needs from the job that runs it.
@@ -31,6 +45,19 @@ pub enum SourceError {
     /// Storing what the source produced failed.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// The etcd snapshot could not be taken or failed verification.
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+    /// A PostgreSQL dump failed.
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
+    /// The Talos configuration files could not be read.
+    #[error(transparent)]
+    TalosConfig(#[from] talos_config::TalosConfigError),
+    /// The etcd snapshot through the Talos API could not be taken or
+    /// failed verification.
+    #[error(transparent)]
+    TalosEtcd(#[from] talos_etcd::TalosEtcdError),
 }
 
 impl SourceConfig {
@@ -38,6 +65,10 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Directory(_) => "directory",
+            Self::Etcd(_) => "etcd",
+            Self::Postgres(_) => "postgres",
+            Self::TalosConfig(_) => "talos-config",
+            Self::TalosEtcd(_) => "talos-etcd",
         }
     }
 
@@ -45,6 +76,10 @@ impl SourceConfig {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         match self {
             Self::Directory(source) => source.resolve_paths(base),
+            Self::Etcd(source) => source.resolve_paths(base),
+            Self::Postgres(source) => source.resolve_paths(base),
+            Self::TalosConfig(source) => source.resolve_paths(base),
+            Self::TalosEtcd(source) => source.resolve_paths(base),
         }
     }
 
@@ -60,6 +95,10 @@ impl SourceConfig {
     ) -> Result<serde_json::Value, SourceError> {
         match self {
             Self::Directory(source) => source.back_up(builder, context).await,
+            Self::Etcd(source) => source.back_up(builder, context).await,
+            Self::Postgres(source) => source.back_up(builder, context).await,
+            Self::TalosConfig(source) => source.back_up(builder, context).await,
+            Self::TalosEtcd(source) => source.back_up(builder, context).await,
         }
     }
 }

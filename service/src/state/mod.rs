@@ -4,5 +4,7 @@
 //! everything here can be rebuilt from the repository or the source.
 
 mod file_cache;
+pub mod history;
 
 pub use file_cache::{CachedFile, FileCache, StateError};
+pub use history::{History, HistoryError, RunFigures, RunRecord, RunResult};

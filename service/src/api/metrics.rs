@@ -1,0 +1,248 @@
+//! `/metrics` in the Prometheus text format (0.0.4).
+//!
+//! Names follow Prometheus conventions: a `lifeboat_` prefix, base units
+//! (`_seconds`, `_bytes`), `_total` on counters, one `job` label per backup
+//! job. Counters come from the run history's totals, so they survive
+//! restarts. Alert on `lifeboat_job_rpo_breached == 1`.
+
+use std::fmt::Write;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::{AppError, AppState};
+use crate::schedule::catalog::RepositoryFigures;
+use crate::schedule::status::Overview;
+use crate::state::history::JobTotals;
+
+/// The metrics route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
+    let overview = state.service.overview().await?;
+    let figures = state.service.catalog().figures();
+    let rto = state.service.config().service.rto;
+    let text = render(&overview, figures, rto);
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    ))
+}
+
+/// Results every job reports a counter for, even at zero.
+const RESULTS: [&str; 3] = ["success", "failure", "interrupted"];
+
+/// The exposition being written.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let inner: Vec<String> = labels
+                .iter()
+                .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", inner.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Escapes a label value: backslash, double quote, line feed.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn runs_of(totals: &JobTotals, result: &str) -> f64 {
+    totals.runs.get(result).copied().unwrap_or(0) as f64
+}
+
+/// Writes every metric.
+pub fn render(
+    overview: &Overview,
+    figures: RepositoryFigures,
+    rto: Option<std::time::Duration>,
+) -> String {
+    let mut out = Exposition(String::new());
+    let jobs = &overview.jobs;
+    let per_job = |out: &mut Exposition, name, kind, help, value: &dyn Fn(usize) -> Option<f64>| {
+        out.family(name, kind, help);
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(v) = value(i) {
+                out.sample(name, &[("job", &job.name)], v);
+            }
+        }
+    };
+    per_job(
+        &mut out,
+        "lifeboat_job_last_success_timestamp_seconds",
+        "gauge",
+        "When the data of the job's newest successful backup is from (its start), in seconds since the epoch.",
+        &|i| {
+            jobs[i]
+                .rpo
+                .last_success
+                .map(|t| t.timestamp_millis() as f64 / 1000.0)
+        },
+    );
+    per_job(
+        &mut out,
+        "lifeboat_job_last_run_duration_seconds",
+        "gauge",
+        "How long the job's newest finished run took.",
+        &|i| {
+            jobs[i]
+                .last_run
+                .as_ref()
+                .map(|r| r.duration().num_milliseconds() as f64 / 1000.0)
+        },
+    );
+    out.family(
+        "lifeboat_job_runs_total",
+        "counter",
+        "Finished runs of the job, by result.",
+    );
+    for job in jobs {
+        for result in RESULTS {
+            out.sample(
+                "lifeboat_job_runs_total",
+                &[("job", &job.name), ("result", result)],
+                runs_of(&job.totals, result),
+            );
+        }
+    }
+    per_job(
+        &mut out,
+        "lifeboat_job_bytes_read_total",
+        "counter",
+        "Bytes of source data the job's runs read.",
+        &|i| Some(jobs[i].totals.bytes_read as f64),
+    );
+    per_job(
+        &mut out,
+        "lifeboat_job_bytes_stored_total",
+        "counter",
+        "Bytes of new packs the job's runs stored (compressed and encrypted).",
+        &|i| Some(jobs[i].totals.bytes_stored as f64),
+    );
+    per_job(
+        &mut out,
+        "lifeboat_job_rpo_seconds",
+        "gauge",
+        "The job's recovery point objective: the age its newest snapshot may reach.",
+        &|i| Some(jobs[i].rpo.rpo_seconds as f64),
+    );
+    per_job(
+        &mut out,
+        "lifeboat_job_rpo_breached",
+        "gauge",
+        "1 when the job's newest snapshot is older than its RPO (never for a disabled job).",
+        &|i| Some(f64::from(u8::from(jobs[i].rpo.breached))),
+    );
+    per_job(
+        &mut out,
+        "lifeboat_job_running",
+        "gauge",
+        "1 while a run of the job is going on.",
+        &|i| Some(f64::from(u8::from(jobs[i].activity.state == "running"))),
+    );
+    per_job(
+        &mut out,
+        "lifeboat_job_snapshots",
+        "gauge",
+        "The job's snapshots in the repository.",
+        &|i| Some(jobs[i].snapshots as f64),
+    );
+    out.family(
+        "lifeboat_task_last_success_timestamp_seconds",
+        "gauge",
+        "When the newest successful run of the prune or check task started, in seconds since the epoch.",
+    );
+    for task in &overview.tasks {
+        if let Some(t) = task.last_success {
+            let value = t.timestamp_millis() as f64 / 1000.0;
+            out.sample(
+                "lifeboat_task_last_success_timestamp_seconds",
+                &[("task", task.name)],
+                value,
+            );
+        }
+    }
+    out.family(
+        "lifeboat_task_runs_total",
+        "counter",
+        "Finished runs of the prune or check task, by result.",
+    );
+    for task in &overview.tasks {
+        for result in RESULTS {
+            out.sample(
+                "lifeboat_task_runs_total",
+                &[("task", task.name), ("result", result)],
+                runs_of(&task.totals, result),
+            );
+        }
+    }
+    let repository = [
+        (
+            "lifeboat_repository_size_bytes",
+            "Bytes of every object in the repository, as last listed.",
+            figures.size_bytes,
+        ),
+        (
+            "lifeboat_repository_packs",
+            "Pack objects in the repository, as last listed.",
+            figures.packs,
+        ),
+        (
+            "lifeboat_repository_snapshots",
+            "Snapshots in the repository, as last listed.",
+            figures.snapshots,
+        ),
+    ];
+    for (name, help, value) in repository {
+        out.family(name, "gauge", help);
+        if figures.counted.is_some() {
+            out.sample(name, &[], value as f64);
+        }
+    }
+    if let Some(rto) = rto {
+        out.family(
+            "lifeboat_rto_target_seconds",
+            "gauge",
+            "The configured recovery time objective, to compare restore drills against.",
+        );
+        out.sample("lifeboat_rto_target_seconds", &[], rto.as_secs_f64());
+    }
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = Exposition(String::new());
+        out.family("x_total", "counter", "X.");
+        out.sample("x_total", &[("job", "a\"b")], 2.0);
+        out.sample("x_total", &[], 0.5);
+        assert_eq!(
+            out.0,
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{job=\"a\\\"b\"} 2\nx_total 0.5\n"
+        );
+    }
+}

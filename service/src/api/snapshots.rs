@@ -1,0 +1,52 @@
+//! `/api/v1/snapshots` and `/api/v1/repository`: the repository as the
+//! service last listed it (after every run, and at start).
+//!
+//! Snapshot summaries are what the service key can read: times, counts and
+//! sizes, never file names or contents.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{AppError, AppState};
+use crate::schedule::catalog::SnapshotInfo;
+
+/// The snapshot and repository routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/snapshots", get(snapshots))
+        .route("/api/v1/repository", get(repository))
+}
+
+/// Which snapshots to list.
+#[derive(Debug, Deserialize)]
+struct SnapshotsQuery {
+    job: Option<String>,
+}
+
+async fn snapshots(
+    State(state): State<AppState>,
+    Query(query): Query<SnapshotsQuery>,
+) -> Result<Json<Vec<SnapshotInfo>>, AppError> {
+    let catalog = state.service.catalog();
+    if catalog.figures().counted.is_none() {
+        return Err(AppError::Unavailable(
+            "the repository has not been listed yet; see /readyz".into(),
+        ));
+    }
+    Ok(Json(catalog.snapshots(query.job.as_deref())))
+}
+
+async fn repository(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let figures = state.service.catalog().figures();
+    let config = state.service.config();
+    Json(serde_json::json!({
+        "url": config.repository.url,
+        "size_bytes": figures.size_bytes,
+        "packs": figures.packs,
+        "snapshots": figures.snapshots,
+        "counted": figures.counted,
+        "rto_seconds": config.service.rto.map(|d| d.as_secs()),
+    }))
+}

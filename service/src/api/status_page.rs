@@ -1,0 +1,328 @@
+//! The status page at `/`: every job with its RPO status, what it is doing
+//! and its last runs, the prune and check tasks, and the repository's
+//! totals. Plain server-rendered HTML with inline CSS — no script — laid
+//! out as one column of cards so it reads on a phone; it reloads itself
+//! every 30 seconds.
+
+use std::fmt::Write;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+
+use super::{AppError, AppState};
+use crate::repo::snapshot::human_bytes;
+use crate::schedule::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
+use crate::state::{RunRecord, RunResult};
+
+/// Runs shown per job.
+const RUNS_SHOWN: usize = 5;
+
+const STYLE: &str = "
+:root{color-scheme:light dark;--ok:#1a7f37;--bad:#cf222e;--wait:#9a6700;--off:#6e7781}
+body{font:16px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:60rem;padding:.75rem}
+h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.15rem;margin:1.2rem 0 .4rem}h3{font-size:1.05rem;margin:0 0 .3rem}
+.card{border:1px solid #8884;border-left:.4rem solid var(--off);border-radius:.4rem;padding:.6rem .8rem;margin:.6rem 0}
+.ok{border-left-color:var(--ok)}.breached{border-left-color:var(--bad)}.waiting{border-left-color:var(--wait)}
+.badge{font-size:.8rem;padding:.1rem .45rem;border-radius:1rem;color:#fff;background:var(--off);white-space:nowrap}
+.ok .badge{background:var(--ok)}.breached .badge{background:var(--bad)}.waiting .badge{background:var(--wait)}
+.meta{color:#888;font-size:.9rem;margin:.1rem 0}.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{text-align:left;padding:.2rem .5rem .2rem 0;white-space:nowrap}
+td.error{white-space:normal;color:var(--bad)}.success{color:var(--ok)}.failure,.interrupted{color:var(--bad)}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .8rem;margin:0}dt{color:#888}dd{margin:0;overflow-wrap:anywhere}
+footer{color:#888;font-size:.85rem;margin:1.5rem 0}
+.card .alarm{background:var(--bad)}
+@media (max-width:30rem){.wide{display:none}.card{padding:.5rem .6rem}}
+";
+
+/// The page route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/", get(page))
+}
+
+async fn page(State(state): State<AppState>) -> Result<Html<String>, AppError> {
+    let overview = state.service.overview().await?;
+    let names: Vec<String> = overview.jobs.iter().map(|j| j.name.clone()).collect();
+    let runs = state
+        .service
+        .history(move |h| {
+            names
+                .iter()
+                .map(|name| h.recent(Some(name), RUNS_SHOWN))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    Ok(Html(render(&state, &overview, &runs)))
+}
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A duration for people: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`.
+pub fn short_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let pair = |big: i64, big_unit: &str, small: i64, small_unit: &str| match small {
+        0 => format!("{big} {big_unit}"),
+        _ => format!("{big} {big_unit} {small} {small_unit}"),
+    };
+    match s {
+        0..90 => format!("{s} s"),
+        90..3600 => format!("{} min", (s + 30) / 60),
+        3600..129_600 => pair(s / 3600, "h", s % 3600 / 60, "min"),
+        _ => pair(s / 86_400, "d", s % 86_400 / 3600, "h"),
+    }
+}
+
+fn when(time: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let delta = (now - time).num_seconds();
+    let stamp = time.format("%Y-%m-%d %H:%M UTC");
+    if delta >= 0 {
+        format!(
+            "<span title=\"{stamp}\">{} ago</span>",
+            short_duration(delta)
+        )
+    } else {
+        format!(
+            "<span title=\"{stamp}\">in {}</span>",
+            short_duration(-delta)
+        )
+    }
+}
+
+fn render(state: &AppState, overview: &Overview, runs: &[Vec<RunRecord>]) -> String {
+    let now = Utc::now();
+    let breached = overview.jobs.iter().filter(|j| j.rpo.breached).count();
+    let summary = match breached {
+        0 => format!("{} jobs, all within their RPO", overview.jobs.len()),
+        n => format!("{n} of {} jobs have broken their RPO", overview.jobs.len()),
+    };
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=\"refresh\" content=\"30\"><title>lifeboat: {summary}</title>\
+         <style>{STYLE}</style></head><body><header><h1>lifeboat</h1><p class=\"meta\">{summary}{}</p></header>",
+        if state.service.is_stopping() {
+            " — shutting down"
+        } else {
+            ""
+        }
+    );
+    html.push_str("<h2>Jobs</h2>");
+    if overview.jobs.is_empty() {
+        html.push_str("<p>No jobs are configured: add [[job]] tables to lifeboat.toml or a file in the schedules folder.</p>");
+    }
+    for (i, job) in overview.jobs.iter().enumerate() {
+        job_card(
+            &mut html,
+            job,
+            runs.get(i).map_or(&[][..], Vec::as_slice),
+            now,
+        );
+    }
+    if !overview.tasks.is_empty() {
+        html.push_str("<h2>Maintenance</h2>");
+        for task in &overview.tasks {
+            task_card(&mut html, task, now);
+        }
+    }
+    let figures = state.service.catalog().figures();
+    let config = state.service.config();
+    let _ = write!(
+        html,
+        "<h2>Repository</h2><div class=\"card\"><dl><dt>Location</dt><dd>{}</dd>",
+        escape(&config.repository.url)
+    );
+    match figures.counted {
+        Some(counted) => {
+            let _ = write!(
+                html,
+                "<dt>Size</dt><dd>{} in {} packs</dd><dt>Snapshots</dt><dd>{}</dd><dt>Listed</dt><dd>{}</dd>",
+                human_bytes(figures.size_bytes),
+                figures.packs,
+                figures.snapshots,
+                when(counted, now)
+            );
+        }
+        None => html.push_str("<dt>Size</dt><dd>not listed yet (see /readyz)</dd>"),
+    }
+    if let Some(rto) = config.service.rto {
+        let _ = write!(
+            html,
+            "<dt>RTO target</dt><dd>{}</dd>",
+            short_duration(rto.as_secs() as i64)
+        );
+    }
+    let _ = write!(
+        html,
+        "</dl></div><footer>Updated {} · reloads every 30 s · <a href=\"/metrics\">metrics</a> · \
+         <a href=\"/api/v1/jobs\">API</a> · <a href=\"/readyz\">readiness</a></footer></body></html>",
+        now.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    html
+}
+
+fn activity(view: &ActivityView, now: DateTime<Utc>) -> Option<String> {
+    let since = view.since?;
+    let bytes = view
+        .bytes_done
+        .map(|b| format!(", {} read so far", human_bytes(b)))
+        .unwrap_or_default();
+    Some(format!("{} since {}{bytes}", view.state, when(since, now)))
+}
+
+fn job_card(html: &mut String, job: &JobStatus, runs: &[RunRecord], now: DateTime<Utc>) {
+    let (class, badge) = match job.rpo.state {
+        RpoState::Ok => ("ok", "within RPO"),
+        RpoState::Waiting => ("waiting", "first backup pending"),
+        RpoState::Breached => ("breached", "RPO breached"),
+        RpoState::Disabled => ("disabled", "disabled"),
+    };
+    let name = escape(&job.name);
+    let failed = job
+        .last_run
+        .as_ref()
+        .filter(|r| matches!(r.result, RunResult::Failure | RunResult::Interrupted))
+        .map(|r| {
+            format!(
+                " <span class=\"badge alarm\">last run {}</span>",
+                r.result.as_str()
+            )
+        })
+        .unwrap_or_default();
+    let _ = write!(
+        html,
+        "<article class=\"card {class}\" id=\"job-{name}\"><h3>{name} <span class=\"badge\">{badge}</span>{failed}</h3>"
+    );
+    let schedule = match (&job.schedule, job.enabled) {
+        (Some(s), true) => format!("<code>{}</code> ({})", escape(s), escape(&job.timezone)),
+        (Some(_), false) => "schedule disabled".to_owned(),
+        (None, _) => "run by hand only".to_owned(),
+    };
+    let next = job
+        .next_run
+        .map(|t| format!(" · next {}", when(t, now)))
+        .unwrap_or_default();
+    let _ = write!(
+        html,
+        "<p class=\"meta\">{} · {schedule}{next}</p>",
+        job.source_kind
+    );
+    let rpo = short_duration(job.rpo.rpo_seconds as i64);
+    let _ = match job.rpo.last_success {
+        Some(t) => write!(
+            html,
+            "<p>Newest snapshot {}; RPO {rpo}; snapshots kept: {}.</p>",
+            when(t, now),
+            job.snapshots
+        ),
+        None => write!(html, "<p>No snapshot yet; RPO {rpo}.</p>"),
+    };
+    if let Some(now_doing) = activity(&job.activity, now) {
+        let _ = write!(html, "<p><strong>{now_doing}</strong></p>");
+    }
+    if !runs.is_empty() {
+        html.push_str("<div class=\"scroll\"><table><thead><tr><th>Started</th><th>Result</th><th>Took</th><th>Read</th><th>Stored</th><th class=\"wide\">Trigger</th></tr></thead><tbody>");
+        for run in runs {
+            run_row(html, run, now);
+        }
+        html.push_str("</tbody></table></div>");
+    }
+    html.push_str("</article>");
+}
+
+fn run_row(html: &mut String, run: &RunRecord, now: DateTime<Utc>) {
+    let result = run.result.as_str();
+    let took = if run.result == RunResult::Running {
+        "…".to_owned()
+    } else {
+        short_duration(run.duration().num_seconds())
+    };
+    let _ = write!(
+        html,
+        "<tr><td>{}</td><td class=\"{result}\">{result}</td><td>{took}</td><td>{}</td><td>{}</td><td class=\"wide\">{}</td></tr>",
+        when(run.started, now),
+        human_bytes(run.bytes_read),
+        human_bytes(run.bytes_stored),
+        escape(&run.trigger)
+    );
+    if let Some(error) = &run.error {
+        let _ = write!(
+            html,
+            "<tr><td class=\"error\" colspan=\"6\">{}</td></tr>",
+            escape(error)
+        );
+    }
+}
+
+fn task_card(html: &mut String, task: &TaskStatus, now: DateTime<Utc>) {
+    let class = match task.last_run.as_ref().map(|r| r.result) {
+        Some(RunResult::Success) => "ok",
+        Some(RunResult::Failure | RunResult::Interrupted) => "breached",
+        _ => "waiting",
+    };
+    let _ = write!(
+        html,
+        "<article class=\"card {class}\"><h3>{}</h3><p class=\"meta\"><code>{}</code> ({}){}</p>",
+        task.name,
+        escape(&task.schedule),
+        escape(&task.timezone),
+        task.next_run
+            .filter(|_| task.enabled)
+            .map(|t| format!(" · next {}", when(t, now)))
+            .unwrap_or_else(|| " · disabled".into())
+    );
+    match &task.last_run {
+        Some(run) => {
+            let _ = write!(
+                html,
+                "<p>Last run {}: <span class=\"{1}\">{1}</span></p>",
+                when(run.started, now),
+                run.result.as_str()
+            );
+            if let Some(error) = &run.error {
+                let _ = write!(html, "<p class=\"failure\">{}</p>", escape(error));
+            }
+        }
+        None => html.push_str("<p>Not run yet.</p>"),
+    }
+    if let Some(now_doing) = activity(&task.activity, now) {
+        let _ = write!(html, "<p><strong>{now_doing}</strong></p>");
+    }
+    html.push_str("</article>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_durations_are_short() {
+        assert_eq!(
+            escape("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+        assert_eq!(short_duration(42), "42 s");
+        assert_eq!(short_duration(600), "10 min");
+        assert_eq!(short_duration(3 * 3600 + 300), "3 h 5 min");
+        assert_eq!(short_duration(2 * 86_400 + 4 * 3600), "2 d 4 h");
+        assert_eq!(short_duration(3600), "1 h");
+        assert_eq!(short_duration(86_400 * 7), "7 d");
+    }
+}

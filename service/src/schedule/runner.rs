@@ -1,0 +1,260 @@
+//! One run of a job or task, from its history row to its result: a backup
+//! followed by the job's retention, a prune, or a check.
+//!
+//! Every run opens the repository afresh with the service key, so it sees
+//! what other runs and other programs wrote. Retention forgets snapshot
+//! objects only; their data is freed by a later prune.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::config::JobConfig;
+use super::job::{JobError, back_up_job};
+use super::service::{Service, Trigger, Work};
+use crate::backup::Progress;
+use crate::repo::check::{ReadData, check};
+use crate::repo::prune::{PruneOptions, forget, prune};
+use crate::repo::{RepoError, UnlockedRepository};
+use crate::schedule::retention::RetentionPolicy;
+use crate::state::{RunFigures, RunResult};
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The backup could not run or failed.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The repository failed during retention, prune or check.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The check found damage.
+    #[error(
+        "check found {count} problem(s), the first: {first}; run `lifeboat check --read-data` \
+         with the restore key to see what they affect"
+    )]
+    Damaged {
+        /// How many problems.
+        count: usize,
+        /// The first, as `object: message`.
+        first: String,
+    },
+    /// The job is not in the configuration.
+    #[error("no job is called {0:?} in the configuration")]
+    UnknownJob(String),
+    /// A task ran without its table in the configuration.
+    #[error("{0} is not configured; add a [{0}] table")]
+    NotConfigured(&'static str),
+}
+
+/// Runs `work`, recording it in the history and logging its result.
+pub(crate) async fn run(
+    service: &Arc<Service>,
+    work: &Work,
+    trigger: Trigger,
+    progress: Arc<Progress>,
+) {
+    let started = Utc::now();
+    let (name, kind) = (work.name().to_owned(), work.kind());
+    tracing::info!(job = %name, kind, trigger = trigger.as_str(), "run started");
+    let row = service
+        .history(move |h| h.start(&name, kind, trigger.as_str(), started))
+        .await
+        .map_err(|e| tracing::error!("the run is not recorded: {e}"))
+        .ok();
+    let outcome = match work {
+        Work::Backup(name) => back_up(service, name, progress).await,
+        Work::Prune => prune_once(service).await,
+        Work::Check => check_once(service).await,
+    };
+    let ended = Utc::now();
+    let seconds = (ended - started).num_milliseconds() as f64 / 1000.0;
+    let (result, figures) = match outcome {
+        Ok(figures) => {
+            tracing::info!(
+                job = work.name(),
+                seconds,
+                bytes_read = figures.bytes_read,
+                bytes_stored = figures.bytes_stored,
+                snapshot = figures.snapshot.as_deref().unwrap_or("-"),
+                forgotten = figures.forgotten,
+                "run succeeded"
+            );
+            if let Some(warnings) = &figures.warnings {
+                tracing::warn!(job = work.name(), "run finished with warnings:\n{warnings}");
+            }
+            (RunResult::Success, figures)
+        }
+        Err(e) => {
+            tracing::error!(job = work.name(), seconds, "run failed: {e}");
+            let figures = RunFigures {
+                error: Some(e.to_string()),
+                ..RunFigures::default()
+            };
+            (RunResult::Failure, figures)
+        }
+    };
+    if let Some(id) = row {
+        if let Err(e) = service
+            .history(move |h| h.finish(id, result, ended, &figures))
+            .await
+        {
+            tracing::error!("the run's result is not recorded: {e}");
+        }
+    }
+}
+
+/// Backs the job up, then applies its retention.
+async fn back_up(
+    service: &Service,
+    name: &str,
+    progress: Arc<Progress>,
+) -> Result<RunFigures, RunError> {
+    let config = service.config();
+    let job: &JobConfig = config
+        .jobs
+        .iter()
+        .find(|j| j.name == name)
+        .ok_or_else(|| RunError::UnknownJob(name.to_owned()))?;
+    let repo = service.open_repository().await?;
+    let report = back_up_job(&repo, config, job, progress).await?;
+    let summary = &report.snapshot.summary;
+    let mut warnings = report.warnings.clone();
+    let mut figures = RunFigures {
+        bytes_read: summary.bytes_read,
+        bytes_stored: summary.bytes_stored,
+        files: summary.files,
+        dedup_ratio: (summary.bytes_total > 0).then(|| {
+            (1.0 - summary.bytes_added as f64 / summary.bytes_total as f64).clamp(0.0, 1.0)
+        }),
+        snapshot: Some(report.id.to_hex()),
+        ..RunFigures::default()
+    };
+    let retained = match &job.retention {
+        Some(policy) => apply_retention(service, &repo, name, policy).await,
+        None => service.refresh_catalog(&repo).await.map(|()| 0),
+    };
+    match retained {
+        Ok(forgotten) => figures.forgotten = forgotten,
+        Err(e) => warnings.push(format!(
+            "the snapshot is stored, but retention or listing failed: {e}; it is tried again after the next run"
+        )),
+    }
+    if !warnings.is_empty() {
+        figures.warnings = Some(warnings.join("\n"));
+    }
+    Ok(figures)
+}
+
+/// Forgets the job's snapshots its policy does not keep; returns how many.
+async fn apply_retention(
+    service: &Service,
+    repo: &UnlockedRepository,
+    job: &str,
+    policy: &RetentionPolicy,
+) -> Result<u64, RepoError> {
+    let mut catalog = service.catalog();
+    catalog.refresh(repo).await?;
+    let snapshots = catalog.snapshots(Some(job));
+    let times: Vec<_> = snapshots.iter().map(|s| s.time).collect();
+    let doomed: Vec<_> = snapshots
+        .iter()
+        .zip(policy.apply(&times))
+        .filter(|(_, decision)| decision.kept_by.is_empty())
+        .map(|(snapshot, _)| snapshot.id)
+        .collect();
+    forget(repo, &doomed).await?;
+    catalog.remove(&doomed);
+    service.set_catalog(catalog);
+    Ok(doomed.len() as u64)
+}
+
+/// The grace period a prune uses: the configured one, lengthened so that
+/// no pack marked after one of this service's running backups loaded the
+/// index can be deleted while that backup runs (it may have reused a blob
+/// of that pack before the plan was written). A plan is visible at most
+/// the longest prune's duration after its creation time.
+async fn prune_grace(service: &Service, configured: Duration) -> Duration {
+    let now = Utc::now();
+    let Some(oldest) = service.running_backups_since().into_iter().min() else {
+        return configured;
+    };
+    let longest_prune = service
+        .history(|h| h.recent(Some("prune"), 100))
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.ended.is_some())
+        .map(|r| r.duration())
+        .max()
+        .unwrap_or_default();
+    let needed = (now - oldest) + longest_prune + chrono::Duration::seconds(1);
+    configured.max(needed.to_std().unwrap_or_default())
+}
+
+/// One prune round.
+async fn prune_once(service: &Service) -> Result<RunFigures, RunError> {
+    let task = service
+        .config()
+        .prune
+        .as_ref()
+        .ok_or(RunError::NotConfigured("prune"))?;
+    let repo = service.open_repository().await?;
+    let grace = prune_grace(service, task.grace).await;
+    let options = PruneOptions {
+        grace: chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+        dry_run: false,
+    };
+    let report = prune(&repo, &options).await?;
+    if let Err(e) = service.refresh_catalog(&repo).await {
+        tracing::warn!("the repository could not be listed after pruning: {e}");
+    }
+    tracing::info!(
+        "prune: {} packs stored, {} in use; {} newly marked unused, {} deleted ({} bytes freed), {} plans waiting for their grace period of {}",
+        report.packs_stored,
+        report.packs_used,
+        report.packs_marked,
+        report.packs_deleted,
+        report.bytes_freed,
+        report.plans_waiting,
+        humantime::format_duration(grace),
+    );
+    Ok(RunFigures {
+        details: serde_json::to_string(&report).ok(),
+        ..RunFigures::default()
+    })
+}
+
+/// One check with the service key.
+async fn check_once(service: &Service) -> Result<RunFigures, RunError> {
+    let task = service
+        .config()
+        .check
+        .as_ref()
+        .ok_or(RunError::NotConfigured("check"))?;
+    let repo = service.open_repository().await?;
+    let read_data = match task.read_data_subset {
+        p if p <= 0.0 => ReadData::None,
+        p if p >= 100.0 => ReadData::All,
+        p => ReadData::Subset(p),
+    };
+    let report = check(&repo, read_data).await?;
+    let details = serde_json::json!({
+        "snapshots": report.snapshots,
+        "packs": report.packs,
+        "packs_read": report.packs_read,
+        "unindexed_packs": report.unindexed_packs,
+        "problems": report.problems.len(),
+    });
+    if let Some(first) = report.problems.first() {
+        return Err(RunError::Damaged {
+            count: report.problems.len(),
+            first: format!("{}: {}", first.object, first.message),
+        });
+    }
+    Ok(RunFigures {
+        details: Some(details.to_string()),
+        ..RunFigures::default()
+    })
+}

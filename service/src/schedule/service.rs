@@ -1,0 +1,381 @@
+//! The running service: the configuration, the run history, the catalog of
+//! the repository, and the runs in progress.
+//!
+//! Every run — scheduled, made up at start, or triggered through the API —
+//! goes through [`Service::request`]: a job never overlaps itself (a second
+//! request while one is queued or running is refused), at most
+//! `max_concurrent_jobs` run at once (the others wait for a slot), and once
+//! shutdown has begun nothing new starts. [`Service::shutdown`] lets running
+//! jobs finish within the grace period and then stops them; a stopped backup
+//! has written no snapshot, so the repository stays consistent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::Catalog;
+use super::config::Config;
+use super::job::{JobError, open_service_repository};
+use crate::backup::Progress;
+use crate::repo::UnlockedRepository;
+use crate::state::{History, HistoryError};
+
+/// What a run does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Back up the job of this name, then apply its retention.
+    Backup(String),
+    /// Prune the repository.
+    Prune,
+    /// Check the repository.
+    Check,
+}
+
+impl Work {
+    /// The name runs are recorded under: the job's, or `prune`/`check`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Backup(name) => name,
+            Self::Prune => "prune",
+            Self::Check => "check",
+        }
+    }
+
+    /// `backup`, `prune` or `check`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Backup(_) => "backup",
+            Self::Prune => "prune",
+            Self::Check => "check",
+        }
+    }
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// Its schedule fired.
+    Schedule,
+    /// Someone asked through the API.
+    Manual,
+    /// At start, because waiting for the schedule would break the RPO.
+    MakeUp,
+}
+
+impl Trigger {
+    /// The name recorded in the history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::MakeUp => "make-up",
+        }
+    }
+}
+
+/// What a job or task is doing now.
+#[derive(Debug, Clone, Default)]
+pub enum Activity {
+    /// Nothing.
+    #[default]
+    Idle,
+    /// Waiting for its jitter delay or a free slot.
+    Queued {
+        /// Since when.
+        since: DateTime<Utc>,
+        /// Why.
+        trigger: Trigger,
+    },
+    /// Running.
+    Running {
+        /// When it was queued.
+        queued: DateTime<Utc>,
+        /// Since when it runs.
+        since: DateTime<Utc>,
+        /// Why.
+        trigger: Trigger,
+        /// Live counters of a backup.
+        progress: Arc<Progress>,
+    },
+}
+
+/// Why a run was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No such job.
+    #[error("no job is called {0:?}; GET /api/v1/jobs lists them")]
+    UnknownJob(String),
+    /// It is queued or running already.
+    #[error(
+        "{0} is already queued or running; a job never overlaps itself, try again when it ends"
+    )]
+    Busy(String),
+    /// Shutdown has begun.
+    #[error("the service is shutting down; no new runs start")]
+    Stopping,
+}
+
+/// How shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Runs stopped when the grace period ended.
+    pub interrupted: usize,
+}
+
+/// The running service, shared by the scheduler, the runs and the API.
+#[derive(Debug)]
+pub struct Service {
+    config: Config,
+    history: Arc<History>,
+    catalog: RwLock<Catalog>,
+    activities: Mutex<HashMap<String, Activity>>,
+    slots: Arc<Semaphore>,
+    runs: Mutex<JoinSet<()>>,
+    stopping: CancellationToken,
+    repository_ready: AtomicBool,
+    repository_opening: tokio::sync::Mutex<()>,
+    started: DateTime<Utc>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Service {
+    /// A service for `config` recording into `history`; nothing runs yet.
+    pub fn new(config: Config, history: History) -> Arc<Self> {
+        let slots = config.service.max_concurrent_jobs.get();
+        Arc::new(Self {
+            config,
+            history: Arc::new(history),
+            catalog: RwLock::default(),
+            activities: Mutex::default(),
+            slots: Arc::new(Semaphore::new(slots)),
+            runs: Mutex::default(),
+            stopping: CancellationToken::new(),
+            repository_ready: AtomicBool::new(false),
+            repository_opening: tokio::sync::Mutex::new(()),
+            started: Utc::now(),
+        })
+    }
+
+    /// The configuration it runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// When it started.
+    pub fn started(&self) -> DateTime<Utc> {
+        self.started
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await;
+    }
+
+    /// Runs `f` on the history on the blocking pool.
+    ///
+    /// Fails when the database fails.
+    pub async fn history<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&History) -> Result<T, HistoryError> + Send + 'static,
+    ) -> Result<T, HistoryError> {
+        let history = self.history.clone();
+        tokio::task::spawn_blocking(move || f(&history))
+            .await
+            .unwrap_or_else(|e| Err(HistoryError::Unavailable(e.to_string())))
+    }
+
+    /// A copy of the catalog as last refreshed.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the catalog.
+    pub(crate) fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+    }
+
+    /// Lists the repository again and reads new snapshots.
+    ///
+    /// Fails when the repository cannot be listed or read.
+    pub async fn refresh_catalog(
+        &self,
+        repo: &UnlockedRepository,
+    ) -> Result<(), crate::repo::RepoError> {
+        let mut catalog = self.catalog();
+        catalog.refresh(repo).await?;
+        self.set_catalog(catalog);
+        Ok(())
+    }
+
+    /// Opens the repository with the service key. The first open creates
+    /// the keys and the repository when missing, one caller at a time.
+    ///
+    /// Fails when the store is unreachable or a key is unusable.
+    pub async fn open_repository(&self) -> Result<UnlockedRepository, JobError> {
+        if self.repository_ready.load(Ordering::Acquire) {
+            return open_service_repository(&self.config).await;
+        }
+        let _only_one = self.repository_opening.lock().await;
+        let repo = open_service_repository(&self.config).await?;
+        self.repository_ready.store(true, Ordering::Release);
+        Ok(repo)
+    }
+
+    /// What `name` (a job, `prune` or `check`) is doing now.
+    pub fn activity(&self, name: &str) -> Activity {
+        lock(&self.activities)
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// When each backup now running started.
+    pub(crate) fn running_backups_since(&self) -> Vec<DateTime<Utc>> {
+        let activities = lock(&self.activities);
+        self.config
+            .jobs
+            .iter()
+            .filter_map(|job| match activities.get(&job.name) {
+                Some(Activity::Running { since, .. }) => Some(*since),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set_activity(&self, name: &str, activity: Activity) {
+        lock(&self.activities).insert(name.to_owned(), activity);
+    }
+
+    /// Queues `work`; it starts once its jitter (scheduled runs only) has
+    /// passed and a slot is free.
+    ///
+    /// Fails when the job is unknown, already queued or running, or
+    /// shutdown has begun.
+    pub fn request(self: &Arc<Self>, work: Work, trigger: Trigger) -> Result<(), Refusal> {
+        let jitter = match &work {
+            Work::Backup(name) => {
+                let job = self
+                    .config
+                    .jobs
+                    .iter()
+                    .find(|j| j.name == *name)
+                    .ok_or_else(|| Refusal::UnknownJob(name.clone()))?;
+                job.jitter.filter(|_| trigger == Trigger::Schedule)
+            }
+            Work::Prune | Work::Check => None,
+        };
+        let mut runs = lock(&self.runs);
+        if self.is_stopping() {
+            return Err(Refusal::Stopping);
+        }
+        {
+            let mut activities = lock(&self.activities);
+            let activity = activities.entry(work.name().to_owned()).or_default();
+            if !matches!(activity, Activity::Idle) {
+                return Err(Refusal::Busy(work.name().to_owned()));
+            }
+            *activity = Activity::Queued {
+                since: Utc::now(),
+                trigger,
+            };
+        }
+        while runs.try_join_next().is_some() {}
+        let delay = jitter.map_or(Duration::ZERO, |max| {
+            Duration::from_millis(rand::thread_rng().gen_range(0..=max.as_millis() as u64))
+        });
+        let service = self.clone();
+        runs.spawn(async move { service.execute(work, trigger, delay).await });
+        Ok(())
+    }
+
+    /// Waits for the jitter and a slot, then runs `work`.
+    async fn execute(self: Arc<Self>, work: Work, trigger: Trigger, delay: Duration) {
+        let _idle = IdleWhenDone {
+            service: &self,
+            name: work.name(),
+        };
+        let slots = self.slots.clone();
+        let permit = tokio::select! {
+            () = self.stopping.cancelled() => return,
+            permit = async move {
+                tokio::time::sleep(delay).await;
+                slots.acquire_owned().await
+            } => permit,
+        };
+        let Ok(_permit) = permit else { return };
+        let progress = Arc::new(Progress::default());
+        let queued = match self.activity(work.name()) {
+            Activity::Queued { since, .. } => since,
+            _ => Utc::now(),
+        };
+        self.set_activity(
+            work.name(),
+            Activity::Running {
+                queued,
+                since: Utc::now(),
+                trigger,
+                progress: progress.clone(),
+            },
+        );
+        super::runner::run(&self, &work, trigger, progress).await;
+    }
+
+    /// Starts no new runs, lets running ones finish within `grace`, then
+    /// stops the rest and records them as interrupted.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.stopping.cancel();
+        let mut runs = std::mem::take(&mut *lock(&self.runs));
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = runs.join_next() => if next.is_none() {
+                    return ShutdownReport { interrupted: 0 };
+                },
+                () = &mut deadline => break,
+            }
+        }
+        runs.abort_all();
+        while runs.join_next().await.is_some() {}
+        let interrupted = self
+            .history(|h| h.interrupt_unfinished())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("{e}");
+                0
+            });
+        ShutdownReport { interrupted }
+    }
+}
+
+/// Sets a job's activity back to idle when its run ends, however it ends.
+struct IdleWhenDone<'a> {
+    service: &'a Service,
+    name: &'a str,
+}
+
+impl Drop for IdleWhenDone<'_> {
+    fn drop(&mut self) {
+        self.service.set_activity(self.name, Activity::Idle);
+    }
+}
