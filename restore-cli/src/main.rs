@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lifeboat: {e:#}");
+            eprintln!("lifeboat: {}", lifeboat::errors::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod errors;
 pub mod progress;
 pub mod repo;
 pub mod restore;

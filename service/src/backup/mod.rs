@@ -142,7 +142,17 @@ impl SnapshotBuilder {
         let mut root = Tree {
             entries: std::mem::take(&mut self.entries),
         };
-        let (root_id, _) = save_tree(&self.writer, &mut root, &mut self.references)?;
+        // Saving may fill a pack and hand it to the uploader, a blocking
+        // send: do it on the blocking pool, never on an async thread.
+        let (writer, mut references) = (self.writer.clone(), std::mem::take(&mut self.references));
+        let (saved, references) = tokio::task::spawn_blocking(move || {
+            let saved = save_tree(&writer, &mut root, &mut references);
+            (saved, references)
+        })
+        .await
+        .map_err(|e| RepoError::Upload(e.to_string()))?;
+        let (root_id, _) = saved?;
+        self.references = references;
         let writer = Arc::try_unwrap(self.writer)
             .map_err(|_| RepoError::Upload("a backup thread still holds the writer".into()))?;
         let stats = writer.finish().await?;
@@ -207,4 +217,50 @@ pub fn hostname() -> String {
 /// Adds `n` to a counter.
 fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream::StreamChunking;
+    use super::*;
+    use crate::repo::Repository;
+    use crate::repo::chunker::Chunking;
+    use crate::repo::config::InitOptions;
+    use crate::repo::keys::{AnyIdentity, Recipients, ServiceIdentity, generate_identity_file};
+    use crate::storage::{LocalStore, ObjectStore};
+
+    #[tokio::test]
+    async fn a_root_tree_that_fills_a_pack_is_committed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (restore, service) = (dir.path().join("r.key"), dir.path().join("s.key"));
+        let recipients = Recipients {
+            restore: vec![generate_identity_file(&restore, None)?],
+            service: vec![generate_identity_file(&service, None)?],
+        };
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("repo")));
+        let options = InitOptions {
+            page_chunking: Chunking::Fixed { size: 512 },
+            pack_size: 1 << 20,
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(store, recipients, &options).await?;
+        let repo = repo
+            .unlock(AnyIdentity::Service(ServiceIdentity::from_file(
+                &service, None,
+            )?))
+            .await?;
+        // 12 MiB in 512-byte pages: the root tree lists ~24k blob ids, more
+        // than a pack holds, so saving it hands a full pack to the uploader.
+        let data: Vec<u8> = (0..12u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let mut builder = SnapshotBuilder::new(&repo, "pages", "stream");
+        builder
+            .add_stream("big", std::io::Cursor::new(data), StreamChunking::Pages)
+            .await?;
+        let report = builder.commit(serde_json::Value::Null).await?;
+        assert!(report.snapshot.summary.packs_added >= 2);
+        assert_eq!(report.snapshot.summary.bytes_total, 12 << 20);
+        Ok(())
+    }
 }

@@ -35,7 +35,7 @@ pub struct RetentionPolicy {
     #[serde(default)]
     pub keep_yearly: u32,
     /// Keep every snapshot this much younger than the newest (e.g. "7d").
-    #[serde(default, with = "optional_duration")]
+    #[serde(default, with = "super::timing::optional_duration")]
     pub keep_within: Option<std::time::Duration>,
 }
 
@@ -114,32 +114,6 @@ impl RetentionPolicy {
             }
         }
         decisions
-    }
-}
-
-/// `keep_within` as a humantime string ("36h", "7d").
-mod optional_duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        value: &Option<std::time::Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<std::time::Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration like \"7d\" or \"36h\": {e}"
-            ))
-        })
     }
 }
 

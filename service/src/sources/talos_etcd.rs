@@ -59,22 +59,15 @@ pub struct TalosEtcdSource {
     pub nodes: Vec<String>,
     /// How long to wait for an answer or the next piece of the snapshot
     /// (`"60s"`, `"2m"`); default 60 s.
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        with = "crate::schedule::timing::duration"
+    )]
     pub timeout: Duration,
 }
 
 fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
-}
-
-/// `timeout` as a humantime string.
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration like \"60s\" or \"2m\": {e}"
-        ))
-    })
 }
 
 /// Why an etcd snapshot through the Talos API failed.

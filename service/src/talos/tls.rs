@@ -12,7 +12,7 @@
 //!
 //! The connection is made here (TCP, then rustls with ALPN `h2`, which gRPC
 //! servers require) rather than by tonic, so that both modes share one path
-//! and errors can be told apart: [`describe_failure`] turns a transport
+//! and errors can be told apart: `describe_failure` turns a transport
 //! error into an unreachable endpoint, an untrusted server or a refused
 //! client certificate.
 
