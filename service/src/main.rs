@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lifeboatd: {e:#}");
+            eprintln!("lifeboatd: {}", lifeboat::errors::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }

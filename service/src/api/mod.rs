@@ -98,7 +98,7 @@ impl IntoResponse for AppError {
             Self::History(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!("request failed: {self}");
+            tracing::error!("request failed: {}", crate::errors::describe(&self));
             "internal error; the service's log has the details".to_owned()
         } else {
             self.to_string()

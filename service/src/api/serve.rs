@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use super::auth::{ApiToken, TokenError};
 use super::{AppState, app};
+use crate::errors::describe;
 use crate::schedule::scheduler::{SchedulerError, make_up_missed_runs};
 use crate::schedule::status::watch_rpo;
 use crate::schedule::{Config, ConfigError, Scheduler, Service};
@@ -127,7 +128,7 @@ pub async fn serve(
         ended = &mut server => {
             let reason = match ended {
                 Ok(Ok(())) => "it ended".to_owned(),
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => describe(&e),
                 Err(e) => e.to_string(),
             };
             scheduler.shutdown().await;
@@ -164,11 +165,11 @@ pub async fn serve(
 async fn warm_up(service: Arc<Service>) {
     let url = service.config().repository.url.clone();
     let attempt = async {
-        let repo = service.open_repository().await.map_err(|e| e.to_string())?;
+        let repo = service.open_repository().await.map_err(|e| describe(&e))?;
         service
             .refresh_catalog(&repo)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| describe(&e))
     };
     match tokio::time::timeout(Duration::from_secs(120), attempt).await {
         Ok(Ok(())) => {
@@ -191,7 +192,7 @@ async fn warm_up(service: Arc<Service>) {
         return;
     }
     if let Err(e) = make_up_missed_runs(&service).await {
-        tracing::error!("missed runs cannot be made up: {e}");
+        tracing::error!("missed runs cannot be made up: {}", describe(&e));
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`service`]: the running service (no overlap, a global limit,
 //!   shutdown); [`runner`]: what one run does; [`scheduler`]: cron entries
 //!   and runs made up at start; [`catalog`]: the repository as the service
-//!   sees it; [`status`]: job status and the RPO watch.
+//!   sees it; [`status`]: job status and the RPO watch; [`starter`]: the
+//!   configuration written on a first start.
 
 pub mod catalog;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod service;
 pub mod service_config;
+pub mod starter;
 pub mod status;
 pub mod timing;
 

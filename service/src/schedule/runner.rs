@@ -14,6 +14,7 @@ use super::config::JobConfig;
 use super::job::{JobError, back_up_job};
 use super::service::{Service, Trigger, Work};
 use crate::backup::Progress;
+use crate::errors::describe;
 use crate::repo::check::{ReadData, check};
 use crate::repo::prune::{PruneOptions, forget, prune};
 use crate::repo::{RepoError, UnlockedRepository};
@@ -61,7 +62,7 @@ pub(crate) async fn run(
     let row = service
         .history(move |h| h.start(&name, kind, trigger.as_str(), started))
         .await
-        .map_err(|e| tracing::error!("the run is not recorded: {e}"))
+        .map_err(|e| tracing::error!("the run is not recorded: {}", describe(&e)))
         .ok();
     let outcome = match work {
         Work::Backup(name) => back_up(service, name, progress).await,
@@ -87,9 +88,10 @@ pub(crate) async fn run(
             (RunResult::Success, figures)
         }
         Err(e) => {
-            tracing::error!(job = work.name(), seconds, "run failed: {e}");
+            let error = describe(&e);
+            tracing::error!(job = work.name(), seconds, "run failed: {error}");
             let figures = RunFigures {
-                error: Some(e.to_string()),
+                error: Some(error),
                 ..RunFigures::default()
             };
             (RunResult::Failure, figures)
@@ -100,7 +102,7 @@ pub(crate) async fn run(
             .history(move |h| h.finish(id, result, ended, &figures))
             .await
         {
-            tracing::error!("the run's result is not recorded: {e}");
+            tracing::error!("the run's result is not recorded: {}", describe(&e));
         }
     }
 }
@@ -138,7 +140,8 @@ async fn back_up(
     match retained {
         Ok(forgotten) => figures.forgotten = forgotten,
         Err(e) => warnings.push(format!(
-            "the snapshot is stored, but retention or listing failed: {e}; it is tried again after the next run"
+            "the snapshot is stored, but retention or listing failed: {}; it is tried again after the next run",
+            describe(&e)
         )),
     }
     if !warnings.is_empty() {
@@ -208,7 +211,10 @@ async fn prune_once(service: &Service) -> Result<RunFigures, RunError> {
     };
     let report = prune(&repo, &options).await?;
     if let Err(e) = service.refresh_catalog(&repo).await {
-        tracing::warn!("the repository could not be listed after pruning: {e}");
+        tracing::warn!(
+            "the repository could not be listed after pruning: {}",
+            describe(&e)
+        );
     }
     tracing::info!(
         "prune: {} packs stored, {} in use; {} newly marked unused, {} deleted ({} bytes freed), {} plans waiting for their grace period of {}",

@@ -229,47 +229,7 @@ pub(crate) fn locate_jobs(text: &str, path: &Path, jobs: &mut [JobConfig]) {
     }
 }
 
-/// The configuration `lifeboatd serve` writes on a first start without one.
-pub const STARTER_CONFIG: &str = include_str!("starter.toml");
-
 impl Config {
-    /// Writes [`STARTER_CONFIG`] to `path` and makes the `data` folder its
-    /// job backs up (with a note in it), unless `path` exists.
-    ///
-    /// Fails when the files cannot be written.
-    pub fn write_starter(path: &Path) -> Result<bool, ConfigError> {
-        let write = |target: &Path, text: &str| {
-            if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(target)
-                .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
-        };
-        match write(path, STARTER_CONFIG) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        }
-        let note = path.with_file_name("data").join("README.txt");
-        match write(
-            &note,
-            "lifeboat backs up this folder (job \"data\" in lifeboat.toml).\n",
-        ) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(ConfigError::Read { path: note, source }),
-        }
-        Ok(true)
-    }
-
     /// Reads `lifeboat.toml` and every job file of its schedules folder:
     /// what `lifeboatd` runs.
     ///
@@ -485,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_schedules_and_the_starter_config_load() -> anyhow::Result<()> {
+    fn the_shipped_schedules_load() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schedules");
         let config = dir.path().join("lifeboat.toml");
@@ -506,17 +466,6 @@ mod tests {
                 .all(|j| j.schedule.is_some() && j.retention.is_some())
         );
         assert!(loaded.prune.is_some() && loaded.check.is_some());
-
-        let starter = dir.path().join("new/lifeboat.toml");
-        assert!(Config::write_starter(&starter)?);
-        assert!(
-            !Config::write_starter(&starter)?,
-            "an existing config is kept"
-        );
-        let loaded = Config::load_with_schedules(&starter)?;
-        assert_eq!(loaded.jobs.len(), 1);
-        assert!(dir.path().join("new/data/README.txt").is_file());
-        assert_eq!(loaded.token_file(), dir.path().join("new/state/api-token"));
         Ok(())
     }
 }
