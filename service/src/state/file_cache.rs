@@ -67,20 +67,15 @@ impl FileCache {
         };
         std::fs::create_dir_all(state_dir)
             .map_err(|e| fail(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let connection = Connection::open(&path).map_err(fail)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
-            .map_err(fail)?;
-        let version: usize = connection
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(fail)?;
-        for (number, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-            connection.execute_batch(migration).map_err(fail)?;
-            connection
-                .pragma_update(None, "user_version", number + 1)
-                .map_err(fail)?;
-        }
+        let connection = super::database::open(&path, MIGRATIONS).map_err(|e| match e {
+            super::database::OpenError::Sqlite(source) => fail(source),
+            super::database::OpenError::Newer { found } => {
+                fail(rusqlite::Error::InvalidParameterName(format!(
+                    "schema version {found} is newer than this lifeboat knows ({})",
+                    MIGRATIONS.len()
+                )))
+            }
+        })?;
         Ok(Self { path, connection })
     }
 

@@ -254,33 +254,14 @@ impl History {
             path: state_dir.to_owned(),
             source,
         })?;
-        let mut connection = Connection::open(&path).map_err(fail)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .and_then(|()| connection.pragma_update(None, "synchronous", "NORMAL"))
-            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(10)))
-            .map_err(fail)?;
-        // Migrate in one write transaction, so two openers cannot both
-        // apply the same migration.
-        let tx = connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        let version: usize = tx
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(fail)?;
-        if version > MIGRATIONS.len() {
-            return Err(HistoryError::Newer {
-                path,
-                found: version,
+        let connection = super::database::open(&path, MIGRATIONS).map_err(|e| match e {
+            super::database::OpenError::Sqlite(source) => fail(source),
+            super::database::OpenError::Newer { found } => HistoryError::Newer {
+                path: path.clone(),
+                found,
                 known: MIGRATIONS.len(),
-            });
-        }
-        for (number, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(migration).map_err(fail)?;
-            tx.pragma_update(None, "user_version", number + 1)
-                .map_err(fail)?;
-        }
-        tx.commit().map_err(fail)?;
+            },
+        })?;
         Ok(Self {
             path,
             connection: Mutex::new(connection),

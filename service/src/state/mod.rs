@@ -3,6 +3,7 @@
 //! Losing the state directory costs time (files are read again), never data:
 //! everything here can be rebuilt from the repository or the source.
 
+mod database;
 mod file_cache;
 pub mod history;
 
