@@ -45,7 +45,7 @@ pub(crate) struct EncodedBlob {
 /// 1/32 of its size.
 pub(crate) fn encode(plain: &[u8], level: i32) -> EncodedBlob {
     if level > 0 {
-        if let Ok(packed) = zstd::bulk::compress(plain, level) {
+        if let Ok(packed) = compress(plain, level) {
             if packed.len() + plain.len() / 32 < plain.len() {
                 return EncodedBlob {
                     bytes: packed,
@@ -58,6 +58,26 @@ pub(crate) fn encode(plain: &[u8], level: i32) -> EncodedBlob {
         bytes: plain.to_vec(),
         compressed: false,
     }
+}
+
+thread_local! {
+    /// One zstd context per thread and level: making one per blob costs
+    /// more than compressing a small blob.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(held, _)| *held != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, compressor)) => compressor.compress(plain),
+            None => zstd::bulk::compress(plain, level),
+        }
+    })
 }
 
 /// Reverses [`encode`]; `raw_length` is the plaintext length recorded for

@@ -5,7 +5,7 @@
 //! [`SparseObject`] lets age's seekable reader decrypt only the segments that
 //! hold a wanted byte range, from ranges fetched with ranged GETs.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -52,7 +52,9 @@ pub(crate) fn decrypt<'a>(
     identities: impl Iterator<Item = &'a dyn age::Identity>,
     cipher: &[u8],
 ) -> Result<Vec<u8>, CryptError> {
-    let mut reader = open(identities, cipher)?;
+    let decryptor =
+        age::Decryptor::new_buffered(cipher).map_err(|e| CryptError::Damaged(e.to_string()))?;
+    let mut reader = payload(decryptor, identities)?;
     let mut plain = Vec::with_capacity(cipher.len());
     reader
         .read_to_end(&mut plain)
@@ -60,12 +62,22 @@ pub(crate) fn decrypt<'a>(
     Ok(plain)
 }
 
-/// Opens an age file for reading with any of `identities`.
+/// Opens an age file for reading with any of `identities`. The header is
+/// parsed from a buffer: age's unbuffered parser re-reads it many times.
 pub(crate) fn open<'a, R: Read>(
     identities: impl Iterator<Item = &'a dyn age::Identity>,
     input: R,
+) -> Result<age::stream::StreamReader<BufReader<R>>, CryptError> {
+    let decryptor = age::Decryptor::new_buffered(BufReader::new(input))
+        .map_err(|e| CryptError::Damaged(e.to_string()))?;
+    payload(decryptor, identities)
+}
+
+/// Unwraps the file key with any of `identities`.
+fn payload<'a, R: io::BufRead>(
+    decryptor: age::Decryptor<R>,
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
 ) -> Result<age::stream::StreamReader<R>, CryptError> {
-    let decryptor = age::Decryptor::new(input).map_err(|e| CryptError::Damaged(e.to_string()))?;
     decryptor.decrypt(identities).map_err(|e| match e {
         age::DecryptError::NoMatchingKeys => CryptError::NoMatchingKey,
         other => CryptError::Damaged(other.to_string()),

@@ -27,9 +27,9 @@ use super::pack::{PackBuilder, PackedBlob};
 use crate::storage::{ObjectStore, StorageError};
 
 /// Packs uploaded at the same time.
-const PARALLEL_UPLOADS: usize = 4;
+const PARALLEL_UPLOADS: usize = 3;
 /// Sealed packs waiting for upload before writers block.
-const QUEUED_PACKS: usize = 2;
+const QUEUED_PACKS: usize = 1;
 /// Packs listed per index object written during a backup.
 const PACKS_PER_INDEX: usize = 8;
 

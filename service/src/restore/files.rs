@@ -27,7 +27,7 @@ use crate::repo::reader::BlobReader;
 use crate::repo::tree::{Node, NodeKind, Tree};
 
 /// Packs fetched at the same time.
-const PARALLEL_PACKS: usize = 4;
+const PARALLEL_PACKS: usize = 2;
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -405,6 +405,7 @@ async fn restore_pack(
             let Ok(plain) = reader.open_pack(&pack, &whole) else {
                 return Ok(None);
             };
+            drop(whole);
             let mut failed = Vec::new();
             for blob in wanted {
                 let Some(location) = reader.index().get(&blob) else {
