@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use lifeboat::repo::prune::{PruneOptions, forget, prune};
+use lifeboat::repo::repack::repack;
 use lifeboat::repo::snapshot::human_bytes;
 use lifeboat::schedule::retention::RetentionPolicy;
 
@@ -141,6 +142,10 @@ pub struct PruneArgs {
     /// How long unused packs wait before deletion; longer than your longest backup.
     #[arg(long, default_value = "24h", value_parser = humantime_duration)]
     grace: std::time::Duration,
+    /// First copy the used blobs out of packs at least PERCENT % unused, so
+    /// those packs can go too (needs the restore key).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    repack: Option<u8>,
     /// Show what would be marked and deleted; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -156,12 +161,33 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
         grace: chrono::Duration::from_std(args.grace)?,
         dry_run: args.dry_run,
     };
+    let repacked = match args.repack {
+        Some(percent) => Some(repack(&repo, percent, args.dry_run).await?),
+        None => None,
+    };
+    // Repacking wrote packs and a plan: read the index afresh.
+    let repo = match repacked {
+        Some(_) => args.key.unlock(args.repo.open().await?).await?,
+        None => repo,
+    };
     let report = prune(&repo, &options).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let value = serde_json::json!({ "repack": repacked, "prune": report });
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     let verb = if args.dry_run { "would be" } else { "were" };
+    if let Some(r) = &repacked {
+        println!(
+            "{} packs at least {}% unused {verb} repacked: {} used blobs ({}) copied into {} new packs; {} to reclaim after the grace period",
+            r.packs_repacked,
+            args.repack.unwrap_or_default(),
+            r.blobs_copied,
+            human_bytes(r.bytes_copied),
+            r.packs_written,
+            human_bytes(r.bytes_reclaimable),
+        );
+    }
     println!(
         "{} packs stored, {} in use; {} unused packs ({}) {verb} marked, {} marked packs ({}) {verb} deleted, {} index objects rewritten, {} plans waiting for the grace period",
         report.packs_stored,

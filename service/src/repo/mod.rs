@@ -18,6 +18,7 @@ mod meta;
 pub mod pack;
 pub mod prune;
 pub mod reader;
+pub mod repack;
 pub mod snapshot;
 pub mod tree;
 pub mod writer;
@@ -751,6 +752,79 @@ mod tests {
         // with the service key, which does not walk trees.
         let report = check::check(&unlock().await?, check::ReadData::All).await?;
         assert!(report.is_ok(), "{:?}", report.problems);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn repack_copies_used_blobs_out_of_mostly_unused_packs() -> anyhow::Result<()> {
+        use prune::{PruneOptions, prune};
+        let f = fixture(&InitOptions::default()).await?;
+        let service = || async {
+            let key = ServiceIdentity::from_file(&f.service, None)?;
+            anyhow::Ok(
+                Repository::open(f.store.clone())
+                    .await?
+                    .unlock(AnyIdentity::Service(key))
+                    .await?,
+            )
+        };
+        let restore = || async {
+            let key = RestoreIdentity::from_file(&f.restore, None)?;
+            anyhow::Ok(
+                Repository::open(f.store.clone())
+                    .await?
+                    .unlock(AnyIdentity::Restore(key))
+                    .await?,
+            )
+        };
+        // One pack: a small used blob and a big unused one.
+        let repo = service().await?;
+        let writer = repo.writer();
+        let (writer, saved) = tokio::task::spawn_blocking(move || {
+            let kept = writer.save(BlobKind::Data, &pattern(1, 10_000));
+            let dropped = writer.save(BlobKind::Data, &pattern(2, 90_000));
+            (writer, kept.and_then(|k| dropped.map(|_| k.0)))
+        })
+        .await?;
+        let kept = saved?;
+        writer.finish().await?;
+        repo.save_snapshot(&snapshot_of(kept)).await?;
+
+        assert!(
+            repack::repack(&service().await?, 50, false).await.is_err(),
+            "repack needs the restore key"
+        );
+        let dry = repack::repack(&restore().await?, 50, true).await?;
+        assert_eq!((dry.packs_repacked, dry.packs_written), (1, 0));
+        assert_eq!(
+            f.store.list("data/").await?.len(),
+            1,
+            "a dry run writes nothing"
+        );
+        let done = repack::repack(&restore().await?, 50, false).await?;
+        assert_eq!(
+            (done.packs_repacked, done.blobs_copied, done.packs_written),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            repack::repack(&restore().await?, 50, false)
+                .await?
+                .packs_repacked,
+            0,
+            "once is enough"
+        );
+
+        let now = PruneOptions {
+            grace: chrono::Duration::zero(),
+            dry_run: false,
+        };
+        let pruned = prune(&service().await?, &now).await?;
+        assert_eq!(pruned.packs_deleted, 1);
+        assert_eq!(f.store.list("data/").await?.len(), 1);
+        assert_eq!(
+            restore().await?.reader("reading")?.read(&kept).await?,
+            pattern(1, 10_000)
+        );
         Ok(())
     }
 }

@@ -195,21 +195,30 @@ pub async fn prune(
         store.delete(&key).await?;
     }
     if !fresh.is_empty() {
-        let plan = PrunePlan {
-            created: now,
-            packs: fresh,
-        };
-        let cipher =
-            meta::seal(&plan, repo.repository().recipients().both()).map_err(|source| {
-                RepoError::Crypt {
-                    key: PLAN_PREFIX.into(),
-                    source,
-                }
-            })?;
-        let key = format!("{PLAN_PREFIX}{}", hex::encode(content_hash(&cipher)));
-        store.put_new(&key, cipher.into()).await?;
+        write_plan(repo, fresh, now).await?;
     }
     Ok(report)
+}
+
+/// Writes a prune plan naming `packs`.
+pub(crate) async fn write_plan(
+    repo: &UnlockedRepository,
+    packs: Vec<PackId>,
+    created: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    let plan = PrunePlan { created, packs };
+    let cipher = meta::seal(&plan, repo.repository().recipients().both()).map_err(|source| {
+        RepoError::Crypt {
+            key: PLAN_PREFIX.into(),
+            source,
+        }
+    })?;
+    let key = format!("{PLAN_PREFIX}{}", hex::encode(content_hash(&cipher)));
+    repo.repository()
+        .store()
+        .put_new(&key, cipher.into())
+        .await?;
+    Ok(())
 }
 
 /// Replaces every index object that lists a doomed pack by one without it;

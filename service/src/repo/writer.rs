@@ -132,9 +132,26 @@ impl BlobWriter {
     /// Fails when the uploader has stopped (the cause comes from
     /// [`BlobWriter::finish`]).
     pub fn save(&self, kind: BlobKind, plain: &[u8]) -> Result<(BlobId, bool), RepoError> {
+        self.store(kind, plain, true)
+    }
+
+    /// Stores `plain` again even if the index has it (once per writer):
+    /// repacking copies used blobs out of mostly unused packs.
+    ///
+    /// Fails as [`BlobWriter::save`] does.
+    pub fn copy(&self, kind: BlobKind, plain: &[u8]) -> Result<BlobId, RepoError> {
+        self.store(kind, plain, false).map(|(id, _)| id)
+    }
+
+    fn store(
+        &self,
+        kind: BlobKind,
+        plain: &[u8],
+        reuse: bool,
+    ) -> Result<(BlobId, bool), RepoError> {
         let shared = &self.shared;
         let id = self.blob_id(plain);
-        if shared.index.reusable(&id) {
+        if reuse && shared.index.reusable(&id) {
             return Ok((id, false));
         }
         {
