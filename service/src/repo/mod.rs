@@ -501,6 +501,20 @@ mod tests {
         service: std::path::PathBuf,
     }
 
+    impl Fixture {
+        async fn as_service(&self) -> anyhow::Result<UnlockedRepository> {
+            let key = ServiceIdentity::from_file(&self.service, None)?;
+            let repo = Repository::open(self.store.clone()).await?;
+            Ok(repo.unlock(AnyIdentity::Service(key)).await?)
+        }
+
+        async fn as_restore(&self) -> anyhow::Result<UnlockedRepository> {
+            let key = RestoreIdentity::from_file(&self.restore, None)?;
+            let repo = Repository::open(self.store.clone()).await?;
+            Ok(repo.unlock(AnyIdentity::Restore(key)).await?)
+        }
+    }
+
     async fn fixture(options: &InitOptions) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let (restore, service) = (
@@ -695,15 +709,10 @@ mod tests {
     -> anyhow::Result<()> {
         use prune::{PruneOptions, forget, prune};
         let f = fixture(&InitOptions::default()).await?;
-        let unlock = || async {
-            let service = ServiceIdentity::from_file(&f.service, None)?;
-            let repo = Repository::open(f.store.clone()).await?;
-            anyhow::Ok(repo.unlock(AnyIdentity::Service(service)).await?)
-        };
-        let repo = unlock().await?;
+        let repo = f.as_service().await?;
         let old = store_blob(&repo, pattern(1, 50_000)).await?;
         let old_snapshot = repo.save_snapshot(&snapshot_of(old)).await?;
-        let repo = unlock().await?;
+        let repo = f.as_service().await?;
         let kept = store_blob(&repo, pattern(2, 50_000)).await?;
         repo.save_snapshot(&snapshot_of(kept)).await?;
         forget(&repo, &[old_snapshot]).await?;
@@ -712,12 +721,12 @@ mod tests {
             grace: chrono::Duration::hours(1),
             dry_run: false,
         };
-        let first = prune(&unlock().await?, &hour).await?;
+        let first = prune(&f.as_service().await?, &hour).await?;
         assert_eq!(
             (first.packs_stored, first.packs_marked, first.packs_deleted),
             (2, 1, 0)
         );
-        let again = prune(&unlock().await?, &hour).await?;
+        let again = prune(&f.as_service().await?, &hour).await?;
         assert_eq!(
             (again.packs_marked, again.plans_waiting),
             (0, 1),
@@ -725,7 +734,7 @@ mod tests {
         );
 
         // A backup while the plan waits stores the doomed blob afresh.
-        let repo = unlock().await?;
+        let repo = f.as_service().await?;
         assert!(repo.index().contains(&old) && !repo.index().reusable(&old));
         let copy = store_blob(&repo, pattern(1, 50_000)).await?;
         assert_eq!(copy, old);
@@ -735,22 +744,18 @@ mod tests {
             grace: chrono::Duration::zero(),
             dry_run: false,
         };
-        let second = prune(&unlock().await?, &now).await?;
+        let second = prune(&f.as_service().await?, &now).await?;
         assert_eq!((second.packs_deleted, second.indexes_rewritten), (1, 1));
         assert_eq!(f.store.list("data/").await?.len(), 2);
         assert!(f.store.list(prune::PLAN_PREFIX).await?.is_empty());
 
-        let restore = RestoreIdentity::from_file(&f.restore, None)?;
-        let repo = Repository::open(f.store.clone())
-            .await?
-            .unlock(AnyIdentity::Restore(restore))
-            .await?;
+        let repo = f.as_restore().await?;
         let reader = repo.reader("reading")?;
         assert_eq!(reader.read(&old).await?, pattern(1, 50_000));
         assert_eq!(reader.read(&kept).await?, pattern(2, 50_000));
         // The test's snapshots have data blobs as roots, so check structure
         // with the service key, which does not walk trees.
-        let report = check::check(&unlock().await?, check::ReadData::All).await?;
+        let report = check::check(&f.as_service().await?, check::ReadData::All).await?;
         assert!(report.is_ok(), "{:?}", report.problems);
         Ok(())
     }
@@ -759,26 +764,8 @@ mod tests {
     async fn repack_copies_used_blobs_out_of_mostly_unused_packs() -> anyhow::Result<()> {
         use prune::{PruneOptions, prune};
         let f = fixture(&InitOptions::default()).await?;
-        let service = || async {
-            let key = ServiceIdentity::from_file(&f.service, None)?;
-            anyhow::Ok(
-                Repository::open(f.store.clone())
-                    .await?
-                    .unlock(AnyIdentity::Service(key))
-                    .await?,
-            )
-        };
-        let restore = || async {
-            let key = RestoreIdentity::from_file(&f.restore, None)?;
-            anyhow::Ok(
-                Repository::open(f.store.clone())
-                    .await?
-                    .unlock(AnyIdentity::Restore(key))
-                    .await?,
-            )
-        };
         // One pack: a small used blob and a big unused one.
-        let repo = service().await?;
+        let repo = f.as_service().await?;
         let writer = repo.writer();
         let (writer, saved) = tokio::task::spawn_blocking(move || {
             let kept = writer.save(BlobKind::Data, &pattern(1, 10_000));
@@ -791,23 +778,25 @@ mod tests {
         repo.save_snapshot(&snapshot_of(kept)).await?;
 
         assert!(
-            repack::repack(&service().await?, 50, false).await.is_err(),
+            repack::repack(&f.as_service().await?, 50, false)
+                .await
+                .is_err(),
             "repack needs the restore key"
         );
-        let dry = repack::repack(&restore().await?, 50, true).await?;
+        let dry = repack::repack(&f.as_restore().await?, 50, true).await?;
         assert_eq!((dry.packs_repacked, dry.packs_written), (1, 0));
         assert_eq!(
             f.store.list("data/").await?.len(),
             1,
             "a dry run writes nothing"
         );
-        let done = repack::repack(&restore().await?, 50, false).await?;
+        let done = repack::repack(&f.as_restore().await?, 50, false).await?;
         assert_eq!(
             (done.packs_repacked, done.blobs_copied, done.packs_written),
             (1, 1, 1)
         );
         assert_eq!(
-            repack::repack(&restore().await?, 50, false)
+            repack::repack(&f.as_restore().await?, 50, false)
                 .await?
                 .packs_repacked,
             0,
@@ -818,11 +807,11 @@ mod tests {
             grace: chrono::Duration::zero(),
             dry_run: false,
         };
-        let pruned = prune(&service().await?, &now).await?;
+        let pruned = prune(&f.as_service().await?, &now).await?;
         assert_eq!(pruned.packs_deleted, 1);
         assert_eq!(f.store.list("data/").await?.len(), 1);
         assert_eq!(
-            restore().await?.reader("reading")?.read(&kept).await?,
+            f.as_restore().await?.reader("reading")?.read(&kept).await?,
             pattern(1, 10_000)
         );
         Ok(())
