@@ -150,7 +150,7 @@ fn print_report(report: &BackupReport, json: bool) -> anyhow::Result<()> {
         lifeboat::repo::snapshot::human_bytes(s.bytes_stored),
     );
     for warning in &report.warnings {
-        println!("  skipped {warning}");
+        println!("  warning: {warning}");
     }
     Ok(())
 }

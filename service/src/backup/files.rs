@@ -263,8 +263,8 @@ struct Place<'a> {
 impl Archiver {
     fn warn(&self, path: &Path, what: &str) {
         bump(&self.counts.skipped, 1);
-        let message = format!("{}: {what}", path.display());
-        tracing::warn!("skipped {message}");
+        let message = format!("skipped {}: {what}", path.display());
+        tracing::warn!("{message}");
         if let Ok(mut warnings) = self.warnings.lock() {
             warnings.push(message);
         }

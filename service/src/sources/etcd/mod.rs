@@ -70,7 +70,10 @@ pub struct EtcdSource {
     pub key: Option<PathBuf>,
     /// How long to wait for a connection, an answer or the next piece of
     /// the snapshot (`"30s"`, `"2m"`); default 30 s.
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        with = "crate::schedule::timing::duration"
+    )]
     pub timeout: Duration,
 }
 
@@ -370,22 +373,6 @@ fn stream_error(error: BackupError, endpoint: &str) -> SourceError {
             .into(),
         },
         other => other.into(),
-    }
-}
-
-/// `timeout` as a humantime string (`"30s"`, `"2m"`).
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration like \"30s\" or \"2m\": {e}"
-            ))
-        })
     }
 }
 
