@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
+use rayon::prelude::*;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -64,6 +65,7 @@ pub struct RestoreReport {
 struct PlannedFile {
     path: PathBuf,
     shown: String,
+    size: u64,
 }
 
 /// A place where a blob's plaintext goes.
@@ -82,6 +84,8 @@ struct Plan {
     slots: HashMap<BlobId, Vec<Slot>>,
     /// Snapshot path → restored path, for hard links.
     restored: HashMap<Vec<u8>, PathBuf>,
+    /// Whether existing files of the same names are replaced (`--force`).
+    replace: bool,
     /// Files whose blobs are in no index, with the cause.
     missing: Vec<(String, String)>,
     report: RestoreReport,
@@ -113,7 +117,10 @@ pub async fn restore(
     std::fs::create_dir_all(target).map_err(RestoreError::io("creating", target))?;
 
     let (start, snapshot_prefix) = locate(reader, root, path).await?;
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        replace: options.force,
+        ..Plan::default()
+    };
     match start {
         Start::Tree(tree) => plan_tree(reader, tree, target, &snapshot_prefix, &mut plan).await?,
         Start::Node(node) => {
@@ -131,7 +138,24 @@ pub async fn restore(
         .bytes_total
         .store(plan.report.bytes, Ordering::Relaxed);
 
-    let mut failed = fetch_data(reader, &plan, &progress).await?;
+    // Files are created at their final size on the blocking pool while
+    // data is already being fetched: a writer that comes first creates the
+    // file itself, and neither side truncates what the other wrote.
+    let sized: Vec<(PathBuf, u64)> = plan
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.size))
+        .collect();
+    let creating = tokio::task::spawn_blocking(move || {
+        sized.par_iter().try_for_each(|(path, size)| {
+            open_for_writing(path)
+                .and_then(|file| file.set_len(*size))
+                .map_err(RestoreError::io("creating", path))
+        })
+    });
+    let (fetched, created) = tokio::join!(fetch_data(reader, &plan, &progress), creating);
+    created.map_err(|e| RepoError::Upload(e.to_string()))??;
+    let mut failed = fetched?;
     failed.append(&mut plan.missing);
 
     for (path, link) in &plan.hardlinks {
@@ -261,11 +285,9 @@ fn lay_out_entries(
                 }
             }
             NodeKind::File => {
-                let _ = std::fs::remove_file(&path);
-                let file =
-                    std::fs::File::create(&path).map_err(RestoreError::io("creating", &path))?;
-                file.set_len(node.size)
-                    .map_err(RestoreError::io("sizing", &path))?;
+                if plan.replace {
+                    let _ = std::fs::remove_file(&path);
+                }
                 let index = plan.files.len();
                 let mut offset = 0;
                 for blob in &node.content {
@@ -285,6 +307,7 @@ fn lay_out_entries(
                 plan.files.push(PlannedFile {
                     path: path.clone(),
                     shown,
+                    size: node.size,
                 });
                 plan.restored.insert(snapshot_path, path.clone());
                 plan.report.files += 1;
@@ -460,16 +483,23 @@ fn write_slots(
             path: path.clone(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io)?;
+        let file = open_for_writing(path).map_err(io)?;
         file.write_all_at(data, slot.offset).map_err(io)?;
         progress
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Opens a restored file for writing, creating it if needed, never
+/// truncating it.
+fn open_for_writing(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// Creates a FIFO or device node.
