@@ -130,15 +130,7 @@ pub async fn check(
         }
     }
 
-    let stored: HashMap<PackId, u64> = store
-        .list("data/")
-        .await?
-        .into_iter()
-        .filter_map(|o| {
-            let hex = o.key.rsplit('/').next()?;
-            Some((hex.parse().ok()?, o.size))
-        })
-        .collect();
+    let stored = super::prune::stored_packs(&store).await?;
     report.packs = index.packs().count();
     let mut pack_blobs: HashMap<PackId, Vec<BlobId>> = HashMap::new();
     for (id, location) in index.blobs() {

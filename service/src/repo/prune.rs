@@ -103,24 +103,11 @@ pub async fn prune(
     repo: &UnlockedRepository,
     options: &PruneOptions,
 ) -> Result<PruneReport, RepoError> {
-    if let Some((key, problem)) = repo.index_problems().first() {
-        return Err(RepoError::Damaged {
-            key: key.clone(),
-            reason: format!("{problem}; prune refuses to run on a partly readable index"),
-        });
-    }
+    require_whole_index(repo, "prune")?;
     let store = repo.repository().store().clone();
     let index = repo.index();
-    let mut used_blobs: HashSet<BlobId> = HashSet::new();
-    for entry in repo.snapshots().await? {
-        used_blobs.extend(entry.snapshot.references);
-    }
-    let stored: HashMap<PackId, u64> = store
-        .list("data/")
-        .await?
-        .into_iter()
-        .filter_map(|o| Some((o.key.rsplit('/').next()?.parse().ok()?, o.size)))
-        .collect();
+    let used_blobs = used_blobs(repo).await?;
+    let stored = stored_packs(&store).await?;
     let now = Utc::now();
     let plans = read_plans(&store, repo.identity()).await?;
     let planned: HashSet<PackId> = plans
@@ -198,6 +185,43 @@ pub async fn prune(
         write_plan(repo, fresh, now).await?;
     }
     Ok(report)
+}
+
+/// Refuses to go on when some index object was unreadable: deciding what
+/// is unused on partial knowledge could delete data in use.
+pub(crate) fn require_whole_index(repo: &UnlockedRepository, what: &str) -> Result<(), RepoError> {
+    match repo.index_problems().first() {
+        Some((key, problem)) => Err(RepoError::Damaged {
+            key: key.clone(),
+            reason: format!("{problem}; {what} refuses to run on a partly readable index"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Every blob some snapshot references.
+///
+/// Fails when a snapshot is unreadable.
+pub(crate) async fn used_blobs(repo: &UnlockedRepository) -> Result<HashSet<BlobId>, RepoError> {
+    let mut used = HashSet::new();
+    for entry in repo.snapshots().await? {
+        used.extend(entry.snapshot.references);
+    }
+    Ok(used)
+}
+
+/// Every pack in the store, with its size.
+///
+/// Fails when the store cannot be listed.
+pub(crate) async fn stored_packs(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<HashMap<PackId, u64>, RepoError> {
+    Ok(store
+        .list("data/")
+        .await?
+        .into_iter()
+        .filter_map(|o| Some((o.key.rsplit('/').next()?.parse().ok()?, o.size)))
+        .collect())
 }
 
 /// Writes a prune plan naming `packs`.

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::id::{BlobId, PackId};
-use super::prune::{read_plans, write_plan};
+use super::prune::{read_plans, require_whole_index, used_blobs, write_plan};
 use super::{RepoError, UnlockedRepository};
 
 /// What a repack did (or would do).
@@ -38,16 +38,8 @@ pub async fn repack(
     dry_run: bool,
 ) -> Result<RepackReport, RepoError> {
     let reader = repo.reader("repacking")?;
-    if let Some((key, problem)) = repo.index_problems().first() {
-        return Err(RepoError::Damaged {
-            key: key.clone(),
-            reason: format!("{problem}; repack refuses to run on a partly readable index"),
-        });
-    }
-    let mut used: HashSet<BlobId> = HashSet::new();
-    for entry in repo.snapshots().await? {
-        used.extend(entry.snapshot.references);
-    }
+    require_whole_index(repo, "repack")?;
+    let used = used_blobs(repo).await?;
     let planned: HashSet<PackId> = read_plans(repo.repository().store(), repo.identity())
         .await?
         .into_iter()
