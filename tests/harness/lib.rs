@@ -6,6 +6,8 @@
 //! - [`postgres::PostgresServer`]: a throw-away PostgreSQL cluster (Debian's
 //!   `postgresql`) with password authentication;
 //! - [`FaultProxy`]: an HTTP proxy that fails the first requests on purpose;
+//! - [`kubernetes::KubeApiServer`]: a protocol-level stand-in for a
+//!   Kubernetes API server (HTTP/JSON and the exec websocket);
 //! - [`talos::TalosApiServer`]: a protocol-level stand-in for a Talos
 //!   node's API (gRPC, mutual TLS), because no Talos node can run here;
 //! - [`s3`]: how a test reaches a bucket, and how it runs lifeboat code with
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod etcd;
 pub mod fault_proxy;
 pub mod garage;
+pub mod kubernetes;
 pub mod moto;
 pub mod postgres;
 pub mod process;
