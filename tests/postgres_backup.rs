@@ -50,7 +50,7 @@ async fn two_databases_dump_restore_and_match_their_row_counts() -> Result<()> {
     );
 
     // The metadata: totals and versions, no names.
-    let metadata = latest_metadata(&installation, "databases")?;
+    let metadata = installation.latest_metadata("databases")?;
     let tables: usize = expected.values().map(BTreeMap::len).sum();
     let rows: u64 = expected.values().flat_map(BTreeMap::values).sum();
     ensure!(
@@ -227,20 +227,6 @@ fn fill_databases(server: &PostgresServer) -> Result<BTreeMap<String, Counts>> {
             ]),
         ),
     ]))
-}
-
-/// The latest snapshot's metadata of `job`, read with the service key.
-fn latest_metadata(installation: &Installation, job: &str) -> Result<Value> {
-    let key = installation.service_key();
-    let key = key.display().to_string();
-    let list = installation
-        .lifeboat_repo("snapshots", &["-i", key.as_str(), "--job", job, "--json"])?
-        .ok()?
-        .json()?;
-    list.as_array()
-        .and_then(|all| all.last())
-        .map(|snapshot| snapshot["metadata"].clone())
-        .with_context(|| format!("no snapshot of {job}: {list:#}"))
 }
 
 /// The counts `<db>.rowcounts.json` recorded.

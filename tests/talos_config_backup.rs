@@ -16,7 +16,6 @@ use anyhow::{Context, Result, ensure};
 use lifeboat::sources::talos_config::MACHINE_CONFIG_PATH;
 use lifeboat_tests::cli::{Installation, Rng, write_file};
 use lifeboat_tests::talos::{Role, TalosApiServer};
-use serde_json::Value;
 
 const SECRETS: &str = "cluster:\n    id: 0123456789abcdef\n    secret: c2VjcmV0\nsecrets:\n    bootstraptoken: abcdef.0123456789abcdef\n    secretboxencryptionsecret: c2VjcmV0Ym94\ntrustdinfo:\n    token: abcdef.0123456789abcdef\ncerts:\n    etcd:\n        crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t\n        key: LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0t\n    k8s:\n        crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t\n        key: LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0t\n    os:\n        crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t\n        key: LS0tLS1CRUdJTiBFRDI1NTE5IFBSSVZBVEUgS0VZLS0tLS0=\n";
 const CONTROLPLANE: &str = "version: v1alpha1 # Indicates the schema used to decode the contents.\ndebug: false\npersist: true\nmachine:\n    type: controlplane # Defines the role of the machine within the cluster.\n    token: abcdef.0123456789abcdef\n    ca:\n        crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t\n    install:\n        disk: /dev/vda\ncluster:\n    id: 0123456789abcdef\n    controlPlane:\n        endpoint: https://10.0.0.10:6443\n";
@@ -56,7 +55,7 @@ fn the_talos_folder_round_trips_and_is_described_by_counts() -> Result<()> {
         report["warnings"].as_array().is_some_and(Vec::is_empty),
         "a complete folder gives no warning: {report:#}"
     );
-    let metadata = latest_metadata(&installation, "talos")?;
+    let metadata = installation.latest_metadata("talos")?;
     ensure!(
         metadata["secrets_bundle"] == true
             && metadata["talosconfig"] == true
@@ -131,7 +130,7 @@ fn missing_rebuild_files_are_warned_about() -> Result<()> {
             && warnings.contains(&talos.display().to_string()),
         "both missing files are warned about, naming the folder: {warnings}"
     );
-    let metadata = latest_metadata(&installation, "bare")?;
+    let metadata = installation.latest_metadata("bare")?;
     ensure!(
         metadata["secrets_bundle"] == false
             && metadata["talosconfig"] == false
@@ -208,7 +207,7 @@ async fn live_machine_configs_are_read_through_the_talos_api() -> Result<()> {
         report["warnings"].as_array().is_some_and(Vec::is_empty),
         "reading the live config gives no warning: {report:#}"
     );
-    let metadata = latest_metadata(&installation, "live")?;
+    let metadata = installation.latest_metadata("live")?;
     ensure!(
         metadata["live_configs"] == 1 && metadata["live_configs_failed"] == 0,
         "one live config was read: {metadata:#}"
@@ -229,7 +228,7 @@ async fn live_machine_configs_are_read_through_the_talos_api() -> Result<()> {
         warnings.contains("live machine config of node 127.0.0.1"),
         "a node that refuses Read is warned about: {warnings}"
     );
-    let metadata = latest_metadata(&installation, "live-denied")?;
+    let metadata = installation.latest_metadata("live-denied")?;
     ensure!(
         metadata["live_configs"] == 0
             && metadata["live_configs_failed"] == 1
@@ -237,18 +236,4 @@ async fn live_machine_configs_are_read_through_the_talos_api() -> Result<()> {
         "the files are stored without the live config: {metadata:#}"
     );
     Ok(())
-}
-
-/// The latest snapshot's metadata of `job`, read with the service key.
-fn latest_metadata(installation: &Installation, job: &str) -> Result<Value> {
-    let key = installation.service_key();
-    let key = key.display().to_string();
-    let list = installation
-        .lifeboat_repo("snapshots", &["-i", key.as_str(), "--job", job, "--json"])?
-        .ok()?
-        .json()?;
-    list.as_array()
-        .and_then(|all| all.last())
-        .map(|snapshot| snapshot["metadata"].clone())
-        .with_context(|| format!("no snapshot of {job}: {list:#}"))
 }

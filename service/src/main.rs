@@ -131,6 +131,7 @@ fn print_report(report: &BackupReport, json: bool) -> anyhow::Result<()> {
             "end_time": snapshot.end_time,
             "summary": snapshot.summary,
             "warnings": report.warnings,
+            "items": report.items,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -149,6 +150,9 @@ fn print_report(report: &BackupReport, json: bool) -> anyhow::Result<()> {
         s.packs_added,
         lifeboat::repo::snapshot::human_bytes(s.bytes_stored),
     );
+    for item in &report.items {
+        println!("  {}", item.sentence());
+    }
     for warning in &report.warnings {
         println!("  warning: {warning}");
     }

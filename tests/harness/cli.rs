@@ -285,6 +285,20 @@ impl Installation {
         self.start_backup(job)?.wait()?.ok()?.json()
     }
 
+    /// The metadata of `job`'s newest snapshot, read with the service key
+    /// (`lifeboat snapshots --json`).
+    pub fn latest_metadata(&self, job: &str) -> Result<Value> {
+        let key = self.service_key().display().to_string();
+        let list = self
+            .lifeboat_repo("snapshots", &["-i", key.as_str(), "--job", job, "--json"])?
+            .ok()?
+            .json()?;
+        list.as_array()
+            .and_then(|all| all.last())
+            .map(|snapshot| snapshot["metadata"].clone())
+            .with_context(|| format!("no snapshot of {job}: {list:#}"))
+    }
+
     /// Restores `what` (`SNAPSHOT[:PATH]`) with the identity `key` into
     /// `target`, as `lifeboat restore --json`.
     ///

@@ -6,7 +6,9 @@
 //! every pack and index to be stored and only then writes the snapshot
 //! object, so a crash at any point leaves no snapshot that points at nothing.
 
+pub mod documents;
 pub mod files;
+pub mod items;
 pub mod stream;
 
 use std::collections::BTreeSet;
@@ -69,6 +71,9 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Entries skipped or read with trouble, each a sentence naming the path.
     pub warnings: Vec<String>,
+    /// What happened to each volume, resource type or hook the source
+    /// reported on.
+    pub items: Vec<items::Item>,
     /// The packs written, to add to an index kept in memory.
     pub packs: Vec<IndexedPack>,
 }
@@ -85,6 +90,7 @@ pub struct SnapshotBuilder {
     summary: Summary,
     references: BTreeSet<BlobId>,
     warnings: Vec<String>,
+    items: Vec<items::Item>,
     progress: Arc<Progress>,
 }
 
@@ -101,6 +107,7 @@ impl SnapshotBuilder {
             summary: Summary::default(),
             references: BTreeSet::new(),
             warnings: Vec::new(),
+            items: Vec::new(),
             progress: Arc::default(),
         }
     }
@@ -120,6 +127,11 @@ impl SnapshotBuilder {
     /// run's result; it does not fail the backup.
     pub fn warn(&mut self, warning: impl Into<String>) {
         self.warnings.push(warning.into());
+    }
+
+    /// Records what happened to one volume, resource type or hook.
+    pub fn record(&mut self, item: items::Item) {
+        self.items.push(item);
     }
 
     fn add_entry(&mut self, node: Node) -> Result<(), BackupError> {
@@ -176,6 +188,7 @@ impl SnapshotBuilder {
             id,
             snapshot,
             warnings: self.warnings,
+            items: self.items,
             packs: stats.packs,
         })
     }

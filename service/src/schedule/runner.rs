@@ -14,6 +14,7 @@ use super::config::JobConfig;
 use super::job::{JobError, back_up_job};
 use super::service::{Service, Trigger, Work};
 use crate::backup::Progress;
+use crate::backup::items::Item;
 use crate::errors::describe;
 use crate::repo::check::{ReadData, check};
 use crate::repo::prune::{PruneOptions, forget, prune};
@@ -123,6 +124,13 @@ async fn back_up(
     let report = back_up_job(&repo, config, job, progress).await?;
     let summary = &report.snapshot.summary;
     let mut warnings = report.warnings.clone();
+    warnings.extend(
+        report
+            .items
+            .iter()
+            .filter(|item| item.needs_attention())
+            .map(Item::sentence),
+    );
     let mut figures = RunFigures {
         bytes_read: summary.bytes_read,
         bytes_stored: summary.bytes_stored,

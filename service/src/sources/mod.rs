@@ -5,6 +5,7 @@
 pub mod directory;
 pub mod etcd;
 pub mod etcd_snapshot;
+pub mod kubernetes;
 pub mod postgres;
 pub mod talos_config;
 pub mod talos_etcd;
@@ -23,6 +24,8 @@ pub enum SourceConfig {
     Directory(directory::DirectorySource),
     /// An etcd member's snapshot, through the etcd v3 API.
     Etcd(etcd::EtcdSource),
+    /// Every Kubernetes object, as canonical YAML.
+    Kubernetes(kubernetes::KubernetesSource),
     /// PostgreSQL databases as `pg_dump` dumps, with row counts.
     Postgres(postgres::PostgresSource),
     /// The files a Talos cluster rebuild needs (secrets bundle, machine
@@ -51,6 +54,9 @@ pub enum SourceError {
     /// A PostgreSQL dump failed.
     #[error(transparent)]
     Postgres(#[from] postgres::PostgresError),
+    /// The Kubernetes objects could not be listed or stored.
+    #[error(transparent)]
+    Kubernetes(kubernetes::KubernetesError),
     /// The Talos configuration files could not be read.
     #[error(transparent)]
     TalosConfig(#[from] talos_config::TalosConfigError),
@@ -66,6 +72,7 @@ impl SourceConfig {
         match self {
             Self::Directory(_) => "directory",
             Self::Etcd(_) => "etcd",
+            Self::Kubernetes(_) => "kubernetes",
             Self::Postgres(_) => "postgres",
             Self::TalosConfig(_) => "talos-config",
             Self::TalosEtcd(_) => "talos-etcd",
@@ -77,6 +84,7 @@ impl SourceConfig {
         match self {
             Self::Directory(source) => source.resolve_paths(base),
             Self::Etcd(source) => source.resolve_paths(base),
+            Self::Kubernetes(source) => source.resolve_paths(base),
             Self::Postgres(source) => source.resolve_paths(base),
             Self::TalosConfig(source) => source.resolve_paths(base),
             Self::TalosEtcd(source) => source.resolve_paths(base),
@@ -96,6 +104,7 @@ impl SourceConfig {
         match self {
             Self::Directory(source) => source.back_up(builder, context).await,
             Self::Etcd(source) => source.back_up(builder, context).await,
+            Self::Kubernetes(source) => source.back_up(builder, context).await,
             Self::Postgres(source) => source.back_up(builder, context).await,
             Self::TalosConfig(source) => source.back_up(builder, context).await,
             Self::TalosEtcd(source) => source.back_up(builder, context).await,
