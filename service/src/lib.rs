@@ -9,6 +9,7 @@
 pub mod api;
 pub mod backup;
 pub mod errors;
+pub mod hooks;
 pub mod k8s;
 pub mod progress;
 pub mod repo;

@@ -113,6 +113,9 @@ pub struct JobConfig {
     pub name: String,
     /// What it backs up.
     pub source: SourceConfig,
+    /// Commands run before and after the data is read.
+    #[serde(default)]
+    pub hooks: crate::hooks::Hooks,
     /// When it runs; `None`: only when triggered.
     #[serde(default)]
     pub schedule: Option<CronSchedule>,
@@ -135,6 +138,14 @@ pub struct JobConfig {
     /// Where it was defined.
     #[serde(skip)]
     pub origin: Origin,
+}
+
+impl JobConfig {
+    /// Makes the source's and the hooks' relative paths relative to `base`.
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        self.source.resolve_paths(base);
+        self.hooks.resolve_paths(base);
+    }
 }
 
 /// A `retention` table, refused when it would keep nothing.
@@ -203,7 +214,7 @@ impl Config {
             absolute(path);
         }
         for job in &mut self.jobs {
-            job.source.resolve_paths(base);
+            job.resolve_paths(base);
         }
     }
 

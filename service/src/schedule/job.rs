@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::config::{Config, ConfigError, JobConfig};
 use crate::backup::{BackupError, BackupReport, Progress, SnapshotBuilder};
+use crate::hooks::HookRunner;
 use crate::repo::config::InitOptions;
 use crate::repo::keys::{self, AnyIdentity, KeyError, Recipient, Recipients, ServiceIdentity};
 use crate::repo::{RepoError, Repository, UnlockedRepository};
@@ -152,6 +153,20 @@ pub async fn back_up_job(
     let context = SourceContext {
         state_dir: config.state_dir.clone(),
     };
-    let metadata = job.source.back_up(&mut builder, &context).await?;
+    let (kubeconfig, cluster_context) = job.source.cluster_access();
+    let mut runner = HookRunner::new(kubeconfig, cluster_context);
+    let mut items = Vec::new();
+    let backed_up = job
+        .hooks
+        .around(
+            &mut runner,
+            &mut items,
+            job.source.back_up(&mut builder, &context),
+        )
+        .await;
+    for item in items {
+        builder.record(item);
+    }
+    let metadata = backed_up?;
     Ok(builder.commit(metadata).await?)
 }

@@ -269,7 +269,7 @@ impl Config {
             locate_jobs(&text, &file, &mut parsed.jobs);
             let folder = file.parent().unwrap_or(Path::new("."));
             for job in &mut parsed.jobs {
-                job.source.resolve_paths(folder);
+                job.resolve_paths(folder);
             }
             config.jobs.append(&mut parsed.jobs);
             if let Some(found) = parsed.prune.take() {

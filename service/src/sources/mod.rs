@@ -9,6 +9,7 @@ pub mod kubernetes;
 pub mod postgres;
 pub mod talos_config;
 pub mod talos_etcd;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,8 @@ pub enum SourceConfig {
     TalosConfig(talos_config::TalosConfigSource),
     /// An etcd snapshot through the Talos API (`EtcdSnapshot`).
     TalosEtcd(talos_etcd::TalosEtcdSource),
+    /// The data folders behind PersistentVolumeClaims on this node.
+    Volumes(volumes::VolumesSource),
 }
 
 /// What a source needs from the job that runs it.
@@ -57,6 +60,12 @@ pub enum SourceError {
     /// The Kubernetes objects could not be listed or stored.
     #[error(transparent)]
     Kubernetes(kubernetes::KubernetesError),
+    /// The Kubernetes API failed.
+    #[error(transparent)]
+    Kube(#[from] crate::k8s::K8sError),
+    /// A pre hook failed, so no data was read.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// The Talos configuration files could not be read.
     #[error(transparent)]
     TalosConfig(#[from] talos_config::TalosConfigError),
@@ -76,6 +85,17 @@ impl SourceConfig {
             Self::Postgres(_) => "postgres",
             Self::TalosConfig(_) => "talos-config",
             Self::TalosEtcd(_) => "talos-etcd",
+            Self::Volumes(_) => "volumes",
+        }
+    }
+
+    /// The kubeconfig and context the source reaches its cluster with, for
+    /// the job's pod hooks.
+    pub fn cluster_access(&self) -> (Option<PathBuf>, Option<String>) {
+        match self {
+            Self::Kubernetes(s) => (s.kubeconfig.clone(), s.context.clone()),
+            Self::Volumes(s) => (s.kubeconfig.clone(), s.context.clone()),
+            _ => (None, None),
         }
     }
 
@@ -88,6 +108,7 @@ impl SourceConfig {
             Self::Postgres(source) => source.resolve_paths(base),
             Self::TalosConfig(source) => source.resolve_paths(base),
             Self::TalosEtcd(source) => source.resolve_paths(base),
+            Self::Volumes(source) => source.resolve_paths(base),
         }
     }
 
@@ -108,6 +129,7 @@ impl SourceConfig {
             Self::Postgres(source) => source.back_up(builder, context).await,
             Self::TalosConfig(source) => source.back_up(builder, context).await,
             Self::TalosEtcd(source) => source.back_up(builder, context).await,
+            Self::Volumes(source) => source.back_up(builder, context).await,
         }
     }
 }

@@ -1,0 +1,409 @@
+//! `kind = "volumes"`: the data behind PersistentVolumeClaims whose volumes
+//! are folders on this node — `hostPath` and `local` PersistentVolumes, as
+//! openebs-hostpath (`/var/openebs/local/<pv>`) and local-path-provisioner
+//! create them, which other backup tools skip.
+//!
+//! Each bound claim in scope is matched to its PersistentVolume; its folder
+//! is stored at its absolute host path, as a directory job stores folders.
+//! A claim whose data this node cannot reach (CSI, NFS, another node, not
+//! bound) is reported as skipped with the reason; a claim opted out with
+//! the annotation or label `lifeboat.dev/exclude: "true"` too.
+//!
+//! The root file `lifeboat-volumes.json` (restore key only) describes each
+//! stored volume — namespace, claim, volume, storage class, capacity,
+//! access modes, node, host path — and each skipped one, for `lifeboat
+//! restore --in-place`. The metadata holds counts only.
+//!
+//! Pods that mount a stored claim may declare hooks in annotations
+//! ([`crate::hooks::annotations`]); they run around the data read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, ListParams};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::kubernetes::filter::EXCLUDE_LABEL;
+use super::{SourceContext, SourceError, resolve};
+use crate::backup::SnapshotBuilder;
+use crate::backup::documents::Documents;
+use crate::backup::files::Folder;
+use crate::backup::items::{Item, Outcome};
+use crate::hooks::{HookRunner, Phase, annotations};
+use crate::k8s::{K8sError, connect};
+
+/// The snapshot's manifest file.
+pub const MANIFEST_FILE: &str = "lifeboat-volumes.json";
+
+/// The node label PersistentVolumes are pinned with.
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// Settings of a volumes source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumesSource {
+    /// A kubeconfig file; default: in-cluster service account or
+    /// `KUBECONFIG`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; default: its current one.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// This node's name; default: `NODE_NAME` from the environment, else
+    /// the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Only claims in these namespaces (empty: all).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Never claims in these namespaces.
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// Only claims of these storage classes (empty: all).
+    #[serde(default)]
+    pub storage_classes: Vec<String>,
+    /// Only claims matching this label selector.
+    #[serde(default)]
+    pub labels: Option<String>,
+    /// Glob patterns left out of every volume.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Whether pod annotation hooks run (default true).
+    #[serde(default = "yes")]
+    pub annotation_hooks: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One stored volume, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredVolume {
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim.
+    pub pvc: String,
+    /// The PersistentVolume.
+    pub pv: String,
+    /// Its storage class (`""` if none).
+    pub storage_class: String,
+    /// Its capacity (`10Gi`).
+    pub capacity: String,
+    /// Its access modes.
+    pub access_modes: Vec<String>,
+    /// The node its data is on (`""` if not pinned).
+    pub node: String,
+    /// The data folder on the node, also its path in the snapshot.
+    pub host_path: PathBuf,
+}
+
+/// One claim left out, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedVolume {
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim.
+    pub pvc: String,
+    /// The PersistentVolume, if bound.
+    pub pv: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The manifest file's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Volumes whose data is in the snapshot.
+    pub volumes: Vec<StoredVolume>,
+    /// Claims whose data is not, with the reason.
+    pub skipped: Vec<SkippedVolume>,
+}
+
+/// What became of one claim.
+enum Decision {
+    Store(StoredVolume),
+    Skip(String),
+    Fail(String),
+}
+
+impl VolumesSource {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        if let Some(path) = self.kubeconfig.as_mut() {
+            resolve(path, base);
+        }
+    }
+
+    /// This node's name.
+    fn node_name(&self) -> String {
+        self.node
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(crate::backup::hostname)
+    }
+
+    pub(crate) async fn back_up(
+        &self,
+        builder: &mut SnapshotBuilder,
+        context: &SourceContext,
+    ) -> Result<Value, SourceError> {
+        let client = connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        let mut params = ListParams::default();
+        if let Some(labels) = &self.labels {
+            params = params.labels(labels);
+        }
+        let claims = Api::<PersistentVolumeClaim>::all(client.clone())
+            .list(&params)
+            .await
+            .map_err(|e| K8sError::api("listing PersistentVolumeClaims", e))?
+            .items;
+        let volumes: BTreeMap<String, PersistentVolume> =
+            Api::<PersistentVolume>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| K8sError::api("listing PersistentVolumes", e))?
+                .items
+                .into_iter()
+                .filter_map(|pv| pv.metadata.name.clone().map(|name| (name, pv)))
+                .collect();
+        let node = self.node_name();
+        let mut manifest = Manifest::default();
+        let mut failed = 0u64;
+        for claim in &claims {
+            let namespace = claim.metadata.namespace.clone().unwrap_or_default();
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            let label = format!("{namespace}/{name}");
+            let pv = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .unwrap_or_default();
+            match self.decide(claim, &volumes, &node) {
+                Decision::Store(volume) => {
+                    builder.record(Item::new(
+                        "volume",
+                        label,
+                        Outcome::Stored,
+                        format!(
+                            "{} ({}, {})",
+                            volume.host_path.display(),
+                            volume.storage_class,
+                            volume.capacity
+                        ),
+                    ));
+                    manifest.volumes.push(volume);
+                }
+                Decision::Skip(reason) => {
+                    builder.record(Item::new("volume", label, Outcome::Skipped, reason.clone()));
+                    manifest.skipped.push(SkippedVolume {
+                        namespace,
+                        pvc: name,
+                        pv,
+                        reason,
+                    });
+                }
+                Decision::Fail(reason) => {
+                    failed += 1;
+                    builder.record(Item::new("volume", label, Outcome::Failed, reason.clone()));
+                    manifest.skipped.push(SkippedVolume {
+                        namespace,
+                        pvc: name,
+                        pv,
+                        reason,
+                    });
+                }
+            }
+        }
+        let claims_stored: Vec<(String, String)> = manifest
+            .volumes
+            .iter()
+            .map(|v| (v.namespace.clone(), v.pvc.clone()))
+            .collect();
+        let mut runner = HookRunner::new(self.kubeconfig.clone(), self.context.clone());
+        let (pre, post) = if self.annotation_hooks && !claims_stored.is_empty() {
+            let (pre, pre_problems) =
+                annotations::pod_hooks(&client, &claims_stored, Phase::Pre).await?;
+            let (post, post_problems) =
+                annotations::pod_hooks(&client, &claims_stored, Phase::Post).await?;
+            for problem in pre_problems.into_iter().chain(post_problems) {
+                builder.record(Item::new(
+                    "hook",
+                    "pod annotation",
+                    Outcome::Failed,
+                    problem,
+                ));
+            }
+            (pre, post)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut items = Vec::new();
+        let pre_result = runner.run_phase(Phase::Pre, &pre, &mut items).await;
+        let stored = match pre_result {
+            Ok(()) => self.store(builder, &manifest, context).await,
+            Err(e) => Err(SourceError::Hook(e)),
+        };
+        runner.run_phase(Phase::Post, &post, &mut items).await.ok();
+        for item in items {
+            builder.record(item);
+        }
+        stored?;
+        Ok(serde_json::json!({
+            "volumes": manifest.volumes.len(),
+            "skipped": manifest.skipped.len() as u64 - failed,
+            "failed": failed,
+        }))
+    }
+
+    /// Stores the volumes' folders and the manifest.
+    async fn store(
+        &self,
+        builder: &mut SnapshotBuilder,
+        manifest: &Manifest,
+        context: &SourceContext,
+    ) -> Result<(), SourceError> {
+        let folders: Vec<Folder> = manifest
+            .volumes
+            .iter()
+            .map(|v| Folder {
+                path: v.host_path.clone(),
+                exclude: self.exclude.clone(),
+            })
+            .collect();
+        if !folders.is_empty() {
+            builder
+                .add_folders(&folders, context.state_dir.as_deref())
+                .await?;
+        }
+        let json = serde_json::to_vec_pretty(manifest).unwrap_or_default();
+        let mut documents = Documents::default();
+        documents.insert(&[MANIFEST_FILE], json, 0)?;
+        builder.add_documents(documents).await?;
+        Ok(())
+    }
+
+    /// Whether and how `claim` is backed up on `node`.
+    fn decide(
+        &self,
+        claim: &PersistentVolumeClaim,
+        volumes: &BTreeMap<String, PersistentVolume>,
+        node: &str,
+    ) -> Decision {
+        let meta = &claim.metadata;
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
+        let opted_out = |map: &Option<BTreeMap<String, String>>| {
+            map.as_ref()
+                .and_then(|m| m.get(EXCLUDE_LABEL))
+                .is_some_and(|v| v == "true")
+        };
+        if opted_out(&meta.annotations) || opted_out(&meta.labels) {
+            return Decision::Skip(format!("opted out with {EXCLUDE_LABEL}: \"true\""));
+        }
+        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
+            return Decision::Skip("its namespace is not in namespaces".into());
+        }
+        if self.exclude_namespaces.iter().any(|n| n == namespace) {
+            return Decision::Skip("its namespace is in exclude_namespaces".into());
+        }
+        let spec = claim.spec.as_ref();
+        let class = spec
+            .and_then(|s| s.storage_class_name.clone())
+            .unwrap_or_default();
+        if !self.storage_classes.is_empty() && !self.storage_classes.contains(&class) {
+            return Decision::Skip(format!(
+                "its storage class {class:?} is not in storage_classes"
+            ));
+        }
+        let phase = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        let bound = spec
+            .and_then(|s| s.volume_name.clone())
+            .filter(|_| phase == "Bound");
+        let Some(pv_name) = bound else {
+            return Decision::Skip(format!("it is not bound to a volume (phase {phase:?})"));
+        };
+        let Some(pv) = volumes.get(&pv_name) else {
+            return Decision::Skip(format!("its PersistentVolume {pv_name} does not exist"));
+        };
+        let Some(pv_spec) = pv.spec.as_ref() else {
+            return Decision::Skip(format!("its PersistentVolume {pv_name} has no spec"));
+        };
+        let path = pv_spec
+            .host_path
+            .as_ref()
+            .map(|h| h.path.clone())
+            .or_else(|| pv_spec.local.as_ref().map(|l| l.path.clone()));
+        let Some(path) = path else {
+            return Decision::Skip(unreachable_reason(pv_spec));
+        };
+        let pinned = pinned_nodes(pv_spec);
+        if !pinned.is_empty() && !pinned.iter().any(|n| n == node) {
+            return Decision::Skip(format!(
+                "its data is on node {} and this is {node}; run a volumes job on that node",
+                pinned.join(", ")
+            ));
+        }
+        let host_path = PathBuf::from(&path);
+        if !host_path.is_dir() {
+            let reason = format!(
+                "its data folder {path} is not on this node (mount the host path into lifeboat's container)"
+            );
+            return if pinned.is_empty() {
+                Decision::Skip(reason)
+            } else {
+                Decision::Fail(reason)
+            };
+        }
+        Decision::Store(StoredVolume {
+            namespace: namespace.to_owned(),
+            pvc: meta.name.clone().unwrap_or_default(),
+            pv: pv_name,
+            storage_class: class,
+            capacity: pv_spec
+                .capacity
+                .as_ref()
+                .and_then(|c| c.get("storage"))
+                .map(|q| q.0.clone())
+                .unwrap_or_default(),
+            access_modes: pv_spec.access_modes.clone().unwrap_or_default(),
+            node: pinned.join(","),
+            host_path,
+        })
+    }
+}
+
+/// The nodes a volume is pinned to by its node affinity on the host name.
+fn pinned_nodes(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> Vec<String> {
+    spec.node_affinity
+        .as_ref()
+        .and_then(|a| a.required.as_ref())
+        .map(|r| &r.node_selector_terms)
+        .into_iter()
+        .flatten()
+        .flat_map(|term| term.match_expressions.iter().flatten())
+        .filter(|e| e.key == HOSTNAME_LABEL && e.operator == "In")
+        .flat_map(|e| e.values.iter().flatten().cloned())
+        .collect()
+}
+
+/// Why a volume that is not a host folder cannot be read here.
+fn unreachable_reason(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> String {
+    if let Some(csi) = &spec.csi {
+        return format!(
+            "it is a CSI volume ({}) whose data is not a folder on this node; back it up where it is stored",
+            csi.driver
+        );
+    }
+    if let Some(nfs) = &spec.nfs {
+        return format!(
+            "it is an NFS volume ({}:{}); back it up on the NFS server (a directory job there)",
+            nfs.server, nfs.path
+        );
+    }
+    "its volume type is not a host folder (only hostPath and local volumes are read)".into()
+}
