@@ -5,6 +5,7 @@
 //! a damaged blob fails only the files that use it, and the error names them.
 
 pub mod files;
+pub mod kubernetes;
 
 use std::path::PathBuf;
 

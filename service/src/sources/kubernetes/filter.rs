@@ -34,11 +34,17 @@ pub fn default_skip(resource: &ServedResource) -> Option<&'static str> {
 /// `Deployment` (case-insensitive).
 pub fn names(spec: &str, resource: &ServedResource) -> bool {
     let api = &resource.api;
+    names_resource(spec, &api.group, &api.plural, &api.kind)
+}
+
+/// Whether `spec` names the resource `plural` of `group` with `kind`, as
+/// [`names`].
+pub fn names_resource(spec: &str, group: &str, plural: &str, kind: &str) -> bool {
     let spec = spec.trim().to_ascii_lowercase();
-    let plural = api.plural.to_ascii_lowercase();
-    let group = api.group.to_ascii_lowercase();
+    let plural = plural.to_ascii_lowercase();
+    let group = group.to_ascii_lowercase();
     spec == plural && (group.is_empty() || !spec.contains('.'))
-        || spec == api.kind.to_ascii_lowercase()
+        || spec == kind.to_ascii_lowercase()
         || spec == format!("{plural}.{group}")
         || spec == format!("{group}/{plural}")
         || (group.is_empty() && spec == format!("core/{plural}"))

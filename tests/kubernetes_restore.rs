@@ -1,0 +1,267 @@
+//! Restoring Kubernetes objects: a `kubernetes` snapshot of the fixture
+//! cluster, taken by `lifeboatd run` and restored to files by `lifeboat
+//! restore`, is applied with server-side apply to an empty test API server
+//! (protocol-level; no real API server can run here), which records the
+//! order of the applies: CRDs first and their custom resources only once
+//! they are established, namespaces before what lives in them, workloads
+//! last, controller-made objects left to their controllers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use lifeboat::restore::kubernetes::documents::{check_inventory, load};
+use lifeboat::restore::kubernetes::order::rank;
+use lifeboat::restore::kubernetes::{ApplyOptions, ApplyReport, Existing, Outcome, apply};
+use lifeboat_tests::cli::{Installation, write_file};
+use lifeboat_tests::kubernetes::{KubeApiServer, fixtures};
+use serde_json::json;
+
+/// Backs up the fixture cluster and restores the snapshot's files.
+async fn restored_snapshot() -> Result<(tempfile::TempDir, Installation, PathBuf)> {
+    let volumes = tempfile::tempdir()?;
+    let cluster = fixtures::cluster(volumes.path())?;
+    let source = KubeApiServer::start(cluster.objects).await?;
+    let installation = Installation::local()?;
+    source.write_kubeconfig(&installation.path("kubeconfig"))?;
+    installation.write_config(
+        &[],
+        &[(
+            "objects",
+            r#"{ kind = "kubernetes", kubeconfig = "kubeconfig" }"#,
+        )],
+    )?;
+    tokio::task::block_in_place(|| installation.backup("objects"))?;
+    let files = installation.path("objects");
+    tokio::task::block_in_place(|| {
+        installation.restore(&installation.restore_key(), "latest:objects", &files)
+    })?
+    .ok()?;
+    Ok((volumes, installation, files))
+}
+
+/// An empty cluster: only the `default` namespace.
+async fn empty_cluster(dir: &std::path::Path) -> Result<(KubeApiServer, kube::Client)> {
+    let server = KubeApiServer::start(vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+    ])
+    .await?;
+    let path = dir.join(format!(
+        "kubeconfig-{}",
+        server.url().replace([':', '/', '.'], "-")
+    ));
+    server.write_kubeconfig(&path)?;
+    let client = lifeboat::k8s::connect(Some(&path), None).await?;
+    Ok((server, client))
+}
+
+fn result<'a>(
+    report: &'a ApplyReport,
+    object: &str,
+) -> Result<&'a lifeboat::restore::kubernetes::ObjectResult> {
+    report
+        .objects
+        .iter()
+        .find(|o| o.object == object)
+        .with_context(|| format!("no result for {object}: {report:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_applied_in_dependency_order_into_an_empty_cluster() -> Result<()> {
+    let (_volumes, installation, files) = restored_snapshot().await?;
+    // A kind the new cluster does not serve fails alone.
+    write_file(
+        &files.join("example.com/gizmos/apps/g1.yaml"),
+        b"apiVersion: example.com/v1\nkind: Gizmo\nmetadata:\n  name: g1\n  namespace: apps\n",
+    )?;
+    let (documents, problems) = load(&files)?;
+    ensure!(problems.is_empty(), "{problems:?}");
+    let (server, client) = empty_cluster(installation.root()).await?;
+    let report = apply(&client, documents.clone(), &ApplyOptions::default()).await?;
+
+    let gizmo = result(&report, "example.com/gizmos apps/g1")?;
+    ensure!(
+        gizmo.outcome == Outcome::Failed && gizmo.reason.contains("not served"),
+        "{gizmo:?}"
+    );
+    ensure!(report.count(Outcome::Failed) == 1, "{report:#?}");
+    for (object, controller) in [
+        ("apps/replicasets apps/web-7d9f8c", "Deployment/web"),
+        ("pods apps/web-7d9f8c-x2x9q", "ReplicaSet/web-7d9f8c"),
+        ("pods databases/postgres-0", "StatefulSet/postgres"),
+    ] {
+        let skipped = result(&report, object)?;
+        ensure!(
+            skipped.outcome == Outcome::Skipped && skipped.reason.contains(controller),
+            "{skipped:?}"
+        );
+    }
+    ensure!(result(&report, "pods monitoring/grafana-5c6d7-abcde")?.outcome == Outcome::Created);
+
+    let writes: Vec<_> = server
+        .writes()
+        .into_iter()
+        .filter(|w| w.verb == "apply")
+        .collect();
+    ensure!(
+        writes
+            .iter()
+            .all(|w| w.status < 300 && w.field_manager.as_deref() == Some("lifeboat")),
+        "{writes:#?}"
+    );
+    let ranks: Vec<u8> = writes.iter().map(|w| rank(&w.group, &w.resource)).collect();
+    ensure!(
+        ranks.windows(2).all(|p| p[0] <= p[1]),
+        "applies in dependency order: {ranks:?}"
+    );
+    let position = |group: &str, resource: &str, name: &str| {
+        writes
+            .iter()
+            .position(|w| w.group == group && w.resource == resource && w.name == name)
+            .with_context(|| format!("{group}/{resource} {name} was not applied"))
+    };
+    ensure!(
+        position(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "kustomizations.kustomize.toolkit.fluxcd.io"
+        )? < position("kustomize.toolkit.fluxcd.io", "kustomizations", "apps")?,
+        "the CRD comes first; its custom resource was accepted (status < 300), so the CRD was established"
+    );
+    ensure!(position("", "namespaces", "apps")? < position("", "configmaps", "web-config")?);
+    ensure!(
+        position("", "persistentvolumes", "pvc-4f1c2d3e")?
+            < position("", "persistentvolumeclaims", "data-postgres-0")?
+    );
+
+    let deployment = server
+        .object("apps", "deployments", "apps", "web")
+        .context("no deployment")?;
+    let original = documents
+        .iter()
+        .find(|d| d.resource == "deployments" && d.name == "web")
+        .context("no stored deployment")?;
+    ensure!(
+        deployment["spec"] == original.object["spec"],
+        "the spec round-trips"
+    );
+    let service = server
+        .object("", "services", "apps", "web")
+        .context("no service")?;
+    ensure!(
+        service["spec"].get("clusterIP").is_none(),
+        "the new cluster assigns cluster IPs: {service}"
+    );
+
+    // Applied again, everything exists and is left alone.
+    let before = server.writes().len();
+    let again = apply(&client, documents, &ApplyOptions::default()).await?;
+    ensure!(
+        again.count(Outcome::Created) == 0 && again.count(Outcome::Updated) == 0,
+        "{again:#?}"
+    );
+    ensure!(
+        server.writes()[before..]
+            .iter()
+            .all(|w| w.verb != "apply" || w.status >= 300),
+        "nothing was written the second time"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_change_nothing_and_namespaces_can_be_renamed() -> Result<()> {
+    let (_volumes, installation, files) = restored_snapshot().await?;
+    let (documents, _) = load(&files)?;
+
+    let (server, client) = empty_cluster(installation.root()).await?;
+    let dry = ApplyOptions {
+        dry_run: true,
+        ..ApplyOptions::default()
+    };
+    let report = apply(&client, documents.clone(), &dry).await?;
+    ensure!(
+        server.writes().iter().all(|w| w.dry_run),
+        "every write is a dry run"
+    );
+    ensure!(
+        server.objects().len() == 1,
+        "nothing was stored: {:?}",
+        server.objects().len()
+    );
+    let custom = result(
+        &report,
+        "kustomize.toolkit.fluxcd.io/kustomizations flux-system/apps",
+    )?;
+    ensure!(custom.outcome == Outcome::Skipped, "{custom:?}");
+
+    let (copy, client) = empty_cluster(installation.root()).await?;
+    let renamed = ApplyOptions {
+        namespaces: vec!["apps".into()],
+        cluster_scoped: false,
+        namespace_map: BTreeMap::from([("apps".to_owned(), "apps-copy".to_owned())]),
+        existing: Existing::Update,
+        ..ApplyOptions::default()
+    };
+    let report = apply(&client, documents, &renamed).await?;
+    ensure!(report.count(Outcome::Failed) == 0, "{report:#?}");
+    ensure!(
+        copy.object("", "namespaces", "", "apps-copy").is_some(),
+        "the namespace is renamed"
+    );
+    ensure!(
+        copy.object("", "configmaps", "apps-copy", "web-config")
+            .is_some()
+    );
+    let binding = copy
+        .object(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "apps-copy",
+            "web-config-reader",
+        )
+        .context("no role binding")?;
+    ensure!(
+        binding["subjects"][0]["namespace"] == "apps-copy",
+        "{binding}"
+    );
+    ensure!(
+        copy.objects()
+            .iter()
+            .all(|((_, _, ns, name), _)| ns != "apps" && name != "lifeboat-reader"),
+        "nothing of the old namespace or cluster-scoped"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_documents_match_the_inventory_and_a_lost_one_is_named() -> Result<()> {
+    let (_volumes, _installation, files) = restored_snapshot().await?;
+    let (documents, problems) = load(&files)?;
+    ensure!(problems.is_empty());
+    ensure!(
+        check_inventory(&files, &documents)
+            .map_err(anyhow::Error::msg)?
+            .is_empty()
+    );
+    std::fs::remove_file(files.join("core/secrets/apps/web-secret.yaml"))?;
+    std::fs::write(
+        files.join("core/configmaps/apps/web-config.yaml"),
+        "kind: [",
+    )?;
+    let (documents, problems) = load(&files)?;
+    ensure!(
+        problems.len() == 1 && problems[0].0.ends_with("web-config.yaml"),
+        "{problems:?}"
+    );
+    let differences = check_inventory(&files, &documents).map_err(anyhow::Error::msg)?;
+    ensure!(
+        differences
+            == [
+                "configmaps in apps: 0 objects restored, 1 recorded",
+                "secrets in apps: 0 objects restored, 1 recorded"
+            ],
+        "{differences:?}"
+    );
+    Ok(())
+}
