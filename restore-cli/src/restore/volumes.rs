@@ -25,6 +25,8 @@ pub struct VolumeArgs {
 /// Restores a volumes or directory snapshot.
 pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result<()> {
     if !args.in_place && args.pvc.is_none() {
+        restoring
+            .target("the folder the snapshot goes to, or --in-place for the original paths")?;
         return super::files::run(restoring, "").await;
     }
     let (reader, entry) = (restoring.reader, restoring.entry);

@@ -135,8 +135,12 @@ impl DrillReport {
                 if job.passed() { "PASS" } else { "FAIL" }
             ));
         }
+        let target = self
+            .rto_target_seconds
+            .map(|t| format!(" (RTO target {} per job)", seconds(Some(t))))
+            .unwrap_or_default();
         lines.push(format!(
-            "{} of {} job(s) passed; total {:.1} s",
+            "{} of {} job(s) passed; total {:.1} s{target}",
             self.jobs.iter().filter(|j| j.passed()).count(),
             self.jobs.len(),
             self.total_seconds

@@ -81,7 +81,8 @@ impl RestoreTool {
         })
     }
 
-    fn program(&self) -> &Path {
+    /// The program's path.
+    pub fn program(&self) -> &Path {
         match self {
             Self::Etcdutl(path) | Self::Etcdctl(path) => path,
         }
