@@ -262,6 +262,13 @@ async fn etcd_restores_to_a_verified_file_and_a_data_dir_etcd_starts_on() -> Res
     )?
     .failed()?;
     ensure!(refused.stderr.contains("not empty"), "{}", refused.output());
+    // Flags of another kind are refused, not ignored.
+    let foreign = restore(&installation, &["latest:etcd", "--in-place"], &[])?.failed()?;
+    ensure!(
+        foreign.stderr.contains("--in-place") && foreign.stderr.contains("\"etcd\""),
+        "{}",
+        foreign.output()
+    );
     Ok(())
 }
 

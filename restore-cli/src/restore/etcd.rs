@@ -24,6 +24,13 @@ pub struct EtcdArgs {
     etcd_peer_url: String,
 }
 
+impl EtcdArgs {
+    /// Whether any of these flags was given (the others need `--data-dir`).
+    pub fn given(&self) -> bool {
+        self.data_dir.is_some()
+    }
+}
+
 /// Restores an etcd snapshot.
 pub async fn run(restoring: &Restoring<'_>, args: &EtcdArgs) -> anyhow::Result<()> {
     let target = restoring.target("the folder etcd.db is written to")?;

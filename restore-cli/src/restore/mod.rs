@@ -122,10 +122,12 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         json: args.json,
     };
+    let kind = entry.snapshot.source_kind.as_str();
+    refuse_foreign_flags(&args, kind, !path.is_empty())?;
     if !path.is_empty() {
         return files::run(&restoring, &path).await;
     }
-    match entry.snapshot.source_kind.as_str() {
+    match kind {
         "directory" | "volumes" => volumes::run(&restoring, &args.volumes).await,
         "etcd" | "talos-etcd" => etcd::run(&restoring, &args.etcd).await,
         "postgres" => postgres::run(&restoring, &args.postgres).await,
@@ -133,4 +135,33 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         "kubernetes" => kubernetes::run(&restoring).await,
         _ => files::run(&restoring, "").await,
     }
+}
+
+/// Fails when flags of another kind (or any kind's flags with `:PATH`)
+/// are given: they would be ignored, and the restore would not be the one
+/// asked for.
+fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyhow::Result<()> {
+    let groups: [(bool, &str, &[&str]); 3] = [
+        (
+            args.volumes.given(),
+            "--in-place/--pvc",
+            &["directory", "volumes"],
+        ),
+        (args.etcd.given(), "--data-dir", &["etcd", "talos-etcd"]),
+        (args.postgres.given(), "--pg-url/--pg-bin", &["postgres"]),
+    ];
+    for (given, flags, kinds) in groups {
+        if given && with_path {
+            anyhow::bail!(
+                "{flags} does not apply to SNAPSHOT:PATH, which restores plain files; leave it out"
+            );
+        }
+        if given && !kinds.contains(&kind) {
+            anyhow::bail!(
+                "{flags} is for {} snapshots and this one is of kind {kind:?}; leave it out",
+                kinds.join(" and ")
+            );
+        }
+    }
+    Ok(())
 }

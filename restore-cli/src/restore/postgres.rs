@@ -41,6 +41,13 @@ pub struct PostgresArgs {
     no_owner: bool,
 }
 
+impl PostgresArgs {
+    /// Whether any of these flags was given (the others need `--pg-url`).
+    pub fn given(&self) -> bool {
+        self.pg_url.is_some() || self.pg_bin.is_some()
+    }
+}
+
 /// Restores a postgres snapshot.
 pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Result<()> {
     let Some(url) = &args.pg_url else {

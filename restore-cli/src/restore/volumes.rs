@@ -22,6 +22,13 @@ pub struct VolumeArgs {
     pvc: Option<String>,
 }
 
+impl VolumeArgs {
+    /// Whether any of these flags was given.
+    pub fn given(&self) -> bool {
+        self.in_place || self.pvc.is_some()
+    }
+}
+
 /// Restores a volumes or directory snapshot.
 pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result<()> {
     if !args.in_place && args.pvc.is_none() {
