@@ -3,6 +3,7 @@
 
 mod args;
 mod check;
+mod drill;
 mod init;
 mod keys;
 mod list;
@@ -29,8 +30,10 @@ enum Command {
     Snapshots(list::SnapshotsArgs),
     /// List the files of a snapshot (restore key).
     Ls(list::LsArgs),
-    /// Restore files of a snapshot into a folder (restore key).
+    /// Restore a snapshot: files, volumes, etcd, PostgreSQL, Talos config (restore key).
     Restore(restore::RestoreArgs),
+    /// Restore the newest snapshots into scratch space, verify them, measure RTO and RPO (restore key).
+    Drill(drill::DrillArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
     /// Forget snapshots by a retention policy (either key).
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Snapshots(args) => list::snapshots(args).await,
             Command::Ls(args) => list::ls(args).await,
             Command::Restore(args) => restore::run(args).await,
+            Command::Drill(args) => drill::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Forget(args) => prune::run_forget(args).await,
             Command::Prune(args) => prune::run_prune(args).await,

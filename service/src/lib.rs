@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod drill;
 pub mod errors;
 pub mod hooks;
 pub mod k8s;

@@ -24,6 +24,7 @@ pub mod kubernetes;
 pub mod moto;
 pub mod postgres;
 pub mod process;
+pub mod repo;
 pub mod s3;
 pub mod service;
 pub mod talos;

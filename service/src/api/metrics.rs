@@ -38,14 +38,14 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, App
 const RESULTS: [&str; 3] = ["success", "failure", "interrupted"];
 
 /// The exposition being written.
-struct Exposition(String);
+pub(crate) struct Exposition(pub(crate) String);
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             let inner: Vec<String> = labels

@@ -88,6 +88,11 @@ impl BlobReader {
         }
     }
 
+    /// The id a blob with plaintext `plain` has in this repository.
+    pub fn blob_id(&self, plain: &[u8]) -> BlobId {
+        BlobId::from_bytes(self.key.hash(plain))
+    }
+
     /// The index this reader resolves blobs with.
     pub fn index(&self) -> &Arc<Index> {
         &self.index

@@ -3,9 +3,21 @@
 //! [`files`] restores a snapshot's trees into a directory: the round trip of
 //! folder and stream backups. Every blob read is verified against its id;
 //! a damaged blob fails only the files that use it, and the error names them.
+//! On top of it, one module per source kind: [`volumes`] (volumes and
+//! directories, into a folder or back in place), [`etcd`] (the snapshot
+//! file, a data dir, a throwaway member), [`postgres`] (globals and
+//! `pg_restore`), [`talos_config`] (files with mode 0600). [`contents`]
+//! reads a snapshot's small files into memory, [`verify`] compares restored
+//! files with the tree.
 
+pub mod contents;
+pub mod etcd;
 pub mod files;
 pub mod kubernetes;
+pub mod postgres;
+pub mod talos_config;
+pub mod verify;
+pub mod volumes;
 
 use std::path::PathBuf;
 
@@ -39,6 +51,30 @@ pub enum RestoreError {
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// A program lifeboat runs (etcdutl, etcd, pg_restore, psql) failed.
+    #[error("{program} failed: {message}; {fix}")]
+    Tool {
+        /// The program.
+        program: String,
+        /// Its error text.
+        message: String,
+        /// What to do about it.
+        fix: String,
+    },
+    /// The restored etcd snapshot failed its SHA-256 check.
+    #[error(transparent)]
+    EtcdSnapshot(#[from] crate::sources::etcd_snapshot::VerifyFileError),
+    /// A PostgreSQL client program failed.
+    #[error(transparent)]
+    Postgres(#[from] crate::sources::postgres::PostgresError),
+    /// The snapshot is not of the kind this restore needs, or lacks a file it should hold.
+    #[error("snapshot of kind {kind:?}: {message}")]
+    WrongSnapshot {
+        /// The snapshot's source kind.
+        kind: String,
+        /// What is wrong, and the fix.
+        message: String,
     },
     /// Some files could not be restored because their data is damaged or missing.
     #[error(

@@ -24,13 +24,15 @@ const CONNECT_TIMEOUT_SECONDS: &str = "30";
 
 /// The client programs of one PostgreSQL version.
 #[derive(Debug, Clone)]
-pub(super) struct Tools {
+pub(crate) struct Tools {
     /// `pg_dump`, as configured.
     pub pg_dump: PathBuf,
     /// `pg_dumpall`, beside `pg_dump` or on `PATH`.
     pub pg_dumpall: PathBuf,
     /// `psql`, beside `pg_dump` or on `PATH`.
     pub psql: PathBuf,
+    /// `pg_restore`, beside `pg_dump` or on `PATH`.
+    pub pg_restore: PathBuf,
 }
 
 impl Tools {
@@ -44,13 +46,14 @@ impl Tools {
             pg_dump: pg_dump.to_owned(),
             pg_dumpall: sibling("pg_dumpall"),
             psql: sibling("psql"),
+            pg_restore: sibling("pg_restore"),
         }
     }
 }
 
 /// A password kept out of logs and wiped from memory when dropped.
 #[derive(Clone)]
-pub(super) struct Password(Zeroizing<String>);
+pub(crate) struct Password(Zeroizing<String>);
 
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,7 +64,7 @@ impl fmt::Debug for Password {
 /// What a connection needs: the dsn, the password and where it came from
 /// (for error messages).
 #[derive(Debug, Clone)]
-pub(super) struct Connection {
+pub(crate) struct Connection {
     dsn: String,
     password: Option<Password>,
     password_origin: String,
@@ -228,7 +231,7 @@ fn percent_encode(text: &str) -> String {
 /// The name a database's files get in the snapshot: the database name with
 /// `%`, `/` and control characters percent-encoded, so any name PostgreSQL
 /// allows becomes one safe file name and the encoding can be undone.
-pub(super) fn file_stem(database: &str) -> Cow<'_, str> {
+pub(crate) fn file_stem(database: &str) -> Cow<'_, str> {
     if !database
         .chars()
         .any(|c| c == '%' || c == '/' || c.is_control())
@@ -252,7 +255,7 @@ pub(super) fn file_stem(database: &str) -> Cow<'_, str> {
 /// A fix for a failure of a PostgreSQL client program, read from its
 /// (English) error text; empty when none is known. The text itself is
 /// always shown too.
-pub(super) fn hint(stderr: &str, password_origin: &str) -> Hint {
+pub(crate) fn hint(stderr: &str, password_origin: &str) -> Hint {
     let text = stderr.to_ascii_lowercase();
     let fix = if text.contains("password authentication failed") {
         format!("check the password in {password_origin}")

@@ -36,9 +36,9 @@
 //! the job with the client program's own error text and a fix; nothing is
 //! committed then.
 
-mod connection;
-mod process;
-mod session;
+pub(crate) mod connection;
+pub(crate) mod process;
+pub(crate) mod session;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

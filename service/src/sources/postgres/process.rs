@@ -16,7 +16,7 @@ const STDERR_LIMIT: u64 = 64 * 1024;
 
 /// A child's stderr, trimmed, at most [`STDERR_LIMIT`] bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct StderrText(pub String);
+pub(crate) struct StderrText(pub String);
 
 impl StderrText {
     /// The text of `bytes` on one line (lines trimmed and joined by a
@@ -37,7 +37,7 @@ impl StderrText {
 /// Starts `command` (running `program`).
 ///
 /// Fails, naming the program and how to get it, when it cannot start.
-pub(super) fn spawn(
+pub(crate) fn spawn(
     command: &mut tokio::process::Command,
     program: &Path,
 ) -> Result<Child, PostgresError> {
@@ -49,7 +49,7 @@ pub(super) fn spawn(
 
 /// Reads `stderr` to its end (keeping the first [`STDERR_LIMIT`] bytes) in
 /// a task, so the child never blocks on a full pipe.
-pub(super) fn collect_stderr(stderr: ChildStderr) -> JoinHandle<StderrText> {
+pub(crate) fn collect_stderr(stderr: ChildStderr) -> JoinHandle<StderrText> {
     tokio::spawn(async move {
         let mut kept = Vec::new();
         let mut limited = stderr.take(STDERR_LIMIT);
@@ -63,7 +63,7 @@ pub(super) fn collect_stderr(stderr: ChildStderr) -> JoinHandle<StderrText> {
 
 /// A running dump program whose stdout is being stored.
 #[derive(Debug)]
-pub(super) struct DumpProcess {
+pub(crate) struct DumpProcess {
     child: Child,
     stderr: Option<JoinHandle<StderrText>>,
 }

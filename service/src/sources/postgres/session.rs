@@ -22,7 +22,7 @@ use super::{Hint, PostgresError};
 
 /// `psql` flags: no psqlrc, quiet, unaligned, tuples only, never prompt,
 /// stop at the first error.
-const PSQL_FLAGS: [&str; 7] = ["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"];
+pub(crate) const PSQL_FLAGS: [&str; 7] = ["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"];
 
 /// Server version and databases, as one JSON line.
 const INVENTORY: &str = "SELECT json_build_object(\
@@ -44,7 +44,7 @@ const COUNT_ROWS: &str = "SELECT format('SELECT json_build_object(%L, %L, %L, %L
 
 /// What the server says about itself.
 #[derive(Debug, Clone, Deserialize)]
-pub(super) struct Inventory {
+pub(crate) struct Inventory {
     /// `server_version`, e.g. `16.4 (Debian 16.4-1.pgdg120+1)`.
     pub server_version: String,
     /// `server_version_num`, e.g. `160004`.
@@ -55,7 +55,7 @@ pub(super) struct Inventory {
 
 /// One database of the server.
 #[derive(Debug, Clone, Deserialize)]
-pub(super) struct DatabaseInfo {
+pub(crate) struct DatabaseInfo {
     /// Its name.
     pub name: String,
     /// Whether it accepts connections (`datallowconn`).
@@ -77,7 +77,7 @@ pub struct TableRows {
 ///
 /// Fails when `psql` cannot run or connect (wrong password, unreachable
 /// server, the dsn's database missing), or prints something unexpected.
-pub(super) async fn inventory(
+pub(crate) async fn inventory(
     connection: &Connection,
     tools: &Tools,
 ) -> Result<Inventory, PostgresError> {
@@ -124,7 +124,7 @@ fn server_hint(message: &str, password_origin: &str) -> Hint {
 
 /// A `psql` session holding one database's exported snapshot.
 #[derive(Debug)]
-pub(super) struct SnapshotSession {
+pub(crate) struct SnapshotSession {
     database: String,
     password_origin: String,
     child: Child,

@@ -1,0 +1,138 @@
+//! `lifeboat drill`: restore the newest snapshot of each job into scratch
+//! space, verify it, and report the measured RTO and each job's RPO as a
+//! table, JSON, JUnit XML and Prometheus text. Exits non-zero when any job
+//! fails verification or breaches its RPO or the RTO target.
+
+mod outputs;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use lifeboat::drill::{DrillJob, DrillReport, DrillSettings, drill_job};
+use lifeboat::schedule::Config;
+
+use crate::args::{KeyArgs, RepoArgs};
+
+/// Flags of `lifeboat drill`.
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Drill only this job (repeatable; default: every job of the config).
+    #[arg(long = "job", value_name = "NAME")]
+    jobs: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write Prometheus metrics here (node-exporter's textfile collector).
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+    /// Fail a job whose drill takes longer (default: [service] rto in the config).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    rto_target: Option<Duration>,
+    /// The PostgreSQL server to restore scratch databases into (libpq
+    /// connection string without a password; PGPASSWORD for it).
+    #[arg(long, env = "LIFEBOAT_PG_URL")]
+    pg_url: Option<String>,
+    /// The folder of psql and pg_restore (default: PATH).
+    #[arg(long)]
+    pg_bin: Option<PathBuf>,
+    /// Scratch folder for the restores (default: a new temporary folder).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// How long a throwaway etcd may take to start.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    etcd_wait: Duration,
+    /// Print the JSON report on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `lifeboat drill`.
+pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
+    let config_path =
+        args.repo.config.clone().context(
+            "give the jobs to drill with --config lifeboat.toml (the file lifeboatd uses)",
+        )?;
+    let config = Config::load_with_schedules(&config_path)?;
+    let jobs = selected_jobs(&config, &config_path, &args.jobs)?;
+    let started = chrono::Utc::now();
+    let repo = args.key.unlock(args.repo.open().await?).await?;
+    let reader = repo.reader("drilling restores")?;
+    let snapshots = repo.snapshots().await?;
+    let scratch_dir;
+    let scratch = match &args.scratch {
+        Some(dir) => dir.clone(),
+        None => {
+            scratch_dir = tempfile::Builder::new()
+                .prefix("lifeboat-drill-")
+                .tempdir()?;
+            scratch_dir.path().to_owned()
+        }
+    };
+    let rto_target = args.rto_target.or(config.service.rto);
+    let settings = DrillSettings {
+        scratch,
+        pg_url: args.pg_url.clone(),
+        pg_bin: args.pg_bin.clone(),
+        rto_target,
+        etcd_wait: args.etcd_wait,
+    };
+    let mut reports = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        eprintln!("drilling {} …", job.name);
+        let report = drill_job(&reader, &snapshots, job, &settings, chrono::Utc::now()).await;
+        eprintln!(
+            "  {} in {:.1} s",
+            if report.passed() { "passed" } else { "FAILED" },
+            report.rto_seconds
+        );
+        reports.push(report);
+    }
+    let report = DrillReport::new(started, rto_target, reports);
+    outputs::write(&report, &args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        let failed = report.jobs.iter().filter(|j| !j.passed()).count();
+        anyhow::bail!("the drill failed: {failed} of {} job(s)", report.jobs.len())
+    }
+}
+
+/// The jobs named with `--job`, or all, with their RPOs.
+fn selected_jobs(
+    config: &Config,
+    path: &std::path::Path,
+    names: &[String],
+) -> anyhow::Result<Vec<DrillJob>> {
+    let chosen: Vec<_> = if names.is_empty() {
+        config.jobs.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|name| config.job(name, path))
+            .collect::<Result<_, _>>()?
+    };
+    if chosen.is_empty() {
+        anyhow::bail!("{} defines no jobs to drill", path.display());
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|job| DrillJob {
+            name: job.name.clone(),
+            rpo: config.rpo_of(job),
+        })
+        .collect())
+}

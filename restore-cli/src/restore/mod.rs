@@ -1,0 +1,167 @@
+//! `lifeboat restore`: a snapshot back into files, a folder, an etcd data
+//! dir or a database, by the snapshot's source kind.
+//!
+//! `SNAPSHOT:PATH` always restores the files at PATH ([`files`]). A whole
+//! snapshot is restored the way its kind needs: volumes and directories
+//! ([`volumes`]), etcd ([`etcd`]), PostgreSQL ([`postgres`]), Talos
+//! configuration ([`talos_config`]), Kubernetes objects ([`kubernetes`]);
+//! any other kind as plain files.
+
+mod etcd;
+mod files;
+mod kubernetes;
+mod postgres;
+mod talos_config;
+mod volumes;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use lifeboat::progress::Bar;
+use lifeboat::repo::reader::BlobReader;
+use lifeboat::repo::snapshot::SnapshotEntry;
+use lifeboat::restore::files::RestoreProgress;
+
+use crate::args::{KeyArgs, RepoArgs};
+
+/// Flags of `lifeboat restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// SNAPSHOT[:PATH]: `latest`, `latest:JOB` or an id prefix, then
+    /// optionally a path inside it (its contents are restored as files).
+    what: String,
+    /// The folder to restore into (created if missing; must be empty unless --force).
+    #[arg(long, short)]
+    target: Option<PathBuf>,
+    /// Restore into non-empty folders, replacing files of the same names.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    volumes: volumes::VolumeArgs,
+    #[command(flatten)]
+    etcd: etcd::EtcdArgs,
+    #[command(flatten)]
+    postgres: postgres::PostgresArgs,
+}
+
+/// What every kind's restore gets.
+pub struct Restoring<'a> {
+    /// Reads the snapshot's blobs.
+    pub reader: &'a BlobReader,
+    /// The snapshot.
+    pub entry: &'a SnapshotEntry,
+    /// `--target`.
+    pub target: Option<&'a Path>,
+    /// `--force`.
+    pub force: bool,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Restoring<'_> {
+    /// `--target`, or an error saying the kind needs it.
+    pub fn target(&self, why: &str) -> anyhow::Result<&Path> {
+        self.target
+            .ok_or_else(|| anyhow::anyhow!("give --target DIR: {why}"))
+    }
+
+    /// Prints `value` as JSON when `--json`, else `text`.
+    pub fn print(
+        &self,
+        value: serde_json::Value,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            println!("{}", text());
+        }
+        Ok(())
+    }
+}
+
+/// Runs `work` with restore counters shown as a bar with ETA on the
+/// terminal, labelled `label`, until it ends.
+pub async fn with_progress<T, Work>(
+    label: &str,
+    work: impl FnOnce(Arc<RestoreProgress>) -> Work,
+) -> T
+where
+    Work: Future<Output = T>,
+{
+    let progress = Arc::new(RestoreProgress::default());
+    let bar = Bar::bytes(
+        label,
+        progress.bytes_done.clone(),
+        Some(progress.bytes_total.clone()),
+    );
+    let outcome = work(progress).await;
+    drop(bar);
+    outcome
+}
+
+/// Runs `lifeboat restore`.
+pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    let repo = args.key.unlock(args.repo.open().await?).await?;
+    let (spec, path) = files::split_spec(&args.what);
+    let entry = repo.find_snapshot(&spec).await?;
+    let reader = repo.reader("restoring")?;
+    let restoring = Restoring {
+        reader: &reader,
+        entry: &entry,
+        target: args.target.as_deref(),
+        force: args.force,
+        json: args.json,
+    };
+    let kind = entry.snapshot.source_kind.as_str();
+    refuse_foreign_flags(&args, kind, !path.is_empty())?;
+    if !path.is_empty() {
+        return files::run(&restoring, &path).await;
+    }
+    match kind {
+        "directory" | "volumes" => volumes::run(&restoring, &args.volumes).await,
+        "etcd" | "talos-etcd" => etcd::run(&restoring, &args.etcd).await,
+        "postgres" => postgres::run(&restoring, &args.postgres).await,
+        "talos-config" => talos_config::run(&restoring).await,
+        "kubernetes" => kubernetes::run(&restoring).await,
+        _ => files::run(&restoring, "").await,
+    }
+}
+
+/// Fails when flags of another kind (or any kind's flags with `:PATH`)
+/// are given: they would be ignored, and the restore would not be the one
+/// asked for.
+fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyhow::Result<()> {
+    let groups: [(bool, &str, &[&str]); 3] = [
+        (
+            args.volumes.given(),
+            "--in-place/--pvc",
+            &["directory", "volumes"],
+        ),
+        (args.etcd.given(), "--data-dir", &["etcd", "talos-etcd"]),
+        (args.postgres.given(), "--pg-url/--pg-bin", &["postgres"]),
+    ];
+    for (given, flags, kinds) in groups {
+        if given && with_path {
+            anyhow::bail!(
+                "{flags} does not apply to SNAPSHOT:PATH, which restores plain files; leave it out"
+            );
+        }
+        if given && !kinds.contains(&kind) {
+            anyhow::bail!(
+                "{flags} is for {} snapshots and this one is of kind {kind:?}; leave it out",
+                kinds.join(" and ")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! PostgreSQL: without `--pg-url`, the dump files into `--target`; with
+//! it, `globals.sql` through psql first, then each selected database with
+//! `pg_restore`, created (`--create`) or into the existing database of the
+//! same name.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use lifeboat::restore::files::{RestoreOptions, restore};
+use lifeboat::restore::postgres::{
+    DumpOptions, PgTarget, RestoreInto, has_globals, stored_databases,
+};
+use lifeboat::sources::postgres::GLOBALS_FILE;
+
+use super::Restoring;
+
+/// Flags for PostgreSQL.
+#[derive(Debug, Args)]
+pub struct PostgresArgs {
+    /// PostgreSQL: restore into this server (a libpq connection string
+    /// without a password, e.g. postgresql://postgres@db:5432/postgres; the
+    /// password from PGPASSWORD or ~/.pgpass). Without it the dump files
+    /// are written to --target.
+    #[arg(long, env = "LIFEBOAT_PG_URL")]
+    pg_url: Option<String>,
+    /// PostgreSQL: the folder of psql and pg_restore (default: PATH).
+    #[arg(long)]
+    pg_bin: Option<PathBuf>,
+    /// PostgreSQL: create each database (pg_restore --create); without it,
+    /// each is restored into the existing database of the same name.
+    #[arg(long, requires = "pg_url")]
+    create: bool,
+    /// PostgreSQL: only this database (repeatable; default: all).
+    #[arg(long = "database", value_name = "NAME", requires = "pg_url")]
+    databases: Vec<String>,
+    /// PostgreSQL: do not apply globals.sql (roles, tablespaces).
+    #[arg(long, requires = "pg_url")]
+    no_globals: bool,
+    /// PostgreSQL: objects belong to the connecting role (no owners, no grants).
+    #[arg(long, requires = "pg_url")]
+    no_owner: bool,
+}
+
+impl PostgresArgs {
+    /// Whether any of these flags was given (the others need `--pg-url`).
+    pub fn given(&self) -> bool {
+        self.pg_url.is_some() || self.pg_bin.is_some()
+    }
+}
+
+/// Restores a postgres snapshot.
+pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Result<()> {
+    let Some(url) = &args.pg_url else {
+        return super::files::run(restoring, "").await;
+    };
+    let (reader, entry) = (restoring.reader, restoring.entry);
+    let server = PgTarget::new(url, args.pg_bin.as_deref())?;
+    let tree = reader.read_tree(&entry.snapshot.root).await?;
+    let stored = stored_databases(reader, &tree).await?;
+    for wanted in &args.databases {
+        if !stored.iter().any(|d| &d.counts.database == wanted) {
+            anyhow::bail!(
+                "snapshot {} holds no database {wanted:?}; it holds: {}",
+                entry.id.short(),
+                stored
+                    .iter()
+                    .map(|d| d.counts.database.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let selected: Vec<_> = stored
+        .iter()
+        .filter(|d| args.databases.is_empty() || args.databases.contains(&d.counts.database))
+        .collect();
+    let staging_dir;
+    let staging = match restoring.target {
+        Some(target) => {
+            let used = std::fs::read_dir(target).is_ok_and(|mut l| l.next().is_some());
+            if used && !restoring.force {
+                anyhow::bail!(
+                    "{} is not empty; stage the dumps in an empty or new folder, or pass --force",
+                    target.display()
+                );
+            }
+            target.to_owned()
+        }
+        None => {
+            staging_dir = tempfile::tempdir()?;
+            staging_dir.path().to_owned()
+        }
+    };
+    let mut names: Vec<&str> = selected.iter().map(|d| d.counts.dump.as_str()).collect();
+    let globals = !args.no_globals && has_globals(&tree);
+    if globals {
+        names.push(GLOBALS_FILE);
+    }
+    let started = std::time::Instant::now();
+    for name in &names {
+        // The folder was checked above; each file joins the ones before.
+        let options = RestoreOptions { force: true };
+        super::with_progress(name, |progress| {
+            restore(
+                reader,
+                entry.snapshot.root,
+                name,
+                &staging,
+                &options,
+                progress,
+            )
+        })
+        .await?;
+    }
+    let mut warnings = Vec::new();
+    if globals {
+        warnings.extend(server.apply_globals(&staging.join(GLOBALS_FILE)).await?);
+    }
+    let mut restored = Vec::new();
+    for database in &selected {
+        let name = &database.counts.database;
+        eprintln!("pg_restore {name} …");
+        let into = if args.create {
+            RestoreInto::Create
+        } else {
+            RestoreInto::Existing(name.clone())
+        };
+        let options = DumpOptions {
+            no_owner: args.no_owner,
+        };
+        server
+            .restore_dump(&staging.join(&database.counts.dump), &into, options)
+            .await?;
+        restored.push(
+            serde_json::json!({ "database": name, "tables": database.counts.tables.len(),
+            "rows": database.counts.total_rows }),
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let value = serde_json::json!({ "snapshot": entry.id, "kind": "postgres", "globals": globals,
+        "databases": restored, "warnings": warnings, "seconds": seconds });
+    restoring.print(value, || {
+        let mut lines = vec![format!(
+            "restored {} database(s) of snapshot {} in {seconds:.1} s{}",
+            selected.len(),
+            entry.id.short(),
+            if globals { ", globals first" } else { "" }
+        )];
+        for database in &selected {
+            lines.push(format!(
+                "  {}: {} tables, {} rows recorded at backup",
+                database.counts.database,
+                database.counts.tables.len(),
+                database.counts.total_rows
+            ));
+        }
+        for warning in &warnings {
+            lines.push(format!("  warning: {warning}"));
+        }
+        lines.join("\n")
+    })
+}

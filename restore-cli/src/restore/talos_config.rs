@@ -1,0 +1,37 @@
+//! Talos configuration: every file into `--target` with mode 0600.
+
+use lifeboat::restore::talos_config::{check_yaml, restore_private};
+
+use super::Restoring;
+
+/// Restores a talos-config snapshot and checks its YAML parses.
+pub async fn run(restoring: &Restoring<'_>) -> anyhow::Result<()> {
+    let target = restoring.target("the folder the Talos files go to")?;
+    let entry = restoring.entry;
+    let report = super::with_progress("restore", |progress| {
+        restore_private(
+            restoring.reader,
+            entry.snapshot.root,
+            target,
+            restoring.force,
+            progress,
+        )
+    })
+    .await?;
+    let yaml = check_yaml(target)?;
+    let value = serde_json::json!({ "snapshot": entry.id, "kind": entry.snapshot.source_kind,
+        "target": target, "report": report, "yaml": yaml });
+    restoring.print(value, || {
+        let mut text = format!(
+            "restored {} Talos files ({} YAML) of snapshot {} into {} with mode 0600",
+            yaml.files,
+            yaml.yaml_files,
+            entry.id.short(),
+            target.display()
+        );
+        for problem in &yaml.problems {
+            text.push_str(&format!("\n  warning: {problem}"));
+        }
+        text
+    })
+}

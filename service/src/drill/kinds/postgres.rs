@@ -1,0 +1,96 @@
+//! Drilling PostgreSQL: restore every dump of the snapshot into a scratch
+//! database on the given server, compare each table's rows with the
+//! recorded counts, and drop the scratch database. Globals are not applied
+//! (they would change the server's roles); objects belong to the drill's
+//! role (`--no-owner`).
+
+use std::sync::Arc;
+
+use crate::drill::JobRun;
+use crate::restore::RestoreError;
+use crate::restore::files::{RestoreOptions, restore};
+use crate::restore::postgres::{
+    DumpOptions, PgTarget, RestoreInto, compare_counts, stored_databases,
+};
+
+/// Restores and compares every database.
+pub(super) async fn verify(run: &mut JobRun<'_>) {
+    let Some(url) = run.settings.pg_url.clone() else {
+        run.fail(
+            "not verified: a postgres drill needs a server to restore into; give --pg-url \
+             (a libpq connection string of a role that may create databases) and PGPASSWORD",
+        );
+        return;
+    };
+    let pg_bin = run.settings.pg_bin.clone();
+    let Some(target) = run
+        .step("connect settings", async {
+            PgTarget::new(&url, pg_bin.as_deref())
+        })
+        .await
+    else {
+        return;
+    };
+    let (reader, root) = (run.reader, run.entry.snapshot.root);
+    let files = run.scratch.join("dumps");
+    let restored = run
+        .step(
+            "restore dumps",
+            restore(
+                reader,
+                root,
+                "",
+                &files,
+                &RestoreOptions::default(),
+                Arc::default(),
+            ),
+        )
+        .await;
+    if restored.is_none() {
+        return;
+    }
+    let databases = run
+        .step("read row counts", async {
+            stored_databases(reader, &reader.read_tree(&root).await?).await
+        })
+        .await;
+    let Some(databases) = databases else {
+        return;
+    };
+    if databases.is_empty() {
+        run.fail("the snapshot holds no database dump");
+    }
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    for (at, stored) in databases.iter().enumerate() {
+        let name = &stored.counts.database;
+        let scratch = format!("lifeboat_drill_{suffix}_{at}");
+        let dump = files.join(&stored.counts.dump);
+        let loaded = run
+            .step(&format!("restore {name}"), async {
+                target.create_database(&scratch).await?;
+                let options = DumpOptions { no_owner: true };
+                target
+                    .restore_dump(&dump, &RestoreInto::Existing(scratch.clone()), options)
+                    .await?;
+                target.count_rows(&scratch).await
+            })
+            .await;
+        if let Some(counts) = loaded {
+            let problems = compare_counts(name, &stored.counts.tables, &counts);
+            run.note(format!(
+                "{} tables, {} rows",
+                counts.len(),
+                counts.iter().map(|t| t.rows).sum::<u64>()
+            ));
+            run.fail_on(
+                &format!("database {name} differs from the backup"),
+                &problems,
+            );
+        }
+        run.step(&format!("drop scratch database of {name}"), async {
+            target.drop_database(&scratch).await?;
+            Ok::<_, RestoreError>(())
+        })
+        .await;
+    }
+}

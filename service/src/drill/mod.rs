@@ -1,0 +1,221 @@
+//! Restore drills: prove that the newest snapshot of each job restores and
+//! is what was backed up, and measure how long that takes.
+//!
+//! For each job, [`drill_job`] takes the newest snapshot, checks its age
+//! against the job's RPO, restores it into scratch space and verifies it
+//! the way its source kind allows ([`kinds`]). Every step is timed; the
+//! job's wall time is its measured RTO. The [`report`] renders as JSON,
+//! JUnit XML ([`junit`]) and Prometheus text ([`metrics`]).
+
+pub mod junit;
+pub mod kinds;
+pub mod metrics;
+pub mod report;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+pub use self::kinds::DrillKind;
+pub use self::report::{DrillReport, JobReport, StepReport};
+use crate::repo::reader::BlobReader;
+use crate::repo::snapshot::SnapshotEntry;
+
+/// What every job's drill shares.
+#[derive(Debug, Clone)]
+pub struct DrillSettings {
+    /// A folder for the restores; each job gets a fresh folder inside it,
+    /// removed afterwards.
+    pub scratch: PathBuf,
+    /// The PostgreSQL server scratch databases are restored into (libpq
+    /// connection string; the password from `PGPASSWORD`).
+    pub pg_url: Option<String>,
+    /// The folder of the PostgreSQL client programs (default: `PATH`).
+    pub pg_bin: Option<PathBuf>,
+    /// The most a job's drill may take.
+    pub rto_target: Option<Duration>,
+    /// How long a throwaway etcd may take to answer.
+    pub etcd_wait: Duration,
+}
+
+/// One job to drill.
+#[derive(Debug, Clone)]
+pub struct DrillJob {
+    /// Its name.
+    pub name: String,
+    /// Its RPO: the most its newest snapshot may be old.
+    pub rpo: Duration,
+}
+
+/// A job's drill in progress: the snapshot, its scratch folder, and the
+/// report being filled in.
+#[derive(Debug)]
+pub struct JobRun<'a> {
+    /// Reads the snapshot's blobs.
+    pub reader: &'a BlobReader,
+    /// The snapshot drilled.
+    pub entry: &'a SnapshotEntry,
+    /// This job's scratch folder.
+    pub scratch: PathBuf,
+    /// The drill's settings.
+    pub settings: &'a DrillSettings,
+    /// The report so far.
+    pub report: JobReport,
+}
+
+impl JobRun<'_> {
+    /// Runs `work` as the step `name`, timing it; a failure is recorded
+    /// (failing the job) and gives `None`.
+    pub async fn step<T, E: std::error::Error + 'static>(
+        &mut self,
+        name: &str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Option<T> {
+        let started = Instant::now();
+        let outcome = work.await;
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(value) => {
+                self.report.steps.push(StepReport {
+                    name: name.to_owned(),
+                    seconds,
+                    ok: true,
+                    detail: String::new(),
+                });
+                Some(value)
+            }
+            Err(e) => {
+                let detail = crate::errors::describe(&e);
+                self.report.steps.push(StepReport {
+                    name: name.to_owned(),
+                    seconds,
+                    ok: false,
+                    detail: detail.clone(),
+                });
+                self.fail(format!("{name}: {detail}"));
+                None
+            }
+        }
+    }
+
+    /// Adds a note to the last step (what it found).
+    pub fn note(&mut self, note: impl Into<String>) {
+        if let Some(step) = self.report.steps.last_mut() {
+            if !step.detail.is_empty() {
+                step.detail.push_str("; ");
+            }
+            step.detail.push_str(&note.into());
+        }
+    }
+
+    /// Fails the job with `reason`.
+    pub fn fail(&mut self, reason: impl Into<String>) {
+        self.report.failures.push(reason.into());
+    }
+
+    /// Fails the job when `problems` is not empty, naming them (the first
+    /// 20); `what` says what was checked.
+    pub fn fail_on(&mut self, what: &str, problems: &[String]) {
+        if problems.is_empty() {
+            return;
+        }
+        let shown = problems
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let more = if problems.len() > 20 { "; …" } else { "" };
+        self.fail(format!(
+            "{what}: {} problem(s): {shown}{more}",
+            problems.len()
+        ));
+    }
+}
+
+/// Drills `job` with the newest of `snapshots` (all snapshots of the
+/// repository), at `now`. Never fails: every failure is in the report.
+pub async fn drill_job(
+    reader: &BlobReader,
+    snapshots: &[SnapshotEntry],
+    job: &DrillJob,
+    settings: &DrillSettings,
+    now: DateTime<Utc>,
+) -> JobReport {
+    let started = Instant::now();
+    let mut report = JobReport::new(&job.name, job.rpo);
+    let Some(entry) = snapshots.iter().rev().find(|e| e.snapshot.job == job.name) else {
+        report.failures.push(format!(
+            "no snapshot of job {:?} in the repository: run it (`lifeboatd run --config … {}`) \
+             and drill again",
+            job.name, job.name
+        ));
+        report.rpo_breached = true;
+        return report;
+    };
+    report.set_snapshot(entry, now);
+    if report.rpo_breached {
+        let age = report.rpo_seconds.unwrap_or_default();
+        report.failures.push(format!(
+            "RPO breached: the newest snapshot is {} old, the RPO is {}",
+            humantime::format_duration(Duration::from_secs(age as u64)),
+            humantime::format_duration(job.rpo)
+        ));
+    }
+    let scratch = settings
+        .scratch
+        .join(format!("{}-{}", safe(&job.name), entry.id.short()));
+    let mut run = JobRun {
+        reader,
+        entry,
+        scratch: scratch.clone(),
+        settings,
+        report,
+    };
+    match DrillKind::of(&entry.snapshot.source_kind) {
+        Some(kind) => {
+            let created = std::fs::create_dir_all(&scratch);
+            if run
+                .step("prepare scratch", async { created })
+                .await
+                .is_some()
+            {
+                kind.verify(&mut run).await;
+            }
+        }
+        None => run.fail(format!(
+            "not verified: lifeboat cannot drill snapshots of kind {:?}",
+            entry.snapshot.source_kind
+        )),
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut report = run.report;
+    report.rto_seconds = started.elapsed().as_secs_f64();
+    let over = settings
+        .rto_target
+        .filter(|target| report.rto_seconds > target.as_secs_f64());
+    if let Some(target) = over {
+        report.rto_breached = true;
+        report.failures.push(format!(
+            "RTO target breached: the drill took {:.1} s, the target is {}",
+            report.rto_seconds,
+            humantime::format_duration(target)
+        ));
+    }
+    report
+}
+
+/// A job name as a folder name.
+fn safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,308 @@
+//! Restoring PostgreSQL: the globals (roles, tablespaces) with `psql`
+//! first, then each database's custom-format dump with `pg_restore`,
+//! either creating the database (`--create`) or into an existing one; and
+//! counting the restored rows the way the backup counted them, to compare
+//! with the recorded [`RowCounts`].
+//!
+//! The target server is reached like the source: a libpq connection string
+//! and libpq's `PG*` variables (`PGPASSWORD`, `PGPASSFILE`), through
+//! PostgreSQL's own client programs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::RestoreError;
+use super::contents::read_small;
+use crate::repo::reader::BlobReader;
+use crate::repo::tree::Tree;
+use crate::sources::postgres::connection::{Connection, Tools, hint};
+use crate::sources::postgres::process::{StderrText, spawn};
+use crate::sources::postgres::session::{PSQL_FLAGS, SnapshotSession};
+use crate::sources::postgres::{
+    GLOBALS_FILE, Globals, PostgresError, PostgresSource, RowCounts, TableRows,
+};
+
+/// Where a dump goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreInto {
+    /// `pg_restore --create`: the database is created under its own name.
+    Create,
+    /// Into this existing database.
+    Existing(String),
+}
+
+/// How `pg_restore` treats owners and grants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpOptions {
+    /// `--no-owner --no-privileges`: objects belong to the connecting role
+    /// (a scratch server without the original roles).
+    pub no_owner: bool,
+}
+
+/// A PostgreSQL server to restore into.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    connection: Connection,
+    tools: Tools,
+}
+
+/// One database's dump in a snapshot: its recorded row counts and file name.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredDatabase {
+    /// The row counts recorded at backup (name, dump file, tables).
+    pub counts: RowCounts,
+}
+
+impl PgTarget {
+    /// The server of `dsn` (empty: libpq's variables), with the client
+    /// programs from `bin_dir` or `PATH`.
+    ///
+    /// Fails when the dsn holds a password (give it in PGPASSWORD).
+    pub fn new(dsn: &str, bin_dir: Option<&Path>) -> Result<Self, RestoreError> {
+        let pg_dump = bin_dir.map_or_else(|| PathBuf::from("pg_dump"), |d| d.join("pg_dump"));
+        let source = PostgresSource {
+            dsn: dsn.to_owned(),
+            databases: Vec::new(),
+            password_file: None,
+            password_env: None,
+            pg_dump: pg_dump.clone(),
+            globals: Globals::default(),
+        };
+        Ok(Self {
+            connection: Connection::new(&source)?,
+            tools: Tools::beside(&pg_dump),
+        })
+    }
+
+    /// Runs `globals.sql` with `psql`; statements that fail (a role that
+    /// exists already) are returned as warnings, not errors.
+    ///
+    /// Fails when psql cannot run or connect.
+    pub async fn apply_globals(&self, file: &Path) -> Result<Vec<String>, RestoreError> {
+        let mut command = self.connection.command(&self.tools.psql);
+        command
+            .args(["-X", "-q", "-w", "-f"])
+            .arg(file)
+            .args(self.connection.server_argument());
+        let output = self.output(&mut command, &self.tools.psql).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            return Err(self.failed(&self.tools.psql, "applying globals.sql", &stderr));
+        }
+        Ok(stderr
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(|l| format!("globals.sql: {}", l.trim()))
+            .collect())
+    }
+
+    /// Runs one SQL statement in the dsn's database.
+    ///
+    /// Fails with the server's message.
+    pub async fn execute(&self, sql: &str) -> Result<(), RestoreError> {
+        let mut command = self.connection.command(&self.tools.psql);
+        command
+            .args(PSQL_FLAGS)
+            .args(self.connection.server_argument())
+            .arg("-c")
+            .arg(sql);
+        let output = self.output(&mut command, &self.tools.psql).await?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(self.failed(&self.tools.psql, sql, &stderr));
+        }
+        Ok(())
+    }
+
+    /// Creates the empty database `name`.
+    ///
+    /// Fails when it exists or the role may not create databases.
+    pub async fn create_database(&self, name: &str) -> Result<(), RestoreError> {
+        self.execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+            .await
+    }
+
+    /// Drops the database `name`, ending its sessions.
+    ///
+    /// Fails with the server's message.
+    pub async fn drop_database(&self, name: &str) -> Result<(), RestoreError> {
+        self.execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+        .await
+    }
+
+    /// Restores the custom-format `dump` with `pg_restore`.
+    ///
+    /// Fails with pg_restore's message (it stops at the first error).
+    pub async fn restore_dump(
+        &self,
+        dump: &Path,
+        into: &RestoreInto,
+        options: DumpOptions,
+    ) -> Result<(), RestoreError> {
+        let mut command = self.connection.command(&self.tools.pg_restore);
+        command.args(["--no-password", "--exit-on-error"]);
+        if options.no_owner {
+            command.args(["--no-owner", "--no-privileges"]);
+        }
+        match into {
+            RestoreInto::Create => {
+                command
+                    .arg("--create")
+                    .args(self.connection.server_argument());
+            }
+            RestoreInto::Existing(database) => {
+                command.arg(self.connection.database_argument(database));
+            }
+        }
+        command.arg(dump);
+        let output = self.output(&mut command, &self.tools.pg_restore).await?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(self.failed(
+                &self.tools.pg_restore,
+                &format!("restoring {}", dump.display()),
+                &stderr,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts every table's rows in `database` as the backup did, sorted
+    /// by schema and table.
+    ///
+    /// Fails when psql cannot connect or a table cannot be read.
+    pub async fn count_rows(&self, database: &str) -> Result<Vec<TableRows>, RestoreError> {
+        let (mut session, _) =
+            SnapshotSession::open(&self.connection, &self.tools, database).await?;
+        let counts = session.count_rows().await?;
+        session.close().await?;
+        Ok(counts)
+    }
+
+    async fn output(
+        &self,
+        command: &mut tokio::process::Command,
+        program: &Path,
+    ) -> Result<std::process::Output, RestoreError> {
+        let child = spawn(command, program)?;
+        child
+            .wait_with_output()
+            .await
+            .map_err(|cause| PostgresError::Spawn {
+                program: program.to_owned(),
+                cause,
+            })
+            .map_err(RestoreError::from)
+    }
+
+    fn failed(&self, program: &Path, what: &str, stderr: &str) -> RestoreError {
+        let message = StderrText::from_bytes(stderr.as_bytes()).0;
+        let fix = hint(&message, self.connection.password_origin()).0;
+        RestoreError::Tool {
+            program: program.display().to_string(),
+            message: format!("{what}: {message}"),
+            fix: if fix.is_empty() {
+                "check the target server and the role's rights (CREATEDB, ownership)".into()
+            } else {
+                fix
+            },
+        }
+    }
+}
+
+/// The databases a postgres snapshot holds (from its `*.rowcounts.json`
+/// files), by name.
+///
+/// Fails when a row-count file cannot be read or parsed.
+pub async fn stored_databases(
+    reader: &BlobReader,
+    root: &Tree,
+) -> Result<Vec<StoredDatabase>, RestoreError> {
+    let mut databases = Vec::new();
+    for node in &root.entries {
+        if !node.name.0.ends_with(b".rowcounts.json") {
+            continue;
+        }
+        let bytes = read_small(reader, node).await?;
+        let counts: RowCounts =
+            serde_json::from_slice(&bytes).map_err(|e| RestoreError::WrongSnapshot {
+                kind: "postgres".into(),
+                message: format!("{} does not parse ({e})", node.name.display()),
+            })?;
+        databases.push(StoredDatabase { counts });
+    }
+    databases.sort_by(|a, b| a.counts.database.cmp(&b.counts.database));
+    Ok(databases)
+}
+
+/// Whether the snapshot holds `globals.sql`.
+pub fn has_globals(root: &Tree) -> bool {
+    root.get(GLOBALS_FILE.as_bytes()).is_some()
+}
+
+/// The differences between recorded and restored row counts, one sentence
+/// per table; empty when they are equal.
+pub fn compare_counts(
+    database: &str,
+    recorded: &[TableRows],
+    restored: &[TableRows],
+) -> Vec<String> {
+    let key = |t: &TableRows| (t.schema.clone(), t.table.clone());
+    let restored_by: std::collections::BTreeMap<_, _> =
+        restored.iter().map(|t| (key(t), t.rows)).collect();
+    let recorded_by: std::collections::BTreeMap<_, _> =
+        recorded.iter().map(|t| (key(t), t.rows)).collect();
+    let mut problems = Vec::new();
+    for ((schema, table), rows) in &recorded_by {
+        match restored_by.get(&(schema.clone(), table.clone())) {
+            Some(got) if got == rows => {}
+            Some(got) => problems.push(format!(
+                "{database}: {schema}.{table} has {got} rows restored, {rows} recorded"
+            )),
+            None => problems.push(format!(
+                "{database}: {schema}.{table} is missing after restore"
+            )),
+        }
+    }
+    for (schema, table) in restored_by.keys() {
+        if !recorded_by.contains_key(&(schema.clone(), table.clone())) {
+            problems.push(format!(
+                "{database}: {schema}.{table} was not recorded at backup"
+            ));
+        }
+    }
+    problems
+}
+
+/// `name` as a quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(table: &str, rows: u64) -> TableRows {
+        TableRows {
+            schema: "public".into(),
+            table: table.into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn differences_name_the_table() {
+        let recorded = [rows("a", 3), rows("b", 1)];
+        let restored = [rows("a", 2), rows("c", 0)];
+        let problems = compare_counts("db", &recorded, &restored);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("public.a has 2 rows restored, 3 recorded"));
+        assert!(compare_counts("db", &recorded, &recorded).is_empty());
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

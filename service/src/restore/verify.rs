@@ -1,0 +1,160 @@
+//! Checking restored files against the snapshot's tree: every file is
+//! there, has the stored size, and each stretch of it hashes (keyed BLAKE3,
+//! as at backup) to the blob id the tree lists. Symlinks point where they
+//! pointed. This reads the files back from disk, so it proves what landed
+//! there, not only what was fetched.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::RestoreError;
+use crate::repo::RepoError;
+use crate::repo::id::BlobId;
+use crate::repo::reader::BlobReader;
+use crate::repo::tree::{NodeKind, Tree};
+
+/// What a check of restored files found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TreeCheck {
+    /// Regular files checked.
+    pub files: u64,
+    /// Bytes read back and hashed.
+    pub bytes: u64,
+    /// Every difference, one sentence naming the snapshot path.
+    pub problems: Vec<String>,
+}
+
+/// One file to check: where it is, where it was, and its blobs with lengths.
+struct Expected {
+    restored: PathBuf,
+    shown: String,
+    size: u64,
+    blobs: Vec<(BlobId, u64)>,
+}
+
+/// Checks the files restored under `restored` against the tree `tree`
+/// (whose snapshot path is `shown_prefix`, for messages).
+///
+/// Fails only when the trees cannot be read; every difference is a problem
+/// in the result.
+pub async fn check_restored(
+    reader: &BlobReader,
+    tree: Tree,
+    shown_prefix: &str,
+    restored: &Path,
+) -> Result<TreeCheck, RestoreError> {
+    let mut check = TreeCheck::default();
+    let mut expected = Vec::new();
+    let mut queue = vec![(tree, restored.to_owned(), shown_prefix.to_owned())];
+    while let Some((tree, dir, shown_dir)) = queue.pop() {
+        for node in tree.entries {
+            let path = dir.join(OsStr::from_bytes(&node.name.0));
+            let shown = format!("{shown_dir}/{}", node.name.display());
+            match node.kind {
+                NodeKind::Dir => {
+                    if !path.is_dir() {
+                        check.problems.push(format!("{shown}: directory missing"));
+                    } else if let Some(sub) = node.subtree {
+                        queue.push((reader.read_tree(&sub).await?, path, shown));
+                    }
+                }
+                NodeKind::File => {
+                    let mut blobs = Vec::with_capacity(node.content.len());
+                    for id in &node.content {
+                        let length = reader
+                            .index()
+                            .get(id)
+                            .map(|l| u64::from(l.blob.raw_length))
+                            .ok_or(RepoError::MissingBlob { id: *id })?;
+                        blobs.push((*id, length));
+                    }
+                    expected.push(Expected {
+                        restored: path,
+                        shown,
+                        size: node.size,
+                        blobs,
+                    });
+                }
+                NodeKind::Symlink => {
+                    let want = node
+                        .target
+                        .as_ref()
+                        .map(|t| t.0.clone())
+                        .unwrap_or_default();
+                    match std::fs::read_link(&path) {
+                        Ok(got) if got.as_os_str().as_bytes() == want.as_slice() => {}
+                        Ok(got) => check.problems.push(format!(
+                            "{shown}: symlink points to {} instead of {}",
+                            got.display(),
+                            String::from_utf8_lossy(&want)
+                        )),
+                        Err(e) => check
+                            .problems
+                            .push(format!("{shown}: symlink missing ({e})")),
+                    }
+                }
+                NodeKind::Hardlink | NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                    if std::fs::symlink_metadata(&path).is_err() {
+                        check.problems.push(format!("{shown}: missing"));
+                    }
+                }
+            }
+        }
+    }
+    let reader = reader.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        expected
+            .par_iter()
+            .map(|file| (file.size, check_file(&reader, file)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| RepoError::Upload(e.to_string()))?;
+    for (size, outcome) in outcomes {
+        check.files += 1;
+        match outcome {
+            Ok(()) => check.bytes += size,
+            Err(problem) => check.problems.push(problem),
+        }
+    }
+    check.problems.sort();
+    Ok(check)
+}
+
+/// Reads one restored file and compares it with its blobs.
+fn check_file(reader: &BlobReader, file: &Expected) -> Result<(), String> {
+    let shown = &file.shown;
+    let mut input = std::fs::File::open(&file.restored)
+        .map_err(|e| format!("{shown}: cannot be read back ({e})"))?;
+    let actual = input
+        .metadata()
+        .map_err(|e| format!("{shown}: cannot be read back ({e})"))?
+        .len();
+    if actual != file.size {
+        return Err(format!(
+            "{shown}: {actual} bytes restored, the snapshot holds {}",
+            file.size
+        ));
+    }
+    let mut buffer = Vec::new();
+    let mut offset = 0u64;
+    for (id, length) in &file.blobs {
+        buffer.resize(*length as usize, 0);
+        input
+            .read_exact(&mut buffer)
+            .map_err(|e| format!("{shown}: short at byte {offset} ({e})"))?;
+        if reader.blob_id(&buffer) != *id {
+            return Err(format!(
+                "{shown}: the bytes at {offset}..{} differ from the snapshot",
+                offset + length
+            ));
+        }
+        offset += length;
+    }
+    Ok(())
+}
