@@ -442,6 +442,7 @@ async fn volumes_verify_and_kubernetes_is_never_passed_unverified() -> Result<()
         pg_bin: None,
         rto_target: None,
         etcd_wait: Duration::from_secs(30),
+        kube_dry_run: None,
     };
     let job = |name: &str| DrillJob {
         name: name.into(),

@@ -265,3 +265,100 @@ async fn restored_documents_match_the_inventory_and_a_lost_one_is_named() -> Res
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifeboat_restore_apply_and_drill_work_from_the_command_line() -> Result<()> {
+    let (_volumes, installation, _files) = restored_snapshot().await?;
+    let (server, _client) = empty_cluster(installation.root()).await?;
+    let kubeconfig = installation.path("target-kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let key = installation.restore_key().display().to_string();
+    let config = kubeconfig.display().to_string();
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "-i",
+            key.as_str(),
+            "latest:objects",
+            "--apply",
+            "--kubeconfig",
+            config.as_str(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+
+    let dry = tokio::task::block_in_place(|| {
+        installation.lifeboat_repo("restore", &args(&["--dry-run"]))
+    })?
+    .ok()?
+    .json()?;
+    ensure!(dry["report"]["dry_run"] == true, "{dry:#}");
+    ensure!(server.objects().len() == 1, "a dry run stores nothing");
+
+    let applied = tokio::task::block_in_place(|| {
+        installation.lifeboat_repo(
+            "restore",
+            &args(&[
+                "--namespace",
+                "apps",
+                "--namespace-map",
+                "apps=apps-restored",
+            ]),
+        )
+    })?
+    .ok()?
+    .json()?;
+    let objects = applied["report"]["objects"]
+        .as_array()
+        .context("no objects")?;
+    ensure!(
+        objects.iter().all(|o| o["outcome"] != "failed"),
+        "{applied:#}"
+    );
+    ensure!(
+        server
+            .object("apps", "deployments", "apps-restored", "web")
+            .is_some()
+    );
+
+    let refused = tokio::task::block_in_place(|| {
+        installation.lifeboat_repo("restore", &args(&["--namespace-map", "apps"]))
+    })?
+    .failed()?
+    .output();
+    ensure!(
+        refused.contains("--namespace-map \"apps\" is not KEY=VALUE"),
+        "{refused}"
+    );
+
+    let mut command = installation.command("lifeboat")?;
+    command
+        .arg("drill")
+        .arg("--config")
+        .arg(installation.config())
+        .arg("-i")
+        .arg(installation.restore_key())
+        .args([
+            "--report",
+            "drill.json",
+            "--junit",
+            "drill.xml",
+            "--job",
+            "objects",
+            "--kube-dry-run",
+        ])
+        .arg(&kubeconfig);
+    tokio::task::block_in_place(|| lifeboat_tests::cli::run(&mut command))?.ok()?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(installation.path("drill.json"))?)?;
+    let text = report.to_string();
+    for step in [
+        "parse objects",
+        "compare with the inventory",
+        "server-side dry run",
+    ] {
+        ensure!(text.contains(step), "the drill ran {step}: {report:#}");
+    }
+    Ok(())
+}

@@ -30,8 +30,9 @@ enum Command {
     Snapshots(list::SnapshotsArgs),
     /// List the files of a snapshot (restore key).
     Ls(list::LsArgs),
-    /// Restore a snapshot: files, volumes, etcd, PostgreSQL, Talos config (restore key).
-    Restore(restore::RestoreArgs),
+    /// Restore a snapshot: files, volumes, etcd, PostgreSQL, Talos config,
+    /// Kubernetes objects (restore key).
+    Restore(Box<restore::RestoreArgs>),
     /// Restore the newest snapshots into scratch space, verify them, measure RTO and RPO (restore key).
     Drill(drill::DrillArgs),
     /// Verify the repository.
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
             Command::Init(args) => init::run(args).await,
             Command::Snapshots(args) => list::snapshots(args).await,
             Command::Ls(args) => list::ls(args).await,
-            Command::Restore(args) => restore::run(args).await,
+            Command::Restore(args) => restore::run(*args).await,
             Command::Drill(args) => drill::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Forget(args) => prune::run_forget(args).await,

@@ -50,6 +50,10 @@ pub struct DrillArgs {
     /// How long a throwaway etcd may take to start.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     etcd_wait: Duration,
+    /// Kubernetes: also apply the objects as a server-side dry run to the
+    /// API server of this kubeconfig (nothing is changed).
+    #[arg(long, value_name = "KUBECONFIG")]
+    kube_dry_run: Option<PathBuf>,
     /// Print the JSON report on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -84,6 +88,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         pg_bin: args.pg_bin.clone(),
         rto_target,
         etcd_wait: args.etcd_wait,
+        kube_dry_run: args.kube_dry_run.clone(),
     };
     let mut reports = Vec::with_capacity(jobs.len());
     for job in &jobs {

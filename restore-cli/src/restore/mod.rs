@@ -51,6 +51,8 @@ pub struct RestoreArgs {
     etcd: etcd::EtcdArgs,
     #[command(flatten)]
     postgres: postgres::PostgresArgs,
+    #[command(flatten)]
+    kubernetes: kubernetes::KubernetesArgs,
 }
 
 /// What every kind's restore gets.
@@ -132,7 +134,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         "etcd" | "talos-etcd" => etcd::run(&restoring, &args.etcd).await,
         "postgres" => postgres::run(&restoring, &args.postgres).await,
         "talos-config" => talos_config::run(&restoring).await,
-        "kubernetes" => kubernetes::run(&restoring).await,
+        "kubernetes" => kubernetes::run(&restoring, &args.kubernetes).await,
         _ => files::run(&restoring, "").await,
     }
 }
@@ -141,7 +143,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
 /// are given: they would be ignored, and the restore would not be the one
 /// asked for.
 fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyhow::Result<()> {
-    let groups: [(bool, &str, &[&str]); 3] = [
+    let groups: [(bool, &str, &[&str]); 4] = [
         (
             args.volumes.given(),
             "--in-place/--pvc",
@@ -149,6 +151,7 @@ fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyh
         ),
         (args.etcd.given(), "--data-dir", &["etcd", "talos-etcd"]),
         (args.postgres.given(), "--pg-url/--pg-bin", &["postgres"]),
+        (args.kubernetes.given(), "--apply", &["kubernetes"]),
     ];
     for (given, flags, kinds) in groups {
         if given && with_path {

@@ -38,6 +38,9 @@ pub struct DrillSettings {
     pub rto_target: Option<Duration>,
     /// How long a throwaway etcd may take to answer.
     pub etcd_wait: Duration,
+    /// A kubeconfig of an API server to dry-run Kubernetes objects
+    /// against (server-side, nothing is changed).
+    pub kube_dry_run: Option<PathBuf>,
 }
 
 /// One job to drill.

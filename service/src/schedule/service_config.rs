@@ -458,7 +458,10 @@ mod tests {
         )?;
         let loaded = Config::load_with_schedules(&config)?;
         let names: Vec<_> = loaded.jobs.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["etcd", "postgres", "talos-config", "volumes"]);
+        assert_eq!(
+            names,
+            ["etcd", "kubernetes", "postgres", "talos-config", "volumes"]
+        );
         assert!(
             loaded
                 .jobs

@@ -167,6 +167,8 @@ pub async fn apply(
     let mut served = discover(client).await?.resources;
     let mut new_uids: BTreeMap<(String, String, String, String), String> = BTreeMap::new();
     let mut new_crds: Vec<String> = Vec::new();
+    // Namespaces a dry run would create: what goes in them cannot be tried.
+    let mut dry_namespaces: BTreeSet<String> = BTreeSet::new();
     let mut crds_settled = false;
     for document in &queue {
         let rank = order::rank(&document.group, &document.resource);
@@ -201,6 +203,11 @@ pub async fn apply(
             }
             continue;
         };
+        if resource.namespaced && dry_namespaces.contains(&namespace) {
+            let reason = format!("its namespace {namespace} is only created by a real restore");
+            report.push(document, Outcome::Skipped, reason);
+            continue;
+        }
         match apply_one(client, resource, &namespace, &object, options).await {
             Ok((outcome, reason, uid)) => {
                 if outcome == Outcome::Created && document.group == "apiextensions.k8s.io" {
@@ -208,6 +215,14 @@ pub async fn apply(
                 }
                 if let Some(uid) = uid {
                     new_uids.insert(identity(document), uid);
+                }
+                if options.dry_run
+                    && outcome == Outcome::Created
+                    && document.group.is_empty()
+                    && document.resource == "namespaces"
+                {
+                    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+                    dry_namespaces.insert(name.to_owned());
                 }
                 report.push(document, outcome, reason);
             }
