@@ -14,7 +14,7 @@ use lifeboat::backup::SnapshotBuilder;
 use lifeboat::backup::files::Folder;
 use lifeboat::backup::stream::StreamChunking;
 use lifeboat::drill::{DrillJob, DrillSettings, drill_job};
-use lifeboat::restore::volumes::MANIFEST_FILE;
+use lifeboat::sources::volumes::MANIFEST_FILE;
 use lifeboat_tests::cli::{
     Installation, Outcome, Rng, flip_bit, object_key, objects, run, write_file,
 };
