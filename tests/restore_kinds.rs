@@ -21,7 +21,7 @@ use lifeboat_tests::cli::{
     Installation, Outcome, Rng, TreeDescription, assert_same_tree, describe, run, write_file,
 };
 use lifeboat_tests::etcd::{EtcdServer, count_keys, put_all};
-use lifeboat_tests::kubernetes::{KubeApiServer, fixtures};
+use lifeboat_tests::kubernetes::fixtures;
 use lifeboat_tests::postgres::PostgresServer;
 use lifeboat_tests::process::free_port;
 
@@ -196,17 +196,7 @@ async fn volumes_and_directories_restore_in_place_and_into_folders() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_of_the_volumes_source_restore_in_place_and_drill_clean() -> Result<()> {
     let volumes = tempfile::tempdir()?;
-    let cluster = fixtures::cluster(volumes.path())?;
-    let server = KubeApiServer::start(cluster.objects).await?;
-    let installation = Installation::local()?;
-    server.write_kubeconfig(&installation.path("kubeconfig"))?;
-    installation.write_config(
-        &[],
-        &[(
-            "volumes",
-            r#"{ kind = "volumes", kubeconfig = "kubeconfig", node = "talos-worker-1" }"#,
-        )],
-    )?;
+    let (cluster, _server, installation) = fixtures::volumes_installation(volumes.path()).await?;
     tokio::task::block_in_place(|| installation.backup("volumes"))?;
     let stored = [&cluster.postgres_volume, &cluster.grafana_volume];
     let before: Vec<TreeDescription> = stored
@@ -233,13 +223,7 @@ async fn volumes_of_the_volumes_source_restore_in_place_and_drill_clean() -> Res
         assert_same_tree(want, &describe(path)?)
             .with_context(|| format!("{} after restore", path.display()))?;
     }
-    let mut command = installation.command("lifeboat")?;
-    command
-        .arg("drill")
-        .arg("--config")
-        .arg(installation.config())
-        .arg("-i")
-        .arg(installation.restore_key());
+    let mut command = installation.drill_command()?;
     let drilled = tokio::task::block_in_place(|| run(&mut command))?.ok()?;
     ensure!(
         drilled.stdout.contains("1 of 1 job(s) passed"),
