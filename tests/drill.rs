@@ -14,7 +14,7 @@ use lifeboat::backup::SnapshotBuilder;
 use lifeboat::backup::files::Folder;
 use lifeboat::backup::stream::StreamChunking;
 use lifeboat::drill::{DrillJob, DrillSettings, drill_job};
-use lifeboat::restore::volumes::MANIFEST_FILE;
+use lifeboat::sources::volumes::MANIFEST_FILE;
 use lifeboat_tests::cli::{
     Installation, Outcome, Rng, flip_bit, object_key, objects, run, write_file,
 };
@@ -26,13 +26,8 @@ use serde_json::Value;
 /// Runs `lifeboat drill --config lifeboat.toml -i restore.key` with the
 /// three reports in the installation folder, and `args`.
 fn drill(installation: &Installation, args: &[&str], env: &[(&str, &str)]) -> Result<Outcome> {
-    let mut command = installation.command("lifeboat")?;
+    let mut command = installation.drill_command()?;
     command
-        .arg("drill")
-        .arg("--config")
-        .arg(installation.config())
-        .arg("-i")
-        .arg(installation.restore_key())
         .args([
             "--report",
             "drill.json",

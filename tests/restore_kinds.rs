@@ -1,8 +1,9 @@
 //! `lifeboat restore` for each source kind, as an operator runs it during
 //! an incident: back up (with `lifeboatd run`, or for volumes a snapshot
 //! built per the volumes manifest contract), wipe the originals, restore,
-//! and compare with what was there — volumes and directories in place and
-//! into folders, etcd into a verified snapshot file and a data dir a real
+//! and compare with what was there — volumes (from the volumes source
+//! against the protocol-level Kubernetes API test server, and built per
+//! the manifest contract) and directories in place and into folders, etcd into a verified snapshot file and a data dir a real
 //! etcd starts on, PostgreSQL into the real server with `--create`, Talos
 //! files with mode 0600.
 
@@ -15,11 +16,12 @@ use lifeboat::backup::SnapshotBuilder;
 use lifeboat::backup::files::Folder;
 use lifeboat::backup::stream::StreamChunking;
 use lifeboat::restore::etcd::{Member, ThrowawayEtcd};
-use lifeboat::restore::volumes::MANIFEST_FILE;
+use lifeboat::sources::volumes::MANIFEST_FILE;
 use lifeboat_tests::cli::{
     Installation, Outcome, Rng, TreeDescription, assert_same_tree, describe, run, write_file,
 };
 use lifeboat_tests::etcd::{EtcdServer, count_keys, put_all};
+use lifeboat_tests::kubernetes::fixtures;
 use lifeboat_tests::postgres::PostgresServer;
 use lifeboat_tests::process::free_port;
 
@@ -187,6 +189,46 @@ async fn volumes_and_directories_restore_in_place_and_into_folders() -> Result<(
         unknown.stderr.contains("emptyDir-backed") && unknown.stderr.contains("apps/one"),
         "a skipped PVC is named with the reason and what there is:\n{}",
         unknown.output()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_of_the_volumes_source_restore_in_place_and_drill_clean() -> Result<()> {
+    let volumes = tempfile::tempdir()?;
+    let (cluster, _server, installation) = fixtures::volumes_installation(volumes.path()).await?;
+    tokio::task::block_in_place(|| installation.backup("volumes"))?;
+    let stored = [&cluster.postgres_volume, &cluster.grafana_volume];
+    let before: Vec<TreeDescription> = stored
+        .iter()
+        .map(|path| describe(path))
+        .collect::<Result<_>>()?;
+    for path in stored {
+        std::fs::remove_dir_all(path)?;
+    }
+    let outcome = tokio::task::block_in_place(|| {
+        restore(
+            &installation,
+            &["latest:volumes", "--in-place", "--json"],
+            &[],
+        )
+    })?
+    .ok()?;
+    let report = outcome.json()?;
+    ensure!(
+        report["restored"].as_array().map(Vec::len) == Some(2),
+        "both stored claims restored: {report:#}"
+    );
+    for (path, want) in stored.iter().zip(&before) {
+        assert_same_tree(want, &describe(path)?)
+            .with_context(|| format!("{} after restore", path.display()))?;
+    }
+    let mut command = installation.drill_command()?;
+    let drilled = tokio::task::block_in_place(|| run(&mut command))?.ok()?;
+    ensure!(
+        drilled.stdout.contains("1 of 1 job(s) passed"),
+        "{}",
+        drilled.output()
     );
     Ok(())
 }

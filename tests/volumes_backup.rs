@@ -36,17 +36,7 @@ fn lines(path: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_on_this_node_round_trip_and_every_other_claim_is_explained() -> Result<()> {
     let volumes = tempfile::tempdir()?;
-    let cluster = fixtures::cluster(volumes.path())?;
-    let server = KubeApiServer::start(cluster.objects).await?;
-    let installation = Installation::local()?;
-    server.write_kubeconfig(&installation.path("kubeconfig"))?;
-    installation.write_config(
-        &[],
-        &[(
-            "volumes",
-            r#"{ kind = "volumes", kubeconfig = "kubeconfig", node = "talos-worker-1" }"#,
-        )],
-    )?;
+    let (cluster, _server, installation) = fixtures::volumes_installation(volumes.path()).await?;
     let first = tokio::task::block_in_place(|| installation.backup("volumes"))?;
     for (claim, outcome, reason) in [
         ("databases/data-postgres-0", "stored", "pvc-4f1c2d3e"),

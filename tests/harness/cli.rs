@@ -317,6 +317,21 @@ impl Installation {
         run(&mut command)
     }
 
+    /// A `lifeboat drill --config lifeboat.toml -i keys/restore.key`
+    /// command, to add flags to and run.
+    ///
+    /// Fails when the binary cannot be built.
+    pub fn drill_command(&self) -> Result<Command> {
+        let mut command = self.command("lifeboat")?;
+        command
+            .arg("drill")
+            .arg("--config")
+            .arg(self.config())
+            .arg("-i")
+            .arg(self.restore_key());
+        Ok(command)
+    }
+
     /// Runs `lifeboat check -i KEY args… --json` and returns the outcome.
     ///
     /// Fails when it cannot run.

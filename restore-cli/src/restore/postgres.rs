@@ -58,13 +58,13 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
     let tree = reader.read_tree(&entry.snapshot.root).await?;
     let stored = stored_databases(reader, &tree).await?;
     for wanted in &args.databases {
-        if !stored.iter().any(|d| &d.counts.database == wanted) {
+        if !stored.iter().any(|d| &d.database == wanted) {
             anyhow::bail!(
                 "snapshot {} holds no database {wanted:?}; it holds: {}",
                 entry.id.short(),
                 stored
                     .iter()
-                    .map(|d| d.counts.database.as_str())
+                    .map(|d| d.database.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -72,7 +72,7 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
     }
     let selected: Vec<_> = stored
         .iter()
-        .filter(|d| args.databases.is_empty() || args.databases.contains(&d.counts.database))
+        .filter(|d| args.databases.is_empty() || args.databases.contains(&d.database))
         .collect();
     let staging_dir;
     let staging = match restoring.target {
@@ -91,7 +91,7 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
             staging_dir.path().to_owned()
         }
     };
-    let mut names: Vec<&str> = selected.iter().map(|d| d.counts.dump.as_str()).collect();
+    let mut names: Vec<&str> = selected.iter().map(|d| d.dump.as_str()).collect();
     let globals = !args.no_globals && has_globals(&tree);
     if globals {
         names.push(GLOBALS_FILE);
@@ -118,7 +118,7 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
     }
     let mut restored = Vec::new();
     for database in &selected {
-        let name = &database.counts.database;
+        let name = &database.database;
         eprintln!("pg_restore {name} …");
         let into = if args.create {
             RestoreInto::Create
@@ -129,11 +129,11 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
             no_owner: args.no_owner,
         };
         server
-            .restore_dump(&staging.join(&database.counts.dump), &into, options)
+            .restore_dump(&staging.join(&database.dump), &into, options)
             .await?;
         restored.push(
-            serde_json::json!({ "database": name, "tables": database.counts.tables.len(),
-            "rows": database.counts.total_rows }),
+            serde_json::json!({ "database": name, "tables": database.tables.len(),
+            "rows": database.total_rows }),
         );
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -149,9 +149,9 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
         for database in &selected {
             lines.push(format!(
                 "  {}: {} tables, {} rows recorded at backup",
-                database.counts.database,
-                database.counts.tables.len(),
-                database.counts.total_rows
+                database.database,
+                database.tables.len(),
+                database.total_rows
             ));
         }
         for warning in &warnings {

@@ -10,8 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::RestoreError;
 use super::contents::read_small;
 use crate::repo::reader::BlobReader;
@@ -45,13 +43,6 @@ pub struct DumpOptions {
 pub struct PgTarget {
     connection: Connection,
     tools: Tools,
-}
-
-/// One database's dump in a snapshot: its recorded row counts and file name.
-#[derive(Debug, Clone, Serialize)]
-pub struct StoredDatabase {
-    /// The row counts recorded at backup (name, dump file, tables).
-    pub counts: RowCounts,
 }
 
 impl PgTarget {
@@ -100,7 +91,7 @@ impl PgTarget {
     /// Runs one SQL statement in the dsn's database.
     ///
     /// Fails with the server's message.
-    pub async fn execute(&self, sql: &str) -> Result<(), RestoreError> {
+    async fn execute(&self, sql: &str) -> Result<(), RestoreError> {
         let mut command = self.connection.command(&self.tools.psql);
         command
             .args(PSQL_FLAGS)
@@ -214,14 +205,14 @@ impl PgTarget {
     }
 }
 
-/// The databases a postgres snapshot holds (from its `*.rowcounts.json`
-/// files), by name.
+/// The databases a postgres snapshot holds: their `*.rowcounts.json`
+/// files (name, dump file, recorded row counts), by name.
 ///
 /// Fails when a row-count file cannot be read or parsed.
 pub async fn stored_databases(
     reader: &BlobReader,
     root: &Tree,
-) -> Result<Vec<StoredDatabase>, RestoreError> {
+) -> Result<Vec<RowCounts>, RestoreError> {
     let mut databases = Vec::new();
     for node in &root.entries {
         if !node.name.0.ends_with(b".rowcounts.json") {
@@ -233,9 +224,9 @@ pub async fn stored_databases(
                 kind: "postgres".into(),
                 message: format!("{} does not parse ({e})", node.name.display()),
             })?;
-        databases.push(StoredDatabase { counts });
+        databases.push(counts);
     }
-    databases.sort_by(|a, b| a.counts.database.cmp(&b.counts.database));
+    databases.sort_by(|a, b| a.database.cmp(&b.database));
     Ok(databases)
 }
 

@@ -3,9 +3,9 @@
 //!
 //! Both kinds store their folders at their absolute host paths in the
 //! snapshot's tree. A `volumes` snapshot also holds, at its root,
-//! [`MANIFEST_FILE`]: the PVCs it holds ([`VolumesManifest`]), each with
-//! the host path of its data; one PVC is restored by its
-//! `NAMESPACE/NAME`. A `directory` snapshot has no manifest: its restore
+//! [`MANIFEST_FILE`]: the PVCs it holds ([`Manifest`], written by the
+//! volumes source), each with the host path of its data; one PVC is
+//! restored by its `NAMESPACE/NAME`. A `directory` snapshot has no manifest: its restore
 //! units are the top-most directories of the tree that hold anything but
 //! directories (or nothing at all) — the backed-up folders, or folders
 //! inside them, which restore to the same places.
@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::RestoreError;
 use super::contents::{read_root_file, root_tree};
@@ -26,59 +26,7 @@ use super::files::{RestoreOptions, RestoreProgress, RestoreReport, restore};
 use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
 use crate::repo::tree::{NodeKind, Tree};
-
-/// The root file of a `volumes` snapshot listing its PVCs.
-pub const MANIFEST_FILE: &str = "lifeboat-volumes.json";
-
-/// [`MANIFEST_FILE`]: the PVCs a volumes snapshot holds and those it left out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumesManifest {
-    /// The volumes stored, each at its host path.
-    #[serde(default)]
-    pub volumes: Vec<VolumeEntry>,
-    /// The PVCs left out, with the reason.
-    #[serde(default)]
-    pub skipped: Vec<SkippedVolume>,
-}
-
-/// One stored PVC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeEntry {
-    /// The PVC's namespace.
-    pub namespace: String,
-    /// The PVC's name.
-    pub pvc: String,
-    /// The bound PV.
-    pub pv: String,
-    /// Its storage class.
-    #[serde(default)]
-    pub storage_class: Option<String>,
-    /// Its capacity (`10Gi`).
-    #[serde(default)]
-    pub capacity: Option<String>,
-    /// Its access modes.
-    #[serde(default)]
-    pub access_modes: Vec<String>,
-    /// The node holding the data.
-    #[serde(default)]
-    pub node: Option<String>,
-    /// The absolute host path of the data, also its path in the snapshot.
-    pub host_path: String,
-}
-
-/// One PVC the backup left out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkippedVolume {
-    /// The PVC's namespace.
-    pub namespace: String,
-    /// The PVC's name.
-    pub pvc: String,
-    /// The bound PV, if any.
-    #[serde(default)]
-    pub pv: Option<String>,
-    /// Why it was left out.
-    pub reason: String,
-}
+use crate::sources::volumes::{MANIFEST_FILE, Manifest};
 
 /// One folder restored as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,7 +41,7 @@ pub struct RestoreUnit {
 #[derive(Debug, Clone, Default)]
 pub struct Layout {
     /// The manifest of a volumes snapshot.
-    pub manifest: Option<VolumesManifest>,
+    pub manifest: Option<Manifest>,
     /// The folders to restore.
     pub units: Vec<RestoreUnit>,
 }
@@ -106,7 +54,7 @@ impl Layout {
     pub async fn read(reader: &BlobReader, root: BlobId) -> Result<Self, RestoreError> {
         let tree = root_tree(reader, root).await?;
         if let Some(bytes) = read_root_file(reader, &tree, MANIFEST_FILE).await? {
-            let manifest: VolumesManifest =
+            let manifest: Manifest =
                 serde_json::from_slice(&bytes).map_err(|e| RestoreError::WrongSnapshot {
                     kind: "volumes".into(),
                     message: format!("{MANIFEST_FILE} does not parse ({e})"),
@@ -116,7 +64,7 @@ impl Layout {
                 .iter()
                 .map(|v| RestoreUnit {
                     name: format!("{}/{}", v.namespace, v.pvc),
-                    path: v.host_path.clone(),
+                    path: v.host_path.display().to_string(),
                 })
                 .collect();
             return Ok(Self {
@@ -299,8 +247,11 @@ mod tests {
     #[test]
     fn the_manifest_contract_parses() -> anyhow::Result<()> {
         let text = r#"{"volumes":[{"namespace":"apps","pvc":"data","pv":"pvc-1","storage_class":"openebs-hostpath","capacity":"1Gi","access_modes":["ReadWriteOnce"],"node":"w1","host_path":"/var/openebs/local/pvc-1"}],"skipped":[{"namespace":"apps","pvc":"nfs","pv":"pv-9","reason":"not a host path"}]}"#;
-        let manifest: VolumesManifest = serde_json::from_str(text)?;
-        assert_eq!(manifest.volumes[0].host_path, "/var/openebs/local/pvc-1");
+        let manifest: Manifest = serde_json::from_str(text)?;
+        assert_eq!(
+            manifest.volumes[0].host_path,
+            Path::new("/var/openebs/local/pvc-1")
+        );
         assert_eq!(manifest.skipped[0].reason, "not a host path");
         let layout = Layout {
             units: vec![RestoreUnit {

@@ -9,6 +9,8 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::cli::Installation;
+
 /// The node the volume tests run as.
 pub const NODE: &str = "talos-worker-1";
 
@@ -23,6 +25,28 @@ pub struct Cluster {
     pub grafana_volume: PathBuf,
     /// The file pod-annotation hooks append to.
     pub hook_log: PathBuf,
+}
+
+/// The cluster (volume data under `volumes`) served by a test API server,
+/// and an installation whose job `volumes` backs up the claims of node
+/// `talos-worker-1` through it.
+///
+/// Fails when the fixture, the server or the installation cannot be made.
+pub async fn volumes_installation(
+    volumes: &Path,
+) -> Result<(Cluster, super::KubeApiServer, Installation)> {
+    let cluster = cluster(volumes)?;
+    let server = super::KubeApiServer::start(cluster.objects.clone()).await?;
+    let installation = Installation::local()?;
+    server.write_kubeconfig(&installation.path("kubeconfig"))?;
+    installation.write_config(
+        &[],
+        &[(
+            "volumes",
+            r#"{ kind = "volumes", kubeconfig = "kubeconfig", node = "talos-worker-1" }"#,
+        )],
+    )?;
+    Ok((cluster, server, installation))
 }
 
 /// Builds the cluster with its volume data under `volumes`.

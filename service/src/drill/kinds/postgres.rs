@@ -62,9 +62,9 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
     }
     let suffix = format!("{:08x}", rand::random::<u32>());
     for (at, stored) in databases.iter().enumerate() {
-        let name = &stored.counts.database;
+        let name = &stored.database;
         let scratch = format!("lifeboat_drill_{suffix}_{at}");
-        let dump = files.join(&stored.counts.dump);
+        let dump = files.join(&stored.dump);
         let loaded = run
             .step(&format!("restore {name}"), async {
                 target.create_database(&scratch).await?;
@@ -76,7 +76,7 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
             })
             .await;
         if let Some(counts) = loaded {
-            let problems = compare_counts(name, &stored.counts.tables, &counts);
+            let problems = compare_counts(name, &stored.tables, &counts);
             run.note(format!(
                 "{} tables, {} rows",
                 counts.len(),
