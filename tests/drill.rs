@@ -3,7 +3,7 @@
 //! databases, Talos files) and the JSON, JUnit and Prometheus reports say
 //! so; a flipped bit in a pack fails the drill naming the damaged files;
 //! a snapshot older than its RPO, or a drill slower than the RTO target,
-//! fails it; a kubernetes snapshot is reported "not verified", never passed.
+//! fails it; a kubernetes snapshot without its inventory fails.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -385,7 +385,7 @@ fn an_old_snapshot_breaches_the_rpo_and_a_slow_drill_the_rto() -> Result<()> {
 }
 
 #[tokio::test]
-async fn volumes_verify_and_kubernetes_is_never_passed_unverified() -> Result<()> {
+async fn volumes_verify_and_a_kubernetes_snapshot_without_inventory_fails() -> Result<()> {
     let installation = Installation::local()?;
     let data = installation.path("var/openebs/local/pvc-7");
     write_file(&data.join("db/data.bin"), &Rng::new(3).bytes(400_000))?;
@@ -459,8 +459,8 @@ async fn volumes_verify_and_kubernetes_is_never_passed_unverified() -> Result<()
             && objects_report
                 .failures
                 .iter()
-                .any(|f| f.contains("not verified")),
-        "a kubernetes snapshot is a failure until it is verified: {objects_report:#?}"
+                .any(|f| f.contains("lifeboat-inventory.json")),
+        "a kubernetes snapshot is checked against its inventory: {objects_report:#?}"
     );
     let scratch_left: Vec<PathBuf> = std::fs::read_dir(scratch.path())?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -34,11 +34,8 @@ struct Setup {
 
 async fn setup(source: &str) -> Result<Setup> {
     let volumes = tempfile::tempdir()?;
-    let cluster = fixtures::cluster(volumes.path())?;
-    let server = KubeApiServer::start(cluster.objects).await?;
-    let installation = Installation::local()?;
-    server.write_kubeconfig(&installation.path("kubeconfig"))?;
-    installation.write_config(&[], &[("objects", source)])?;
+    let (_, server, installation) =
+        fixtures::installation(volumes.path(), &[("objects", source)]).await?;
     Ok(Setup {
         _volumes: volumes,
         server,

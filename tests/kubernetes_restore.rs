@@ -20,17 +20,9 @@ use serde_json::json;
 /// Backs up the fixture cluster and restores the snapshot's files.
 async fn restored_snapshot() -> Result<(tempfile::TempDir, Installation, PathBuf)> {
     let volumes = tempfile::tempdir()?;
-    let cluster = fixtures::cluster(volumes.path())?;
-    let source = KubeApiServer::start(cluster.objects).await?;
-    let installation = Installation::local()?;
-    source.write_kubeconfig(&installation.path("kubeconfig"))?;
-    installation.write_config(
-        &[],
-        &[(
-            "objects",
-            r#"{ kind = "kubernetes", kubeconfig = "kubeconfig" }"#,
-        )],
-    )?;
+    let source = r#"{ kind = "kubernetes", kubeconfig = "kubeconfig" }"#;
+    let (_cluster, _server, installation) =
+        fixtures::installation(volumes.path(), &[("objects", source)]).await?;
     tokio::task::block_in_place(|| installation.backup("objects"))?;
     let files = installation.path("objects");
     tokio::task::block_in_place(|| {

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 
 use lifeboat_tests::cli::{Installation, describe, summary, write_file};
-use lifeboat_tests::kubernetes::{KubeApiServer, fixtures};
+use lifeboat_tests::kubernetes::fixtures;
 use serde_json::Value;
 
 fn item<'a>(report: &'a Value, kind: &str, name: &str) -> Result<&'a Value> {
@@ -146,10 +146,7 @@ fn hooked_job(installation: &Installation, hooks: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_run_in_order_around_the_read_and_post_hooks_always_run() -> Result<()> {
     let volumes = tempfile::tempdir()?;
-    let cluster = fixtures::cluster(volumes.path())?;
-    let server = KubeApiServer::start(cluster.objects).await?;
-    let installation = Installation::local()?;
-    server.write_kubeconfig(&installation.path("kubeconfig"))?;
+    let (_cluster, _server, installation) = fixtures::installation(volumes.path(), &[]).await?;
     write_file(&installation.path("appdata/app.db"), b"data")?;
     let log = installation.path("hooks.log");
     let marker = installation.path("appdata/frozen");
@@ -206,10 +203,7 @@ command = ["sh", "-c", "echo post-local >> {log} && rm {marker}"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_slow_pre_hook_stops_the_run_unless_told_to_continue() -> Result<()> {
     let volumes = tempfile::tempdir()?;
-    let cluster = fixtures::cluster(volumes.path())?;
-    let server = KubeApiServer::start(cluster.objects).await?;
-    let installation = Installation::local()?;
-    server.write_kubeconfig(&installation.path("kubeconfig"))?;
+    let (_cluster, server, installation) = fixtures::installation(volumes.path(), &[]).await?;
     write_file(&installation.path("appdata/app.db"), b"data")?;
     let log = installation.path("hooks.log");
 

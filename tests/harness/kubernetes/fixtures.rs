@@ -28,25 +28,31 @@ pub struct Cluster {
 }
 
 /// The cluster (volume data under `volumes`) served by a test API server,
-/// and an installation whose job `volumes` backs up the claims of node
-/// `talos-worker-1` through it.
+/// and an installation with `jobs` (name, source) whose folder holds the
+/// server's `kubeconfig`.
 ///
 /// Fails when the fixture, the server or the installation cannot be made.
-pub async fn volumes_installation(
+pub async fn installation(
     volumes: &Path,
+    jobs: &[(&str, &str)],
 ) -> Result<(Cluster, super::KubeApiServer, Installation)> {
     let cluster = cluster(volumes)?;
     let server = super::KubeApiServer::start(cluster.objects.clone()).await?;
     let installation = Installation::local()?;
     server.write_kubeconfig(&installation.path("kubeconfig"))?;
-    installation.write_config(
-        &[],
-        &[(
-            "volumes",
-            r#"{ kind = "volumes", kubeconfig = "kubeconfig", node = "talos-worker-1" }"#,
-        )],
-    )?;
+    installation.write_config(&[], jobs)?;
     Ok((cluster, server, installation))
+}
+
+/// [`installation`] with one job `volumes` backing up the claims of node
+/// `talos-worker-1`.
+///
+/// Fails as [`installation`].
+pub async fn volumes_installation(
+    volumes: &Path,
+) -> Result<(Cluster, super::KubeApiServer, Installation)> {
+    let source = r#"{ kind = "volumes", kubeconfig = "kubeconfig", node = "talos-worker-1" }"#;
+    installation(volumes, &[("volumes", source)]).await
 }
 
 /// Builds the cluster with its volume data under `volumes`.
