@@ -1,0 +1,1103 @@
+//! The files under `deploy/` against what lifeboat really does:
+//!
+//! - the kustomize base and the example overlay render with `kubectl
+//!   kustomize`; every document fits its k8s-openapi type with no field
+//!   lost, and the custom resources (ServiceMonitor, PrometheusRule,
+//!   GrafanaDashboard, Talos' ServiceAccount) have what their CRDs require;
+//! - the rendered ConfigMap's lifeboat.toml and job files load with
+//!   lifeboat's own config loader, and every path they name is mounted the
+//!   way the service uses it (state writable, keys and host folders
+//!   read-only, the talosconfig where the talos-etcd source looks);
+//! - the PrometheusRule passes `promtool check rules` and its unit tests
+//!   (`promtool test rules`), and every alert points at a runbook section;
+//! - every metric the dashboard and the alerts name is in a live scrape of
+//!   a real `lifeboatd` after a backup;
+//! - the Dockerfile, the Unraid template and the manifests agree on the
+//!   binaries, the port and `/config`, and a `lifeboatd` started as the
+//!   image starts it answers on the port it was given;
+//! - the R2 variables of the Secret and of the Unraid template are the ones
+//!   lifeboatd reads: with only them it reaches a real S3 server (moto);
+//! - the Terraform files parse as HCL and lock the repository's prefixes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, PodSpec, Secret, Service,
+    ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use lifeboat::schedule::Config;
+use lifeboat::sources::SourceConfig;
+use lifeboat::talos::config::IN_CLUSTER_PATH;
+use lifeboat_tests::cli::{Installation, binary, write_file};
+use lifeboat_tests::deploy::{
+    Dockerfile, deploy_dir, describe, exec_form, find, metric_names, of_kind, render, round_trip,
+};
+use lifeboat_tests::process::{free_addr, require_program};
+use lifeboat_tests::service::{Lifeboatd, request, write_service_config};
+use lifeboat_tests::{MotoServer, S3Target};
+use serde_json::Value;
+
+/// The kustomizations under test.
+const KUSTOMIZATIONS: [&str; 2] = ["kubernetes/base", "kubernetes/overlays/homelab"];
+
+fn rendered(which: &str) -> Result<Vec<Value>> {
+    render(&deploy_dir().join(which))
+}
+
+fn deployment(documents: &[Value]) -> Result<Deployment> {
+    round_trip(find(documents, "Deployment", "lifeboat")?)
+}
+
+/// The pod template's spec.
+fn pod_spec(deployment: &Deployment) -> Option<&PodSpec> {
+    deployment.spec.template.spec.as_ref()
+}
+
+fn container(deployment: &Deployment) -> Result<Container> {
+    pod_spec(deployment)
+        .and_then(|s| s.containers.first())
+        .cloned()
+        .context("the Deployment has no container")
+}
+
+fn pod_volumes(deployment: &Deployment) -> Vec<Volume> {
+    pod_spec(deployment)
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default()
+}
+
+/// Checks the fields a custom resource's CRD requires.
+fn check_custom_resource(document: &Value) -> Result<()> {
+    let what = describe(document);
+    let spec = &document["spec"];
+    ensure!(
+        document["metadata"]["name"].is_string(),
+        "{what} has no name"
+    );
+    match (document["apiVersion"].as_str(), document["kind"].as_str()) {
+        (Some("monitoring.coreos.com/v1"), Some("ServiceMonitor")) => {
+            ensure!(spec["selector"].is_object(), "{what} has no spec.selector");
+            let endpoints = spec["endpoints"].as_array().context("no spec.endpoints")?;
+            ensure!(!endpoints.is_empty(), "{what} has no endpoint");
+            for endpoint in endpoints {
+                ensure!(
+                    endpoint["port"].is_string(),
+                    "{what}: an endpoint without port"
+                );
+            }
+        }
+        (Some("monitoring.coreos.com/v1"), Some("PrometheusRule")) => {
+            let groups = spec["groups"].as_array().context("no spec.groups")?;
+            for group in groups {
+                ensure!(group["name"].is_string(), "{what}: a group without name");
+                for rule in group["rules"].as_array().context("a group without rules")? {
+                    ensure!(rule["expr"].is_string(), "{what}: a rule without expr");
+                    ensure!(
+                        rule["alert"].is_string() != rule["record"].is_string(),
+                        "{what}: a rule needs exactly one of alert and record"
+                    );
+                }
+            }
+        }
+        (Some("grafana.integreatly.org/v1beta1"), Some("GrafanaDashboard")) => {
+            ensure!(
+                spec["instanceSelector"].is_object(),
+                "{what} has no spec.instanceSelector"
+            );
+            let sources = [
+                "json",
+                "gzipJson",
+                "url",
+                "configMapRef",
+                "grafanaCom",
+                "jsonnet",
+            ];
+            ensure!(
+                sources.iter().filter(|s| !spec[**s].is_null()).count() == 1,
+                "{what} needs exactly one dashboard source"
+            );
+        }
+        (Some("talos.dev/v1alpha1"), Some("ServiceAccount")) => {
+            let roles = spec["roles"].as_array().context("no spec.roles")?;
+            ensure!(
+                roles
+                    .iter()
+                    .all(|r| r.as_str().is_some_and(|r| r.starts_with("os:"))),
+                "{what}: Talos roles are os:…"
+            );
+        }
+        _ => bail!(
+            "{what} ({}) is no kind this test knows",
+            document["apiVersion"]
+        ),
+    }
+    Ok(())
+}
+
+/// Every document either round-trips through its Kubernetes type or is a
+/// custom resource with its required fields.
+fn check_document(document: &Value) -> Result<()> {
+    let kind = document["kind"].as_str().unwrap_or_default();
+    match document["apiVersion"]
+        .as_str()
+        .map(|version| (version, kind))
+    {
+        Some(("v1", "Namespace")) => round_trip::<Namespace>(document).map(drop),
+        Some(("v1", "ServiceAccount")) => round_trip::<ServiceAccount>(document).map(drop),
+        Some(("v1", "ConfigMap")) => round_trip::<ConfigMap>(document).map(drop),
+        Some(("v1", "Secret")) => round_trip::<Secret>(document).map(drop),
+        Some(("v1", "Service")) => round_trip::<Service>(document).map(drop),
+        Some(("v1", "PersistentVolumeClaim")) => {
+            round_trip::<PersistentVolumeClaim>(document).map(drop)
+        }
+        Some(("apps/v1", "Deployment")) => round_trip::<Deployment>(document).map(drop),
+        Some(("rbac.authorization.k8s.io/v1", "ClusterRole")) => {
+            round_trip::<ClusterRole>(document).map(drop)
+        }
+        Some(("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")) => {
+            round_trip::<ClusterRoleBinding>(document).map(drop)
+        }
+        _ => check_custom_resource(document),
+    }
+}
+
+#[test]
+fn kustomizations_render_into_strict_kubernetes_types() -> Result<()> {
+    for which in KUSTOMIZATIONS {
+        let documents = rendered(which)?;
+        for document in &documents {
+            check_document(document).with_context(|| format!("rendering {which}"))?;
+        }
+        let namespace = of_kind(&documents, "v1", "Namespace");
+        ensure!(namespace.len() == 1, "{which}: one Namespace");
+        let name = &namespace[0]["metadata"]["name"];
+        for document in &documents {
+            let scoped = !matches!(
+                document["kind"].as_str(),
+                Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
+            );
+            if scoped {
+                ensure!(
+                    &document["metadata"]["namespace"] == name,
+                    "{which}: {} is not in namespace {name}",
+                    describe(document)
+                );
+            }
+        }
+        // The bindings name the ServiceAccount the pod runs as.
+        let pod = deployment(&documents)?;
+        let account = pod_spec(&pod)
+            .and_then(|s| s.service_account_name.clone())
+            .context("the pod names no ServiceAccount")?;
+        find(&documents, "ServiceAccount", &account)?;
+        for binding in of_kind(
+            &documents,
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+        ) {
+            let binding: ClusterRoleBinding = round_trip(binding)?;
+            let subjects = binding.subjects.unwrap_or_default();
+            ensure!(
+                subjects.iter().all(|s| s.kind == "ServiceAccount"
+                    && s.name == account
+                    && s.namespace.as_ref() == name.as_str().map(str::to_owned).as_ref()),
+                "{which}: {:?} binds someone other than {account}",
+                binding.metadata.name
+            );
+            find(&documents, "ClusterRole", &binding.role_ref.name)?;
+        }
+        // Least privilege: reading everything; exec in pods only through the
+        // pod-exec component, and nothing else.
+        for role in of_kind(&documents, "rbac.authorization.k8s.io/v1", "ClusterRole") {
+            let role: ClusterRole = round_trip(role)?;
+            for rule in role.rules.unwrap_or_default() {
+                let resources = rule.resources.clone().unwrap_or_default();
+                let reads = rule
+                    .verbs
+                    .iter()
+                    .all(|v| ["get", "list", "watch"].contains(&v.as_str()));
+                let exec = resources == ["pods/exec"]
+                    && rule
+                        .verbs
+                        .iter()
+                        .all(|v| ["create", "get"].contains(&v.as_str()));
+                ensure!(
+                    reads || exec,
+                    "{which}: {:?} grants {rule:?}",
+                    role.metadata.name
+                );
+            }
+        }
+        // The ServiceMonitor selects the Service and scrapes a port it has.
+        let service: Service = round_trip(find(&documents, "Service", "lifeboat")?)?;
+        let monitor = find(&documents, "ServiceMonitor", "lifeboat")?;
+        let labels = service.metadata.labels.clone().unwrap_or_default();
+        let selected = monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .context("the ServiceMonitor selects by matchLabels")?;
+        for (key, value) in selected {
+            ensure!(
+                labels.get(key).map(String::as_str) == value.as_str(),
+                "{which}: the ServiceMonitor selects {key}={value}, which the Service lacks"
+            );
+        }
+        let ports: Vec<String> = service
+            .spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        ensure!(
+            ports
+                .iter()
+                .any(|p| Some(p.as_str()) == monitor["spec"]["endpoints"][0]["port"].as_str()),
+            "{which}: the ServiceMonitor scrapes a port the Service does not have"
+        );
+        // The dashboard wrapper reads a ConfigMap that holds the JSON.
+        let wrapper = find(&documents, "GrafanaDashboard", "lifeboat")?;
+        let reference = &wrapper["spec"]["configMapRef"];
+        let map = find(
+            &documents,
+            "ConfigMap",
+            reference["name"].as_str().unwrap_or("?"),
+        )?;
+        let key = reference["key"].as_str().context("configMapRef.key")?;
+        let json = map["data"][key]
+            .as_str()
+            .context("the dashboard ConfigMap lacks the key")?;
+        serde_json::from_str::<Value>(json).context("the dashboard in the ConfigMap")?;
+    }
+    Ok(())
+}
+
+/// Where `path` is mounted in the container: the mount and its volume.
+fn mount_of<'a>(
+    path: &Path,
+    mounts: &'a [VolumeMount],
+    volumes: &'a [Volume],
+) -> Result<(&'a VolumeMount, &'a Volume)> {
+    let mount = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
+        .with_context(|| {
+            format!(
+                "{} is not on any volume the container mounts",
+                path.display()
+            )
+        })?;
+    let volume = volumes
+        .iter()
+        .find(|v| v.name == mount.name)
+        .with_context(|| format!("no volume {}", mount.name))?;
+    Ok((mount, volume))
+}
+
+/// Writes the files a ConfigMap volume shows under `root`, as the pod
+/// sees them below the mount.
+fn materialize(map: &ConfigMap, volume: &Volume, root: &Path) -> Result<()> {
+    let data = map.data.clone().unwrap_or_default();
+    let items = volume
+        .config_map
+        .as_ref()
+        .and_then(|c| c.items.clone())
+        .context("the config volume lists its items")?;
+    for item in items {
+        let text = data
+            .get(&item.key)
+            .with_context(|| format!("the ConfigMap has no key {}", item.key))?;
+        write_file(&root.join(&item.path), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_rendered_config_loads_and_every_path_it_names_is_mounted() -> Result<()> {
+    for which in KUSTOMIZATIONS {
+        let documents = rendered(which)?;
+        let pod = deployment(&documents)?;
+        let container = container(&pod)?;
+        let volumes = pod_volumes(&pod);
+        let mounts = container.volume_mounts.clone().unwrap_or_default();
+
+        // `lifeboatd serve --config FILE`, FILE on the ConfigMap's volume.
+        let args = container.args.clone().unwrap_or_default();
+        ensure!(
+            args.first().map(String::as_str) == Some("serve"),
+            "{which}: {args:?}"
+        );
+        let file = args
+            .windows(2)
+            .find(|w| w[0] == "--config")
+            .map(|w| PathBuf::from(&w[1]))
+            .context("the container gives --config")?;
+        let (mount, volume) = mount_of(&file, &mounts, &volumes)?;
+        let map_name = volume
+            .config_map
+            .as_ref()
+            .map(|c| c.name.clone())
+            .context("the config file is on a ConfigMap")?;
+        let map: ConfigMap = round_trip(find(&documents, "ConfigMap", &map_name)?)?;
+        let root = tempfile::tempdir()?;
+        materialize(&map, volume, root.path())?;
+        let local = root.path().join(file.strip_prefix(&mount.mount_path)?);
+        let config = Config::load_with_schedules(&local)
+            .with_context(|| format!("{which}: lifeboat refuses the rendered config"))?;
+        ensure!(!config.jobs.is_empty(), "{which}: no jobs");
+
+        // The port: config, container, probes, Service.
+        let port = config.service.listen.port();
+        ensure!(
+            config.service.listen.ip().is_unspecified(),
+            "{which}: lifeboatd must listen on all interfaces in a pod"
+        );
+        let container_port = container
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some("http"))
+            .context("no port named http")?;
+        ensure!(
+            container_port.container_port == i32::from(port),
+            "{which}: port"
+        );
+        let grace = pod_spec(&pod)
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        ensure!(
+            config.service.shutdown_grace.as_secs() < u64::try_from(grace)?,
+            "{which}: shutdown_grace must end before Kubernetes kills the pod"
+        );
+        for (probe, path) in [
+            (container.liveness_probe.as_ref(), "/healthz"),
+            (container.readiness_probe.as_ref(), "/readyz"),
+        ] {
+            let get = probe.and_then(|p| p.http_get.as_ref()).context("a probe")?;
+            ensure!(get.path.as_deref() == Some(path), "{which}: probe path");
+        }
+
+        // State: writable. Keys: a Secret holding the file. Talos: the
+        // Secret Talos makes for the ServiceAccount resource, where the
+        // source looks. Host folders: read-only.
+        let state = config.state_dir.clone().context("state_dir")?;
+        let (state_mount, _) = mount_of(&state, &mounts, &volumes)?;
+        ensure!(
+            state_mount.read_only != Some(true),
+            "{which}: state must be writable"
+        );
+        let key = &config.repository.service_identity;
+        let (key_mount, key_volume) = mount_of(key, &mounts, &volumes)?;
+        ensure!(key_mount.read_only == Some(true), "{which}: keys read-only");
+        let secret_name = key_volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.clone())
+            .context("the service key comes from a Secret")?;
+        if which.contains("overlays") {
+            let secret: Secret = round_trip(find(&documents, "Secret", &secret_name)?)?;
+            let file_name = key.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            ensure!(
+                secret
+                    .string_data
+                    .unwrap_or_default()
+                    .contains_key(file_name),
+                "{which}: Secret {secret_name} has no {file_name}"
+            );
+        }
+        for job in &config.jobs {
+            if let SourceConfig::TalosEtcd(source) = &job.source {
+                ensure!(
+                    source.talosconfig.is_none(),
+                    "{which}: in-cluster talosconfig"
+                );
+                let path = Path::new(IN_CLUSTER_PATH);
+                let (talos_mount, talos_volume) = mount_of(path, &mounts, &volumes)?;
+                ensure!(
+                    talos_mount.read_only == Some(true),
+                    "{which}: talos read-only"
+                );
+                let secret = talos_volume
+                    .secret
+                    .as_ref()
+                    .and_then(|s| s.secret_name.clone())
+                    .context("the talosconfig comes from a Secret")?;
+                let account = find(&documents, "ServiceAccount", &secret)?;
+                ensure!(
+                    account["apiVersion"] == "talos.dev/v1alpha1",
+                    "{which}: {secret}"
+                );
+                ensure!(
+                    path.strip_prefix(&talos_mount.mount_path)? == Path::new("config"),
+                    "{which}: Talos' Secret holds the talosconfig as `config`"
+                );
+                let roles = &account["spec"]["roles"];
+                ensure!(
+                    roles == &serde_json::json!(["os:etcd:backup"]),
+                    "{which}: {roles}"
+                );
+            }
+            if let SourceConfig::Directory(source) = &job.source {
+                for folder in source.folders() {
+                    let (host, volume) = mount_of(&folder.path, &mounts, &volumes)?;
+                    ensure!(
+                        host.read_only == Some(true),
+                        "{which}: {} read-only",
+                        job.name
+                    );
+                    ensure!(
+                        volume.host_path.is_some(),
+                        "{which}: {} is a host folder",
+                        job.name
+                    );
+                }
+            }
+        }
+
+        // R2: the container's environment comes from the R2 Secret.
+        let from = container.env_from.clone().unwrap_or_default();
+        let r2 = from
+            .iter()
+            .find_map(|e| e.secret_ref.as_ref().map(|s| s.name.clone()))
+            .context("the container takes its environment from a Secret")?;
+        if which.contains("overlays") {
+            let secret: Secret = round_trip(find(&documents, "Secret", &r2)?)?;
+            let names: BTreeSet<String> =
+                secret.string_data.unwrap_or_default().into_keys().collect();
+            ensure!(
+                names == r2_variables(),
+                "{which}: Secret {r2} holds {names:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The environment variables that carry the R2 settings, as the Secret and
+/// the Unraid template give them (proven against a real S3 server below).
+fn r2_variables() -> BTreeSet<String> {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL_S3",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn the_talos_patch_lets_the_namespace_hold_the_role() -> Result<()> {
+    let path = deploy_dir().join("talos/patch-kubernetes-talos-api-access.yaml");
+    let patch: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?;
+    let access = &patch["machine"]["features"]["kubernetesTalosAPIAccess"];
+    ensure!(access["enabled"] == true, "{access}");
+    let documents = rendered("kubernetes/base")?;
+    let account = of_kind(&documents, "talos.dev/v1alpha1", "ServiceAccount");
+    ensure!(account.len() == 1, "one Talos ServiceAccount");
+    let namespace = &account[0]["metadata"]["namespace"];
+    let allowed = access["allowedKubernetesNamespaces"]
+        .as_array()
+        .context("allowedKubernetesNamespaces")?;
+    ensure!(
+        allowed.contains(namespace),
+        "{namespace} is not allowed: {allowed:?}"
+    );
+    let roles = access["allowedRoles"].as_array().context("allowedRoles")?;
+    for role in account[0]["spec"]["roles"].as_array().context("roles")? {
+        ensure!(roles.contains(role), "{role} is not allowed: {roles:?}");
+    }
+    Ok(())
+}
+
+/// The GitHub anchors of the headings of `deploy/README.md`.
+fn runbook_anchors() -> Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(deploy_dir().join("README.md"))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect())
+}
+
+/// The PrometheusRule of the base.
+fn prometheus_rule() -> Result<Value> {
+    let documents = rendered("kubernetes/base")?;
+    Ok(find(&documents, "PrometheusRule", "lifeboat")?.clone())
+}
+
+fn promtool(args: &[&str], dir: &Path) -> Result<String> {
+    let program = require_program("promtool", "apt-get install prometheus")?;
+    let output = Command::new(program).args(args).current_dir(dir).output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(output.status.success(), "promtool {args:?} failed:\n{text}");
+    Ok(text)
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_point_at_the_runbook() -> Result<()> {
+    let rule = prometheus_rule()?;
+    let dir = tempfile::tempdir()?;
+    let rules = serde_yaml_ng::to_string(&rule["spec"])?;
+    std::fs::write(dir.path().join("lifeboat-rules.yaml"), rules)?;
+    let tests = deploy_dir().join("monitoring/lifeboat-rules.test.yaml");
+    std::fs::copy(&tests, dir.path().join("lifeboat-rules.test.yaml"))?;
+    let checked = promtool(&["check", "rules", "lifeboat-rules.yaml"], dir.path())?;
+    ensure!(checked.contains("SUCCESS"), "{checked}");
+    let tested = promtool(&["test", "rules", "lifeboat-rules.test.yaml"], dir.path())?;
+    ensure!(tested.contains("SUCCESS"), "{tested}");
+
+    // The unit tests see the RPO alert fire: a broken rule fails them.
+    let unit: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&tests)?)?;
+    let fires = unit["tests"].as_array().into_iter().flatten().any(|t| {
+        t["alert_rule_test"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| {
+                a["alertname"] == "LifeboatRPOBreached"
+                    && a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty())
+            })
+    });
+    ensure!(fires, "no unit test expects LifeboatRPOBreached to fire");
+
+    let anchors = runbook_anchors()?;
+    let mut alerts = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_array().context("groups")? {
+        for rule in group["rules"].as_array().context("rules")? {
+            let name = rule["alert"].as_str().context("only alerts here")?;
+            alerts.insert(name.to_owned());
+            let annotations = &rule["annotations"];
+            ensure!(annotations["summary"].is_string(), "{name} has no summary");
+            let runbook = annotations["runbook_url"].as_str().context("runbook_url")?;
+            let anchor = runbook
+                .strip_prefix("deploy/README.md#")
+                .with_context(|| format!("{name}: {runbook} is no section of deploy/README.md"))?;
+            ensure!(
+                anchors.contains(anchor),
+                "{name}: deploy/README.md has no #{anchor}"
+            );
+        }
+    }
+    for wanted in [
+        "LifeboatRPOBreached",
+        "LifeboatRunsFailing",
+        "LifeboatDown",
+        "LifeboatNotScraped",
+        "LifeboatDrillFailed",
+        "LifeboatCheckFailed",
+    ] {
+        ensure!(alerts.contains(wanted), "no alert {wanted}");
+    }
+    Ok(())
+}
+
+/// Every query of the dashboard (panels and template variables).
+fn dashboard_queries(dashboard: &Value) -> Result<Vec<(String, String)>> {
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        let title = panel["title"].as_str().unwrap_or("?").to_owned();
+        let targets = panel["targets"]
+            .as_array()
+            .context("a panel without targets")?;
+        ensure!(!targets.is_empty(), "panel {title} has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().context("a target without expr")?;
+            queries.push((title.clone(), expr.to_owned()));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .context("templating")?
+    {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            queries.push((format!("${}", variable["name"]), query.to_owned()));
+        }
+    }
+    Ok(queries)
+}
+
+#[test]
+fn dashboard_and_alerts_name_only_metrics_lifeboatd_exports() -> Result<()> {
+    let path = deploy_dir().join("kubernetes/base/dashboards/lifeboat.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let queries = dashboard_queries(&dashboard)?;
+    for (panel, expr) in &queries {
+        ensure!(
+            !metric_names(expr).is_empty(),
+            "{panel}: {expr} names no lifeboat metric"
+        );
+    }
+    let rule = prometheus_rule()?;
+    let alert_exprs: Vec<String> = rule["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["expr"].as_str().map(str::to_owned))
+        .collect();
+
+    // A real lifeboatd, after a backup of data that deduplicates well.
+    let installation = Installation::local()?;
+    let block: Vec<u8> = (0..4096u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+    let mut data = Vec::new();
+    for _ in 0..64 {
+        data.extend_from_slice(&block);
+    }
+    write_file(&installation.path("docs/a.bin"), &data)?;
+    write_file(&installation.path("docs/b.bin"), &data)?;
+    write_service_config(
+        &installation,
+        "[service]\nrto = \"2h\"\n\n[[job]]\nname = \"docs\"\nsource = { kind = \"directory\", paths = [\"docs\"] }\nschedule = \"0 0 0 1 1 *\"\nrpo = \"1h\"\n\n[prune]\nschedule = \"0 0 3 * * *\"\n\n[check]\nschedule = \"0 0 4 * * *\"\n",
+    )?;
+    let mut service = Lifeboatd::start(&installation)?;
+    // The job has no snapshot yet, so lifeboatd may have started its first
+    // run by itself; a trigger then finds it busy (409), which is fine.
+    let token = service.token()?;
+    let queued = service.post("/api/v1/jobs/docs/run", Some(&token))?;
+    ensure!(
+        [202, 409].contains(&queued.status),
+        "trigger: {}",
+        queued.body
+    );
+    let scrape = service.wait_for(
+        "a backup counted in /metrics",
+        Duration::from_secs(300),
+        |s| {
+            let body = s.get("/metrics")?.body;
+            let logical = sample(&body, "lifeboat_repository_logical_bytes");
+            Ok(logical.filter(|v| *v > 0.0).map(|_| body))
+        },
+    )?;
+    let exported: BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    for (panel, expr) in &queries {
+        for name in metric_names(expr) {
+            ensure!(
+                exported.contains(&name),
+                "dashboard panel {panel:?} queries {name}, which lifeboatd does not export:\n{scrape}"
+            );
+        }
+    }
+    for expr in &alert_exprs {
+        for name in metric_names(expr) {
+            // lifeboat_drill_* come from `lifeboat drill`'s text file.
+            ensure!(
+                name.starts_with("lifeboat_drill_") || exported.contains(&name),
+                "the alert {expr:?} needs {name}, which lifeboatd does not export"
+            );
+        }
+    }
+    // The ratio panel divides what the snapshots hold by what the bucket
+    // holds: two identical, repetitive files store far less than they are.
+    let logical = sample(&scrape, "lifeboat_repository_logical_bytes").unwrap_or_default();
+    let size = sample(&scrape, "lifeboat_repository_size_bytes").unwrap_or_default();
+    ensure!(
+        logical == (2 * data.len()) as f64,
+        "logical bytes {logical}"
+    );
+    ensure!(
+        size > 0.0 && logical / size > 4.0,
+        "ratio {logical} / {size}"
+    );
+    service.terminate()?;
+    Ok(())
+}
+
+/// The value of an unlabelled sample in a scrape.
+fn sample(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .find_map(|rest| rest.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The image as the Dockerfile builds it.
+struct Image {
+    file: Dockerfile,
+    runtime: Dockerfile,
+}
+
+impl Image {
+    fn load() -> Result<Self> {
+        let file = Dockerfile::load(&deploy_dir().join("Dockerfile"))?;
+        let runtime = file.final_stage();
+        Ok(Self { file, runtime })
+    }
+
+    /// The port `LIFEBOAT_LISTEN` makes lifeboatd listen on.
+    fn port(&self) -> Result<u16> {
+        let listen = self
+            .runtime
+            .env("LIFEBOAT_LISTEN")
+            .context("ENV LIFEBOAT_LISTEN")?;
+        let addr: std::net::SocketAddr = listen.parse()?;
+        ensure!(
+            addr.ip().is_unspecified(),
+            "the image must listen on all interfaces"
+        );
+        Ok(addr.port())
+    }
+}
+
+/// The names of the workspace's binaries.
+fn workspace_binaries() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for manifest in ["service/Cargo.toml", "restore-cli/Cargo.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(manifest);
+        let value: toml::Value = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        for bin in value["bin"].as_array().context("[[bin]]")? {
+            names.push(bin["name"].as_str().context("bin name")?.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+#[test]
+fn dockerfile_and_unraid_template_agree_with_the_service() -> Result<()> {
+    let image = Image::load()?;
+    let port = image.port()?;
+
+    // Binaries: built by name, copied into the runtime image, one the entry point.
+    let binaries = workspace_binaries()?;
+    let build = image.file.all("RUN").join(" ");
+    let copies = image.runtime.all("COPY").join(" ");
+    for name in &binaries {
+        ensure!(
+            build.contains(&format!("--bin {name}")),
+            "the build skips {name}"
+        );
+        ensure!(
+            copies.contains(&format!("/out/{name}")),
+            "the image lacks {name}"
+        );
+    }
+    ensure!(copies.contains("etcdutl"), "the image lacks etcdutl");
+    let entrypoint = exec_form(image.runtime.last("ENTRYPOINT")?)?;
+    ensure!(entrypoint == ["/usr/local/bin/lifeboatd"], "{entrypoint:?}");
+    let cmd = exec_form(image.runtime.last("CMD")?)?;
+    ensure!(cmd == ["serve"], "{cmd:?}");
+    ensure!(
+        image.runtime.last("EXPOSE")? == port.to_string(),
+        "EXPOSE {port}"
+    );
+    let health = image.runtime.last("HEALTHCHECK")?;
+    ensure!(
+        health.contains(&format!("http://127.0.0.1:{port}/healthz")),
+        "the health check asks /healthz on {port}: {health}"
+    );
+    let tool = health
+        .split_once("CMD")
+        .and_then(|(_, c)| exec_form(c.trim()).ok())
+        .and_then(|c| c.first().cloned())
+        .context("HEALTHCHECK CMD in exec form")?;
+    ensure!(
+        image
+            .runtime
+            .all("RUN")
+            .iter()
+            .any(|r| r.contains(&format!(" {tool} "))),
+        "the health check's {tool} is not installed in the image"
+    );
+    let user = image.runtime.last("USER")?;
+    ensure!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "USER {user}"
+    );
+    let workdir = image.runtime.last("WORKDIR")?;
+    ensure!(
+        exec_form(image.runtime.last("VOLUME")?)? == [workdir],
+        "VOLUME {workdir}"
+    );
+    for source in copies
+        .split_whitespace()
+        .filter(|w| w.starts_with("schedules"))
+    {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(source);
+        ensure!(path.exists(), "COPY {source}: not in the repository");
+    }
+
+    // The Unraid template: the WebUI on the port, /config, R2 variables.
+    let text = std::fs::read_to_string(deploy_dir().join("unraid/lifeboat.xml"))?;
+    let xml = roxmltree::Document::parse(&text).context("the Unraid template is not XML")?;
+    let root = xml.root_element();
+    ensure!(
+        root.has_tag_name("Container"),
+        "the template's root is <Container>"
+    );
+    let child = |name: &str| {
+        root.children()
+            .find(|n| n.has_tag_name(name))
+            .and_then(|n| n.text())
+            .unwrap_or_default()
+    };
+    ensure!(
+        child("WebUI") == format!("http://[IP]:[PORT:{port}]/"),
+        "WebUI {}",
+        child("WebUI")
+    );
+    ensure!(
+        child("Repository").starts_with("ghcr.io/"),
+        "the image is on GHCR"
+    );
+    let configs: Vec<(String, String, String)> = root
+        .children()
+        .filter(|n| n.has_tag_name("Config"))
+        .map(|n| {
+            let attr = |a: &str| n.attribute(a).unwrap_or_default().to_owned();
+            (attr("Type"), attr("Target"), attr("Mode"))
+        })
+        .collect();
+    let of_type = |kind: &str| -> Vec<(String, String)> {
+        configs
+            .iter()
+            .filter(|(t, _, _)| t == kind)
+            .map(|(_, target, mode)| (target.clone(), mode.clone()))
+            .collect()
+    };
+    ensure!(
+        of_type("Port") == [(port.to_string(), "tcp".to_owned())],
+        "{configs:?}"
+    );
+    let paths = of_type("Path");
+    ensure!(
+        paths.contains(&(workdir.to_owned(), "rw".to_owned())),
+        "{workdir} rw"
+    );
+    for (target, mode) in &paths {
+        ensure!(
+            target == workdir || mode == "ro",
+            "{target} must be read-only"
+        );
+    }
+    let variables: BTreeSet<String> = of_type("Variable").into_iter().map(|(t, _)| t).collect();
+    ensure!(
+        variables.is_superset(&r2_variables()),
+        "R2 variables: {variables:?}"
+    );
+    let extra = child("ExtraParams");
+    ensure!(
+        extra.contains("--stop-timeout=30"),
+        "stop timeout above shutdown_grace"
+    );
+
+    // The example config for Unraid loads, and uses only mounted paths.
+    // Read as the container reads it: /config/lifeboat.toml.
+    let example = std::fs::read_to_string(deploy_dir().join("unraid/lifeboat.toml"))?;
+    let config = Config::parse(&example, &Path::new(workdir).join("lifeboat.toml"))?;
+    ensure!(
+        config.service.listen.port() == port,
+        "the Unraid config's port"
+    );
+    let mounted = |path: &Path| paths.iter().any(|(target, _)| path.starts_with(target));
+    let state = config.state_dir.clone().context("state_dir")?;
+    ensure!(
+        mounted(&state) && mounted(&config.repository.service_identity),
+        "state and keys in {workdir}"
+    );
+    for job in &config.jobs {
+        let used: Vec<PathBuf> = match &job.source {
+            SourceConfig::Directory(d) => d.folders().into_iter().map(|f| f.path).collect(),
+            SourceConfig::TalosConfig(t) => t.dir.iter().cloned().collect(),
+            SourceConfig::Postgres(p) => p.password_file.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        for path in used {
+            ensure!(
+                mounted(&path),
+                "job {}: {} is not mounted",
+                job.name,
+                path.display()
+            );
+        }
+    }
+
+    // lifeboatd started as the image starts it: in an empty /config, with
+    // the image's CMD and LIFEBOAT_LISTEN (on loopback here) — it writes
+    // its starter config and answers /healthz on the port it was given.
+    let workspace = tempfile::tempdir()?;
+    let addr = free_addr()?;
+    let mut child = Command::new(binary("lifeboatd")?)
+        .args(&cmd)
+        .current_dir(workspace.path())
+        .env("LIFEBOAT_LISTEN", addr.to_string())
+        .env_remove("LIFEBOAT_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let answered = poll(Duration::from_secs(60), || {
+        Ok(request(addr, "GET", "/healthz", &[])
+            .ok()
+            .filter(|r| r.status == 200))
+    });
+    stop(&mut child)?;
+    answered.context("lifeboatd as the image starts it did not answer /healthz")?;
+    ensure!(
+        workspace.path().join("lifeboat.toml").is_file(),
+        "the first start writes /config/lifeboat.toml"
+    );
+    Ok(())
+}
+
+/// Calls `probe` every 100 ms until it returns a value.
+fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "nothing within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops `child` and waits for it.
+fn stop(child: &mut Child) -> Result<()> {
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_r2_variables_alone_reach_a_real_s3_server() -> Result<()> {
+    let moto = MotoServer::start().await?;
+    let target: S3Target = moto.target();
+    let installation = Installation::local()?;
+    // The repository as the manifests give it: the bucket in the URL, the
+    // endpoint and the credentials only in the environment.
+    let config = format!(
+        "state_dir = \"state\"\n[repository]\nurl = \"s3://{}/deploy\"\nservice_identity = \"keys/service.key\"\ns3 = {{ path_style = {} }}\n",
+        target.bucket, target.path_style
+    );
+    std::fs::write(installation.config(), config)?;
+    let values: BTreeMap<&str, String> = BTreeMap::from([
+        ("AWS_ACCESS_KEY_ID", target.access_key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", target.secret_access_key.clone()),
+        ("AWS_ENDPOINT_URL_S3", target.endpoint.clone()),
+    ]);
+    let documents = rendered("kubernetes/overlays/homelab")?;
+    let secret: Secret = round_trip(find(&documents, "Secret", "lifeboat-r2")?)?;
+    let addr = free_addr()?;
+    let mut command = installation.command("lifeboatd")?;
+    command
+        .args([
+            "serve",
+            "--config",
+            "lifeboat.toml",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for name in secret.string_data.unwrap_or_default().keys() {
+        let value = values
+            .get(name.as_str())
+            .with_context(|| format!("the Secret sets {name}, which lifeboatd does not read"))?;
+        command.env(name, value);
+    }
+    let mut child = command.spawn()?;
+    let ready = poll(Duration::from_secs(120), || {
+        let response = request(addr, "GET", "/readyz", &[]).ok();
+        Ok(response.filter(|r| r.status == 200).map(|r| r.body))
+    });
+    stop(&mut child)?;
+    let body = ready.with_context(|| format!("lifeboatd never reached {}", target.endpoint))?;
+    ensure!(body.contains("reachable"), "{body}");
+    Ok(())
+}
+
+#[test]
+fn terraform_files_parse_and_lock_the_repository() -> Result<()> {
+    let mut files = 0;
+    let mut blocks: Vec<hcl::Block> = Vec::new();
+    for folder in ["terraform/r2-bucket", "terraform/example"] {
+        for entry in std::fs::read_dir(deploy_dir().join(folder))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tf") {
+                let text = std::fs::read_to_string(&path)?;
+                let body: hcl::Body = hcl::from_str(&text)
+                    .with_context(|| format!("{} is not valid HCL", path.display()))?;
+                blocks.extend(body.into_blocks());
+                files += 1;
+            }
+        }
+    }
+    ensure!(files >= 5, "only {files} .tf files");
+    let resources: BTreeSet<String> = blocks
+        .iter()
+        .filter(|b| b.identifier.as_str() == "resource")
+        .filter_map(|b| b.labels.first().map(|l| l.as_str().to_owned()))
+        .collect();
+    for wanted in [
+        "cloudflare_r2_bucket",
+        "cloudflare_r2_bucket_lock",
+        "cloudflare_r2_bucket_lifecycle",
+        "cloudflare_account_token",
+    ] {
+        ensure!(
+            resources.contains(wanted),
+            "no resource {wanted}: {resources:?}"
+        );
+    }
+    let variables: BTreeSet<String> = blocks
+        .iter()
+        .filter(|b| b.identifier.as_str() == "variable")
+        .filter_map(|b| b.labels.first().map(|l| l.as_str().to_owned()))
+        .collect();
+    ensure!(
+        variables.contains("lock_days"),
+        "lock days are configurable"
+    );
+    // The lock covers the prefixes that hold data, snapshots, config and
+    // keys as FORMAT.md names them.
+    let text = std::fs::read_to_string(deploy_dir().join("terraform/r2-bucket/main.tf"))?;
+    for prefix in ["data/", "snapshots/", "config\"", "keys\""] {
+        ensure!(
+            text.contains(&format!("\"${{local.prefix}}{prefix}")),
+            "the bucket lock does not name {prefix}"
+        );
+    }
+    let format = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../service/FORMAT.md"),
+    )?;
+    for object in ["`data/<hh>/<id>`", "`snapshots/<id>`", "`config`", "`keys`"] {
+        ensure!(
+            format.contains(object),
+            "FORMAT.md no longer names {object}"
+        );
+    }
+    Ok(())
+}

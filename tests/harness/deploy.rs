@@ -1,0 +1,300 @@
+//! Reading the files under `deploy/` the way their consumers do, for the
+//! tests that hold them to what lifeboat really does:
+//!
+//! - [`render`]: `kubectl kustomize DIR`, every document as JSON;
+//! - [`round_trip`]: a document through its k8s-openapi type and back,
+//!   failing on any field the type does not know (k8s-openapi's types
+//!   ignore unknown fields, so a misspelt or misplaced field would
+//!   otherwise pass unseen);
+//! - [`Dockerfile`]: a Dockerfile's instructions, continuation lines
+//!   joined;
+//! - [`metric_names`]: the `lifeboat_*` metric names a PromQL query uses.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::process::require_program;
+
+/// The repository's `deploy/` folder.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Renders the kustomization in `dir` with `kubectl kustomize` and returns
+/// its documents.
+///
+/// Fails with the install command when kubectl is missing, with kubectl's
+/// message when the kustomization is invalid.
+pub fn render(dir: &Path) -> Result<Vec<Value>> {
+    let kubectl = require_program(
+        "kubectl",
+        "apt-get install kubectl (Kubernetes' apt repository)",
+    )?;
+    let output = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .context("running kubectl kustomize")?;
+    ensure!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).context("kustomize wrote no UTF-8")?;
+    let mut documents = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value = Value::deserialize(document).context("a rendered document is not YAML")?;
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    Ok(documents)
+}
+
+/// Deserializes `document` into `T`, serializes it back and fails unless
+/// nothing was lost or changed on the way, naming the first difference.
+///
+/// Fails when `document` does not fit `T`.
+pub fn round_trip<T: DeserializeOwned + Serialize>(document: &Value) -> Result<T> {
+    let typed: T = serde_json::from_value(document.clone())
+        .with_context(|| format!("{} does not fit its type", describe(document)))?;
+    let back = serde_json::to_value(&typed)?;
+    if let Some(difference) = first_difference(document, &back, "") {
+        bail!(
+            "{}: {difference} (a field its Kubernetes type does not have, or a value of the wrong form)",
+            describe(document)
+        );
+    }
+    Ok(typed)
+}
+
+/// `Kind/name` of a document.
+pub fn describe(document: &Value) -> String {
+    format!(
+        "{}/{}",
+        document["kind"].as_str().unwrap_or("?"),
+        document["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// The first place where `original` and `back` differ.
+fn first_difference(original: &Value, back: &Value, path: &str) -> Option<String> {
+    match (original, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{path}.{key}");
+                match b.get(key) {
+                    None => return Some(format!("{here} was dropped")),
+                    Some(other) => {
+                        if let Some(found) = first_difference(value, other, &here) {
+                            return Some(found);
+                        }
+                    }
+                }
+            }
+            b.keys()
+                .find(|key| !a.contains_key(*key))
+                .map(|key| format!("{path}.{key} was added"))
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        (a, b) if a == b => None,
+        (a, b) => Some(format!("{path} is {a} but reads back as {b}")),
+    }
+}
+
+/// The documents of `kind` in `documents`.
+pub fn of_kind<'a>(documents: &'a [Value], api_version: &str, kind: &str) -> Vec<&'a Value> {
+    documents
+        .iter()
+        .filter(|d| d["apiVersion"] == api_version && d["kind"] == kind)
+        .collect()
+}
+
+/// The one document of `kind` called `name`.
+///
+/// Fails when there is none.
+pub fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .with_context(|| format!("no {kind}/{name} among the rendered documents"))
+}
+
+/// One instruction of a Dockerfile: the keyword (upper case) and the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    /// `FROM`, `COPY`, `RUN`, …
+    pub keyword: String,
+    /// Everything after the keyword, continuation lines joined.
+    pub arguments: String,
+}
+
+/// A parsed Dockerfile.
+#[derive(Debug, Clone)]
+pub struct Dockerfile {
+    /// Its instructions in order.
+    pub instructions: Vec<Instruction>,
+}
+
+impl Dockerfile {
+    /// Reads and parses the Dockerfile at `path`.
+    ///
+    /// Fails when it cannot be read.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses Dockerfile text: comments and blank lines dropped, lines
+    /// ending in `\` joined with the next.
+    pub fn parse(text: &str) -> Self {
+        let mut instructions = Vec::new();
+        let mut pending = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with('#') || (trimmed.is_empty() && pending.is_empty()) {
+                continue;
+            }
+            match trimmed.strip_suffix('\\') {
+                Some(head) => {
+                    pending.push_str(head);
+                    pending.push(' ');
+                }
+                None => {
+                    pending.push_str(trimmed);
+                    let (keyword, arguments) = pending
+                        .split_once(char::is_whitespace)
+                        .unwrap_or((&pending, ""));
+                    instructions.push(Instruction {
+                        keyword: keyword.to_ascii_uppercase(),
+                        arguments: arguments.split_whitespace().collect::<Vec<_>>().join(" "),
+                    });
+                    pending.clear();
+                }
+            }
+        }
+        Self { instructions }
+    }
+
+    /// The arguments of every `keyword` instruction.
+    pub fn all(&self, keyword: &str) -> Vec<&str> {
+        self.instructions
+            .iter()
+            .filter(|i| i.keyword == keyword)
+            .map(|i| i.arguments.as_str())
+            .collect()
+    }
+
+    /// The arguments of the last `keyword` instruction (the one in force).
+    ///
+    /// Fails when there is none.
+    pub fn last(&self, keyword: &str) -> Result<&str> {
+        self.all(keyword)
+            .last()
+            .copied()
+            .with_context(|| format!("the Dockerfile has no {keyword}"))
+    }
+
+    /// The instructions of the last stage (after the last `FROM`).
+    pub fn final_stage(&self) -> Self {
+        let start = self
+            .instructions
+            .iter()
+            .rposition(|i| i.keyword == "FROM")
+            .unwrap_or(0);
+        Self {
+            instructions: self.instructions[start..].to_vec(),
+        }
+    }
+
+    /// The value of `ENV NAME=value` in force.
+    pub fn env(&self, name: &str) -> Option<String> {
+        self.all("ENV")
+            .iter()
+            .flat_map(|args| args.split_whitespace())
+            .filter_map(|pair| pair.split_once('='))
+            .rfind(|(key, _)| *key == name)
+            .map(|(_, value)| value.trim_matches('"').to_owned())
+    }
+}
+
+/// Parses the JSON (exec) form of `ENTRYPOINT`, `CMD` or `VOLUME`.
+///
+/// Fails when it is not a JSON array of strings.
+pub fn exec_form(arguments: &str) -> Result<Vec<String>> {
+    serde_json::from_str(arguments)
+        .with_context(|| format!("{arguments:?} is not the exec form [\"…\", …]"))
+}
+
+/// The names of lifeboat's metrics (`lifeboat_…`) that a PromQL query or a
+/// Grafana query names, in order of appearance, without repeats.
+pub fn metric_names(query: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let bytes = query.as_bytes();
+    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut start = 0;
+    while let Some(found) = query[start..].find("lifeboat_") {
+        let begin = start + found;
+        let mut end = begin;
+        while end < bytes.len() && is_name(bytes[end]) {
+            end += 1;
+        }
+        let preceded = begin > 0 && is_name(bytes[begin - 1]);
+        let name = &query[begin..end];
+        if !preceded && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+        start = end;
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerfile_lines_join_and_comments_drop() {
+        let file = Dockerfile::parse(
+            "# c\nFROM a AS b\nRUN x \\\n  && y\n\nENV A=1 B=\"2\"\nFROM c\nCMD [\"serve\"]\n",
+        );
+        assert_eq!(file.all("RUN"), ["x && y"]);
+        assert_eq!(file.env("B").as_deref(), Some("2"));
+        assert_eq!(file.final_stage().instructions.len(), 2);
+    }
+
+    #[test]
+    fn metric_names_skip_other_words() {
+        assert_eq!(
+            metric_names(
+                "sum by (job) (increase(lifeboat_job_runs_total{job=~\"$job\"}[1h])) / my_lifeboat_x + lifeboat_job_runs_total"
+            ),
+            ["lifeboat_job_runs_total"]
+        );
+    }
+
+    #[test]
+    fn a_lost_field_is_named() {
+        let document = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "x" },
+            "spec": { "prots": [] }
+        });
+        let error = round_trip::<k8s_openapi::api::core::v1::Service>(&document)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains(".spec.prots was dropped"), "{error}");
+    }
+}
