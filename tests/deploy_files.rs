@@ -444,6 +444,55 @@ fn the_rendered_config_loads_and_every_path_it_names_is_mounted() -> Result<()> 
                     "{which}: {roles}"
                 );
             }
+            if let SourceConfig::Volumes(source) = &job.source {
+                // The PersistentVolumes' host paths are read as they are:
+                // mounted read-only at the same path, on the pod's node.
+                ensure!(source.kubeconfig.is_none(), "{which}: in-cluster access");
+                let volume_root = pod_volumes(&pod)
+                    .into_iter()
+                    .find_map(|v| v.host_path.map(|h| h.path))
+                    .context("no hostPath volume for the volumes job")?;
+                let (host, volume) = mount_of(Path::new(&volume_root), &mounts, &volumes)?;
+                ensure!(host.read_only == Some(true), "{which}: volumes read-only");
+                ensure!(
+                    host.mount_path == volume_root
+                        && volume.host_path.as_ref().map(|h| h.path.as_str()) == Some(&volume_root),
+                    "{which}: {volume_root} must be mounted at its own path"
+                );
+                let node = container
+                    .env
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|e| e.name == "NODE_NAME")
+                    .and_then(|e| e.value_from)
+                    .and_then(|v| v.field_ref)
+                    .map(|f| f.field_path);
+                ensure!(
+                    source.node.is_some() || node.as_deref() == Some("spec.nodeName"),
+                    "{which}: NODE_NAME must come from spec.nodeName"
+                );
+            }
+            if let SourceConfig::Kubernetes(source) = &job.source {
+                ensure!(source.kubeconfig.is_none(), "{which}: in-cluster access");
+                let automount = pod_spec(&pod).and_then(|s| s.automount_service_account_token);
+                ensure!(automount != Some(false), "{which}: the pod needs its token");
+                let reads_all = of_kind(&documents, "rbac.authorization.k8s.io/v1", "ClusterRole")
+                    .iter()
+                    .filter_map(|r| r["rules"].as_array())
+                    .flatten()
+                    .any(|r| {
+                        r["resources"] == serde_json::json!(["*"])
+                            && r["apiGroups"] == serde_json::json!(["*"])
+                            && r["verbs"]
+                                .as_array()
+                                .is_some_and(|v| v.contains(&"list".into()))
+                    });
+                ensure!(
+                    reads_all,
+                    "{which}: the kubernetes job needs list on every resource"
+                );
+            }
             if let SourceConfig::Directory(source) = &job.source {
                 for folder in source.folders() {
                     let (host, volume) = mount_of(&folder.path, &mounts, &volumes)?;
