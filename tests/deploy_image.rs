@@ -89,7 +89,23 @@ fn the_image_holds_the_binaries_and_starts_lifeboatd_on_its_port() -> Result<()>
             "the image lacks {name}"
         );
     }
-    ensure!(copies.contains("etcdutl"), "the image lacks etcdutl");
+    // What restores and drills run besides lifeboat: etcd's tools and a
+    // throwaway etcd, PostgreSQL's client programs.
+    for tool in [
+        "/usr/local/bin/etcd ",
+        "/usr/local/bin/etcdutl ",
+        "/usr/local/bin/etcdctl ",
+    ] {
+        ensure!(copies.contains(tool), "the image lacks {tool}");
+    }
+    ensure!(
+        image
+            .runtime
+            .all("RUN")
+            .iter()
+            .any(|r| r.contains(" postgresql-client ")),
+        "the image lacks pg_dump and pg_restore"
+    );
     let entrypoint = exec_form(image.runtime.last("ENTRYPOINT")?)?;
     ensure!(entrypoint == ["/usr/local/bin/lifeboatd"], "{entrypoint:?}");
     let cmd = exec_form(image.runtime.last("CMD")?)?;
