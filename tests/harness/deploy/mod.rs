@@ -136,7 +136,8 @@ pub fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> Result<&'a Va
 }
 
 /// The environment variables that carry the R2 settings, as the Secret and
-/// the Unraid template give them (proven against a real S3 server below).
+/// the Unraid template give them (tests/deploy_image.rs proves lifeboatd
+/// reaches a real S3 server with only them).
 pub fn r2_variables() -> BTreeSet<String> {
     [
         "AWS_ACCESS_KEY_ID",
