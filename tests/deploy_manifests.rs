@@ -305,6 +305,15 @@ fn the_rendered_config_loads_and_every_path_it_names_is_mounted() -> Result<()> 
                     source.node.is_some() || node.as_deref() == Some("spec.nodeName"),
                     "{which}: NODE_NAME must come from spec.nodeName"
                 );
+                // Its own state changes while it runs: the claim opts out.
+                let (_, state_volume) = mount_of(&state, &mounts, &volumes)?;
+                if let Some(claim) = &state_volume.persistent_volume_claim {
+                    let pvc = find(&documents, "PersistentVolumeClaim", &claim.claim_name)?;
+                    ensure!(
+                        pvc["metadata"]["annotations"]["lifeboat.dev/exclude"] == "true",
+                        "{which}: the volumes job would back up lifeboat's own state"
+                    );
+                }
             }
             if let SourceConfig::Kubernetes(source) = &job.source {
                 ensure!(source.kubeconfig.is_none(), "{which}: in-cluster access");
