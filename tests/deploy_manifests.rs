@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use lifeboat::schedule::Config;
 use lifeboat::sources::SourceConfig;
+use lifeboat::sources::kubernetes::filter::EXCLUDE_LABEL;
 use lifeboat::talos::config::IN_CLUSTER_PATH;
 use lifeboat_tests::cli::{Installation, write_file};
 use lifeboat_tests::deploy::kubernetes::{
@@ -310,7 +311,7 @@ fn the_rendered_config_loads_and_every_path_it_names_is_mounted() -> Result<()> 
                 if let Some(claim) = &state_volume.persistent_volume_claim {
                     let pvc = find(&documents, "PersistentVolumeClaim", &claim.claim_name)?;
                     ensure!(
-                        pvc["metadata"]["annotations"]["lifeboat.dev/exclude"] == "true",
+                        pvc["metadata"]["annotations"][EXCLUDE_LABEL] == "true",
                         "{which}: the volumes job would back up lifeboat's own state"
                     );
                 }
