@@ -22,6 +22,7 @@ use lifeboat::sources::SourceConfig;
 use lifeboat_tests::cli::{Installation, binary};
 use lifeboat_tests::deploy::dockerfile::{Dockerfile, exec_form};
 use lifeboat_tests::deploy::kubernetes::rendered;
+use lifeboat_tests::deploy::unraid::Template;
 use lifeboat_tests::deploy::{deploy_dir, find, r2_variables, round_trip};
 use lifeboat_tests::process::free_addr;
 use lifeboat_tests::service::request;
@@ -187,19 +188,8 @@ fn the_unraid_template_names_the_image_port_paths_and_r2_variables() -> Result<(
     let workdir = image.runtime.last("WORKDIR")?;
 
     // The Unraid template: the WebUI on the port, /config, R2 variables.
-    let text = std::fs::read_to_string(deploy_dir().join("unraid/lifeboat.xml"))?;
-    let xml = roxmltree::Document::parse(&text).context("the Unraid template is not XML")?;
-    let root = xml.root_element();
-    ensure!(
-        root.has_tag_name("Container"),
-        "the template's root is <Container>"
-    );
-    let child = |name: &str| {
-        root.children()
-            .find(|n| n.has_tag_name(name))
-            .and_then(|n| n.text())
-            .unwrap_or_default()
-    };
+    let template = Template::load(&deploy_dir().join("unraid/lifeboat.xml"))?;
+    let child = |name: &str| template.field(name);
     ensure!(
         child("WebUI") == format!("http://[IP]:[PORT:{port}]/"),
         "WebUI {}",
@@ -209,24 +199,11 @@ fn the_unraid_template_names_the_image_port_paths_and_r2_variables() -> Result<(
         child("Repository").starts_with("ghcr.io/"),
         "the image is on GHCR"
     );
-    let configs: Vec<(String, String, String)> = root
-        .children()
-        .filter(|n| n.has_tag_name("Config"))
-        .map(|n| {
-            let attr = |a: &str| n.attribute(a).unwrap_or_default().to_owned();
-            (attr("Type"), attr("Target"), attr("Mode"))
-        })
-        .collect();
-    let of_type = |kind: &str| -> Vec<(String, String)> {
-        configs
-            .iter()
-            .filter(|(t, _, _)| t == kind)
-            .map(|(_, target, mode)| (target.clone(), mode.clone()))
-            .collect()
-    };
+    let of_type = |kind: &str| template.configs_of(kind);
     ensure!(
         of_type("Port") == [(port.to_string(), "tcp".to_owned())],
-        "{configs:?}"
+        "ports: {:?}",
+        template.configs_of("Port")
     );
     let paths = of_type("Path");
     ensure!(

@@ -9,10 +9,12 @@
 //! - [`kubernetes`]: the Deployment's pod, strict checks of every
 //!   document, where a path lands among the mounts;
 //! - [`dockerfile`]: a Dockerfile's instructions;
+//! - [`unraid`]: an Unraid template's fields and `<Config>` entries;
 //! - [`metric_names`]: the `lifeboat_*` metric names a PromQL query uses.
 
 pub mod dockerfile;
 pub mod kubernetes;
+pub mod unraid;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
