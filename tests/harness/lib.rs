@@ -10,6 +10,8 @@
 //!   Kubernetes API server (HTTP/JSON and the exec websocket);
 //! - [`talos::TalosApiServer`]: a protocol-level stand-in for a Talos
 //!   node's API (gRPC, mutual TLS), because no Talos node can run here;
+//! - [`deploy`]: the files under `deploy/` read as their consumers read
+//!   them (kustomize output, strict Kubernetes types, Dockerfiles);
 //! - [`s3`]: how a test reaches a bucket, and how it runs lifeboat code with
 //!   the server's credentials in a child process's environment.
 //!
@@ -17,6 +19,7 @@
 //! installs it; it never passes silently.
 
 pub mod cli;
+pub mod deploy;
 pub mod etcd;
 pub mod fault_proxy;
 pub mod garage;

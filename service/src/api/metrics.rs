@@ -211,6 +211,11 @@ pub fn render(
             "Snapshots in the repository, as last listed.",
             figures.snapshots,
         ),
+        (
+            "lifeboat_repository_logical_bytes",
+            "Bytes of data the repository's snapshots hold, each counted in full; divided by lifeboat_repository_size_bytes it is the deduplication and compression ratio.",
+            figures.logical_bytes,
+        ),
     ];
     for (name, help, value) in repository {
         out.family(name, "gauge", help);

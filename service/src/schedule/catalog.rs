@@ -45,6 +45,9 @@ pub struct RepositoryFigures {
     pub packs: u64,
     /// Snapshot objects.
     pub snapshots: u64,
+    /// Bytes of data the snapshots hold, each snapshot counted in full:
+    /// what the repository would take without deduplication and compression.
+    pub logical_bytes: u64,
     /// When they were counted.
     pub counted: Option<DateTime<Utc>>,
 }
@@ -102,9 +105,9 @@ impl Catalog {
             };
             snapshots.insert(id, info);
         }
-        figures.snapshots = snapshots.len() as u64;
         self.snapshots = snapshots;
         self.figures = figures;
+        self.count_snapshots();
         Ok(())
     }
 
@@ -139,6 +142,12 @@ impl Catalog {
         for id in ids {
             self.snapshots.remove(id);
         }
+        self.count_snapshots();
+    }
+
+    /// Sets the figures that come from the snapshots.
+    fn count_snapshots(&mut self) {
         self.figures.snapshots = self.snapshots.len() as u64;
+        self.figures.logical_bytes = self.snapshots.values().map(|s| s.summary.bytes_total).sum();
     }
 }

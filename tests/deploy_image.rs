@@ -1,0 +1,393 @@
+//! The container image, the Unraid template and the Terraform under
+//! `deploy/` against what lifeboat really does:
+//!
+//! - the Dockerfile builds and copies the workspace's binaries, starts
+//!   `lifeboatd serve` on the port it exposes and health-checks, and a
+//!   `lifeboatd` started as the image starts it answers on that port;
+//! - the Unraid template's WebUI, port, paths and R2 variables are the
+//!   image's, and its example config uses only mounted paths;
+//! - the R2 variables of the Secret are the ones lifeboatd reads: with only
+//!   them it reaches a real S3 server (moto);
+//! - the Terraform files parse as HCL and lock the repository's prefixes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Secret;
+use lifeboat::schedule::Config;
+use lifeboat::sources::SourceConfig;
+use lifeboat_tests::cli::{Installation, binary};
+use lifeboat_tests::deploy::dockerfile::{Dockerfile, exec_form};
+use lifeboat_tests::deploy::kubernetes::rendered;
+use lifeboat_tests::deploy::unraid::Template;
+use lifeboat_tests::deploy::{deploy_dir, find, r2_variables, round_trip};
+use lifeboat_tests::process::free_addr;
+use lifeboat_tests::service::request;
+use lifeboat_tests::{MotoServer, S3Target};
+
+/// The image as the Dockerfile builds it.
+struct Image {
+    file: Dockerfile,
+    runtime: Dockerfile,
+}
+
+impl Image {
+    fn load() -> Result<Self> {
+        let file = Dockerfile::load(&deploy_dir().join("Dockerfile"))?;
+        let runtime = file.final_stage();
+        Ok(Self { file, runtime })
+    }
+
+    /// The port `LIFEBOAT_LISTEN` makes lifeboatd listen on.
+    fn port(&self) -> Result<u16> {
+        let listen = self
+            .runtime
+            .env("LIFEBOAT_LISTEN")
+            .context("ENV LIFEBOAT_LISTEN")?;
+        let addr: std::net::SocketAddr = listen.parse()?;
+        ensure!(
+            addr.ip().is_unspecified(),
+            "the image must listen on all interfaces"
+        );
+        Ok(addr.port())
+    }
+}
+
+/// The names of the workspace's binaries.
+fn workspace_binaries() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for manifest in ["service/Cargo.toml", "restore-cli/Cargo.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(manifest);
+        let value: toml::Value = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        for bin in value["bin"].as_array().context("[[bin]]")? {
+            names.push(bin["name"].as_str().context("bin name")?.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+#[test]
+fn the_image_holds_the_binaries_and_starts_lifeboatd_on_its_port() -> Result<()> {
+    let image = Image::load()?;
+    let port = image.port()?;
+
+    // Binaries: built by name, copied into the runtime image, one the entry point.
+    let binaries = workspace_binaries()?;
+    let build = image.file.all("RUN").join(" ");
+    let copies = image.runtime.all("COPY").join(" ");
+    for name in &binaries {
+        ensure!(
+            build.contains(&format!("--bin {name}")),
+            "the build skips {name}"
+        );
+        ensure!(
+            copies.contains(&format!("/out/{name}")),
+            "the image lacks {name}"
+        );
+    }
+    // What restores and drills run besides lifeboat: etcd's tools and a
+    // throwaway etcd, PostgreSQL's client programs.
+    for tool in [
+        "/usr/local/bin/etcd ",
+        "/usr/local/bin/etcdutl ",
+        "/usr/local/bin/etcdctl ",
+    ] {
+        ensure!(copies.contains(tool), "the image lacks {tool}");
+    }
+    ensure!(
+        image
+            .runtime
+            .all("RUN")
+            .iter()
+            .any(|r| r.contains(" postgresql-client ")),
+        "the image lacks pg_dump and pg_restore"
+    );
+    let entrypoint = exec_form(image.runtime.last("ENTRYPOINT")?)?;
+    ensure!(entrypoint == ["/usr/local/bin/lifeboatd"], "{entrypoint:?}");
+    let cmd = exec_form(image.runtime.last("CMD")?)?;
+    ensure!(cmd == ["serve"], "{cmd:?}");
+    ensure!(
+        image.runtime.last("EXPOSE")? == port.to_string(),
+        "EXPOSE {port}"
+    );
+    let health = image.runtime.last("HEALTHCHECK")?;
+    ensure!(
+        health.contains(&format!("http://127.0.0.1:{port}/healthz")),
+        "the health check asks /healthz on {port}: {health}"
+    );
+    let tool = health
+        .split_once("CMD")
+        .and_then(|(_, c)| exec_form(c.trim()).ok())
+        .and_then(|c| c.first().cloned())
+        .context("HEALTHCHECK CMD in exec form")?;
+    ensure!(
+        image
+            .runtime
+            .all("RUN")
+            .iter()
+            .any(|r| r.contains(&format!(" {tool} "))),
+        "the health check's {tool} is not installed in the image"
+    );
+    let user = image.runtime.last("USER")?;
+    ensure!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "USER {user}"
+    );
+    let workdir = image.runtime.last("WORKDIR")?;
+    ensure!(
+        exec_form(image.runtime.last("VOLUME")?)? == [workdir],
+        "VOLUME {workdir}"
+    );
+    for source in copies
+        .split_whitespace()
+        .filter(|w| w.starts_with("schedules"))
+    {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(source);
+        ensure!(path.exists(), "COPY {source}: not in the repository");
+    }
+
+    // lifeboatd started as the image starts it: in an empty /config, with
+    // the image's CMD and LIFEBOAT_LISTEN (on loopback here) — it writes
+    // its starter config and answers /healthz on the port it was given.
+    let workspace = tempfile::tempdir()?;
+    let addr = free_addr()?;
+    let mut child = Command::new(binary("lifeboatd")?)
+        .args(&cmd)
+        .current_dir(workspace.path())
+        .env("LIFEBOAT_LISTEN", addr.to_string())
+        .env_remove("LIFEBOAT_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let answered = poll(Duration::from_secs(60), || {
+        Ok(request(addr, "GET", "/healthz", &[])
+            .ok()
+            .filter(|r| r.status == 200))
+    });
+    stop(&mut child)?;
+    answered.context("lifeboatd as the image starts it did not answer /healthz")?;
+    ensure!(
+        workspace.path().join("lifeboat.toml").is_file(),
+        "the first start writes /config/lifeboat.toml"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_unraid_template_names_the_image_port_paths_and_r2_variables() -> Result<()> {
+    let image = Image::load()?;
+    let port = image.port()?;
+    let workdir = image.runtime.last("WORKDIR")?;
+
+    // The Unraid template: the WebUI on the port, /config, R2 variables.
+    let template = Template::load(&deploy_dir().join("unraid/lifeboat.xml"))?;
+    let child = |name: &str| template.field(name);
+    ensure!(
+        child("WebUI") == format!("http://[IP]:[PORT:{port}]/"),
+        "WebUI {}",
+        child("WebUI")
+    );
+    ensure!(
+        child("Repository").starts_with("ghcr.io/"),
+        "the image is on GHCR"
+    );
+    let of_type = |kind: &str| template.configs_of(kind);
+    ensure!(
+        of_type("Port") == [(port.to_string(), "tcp".to_owned())],
+        "ports: {:?}",
+        template.configs_of("Port")
+    );
+    let paths = of_type("Path");
+    ensure!(
+        paths.contains(&(workdir.to_owned(), "rw".to_owned())),
+        "{workdir} rw"
+    );
+    for (target, mode) in &paths {
+        ensure!(
+            target == workdir || mode == "ro",
+            "{target} must be read-only"
+        );
+    }
+    let variables: BTreeSet<String> = of_type("Variable").into_iter().map(|(t, _)| t).collect();
+    ensure!(
+        variables.is_superset(&r2_variables()),
+        "R2 variables: {variables:?}"
+    );
+    let extra = child("ExtraParams");
+    ensure!(
+        extra.contains("--stop-timeout=30"),
+        "stop timeout above shutdown_grace"
+    );
+
+    // The example config for Unraid loads, and uses only mounted paths.
+    // Read as the container reads it: /config/lifeboat.toml.
+    let example = std::fs::read_to_string(deploy_dir().join("unraid/lifeboat.toml"))?;
+    let config = Config::parse(&example, &Path::new(workdir).join("lifeboat.toml"))?;
+    ensure!(
+        config.service.listen.port() == port,
+        "the Unraid config's port"
+    );
+    let mounted = |path: &Path| paths.iter().any(|(target, _)| path.starts_with(target));
+    let state = config.state_dir.clone().context("state_dir")?;
+    ensure!(
+        mounted(&state) && mounted(&config.repository.service_identity),
+        "state and keys in {workdir}"
+    );
+    for job in &config.jobs {
+        let used: Vec<PathBuf> = match &job.source {
+            SourceConfig::Directory(d) => d.folders().into_iter().map(|f| f.path).collect(),
+            SourceConfig::TalosConfig(t) => t.dir.iter().cloned().collect(),
+            SourceConfig::Postgres(p) => p.password_file.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        for path in used {
+            ensure!(
+                mounted(&path),
+                "job {}: {} is not mounted",
+                job.name,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Calls `probe` every 100 ms until it returns a value.
+fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "nothing within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops `child` and waits for it.
+fn stop(child: &mut Child) -> Result<()> {
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_r2_variables_alone_reach_a_real_s3_server() -> Result<()> {
+    let moto = MotoServer::start().await?;
+    let target: S3Target = moto.target();
+    let installation = Installation::local()?;
+    // The repository as the manifests give it: the bucket in the URL, the
+    // endpoint and the credentials only in the environment.
+    let config = format!(
+        "state_dir = \"state\"\n[repository]\nurl = \"s3://{}/deploy\"\nservice_identity = \"keys/service.key\"\ns3 = {{ path_style = {} }}\n",
+        target.bucket, target.path_style
+    );
+    std::fs::write(installation.config(), config)?;
+    let values: BTreeMap<&str, String> = BTreeMap::from([
+        ("AWS_ACCESS_KEY_ID", target.access_key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", target.secret_access_key.clone()),
+        ("AWS_ENDPOINT_URL_S3", target.endpoint.clone()),
+    ]);
+    let documents = rendered("kubernetes/overlays/homelab")?;
+    let secret: Secret = round_trip(find(&documents, "Secret", "lifeboat-r2")?)?;
+    let addr = free_addr()?;
+    let mut command = installation.command("lifeboatd")?;
+    command
+        .args([
+            "serve",
+            "--config",
+            "lifeboat.toml",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for name in secret.string_data.unwrap_or_default().keys() {
+        let value = values
+            .get(name.as_str())
+            .with_context(|| format!("the Secret sets {name}, which lifeboatd does not read"))?;
+        command.env(name, value);
+    }
+    let mut child = command.spawn()?;
+    let ready = poll(Duration::from_secs(120), || {
+        let response = request(addr, "GET", "/readyz", &[]).ok();
+        Ok(response.filter(|r| r.status == 200).map(|r| r.body))
+    });
+    stop(&mut child)?;
+    let body = ready.with_context(|| format!("lifeboatd never reached {}", target.endpoint))?;
+    ensure!(body.contains("reachable"), "{body}");
+    Ok(())
+}
+
+#[test]
+fn terraform_files_parse_and_lock_the_repository() -> Result<()> {
+    let mut files = 0;
+    let mut blocks: Vec<hcl::Block> = Vec::new();
+    for folder in ["terraform/r2-bucket", "terraform/example"] {
+        for entry in std::fs::read_dir(deploy_dir().join(folder))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tf") {
+                let text = std::fs::read_to_string(&path)?;
+                let body: hcl::Body = hcl::from_str(&text)
+                    .with_context(|| format!("{} is not valid HCL", path.display()))?;
+                blocks.extend(body.into_blocks());
+                files += 1;
+            }
+        }
+    }
+    ensure!(files >= 5, "only {files} .tf files");
+    let resources: BTreeSet<String> = blocks
+        .iter()
+        .filter(|b| b.identifier.as_str() == "resource")
+        .filter_map(|b| b.labels.first().map(|l| l.as_str().to_owned()))
+        .collect();
+    for wanted in [
+        "cloudflare_r2_bucket",
+        "cloudflare_r2_bucket_lock",
+        "cloudflare_r2_bucket_lifecycle",
+        "cloudflare_account_token",
+    ] {
+        ensure!(
+            resources.contains(wanted),
+            "no resource {wanted}: {resources:?}"
+        );
+    }
+    let variables: BTreeSet<String> = blocks
+        .iter()
+        .filter(|b| b.identifier.as_str() == "variable")
+        .filter_map(|b| b.labels.first().map(|l| l.as_str().to_owned()))
+        .collect();
+    ensure!(
+        variables.contains("lock_days"),
+        "lock days are configurable"
+    );
+    // The lock covers the prefixes that hold data, snapshots, config and
+    // keys as FORMAT.md names them.
+    let text = std::fs::read_to_string(deploy_dir().join("terraform/r2-bucket/main.tf"))?;
+    for prefix in ["data/", "snapshots/", "config\"", "keys\""] {
+        ensure!(
+            text.contains(&format!("\"${{local.prefix}}{prefix}")),
+            "the bucket lock does not name {prefix}"
+        );
+    }
+    let format = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../service/FORMAT.md"),
+    )?;
+    for object in ["`data/<hh>/<id>`", "`snapshots/<id>`", "`config`", "`keys`"] {
+        ensure!(
+            format.contains(object),
+            "FORMAT.md no longer names {object}"
+        );
+    }
+    Ok(())
+}
