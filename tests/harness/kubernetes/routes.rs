@@ -190,19 +190,23 @@ async fn handle(
         (Method::GET, Some(name)) if resource.supports("get") => {
             get(state, &resource, &target, name)
         }
-        (Method::POST, None) if resource.supports("create") => write(
-            state, &resource, &target, None, &pairs, &headers, &body, "create",
-        ),
-        (Method::PATCH, Some(name)) if resource.supports("patch") => write(
-            state,
-            &resource,
-            &target,
-            Some(name),
-            &pairs,
-            &headers,
-            &body,
-            "apply",
-        ),
+        (Method::POST, None) if resource.supports("create") => {
+            let request =
+                WriteRequest::new(&resource, &target, None, "create", &pairs, &headers, &body);
+            write(state, &request)
+        }
+        (Method::PATCH, Some(name)) if resource.supports("patch") => {
+            let request = WriteRequest::new(
+                &resource,
+                &target,
+                Some(name),
+                "apply",
+                &pairs,
+                &headers,
+                &body,
+            );
+            write(state, &request)
+        }
         (Method::DELETE, Some(name)) if resource.supports("delete") => {
             delete(state, &resource, &target, name, &pairs)
         }
@@ -325,33 +329,51 @@ fn key_of(resource: &Resource, target: &Target, name: &str) -> Key {
     )
 }
 
-/// Create (`POST`) or server-side apply (`PATCH`).
-#[allow(clippy::too_many_arguments)]
-fn write(
-    state: &mut State,
-    resource: &Resource,
-    target: &Target,
-    name: Option<&str>,
-    pairs: &[(String, String)],
-    headers: &HeaderMap,
-    body: &[u8],
-    verb: &str,
-) -> Response {
-    let dry_run = query_value(pairs, "dryRun") == Some("All");
-    let field_manager = query_value(pairs, "fieldManager").map(str::to_owned);
-    let response = checked_write(
-        state,
-        resource,
-        target,
-        name,
-        headers,
-        body,
-        verb,
-        dry_run,
-        field_manager.as_deref(),
-    );
-    let object: Option<Value> = serde_yaml_ng::from_slice(body).ok();
-    let object_name = name
+/// A create (`POST`) or server-side apply (`PATCH`) as received.
+struct WriteRequest<'a> {
+    resource: &'a Resource,
+    target: &'a Target,
+    name: Option<&'a str>,
+    verb: &'a str,
+    dry_run: bool,
+    field_manager: Option<String>,
+    content_type: String,
+    body: &'a [u8],
+}
+
+impl<'a> WriteRequest<'a> {
+    fn new(
+        resource: &'a Resource,
+        target: &'a Target,
+        name: Option<&'a str>,
+        verb: &'a str,
+        pairs: &[(String, String)],
+        headers: &HeaderMap,
+        body: &'a [u8],
+    ) -> Self {
+        Self {
+            resource,
+            target,
+            name,
+            verb,
+            dry_run: query_value(pairs, "dryRun") == Some("All"),
+            field_manager: query_value(pairs, "fieldManager").map(str::to_owned),
+            content_type: headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            body,
+        }
+    }
+}
+
+/// Runs a write and records it.
+fn write(state: &mut State, request: &WriteRequest<'_>) -> Response {
+    let response = checked_write(state, request);
+    let object: Option<Value> = serde_yaml_ng::from_slice(request.body).ok();
+    let object_name = request
+        .name
         .map(str::to_owned)
         .or_else(|| {
             object
@@ -360,34 +382,31 @@ fn write(
         })
         .unwrap_or_default();
     state.writes.push(Write {
-        verb: verb.into(),
-        group: resource.group.clone(),
-        resource: resource.plural.clone(),
-        namespace: target.namespace.clone().unwrap_or_default(),
+        verb: request.verb.into(),
+        group: request.resource.group.clone(),
+        resource: request.resource.plural.clone(),
+        namespace: request.target.namespace.clone().unwrap_or_default(),
         name: object_name,
-        dry_run,
-        field_manager,
+        dry_run: request.dry_run,
+        field_manager: request.field_manager.clone(),
         status: response.status().as_u16(),
     });
     response
 }
 
-#[allow(clippy::too_many_arguments)]
-fn checked_write(
-    state: &mut State,
-    resource: &Resource,
-    target: &Target,
-    name: Option<&str>,
-    headers: &HeaderMap,
-    body: &[u8],
-    verb: &str,
-    dry_run: bool,
-    field_manager: Option<&str>,
-) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+/// Validates and performs a write as an API server would.
+fn checked_write(state: &mut State, request: &WriteRequest<'_>) -> Response {
+    let WriteRequest {
+        resource,
+        target,
+        name,
+        verb,
+        dry_run,
+        body,
+        ..
+    } = *request;
+    let field_manager = request.field_manager.as_deref();
+    let content_type = request.content_type.as_str();
     if verb == "apply" {
         if !content_type.starts_with("application/apply-patch+yaml") {
             return failure(
