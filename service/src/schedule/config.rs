@@ -242,6 +242,38 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The ```toml blocks of a Markdown file that define jobs.
+    fn job_examples(markdown: &str) -> Vec<String> {
+        markdown
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .filter(|block| block.contains("[[job]]"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_readmes_job_examples_load() -> anyhow::Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in ["README.md", "deploy/README.md"] {
+            let markdown = std::fs::read_to_string(root.join(file))?;
+            let examples = job_examples(&markdown);
+            assert!(!examples.is_empty() || file != "README.md");
+            for example in examples {
+                let text = if example.contains("[repository]") {
+                    example.clone()
+                } else {
+                    format!("[repository]\nurl = \"repo\"\nservice_identity = \"k\"\n{example}")
+                };
+                if let Err(e) = Config::parse(&text, Path::new("/srv/lifeboat.toml")) {
+                    panic!("an example of {file} does not load: {e}\n{example}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn errors_name_the_line_and_field() {
         let text = "[repository]\nurl = \"repo\"\nservice_identity = \"k\"\n\n[[job]]\nname = \"a\"\nsource = { kind = \"directory\", pahts = [\"/x\"] }\n";
