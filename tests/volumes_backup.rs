@@ -312,3 +312,41 @@ pod = { namespace = "apps", selector = "app=nothing", kubeconfig = "kubeconfig" 
     );
     Ok(())
 }
+
+#[test]
+fn one_directory_job_holds_many_appdata_folders_each_with_its_excludes() -> Result<()> {
+    let installation = Installation::local()?;
+    let files = [
+        ("appdata/gitea/data/repo.git", true),
+        ("appdata/gitea/log/gitea.log", false),
+        ("appdata/vaultwarden/db.sqlite3", true),
+        ("appdata/vaultwarden/icon_cache/a.png", false),
+        ("appdata/plex/Preferences.xml", true),
+        ("appdata/plex/Cache/big.bin", false),
+        ("appdata/plex/Logs/x.tmp", false),
+    ];
+    for (path, _) in files {
+        write_file(&installation.path(path), path.as_bytes())?;
+    }
+    installation.write_config(
+        &[],
+        &[(
+            "appdata",
+            r#"{ kind = "directory", exclude = ["*.tmp"], folders = [
+  { path = "appdata/gitea", exclude = ["log"] },
+  { path = "appdata/vaultwarden", exclude = ["icon_cache"] },
+  { path = "appdata/plex", exclude = ["Cache/**"] },
+] }"#,
+        )],
+    )?;
+    installation.backup("appdata")?;
+    let restored = installation.path("restored");
+    installation
+        .restore(&installation.restore_key(), "latest:appdata", &restored)?
+        .ok()?;
+    for (path, kept) in files {
+        let copy = restored.join(installation.path(path).strip_prefix("/")?);
+        ensure!(copy.exists() == kept, "{path} kept: {kept}");
+    }
+    Ok(())
+}
