@@ -19,16 +19,25 @@
 //!   `Version`, `Read`, `EtcdRecover` (keeps the uploaded bytes),
 //!   `Bootstrap` and `ApplyConfiguration`;
 //! - [`TalosApiServer::talosconfig`]: a talosconfig for it, as talosctl
-//!   writes them.
+//!   writes them;
+//! - [`TalosApiServer::start_fresh`]: a node of a VM being rebuilt, as
+//!   Talos behaves from first boot: powered off (connections are dropped)
+//!   until [`TalosApiServer::power_on`], then in maintenance mode (TLS
+//!   without client certificates; only `Version` and `ApplyConfiguration`),
+//!   and after a config is applied "rebooted" into mutual TLS, with etcd
+//!   `Preparing` (`ServiceList`) until `Bootstrap`;
+//! - [`TalosApiServer::refuse_once`]: the next call of a method fails with
+//!   `Internal`, to test how callers resume.
 //!
 //! What it cannot show: the behaviour of a real apid/machined (proxying to
-//! other nodes, etcd's own snapshot timing, maintenance mode). Those parts
-//! are proven only against this stand-in.
+//! other nodes, etcd's own snapshot timing, installing to disk and the real
+//! reboot). Those parts are proven only against this stand-in.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
@@ -40,18 +49,22 @@ use lifeboat::talos::proto::machine::{
     ApplyConfiguration, ApplyConfigurationRequest, ApplyConfigurationResponse, Bootstrap,
     BootstrapRequest, BootstrapResponse, EtcdMemberStatus, EtcdRecover, EtcdRecoverResponse,
     EtcdSnapshotRequest, EtcdStatus, EtcdStatusResponse, FeaturesInfo, PlatformInfo, ReadRequest,
-    Version, VersionInfo, VersionResponse,
+    ServiceHealth, ServiceInfo, ServiceList, ServiceListResponse, Version, VersionInfo,
+    VersionResponse,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType,
 };
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
+
+/// The calls a node in maintenance mode answers.
+const MAINTENANCE_CALLS: [&str; 2] = ["Version", "ApplyConfiguration"];
 
 /// The size of the pieces a snapshot is sent in (etcd's).
 const PIECE: usize = 32 * 1024;
@@ -102,6 +115,8 @@ pub struct TalosPki {
     pub server_cert_pem: String,
     /// Its key.
     pub server_key_pem: String,
+    /// The server certificate, DER (what a maintenance-mode pin hashes).
+    pub server_cert_der: Vec<u8>,
     /// A client certificate per role.
     pub clients: HashMap<Role, ClientCert>,
     /// A client certificate (role `os:admin`) from another CA.
@@ -140,6 +155,7 @@ impl TalosPki {
             ca_pem: ca.pem(),
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
+            server_cert_der: server_cert.der().to_vec(),
             clients,
             foreign: client(Role::Admin, &other_ca)?,
         })
@@ -232,6 +248,8 @@ struct NodeState {
     recovered: Option<Vec<u8>>,
     bootstrapped: Option<BootstrapRequest>,
     files: HashMap<String, Vec<u8>>,
+    /// Methods whose next call fails with `Internal`.
+    refuse: HashSet<&'static str>,
 }
 
 #[derive(Debug)]
@@ -240,6 +258,13 @@ struct Shared {
     nodes: HashSet<String>,
     roles: HashMap<Vec<u8>, Role>,
     state: Mutex<NodeState>,
+    /// Whether the node runs etcd (a control-plane node).
+    control_plane: bool,
+    /// Whether the node's VM is running (else connections are dropped).
+    powered: AtomicBool,
+    /// Whether the node serves the maintenance API (a fresh node until a
+    /// config is applied).
+    maintenance: AtomicBool,
 }
 
 impl Shared {
@@ -250,13 +275,23 @@ impl Shared {
     }
 }
 
+/// How a stand-in node starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    /// A configured control-plane node whose etcd is running.
+    Running,
+    /// A freshly installed node whose VM is not running yet.
+    Fresh,
+}
+
 /// The stand-in node, serving on a loopback port until dropped.
 #[derive(Debug)]
 pub struct TalosApiServer {
     addr: SocketAddr,
     pki: TalosPki,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropping it stops the server.
+    _stop: watch::Sender<()>,
 }
 
 impl TalosApiServer {
@@ -266,7 +301,27 @@ impl TalosApiServer {
     ///
     /// Fails when the certificates or the listener cannot be made.
     pub async fn start(snapshot: &Path) -> Result<Self> {
-        let pki = TalosPki::generate()?;
+        Self::start_with(TalosPki::generate()?, snapshot, Boot::Running, true).await
+    }
+
+    /// Starts the node of a VM that is being rebuilt, with the certificates
+    /// of `pki` (several nodes of one cluster share them): it drops every
+    /// connection until [`power_on`](Self::power_on), then serves the
+    /// maintenance API until a config is applied. A control-plane node then
+    /// runs etcd `Preparing` until `Bootstrap`; `snapshot` is what it
+    /// serves for `EtcdSnapshot`.
+    ///
+    /// Fails when the listener cannot be made.
+    pub async fn start_fresh(pki: &TalosPki, snapshot: &Path, control_plane: bool) -> Result<Self> {
+        Self::start_with(pki.clone(), snapshot, Boot::Fresh, control_plane).await
+    }
+
+    async fn start_with(
+        pki: TalosPki,
+        snapshot: &Path,
+        boot: Boot,
+        control_plane: bool,
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("binding a loopback port for the Talos API stand-in")?;
@@ -277,44 +332,60 @@ impl TalosApiServer {
             .map(|(role, cert)| (cert.der.clone(), *role))
             .collect();
         roles.insert(pki.foreign.der.clone(), Role::Admin);
+        let state = match boot {
+            Boot::Running => NodeState {
+                configured: true,
+                bootstrapped: Some(BootstrapRequest::default()),
+                ..NodeState::default()
+            },
+            Boot::Fresh => NodeState::default(),
+        };
         let shared = Arc::new(Shared {
             snapshot: snapshot.to_owned(),
             nodes: HashSet::from(["127.0.0.1".to_owned()]),
             roles,
-            state: Mutex::new(NodeState {
-                configured: true,
-                bootstrapped: Some(BootstrapRequest::default()),
-                ..NodeState::default()
-            }),
+            state: Mutex::new(state),
+            control_plane,
+            powered: AtomicBool::new(boot == Boot::Running),
+            maintenance: AtomicBool::new(boot == Boot::Fresh),
         });
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                &pki.server_cert_pem,
-                &pki.server_key_pem,
-            ))
+        let identity = Identity::from_pem(&pki.server_cert_pem, &pki.server_key_pem);
+        let mutual = ServerTlsConfig::new()
+            .identity(identity.clone())
             .client_ca_root(Certificate::from_pem(&pki.ca_pem));
-        let service = MachineServiceServer::new(Node {
-            shared: shared.clone(),
-        });
-        let router = Server::builder()
-            .tls_config(tls)
-            .context("the stand-in's TLS settings")?
-            .add_service(service);
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
-            let _ = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let maintenance = ServerTlsConfig::new().identity(identity);
+        let (stop, stopped) = watch::channel(());
+        let to_mutual = serve(mutual, &shared, stopped.clone())?;
+        let to_maintenance = serve(maintenance, &shared, stopped.clone())?;
+        tokio::spawn(dispatch(
+            listener,
+            shared.clone(),
+            to_mutual,
+            to_maintenance,
+            stopped,
+        ));
         Ok(Self {
             addr,
             pki,
             shared,
-            stop: Some(stop),
+            _stop: stop,
         })
+    }
+
+    /// Starts the node's VM: from now on it answers.
+    pub fn power_on(&self) {
+        self.shared.powered.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the node's VM was started.
+    pub fn is_powered(&self) -> bool {
+        self.shared.powered.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next call of `rpc` (e.g. `"Bootstrap"`) fail with
+    /// `Internal`, as a node that hit a transient error would.
+    pub fn refuse_once(&self, rpc: &'static str) {
+        self.shared.state().refuse.insert(rpc);
     }
 
     /// The endpoint, `127.0.0.1:PORT`.
@@ -401,10 +472,60 @@ impl TalosApiServer {
     }
 }
 
-impl Drop for TalosApiServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+/// A connection handed to one of a node's servers.
+type Connection = std::io::Result<tokio::net::TcpStream>;
+
+/// Starts a gRPC server of the node with `tls`, serving the connections
+/// sent into the returned channel until `stopped` fires.
+fn serve(
+    tls: ServerTlsConfig,
+    shared: &Arc<Shared>,
+    mut stopped: watch::Receiver<()>,
+) -> Result<mpsc::Sender<Connection>> {
+    let router = Server::builder()
+        .tls_config(tls)
+        .context("the stand-in's TLS settings")?
+        .add_service(MachineServiceServer::new(Node {
+            shared: shared.clone(),
+        }));
+    let (tx, rx) = mpsc::channel::<Connection>(16);
+    tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
+                let _ = stopped.changed().await;
+            })
+            .await;
+    });
+    Ok(tx)
+}
+
+/// Accepts connections and hands them on as the node's state says: dropped
+/// while its VM is off, to the maintenance server (TLS without client
+/// certificates) until it is configured, to the mutual-TLS server after.
+async fn dispatch(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mutual: mpsc::Sender<Connection>,
+    maintenance: mpsc::Sender<Connection>,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        if !shared.powered.load(Ordering::SeqCst) {
+            drop(stream);
+            continue;
+        }
+        let to = if shared.maintenance.load(Ordering::SeqCst) {
+            &maintenance
+        } else {
+            &mutual
+        };
+        if to.send(Ok(stream)).await.is_err() {
+            return;
         }
     }
 }
@@ -461,17 +582,32 @@ impl Node {
                 .first()
                 .and_then(|cert| self.shared.roles.get(cert.as_ref()).copied())
         });
-        self.shared.state().calls.push(Call {
+        let mut state = self.shared.state();
+        state.calls.push(Call {
             rpc,
             node: node.clone(),
             role,
         });
+        if state.refuse.remove(rpc) {
+            return Err(Status::internal(format!(
+                "{rpc} failed on the node (a failure the test injected)"
+            )));
+        }
         if let Some(node) = node.filter(|n| !self.shared.nodes.contains(n)) {
             return Err(Status::unavailable(format!(
                 "connection error: desc = \"transport: Error while dialing: dial tcp {node}:50000: connect: no route to host\""
             )));
         }
+        let maintenance = request.peer_certs().is_none_or(|certs| certs.is_empty());
         match role {
+            // A connection to the maintenance API (no client certificate).
+            _ if maintenance && state.configured => Err(Status::unavailable(
+                "the node is rebooting into its configuration: connect with a talosconfig",
+            )),
+            _ if maintenance && MAINTENANCE_CALLS.contains(&rpc) => Ok(()),
+            _ if maintenance => Err(Status::unimplemented(format!(
+                "{rpc} is not available in maintenance mode"
+            ))),
             Some(role) if allowed.contains(&role) => Ok(()),
             _ => Err(Status::permission_denied("not authorized")),
         }
@@ -494,6 +630,7 @@ impl MachineService for Node {
             let mut state = self.shared.state();
             state.applied_configs.push(request.data.to_vec());
             state.configured = true;
+            self.shared.maintenance.store(false, Ordering::SeqCst);
         }
         Ok(Response::new(ApplyConfigurationResponse {
             messages: vec![ApplyConfiguration {
@@ -521,6 +658,11 @@ impl MachineService for Node {
                 "bootstrap is not available yet: the machine has no configuration",
             ));
         }
+        if !self.shared.control_plane {
+            return Err(Status::failed_precondition(
+                "bootstrap is only available on control plane nodes",
+            ));
+        }
         if state.bootstrapped.is_some() {
             return Err(Status::already_exists("etcd data directory is not empty"));
         }
@@ -540,6 +682,14 @@ impl MachineService for Node {
         request: Request<Streaming<Data>>,
     ) -> Result<Response<EtcdRecoverResponse>, Status> {
         self.admit("EtcdRecover", &request, &[Role::Admin])?;
+        {
+            let state = self.shared.state();
+            if !self.shared.control_plane || !state.configured || state.bootstrapped.is_some() {
+                return Err(Status::failed_precondition(
+                    "etcd is not waiting for bootstrap (service etcd is not Preparing)",
+                ));
+            }
+        }
         let mut stream = request.into_inner();
         let mut received = Vec::new();
         while let Some(piece) = stream.message().await? {
@@ -582,6 +732,9 @@ impl MachineService for Node {
             &request,
             &[Role::Admin, Role::Operator, Role::Reader, Role::EtcdBackup],
         )?;
+        if self.shared.state().bootstrapped.is_none() {
+            return Err(Status::unavailable("etcd is not running"));
+        }
         let size = std::fs::metadata(&self.shared.snapshot)
             .map(|m| m.len())
             .unwrap_or(0);
@@ -631,6 +784,42 @@ impl MachineService for Node {
             })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+
+    async fn service_list(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<ServiceListResponse>, Status> {
+        self.admit(
+            "ServiceList",
+            &request,
+            &[Role::Admin, Role::Operator, Role::Reader],
+        )?;
+        let state = self.shared.state();
+        let service = |id: &str, state: &str| ServiceInfo {
+            id: id.into(),
+            state: state.into(),
+            health: Some(ServiceHealth {
+                unknown: false,
+                healthy: state == "Running",
+                last_message: String::new(),
+            }),
+        };
+        let mut services = vec![service("apid", "Running"), service("machined", "Running")];
+        if self.shared.control_plane && state.configured {
+            let etcd = if state.bootstrapped.is_some() {
+                "Running"
+            } else {
+                "Preparing"
+            };
+            services.push(service("etcd", etcd));
+        }
+        Ok(Response::new(ServiceListResponse {
+            messages: vec![ServiceList {
+                metadata: None,
+                services,
+            }],
+        }))
     }
 
     async fn version(&self, request: Request<()>) -> Result<Response<VersionResponse>, Status> {

@@ -73,6 +73,15 @@ pub struct TalosVersion {
     pub rbac: bool,
 }
 
+/// The state of one service of a node (`ServiceList`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Talos' name of the state: `Preparing`, `Waiting`, `Running`, …
+    pub state: String,
+    /// Whether its health check passes.
+    pub healthy: bool,
+}
+
 /// How a machine configuration is applied (`ApplyConfiguration`'s mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
@@ -292,6 +301,29 @@ impl TalosClient {
         message
             .and_then(|m| m.member_status)
             .ok_or_else(|| self.empty(RPC, "a member status"))
+    }
+
+    /// The state of the node's service `id` (e.g. `etcd`: `Preparing`
+    /// while it waits for `Bootstrap`, then `Running`), or `None` when the
+    /// node does not run it (roles os:admin, os:operator, os:reader).
+    ///
+    /// Fails when the call fails.
+    pub async fn service_state(&self, id: &str) -> Result<Option<ServiceState>, TalosError> {
+        const RPC: &str = "ServiceList";
+        let reply = self
+            .call(RPC, self.service.clone().service_list(self.request(())))
+            .await?;
+        let message = reply.messages.into_iter().next();
+        self.check_metadata(RPC, message.as_ref().and_then(|m| m.metadata.as_ref()))?;
+        let message = message.ok_or_else(|| self.empty(RPC, "a service list"))?;
+        Ok(message
+            .services
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| ServiceState {
+                state: s.state,
+                healthy: s.health.is_some_and(|h| h.healthy && !h.unknown),
+            }))
     }
 
     /// Starts an etcd snapshot of the node: the bbolt database followed by

@@ -10,7 +10,8 @@
 //! - [`client`]: [`TalosClient`], one connection to one endpoint, with the
 //!   `node` gRPC metadata that makes apid proxy a call to a node, and the
 //!   calls lifeboat makes: `EtcdSnapshot`, `EtcdStatus`, `Version`, `Read`,
-//!   and for a rebuild `EtcdRecover`, `Bootstrap`, `ApplyConfiguration`;
+//!   and for a rebuild `ServiceList`, `EtcdRecover`, `Bootstrap`,
+//!   `ApplyConfiguration`;
 //! - [`proto`]: the message and service types, generated from lifeboat's
 //!   own subset of Talos' protos (`service/proto/`).
 //!
@@ -25,7 +26,7 @@ pub mod proto;
 pub mod tls;
 
 pub use client::{
-    ApplyMode, ApplyOutcome, DataReader, EtcdMemberStatus, TalosClient, TalosVersion,
+    ApplyMode, ApplyOutcome, DataReader, EtcdMemberStatus, ServiceState, TalosClient, TalosVersion,
 };
 pub use config::{Context, Credentials, TalosConfig, TalosEndpoint};
 pub use tls::Security;
@@ -151,7 +152,7 @@ pub enum TalosError {
     #[error(
         "{rpc} on {target} was refused: {message}; the talosconfig's role lacks the right \
          (Talos allows EtcdSnapshot to os:admin, os:operator and os:etcd:backup; EtcdStatus \
-         also to os:reader; Version to os:admin, os:operator and os:reader; Read, Bootstrap, \
+         also to os:reader; Version and ServiceList to os:admin, os:operator and os:reader; Read, Bootstrap, \
          EtcdRecover and ApplyConfiguration to os:admin)"
     )]
     PermissionDenied {
