@@ -8,6 +8,7 @@ mod init;
 mod keys;
 mod list;
 mod prune;
+mod rebuild;
 mod restore;
 
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
     Forget(prune::ForgetArgs),
     /// Delete packs no snapshot uses, after a grace period (either key).
     Prune(prune::PruneArgs),
+    /// Rebuild the Talos cluster: VMs through libvirt, configs and etcd
+    /// through the Talos API, timed and resumable.
+    Rebuild(rebuild::RebuildArgs),
     /// Create identity files, show recipients.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Forget(args) => prune::run_forget(args).await,
             Command::Prune(args) => prune::run_prune(args).await,
+            Command::Rebuild(args) => rebuild::run(args).await,
             Command::Keys(command) => keys::run(command),
         }
     });

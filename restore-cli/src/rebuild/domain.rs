@@ -1,0 +1,107 @@
+//! The libvirt XML of a Talos VM and its disk: q35 with UEFI firmware
+//! (OVMF, `firmware='efi'`), CPU `host-passthrough` (Talos needs
+//! x86-64-v2), a virtio disk and NIC on the bridge, the Talos ISO as a SATA
+//! CD-ROM, booting from the disk first and the CD-ROM while the disk is
+//! empty.
+
+use std::path::PathBuf;
+
+use super::spec::{ClusterSpec, NodeSpec};
+
+/// The file name of a VM's disk, as Unraid names it.
+pub const DISK_FILE: &str = "vdisk1.img";
+
+/// Escapes text for XML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// The folder of a node's disk.
+pub fn disk_dir(spec: &ClusterSpec, node: &NodeSpec) -> PathBuf {
+    spec.libvirt.disk_dir.join(&node.name)
+}
+
+/// The name of the storage pool lifeboat uses to create a node's disk.
+pub fn pool_name(node: &NodeSpec) -> String {
+    format!("lifeboat-{}", node.name)
+}
+
+/// A directory storage pool over the node's disk folder.
+pub fn pool_xml(spec: &ClusterSpec, node: &NodeSpec) -> String {
+    format!(
+        "<pool type='dir'>\n  <name>{}</name>\n  <target>\n    <path>{}</path>\n  </target>\n</pool>\n",
+        escape(&pool_name(node)),
+        escape(&disk_dir(spec, node).to_string_lossy()),
+    )
+}
+
+/// The node's disk, a raw file of its size.
+pub fn volume_xml(node: &NodeSpec) -> String {
+    format!(
+        "<volume>\n  <name>{DISK_FILE}</name>\n  <capacity unit='GiB'>{}</capacity>\n  <target>\n    <format type='raw'/>\n  </target>\n</volume>\n",
+        node.disk_gib()
+    )
+}
+
+/// The domain of the node.
+pub fn domain_xml(spec: &ClusterSpec, node: &NodeSpec) -> String {
+    let disk = disk_dir(spec, node).join(DISK_FILE);
+    format!(
+        "<domain type='kvm'>
+  <name>{name}</name>
+  <description>Talos {role:?} node, created by lifeboat rebuild</description>
+  <memory unit='MiB'>{memory}</memory>
+  <vcpu placement='static'>{vcpus}</vcpu>
+  <os firmware='efi'>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <boot dev='hd'/>
+    <boot dev='cdrom'/>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+  </features>
+  <cpu mode='host-passthrough' check='none' migratable='on'/>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>restart</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='writeback' discard='unmap'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='{iso}'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <interface type='bridge'>
+      <mac address='{mac}'/>
+      <source bridge='{bridge}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='pty'/>
+    <console type='pty'/>
+    <rng model='virtio'>
+      <backend model='random'>/dev/urandom</backend>
+    </rng>
+  </devices>
+</domain>
+",
+        name = escape(&node.name),
+        role = node.role,
+        memory = node.memory_mib(),
+        vcpus = node.vcpus(),
+        disk = escape(&disk.to_string_lossy()),
+        iso = escape(&spec.libvirt.iso.to_string_lossy()),
+        mac = escape(&node.mac),
+        bridge = escape(&node.bridge),
+    )
+}

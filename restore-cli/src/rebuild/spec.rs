@@ -1,0 +1,314 @@
+//! The cluster spec of `lifeboat rebuild` (TOML): where the VMs go, the
+//! Talos ISO, the backups to rebuild from and each node. Defaults follow
+//! the reference cluster: a control plane of 2 vCPU/4 GiB and a worker of
+//! 4 vCPU/8 GiB on an Unraid server, disks under `/mnt/user/domains`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole spec.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The hypervisor.
+    pub libvirt: LibvirtSpec,
+    /// The backups rebuilt from.
+    #[serde(default)]
+    pub backups: BackupsSpec,
+    /// Talos settings shared by the nodes.
+    #[serde(default)]
+    pub talos: TalosSpec,
+    /// The nodes, control plane first.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Where and how the VMs are made.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtSpec {
+    /// The libvirt URI: `qemu+ssh://root@unraid/system` for Unraid,
+    /// `qemu:///system` locally.
+    pub uri: String,
+    /// The folder holding a folder per VM with its disk `vdisk1.img`.
+    #[serde(default = "default_disk_dir")]
+    pub disk_dir: PathBuf,
+    /// The Talos ISO on the hypervisor (e.g. from the Image Factory).
+    pub iso: PathBuf,
+}
+
+/// The backups to rebuild from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsSpec {
+    /// Repository URL (else `--repo` / LIFEBOAT_REPOSITORY).
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// S3 endpoint of the repository, if not AWS.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    /// Address buckets by path (Garage, MinIO).
+    #[serde(default)]
+    pub s3_path_style: bool,
+    /// The restore key (else `--identity` / LIFEBOAT_IDENTITY).
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
+    /// The snapshot of the `talos-config` job.
+    #[serde(default = "default_talos_config")]
+    pub talos_config: String,
+    /// The snapshot of the `talos-etcd` (or `etcd`) job.
+    #[serde(default = "default_etcd")]
+    pub etcd: String,
+}
+
+impl Default for BackupsSpec {
+    fn default() -> Self {
+        Self {
+            repository: None,
+            s3_endpoint: None,
+            s3_path_style: false,
+            identity: None,
+            talos_config: default_talos_config(),
+            etcd: default_etcd(),
+        }
+    }
+}
+
+/// Talos settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TalosSpec {
+    /// SHA-256 (hex) of the maintenance-mode server certificate, if pinned.
+    #[serde(default)]
+    pub maintenance_pin: Option<String>,
+    /// The talosconfig context (default: the file's current one).
+    #[serde(default)]
+    pub context: Option<String>,
+    /// How long to wait for a node or etcd, e.g. `"15m"`.
+    #[serde(default = "default_wait", with = "humantime_serde_str")]
+    pub wait: std::time::Duration,
+}
+
+impl Default for TalosSpec {
+    fn default() -> Self {
+        Self {
+            maintenance_pin: None,
+            context: None,
+            wait: default_wait(),
+        }
+    }
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs etcd and the Kubernetes control plane.
+    Controlplane,
+    /// Runs workloads.
+    Worker,
+}
+
+/// One node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The VM's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// vCPUs (default: 2 control plane, 4 worker).
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Memory in MiB (default: 4096 control plane, 8192 worker).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Disk size in GiB (default: 32 control plane, 64 worker).
+    #[serde(default)]
+    pub disk_gib: Option<u64>,
+    /// The NIC's MAC address (keep it: DHCP leases and Talos' addresses
+    /// follow it).
+    pub mac: String,
+    /// The host bridge.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// The address the node has in maintenance mode (first boot).
+    pub maintenance_address: String,
+    /// The node's Talos API endpoint once configured (`IP` or `IP:PORT`).
+    pub endpoint: String,
+    /// The machine config inside the talos-config snapshot (default: the
+    /// first control-plane or worker config found there, by content).
+    #[serde(default)]
+    pub machine_config: Option<String>,
+}
+
+impl NodeSpec {
+    /// vCPUs, defaulted by role.
+    pub fn vcpus(&self) -> u32 {
+        self.vcpus.unwrap_or(match self.role {
+            Role::Controlplane => 2,
+            Role::Worker => 4,
+        })
+    }
+
+    /// Memory in MiB, defaulted by role.
+    pub fn memory_mib(&self) -> u64 {
+        self.memory_mib.unwrap_or(match self.role {
+            Role::Controlplane => 4096,
+            Role::Worker => 8192,
+        })
+    }
+
+    /// Disk size in GiB, defaulted by role.
+    pub fn disk_gib(&self) -> u64 {
+        self.disk_gib.unwrap_or(match self.role {
+            Role::Controlplane => 32,
+            Role::Worker => 64,
+        })
+    }
+}
+
+fn default_disk_dir() -> PathBuf {
+    PathBuf::from("/mnt/user/domains")
+}
+fn default_bridge() -> String {
+    "br0".into()
+}
+fn default_talos_config() -> String {
+    "latest:talos-config".into()
+}
+fn default_etcd() -> String {
+    "latest:etcd".into()
+}
+fn default_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(15 * 60)
+}
+
+/// `"15m"` as a duration.
+mod humantime_serde_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ClusterSpec {
+    /// Reads and checks the spec at `path`.
+    ///
+    /// Fails when the file cannot be read, is not valid TOML of this shape,
+    /// has no control-plane node, or repeats a name.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster spec {}", path.display()))?;
+        let spec: Self = toml::from_str(&text).with_context(|| {
+            format!(
+                "the cluster spec {} is not valid (see deploy/rebuild/cluster.example.toml)",
+                path.display()
+            )
+        })?;
+        spec.check()
+            .with_context(|| format!("cluster spec {}", path.display()))?;
+        Ok(spec)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.nodes.iter().any(|n| n.role == Role::Controlplane) {
+            bail!("no node has role = \"controlplane\"; etcd is recovered onto the first one");
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.nodes[..i].iter().any(|n| n.name == node.name) {
+                bail!(
+                    "two nodes are named {:?}; VM names must be unique",
+                    node.name
+                );
+            }
+            if node.name.is_empty()
+                || !node
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!(
+                    "node name {:?}: use letters, digits, '-' and '_'",
+                    node.name
+                );
+            }
+        }
+        if let Some(pin) = &self.talos.maintenance_pin {
+            self.pin()
+                .with_context(|| format!("talos.maintenance_pin {pin:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The maintenance-mode certificate pin, decoded.
+    ///
+    /// Fails when it is not 64 hex digits.
+    pub fn pin(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        let Some(text) = &self.talos.maintenance_pin else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(text.trim_start_matches("sha256:"))
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .context("give the SHA-256 of the certificate as 64 hex digits")?;
+        Ok(Some(bytes))
+    }
+
+    /// The first control-plane node (etcd is recovered onto it).
+    pub fn bootstrap_node(&self) -> &NodeSpec {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Controlplane)
+            .unwrap_or(&self.nodes[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_reference_cluster() {
+        let spec: ClusterSpec = toml::from_str(
+            r#"
+            [libvirt]
+            uri = "test:///default"
+            iso = "/mnt/user/isos/metal-amd64.iso"
+            [[node]]
+            name = "cp1"
+            role = "controlplane"
+            mac = "52:54:00:00:00:01"
+            maintenance_address = "10.0.0.50"
+            endpoint = "10.0.0.10"
+            [[node]]
+            name = "w1"
+            role = "worker"
+            mac = "52:54:00:00:00:02"
+            maintenance_address = "10.0.0.51"
+            endpoint = "10.0.0.11"
+            "#,
+        )
+        .expect("spec");
+        spec.check().expect("valid");
+        assert_eq!(
+            (spec.nodes[0].vcpus(), spec.nodes[0].memory_mib()),
+            (2, 4096)
+        );
+        assert_eq!(
+            (spec.nodes[1].vcpus(), spec.nodes[1].memory_mib()),
+            (4, 8192)
+        );
+        assert_eq!(spec.libvirt.disk_dir, PathBuf::from("/mnt/user/domains"));
+        assert_eq!(spec.nodes[0].bridge, "br0");
+        assert_eq!(spec.backups.etcd, "latest:etcd");
+    }
+}

@@ -1,0 +1,414 @@
+//! The steps of a rebuild, in order: what each does (for `--plan`) and
+//! doing it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use lifeboat::restore::files::{RestoreOptions, RestoreProgress, restore};
+use lifeboat::sources::etcd_snapshot::verify_file;
+use lifeboat::sources::talos_config::{TalosFile, inspect_file};
+use lifeboat::talos::{ApplyMode, Security, TalosClient, TalosConfig, TalosEndpoint};
+
+use super::domain::{domain_xml, pool_xml, volume_xml};
+use super::hypervisor::Hypervisor;
+use super::spec::{ClusterSpec, NodeSpec, Role};
+use crate::args::{KeyArgs, RepoArgs};
+
+/// How often a wait asks again.
+const POLL: Duration = Duration::from_millis(500);
+
+/// One step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Restore the talos-config and etcd snapshots into the work folder.
+    FetchBackups,
+    /// Create node `i`'s disk.
+    Disk(usize),
+    /// Define node `i`'s domain.
+    Define(usize),
+    /// Start node `i`'s VM.
+    Start(usize),
+    /// Wait for node `i`'s maintenance API.
+    Maintenance(usize),
+    /// Apply node `i`'s machine config.
+    ApplyConfig(usize),
+    /// Wait for node `i`'s configured Talos API.
+    TalosApi(usize),
+    /// Wait for etcd to wait for bootstrap.
+    EtcdReady,
+    /// Upload the etcd snapshot.
+    EtcdRecover,
+    /// Bootstrap etcd from it.
+    Bootstrap,
+}
+
+/// Every step for `spec`, in order.
+pub fn all(spec: &ClusterSpec) -> Vec<Step> {
+    let n = spec.nodes.len();
+    let mut steps = vec![Step::FetchBackups];
+    for make in [
+        Step::Disk,
+        Step::Define,
+        Step::Start,
+        Step::Maintenance,
+        Step::ApplyConfig,
+        Step::TalosApi,
+    ] {
+        steps.extend((0..n).map(make));
+    }
+    steps.extend([Step::EtcdReady, Step::EtcdRecover, Step::Bootstrap]);
+    steps
+}
+
+impl Step {
+    /// The step's id in the state file and report, e.g. `start:talos-cp1`.
+    pub fn id(self, spec: &ClusterSpec) -> String {
+        let node = |i: usize| spec.nodes[i].name.as_str();
+        match self {
+            Self::FetchBackups => "fetch-backups".into(),
+            Self::Disk(i) => format!("disk:{}", node(i)),
+            Self::Define(i) => format!("define:{}", node(i)),
+            Self::Start(i) => format!("start:{}", node(i)),
+            Self::Maintenance(i) => format!("maintenance-api:{}", node(i)),
+            Self::ApplyConfig(i) => format!("apply-config:{}", node(i)),
+            Self::TalosApi(i) => format!("talos-api:{}", node(i)),
+            Self::EtcdReady => format!("etcd-ready:{}", spec.bootstrap_node().name),
+            Self::EtcdRecover => format!("etcd-recover:{}", spec.bootstrap_node().name),
+            Self::Bootstrap => format!("bootstrap:{}", spec.bootstrap_node().name),
+        }
+    }
+
+    /// What the step will do, with the exact XML and API calls.
+    pub fn describe(self, spec: &ClusterSpec) -> String {
+        let uri = &spec.libvirt.uri;
+        let cp = spec.bootstrap_node();
+        let pin = match &spec.talos.maintenance_pin {
+            Some(pin) => format!("server certificate pinned to sha256:{pin}"),
+            None => "server certificate not verified (maintenance mode)".into(),
+        };
+        match self {
+            Self::FetchBackups => format!(
+                "restore snapshot {} into WORK/talos-config and {} into WORK/etcd; verify the etcd snapshot's SHA-256 trailer",
+                spec.backups.talos_config, spec.backups.etcd
+            ),
+            Self::Disk(i) => format!(
+                "libvirt {uri}: storage pool (transient use, then undefined)\n{}volume\n{}",
+                pool_xml(spec, &spec.nodes[i]),
+                volume_xml(&spec.nodes[i])
+            ),
+            Self::Define(i) => format!(
+                "libvirt {uri}: virDomainDefineXMLFlags(VALIDATE) unless a domain {} with MAC {} exists (--replace: destroy, undefine, define)\n{}",
+                spec.nodes[i].name,
+                spec.nodes[i].mac,
+                domain_xml(spec, &spec.nodes[i])
+            ),
+            Self::Start(i) => format!("libvirt {uri}: virDomainCreate({})", spec.nodes[i].name),
+            Self::Maintenance(i) => format!(
+                "Talos API {}: machine.MachineService/Version over TLS without client certificate, {pin}; until it answers (at most {})",
+                with_port(&spec.nodes[i].maintenance_address),
+                humantime::format_duration(spec.talos.wait)
+            ),
+            Self::ApplyConfig(i) => format!(
+                "Talos API {}: machine.MachineService/ApplyConfiguration{{data: {}, mode: AUTO}}, {pin}",
+                with_port(&spec.nodes[i].maintenance_address),
+                config_name(&spec.nodes[i])
+            ),
+            Self::TalosApi(i) => format!(
+                "Talos API {}: machine.MachineService/Version over mutual TLS with the talosconfig from the talos-config snapshot; until it answers",
+                with_port(&spec.nodes[i].endpoint)
+            ),
+            Self::EtcdReady => format!(
+                "Talos API {}: machine.MachineService/ServiceList until service etcd is Preparing",
+                with_port(&cp.endpoint)
+            ),
+            Self::EtcdRecover => format!(
+                "Talos API {}: machine.MachineService/EtcdRecover(stream common.Data) with the etcd snapshot, trailer included",
+                with_port(&cp.endpoint)
+            ),
+            Self::Bootstrap => format!(
+                "Talos API {}: machine.MachineService/Bootstrap{{recover_etcd: true, recover_skip_hash_check: false}}",
+                with_port(&cp.endpoint)
+            ),
+        }
+    }
+}
+
+fn config_name(node: &NodeSpec) -> String {
+    match &node.machine_config {
+        Some(path) => format!("{path} from the talos-config snapshot"),
+        None => format!(
+            "the {:?} machine config found in the talos-config snapshot",
+            node.role
+        ),
+    }
+}
+
+/// `host` with apid's port unless one is given.
+fn with_port(address: &str) -> String {
+    if address.contains(':') {
+        address.to_owned()
+    } else {
+        format!("{address}:{}", lifeboat::talos::APID_PORT)
+    }
+}
+
+/// What the steps work with.
+pub struct Runner {
+    /// The spec.
+    pub spec: ClusterSpec,
+    /// The work folder (backups fetched, state, report).
+    pub work: PathBuf,
+    /// Recreate existing disks and domains.
+    pub replace: bool,
+    /// The repository.
+    pub repo: RepoArgs,
+    /// The restore key.
+    pub key: Option<KeyArgs>,
+    hypervisor: Option<Hypervisor>,
+}
+
+impl Runner {
+    /// A runner; nothing is connected yet.
+    pub fn new(
+        spec: ClusterSpec,
+        work: PathBuf,
+        replace: bool,
+        repo: RepoArgs,
+        key: Option<KeyArgs>,
+    ) -> Self {
+        Self {
+            spec,
+            work,
+            replace,
+            repo,
+            key,
+            hypervisor: None,
+        }
+    }
+
+    fn hypervisor(&mut self) -> anyhow::Result<&Hypervisor> {
+        if self.hypervisor.is_none() {
+            self.hypervisor = Some(Hypervisor::connect(&self.spec.libvirt.uri)?);
+        }
+        self.hypervisor.as_ref().context("libvirt connection")
+    }
+
+    /// Does `step`; returns a line on what was done.
+    ///
+    /// Fails as the step fails.
+    pub async fn run(&mut self, step: Step) -> anyhow::Result<String> {
+        let spec = self.spec.clone();
+        match step {
+            Step::FetchBackups => self.fetch_backups().await,
+            Step::Disk(i) => {
+                let replace = self.replace;
+                self.hypervisor()?
+                    .ensure_disk(&spec, &spec.nodes[i], replace)
+            }
+            Step::Define(i) => {
+                let replace = self.replace;
+                self.hypervisor()?
+                    .ensure_domain(&spec, &spec.nodes[i], replace)
+            }
+            Step::Start(i) => self.hypervisor()?.start(&spec.nodes[i]),
+            Step::Maintenance(i) => {
+                let client = self
+                    .wait_for(&spec.nodes[i].maintenance_address, false)
+                    .await?;
+                let version = client.version().await?;
+                Ok(format!("maintenance API answers: Talos {}", version.tag))
+            }
+            Step::ApplyConfig(i) => {
+                let node = &spec.nodes[i];
+                let path = self.machine_config(node)?;
+                let config =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let client = self.connect(&node.maintenance_address, false).await?;
+                let outcome = client
+                    .apply_configuration(Bytes::from(config), ApplyMode::Auto, false)
+                    .await?;
+                Ok(format!(
+                    "applied {} ({}: {})",
+                    path.display(),
+                    outcome.mode,
+                    outcome.mode_details
+                ))
+            }
+            Step::TalosApi(i) => {
+                let client = self.wait_for(&spec.nodes[i].endpoint, true).await?;
+                Ok(format!(
+                    "Talos {} answers over mutual TLS",
+                    client.version().await?.tag
+                ))
+            }
+            Step::EtcdReady => {
+                let client = self.connect(&spec.bootstrap_node().endpoint, true).await?;
+                let deadline = Instant::now() + spec.talos.wait;
+                loop {
+                    let state = client.service_state("etcd").await;
+                    match state {
+                        Ok(Some(s)) if s.state == "Preparing" => {
+                            return Ok("etcd is Preparing".into());
+                        }
+                        Ok(Some(s)) if s.state == "Running" => bail!(
+                            "etcd on {} is already Running: it was bootstrapped, and recovering would need a wiped node (talosctl reset)",
+                            spec.bootstrap_node().name
+                        ),
+                        _ if Instant::now() > deadline => bail!(
+                            "etcd on {} did not reach Preparing within {} (last: {state:?})",
+                            spec.bootstrap_node().name,
+                            humantime::format_duration(spec.talos.wait)
+                        ),
+                        _ => tokio::time::sleep(POLL).await,
+                    }
+                }
+            }
+            Step::EtcdRecover => {
+                let path = self.etcd_snapshot()?;
+                let verified = verify_file(&path)?;
+                let file = tokio::fs::File::open(&path).await?;
+                let client = self.connect(&spec.bootstrap_node().endpoint, true).await?;
+                client.etcd_recover(file).await?;
+                Ok(format!(
+                    "uploaded {} ({} bytes of etcd data, trailer verified)",
+                    path.display(),
+                    verified.db_size()
+                ))
+            }
+            Step::Bootstrap => {
+                let client = self.connect(&spec.bootstrap_node().endpoint, true).await?;
+                client.bootstrap(true, false).await?;
+                Ok("etcd bootstrapped from the snapshot".into())
+            }
+        }
+    }
+
+    async fn fetch_backups(&self) -> anyhow::Result<String> {
+        let key = self.key.as_ref().context(
+            "give the restore key with --identity FILE or [backups] identity in the spec",
+        )?;
+        let repo = key.unlock(self.repo.open().await?).await?;
+        let reader = repo.reader("fetching the backups for a rebuild")?;
+        let mut lines = Vec::new();
+        for (what, folder) in [
+            (&self.spec.backups.talos_config, "talos-config"),
+            (&self.spec.backups.etcd, "etcd"),
+        ] {
+            let entry = repo.find_snapshot(what).await?;
+            let target = self.work.join(folder);
+            restore(
+                &reader,
+                entry.snapshot.root,
+                "",
+                &target,
+                &RestoreOptions { force: true },
+                Arc::new(RestoreProgress::default()),
+            )
+            .await
+            .with_context(|| format!("restoring {what} into {}", target.display()))?;
+            lines.push(format!("{what} = {}", entry.id.short()));
+        }
+        let verified = verify_file(&self.etcd_snapshot()?)?;
+        Ok(format!(
+            "{}; etcd snapshot verified ({} bytes)",
+            lines.join(", "),
+            verified.db_size()
+        ))
+    }
+
+    /// The etcd snapshot file fetched.
+    fn etcd_snapshot(&self) -> anyhow::Result<PathBuf> {
+        let path = self
+            .work
+            .join("etcd")
+            .join(lifeboat::sources::talos_etcd::SNAPSHOT_FILE);
+        if !path.is_file() {
+            bail!(
+                "{} is missing: the etcd snapshot {} holds no etcd.db; run the rebuild from the start or check [backups] etcd",
+                path.display(),
+                self.spec.backups.etcd
+            );
+        }
+        Ok(path)
+    }
+
+    fn machine_config(&self, node: &NodeSpec) -> anyhow::Result<PathBuf> {
+        let root = self.work.join("talos-config");
+        if let Some(path) = &node.machine_config {
+            return Ok(root.join(path.trim_start_matches('/')));
+        }
+        let want = match node.role {
+            Role::Controlplane => TalosFile::ControlPlaneConfig,
+            Role::Worker => TalosFile::WorkerConfig,
+        };
+        find_file(&root, want).with_context(|| {
+            format!("no {:?} machine config in the talos-config snapshot; name it with machine_config = \"…\" for node {}", node.role, node.name)
+        })
+    }
+
+    async fn connect(&self, address: &str, mutual: bool) -> anyhow::Result<TalosClient> {
+        let endpoint = TalosEndpoint::parse(&with_port(address))?;
+        let security = if mutual {
+            let root = self.work.join("talos-config");
+            let path = find_file(&root, TalosFile::Talosconfig)
+                .context("no talosconfig in the talos-config snapshot; the rebuild needs one with an os:admin certificate")?;
+            let config = TalosConfig::load(Some(&path))?;
+            Security::Mutual(Arc::new(
+                config
+                    .context(self.spec.talos.context.as_deref())?
+                    .credentials()?,
+            ))
+        } else {
+            Security::Insecure {
+                pin_sha256: self.spec.pin()?,
+            }
+        };
+        Ok(TalosClient::connect(&endpoint, &security).await?)
+    }
+
+    /// Connects to `address` and asks for the version until it answers.
+    async fn wait_for(&self, address: &str, mutual: bool) -> anyhow::Result<TalosClient> {
+        let deadline = Instant::now() + self.spec.talos.wait;
+        loop {
+            let attempt = match self.connect(address, mutual).await {
+                Ok(client) => client
+                    .version()
+                    .await
+                    .map(|_| client)
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(client) => return Ok(client),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!(
+                        "the Talos API at {address} did not answer within {}",
+                        humantime::format_duration(self.spec.talos.wait)
+                    )));
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+}
+
+/// The first file under `root` of kind `want` (sorted by path).
+fn find_file(root: &Path, want: TalosFile) -> Option<PathBuf> {
+    let mut stack = vec![root.to_owned()];
+    let mut found = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = item.path();
+            match item.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() && inspect_file(&path) == want => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found.into_iter().next()
+}
