@@ -87,7 +87,10 @@ pub struct TalosSpec {
     #[serde(default)]
     pub context: Option<String>,
     /// How long to wait for a node or etcd, e.g. `"15m"`.
-    #[serde(default = "default_wait", with = "humantime_serde_str")]
+    #[serde(
+        default = "default_wait",
+        with = "lifeboat::schedule::timing::duration"
+    )]
     pub wait: std::time::Duration,
 }
 
@@ -184,20 +187,6 @@ fn default_etcd() -> String {
 }
 fn default_wait() -> std::time::Duration {
     std::time::Duration::from_secs(15 * 60)
-}
-
-/// `"15m"` as a duration.
-mod humantime_serde_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 impl ClusterSpec {
