@@ -99,14 +99,16 @@ fn the_image_holds_the_binaries_and_starts_lifeboatd_on_its_port() -> Result<()>
     ] {
         ensure!(copies.contains(tool), "the image lacks {tool}");
     }
-    ensure!(
-        image
-            .runtime
-            .all("RUN")
-            .iter()
-            .any(|r| r.contains(" postgresql-client ")),
-        "the image lacks pg_dump and pg_restore"
-    );
+    for (package, why) in [
+        (" postgresql-client ", "pg_dump and pg_restore"),
+        (" libvirt0 ", "libvirt, which `lifeboat rebuild` links"),
+        (" openssh-client ", "ssh for qemu+ssh:// libvirt URIs"),
+    ] {
+        ensure!(
+            image.runtime.all("RUN").iter().any(|r| r.contains(package)),
+            "the image lacks {why}"
+        );
+    }
     let entrypoint = exec_form(image.runtime.last("ENTRYPOINT")?)?;
     ensure!(entrypoint == ["/usr/local/bin/lifeboatd"], "{entrypoint:?}");
     let cmd = exec_form(image.runtime.last("CMD")?)?;
