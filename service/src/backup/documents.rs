@@ -8,7 +8,7 @@ use super::{BackupError, SnapshotBuilder, bump};
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::id::BlobId;
-use crate::repo::tree::{Node, NodeKind, RawName, Tree};
+use crate::repo::tree::{Node, NodeKind, Tree};
 use crate::repo::writer::BlobWriter;
 
 /// A folder tree of in-memory files.
@@ -123,21 +123,7 @@ fn store_entry(
     stored: &mut Stored,
     progress: &super::Progress,
 ) -> Result<Node, RepoError> {
-    let mut node = Node {
-        name: RawName(name.as_bytes().to_vec()),
-        kind: NodeKind::File,
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        size: 0,
-        content: Vec::new(),
-        subtree: None,
-        target: None,
-        link: None,
-        rdev: None,
-    };
+    let mut node = Node::new(name.as_bytes(), NodeKind::File, 0o600, 0);
     match entry {
         Entry::File { content, mtime } => {
             chunking.split_bytes(&content, |chunk| -> Result<(), RepoError> {

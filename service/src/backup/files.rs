@@ -533,18 +533,9 @@ impl From<RepoError> for ReadFailure {
 /// A node with the metadata every kind records.
 fn base_node(name: &[u8], meta: &Metadata, kind: NodeKind) -> Node {
     Node {
-        name: RawName(name.to_vec()),
-        kind,
-        mode: meta.mode() & 0o7777,
         uid: meta.uid(),
         gid: meta.gid(),
-        mtime: meta.mtime(),
         mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-        size: 0,
-        content: Vec::new(),
-        subtree: None,
-        target: None,
-        link: None,
-        rdev: None,
+        ..Node::new(name, kind, meta.mode() & 0o7777, meta.mtime())
     }
 }

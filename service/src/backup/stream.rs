@@ -12,7 +12,7 @@ use tokio_util::io::SyncIoBridge;
 use super::{BackupError, SnapshotBuilder, bump};
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
-use crate::repo::tree::{Node, NodeKind, RawName};
+use crate::repo::tree::{Node, NodeKind};
 
 /// Which of the repository's chunkings a stream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,19 +69,10 @@ impl SnapshotBuilder {
         self.references.extend(content.iter().copied());
         let now = chrono::Utc::now();
         self.add_entry(Node {
-            name: RawName(name.as_bytes().to_vec()),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime: now.timestamp(),
             mtime_nsec: now.timestamp_subsec_nanos(),
             size: total,
             content,
-            subtree: None,
-            target: None,
-            link: None,
-            rdev: None,
+            ..Node::new(name.as_bytes(), NodeKind::File, 0o600, now.timestamp())
         })?;
         self.summary.files += 1;
         self.summary.files_read += 1;

@@ -112,6 +112,28 @@ pub struct Node {
     pub rdev: Option<u64>,
 }
 
+impl Node {
+    /// A `kind` entry called `name` with permission bits `mode`, owned by
+    /// root, modified at `mtime` (seconds), with no content yet.
+    pub fn new(name: &[u8], kind: NodeKind, mode: u32, mtime: i64) -> Self {
+        Self {
+            name: RawName(name.to_vec()),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            mtime_nsec: 0,
+            size: 0,
+            content: Vec::new(),
+            subtree: None,
+            target: None,
+            link: None,
+            rdev: None,
+        }
+    }
+}
+
 fn is_zero(value: &u64) -> bool {
     *value == 0
 }
@@ -153,19 +175,8 @@ mod tests {
 
     fn node(name: &[u8]) -> Node {
         Node {
-            name: RawName(name.to_vec()),
-            kind: NodeKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
             mtime_nsec: 2,
-            size: 0,
-            content: Vec::new(),
-            subtree: None,
-            target: None,
-            link: None,
-            rdev: None,
+            ..Node::new(name, NodeKind::File, 0o644, 1)
         }
     }
 
