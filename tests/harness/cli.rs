@@ -58,7 +58,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `cargo build --bins` for the service and the CLI into the target
+/// Runs `cargo build --bins --workspace` (the service and the CLI) into the target
 /// folder and profile this test binary was built in (it sits in
 /// `<target>/<profile>/deps/`), so the binaries are never stale.
 fn build_binaries() -> Result<PathBuf> {
@@ -80,14 +80,9 @@ fn build_binaries() -> Result<PathBuf> {
     let mut command = Command::new(&cargo);
     command
         .current_dir(workspace)
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "lifeboat-service",
-            "-p",
-            "lifeboat-cli",
-        ])
+        // `--workspace` resolves features as the test build does, so the
+        // binaries reuse its dependencies instead of compiling a second set.
+        .args(["build", "--bins", "--workspace"])
         .arg("--target-dir")
         .arg(target_dir);
     match profile {
