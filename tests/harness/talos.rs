@@ -17,7 +17,8 @@
 //!   implements `EtcdSnapshot` (a real etcd snapshot file, streamed from
 //!   disk in 32 KiB pieces, with [`SnapshotFault`]s), `EtcdStatus`,
 //!   `Version`, `Read`, `EtcdRecover` (keeps the uploaded bytes),
-//!   `Bootstrap` and `ApplyConfiguration`;
+//!   `Bootstrap`, `ApplyConfiguration` and `Kubeconfig` (a gzipped tar of
+//!   the kubeconfig the test sets);
 //! - [`TalosApiServer::talosconfig`]: a talosconfig for it, as talosctl
 //!   writes them;
 //! - [`TalosApiServer::start_fresh`]: a node of a VM being rebuilt, as
@@ -248,6 +249,8 @@ struct NodeState {
     recovered: Option<Vec<u8>>,
     bootstrapped: Option<BootstrapRequest>,
     files: HashMap<String, Vec<u8>>,
+    /// What `Kubeconfig` hands out (a control-plane node once configured).
+    kubeconfig: Option<Vec<u8>>,
     /// Methods whose next call fails with `Internal`.
     refuse: HashSet<&'static str>,
 }
@@ -409,6 +412,12 @@ impl TalosApiServer {
             .state()
             .files
             .insert(path.into(), content.into());
+    }
+
+    /// Makes the node hand out `kubeconfig` for `Kubeconfig` (packed as
+    /// Talos does: a gzipped tar holding the file `kubeconfig`).
+    pub fn set_kubeconfig(&self, kubeconfig: &str) {
+        self.shared.state().kubeconfig = Some(kubeconfig.as_bytes().to_vec());
     }
 
     /// Makes the node a freshly installed one: no config applied, etcd
@@ -759,6 +768,30 @@ impl MachineService for Node {
         }))
     }
 
+    type KubeconfigStream = DataStream;
+
+    async fn kubeconfig(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<Self::KubeconfigStream>, Status> {
+        self.admit("Kubeconfig", &request, &[Role::Admin])?;
+        let state = self.shared.state();
+        if !self.shared.control_plane || !state.configured {
+            return Err(Status::failed_precondition(
+                "kubeconfig is only available on configured control plane nodes",
+            ));
+        }
+        let kubeconfig = state
+            .kubeconfig
+            .clone()
+            .ok_or_else(|| Status::unavailable("the Kubernetes API is not up yet"))?;
+        let archive = tar_gz("kubeconfig", &kubeconfig)
+            .map_err(|e| Status::internal(format!("packing the kubeconfig: {e}")))?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces(
+            &archive,
+        )))))
+    }
+
     type ReadStream = DataStream;
 
     async fn read(
@@ -774,16 +807,9 @@ impl MachineService for Node {
             .get(&path)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("open {path}: no such file or directory")))?;
-        let pieces: Vec<Result<Data, Status>> = content
-            .chunks(PIECE)
-            .map(|piece| {
-                Ok(Data {
-                    metadata: None,
-                    bytes: piece.to_vec().into(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces(
+            &content,
+        )))))
     }
 
     async fn service_list(
@@ -924,4 +950,31 @@ pub async fn real_etcd_snapshot(dir: &Path, keys: usize) -> Result<PathBuf> {
         "etcdctl saved {size} bytes, not a snapshot with a SHA-256 trailer"
     );
     Ok(path)
+}
+
+/// `content` as the `common.Data` pieces of a streamed reply.
+fn pieces(content: &[u8]) -> Vec<Result<Data, Status>> {
+    content
+        .chunks(PIECE)
+        .map(|piece| {
+            Ok(Data {
+                metadata: None,
+                bytes: piece.to_vec().into(),
+            })
+        })
+        .collect()
+}
+
+/// A gzipped tar archive holding one file `name` with `content`.
+fn tar_gz(name: &str, content: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o600);
+    header.set_cksum();
+    archive.append_data(&mut header, name, content)?;
+    archive.into_inner()?.finish()
 }

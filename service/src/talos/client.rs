@@ -376,6 +376,29 @@ impl TalosClient {
         Ok(content)
     }
 
+    /// The admin kubeconfig a control-plane node hands out (os:admin; what
+    /// `talosctl kubeconfig` writes), taken out of the gzipped tar archive
+    /// the node streams.
+    ///
+    /// Fails when the call fails, the stream breaks off, or the archive
+    /// holds no `kubeconfig` file.
+    pub async fn kubeconfig(&self) -> Result<Vec<u8>, TalosError> {
+        const RPC: &str = "Kubeconfig";
+        let stream = self
+            .call(RPC, self.service.clone().kubeconfig(self.request(())))
+            .await?;
+        let mut archive = Vec::new();
+        self.reader(RPC, stream)
+            .read_to_end(&mut archive)
+            .await
+            .map_err(|e| into_talos_error(e, RPC, &self.target()))?;
+        file_from_tar_gz(&archive, "kubeconfig").map_err(|problem| TalosError::BadReply {
+            rpc: RPC,
+            target: self.target(),
+            problem,
+        })
+    }
+
     fn reader(&self, rpc: &'static str, stream: Streaming<Data>) -> DataReader {
         DataReader {
             inner: StreamReader::new(DataStream {
@@ -552,6 +575,29 @@ pub async fn first_answering(
         }
     }
     Err(combine(failures))
+}
+
+/// The content of the file `name` in the gzipped tar `archive`.
+fn file_from_tar_gz(archive: &[u8], name: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let entries = tar
+        .entries()
+        .map_err(|e| format!("not a gzipped tar archive ({e})"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("a broken tar archive ({e})"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("a tar entry without a usable name ({e})"))?;
+        if path.as_os_str() == name {
+            let mut content = Vec::new();
+            entry
+                .read_to_end(&mut content)
+                .map_err(|e| format!("cannot read {name} from the archive ({e})"))?;
+            return Ok(content);
+        }
+    }
+    Err(format!("the archive holds no file named {name}"))
 }
 
 /// One error for several attempts: the error itself when there was one.

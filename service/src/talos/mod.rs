@@ -204,6 +204,16 @@ pub enum TalosError {
         /// Why.
         detail: String,
     },
+    /// A reply arrived whole but does not hold what the call promises.
+    #[error("the {rpc} reply from {target} is not usable: {problem}")]
+    BadReply {
+        /// The call.
+        rpc: &'static str,
+        /// The node and endpoint.
+        target: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The node answered with an error in the reply's metadata (apid's way
     /// of reporting a failure on the node it proxied to).
     #[error("{rpc} on {target} failed on the node: {message}")]
