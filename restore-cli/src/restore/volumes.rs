@@ -1,6 +1,7 @@
 //! Volumes and directories: the whole snapshot under `--target`, one PVC
-//! straight into `--target`, or every folder (or one PVC) back at its host
-//! path with `--in-place`.
+//! straight into `--target` (several under it at their host paths), or
+//! back at the host paths with `--in-place` (all, or the PVCs named with
+//! `--pvc`).
 
 use std::path::PathBuf;
 
@@ -17,34 +18,37 @@ pub struct VolumeArgs {
     /// must be empty or missing unless --force.
     #[arg(long, conflicts_with = "target")]
     in_place: bool,
-    /// Volumes: only this PVC (NAMESPACE/NAME).
-    #[arg(long, value_name = "NAMESPACE/NAME")]
-    pvc: Option<String>,
+    /// Volumes: only this PVC (NAMESPACE/NAME; repeatable).
+    #[arg(long = "pvc", value_name = "NAMESPACE/NAME")]
+    pvcs: Vec<String>,
 }
 
 impl VolumeArgs {
     /// Whether any of these flags was given.
     pub fn given(&self) -> bool {
-        self.in_place || self.pvc.is_some()
+        self.in_place || !self.pvcs.is_empty()
     }
 }
 
 /// Restores a volumes or directory snapshot.
 pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result<()> {
-    if !args.in_place && args.pvc.is_none() {
+    if !args.in_place && args.pvcs.is_empty() {
         restoring
             .target("the folder the snapshot goes to, or --in-place for the original paths")?;
         return super::files::run(restoring, "").await;
     }
     let (reader, entry) = (restoring.reader, restoring.entry);
     let layout = Layout::read(reader, entry.snapshot.root).await?;
-    let units = layout.select(args.pvc.as_deref())?;
+    let units = layout.select(&args.pvcs)?;
     let placement = if args.in_place {
         Placement::InPlace
     } else {
-        Placement::Into(PathBuf::from(
-            restoring.target("the folder the PVC's files go to, or --in-place")?,
-        ))
+        let target =
+            PathBuf::from(restoring.target("the folder the PVCs' files go to, or --in-place")?);
+        match units.as_slice() {
+            [_] => Placement::Into(target),
+            _ => Placement::Under(target),
+        }
     };
     let started = std::time::Instant::now();
     let reports = super::with_progress("restore", |progress| {

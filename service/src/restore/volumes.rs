@@ -100,38 +100,44 @@ impl Layout {
         })
     }
 
-    /// The unit of the PVC `NAMESPACE/NAME`, or all units for `None`.
+    /// The units of the PVCs `NAMESPACE/NAME` in `pvcs`, or all units when
+    /// it is empty.
     ///
-    /// Fails, listing what there is, when the PVC is not in the snapshot.
-    pub fn select(&self, pvc: Option<&str>) -> Result<Vec<RestoreUnit>, RestoreError> {
-        let Some(wanted) = pvc else {
+    /// Fails, listing what there is, when a PVC is not in the snapshot.
+    pub fn select(&self, pvcs: &[String]) -> Result<Vec<RestoreUnit>, RestoreError> {
+        if pvcs.is_empty() {
             return Ok(self.units.clone());
-        };
+        }
         let Some(manifest) = &self.manifest else {
             return Err(RestoreError::WrongSnapshot {
                 kind: "directory".into(),
                 message: "a directory snapshot holds no PVCs; leave out --pvc".into(),
             });
         };
-        if let Some(unit) = self.units.iter().find(|u| u.name == wanted) {
-            return Ok(vec![unit.clone()]);
+        let mut selected = Vec::new();
+        for wanted in pvcs {
+            if let Some(unit) = self.units.iter().find(|u| &u.name == wanted) {
+                selected.push(unit.clone());
+                continue;
+            }
+            let skipped = manifest
+                .skipped
+                .iter()
+                .find(|s| &format!("{}/{}", s.namespace, s.pvc) == wanted)
+                .map(|s| format!(" (the backup skipped it: {})", s.reason))
+                .unwrap_or_default();
+            return Err(RestoreError::NoSuchPath {
+                path: format!(
+                    "PVC {wanted}{skipped}; the snapshot holds: {}",
+                    self.units
+                        .iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
         }
-        let skipped = manifest
-            .skipped
-            .iter()
-            .find(|s| format!("{}/{}", s.namespace, s.pvc) == wanted)
-            .map(|s| format!(" (the backup skipped it: {})", s.reason))
-            .unwrap_or_default();
-        Err(RestoreError::NoSuchPath {
-            path: format!(
-                "PVC {wanted}{skipped}; the snapshot holds: {}",
-                self.units
-                    .iter()
-                    .map(|u| u.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })
+        Ok(selected)
     }
 }
 
@@ -260,8 +266,11 @@ mod tests {
             }],
             manifest: Some(manifest),
         };
-        assert_eq!(layout.select(Some("apps/data"))?.len(), 1);
-        let missing = layout.select(Some("apps/nfs")).err().map(|e| e.to_string());
+        assert_eq!(layout.select(&["apps/data".into()])?.len(), 1);
+        let missing = layout
+            .select(&["apps/nfs".into()])
+            .err()
+            .map(|e| e.to_string());
         assert!(
             missing
                 .as_deref()
