@@ -8,7 +8,9 @@
 //! create, server-side apply (`PATCH` with `application/apply-patch+yaml`,
 //! `dryRun=All`), delete, and `pods/exec` over the websocket channel
 //! protocol (`v5.channel.k8s.io`/`v4.channel.k8s.io`), which runs the
-//! command as a local process standing in for the container.
+//! command as a local process standing in for the container, and `/readyz`.
+//! New Jobs complete at once, or run their container as a local process
+//! ([`KubeApiServer::run_jobs`]).
 //!
 //! Like a real server it refuses objects in a namespace that does not
 //! exist and custom resources whose CRD is not yet established, and it
@@ -18,6 +20,7 @@
 pub mod catalog;
 pub mod exec;
 pub mod fixtures;
+mod jobs;
 mod routes;
 pub mod store;
 
@@ -29,7 +32,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+pub use self::jobs::JobRun;
+
 use self::catalog::Resource;
+use self::jobs::JobRunner;
 use self::store::{Key, Store};
 
 /// The bearer token clients must send.
@@ -82,6 +88,14 @@ pub(crate) struct State {
     pub(crate) execs: Vec<Exec>,
     pub(crate) establish_delay: Duration,
     pub(crate) fail_jobs: bool,
+    /// Runs new Jobs' containers as local processes, when set.
+    pub(crate) job_runner: Option<JobRunner>,
+    /// Jobs created by the current request, to start once it is answered.
+    pub(crate) started_jobs: Vec<Key>,
+    /// The Jobs run, in the order they ended.
+    pub(crate) job_runs: Vec<JobRun>,
+    /// How many `/readyz` requests still answer not ready.
+    pub(crate) unready: u32,
     /// CRDs created through the API and when they become established.
     pub(crate) pending_establish: Vec<(Instant, Key)>,
 }
@@ -134,6 +148,10 @@ impl KubeApiServer {
             execs: Vec::new(),
             establish_delay: Duration::from_millis(300),
             fail_jobs: false,
+            job_runner: None,
+            started_jobs: Vec::new(),
+            job_runs: Vec::new(),
+            unready: 0,
             pending_establish: Vec::new(),
         }));
         let server = {
@@ -194,6 +212,27 @@ impl KubeApiServer {
     /// Makes Jobs created from now on fail instead of complete.
     pub fn set_fail_jobs(&self, fail: bool) {
         self.state().fail_jobs = fail;
+    }
+
+    /// Makes Jobs created from now on run their first container as a local
+    /// process (see [`jobs`](self::jobs)): a bare command name is taken
+    /// from `bin_dir`, Secret volumes are written under `scratch`.
+    pub fn run_jobs(&self, bin_dir: &Path, scratch: &Path) {
+        self.state().job_runner = Some(JobRunner {
+            bin_dir: bin_dir.to_owned(),
+            scratch: scratch.to_owned(),
+        });
+    }
+
+    /// The Jobs run to their end so far.
+    pub fn job_runs(&self) -> Vec<JobRun> {
+        self.state().job_runs.clone()
+    }
+
+    /// Makes the next `count` requests for `/readyz` answer 500, as an API
+    /// server whose etcd is still starting does.
+    pub fn set_unready(&self, count: u32) {
+        self.state().unready = count;
     }
 
     /// The writes received so far, in order.

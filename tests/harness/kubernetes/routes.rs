@@ -12,9 +12,9 @@ use axum::routing::any;
 use serde_json::{Value, json};
 
 use super::catalog::{self, Resource};
-use super::exec;
 use super::store::{Key, Selector, Written};
 use super::{State, TOKEN, Write};
+use super::{exec, jobs};
 
 type SharedState = Arc<Mutex<State>>;
 
@@ -147,10 +147,41 @@ async fn handle(
     if !authorized(&headers) {
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
-    let pairs = query_pairs(query.as_deref());
+    let response = answer(&state, &method, &uri, query.as_deref(), &headers, &body);
+    let started = {
+        let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut guard.started_jobs)
+    };
+    for key in started {
+        jobs::spawn(state.clone(), key);
+    }
+    response
+}
+
+/// The answer to an authorized request.
+fn answer(
+    state: &SharedState,
+    method: &Method,
+    uri: &Uri,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let pairs = query_pairs(query);
     let path = uri.path();
     let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
     guard.tick();
+    if path == "/readyz" {
+        if guard.unready > 0 {
+            guard.unready -= 1;
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "[-]etcd failed: reason withheld\nreadyz check failed\n",
+            )
+                .into_response();
+        }
+        return "ok".into_response();
+    }
     let served = guard.served();
     match path.trim_end_matches('/') {
         "/api" => return axum::Json(catalog::core_versions()).into_response(),
@@ -185,14 +216,14 @@ async fn handle(
         return not_found_path();
     }
     let state = &mut *guard;
-    match (method, target.name.as_deref()) {
+    match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if resource.supports("list") => list(state, &resource, &target, &pairs),
         (Method::GET, Some(name)) if resource.supports("get") => {
             get(state, &resource, &target, name)
         }
         (Method::POST, None) if resource.supports("create") => {
             let request =
-                WriteRequest::new(&resource, &target, None, "create", &pairs, &headers, &body);
+                WriteRequest::new(&resource, &target, None, "create", &pairs, headers, body);
             write(state, &request)
         }
         (Method::PATCH, Some(name)) if resource.supports("patch") => {
@@ -202,8 +233,8 @@ async fn handle(
                 Some(name),
                 "apply",
                 &pairs,
-                &headers,
-                &body,
+                headers,
+                body,
             );
             write(state, &request)
         }
@@ -530,12 +561,12 @@ fn after_write(state: &mut State, resource: &Resource, key: &Key, written: Writt
             state.store.set_status(key, json!({"conditions": []}));
             establish_later(state, key.clone());
         }
+        ("batch", "jobs") if state.job_runner.is_some() && !state.fail_jobs => {
+            state.store.set_status(key, jobs::active_status());
+            state.started_jobs.push(key.clone());
+        }
         ("batch", "jobs") => {
-            let status = if state.fail_jobs {
-                json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
-            } else {
-                json!({"succeeded": 1, "completionTime": "2026-11-26T00:00:00Z", "conditions": [{"type": "Complete", "status": "True"}]})
-            };
+            let status = jobs::final_status(!state.fail_jobs);
             state.store.set_status(key, status);
         }
         _ => {}

@@ -1,0 +1,290 @@
+//! Jobs run to their end, as the scheduler, the kubelet and the Job
+//! controller would: once [`KubeApiServer::run_jobs`] is set, a new Job's
+//! first container runs as a local process standing in for the container,
+//! and the Job's status becomes `Complete` or `Failed` by its exit code.
+//!
+//! The process sees what the pod would see, as far as one machine allows:
+//! - `env` with `value` and `valueFrom.secretKeyRef` (from the stored
+//!   Secret's `data` or `stringData`);
+//! - `hostPath` volumes at their own path (a mount whose path differs from
+//!   the host path cannot be shown and fails the Job);
+//! - Secret volumes as files in a scratch folder, the mount path in the
+//!   command and `env` values rewritten to it;
+//! - a bare command name is looked up in the given binary folder, the
+//!   image's stand-in.
+//!
+//! [`KubeApiServer::run_jobs`]: super::KubeApiServer::run_jobs
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::State;
+use super::store::Key;
+
+/// Where Job containers come from.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRunner {
+    /// The folder whose programs stand in for the image's.
+    pub(crate) bin_dir: PathBuf,
+    /// Where Secret volumes are written.
+    pub(crate) scratch: PathBuf,
+}
+
+/// One Job run by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    /// The Job's namespace.
+    pub namespace: String,
+    /// The Job's name.
+    pub name: String,
+    /// The node the pod was placed on (`spec.template.spec.nodeName`).
+    pub node: Option<String>,
+    /// The container's image.
+    pub image: String,
+    /// The command and arguments, as the Job gave them.
+    pub command: Vec<String>,
+    /// Host paths mounted, with whether read-only.
+    pub host_paths: Vec<(String, bool)>,
+    /// The exit code (`None` when it could not start or was killed).
+    pub exit_code: Option<i32>,
+    /// Its standard output and error.
+    pub output: String,
+}
+
+/// The status a Job has while its pod runs.
+pub(crate) fn active_status() -> Value {
+    json!({"active": 1, "startTime": "2026-11-26T00:00:00Z"})
+}
+
+/// The status of a Job whose pod ended with `success`.
+pub(crate) fn final_status(success: bool) -> Value {
+    if success {
+        json!({"succeeded": 1, "completionTime": "2026-11-26T00:00:00Z",
+            "conditions": [{"type": "Complete", "status": "True"}]})
+    } else {
+        json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
+    }
+}
+
+/// Runs the Job at `key` in the background and records the run.
+pub(crate) fn spawn(state: Arc<Mutex<State>>, key: Key) {
+    tokio::spawn(async move {
+        let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+        let (job, runner, secrets) = {
+            let guard = lock();
+            let job = guard.store.get(&key).cloned();
+            let secrets = secrets_of(&guard, &key.2);
+            (job, guard.job_runner.clone(), secrets)
+        };
+        let (Some(job), Some(runner)) = (job, runner) else {
+            return;
+        };
+        let run = run(&job, &key, &runner, &secrets).await;
+        let mut guard = lock();
+        guard
+            .store
+            .set_status(&key, final_status(run.exit_code == Some(0)));
+        guard.job_runs.push(run);
+    });
+}
+
+/// The Secrets of `namespace`, each as its decoded keys.
+fn secrets_of(state: &State, namespace: &str) -> HashMap<String, HashMap<String, Vec<u8>>> {
+    let mut secrets = HashMap::new();
+    for (key, secret) in state.store.all() {
+        if key.0.is_empty() && key.1 == "secrets" && key.2 == namespace {
+            secrets.insert(key.3.clone(), secret_data(secret));
+        }
+    }
+    secrets
+}
+
+fn secret_data(secret: &Value) -> HashMap<String, Vec<u8>> {
+    let mut data = HashMap::new();
+    if let Some(encoded) = secret["data"].as_object() {
+        for (name, value) in encoded {
+            let bytes = value
+                .as_str()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok());
+            if let Some(bytes) = bytes {
+                data.insert(name.clone(), bytes);
+            }
+        }
+    }
+    if let Some(plain) = secret["stringData"].as_object() {
+        for (name, value) in plain {
+            if let Some(text) = value.as_str() {
+                data.insert(name.clone(), text.as_bytes().to_vec());
+            }
+        }
+    }
+    data
+}
+
+async fn run(
+    job: &Value,
+    key: &Key,
+    runner: &JobRunner,
+    secrets: &HashMap<String, HashMap<String, Vec<u8>>>,
+) -> JobRun {
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut command = strings(&container["command"]);
+    command.extend(strings(&container["args"]));
+    let mut record = JobRun {
+        namespace: key.2.clone(),
+        name: key.3.clone(),
+        node: pod["nodeName"].as_str().map(str::to_owned),
+        image: container["image"].as_str().unwrap_or_default().to_owned(),
+        command: command.clone(),
+        host_paths: Vec::new(),
+        exit_code: None,
+        output: String::new(),
+    };
+    let prepared = prepare(pod, container, key, runner, secrets, &mut record);
+    let (rewrites, env) = match prepared {
+        Ok(prepared) => prepared,
+        Err(problem) => {
+            record.output = problem;
+            return record;
+        }
+    };
+    let rewrite = |text: &str| {
+        rewrites.iter().fold(text.to_owned(), |text, (from, to)| {
+            text.replace(from.as_str(), to.as_str())
+        })
+    };
+    let Some(program) = command.first() else {
+        record.output = "the container has no command".into();
+        return record;
+    };
+    let local = runner.bin_dir.join(program);
+    let program = if !program.contains('/') && local.is_file() {
+        local
+    } else {
+        PathBuf::from(program)
+    };
+    let output = tokio::process::Command::new(&program)
+        .args(command[1..].iter().map(|a| rewrite(a)))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, rewrite(v))))
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match output {
+        Ok(output) => {
+            record.exit_code = output.status.code();
+            record.output = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Err(e) => record.output = format!("{}: {e}", program.display()),
+    }
+    record
+}
+
+/// Name and value pairs.
+type Pairs = Vec<(String, String)>;
+
+/// The path rewrites for Secret volumes and the container's environment.
+///
+/// Fails, naming the problem, as the kubelet would refuse the pod.
+fn prepare(
+    pod: &Value,
+    container: &Value,
+    key: &Key,
+    runner: &JobRunner,
+    secrets: &HashMap<String, HashMap<String, Vec<u8>>>,
+    record: &mut JobRun,
+) -> Result<(Pairs, Pairs), String> {
+    let volumes: HashMap<&str, &Value> = pod["volumes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|v| Some((v["name"].as_str()?, v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rewrites = Vec::new();
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let name = mount["name"].as_str().unwrap_or_default();
+        let path = mount["mountPath"].as_str().unwrap_or_default();
+        let read_only = mount["readOnly"].as_bool().unwrap_or(false);
+        let volume = volumes
+            .get(name)
+            .ok_or_else(|| format!("volumeMount {name:?} names no volume"))?;
+        if let Some(host) = volume["hostPath"]["path"].as_str() {
+            if host != path {
+                return Err(format!(
+                    "the test server runs containers on the host: hostPath {host} must be mounted at its own path, not {path}"
+                ));
+            }
+            record.host_paths.push((host.to_owned(), read_only));
+        } else if let Some(secret) = volume["secret"]["secretName"].as_str() {
+            let data = secrets
+                .get(secret)
+                .ok_or_else(|| format!("secret {secret:?} not found"))?;
+            let folder = runner
+                .scratch
+                .join(format!("{}-{}", key.2, key.3))
+                .join(path.trim_start_matches('/'));
+            write_secret_files(&folder, data)?;
+            rewrites.push((path.to_owned(), folder.display().to_string()));
+        } else {
+            return Err(format!(
+                "volume {name:?} is of a kind the test server cannot run"
+            ));
+        }
+    }
+    let mut env = Vec::new();
+    for variable in container["env"].as_array().into_iter().flatten() {
+        let name = variable["name"].as_str().unwrap_or_default().to_owned();
+        if let Some(value) = variable["value"].as_str() {
+            env.push((name, value.to_owned()));
+            continue;
+        }
+        let reference = &variable["valueFrom"]["secretKeyRef"];
+        let (Some(secret), Some(field)) = (reference["name"].as_str(), reference["key"].as_str())
+        else {
+            continue;
+        };
+        match secrets.get(secret).and_then(|data| data.get(field)) {
+            Some(bytes) => env.push((name, String::from_utf8_lossy(bytes).into_owned())),
+            None if reference["optional"].as_bool() == Some(true) => {}
+            None => return Err(format!("secret {secret:?} has no key {field:?} for {name}")),
+        }
+    }
+    Ok((rewrites, env))
+}
+
+fn write_secret_files(folder: &Path, data: &HashMap<String, Vec<u8>>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    for (name, bytes) in data {
+        let file = folder.join(name);
+        std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(())
+}
