@@ -1,19 +1,26 @@
 //! `lifeboat rebuild` end to end: the real `lifeboatd` backs up the Talos
-//! files and etcd, then the real `lifeboat rebuild` defines and starts the
-//! VMs on libvirt's real test driver (`test:///default`) and brings the
-//! nodes up through the Talos API.
+//! files, etcd, volume data and a PostgreSQL server; then the real
+//! `lifeboat rebuild` defines and starts the VMs on libvirt's real test
+//! driver (`test:///default`), brings the nodes up through the Talos API,
+//! waits for the Kubernetes API, puts the volume data back by restore Jobs
+//! and restores the databases into the real PostgreSQL server.
 //!
-//! No Talos node can run here: the nodes are the protocol-level stand-ins
-//! of `lifeboat_tests::talos`, which answer only once the rebuild has
-//! started their VM (the test powers a stand-in on when the rebuild's state
-//! file says the VM was started), serve the maintenance API until a config
-//! is applied, and keep the bytes `EtcdRecover` uploads.
+//! No Talos node and no Kubernetes API server can run here: the nodes are
+//! the protocol-level stand-ins of `lifeboat_tests::talos`, which answer
+//! only once the rebuild has started their VM (the test powers a stand-in
+//! on when the rebuild's state file says the VM was started), serve the
+//! maintenance API until a config is applied, keep the bytes `EtcdRecover`
+//! uploads and hand out the kubeconfig of the Kubernetes test API server,
+//! which runs each restore Job's container as a local process (the real
+//! `lifeboat` binary) with its host paths and Secret.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use lifeboat_tests::cli::{self, Installation, Outcome};
+use lifeboat_tests::cli::{self, Installation, Outcome, assert_same_tree, describe};
+use lifeboat_tests::kubernetes::fixtures;
+use lifeboat_tests::postgres::PostgresServer;
 use lifeboat_tests::talos::{Role, TalosApiServer, TalosPki, real_etcd_snapshot};
 use serde_json::Value;
 
@@ -26,16 +33,17 @@ fn recorded(work: &Path) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Runs `lifeboat rebuild args…`, powering each stand-in node on once the
+/// Runs `lifeboat rebuild args…` with `env`, powering each stand-in node on once the
 /// state file records its VM started.
 async fn rebuild(
     install: &Installation,
     args: &[&str],
     work: &Path,
     nodes: &[(&str, &TalosApiServer)],
+    env: &[(&str, &str)],
 ) -> Result<Outcome> {
     let mut command = install.command("lifeboat")?;
-    command.arg("rebuild").args(args);
+    command.arg("rebuild").args(args).envs(env.iter().copied());
     let mut running = cli::spawn(&mut command)?;
     while running.is_running()? {
         for step in recorded(work) {
@@ -60,10 +68,22 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     let snapshot = real_etcd_snapshot(dir.path(), 500).await?;
     let backed_up = std::fs::read(&snapshot)?;
 
-    // The running cluster, backed up: its etcd through the Talos API, its
-    // Talos files from the folder Terraform writes.
+    // The running cluster: etcd behind the Talos API, the Kubernetes API
+    // with local volumes on talos-worker-1, a PostgreSQL server.
     let running = TalosApiServer::start(&snapshot).await?;
-    let install = Installation::local()?;
+    let volumes = dir.path().join("volumes");
+    let (cluster, kube, install) = fixtures::installation(&volumes, &[]).await?;
+    let postgres = PostgresServer::start().await?;
+    postgres.psql("postgres", "CREATE DATABASE shop")?;
+    postgres.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 321)",
+    )?;
+    let rows = postgres.row_counts("shop")?;
+    std::fs::write(install.path("pg.pass"), postgres.superuser_password())?;
+
+    // Backed up: etcd through the Talos API, the Talos files from the
+    // folder Terraform writes, the volumes, the database.
     let live = install.path("live-talosconfig");
     std::fs::write(&live, running.talosconfig(Role::Admin, &[])?)?;
     let pki = TalosPki::generate()?;
@@ -76,20 +96,57 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     let worker_config = "version: v1alpha1\nmachine:\n  type: worker\n  token: abc\n";
     std::fs::write(talos.join("controlplane.yaml"), cp_config)?;
     std::fs::write(talos.join("worker.yaml"), worker_config)?;
-    let talos_source = format!(
-        "{{ kind = \"talos-config\", dir = {:?} }}",
-        talos.display().to_string()
-    );
+    let text = |path: &Path| path.display().to_string();
+    let talos_source = format!("{{ kind = \"talos-config\", dir = {:?} }}", text(&talos));
     let etcd_source = format!(
         "{{ kind = \"talos-etcd\", talosconfig = {:?} }}",
-        live.display().to_string()
+        text(&live)
+    );
+    let volumes_source = format!(
+        "{{ kind = \"volumes\", kubeconfig = \"kubeconfig\", node = {:?} }}",
+        fixtures::NODE
+    );
+    let postgres_source = format!(
+        "{{ kind = \"postgres\", dsn = {:?}, databases = [\"shop\"], password_file = \"pg.pass\", pg_dump = {:?} }}",
+        postgres.superuser_dsn("postgres"),
+        text(&postgres.bin("pg_dump")),
     );
     install.write_config(
         &[],
-        &[("talos-config", &talos_source), ("etcd", &etcd_source)],
+        &[
+            ("talos-config", &talos_source),
+            ("etcd", &etcd_source),
+            ("volumes", &volumes_source),
+            ("databases", &postgres_source),
+        ],
     )?;
-    install.backup("talos-config")?;
-    install.backup("etcd")?;
+    for job in ["talos-config", "etcd", "volumes", "databases"] {
+        install.backup(job)?;
+    }
+
+    // The disaster: the volume data and the database are gone.
+    let originals = [
+        (
+            cluster.postgres_volume.clone(),
+            describe(&cluster.postgres_volume)?,
+        ),
+        (
+            cluster.grafana_volume.clone(),
+            describe(&cluster.grafana_volume)?,
+        ),
+    ];
+    for (path, _) in &originals {
+        std::fs::remove_dir_all(path)?;
+    }
+    postgres.psql("postgres", "DROP DATABASE shop")?;
+
+    // The rebuilt control plane hands out the kubeconfig of the API server,
+    // which runs restore Jobs with the real lifeboat and is not ready at
+    // first.
+    let kubeconfig = install.path("kubeconfig");
+    cp.set_kubeconfig(&std::fs::read_to_string(&kubeconfig)?);
+    kube.run_jobs(cli::binaries()?, &dir.path().join("kubelet"));
+    kube.set_unready(3);
 
     let work = dir.path().join("work");
     let spec = dir.path().join("cluster.toml");
@@ -100,21 +157,27 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
             "[libvirt]\nuri = \"test:///default\"\ndisk_dir = {disks:?}\niso = \"/isos/metal-amd64.iso\"\n\
              [backups]\nrepository = {repo:?}\nidentity = {key:?}\n\
              [talos]\nmaintenance_pin = {pin:?}\nwait = \"60s\"\n\
+             [data]\nvolumes = [\"latest:volumes\"]\nimage = \"ghcr.io/example/lifeboat:test\"\nwait = \"60s\"\n\
+             [[data.postgres]]\nsnapshot = \"latest:databases\"\nurl = {pg:?}\npg_bin = {pg_bin:?}\n\
              [[node]]\nname = \"cp1\"\nrole = \"controlplane\"\nmac = \"52:54:00:6c:00:01\"\nmaintenance_address = {cp:?}\nendpoint = {cp:?}\n\
              [[node]]\nname = \"w1\"\nrole = \"worker\"\nmac = \"52:54:00:6c:00:02\"\nmaintenance_address = {w:?}\nendpoint = {w:?}\n",
-            disks = dir.path().join("domains").display().to_string(),
+            disks = text(&dir.path().join("domains")),
             repo = install.url(),
-            key = install.restore_key().display().to_string(),
+            key = text(&install.restore_key()),
+            pg = postgres.superuser_dsn("postgres"),
+            pg_bin = text(postgres.bin_dir()),
             cp = cp.endpoint(),
             w = worker.endpoint(),
         ),
     )?;
-    let spec_arg = spec.display().to_string();
-    let work_arg = work.display().to_string();
+    let spec_arg = text(&spec);
+    let work_arg = text(&work);
     let args = ["--spec", spec_arg.as_str(), "--work", work_arg.as_str()];
     let nodes = [("cp1", &cp), ("w1", &worker)];
+    let env = [("PGPASSWORD", postgres.superuser_password())];
 
-    // The plan names every step with the domain XML, and changes nothing.
+    // The plan names every step with the domain XML and the Job, and
+    // changes nothing.
     let plan = install
         .lifeboat(&["rebuild", "--spec", spec_arg.as_str(), "--plan"])?
         .ok()?;
@@ -124,6 +187,11 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         "host-passthrough",
         "EtcdRecover",
         "bootstrap:cp1",
+        "machine.MachineService/Kubeconfig",
+        "GET /readyz",
+        "kind: Job",
+        "--in-place",
+        "postgres:latest:databases",
     ] {
         ensure!(
             plan.stdout.contains(part),
@@ -132,13 +200,15 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         );
     }
     ensure!(
-        !work.exists() && cp.calls().is_empty(),
+        !work.exists() && cp.calls().is_empty() && kube.writes().is_empty(),
         "--plan changed something"
     );
 
     // A node that fails Bootstrap once: the run stops at that step.
     cp.refuse_once("Bootstrap");
-    let failed = rebuild(&install, &args, &work, &nodes).await?.failed()?;
+    let failed = rebuild(&install, &args, &work, &nodes, &env)
+        .await?
+        .failed()?;
     ensure!(
         failed.stderr.contains("step bootstrap:cp1 failed") && failed.stderr.contains("--resume"),
         "{}",
@@ -147,10 +217,31 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     ensure!(count(&cp, "ApplyConfiguration") == 1 && count(&worker, "ApplyConfiguration") == 1);
     ensure!(count(&cp, "EtcdRecover") == 1);
 
-    // Resumed, it finishes without redoing the steps before it.
+    // Resumed while restore Jobs fail: it stops at the volumes, naming the
+    // Job, with etcd bootstrapped and the kubeconfig fetched.
     let mut resume = args.to_vec();
     resume.push("--resume");
-    let done = rebuild(&install, &resume, &work, &nodes).await?.ok()?;
+    kube.set_fail_jobs(true);
+    let failed = rebuild(&install, &resume, &work, &nodes, &env)
+        .await?
+        .failed()?;
+    ensure!(
+        failed.stderr.contains("step volumes:latest:volumes failed")
+            && failed.stderr.contains("lifeboat-restore-")
+            && failed.stderr.contains(fixtures::NODE),
+        "{}",
+        failed.output()
+    );
+    ensure!(count(&cp, "Bootstrap") == 2 && count(&cp, "Kubeconfig") == 1);
+    let private = std::fs::metadata(work.join("kubeconfig"))?.permissions();
+    ensure!(std::os::unix::fs::PermissionsExt::mode(&private) & 0o077 == 0);
+
+    // Resumed again, it finishes without redoing the steps before it: the
+    // failed Job is made again and puts the data back.
+    kube.set_fail_jobs(false);
+    let done = rebuild(&install, &resume, &work, &nodes, &env)
+        .await?
+        .ok()?;
     ensure!(
         done.stdout.contains("total (measured RTO)"),
         "{}",
@@ -161,7 +252,7 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         count(&cp, "EtcdRecover") == 1,
         "the snapshot was uploaded again"
     );
-    ensure!(count(&cp, "Bootstrap") == 2);
+    ensure!(count(&cp, "Bootstrap") == 2 && count(&cp, "Kubeconfig") == 1);
     ensure!(cp.bootstrapped() == Some((true, false)));
     ensure!(cp.applied_configs() == [cp_config.as_bytes().to_vec()]);
     ensure!(worker.applied_configs() == [worker_config.as_bytes().to_vec()]);
@@ -171,13 +262,59 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         "the uploaded etcd snapshot differs from the backed-up one"
     );
 
+    // One Job on the volumes' node, host paths mounted read-write, ran the
+    // real restore; the data equals the original; the Secret is gone.
+    let runs = kube.job_runs();
+    ensure!(runs.len() == 1, "{runs:#?}");
+    let run = &runs[0];
+    ensure!(run.exit_code == Some(0), "{}", run.output);
+    ensure!(run.node.as_deref() == Some(fixtures::NODE), "{run:#?}");
+    ensure!(run.image == "ghcr.io/example/lifeboat:test");
+    ensure!(
+        run.command[..2] == ["lifeboat", "restore"] && run.command.contains(&"--in-place".into())
+    );
+    for (path, before) in &originals {
+        ensure!(
+            run.host_paths.contains(&(text(path), false)),
+            "{} is not mounted: {run:#?}",
+            path.display()
+        );
+        assert_same_tree(before, &describe(path)?)?;
+    }
+    let deleted = kube.writes().into_iter().any(|w| {
+        w.verb == "delete" && w.resource == "secrets" && w.name == "lifeboat-rebuild-restore"
+    });
+    ensure!(deleted, "the restore Secret was not deleted");
+    ensure!(
+        kube.object("", "secrets", "lifeboat", "lifeboat-rebuild-restore")
+            .is_none()
+    );
+    ensure!(
+        postgres.row_counts("shop")? == rows,
+        "the database was not restored"
+    );
+
     let report: Value = serde_json::from_slice(&std::fs::read(work.join("rebuild-report.json"))?)?;
     let steps = report["steps"].as_array().context("steps")?;
-    ensure!(steps.len() == 16, "{report:#}");
-    for step in &steps[..15] {
+    let ids: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
+    ensure!(
+        ids[15..]
+            == [
+                "bootstrap:cp1",
+                "kubeconfig",
+                "kubernetes-api",
+                "volumes:latest:volumes",
+                "remove-restore-secret",
+                "postgres:latest:databases"
+            ],
+        "{report:#}"
+    );
+    for step in &steps[..18] {
         ensure!(step["status"] == "done-earlier", "{step}");
     }
-    ensure!(steps[15]["id"] == "bootstrap:cp1" && steps[15]["status"] == "done");
+    for step in &steps[18..] {
+        ensure!(step["status"] == "done", "{step}");
+    }
     ensure!(report["total_seconds"].as_f64().is_some_and(|t| t > 0.0));
     Ok(())
 }

@@ -1,13 +1,16 @@
 //! `lifeboat rebuild`: the Talos cluster rebuilt from its backups in one
 //! resumable, timed command — VMs through libvirt, machine configs and
-//! etcd through the Talos API.
+//! etcd through the Talos API, volume data through Kubernetes Jobs,
+//! databases with pg_restore.
 //!
 //! - [`spec`]: the cluster spec (TOML);
 //! - [`domain`]: the libvirt XML of a node's VM and disk;
 //! - [`hypervisor`]: libvirt calls on one connection;
 //! - [`steps`]: the steps, described (`--plan`) and done;
+//! - [`data`]: volume data back on the nodes by restore Jobs;
 //! - [`progress`]: the state file for `--resume` and the timed report.
 
+mod data;
 mod domain;
 mod hypervisor;
 mod progress;

@@ -20,6 +20,12 @@ pub struct ClusterSpec {
     /// Talos settings shared by the nodes.
     #[serde(default)]
     pub talos: TalosSpec,
+    /// How the rebuild reaches the Kubernetes API.
+    #[serde(default)]
+    pub kubernetes: KubernetesSpec,
+    /// The data put back once the cluster answers.
+    #[serde(default)]
+    pub data: DataSpec,
     /// The nodes, control plane first.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeSpec>,
@@ -104,6 +110,79 @@ impl Default for TalosSpec {
     }
 }
 
+/// Reaching the Kubernetes API after bootstrap.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    /// An admin kubeconfig; default: the one the bootstrap node hands out
+    /// (`Kubeconfig` of the Talos API), saved as `WORK/kubeconfig`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Its context (default: the file's current one).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// Volume data and databases restored after etcd.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// Snapshots of `volumes` jobs, each put back by a restore Job on the
+    /// node its manifest names (e.g. `["latest:volumes"]`).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// The lifeboat image the restore Jobs run (the one your cluster
+    /// deploys, e.g. `ghcr.io/OWNER/lifeboat:0.1.0`); needed with `volumes`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The namespace of the restore Jobs and their Secret.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Restore over folders that already hold files (`--force`): pods that
+    /// started before their data was back may have written to them.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// How long a restore Job may take, e.g. `"2h"`.
+    #[serde(
+        default = "default_job_wait",
+        with = "lifeboat::schedule::timing::duration"
+    )]
+    pub wait: std::time::Duration,
+    /// Databases restored from here with `pg_restore`.
+    #[serde(default)]
+    pub postgres: Vec<PostgresRestore>,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        Self {
+            volumes: Vec::new(),
+            image: None,
+            namespace: default_namespace(),
+            overwrite: false,
+            wait: default_job_wait(),
+            postgres: Vec::new(),
+        }
+    }
+}
+
+/// One PostgreSQL snapshot restored into a server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresRestore {
+    /// The snapshot, e.g. `latest:postgres`.
+    pub snapshot: String,
+    /// The server: a libpq URL without password (PGPASSWORD or ~/.pgpass).
+    pub url: String,
+    /// Create each database (`pg_restore --create`); else restore into the
+    /// existing ones.
+    #[serde(default = "default_true")]
+    pub create: bool,
+    /// The folder of psql and pg_restore (default: PATH).
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
+}
+
 /// A node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +264,15 @@ fn default_talos_config() -> String {
 fn default_etcd() -> String {
     "latest:etcd".into()
 }
+fn default_namespace() -> String {
+    "lifeboat".into()
+}
+fn default_job_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(2 * 60 * 60)
+}
+fn default_true() -> bool {
+    true
+}
 fn default_wait() -> std::time::Duration {
     std::time::Duration::from_secs(15 * 60)
 }
@@ -230,6 +318,11 @@ impl ClusterSpec {
                     node.name
                 );
             }
+        }
+        if !self.data.volumes.is_empty() && self.data.image.is_none() {
+            bail!(
+                "data.volumes needs data.image: the lifeboat image the restore Jobs run (the one your cluster deploys)"
+            );
         }
         if let Some(pin) = &self.talos.maintenance_pin {
             self.pin()

@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use lifeboat::repo::UnlockedRepository;
 use lifeboat::restore::files::{RestoreOptions, RestoreProgress, restore};
+use lifeboat::restore::volumes::Layout;
 use lifeboat::sources::etcd_snapshot::verify_file;
 use lifeboat::sources::talos_config::{TalosFile, inspect_file};
 use lifeboat::talos::{ApplyMode, Security, TalosClient, TalosConfig, TalosEndpoint};
 
+use super::data;
 use super::domain::{domain_xml, pool_xml, volume_xml};
 use super::hypervisor::Hypervisor;
 use super::spec::{ClusterSpec, NodeSpec, Role};
@@ -43,6 +46,16 @@ pub enum Step {
     EtcdRecover,
     /// Bootstrap etcd from it.
     Bootstrap,
+    /// Fetch the admin kubeconfig from the bootstrap node.
+    Kubeconfig,
+    /// Wait for the Kubernetes API's `/readyz`.
+    KubernetesApi,
+    /// Restore volumes snapshot `k` of `[data] volumes` by Jobs.
+    Volumes(usize),
+    /// Delete the restore Jobs' Secret.
+    RemoveRestoreSecret,
+    /// Restore `[[data.postgres]]` entry `k`.
+    Postgres(usize),
 }
 
 /// Every step for `spec`, in order.
@@ -59,7 +72,18 @@ pub fn all(spec: &ClusterSpec) -> Vec<Step> {
     ] {
         steps.extend((0..n).map(make));
     }
-    steps.extend([Step::EtcdReady, Step::EtcdRecover, Step::Bootstrap]);
+    steps.extend([
+        Step::EtcdReady,
+        Step::EtcdRecover,
+        Step::Bootstrap,
+        Step::Kubeconfig,
+        Step::KubernetesApi,
+    ]);
+    steps.extend((0..spec.data.volumes.len()).map(Step::Volumes));
+    if !spec.data.volumes.is_empty() {
+        steps.push(Step::RemoveRestoreSecret);
+    }
+    steps.extend((0..spec.data.postgres.len()).map(Step::Postgres));
     steps
 }
 
@@ -78,6 +102,11 @@ impl Step {
             Self::EtcdReady => format!("etcd-ready:{}", spec.bootstrap_node().name),
             Self::EtcdRecover => format!("etcd-recover:{}", spec.bootstrap_node().name),
             Self::Bootstrap => format!("bootstrap:{}", spec.bootstrap_node().name),
+            Self::Kubeconfig => "kubeconfig".into(),
+            Self::KubernetesApi => "kubernetes-api".into(),
+            Self::Volumes(k) => format!("volumes:{}", spec.data.volumes[k]),
+            Self::RemoveRestoreSecret => "remove-restore-secret".into(),
+            Self::Postgres(k) => format!("postgres:{}", spec.data.postgres[k].snapshot),
         }
     }
 
@@ -132,8 +161,67 @@ impl Step {
                 "Talos API {}: machine.MachineService/Bootstrap{{recover_etcd: true, recover_skip_hash_check: false}}",
                 with_port(&cp.endpoint)
             ),
+            Self::Kubeconfig => match &spec.kubernetes.kubeconfig {
+                Some(path) => format!("use the kubeconfig {}", path.display()),
+                None => format!(
+                    "Talos API {}: machine.MachineService/Kubeconfig (a gzipped tar holding `kubeconfig`), written to WORK/kubeconfig (0600)",
+                    with_port(&cp.endpoint)
+                ),
+            },
+            Self::KubernetesApi => format!(
+                "Kubernetes API of the kubeconfig: GET /readyz until it answers ok (at most {})",
+                humantime::format_duration(spec.talos.wait)
+            ),
+            Self::Volumes(k) => describe_volumes(spec, &spec.data.volumes[k]),
+            Self::RemoveRestoreSecret => format!(
+                "Kubernetes API: DELETE /api/v1/namespaces/{}/secrets/{}",
+                spec.data.namespace,
+                data::SECRET
+            ),
+            Self::Postgres(k) => {
+                let entry = &spec.data.postgres[k];
+                format!(
+                    "restore {} into {}: globals.sql through psql, then pg_restore of each database{}",
+                    entry.snapshot,
+                    entry.url,
+                    if entry.create {
+                        " (--create)"
+                    } else {
+                        " into the existing one"
+                    }
+                )
+            }
         }
     }
+}
+
+/// The plan of restoring the volumes snapshot `what`, with the Job as it
+/// will be sent (its snapshot, node and volumes come from the manifest).
+fn describe_volumes(spec: &ClusterSpec, what: &str) -> String {
+    let example = data::RestoreJob {
+        name: "lifeboat-restore-SNAPSHOT-NODE".into(),
+        node: "NODE".into(),
+        volumes: vec![("NAMESPACE/PVC".into(), "HOST_PATH".into())],
+    };
+    let repository = data::JobRepository {
+        url: spec
+            .backups
+            .repository
+            .clone()
+            .unwrap_or_else(|| "REPOSITORY".into()),
+        s3_endpoint: spec.backups.s3_endpoint.clone(),
+        s3_path_style: spec.backups.s3_path_style,
+    };
+    let image = spec.data.image.as_deref().unwrap_or("IMAGE");
+    let job = data::job_object(&example, "SNAPSHOT", &spec.data, image, &repository);
+    let yaml = serde_yaml_ng::to_string(&job).unwrap_or_else(|e| format!("({e})"));
+    format!(
+        "restore {what}: read its manifest; Kubernetes API: server-side apply Namespace {ns} and Secret {ns}/{secret} (the restore key; AWS_* and LIFEBOAT_PASSPHRASE of this environment), \
+         then for each node of the manifest POST a batch/v1 Job in {ns} and wait until it is Complete (at most {wait}); a Job that failed earlier is deleted and made again:\n{yaml}",
+        ns = spec.data.namespace,
+        secret = data::SECRET,
+        wait = humantime::format_duration(spec.data.wait),
+    )
 }
 
 fn config_name(node: &NodeSpec) -> String {
@@ -168,6 +256,7 @@ pub struct Runner {
     /// The restore key.
     pub key: Option<KeyArgs>,
     hypervisor: Option<Hypervisor>,
+    repository: Option<UnlockedRepository>,
 }
 
 impl Runner {
@@ -186,6 +275,7 @@ impl Runner {
             repo,
             key,
             hypervisor: None,
+            repository: None,
         }
     }
 
@@ -283,22 +373,175 @@ impl Runner {
                 client.bootstrap(true, false).await?;
                 Ok("etcd bootstrapped from the snapshot".into())
             }
+            Step::Kubeconfig => self.fetch_kubeconfig().await,
+            Step::KubernetesApi => self.wait_for_kubernetes().await,
+            Step::Volumes(k) => self.restore_volumes(&spec.data.volumes[k]).await,
+            Step::RemoveRestoreSecret => {
+                let client = self.kube().await?;
+                let namespace = &spec.data.namespace;
+                Ok(if data::remove_secret(&client, namespace).await? {
+                    format!("deleted Secret {namespace}/{}", data::SECRET)
+                } else {
+                    format!("Secret {namespace}/{} was already gone", data::SECRET)
+                })
+            }
+            Step::Postgres(k) => {
+                let entry = &spec.data.postgres[k];
+                let repo = self.repository().await?;
+                let pg_bin = entry.pg_bin.as_deref();
+                crate::restore::postgres_into(
+                    repo,
+                    &entry.snapshot,
+                    &entry.url,
+                    entry.create,
+                    pg_bin,
+                )
+                .await?;
+                Ok(format!("restored {} into {}", entry.snapshot, entry.url))
+            }
         }
     }
 
-    async fn fetch_backups(&self) -> anyhow::Result<String> {
-        let key = self.key.as_ref().context(
-            "give the restore key with --identity FILE or [backups] identity in the spec",
-        )?;
-        let repo = key.unlock(self.repo.open().await?).await?;
+    /// The kubeconfig the rebuild uses.
+    fn kubeconfig_path(&self) -> PathBuf {
+        self.spec
+            .kubernetes
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| self.work.join("kubeconfig"))
+    }
+
+    async fn fetch_kubeconfig(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.spec.kubernetes.kubeconfig {
+            std::fs::metadata(path).with_context(|| {
+                format!(
+                    "the kubeconfig {} of [kubernetes] in the spec",
+                    path.display()
+                )
+            })?;
+            return Ok(format!("using {}", path.display()));
+        }
+        let node = self.spec.bootstrap_node();
+        let client = self.connect(&node.endpoint, true).await?;
+        let kubeconfig = client.kubeconfig().await?;
+        let path = self.kubeconfig_path();
+        write_private(&path, &kubeconfig)?;
+        Ok(format!(
+            "admin kubeconfig from {} written to {}",
+            node.name,
+            path.display()
+        ))
+    }
+
+    async fn kube(&self) -> anyhow::Result<kube::Client> {
+        let path = self.kubeconfig_path();
+        Ok(lifeboat::k8s::connect(Some(&path), self.spec.kubernetes.context.as_deref()).await?)
+    }
+
+    /// Asks `/readyz` until it answers `ok`.
+    async fn wait_for_kubernetes(&self) -> anyhow::Result<String> {
+        let client = self.kube().await?;
+        let deadline = Instant::now() + self.spec.talos.wait;
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            let answer = client.request_text(request).await;
+            match answer {
+                Ok(text) if text.trim() == "ok" => return Ok("/readyz answers ok".into()),
+                _ if Instant::now() > deadline => {
+                    let last = match answer {
+                        Ok(text) => text,
+                        Err(e) => e.to_string(),
+                    };
+                    bail!(
+                        "the Kubernetes API did not become ready within {} (last answer: {last}); look at `talosctl -n {} service kube-apiserver` and etcd",
+                        humantime::format_duration(self.spec.talos.wait),
+                        self.spec.bootstrap_node().endpoint
+                    )
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Restores the volumes snapshot `what` by a Job per node.
+    async fn restore_volumes(&mut self, what: &str) -> anyhow::Result<String> {
+        let spec = self.spec.clone();
+        let image = spec
+            .data
+            .image
+            .clone()
+            .context("set data.image in the spec: the lifeboat image the restore Jobs run")?;
+        let (url, s3) = self.repo.location()?;
+        let repository = data::JobRepository {
+            url: job_repository_url(&url)?,
+            s3_endpoint: s3.endpoint,
+            s3_path_style: s3.path_style,
+        };
+        let key_file = self.key()?.identity.clone();
+        let repo = self.repository().await?;
+        let entry = repo.find_snapshot(what).await?;
+        if entry.snapshot.source_kind != "volumes" {
+            bail!(
+                "[data] volumes names {what}, a snapshot of kind {:?}; name snapshots of volumes jobs",
+                entry.snapshot.source_kind
+            );
+        }
+        let reader = repo.reader("reading a volumes manifest")?;
+        let layout = Layout::read(&reader, entry.snapshot.root).await?;
+        let manifest = layout
+            .manifest
+            .with_context(|| format!("snapshot {what} has no volumes manifest"))?;
+        let id = entry.id.to_hex();
+        let jobs = data::plan_jobs(&id, &manifest)?;
+        if jobs.is_empty() {
+            return Ok(format!("{what} holds no volume data"));
+        }
+        let restore_key = std::fs::read(&key_file)
+            .with_context(|| format!("reading the restore key {}", key_file.display()))?;
+        let client = self.kube().await?;
+        data::ensure_secret(&client, &spec.data.namespace, &restore_key).await?;
+        let objects: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let object = data::job_object(&job, &id, &spec.data, &image, &repository);
+                (job, object)
+            })
+            .collect();
+        let lines = data::run_jobs(&client, &spec.data.namespace, &objects, spec.data.wait).await?;
+        Ok(format!(
+            "snapshot {}: {}",
+            entry.id.short(),
+            lines.join("; ")
+        ))
+    }
+
+    fn key(&self) -> anyhow::Result<&KeyArgs> {
+        self.key
+            .as_ref()
+            .context("give the restore key with --identity FILE or [backups] identity in the spec")
+    }
+
+    /// The repository, unlocked with the restore key on first use.
+    async fn repository(&mut self) -> anyhow::Result<&UnlockedRepository> {
+        if self.repository.is_none() {
+            let repo = self.key()?.unlock(self.repo.open().await?).await?;
+            self.repository = Some(repo);
+        }
+        self.repository.as_ref().context("the repository")
+    }
+
+    async fn fetch_backups(&mut self) -> anyhow::Result<String> {
+        let spec = self.spec.clone();
+        let work = self.work.clone();
+        let repo = self.repository().await?;
         let reader = repo.reader("fetching the backups for a rebuild")?;
         let mut lines = Vec::new();
         for (what, folder) in [
-            (&self.spec.backups.talos_config, "talos-config"),
-            (&self.spec.backups.etcd, "etcd"),
+            (&spec.backups.talos_config, "talos-config"),
+            (&spec.backups.etcd, "etcd"),
         ] {
             let entry = repo.find_snapshot(what).await?;
-            let target = self.work.join(folder);
+            let target = work.join(folder);
             restore(
                 &reader,
                 entry.snapshot.root,
@@ -393,6 +636,32 @@ impl Runner {
             }
         }
     }
+}
+
+/// The repository URL as the Jobs must see it: a local path made absolute.
+fn job_repository_url(url: &str) -> anyhow::Result<String> {
+    if url.contains("://") {
+        return Ok(url.to_owned());
+    }
+    Ok(std::path::absolute(url)
+        .with_context(|| format!("the repository path {url}"))?
+        .display()
+        .to_string())
+}
+
+/// Writes `content` to `path`, readable by its owner only.
+fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(content)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The first file under `root` of kind `want` (sorted by path).

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use lifeboat::progress::Bar;
+use lifeboat::repo::UnlockedRepository;
 use lifeboat::repo::reader::BlobReader;
 use lifeboat::repo::snapshot::SnapshotEntry;
 use lifeboat::restore::files::RestoreProgress;
@@ -142,6 +143,37 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
 /// Fails when flags of another kind (or any kind's flags with `:PATH`)
 /// are given: they would be ignored, and the restore would not be the one
 /// asked for.
+/// Restores the postgres snapshot `what` of `repo` into the server at
+/// `url`, as `lifeboat restore WHAT --pg-url URL [--create] [--pg-bin DIR]`
+/// does.
+///
+/// Fails when the snapshot is not a postgres one or a restore fails.
+pub async fn postgres_into(
+    repo: &UnlockedRepository,
+    what: &str,
+    url: &str,
+    create: bool,
+    pg_bin: Option<&Path>,
+) -> anyhow::Result<()> {
+    let entry = repo.find_snapshot(what).await?;
+    if entry.snapshot.source_kind != "postgres" {
+        anyhow::bail!(
+            "snapshot {what} is of kind {:?}, not postgres",
+            entry.snapshot.source_kind
+        );
+    }
+    let reader = repo.reader("restoring PostgreSQL")?;
+    let restoring = Restoring {
+        reader: &reader,
+        entry: &entry,
+        target: None,
+        force: false,
+        json: false,
+    };
+    let args = postgres::PostgresArgs::into_server(url, create, pg_bin);
+    postgres::run(&restoring, &args).await
+}
+
 fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyhow::Result<()> {
     let groups: [(bool, &str, &[&str]); 4] = [
         (

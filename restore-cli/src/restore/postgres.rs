@@ -3,7 +3,7 @@
 //! `pg_restore`, created (`--create`) or into the existing database of the
 //! same name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use lifeboat::restore::files::{RestoreOptions, restore};
@@ -42,6 +42,20 @@ pub struct PostgresArgs {
 }
 
 impl PostgresArgs {
+    /// Every database of a snapshot into the server at `url`, globals
+    /// first, each created when `create`; the clients from `pg_bin` (else
+    /// PATH).
+    pub fn into_server(url: &str, create: bool, pg_bin: Option<&Path>) -> Self {
+        Self {
+            pg_url: Some(url.to_owned()),
+            pg_bin: pg_bin.map(Path::to_owned),
+            create,
+            databases: Vec::new(),
+            no_globals: false,
+            no_owner: false,
+        }
+    }
+
     /// Whether any of these flags was given (the others need `--pg-url`).
     pub fn given(&self) -> bool {
         self.pg_url.is_some() || self.pg_bin.is_some()
