@@ -1,8 +1,8 @@
 //! The libvirt XML of a Talos VM and its disk: q35 with UEFI firmware
 //! (OVMF, `firmware='efi'`), CPU `host-passthrough` (Talos needs
 //! x86-64-v2), a virtio disk and NIC on the bridge, the Talos ISO as a SATA
-//! CD-ROM, booting from the disk first and the CD-ROM while the disk is
-//! empty.
+//! CD-ROM (a file, or the Image Factory's ISO over HTTPS), booting from the
+//! disk first and the CD-ROM while the disk is empty.
 
 use std::path::PathBuf;
 
@@ -47,6 +47,35 @@ pub fn volume_xml(node: &NodeSpec) -> String {
     )
 }
 
+/// The CD-ROM holding the Talos ISO: a file on the hypervisor, or the
+/// Image Factory's ISO read over HTTP(S) by QEMU.
+fn cdrom_xml(spec: &ClusterSpec) -> String {
+    let tail = "      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n";
+    let factory = spec
+        .libvirt
+        .image_factory
+        .as_ref()
+        .and_then(|f| f.iso_location().ok());
+    match (factory, &spec.libvirt.iso) {
+        (Some(at), _) => format!(
+            "    <disk type='network' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      \
+             <source protocol='{}' name='{}'>\n        <host name='{}' port='{}'/>\n      </source>\n{tail}",
+            escape(&at.scheme),
+            escape(&at.path),
+            escape(&at.host),
+            at.port,
+        ),
+        (None, iso) => format!(
+            "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n{tail}",
+            escape(
+                &iso.as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .to_string_lossy()
+            ),
+        ),
+    }
+}
+
 /// The domain of the node.
 pub fn domain_xml(spec: &ClusterSpec, node: &NodeSpec) -> String {
     let disk = disk_dir(spec, node).join(DISK_FILE);
@@ -76,13 +105,7 @@ pub fn domain_xml(spec: &ClusterSpec, node: &NodeSpec) -> String {
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <disk type='file' device='cdrom'>
-      <driver name='qemu' type='raw'/>
-      <source file='{iso}'/>
-      <target dev='sda' bus='sata'/>
-      <readonly/>
-    </disk>
-    <interface type='bridge'>
+{cdrom}    <interface type='bridge'>
       <mac address='{mac}'/>
       <source bridge='{bridge}'/>
       <model type='virtio'/>
@@ -100,7 +123,7 @@ pub fn domain_xml(spec: &ClusterSpec, node: &NodeSpec) -> String {
         memory = node.memory_mib(),
         vcpus = node.vcpus(),
         disk = escape(&disk.to_string_lossy()),
-        iso = escape(&spec.libvirt.iso.to_string_lossy()),
+        cdrom = cdrom_xml(spec),
         mac = escape(&node.mac),
         bridge = escape(&node.bridge),
     )

@@ -249,4 +249,48 @@ mod tests {
             "{error:#}"
         );
     }
+
+    /// An Image Factory ISO becomes a network CD-ROM the test driver
+    /// validates and defines.
+    #[test]
+    fn an_image_factory_iso_is_a_network_cdrom() {
+        let spec: ClusterSpec = toml::from_str(&format!(
+            r#"
+            [libvirt]
+            uri = "test:///default"
+            [libvirt.image_factory]
+            schematic = "{}"
+            version = "v1.9.5"
+            [[node]]
+            name = "talos-w1"
+            role = "worker"
+            mac = "52:54:00:6c:00:02"
+            maintenance_address = "127.0.0.1"
+            endpoint = "127.0.0.1"
+            "#,
+            "ce4c".repeat(16)
+        ))
+        .expect("spec");
+        let hypervisor = Hypervisor::connect("test:///default").expect("test driver");
+        hypervisor
+            .ensure_disk(&spec, &spec.nodes[0], false)
+            .expect("disk");
+        hypervisor
+            .ensure_domain(&spec, &spec.nodes[0], false)
+            .expect("define");
+        let xml = hypervisor
+            .connection
+            .lookup_domain_by_name("talos-w1")
+            .and_then(|d| d.xml_desc(0))
+            .expect("defined");
+        let path = format!("/image/{}/v1.9.5/metal-amd64.iso", "ce4c".repeat(16));
+        for part in [
+            "type='network' device='cdrom'",
+            "protocol='https'",
+            path.as_str(),
+            "host name='factory.talos.dev' port='443'",
+        ] {
+            assert!(xml.contains(part), "the domain lacks {part}:\n{xml}");
+        }
+    }
 }

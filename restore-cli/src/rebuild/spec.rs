@@ -41,8 +41,79 @@ pub struct LibvirtSpec {
     /// The folder holding a folder per VM with its disk `vdisk1.img`.
     #[serde(default = "default_disk_dir")]
     pub disk_dir: PathBuf,
-    /// The Talos ISO on the hypervisor (e.g. from the Image Factory).
-    pub iso: PathBuf,
+    /// The Talos ISO on the hypervisor (`metal-amd64.iso`, or an Image
+    /// Factory ISO downloaded there).
+    #[serde(default)]
+    pub iso: Option<PathBuf>,
+    /// Or: the installer ISO of an Image Factory schematic, which the VM
+    /// reads over HTTPS (a network CD-ROM).
+    #[serde(default)]
+    pub image_factory: Option<ImageFactory>,
+}
+
+/// An Image Factory ISO: `URL/image/SCHEMATIC/VERSION/metal-amd64.iso`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFactory {
+    /// The schematic id (64 hex digits, from `POST /schematics`).
+    pub schematic: String,
+    /// The Talos version, e.g. `v1.9.5`.
+    pub version: String,
+    /// The factory (default `https://factory.talos.dev`).
+    #[serde(default = "default_factory")]
+    pub url: String,
+}
+
+impl ImageFactory {
+    /// The scheme, host, port and path of the ISO.
+    ///
+    /// Fails when the factory URL is not `http(s)://HOST[:PORT]`.
+    pub fn iso_location(&self) -> anyhow::Result<IsoLocation> {
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+            .with_context(|| {
+                format!(
+                    "image_factory.url {:?}: give http(s)://HOST[:PORT]",
+                    self.url
+                )
+            })?;
+        let authority = rest.trim_end_matches('/');
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .with_context(|| format!("image_factory.url: port {port:?}"))?,
+            ),
+            None => (authority, if scheme == "https" { 443 } else { 80 }),
+        };
+        if host.is_empty() || host.contains('/') {
+            bail!(
+                "image_factory.url {:?}: give http(s)://HOST[:PORT] without a path",
+                self.url
+            );
+        }
+        Ok(IsoLocation {
+            scheme: scheme.to_owned(),
+            host: host.to_owned(),
+            port,
+            path: format!("/image/{}/{}/metal-amd64.iso", self.schematic, self.version),
+        })
+    }
+}
+
+/// Where a network CD-ROM reads the ISO from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoLocation {
+    /// `https` or `http`.
+    pub scheme: String,
+    /// The host name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The ISO's path.
+    pub path: String,
 }
 
 /// The backups to rebuild from.
@@ -264,6 +335,9 @@ fn default_talos_config() -> String {
 fn default_etcd() -> String {
     "latest:etcd".into()
 }
+fn default_factory() -> String {
+    "https://factory.talos.dev".into()
+}
 fn default_namespace() -> String {
     "lifeboat".into()
 }
@@ -318,6 +392,29 @@ impl ClusterSpec {
                     node.name
                 );
             }
+        }
+        match (&self.libvirt.iso, &self.libvirt.image_factory) {
+            (Some(_), None) => {}
+            (None, Some(factory)) => {
+                if factory.schematic.len() != 64
+                    || !factory.schematic.chars().all(|c| c.is_ascii_hexdigit())
+                {
+                    bail!(
+                        "libvirt.image_factory.schematic {:?}: give the schematic id, 64 hex digits",
+                        factory.schematic
+                    );
+                }
+                if !factory.version.starts_with('v') || factory.version.contains('/') {
+                    bail!(
+                        "libvirt.image_factory.version {:?}: give a Talos version such as \"v1.9.5\"",
+                        factory.version
+                    );
+                }
+                factory.iso_location()?;
+            }
+            _ => bail!(
+                "give the Talos ISO as either libvirt.iso (a file on the hypervisor) or [libvirt.image_factory] (schematic and version), not both or neither"
+            ),
         }
         if !self.data.volumes.is_empty() && self.data.image.is_none() {
             bail!(
@@ -392,5 +489,62 @@ mod tests {
         assert_eq!(spec.libvirt.disk_dir, PathBuf::from("/mnt/user/domains"));
         assert_eq!(spec.nodes[0].bridge, "br0");
         assert_eq!(spec.backups.etcd, "latest:etcd");
+    }
+
+    #[test]
+    fn the_iso_is_a_file_or_an_image_factory_schematic() {
+        let spec = |libvirt: &str| -> anyhow::Result<ClusterSpec> {
+            let spec: ClusterSpec = toml::from_str(&format!(
+                "[libvirt]\nuri = \"test:///default\"\n{libvirt}\n\
+                 [[node]]\nname = \"cp1\"\nrole = \"controlplane\"\nmac = \"52:54:00:00:00:01\"\n\
+                 maintenance_address = \"10.0.0.50\"\nendpoint = \"10.0.0.10\"\n"
+            ))?;
+            spec.check()?;
+            Ok(spec)
+        };
+        let schematic = "ab".repeat(32);
+        let factory = spec(&format!(
+            "[libvirt.image_factory]\nschematic = \"{schematic}\"\nversion = \"v1.9.5\"\nurl = \"http://127.0.0.1:8080\""
+        ))
+        .expect("a factory");
+        let at = factory
+            .libvirt
+            .image_factory
+            .as_ref()
+            .map(ImageFactory::iso_location)
+            .transpose()
+            .expect("location");
+        assert_eq!(
+            at,
+            Some(IsoLocation {
+                scheme: "http".into(),
+                host: "127.0.0.1".into(),
+                port: 8080,
+                path: format!("/image/{schematic}/v1.9.5/metal-amd64.iso"),
+            })
+        );
+        for (libvirt, says) in [
+            ("", "either libvirt.iso"),
+            (
+                &format!(
+                    "iso = \"/a.iso\"\n[libvirt.image_factory]\nschematic = \"{schematic}\"\nversion = \"v1\""
+                ),
+                "not both",
+            ),
+            (
+                "[libvirt.image_factory]\nschematic = \"tailscale\"\nversion = \"v1.9.5\"",
+                "64 hex digits",
+            ),
+            (
+                &format!("[libvirt.image_factory]\nschematic = \"{schematic}\"\nversion = \"1.9\""),
+                "Talos version",
+            ),
+        ] {
+            let error = spec(libvirt)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(says), "{libvirt}: {error}");
+        }
     }
 }
