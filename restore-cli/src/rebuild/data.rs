@@ -26,11 +26,16 @@ pub const SECRET: &str = "lifeboat-rebuild-restore";
 const KEY_DIR: &str = "/var/run/secrets/lifeboat";
 /// The Secret's key holding the restore key.
 const KEY_FILE: &str = "restore.key";
-/// Environment variables copied from the rebuild into the Secret when set.
-const CREDENTIALS: [&str; 4] = [
+/// Environment variables copied from the rebuild into the Secret when set:
+/// the repository's credentials and endpoint, the restore key's
+/// passphrase.
+const FROM_ENVIRONMENT: [&str; 7] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
     "LIFEBOAT_PASSPHRASE",
 ];
 /// How often a wait asks again.
@@ -145,7 +150,7 @@ pub fn job_object(
     if repository.s3_path_style {
         env.push(json!({"name": "LIFEBOAT_S3_PATH_STYLE", "value": "true"}));
     }
-    for name in CREDENTIALS {
+    for name in FROM_ENVIRONMENT {
         env.push(json!({"name": name, "valueFrom": {"secretKeyRef":
             {"name": SECRET, "key": name, "optional": true}}}));
     }
@@ -192,7 +197,7 @@ pub fn job_object(
 }
 
 /// Server-side applies the Jobs' namespace and the Secret holding
-/// `restore_key` and the repository credentials of this environment.
+/// `restore_key` and the repository settings of this environment.
 ///
 /// Fails when the API refuses either.
 pub async fn ensure_secret(
@@ -212,7 +217,7 @@ pub async fn ensure_secret(
         KEY_FILE.to_owned(),
         k8s_openapi::ByteString(restore_key.to_vec()),
     );
-    for name in CREDENTIALS {
+    for name in FROM_ENVIRONMENT {
         if let Ok(value) = std::env::var(name) {
             data.insert(name.to_owned(), k8s_openapi::ByteString(value.into_bytes()));
         }

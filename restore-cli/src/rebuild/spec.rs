@@ -547,4 +547,14 @@ mod tests {
             assert!(error.contains(says), "{libvirt}: {error}");
         }
     }
+
+    #[test]
+    fn the_example_spec_in_deploy_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rebuild/cluster.example.toml");
+        let spec = ClusterSpec::load(&path).expect("the example spec");
+        assert_eq!(spec.nodes.len(), 2);
+        assert_eq!(spec.data.volumes, ["latest:volumes"]);
+        assert_eq!(spec.data.postgres.len(), 1);
+    }
 }
