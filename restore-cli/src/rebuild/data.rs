@@ -274,9 +274,9 @@ fn ending(job: &Job) -> Option<Ending> {
         })
 }
 
-/// Runs `jobs` (objects from [`job_object`]) to their end: a Job that
-/// already completed (an earlier run) is kept, a failed one is deleted and
-/// made again, then every Job is waited for up to `wait`.
+/// Runs `jobs` (objects from [`job_object`]) to their end: a Job of an
+/// earlier run that completed or still runs is kept, a failed one is
+/// deleted and made again, then every Job is waited for up to `wait`.
 ///
 /// Fails naming every Job that failed or did not finish in time.
 pub async fn run_jobs(
@@ -294,11 +294,15 @@ pub async fn run_jobs(
                     lines.push(format!("{} had already completed", job.name));
                     continue;
                 }
-                Some(Ending::Failed) | None => {
-                    let background = DeleteParams::background();
-                    api.delete(&job.name, &background)
+                None => {
+                    lines.push(format!("{} was already running", job.name));
+                    continue;
+                }
+                Some(Ending::Failed) => {
+                    api.delete(&job.name, &DeleteParams::background())
                         .await
-                        .with_context(|| format!("deleting the earlier Job {}", job.name))?;
+                        .with_context(|| format!("deleting the failed Job {}", job.name))?;
+                    wait_until_gone(&api, &job.name).await?;
                 }
             }
         }
@@ -353,6 +357,22 @@ pub async fn run_jobs(
         );
     }
     Ok(lines)
+}
+
+/// Waits (up to a minute) until the Job `name` is gone after a delete.
+///
+/// Fails when it stays.
+async fn wait_until_gone(api: &Api<Job>, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt(name).await?.is_some() {
+        if Instant::now() > deadline {
+            bail!(
+                "the failed Job {name} is still there a minute after its deletion; delete it by hand and resume"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
