@@ -289,6 +289,13 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         kube.object("", "secrets", "lifeboat", "lifeboat-rebuild-restore")
             .is_none()
     );
+    let namespace = kube
+        .object("", "namespaces", "", "lifeboat")
+        .context("the Jobs' namespace")?;
+    ensure!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged",
+        "{namespace:#}"
+    );
     ensure!(
         postgres.row_counts("shop")? == rows,
         "the database was not restored"

@@ -196,7 +196,9 @@ pub fn job_object(
     })
 }
 
-/// Server-side applies the Jobs' namespace and the Secret holding
+/// Server-side applies the Jobs' namespace, labelled for Pod Security
+/// `privileged` (the Jobs mount host folders, which the `baseline` level
+/// Talos enforces by default forbids), and the Secret holding
 /// `restore_key` and the repository settings of this environment.
 ///
 /// Fails when the API refuses either.
@@ -207,7 +209,8 @@ pub async fn ensure_secret(
 ) -> anyhow::Result<()> {
     let params = PatchParams::apply(MANAGER).force();
     let namespace_object = json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace,
+            "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}});
     Api::<Namespace>::all(client.clone())
         .patch(namespace, &params, &Patch::Apply(&namespace_object))
         .await
