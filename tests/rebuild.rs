@@ -147,6 +147,22 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     cp.set_kubeconfig(&std::fs::read_to_string(&kubeconfig)?);
     kube.run_jobs(cli::binaries()?, &dir.path().join("kubelet"));
     kube.set_unready(3);
+    // Grafana's pod runs under a Deployment's ReplicaSet; Postgres' under
+    // its StatefulSet. Both come back with etcd and must be stopped while
+    // their volumes are restored.
+    kube.load(
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "grafana-5c6d7", "namespace": "monitoring",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "grafana",
+                "uid": "00000000-0000-4000-8000-0000000000ad", "controller": true}]},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "grafana"}},
+            "template": {"metadata": {"labels": {"app": "grafana"}}, "spec": {"containers": []}}}}),
+    )?;
+    kube.edit("", "pods", "monitoring", "grafana-5c6d7-abcde", |pod| {
+        pod["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "apps/v1",
+            "kind": "ReplicaSet", "name": "grafana-5c6d7",
+            "uid": "00000000-0000-4000-8000-0000000000ae", "controller": true}]);
+    })?;
 
     let work = dir.path().join("work");
     let spec = dir.path().join("cluster.toml");
@@ -191,6 +207,7 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         "GET /readyz",
         "kind: Job",
         "--in-place",
+        "spec.replicas = 0",
         "postgres:latest:databases",
     ] {
         ensure!(
@@ -233,6 +250,13 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         failed.output()
     );
     ensure!(count(&cp, "Bootstrap") == 2 && count(&cp, "Kubeconfig") == 1);
+    ensure!(
+        kube.object("", "pods", "databases", "postgres-0").is_none()
+            && kube
+                .object("", "pods", "monitoring", "grafana-5c6d7-abcde")
+                .is_none(),
+        "the workloads using the volumes were not stopped"
+    );
     let private = std::fs::metadata(work.join("kubeconfig"))?.permissions();
     ensure!(std::os::unix::fs::PermissionsExt::mode(&private) & 0o077 == 0);
 
@@ -289,6 +313,34 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         kube.object("", "secrets", "lifeboat", "lifeboat-rebuild-restore")
             .is_none()
     );
+    // The workloads were scaled to zero before the first Job and back to
+    // their replicas after the data was restored.
+    let writes = kube.writes();
+    let position = |verb: &str, resource: &str, name: &str| {
+        writes
+            .iter()
+            .position(|w| w.verb == verb && w.resource == resource && w.name.starts_with(name))
+    };
+    let stopped = position("patch", "statefulsets", "postgres").context("postgres not stopped")?;
+    let first_job = position("create", "jobs", "lifeboat-restore-").context("no Job")?;
+    ensure!(
+        stopped < first_job,
+        "the Job ran before postgres was stopped"
+    );
+    ensure!(position("patch", "deployments", "grafana").is_some_and(|p| p < first_job));
+    for (resource, namespace, name) in [
+        ("statefulsets", "databases", "postgres"),
+        ("deployments", "monitoring", "grafana"),
+    ] {
+        let workload = kube
+            .object("apps", resource, namespace, name)
+            .context("workload")?;
+        ensure!(
+            workload["spec"]["replicas"] == 1,
+            "{name} was not scaled back: {workload:#}"
+        );
+    }
+    ensure!(!work.join("stopped-workloads.json").exists());
     let namespace = kube
         .object("", "namespaces", "", "lifeboat")
         .context("the Jobs' namespace")?;
@@ -310,16 +362,18 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
                 "bootstrap:cp1",
                 "kubeconfig",
                 "kubernetes-api",
+                "stop-workloads",
                 "volumes:latest:volumes",
                 "remove-restore-secret",
+                "start-workloads",
                 "postgres:latest:databases"
             ],
         "{report:#}"
     );
-    for step in &steps[..18] {
+    for step in &steps[..19] {
         ensure!(step["status"] == "done-earlier", "{step}");
     }
-    for step in &steps[18..] {
+    for step in &steps[19..] {
         ensure!(step["status"] == "done", "{step}");
     }
     ensure!(report["total_seconds"].as_f64().is_some_and(|t| t > 0.0));

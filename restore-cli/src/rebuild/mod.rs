@@ -8,6 +8,7 @@
 //! - [`hypervisor`]: libvirt calls on one connection;
 //! - [`steps`]: the steps, described (`--plan`) and done;
 //! - [`data`]: volume data back on the nodes by restore Jobs;
+//! - [`workloads`]: the workloads using those volumes stopped meanwhile;
 //! - [`progress`]: the state file for `--resume` and the timed report.
 
 mod data;
@@ -16,6 +17,7 @@ mod hypervisor;
 mod progress;
 mod spec;
 mod steps;
+mod workloads;
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -12,13 +12,18 @@ use lifeboat::restore::files::{RestoreOptions, RestoreProgress, restore};
 use lifeboat::restore::volumes::Layout;
 use lifeboat::sources::etcd_snapshot::verify_file;
 use lifeboat::sources::talos_config::{TalosFile, inspect_file};
+use lifeboat::sources::volumes::Manifest;
 use lifeboat::talos::{ApplyMode, Security, TalosClient, TalosConfig, TalosEndpoint};
 
 use super::data;
 use super::domain::{domain_xml, pool_xml, volume_xml};
 use super::hypervisor::Hypervisor;
 use super::spec::{ClusterSpec, NodeSpec, Role};
+use super::workloads::{self, Stopped};
 use crate::args::{KeyArgs, RepoArgs};
+
+/// The record of the workloads stopped for the volume restore.
+const STOPPED_FILE: &str = "stopped-workloads.json";
 
 /// How often a wait asks again.
 const POLL: Duration = Duration::from_millis(500);
@@ -50,10 +55,14 @@ pub enum Step {
     Kubeconfig,
     /// Wait for the Kubernetes API's `/readyz`.
     KubernetesApi,
+    /// Scale the workloads using the volumes to zero.
+    StopWorkloads,
     /// Restore volumes snapshot `k` of `[data] volumes` by Jobs.
     Volumes(usize),
     /// Delete the restore Jobs' Secret.
     RemoveRestoreSecret,
+    /// Scale the stopped workloads back.
+    StartWorkloads,
     /// Restore `[[data.postgres]]` entry `k`.
     Postgres(usize),
 }
@@ -79,9 +88,10 @@ pub fn all(spec: &ClusterSpec) -> Vec<Step> {
         Step::Kubeconfig,
         Step::KubernetesApi,
     ]);
-    steps.extend((0..spec.data.volumes.len()).map(Step::Volumes));
     if !spec.data.volumes.is_empty() {
-        steps.push(Step::RemoveRestoreSecret);
+        steps.push(Step::StopWorkloads);
+        steps.extend((0..spec.data.volumes.len()).map(Step::Volumes));
+        steps.extend([Step::RemoveRestoreSecret, Step::StartWorkloads]);
     }
     steps.extend((0..spec.data.postgres.len()).map(Step::Postgres));
     steps
@@ -106,6 +116,8 @@ impl Step {
             Self::KubernetesApi => "kubernetes-api".into(),
             Self::Volumes(k) => format!("volumes:{}", spec.data.volumes[k]),
             Self::RemoveRestoreSecret => "remove-restore-secret".into(),
+            Self::StopWorkloads => "stop-workloads".into(),
+            Self::StartWorkloads => "start-workloads".into(),
             Self::Postgres(k) => format!("postgres:{}", spec.data.postgres[k].snapshot),
         }
     }
@@ -171,6 +183,14 @@ impl Step {
             Self::KubernetesApi => format!(
                 "Kubernetes API of the kubeconfig: GET /readyz until it answers ok (at most {})",
                 humantime::format_duration(spec.talos.wait)
+            ),
+            Self::StopWorkloads => format!(
+                "read the manifests of {}; Kubernetes API: list the pods using their claims, follow each pod's controller to its Deployment or StatefulSet, record them with their replicas in WORK/{STOPPED_FILE}, PATCH (merge) spec.replicas = 0 on each, and wait until no such pod is left (at most {})",
+                spec.data.volumes.join(", "),
+                humantime::format_duration(spec.data.wait)
+            ),
+            Self::StartWorkloads => format!(
+                "Kubernetes API: PATCH (merge) spec.replicas back to the count recorded in WORK/{STOPPED_FILE} on each stopped workload"
             ),
             Self::Volumes(k) => describe_volumes(spec, &spec.data.volumes[k]),
             Self::RemoveRestoreSecret => format!(
@@ -376,6 +396,8 @@ impl Runner {
             Step::Kubeconfig => self.fetch_kubeconfig().await,
             Step::KubernetesApi => self.wait_for_kubernetes().await,
             Step::Volumes(k) => self.restore_volumes(&spec.data.volumes[k]).await,
+            Step::StopWorkloads => self.stop_workloads().await,
+            Step::StartWorkloads => self.start_workloads().await,
             Step::RemoveRestoreSecret => {
                 let client = self.kube().await?;
                 let namespace = &spec.data.namespace;
@@ -478,20 +500,7 @@ impl Runner {
             s3_path_style: s3.path_style,
         };
         let key_file = self.key()?.identity.clone();
-        let repo = self.repository().await?;
-        let entry = repo.find_snapshot(what).await?;
-        if entry.snapshot.source_kind != "volumes" {
-            bail!(
-                "[data] volumes names {what}, a snapshot of kind {:?}; name snapshots of volumes jobs",
-                entry.snapshot.source_kind
-            );
-        }
-        let reader = repo.reader("reading a volumes manifest")?;
-        let layout = Layout::read(&reader, entry.snapshot.root).await?;
-        let manifest = layout
-            .manifest
-            .with_context(|| format!("snapshot {what} has no volumes manifest"))?;
-        let id = entry.id.to_hex();
+        let (id, manifest) = self.volume_manifest(what).await?;
         let jobs = data::plan_jobs(&id, &manifest)?;
         if jobs.is_empty() {
             return Ok(format!("{what} holds no volume data"));
@@ -508,11 +517,74 @@ impl Runner {
             })
             .collect();
         let lines = data::run_jobs(&client, &spec.data.namespace, &objects, spec.data.wait).await?;
-        Ok(format!(
-            "snapshot {}: {}",
-            entry.id.short(),
-            lines.join("; ")
-        ))
+        Ok(format!("snapshot {}: {}", &id[..8], lines.join("; ")))
+    }
+
+    /// The id (hex) and manifest of the volumes snapshot `what`.
+    async fn volume_manifest(&mut self, what: &str) -> anyhow::Result<(String, Manifest)> {
+        let repo = self.repository().await?;
+        let entry = repo.find_snapshot(what).await?;
+        if entry.snapshot.source_kind != "volumes" {
+            bail!(
+                "[data] volumes names {what}, a snapshot of kind {:?}; name snapshots of volumes jobs",
+                entry.snapshot.source_kind
+            );
+        }
+        let reader = repo.reader("reading a volumes manifest")?;
+        let layout = Layout::read(&reader, entry.snapshot.root).await?;
+        let manifest = layout
+            .manifest
+            .with_context(|| format!("snapshot {what} has no volumes manifest"))?;
+        Ok((entry.id.to_hex(), manifest))
+    }
+
+    /// Scales the workloads using the volumes' claims to zero, recording
+    /// them first (an earlier attempt's record is kept).
+    async fn stop_workloads(&mut self) -> anyhow::Result<String> {
+        let mut claims = Vec::new();
+        for what in self.spec.data.volumes.clone() {
+            let (_, manifest) = self.volume_manifest(&what).await?;
+            claims.extend(manifest.volumes.into_iter().map(|v| (v.namespace, v.pvc)));
+        }
+        let client = self.kube().await?;
+        let record = self.work.join(STOPPED_FILE);
+        let stopped = match Stopped::load(&record)? {
+            Some(earlier) => earlier,
+            None => {
+                let found = workloads::find(&client, &claims).await?;
+                found.save(&record)?;
+                found
+            }
+        };
+        for workload in &stopped.workloads {
+            workloads::scale(&client, workload, 0).await?;
+        }
+        workloads::wait_until_stopped(&client, &claims, &stopped.unmanaged, self.spec.data.wait)
+            .await?;
+        Ok(format!("stopped {}", stopped.describe()))
+    }
+
+    /// Scales the stopped workloads back to their replicas.
+    async fn start_workloads(&self) -> anyhow::Result<String> {
+        let record = self.work.join(STOPPED_FILE);
+        let Some(stopped) = Stopped::load(&record)? else {
+            return Ok("nothing was stopped".into());
+        };
+        let client = self.kube().await?;
+        for workload in &stopped.workloads {
+            workloads::scale(&client, workload, workload.replicas).await?;
+        }
+        std::fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
+        let started: Vec<String> = stopped
+            .workloads
+            .iter()
+            .map(|w| format!("{}/{} to {}", w.namespace, w.name, w.replicas))
+            .collect();
+        Ok(if started.is_empty() {
+            "nothing was stopped".into()
+        } else {
+            format!("scaled back {}", started.join(", "))
+        })
     }
 
     fn key(&self) -> anyhow::Result<&KeyArgs> {

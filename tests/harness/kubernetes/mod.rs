@@ -6,7 +6,8 @@
 //! `APIResourceList`s, with CRD resources appearing once the CRD is
 //! `Established`), list with `limit`/`continue` and label selectors, get,
 //! create, server-side apply (`PATCH` with `application/apply-patch+yaml`,
-//! `dryRun=All`), delete, and `pods/exec` over the websocket channel
+//! `dryRun=All`), JSON merge patch (a workload scaled to 0 loses its pods,
+//! as its controllers would do), delete, and `pods/exec` over the websocket channel
 //! protocol (`v5.channel.k8s.io`/`v4.channel.k8s.io`), which runs the
 //! command as a local process standing in for the container, and `/readyz`.
 //! New Jobs complete at once, or run their container as a local process

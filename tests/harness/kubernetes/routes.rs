@@ -226,6 +226,9 @@ fn answer(
                 WriteRequest::new(&resource, &target, None, "create", &pairs, headers, body);
             write(state, &request)
         }
+        (Method::PATCH, Some(name)) if resource.supports("patch") && is_merge_patch(headers) => {
+            merge_patch(state, &resource, &target, name, body)
+        }
         (Method::PATCH, Some(name)) if resource.supports("patch") => {
             let request = WriteRequest::new(
                 &resource,
@@ -548,6 +551,93 @@ fn checked_write(state: &mut State, request: &WriteRequest<'_>) -> Response {
     };
     let stored = state.store.get(&key).cloned().unwrap_or(stored);
     (code, axum::Json(served_object(resource, &stored))).into_response()
+}
+
+/// Whether the body is a JSON merge patch (`kubectl patch --type merge`,
+/// what `kubectl scale` amounts to for a workload's replicas).
+fn is_merge_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/merge-patch+json"))
+}
+
+/// Merges the patch into the stored object (maps recursively, everything
+/// else replaced) and lets the workload controllers react.
+fn merge_patch(
+    state: &mut State,
+    resource: &Resource,
+    target: &Target,
+    name: &str,
+    body: &[u8],
+) -> Response {
+    let key = key_of(resource, target, name);
+    let response = match (
+        state.store.get(&key).is_some(),
+        serde_json::from_slice::<Value>(body),
+    ) {
+        (false, _) => not_found(resource, name),
+        (true, Err(e)) => failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("error decoding the merge patch: {e}"),
+        ),
+        (true, Ok(patch)) => {
+            let (_, stored) = state.store.apply(key.clone(), patch, "kubectl-patch");
+            scaled(state, &key, &stored);
+            axum::Json(served_object(resource, &stored)).into_response()
+        }
+    };
+    state.writes.push(Write {
+        verb: "patch".into(),
+        group: resource.group.clone(),
+        resource: resource.plural.clone(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: name.into(),
+        dry_run: false,
+        field_manager: None,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+/// What the Deployment, ReplicaSet and StatefulSet controllers do when a
+/// workload is scaled to zero: its pods go away.
+fn scaled(state: &mut State, key: &Key, workload: &Value) {
+    if workload["spec"]["replicas"].as_u64() != Some(0) || key.0 != "apps" {
+        return;
+    }
+    let owned_by = |object: &Value, kind: &str, name: &str| {
+        object["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| r["kind"] == kind && r["name"] == name))
+    };
+    let namespace = key.2.as_str();
+    let owners: Vec<(&str, String)> = match key.1.as_str() {
+        "statefulsets" => vec![("StatefulSet", key.3.clone())],
+        "deployments" => state
+            .store
+            .all()
+            .filter(|(k, rs)| {
+                k.1 == "replicasets" && k.2 == namespace && owned_by(rs, "Deployment", &key.3)
+            })
+            .map(|(k, _)| ("ReplicaSet", k.3.clone()))
+            .collect(),
+        _ => return,
+    };
+    let pods: Vec<Key> = state
+        .store
+        .all()
+        .filter(|(k, pod)| {
+            k.1 == "pods"
+                && k.2 == namespace
+                && owners.iter().any(|(kind, name)| owned_by(pod, kind, name))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for pod in pods {
+        state.store.delete(&pod);
+    }
 }
 
 /// What the cluster's controllers would do next: establish a new CRD after
