@@ -86,8 +86,32 @@ pub(crate) fn decode(stored: &[u8], compressed: bool, raw_length: usize) -> Opti
     if !compressed {
         return (stored.len() == raw_length).then(|| stored.to_vec());
     }
-    let plain = zstd::bulk::decompress(stored, raw_length).ok()?;
-    (plain.len() == raw_length).then_some(plain)
+    let mut plain = Vec::new();
+    decompress_into(stored, raw_length, &mut plain).then_some(plain)
+}
+
+/// Like [`decode`], without a copy: an uncompressed blob is returned as
+/// stored, a compressed one is decompressed into `buffer`, which is reused.
+pub(crate) fn decode_in<'a>(
+    stored: &'a [u8],
+    compressed: bool,
+    raw_length: usize,
+    buffer: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    if !compressed {
+        return (stored.len() == raw_length).then_some(stored);
+    }
+    decompress_into(stored, raw_length, buffer).then_some(buffer.as_slice())
+}
+
+/// Decompresses `stored` into `out`, replacing its contents; whether it
+/// gave exactly `raw_length` bytes.
+fn decompress_into(stored: &[u8], raw_length: usize, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    out.reserve(raw_length);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(stored, out))
+        .is_ok_and(|n| n == raw_length)
 }
 
 #[cfg(test)]
@@ -106,5 +130,15 @@ mod tests {
         assert!(!kept.compressed);
         assert_eq!(decode(&kept.bytes, false, noise.len()), Some(noise));
         assert_eq!(decode(&packed.bytes, true, text.len() + 1), None);
+
+        let mut buffer = Vec::new();
+        assert_eq!(
+            decode_in(&packed.bytes, true, text.len(), &mut buffer),
+            Some(&text[..])
+        );
+        assert_eq!(
+            decode_in(&kept.bytes, false, kept.bytes.len() + 1, &mut buffer),
+            None
+        );
     }
 }

@@ -73,6 +73,17 @@ pub(crate) fn open<'a, R: Read>(
     payload(decryptor, identities)
 }
 
+/// Opens an age file held whole in memory for reading and seeking with any
+/// of `identities`. Segments are decrypted only as they are read.
+pub(crate) fn open_slice<'a, 'c>(
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
+    cipher: &'c [u8],
+) -> Result<age::stream::StreamReader<io::Cursor<&'c [u8]>>, CryptError> {
+    let decryptor = age::Decryptor::new_buffered(io::Cursor::new(cipher))
+        .map_err(|e| CryptError::Damaged(e.to_string()))?;
+    payload(decryptor, identities)
+}
+
 /// Unwraps the file key with any of `identities`.
 fn payload<'a, R: io::BufRead>(
     decryptor: age::Decryptor<R>,

@@ -816,4 +816,100 @@ mod tests {
         );
         Ok(())
     }
+
+    #[tokio::test]
+    async fn a_streamed_pack_yields_its_blobs_in_order_and_damage_fails_only_the_blobs_in_it()
+    -> anyhow::Result<()> {
+        use crate::repo::crypt::{SEGMENT_CIPHER, SEGMENT_PLAIN};
+        let f = fixture(&InitOptions::default()).await?;
+        let repo = f.as_service().await?;
+        // Random blobs are stored as they are: blob 3 spans whole segments.
+        // Blob 4 compresses.
+        let random = |n: usize| (0..n).map(|_| rand::random::<u8>()).collect::<Vec<_>>();
+        let mut blobs: Vec<Vec<u8>> = [10, 65_526, 65_536, 200_000].map(random).into();
+        blobs.push(b"lifeboat ".repeat(20_000));
+        blobs.push(random(70_000));
+        let writer = repo.writer();
+        let saved = blobs.clone();
+        let (writer, ids) = tokio::task::spawn_blocking(move || {
+            let ids = saved
+                .iter()
+                .map(|b| writer.save(BlobKind::Data, b).map(|(id, _)| id))
+                .collect::<Result<Vec<_>, _>>();
+            (writer, ids)
+        })
+        .await?;
+        let ids = ids?;
+        assert_eq!(writer.finish().await?.packs.len(), 1);
+
+        let reader = f.as_restore().await?.reader("reading")?;
+        let located: Vec<_> = ids
+            .iter()
+            .map(|id| reader.index().get(id).copied())
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("a saved blob is in no index"))?;
+        let pack = located[0].pack;
+        let mut in_order = located.iter().map(|l| l.blob).collect::<Vec<_>>();
+        assert!(in_order.iter().any(|b| b.compressed));
+        in_order.sort_by_key(|b| b.offset);
+        let plain_of = |id: &BlobId| blobs[ids.iter().position(|i| i == id).unwrap_or(0)].clone();
+
+        // Whole: every blob, in pack order, whatever order they were asked in.
+        let cipher = reader.fetch_pack(&pack).await?;
+        let asked: Vec<_> = located.iter().rev().map(|l| l.blob).collect();
+        let mut stream = reader.stream_pack(&pack, &cipher, asked.clone());
+        let mut read = Vec::new();
+        while let Some((id, plain)) = stream.next_blob() {
+            assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
+            read.push(id);
+        }
+        assert_eq!(read, in_order.iter().map(|b| b.id).collect::<Vec<_>>());
+        assert!(stream.unread().is_empty());
+
+        // A flipped bit in a segment inside blob 3 stops the stream there.
+        let info = *reader
+            .index()
+            .pack(&pack)
+            .ok_or_else(|| anyhow::anyhow!("pack in no index"))?;
+        let damaged_blob = located[3].blob;
+        let segment = (damaged_blob.offset + u64::from(damaged_blob.length) / 2) / SEGMENT_PLAIN;
+        let segment_plain = segment * SEGMENT_PLAIN..(segment + 1) * SEGMENT_PLAIN;
+        let mut damaged = cipher.to_vec();
+        damaged[(info.payload_offset + segment * SEGMENT_CIPHER + 100) as usize] ^= 4;
+        let mut stream = reader.stream_pack(&pack, &damaged, asked);
+        let mut read = Vec::new();
+        while let Some((id, plain)) = stream.next_blob() {
+            assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
+            read.push(id);
+        }
+        let before: Vec<_> = in_order
+            .iter()
+            .filter(|b| b.range().end <= segment_plain.start)
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(read, before);
+        let unread = stream.unread();
+        assert_eq!(unread.len(), ids.len() - before.len());
+
+        // Read blob by blob, only the blobs in the damaged segment fail.
+        f.store.delete(&pack.key()).await?;
+        f.store.put_new(&pack.key(), damaged.into()).await?;
+        let mut failed = Vec::new();
+        for (id, result) in reader.read_many(&pack, &unread).await? {
+            let blob = in_order.iter().find(|b| b.id == id).copied();
+            let in_damage = blob.is_some_and(|b| {
+                b.range().start < segment_plain.end && segment_plain.start < b.range().end
+            });
+            match result {
+                Ok(plain) => assert!(!in_damage && plain == plain_of(&id), "blob {id}"),
+                Err(e) => {
+                    assert!(in_damage, "blob {id} failed outside the damage: {e}");
+                    assert!(e.to_string().contains(&pack.key()), "{e}");
+                    failed.push(id);
+                }
+            }
+        }
+        assert_eq!(failed, vec![damaged_blob.id]);
+        Ok(())
+    }
 }

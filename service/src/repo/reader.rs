@@ -312,15 +312,98 @@ impl BlobReader {
         self.decode(&key, stored, blob)
     }
 
+    /// Reads `blobs` out of a whole fetched pack one at a time, in pack
+    /// order, decrypting only the segments read: no plaintext copy of the
+    /// pack is made. A pack that does not open yields no blobs.
+    pub fn stream_pack<'a>(
+        &'a self,
+        pack: &PackId,
+        cipher: &'a [u8],
+        mut blobs: Vec<PackedBlob>,
+    ) -> PackBlobs<'a> {
+        blobs.sort_by_key(|b| b.offset);
+        let stream = crypt::open_slice(self.identity.age_identities(), cipher).ok();
+        PackBlobs {
+            reader: self,
+            key: pack.key(),
+            stream,
+            blobs,
+            next: 0,
+            position: 0,
+            stored: Vec::new(),
+            plain: Vec::new(),
+        }
+    }
+
     fn decode(&self, key: &str, stored: &[u8], blob: &PackedBlob) -> Result<Vec<u8>, RepoError> {
         let plain = blob::decode(stored, blob.compressed, blob.raw_length as usize);
         match plain {
-            Some(plain) if self.key.hash(&plain) == *blob.id.as_bytes() => Ok(plain),
-            _ => Err(RepoError::Damaged {
-                key: key.into(),
-                reason: format!("blob {} does not match its id", blob.id),
-            }),
+            Some(plain) if self.matches(&plain, blob) => Ok(plain),
+            _ => Err(mismatch(key, blob)),
         }
+    }
+
+    fn matches(&self, plain: &[u8], blob: &PackedBlob) -> bool {
+        self.key.hash(plain) == *blob.id.as_bytes()
+    }
+}
+
+fn mismatch(key: &str, blob: &PackedBlob) -> RepoError {
+    RepoError::Damaged {
+        key: key.into(),
+        reason: format!("blob {} does not match its id", blob.id),
+    }
+}
+
+/// Blobs read in pack order out of a whole fetched pack, from
+/// [`BlobReader::stream_pack`]. Only the ciphertext and one blob are held.
+pub struct PackBlobs<'a> {
+    reader: &'a BlobReader,
+    key: String,
+    stream: Option<age::stream::StreamReader<std::io::Cursor<&'a [u8]>>>,
+    blobs: Vec<PackedBlob>,
+    next: usize,
+    position: u64,
+    stored: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl PackBlobs<'_> {
+    /// The next blob's verified plaintext, or the error naming the pack and
+    /// blob when it does not match its id. `None` when every blob was read,
+    /// or when the pack's bytes stop decrypting (a damaged segment): then
+    /// [`PackBlobs::unread`] holds the rest.
+    pub fn next_blob(&mut self) -> Option<(BlobId, Result<&[u8], RepoError>)> {
+        let stream = self.stream.as_mut()?;
+        let blob = *self.blobs.get(self.next)?;
+        if blob.offset != self.position && stream.seek(SeekFrom::Start(blob.offset)).is_err() {
+            self.stream = None;
+            return None;
+        }
+        self.stored.resize(blob.length as usize, 0);
+        if stream.read_exact(&mut self.stored).is_err() {
+            self.stream = None;
+            return None;
+        }
+        self.next += 1;
+        self.position = blob.offset + u64::from(blob.length);
+        let decoded = blob::decode_in(
+            &self.stored,
+            blob.compressed,
+            blob.raw_length as usize,
+            &mut self.plain,
+        );
+        let result = match decoded {
+            Some(plain) if self.reader.matches(plain, &blob) => Ok(plain),
+            _ => Err(mismatch(&self.key, &blob)),
+        };
+        Some((blob.id, result))
+    }
+
+    /// The blobs not yet read: after a decryption failure, those at and
+    /// after the damage, to be read blob by blob instead.
+    pub fn unread(&self) -> Vec<BlobId> {
+        self.blobs[self.next..].iter().map(|b| b.id).collect()
     }
 }
 

@@ -3,8 +3,8 @@
 //! First the trees are read and every directory, file (at its final size),
 //! symlink and special file is laid out. Then data is fetched pack by pack,
 //! a few packs at a time: a pack whose needed blobs make up much of it is
-//! downloaded whole and decrypted once, otherwise each blob is fetched with
-//! a ranged GET. Each blob is verified and written at its offsets in every
+//! downloaded whole and decrypted as its blobs are read, otherwise each blob
+//! is fetched with a ranged GET. Each blob is verified and written at its offsets in every
 //! file that uses it. Last, hard links, owners, modes and times are set,
 //! directories deepest first so their times stay as stored.
 
@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use super::RestoreError;
 use crate::repo::RepoError;
 use crate::repo::id::{BlobId, PackId};
+use crate::repo::pack::PackedBlob;
 use crate::repo::reader::BlobReader;
 use crate::repo::tree::{Node, NodeKind, Tree};
 
@@ -414,39 +415,54 @@ async fn restore_pack(
             Ok(whole) => whole,
             Err(e) => return Ok(blobs.into_iter().map(|b| (b, e.to_string())).collect()),
         };
-        let (reader, paths, slots, progress) = (
+        let (stream_reader, stream_paths, stream_slots, stream_progress) = (
             reader.clone(),
             paths.clone(),
             slots.clone(),
             progress.clone(),
         );
-        let wanted = blobs.clone();
-        let restored = tokio::task::spawn_blocking(move || {
-            // A damaged pack does not decrypt as a whole: then fall back to
-            // reading blob by blob, which saves every blob outside the
-            // damaged 64 KiB segment.
-            let Ok(plain) = reader.open_pack(&pack, &whole) else {
-                return Ok(None);
-            };
-            drop(whole);
+        let wanted: Vec<PackedBlob> = blobs
+            .iter()
+            .filter_map(|b| index.get(b))
+            .map(|l| l.blob)
+            .collect();
+        // Blobs are decrypted, verified and written one at a time as the
+        // pack is read, so only its ciphertext and one blob are held. A
+        // damaged 64 KiB segment stops the stream: the blobs from there on
+        // are read blob by blob instead, which saves every blob outside it.
+        let (mut failed, unread) = tokio::task::spawn_blocking(move || {
+            let mut stream = stream_reader.stream_pack(&pack, &whole, wanted);
             let mut failed = Vec::new();
-            for blob in wanted {
-                let Some(location) = reader.index().get(&blob) else {
-                    continue;
-                };
-                match reader.blob_in(&pack, &plain, &location.blob) {
-                    Ok(data) => write_slots(&paths, &slots, &blob, &data, &progress)?,
+            while let Some((blob, data)) = stream.next_blob() {
+                match data {
+                    Ok(data) => {
+                        write_slots(&stream_paths, &stream_slots, &blob, data, &stream_progress)?
+                    }
                     Err(e) => failed.push((blob, e.to_string())),
                 }
             }
-            Ok::<_, RestoreError>(Some(failed))
+            Ok::<_, RestoreError>((failed, stream.unread()))
         })
         .await
         .map_err(|e| RepoError::Upload(e.to_string()))??;
-        if let Some(failed) = restored {
-            return Ok(failed);
+        if !unread.is_empty() {
+            failed.extend(read_blob_by_blob(reader, pack, unread, paths, slots, progress).await?);
         }
+        return Ok(failed);
     }
+    read_blob_by_blob(reader, pack, blobs, paths, slots, progress).await
+}
+
+/// Restores blobs of one pack with ranged GETs of the segments that hold
+/// them; returns the blobs that failed, with the cause.
+async fn read_blob_by_blob(
+    reader: &BlobReader,
+    pack: PackId,
+    blobs: Vec<BlobId>,
+    paths: &Arc<Vec<PathBuf>>,
+    slots: &Arc<HashMap<BlobId, Vec<Slot>>>,
+    progress: &Arc<RestoreProgress>,
+) -> Result<Vec<(BlobId, String)>, RestoreError> {
     let mut failed = Vec::new();
     let read = match reader.read_many(&pack, &blobs).await {
         Ok(read) => read,
