@@ -38,9 +38,6 @@ const FROM_ENVIRONMENT: [&str; 7] = [
     "AWS_REGION",
     "LIFEBOAT_PASSPHRASE",
 ];
-/// How often a wait asks again.
-const POLL: Duration = Duration::from_millis(500);
-
 /// One restore Job: the PVCs of one snapshot on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreJob {
@@ -349,7 +346,7 @@ pub async fn run_jobs(
                     ));
                     break;
                 }
-                None => tokio::time::sleep(POLL).await,
+                None => tokio::time::sleep(super::POLL).await,
             }
         }
     }
@@ -373,7 +370,7 @@ async fn wait_until_gone(api: &Api<Job>, name: &str) -> anyhow::Result<()> {
                 "the failed Job {name} is still there a minute after its deletion; delete it by hand and resume"
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(super::POLL).await;
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ mod workloads;
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -30,6 +30,10 @@ use self::progress::{Progress, Status, StepRecord};
 use self::spec::ClusterSpec;
 use self::steps::Runner;
 use crate::args::{KeyArgs, RepoArgs};
+
+/// How often a rebuild's waits (for a node, etcd, the Kubernetes API, a
+/// Job, pods) ask again.
+const POLL: Duration = Duration::from_millis(500);
 
 /// Flags of `lifeboat rebuild`.
 #[derive(Debug, Args)]

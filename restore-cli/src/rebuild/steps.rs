@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -24,9 +24,6 @@ use crate::args::{KeyArgs, RepoArgs};
 
 /// The record of the workloads stopped for the volume restore.
 const STOPPED_FILE: &str = "stopped-workloads.json";
-
-/// How often a wait asks again.
-const POLL: Duration = Duration::from_millis(500);
 
 /// One step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,7 +369,7 @@ impl Runner {
                             spec.bootstrap_node().name,
                             humantime::format_duration(spec.talos.wait)
                         ),
-                        _ => tokio::time::sleep(POLL).await,
+                        _ => tokio::time::sleep(super::POLL).await,
                     }
                 }
             }
@@ -480,7 +477,7 @@ impl Runner {
                         self.spec.bootstrap_node().endpoint
                     )
                 }
-                _ => tokio::time::sleep(POLL).await,
+                _ => tokio::time::sleep(super::POLL).await,
             }
         }
     }
@@ -704,7 +701,7 @@ impl Runner {
                         humantime::format_duration(self.spec.talos.wait)
                     )));
                 }
-                Err(_) => tokio::time::sleep(POLL).await,
+                Err(_) => tokio::time::sleep(super::POLL).await,
             }
         }
     }

@@ -17,9 +17,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// How often a wait asks again.
-const POLL: Duration = Duration::from_millis(500);
-
 /// A claim: namespace and PVC name.
 pub type Claim = (String, String);
 
@@ -272,6 +269,6 @@ pub async fn wait_until_stopped(
                 running.join(", ")
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(super::POLL).await;
     }
 }
