@@ -404,11 +404,12 @@ async fn restore_pack(
     progress: &Arc<RestoreProgress>,
 ) -> Result<Vec<(BlobId, String)>, RestoreError> {
     let index = reader.index();
-    let needed: u64 = blobs
+    let wanted: Vec<PackedBlob> = blobs
         .iter()
         .filter_map(|b| index.get(b))
-        .map(|l| u64::from(l.blob.length))
-        .sum();
+        .map(|l| l.blob)
+        .collect();
+    let needed: u64 = wanted.iter().map(|b| u64::from(b.length)).sum();
     let size = index.pack(&pack).map_or(0, |p| p.size);
     if needed * 4 >= size {
         let whole = match reader.fetch_pack(&pack).await {
@@ -421,11 +422,6 @@ async fn restore_pack(
             slots.clone(),
             progress.clone(),
         );
-        let wanted: Vec<PackedBlob> = blobs
-            .iter()
-            .filter_map(|b| index.get(b))
-            .map(|l| l.blob)
-            .collect();
         // Blobs are decrypted, verified and written one at a time as the
         // pack is read, so only its ciphertext and one blob are held. A
         // damaged 64 KiB segment stops the stream: the blobs from there on
