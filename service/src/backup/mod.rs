@@ -184,6 +184,20 @@ impl SnapshotBuilder {
             references: self.references.into_iter().collect(),
         };
         let id = self.repo.save_snapshot(&snapshot).await?;
+        if let Err(e) = self
+            .repo
+            .confirm_references(&snapshot.references, &stats.packs)
+            .await
+        {
+            // Withdrawn: it may point at packs a prune is deleting.
+            self.repo
+                .repository()
+                .store()
+                .delete(&id.key())
+                .await
+                .map_err(RepoError::from)?;
+            return Err(e.into());
+        }
         Ok(BackupReport {
             id,
             snapshot,

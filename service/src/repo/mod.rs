@@ -47,6 +47,30 @@ pub enum RepoError {
         /// The store.
         url: String,
     },
+    /// A location holds objects but no `config`: it is never initialised anew.
+    #[error(
+        "{url} holds {objects} objects (e.g. {example}) but no `config`: it is a repository whose \
+         config was lost or moved, and making a new one would re-key it and orphan every snapshot. \
+         Put `config` back, recreate it by hand with the restore key \
+         (FORMAT.md, \"Recreating config\"), or point at an empty location"
+    )]
+    ConfigMissing {
+        /// The store.
+        url: String,
+        /// How many objects it holds.
+        objects: usize,
+        /// One of them.
+        example: String,
+    },
+    /// A prune deleted, or plans to delete, a pack a new snapshot reuses.
+    #[error(
+        "a prune running at the same time deleted or marked {packs} packs this backup reused; \
+         its snapshot was withdrawn and the backup must run again"
+    )]
+    PrunedDuringBackup {
+        /// How many of the snapshot's packs.
+        packs: usize,
+    },
     /// `init` found a repository already there.
     #[error("a repository already exists at {url}; use it, or pick an empty location")]
     AlreadyInitialized {
@@ -160,6 +184,18 @@ impl Repository {
             Err(StorageError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        // A repository is only ever made in an empty location: one that
+        // holds objects but no `config` lost its config, and a new one would
+        // re-key it and orphan every snapshot. A lone `keys` is what an init
+        // that crashed leaves; nothing can refer to it yet.
+        let held = store.list("").await?;
+        if let Some(object) = held.iter().find(|o| o.key != KEYS_KEY) {
+            return Err(RepoError::ConfigMissing {
+                url,
+                objects: held.len(),
+                example: object.key.clone(),
+            });
+        }
         let config = RepoConfig::new(options, &recipients);
         let config_bytes = Bytes::from(serde_json::to_vec_pretty(&config).unwrap_or_default());
         let keys = KeysObject::new(&ChunkIdKey::generate(), &config_bytes);
@@ -168,7 +204,7 @@ impl Repository {
                 key: KEYS_KEY.into(),
                 source,
             })?;
-        // A `keys` without a `config` is left by an init that crashed: replace it.
+        // A lone `keys` is left by an init that crashed: replace it.
         store.delete(KEYS_KEY).await?;
         store.put_new(KEYS_KEY, keys_cipher.into()).await?;
         store.put_new(CONFIG_KEY, config_bytes.clone()).await?;
@@ -270,20 +306,75 @@ impl Repository {
             reason: "the chunk-id key is malformed".into(),
         })?;
         let identity = Arc::new(identity);
-        let (mut index, index_problems) = load_index(&self.store, &identity).await?;
-        for (_, plan) in prune::read_plans(&self.store, &identity).await? {
-            index.doom(plan.packs);
-        }
+        let (index, index_problems) = load_index_and_plans(&self.store, &identity).await?;
         for (key, problem) in &index_problems {
             tracing::warn!(object = %key, "skipping an unreadable index object: {problem}");
         }
         Ok(UnlockedRepository {
+            fingerprint: Fingerprint {
+                id: self.config.id.clone(),
+                config_blake3: blake3::hash(&self.config_bytes).to_hex().to_string(),
+                keys_blake3: blake3::hash(&keys_cipher).to_hex().to_string(),
+            },
             repo: self,
             chunk_key,
             identity,
             index: Arc::new(index),
             index_problems,
         })
+    }
+
+    /// The `config` object's bytes as read.
+    pub fn config_bytes(&self) -> &[u8] {
+        &self.config_bytes
+    }
+}
+
+/// What identifies one repository: its id and the hashes of its two fixed
+/// objects, which are never rewritten. A changed fingerprint means someone
+/// replaced `config` or `keys`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// The repository id from `config`.
+    pub id: String,
+    /// BLAKE3 of the `config` object.
+    pub config_blake3: String,
+    /// BLAKE3 of the `keys` object as stored (encrypted).
+    pub keys_blake3: String,
+}
+
+/// Times the index is read again when an index object vanished while it
+/// was being read (a prune replaced it).
+const INDEX_RELOADS: usize = 5;
+
+/// Reads the prune plans, then every index object, and marks the packs the
+/// plans name as not to be reused. Plans come first: a plan is deleted only
+/// after its packs and the index objects listing them, so an index read
+/// after the plans never offers a pack a plan has deleted. An index object
+/// that disappears while the index is read was replaced by a prune: the
+/// whole index is listed and read again.
+async fn load_index_and_plans(
+    store: &Arc<dyn ObjectStore>,
+    identity: &Arc<AnyIdentity>,
+) -> Result<(Index, IndexProblems), RepoError> {
+    let mut attempt = 1;
+    loop {
+        let plans = prune::read_plans(store, identity).await?;
+        match load_index(store, identity).await {
+            Ok((mut index, problems)) => {
+                for (_, plan) in plans {
+                    index.doom(plan.packs);
+                }
+                return Ok((index, problems));
+            }
+            Err(RepoError::Storage(StorageError::NotFound { key, .. }))
+                if attempt < INDEX_RELOADS =>
+            {
+                tracing::debug!(object = %key, attempt, "an index object vanished; reading the index again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -349,6 +440,7 @@ fn object_id<T: std::str::FromStr>(key: &str, prefix: &str) -> Result<T, RepoErr
 #[derive(Debug, Clone)]
 pub struct UnlockedRepository {
     repo: Repository,
+    fingerprint: Fingerprint,
     chunk_key: ChunkIdKey,
     identity: Arc<AnyIdentity>,
     index: Arc<Index>,
@@ -364,6 +456,87 @@ impl UnlockedRepository {
     /// The opened repository.
     pub fn repository(&self) -> &Repository {
         &self.repo
+    }
+
+    /// The repository's id and the hashes of `config` and `keys`.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// The same repository with the prune plans and the index read again.
+    ///
+    /// Fails as [`Repository::unlock`] does.
+    pub async fn reload(&self) -> Result<Self, RepoError> {
+        let (index, index_problems) =
+            load_index_and_plans(&self.repo.store, &self.identity).await?;
+        Ok(Self {
+            index: Arc::new(index),
+            index_problems,
+            ..self.clone()
+        })
+    }
+
+    /// Checks, once a snapshot referencing `references` is written, that no
+    /// prune running meanwhile deleted or marked a pack it reuses (one not
+    /// among `written`, the packs its own backup stored).
+    ///
+    /// Cheap when nothing changed: one listing of `prune/` and one of
+    /// `index/`. Every pack a prune deletes is named by a plan until after
+    /// the deletion, and its index objects are replaced before it, so a pack
+    /// deleted behind the backup's back shows in one of the two. A plan
+    /// written after this check was made by a prune that lists snapshots
+    /// after its plans, so it sees the new snapshot and keeps its packs.
+    ///
+    /// Fails with [`RepoError::PrunedDuringBackup`] when one was, or when
+    /// the store cannot be read.
+    pub async fn confirm_references(
+        &self,
+        references: &[BlobId],
+        written: &[index::IndexedPack],
+    ) -> Result<(), RepoError> {
+        let own: std::collections::HashSet<BlobId> = written
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .collect();
+        let reused: std::collections::HashSet<id::PackId> = references
+            .iter()
+            .filter(|b| !own.contains(b))
+            .filter_map(|b| self.index.get(b).map(|l| l.pack))
+            .collect();
+        if reused.is_empty() {
+            return Ok(());
+        }
+        let planned = prune::read_plans(&self.repo.store, &self.identity)
+            .await?
+            .into_iter()
+            .flat_map(|(_, plan)| plan.packs)
+            .filter(|p| reused.contains(p))
+            .count();
+        if planned > 0 {
+            return Err(RepoError::PrunedDuringBackup { packs: planned });
+        }
+        let listed: std::collections::HashSet<String> = self
+            .repo
+            .store
+            .list("index/")
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let unchanged = self
+            .index
+            .file_packs()
+            .keys()
+            .all(|id| listed.contains(&id.key()));
+        if unchanged {
+            return Ok(());
+        }
+        let (now, _) = load_index_and_plans(&self.repo.store, &self.identity).await?;
+        let gone = reused.iter().filter(|p| now.pack(p).is_none()).count();
+        if gone > 0 {
+            return Err(RepoError::PrunedDuringBackup { packs: gone });
+        }
+        Ok(())
     }
 
     /// The index as loaded.
@@ -675,6 +848,70 @@ mod tests {
         let empty: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().to_owned()));
         let refused = Repository::init(empty, repo.recipients().clone(), &bad).await;
         assert!(matches!(refused, Err(RepoError::BadConfig { .. })));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn init_refuses_a_location_holding_objects_but_replaces_a_lone_keys() -> anyhow::Result<()>
+    {
+        let f = fixture(&InitOptions::default()).await?;
+        let recipients = Repository::open(f.store.clone())
+            .await?
+            .recipients()
+            .clone();
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().to_owned()));
+        store.put_new(KEYS_KEY, Bytes::from_static(b"left")).await?;
+        store
+            .put_new("snapshots/0a", Bytes::from_static(b"a snapshot"))
+            .await?;
+        let refused =
+            Repository::init(store.clone(), recipients.clone(), &InitOptions::default()).await;
+        assert!(
+            matches!(&refused, Err(RepoError::ConfigMissing { objects: 2, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(store.get(KEYS_KEY).await?, Bytes::from_static(b"left"));
+        store.delete("snapshots/0a").await?;
+        Repository::init(store.clone(), recipients, &InitOptions::default()).await?;
+        assert_ne!(store.get(KEYS_KEY).await?, Bytes::from_static(b"left"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_backup_notices_a_prune_that_deletes_what_it_reused() -> anyhow::Result<()> {
+        use prune::{PruneOptions, forget, prune};
+        let f = fixture(&InitOptions::default()).await?;
+        let first = f.as_service().await?;
+        let blob = store_blob(&first, pattern(3, 40_000)).await?;
+        let old = first.save_snapshot(&snapshot_of(blob)).await?;
+        // A backup loads the index and reuses the blob...
+        let backup = f.as_service().await?;
+        assert!(backup.index().reusable(&blob));
+        backup.confirm_references(&[blob], &[]).await?;
+        // ...while its only snapshot is forgotten and a prune marks its pack.
+        let pruner = f.as_service().await?;
+        forget(&pruner, &[old]).await?;
+        let now = PruneOptions {
+            grace: chrono::Duration::zero(),
+            dry_run: false,
+        };
+        assert_eq!(prune(&pruner, &now).await?.packs_marked, 1);
+        let marked = backup.confirm_references(&[blob], &[]).await;
+        assert!(
+            matches!(marked, Err(RepoError::PrunedDuringBackup { packs: 1 })),
+            "{marked:?}"
+        );
+        // Deleted too: the plan is gone, but the index changed.
+        let report = prune(&f.as_service().await?, &now).await?;
+        assert_eq!(report.packs_deleted, 1);
+        let deleted = backup.confirm_references(&[blob], &[]).await;
+        assert!(
+            matches!(deleted, Err(RepoError::PrunedDuringBackup { packs: 1 })),
+            "{deleted:?}"
+        );
+        // A reloaded backup no longer finds the blob and stores it anew.
+        assert!(!backup.reload().await?.index().contains(&blob));
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use super::id::{BlobId, IndexId, PackId, SnapshotId, content_hash};
 use super::index::IndexFile;
 use super::keys::AnyIdentity;
 use super::{RepoError, UnlockedRepository, meta, object_id};
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, StorageError};
 
 /// Prefix of prune plan objects.
 pub const PLAN_PREFIX: &str = "prune/";
@@ -85,7 +85,13 @@ pub(crate) async fn read_plans(
 ) -> Result<Vec<(String, PrunePlan)>, RepoError> {
     let mut plans = Vec::new();
     for object in store.list(PLAN_PREFIX).await? {
-        let cipher = store.get(&object.key).await?;
+        let cipher = match store.get(&object.key).await {
+            Ok(cipher) => cipher,
+            // Deleted since the listing: a prune finished it, after its
+            // packs and the index objects listing them.
+            Err(StorageError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
         meta::verify_name(&object.key, &id, &cipher)?;
         let plan = meta::open(&cipher, identity.age_identities()).map_err(|e| e.at(&object.key))?;
@@ -106,10 +112,14 @@ pub async fn prune(
     require_whole_index(repo, "prune")?;
     let store = repo.repository().store().clone();
     let index = repo.index();
+    // Plans before snapshots: a plan this round deletes from was written
+    // before the snapshots are listed, so a backup that reused one of its
+    // packs has either written its snapshot by then (and the pack is used)
+    // or sees the plan when it confirms its snapshot, and withdraws it.
+    let plans = read_plans(&store, repo.identity()).await?;
     let used_blobs = used_blobs(repo).await?;
     let stored = stored_packs(&store).await?;
     let now = Utc::now();
-    let plans = read_plans(&store, repo.identity()).await?;
     let planned: HashSet<PackId> = plans
         .iter()
         .flat_map(|(_, plan)| plan.packs.iter().copied())

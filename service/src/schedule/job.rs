@@ -1,7 +1,7 @@
 //! Running one job once: open (or create) the repository with the service
 //! key, back the source up, commit the snapshot.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::config::{Config, ConfigError, JobConfig};
@@ -11,6 +11,7 @@ use crate::repo::config::InitOptions;
 use crate::repo::keys::{self, AnyIdentity, KeyError, Recipient, Recipients, ServiceIdentity};
 use crate::repo::{RepoError, Repository, UnlockedRepository};
 use crate::sources::{SourceContext, SourceError};
+use crate::state::pin::{self, PinError, RepositoryPin};
 use crate::storage::{self, StorageError};
 
 /// Why a job could not run.
@@ -34,17 +35,53 @@ pub enum JobError {
     /// A key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The configured recipients are not the repository's.
+    /// The configured (or pinned) recipients are not the repository's.
     #[error(
-        "the restore recipients in the config ({configured}) differ from the repository's ({stored}); \
-         fix `recipients` in [repository]"
+        "the restore recipients {source_of_expected} ({expected}) differ from the repository's \
+         ({stored}): someone may have replaced its `config` and `keys` to read future backups. \
+         Compare with your restore key (`lifeboat keys recipients RESTORE_KEY`); fix `recipients` in \
+         [repository] if the configuration is wrong"
     )]
     RecipientsDiffer {
-        /// As configured.
-        configured: String,
+        /// Where the expected recipients come from.
+        source_of_expected: &'static str,
+        /// As configured or pinned.
+        expected: String,
         /// As the repository has them.
         stored: String,
     },
+    /// The repository is not the one pinned on first use.
+    #[error(
+        "the repository at {url} is not the one this service pinned in {pin} ({what}): its `config` \
+         or `keys` was replaced, or the URL now names another repository. Nothing was written. \
+         If you moved to a new repository on purpose, delete {pin}; otherwise restore the \
+         original objects (FORMAT.md, \"Recreating config\")"
+    )]
+    NotThePinnedRepository {
+        /// The store.
+        url: String,
+        /// The pin file.
+        pin: String,
+        /// What differs.
+        what: String,
+    },
+    /// The pinned repository lost its `config`.
+    #[error(
+        "the repository {id} pinned in {pin} has no `config` at {url} any more; lifeboatd never \
+         creates a repository where one was. Put `config` back, or recreate it by \
+         hand with the restore key (FORMAT.md, \"Recreating config\")"
+    )]
+    PinnedRepositoryGone {
+        /// The store.
+        url: String,
+        /// The pinned id.
+        id: String,
+        /// The pin file.
+        pin: String,
+    },
+    /// The repository pin could not be used.
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }
 
 /// Opens the configured repository with the service key, creating the
@@ -52,8 +89,14 @@ pub enum JobError {
 /// without configured recipients gets a new restore identity beside the
 /// service identity; the log says to move it offline.
 ///
-/// Fails when the store is unreachable, a key is unusable, or the
-/// configured recipients differ from the repository's.
+/// The repository is pinned on first use (see [`crate::state::pin`]): its
+/// id, `config`, `keys` and restore recipients must stay the same. Configured
+/// recipients must equal the repository's exactly; with none configured,
+/// the pinned ones must. A location that holds objects but no `config` is
+/// never initialised.
+///
+/// Fails when the store is unreachable, a key is unusable, the recipients
+/// differ, or the repository is not the pinned one.
 pub async fn open_service_repository(config: &Config) -> Result<UnlockedRepository, JobError> {
     let settings = &config.repository;
     let store = storage::open(&settings.url, &settings.s3).await?;
@@ -74,9 +117,19 @@ pub async fn open_service_repository(config: &Config) -> Result<UnlockedReposito
         .iter()
         .map(|r| r.parse())
         .collect::<Result<_, _>>()?;
+    let pin_dir = pin_folder(config);
+    let pin_path = pin_dir.join(pin::PIN_FILE).display().to_string();
+    let pinned = pin::load(&pin_dir)?;
     let repo = match Repository::open(store.clone()).await {
         Ok(repo) => repo,
-        Err(RepoError::NotARepository { .. }) => {
+        Err(RepoError::NotARepository { url }) => {
+            if let Some(pinned) = &pinned {
+                return Err(JobError::PinnedRepositoryGone {
+                    url,
+                    id: pinned.fingerprint.id.clone(),
+                    pin: pin_path,
+                });
+            }
             let restore = if configured.is_empty() {
                 vec![new_restore_identity(identity_path)?]
             } else {
@@ -92,20 +145,83 @@ pub async fn open_service_repository(config: &Config) -> Result<UnlockedReposito
         }
         Err(e) => return Err(e.into()),
     };
-    let stored = &repo.recipients().restore;
-    if !configured.is_empty() && configured.iter().any(|r| !stored.contains(r)) {
-        let join = |list: &[Recipient]| {
-            list.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(JobError::RecipientsDiffer {
-            configured: join(&configured),
-            stored: join(stored),
-        });
+    let stored = as_strings(&repo.recipients().restore);
+    let expected = match (&pinned, configured.is_empty()) {
+        (_, false) => Some(("in the config", as_strings(&configured))),
+        (Some(pinned), true) => Some(("pinned", pinned.restore_recipients.clone())),
+        (None, true) => None,
+    };
+    if let Some((source_of_expected, expected)) = expected {
+        if !same_set(&expected, &stored) {
+            return Err(JobError::RecipientsDiffer {
+                source_of_expected,
+                expected: expected.join(", "),
+                stored: stored.join(", "),
+            });
+        }
     }
-    Ok(repo.unlock(AnyIdentity::Service(service)).await?)
+    let unlocked = repo.unlock(AnyIdentity::Service(service)).await?;
+    let fingerprint = unlocked.fingerprint().clone();
+    match pinned {
+        Some(pinned) if pinned.fingerprint != fingerprint => {
+            let what = if pinned.fingerprint.id != fingerprint.id {
+                format!("id {} instead of {}", fingerprint.id, pinned.fingerprint.id)
+            } else if pinned.fingerprint.config_blake3 != fingerprint.config_blake3 {
+                "`config` changed".to_owned()
+            } else {
+                "`keys` changed".to_owned()
+            };
+            Err(JobError::NotThePinnedRepository {
+                url: settings.url.clone(),
+                pin: pin_path,
+                what,
+            })
+        }
+        Some(_) => Ok(unlocked),
+        None => {
+            pin::save(
+                &pin_dir,
+                &RepositoryPin {
+                    url: settings.url.clone(),
+                    fingerprint: fingerprint.clone(),
+                    restore_recipients: stored,
+                    pinned: chrono::Utc::now(),
+                },
+            )?;
+            tracing::info!(
+                id = %fingerprint.id,
+                "pinned the repository {} in {pin_path}",
+                settings.url
+            );
+            Ok(unlocked)
+        }
+    }
+}
+
+/// Where the pin is kept: the state folder, else beside the service key.
+fn pin_folder(config: &Config) -> PathBuf {
+    config.state_dir.clone().unwrap_or_else(|| {
+        config
+            .repository
+            .service_identity
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    })
+}
+
+fn as_strings(recipients: &[Recipient]) -> Vec<String> {
+    recipients.iter().map(ToString::to_string).collect()
+}
+
+/// Whether two lists hold the same recipients, in any order.
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let set = |list: &[String]| {
+        list.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    set(a) == set(b)
 }
 
 /// Generates `restore.key` beside the service identity and says loudly that
@@ -143,6 +259,37 @@ pub async fn run_job(
 /// Fails when the source or the repository fails; nothing then refers to
 /// what was uploaded.
 pub async fn back_up_job(
+    repo: &UnlockedRepository,
+    config: &Config,
+    job: &JobConfig,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, JobError> {
+    let mut attempt = 1;
+    let mut repo = repo.clone();
+    loop {
+        match back_up_once(&repo, config, job, progress.clone()).await {
+            Err(JobError::Backup(BackupError::Repo(RepoError::PrunedDuringBackup { packs })))
+                if attempt < BACKUP_ATTEMPTS =>
+            {
+                tracing::info!(
+                    job = %job.name,
+                    packs,
+                    "a prune removed packs this backup reused; running it again"
+                );
+                repo = repo.reload().await?;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Backups run in all when a prune at the same time keeps removing what
+/// they reuse; each run after the first stores those blobs anew.
+const BACKUP_ATTEMPTS: u32 = 3;
+
+/// One backup of `job`.
+async fn back_up_once(
     repo: &UnlockedRepository,
     config: &Config,
     job: &JobConfig,

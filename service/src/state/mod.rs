@@ -1,11 +1,14 @@
 //! Local state in SQLite: a cache, never the source of truth.
 //!
 //! Losing the state directory costs time (files are read again), never data:
-//! everything here can be rebuilt from the repository or the source.
+//! everything here can be rebuilt from the repository or the source. The
+//! one exception is the [`pin`] of the repository's identity, whose loss
+//! costs the protection it gives until the next first use.
 
 mod database;
 mod file_cache;
 pub mod history;
+pub mod pin;
 
 pub use file_cache::{CachedFile, FileCache, StateError};
 pub use history::{History, HistoryError, RunFigures, RunRecord, RunResult};
