@@ -63,7 +63,21 @@ impl RepoArgs {
     pub async fn open(&self) -> anyhow::Result<Repository> {
         let (url, s3) = self.location()?;
         let store = storage::open(&url, &s3).await?;
-        Ok(Repository::open(store).await?)
+        let repo = Repository::open(store).await?;
+        // On standard error, so that output stays machine-readable: an
+        // operator compares the id and recipients with the ones they know.
+        let join = |list: &[keys::Recipient]| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "repository {url}: id {}, restore recipients {}",
+            repo.config().id,
+            join(&repo.recipients().restore)
+        );
+        Ok(repo)
     }
 }
 

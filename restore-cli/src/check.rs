@@ -4,6 +4,7 @@ use clap::Args;
 use lifeboat::repo::check::{ReadData, check};
 
 use crate::args::{KeyArgs, RepoArgs};
+use crate::exit::ProblemsFound;
 
 /// Flags of `lifeboat check`.
 #[derive(Debug, Args)]
@@ -41,9 +42,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
     let report = check(&repo, read_data).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        crate::outln!(
             "{} snapshots, {} packs ({} read), {} trees, {} blobs verified, {} unindexed packs (prune removes them)",
             report.snapshots,
             report.packs,
@@ -51,20 +52,20 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             report.trees,
             report.blobs_verified,
             report.unindexed_packs
-        );
+        )?;
         for problem in &report.problems {
-            println!("PROBLEM {}: {}", problem.object, problem.message);
+            crate::outln!("PROBLEM {}: {}", problem.object, problem.message)?;
             for affected in &problem.affects {
-                println!("  affects {affected}");
+                crate::outln!("  affects {affected}")?;
             }
         }
     }
     if report.is_ok() {
         if !args.json {
-            println!("no problems found");
+            crate::outln!("no problems found")?;
         }
         Ok(())
     } else {
-        anyhow::bail!("{} problem(s) found", report.problems.len())
+        Err(ProblemsFound(format!("{} problem(s) found", report.problems.len())).into())
     }
 }

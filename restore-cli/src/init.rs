@@ -109,30 +109,30 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
             "service_recipients": recipients.service.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "created_files": created,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
-    println!("created repository {} at {url}", repo.config().id);
+    crate::outln!("created repository {} at {url}", repo.config().id)?;
     for r in &recipients.restore {
-        println!("  restore recipient {r}");
+        crate::outln!("  restore recipient {r}")?;
     }
     for r in &recipients.service {
-        println!(
+        crate::outln!(
             "  service recipient {r} ({})",
             args.service_identity.display()
-        );
+        )?;
     }
     if created
         .iter()
         .any(|c| *c == args.restore_identity.display().to_string())
     {
-        println!(
+        crate::outln!(
             "\nThe restore identity {} is the only key that can read your backups.\n\
              Store it offline (password manager, paper, a USB stick in a drawer) and\n\
              delete it from this machine. Give the service only {}.",
             args.restore_identity.display(),
             args.service_identity.display()
-        );
+        )?;
     }
     Ok(())
 }

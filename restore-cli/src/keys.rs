@@ -35,14 +35,14 @@ pub fn run(command: KeysCommand) -> anyhow::Result<()> {
             let pass = protect
                 .then(|| passphrase("passphrase for the new identity: "))
                 .transpose()?;
-            println!("{}", keys::generate_identity_file(&file, pass.as_ref())?);
+            crate::outln!("{}", keys::generate_identity_file(&file, pass.as_ref())?)?;
         }
         KeysCommand::Recipients { file } => {
             let pass = keys::needs_passphrase(&file)
                 .then(|| passphrase(&format!("passphrase for {}: ", file.display())))
                 .transpose()?;
             for recipient in AnyIdentity::from_file(&file, pass.as_ref())?.recipients() {
-                println!("{recipient}");
+                crate::outln!("{recipient}")?;
             }
         }
     }

@@ -41,16 +41,22 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<10} {:<20} {:<16} {:<10} {:>8} {:>10} {:>10}",
-        "ID", "TIME (UTC)", "JOB", "KIND", "FILES", "SIZE", "ADDED"
-    );
+        "ID",
+        "TIME (UTC)",
+        "JOB",
+        "KIND",
+        "FILES",
+        "SIZE",
+        "ADDED"
+    )?;
     for e in &all {
         let s = &e.snapshot;
-        println!(
+        crate::outln!(
             "{:<10} {:<20} {:<16} {:<10} {:>8} {:>10} {:>10}",
             e.id.short(),
             s.time.format("%Y-%m-%d %H:%M:%S"),
@@ -59,9 +65,9 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
             s.summary.files,
             human_bytes(s.summary.bytes_total),
             human_bytes(s.summary.bytes_stored),
-        );
+        )?;
     }
-    println!("{} snapshots", all.len());
+    crate::outln!("{} snapshots", all.len())?;
     Ok(())
 }
 
@@ -119,7 +125,7 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
                 "size": node.size, "mtime": node.mtime,
                 "target": node.target.as_ref().map(|t| t.display().into_owned()),
             });
-            println!("{value}");
+            crate::outln!("{value}")?;
         } else {
             let kind = match node.kind {
                 NodeKind::Dir => 'd',
@@ -133,10 +139,13 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|t| format!(" -> {}", t.display()))
                 .unwrap_or_default();
-            println!(
+            crate::outln!(
                 "{kind}{:04o} {:>6}:{:<6} {:>10} {path}{target}",
-                node.mode, node.uid, node.gid, node.size
-            );
+                node.mode,
+                node.uid,
+                node.gid,
+                node.size
+            )?;
         }
     }
     Ok(())

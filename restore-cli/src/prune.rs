@@ -101,11 +101,11 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
         forget(&repo, &doomed).await?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         for row in &rows {
             let keep = row["keep"].as_bool().unwrap_or(true);
-            println!(
+            crate::outln!(
                 "{} {} {:<16} {}",
                 if keep {
                     "keep  "
@@ -117,9 +117,9 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
                 row["id"].as_str().map_or("", |s| &s[..8.min(s.len())]),
                 row["job"].as_str().unwrap_or_default(),
                 row["reasons"],
-            );
+            )?;
         }
-        println!(
+        crate::outln!(
             "{} snapshots {}; run `lifeboat prune` to free their space",
             doomed.len(),
             if args.dry_run {
@@ -127,7 +127,7 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
             } else {
                 "forgotten"
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -173,12 +173,12 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
     let report = prune(&repo, &options).await?;
     if args.json {
         let value = serde_json::json!({ "repack": repacked, "prune": report });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
     let verb = if args.dry_run { "would be" } else { "were" };
     if let Some(r) = &repacked {
-        println!(
+        crate::outln!(
             "{} packs at least {}% unused {verb} repacked: {} used blobs ({}) copied into {} new packs; {} to reclaim after the grace period",
             r.packs_repacked,
             args.repack.unwrap_or_default(),
@@ -186,9 +186,9 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
             human_bytes(r.bytes_copied),
             r.packs_written,
             human_bytes(r.bytes_reclaimable),
-        );
+        )?;
     }
-    println!(
+    crate::outln!(
         "{} packs stored, {} in use; {} unused packs ({}) {verb} marked, {} marked packs ({}) {verb} deleted, {} index objects rewritten, {} plans waiting for the grace period",
         report.packs_stored,
         report.packs_used,
@@ -198,6 +198,6 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
         human_bytes(report.bytes_freed),
         report.indexes_rewritten,
         report.plans_waiting,
-    );
+    )?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use lifeboat::drill::{DrillJob, DrillReport, DrillSettings, drill_job};
 use lifeboat::schedule::Config;
 
 use crate::args::{KeyArgs, RepoArgs};
+use crate::exit::ProblemsFound;
 
 /// Flags of `lifeboat drill`.
 #[derive(Debug, Args)]
@@ -104,15 +105,19 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     let report = DrillReport::new(started, rto_target, reports);
     outputs::write(&report, &args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!("{}", report.table());
+        crate::outln!("{}", report.table())?;
     }
     if report.passed {
         Ok(())
     } else {
         let failed = report.jobs.iter().filter(|j| !j.passed()).count();
-        anyhow::bail!("the drill failed: {failed} of {} job(s)", report.jobs.len())
+        Err(ProblemsFound(format!(
+            "the drill failed: {failed} of {} job(s)",
+            report.jobs.len()
+        ))
+        .into())
     }
 }
 

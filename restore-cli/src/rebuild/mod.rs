@@ -127,17 +127,17 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<()> {
             },
         )?;
         if let Err(e) = result {
-            print!("{}", progress.table());
+            crate::out!("{}", progress.table())?;
             progress.write(&Progress::report_path(&args.work))?;
             return Err(e.context(format!(
                 "step {id} failed; fix the cause, then run the same command with --resume to continue at this step"
             )));
         }
     }
-    print!("{}", progress.table());
+    crate::out!("{}", progress.table())?;
     let report = Progress::report_path(&args.work);
     progress.write(&report)?;
-    println!("report: {}", report.display());
+    crate::outln!("report: {}", report.display())?;
     Ok(())
 }
 

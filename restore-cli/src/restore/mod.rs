@@ -84,9 +84,9 @@ impl Restoring<'_> {
         text: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
         } else {
-            println!("{}", text());
+            crate::outln!("{}", text())?;
         }
         Ok(())
     }
