@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod files;
 pub mod kubernetes;
 pub mod postgres;
+pub mod psql_script;
 pub mod talos_config;
 pub mod verify;
 pub mod volumes;
@@ -65,6 +66,15 @@ pub enum RestoreError {
     /// The restored etcd snapshot failed its SHA-256 check.
     #[error(transparent)]
     EtcdSnapshot(#[from] crate::sources::etcd_snapshot::VerifyFileError),
+    /// A SQL script from the snapshot holds a psql meta-command it must not.
+    #[error("{file}: {source}")]
+    UnsafeScript {
+        /// The script, as a path in the snapshot.
+        file: String,
+        /// The meta-command found.
+        #[source]
+        source: psql_script::ForbiddenMetaCommand,
+    },
     /// A PostgreSQL client program failed.
     #[error(transparent)]
     Postgres(#[from] crate::sources::postgres::PostgresError),

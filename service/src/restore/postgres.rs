@@ -67,10 +67,17 @@ impl PgTarget {
     }
 
     /// Runs `globals.sql` with `psql`; statements that fail (a role that
-    /// exists already) are returned as warnings, not errors.
+    /// exists already) are returned as warnings, not errors. The file is
+    /// first checked for meta-commands `pg_dumpall` does not write
+    /// ([`psql_script`](super::psql_script)).
     ///
-    /// Fails when psql cannot run or connect.
+    /// Fails when the file holds such a command, or psql cannot run or connect.
     pub async fn apply_globals(&self, file: &Path) -> Result<Vec<String>, RestoreError> {
+        let script = std::fs::read(file).map_err(RestoreError::io("reading", file))?;
+        super::psql_script::check(&script).map_err(|source| RestoreError::UnsafeScript {
+            file: GLOBALS_FILE.into(),
+            source,
+        })?;
         let mut command = self.connection.command(&self.tools.psql);
         command
             .args(["-X", "-q", "-w", "-f"])
@@ -146,7 +153,11 @@ impl PgTarget {
                     .args(self.connection.server_argument());
             }
             RestoreInto::Existing(database) => {
-                command.arg(self.connection.database_argument(database));
+                // One transaction: a dump that fails half-way leaves the
+                // database as it was (`--create` cannot run in one).
+                command
+                    .arg("--single-transaction")
+                    .arg(self.connection.database_argument(database));
             }
         }
         command.arg(dump);
