@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lifeboat::schedule::Config;
 use lifeboat::sources::SourceConfig;
 use lifeboat::sources::kubernetes::filter::EXCLUDE_LABEL;
@@ -134,6 +135,50 @@ fn kustomizations_render_into_strict_kubernetes_types() -> Result<()> {
                 .iter()
                 .any(|p| Some(p.as_str()) == monitor["spec"]["endpoints"][0]["port"].as_str()),
             "{which}: the ServiceMonitor scrapes a port the Service does not have"
+        );
+        // The NetworkPolicy guards the pod's http port, for ingress only
+        // (lifeboatd must reach R2 and the APIs), and admits named peers.
+        let policy: k8s_openapi::api::networking::v1::NetworkPolicy =
+            round_trip(find(&documents, "NetworkPolicy", "lifeboat")?)?;
+        let policy_spec = policy.spec.context("the NetworkPolicy has a spec")?;
+        let pod_labels = pod
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let selected = policy_spec
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        ensure!(
+            !selected.is_empty(),
+            "{which}: the NetworkPolicy selects the pod by labels"
+        );
+        for (key, value) in selected {
+            ensure!(
+                pod_labels.get(&key) == Some(&value),
+                "{which}: the NetworkPolicy selects {key}={value}, which the pod lacks"
+            );
+        }
+        ensure!(
+            policy_spec.policy_types.as_deref() == Some(&["Ingress".to_owned()][..]),
+            "{which}: the NetworkPolicy restricts ingress only"
+        );
+        let rules = policy_spec.ingress.unwrap_or_default();
+        ensure!(
+            !rules.is_empty()
+                && rules.iter().all(|rule| {
+                    rule.from.as_ref().is_some_and(|peers| !peers.is_empty())
+                        && rule.ports.as_ref().is_some_and(|ports| {
+                            ports.iter().all(|p| {
+                                matches!(&p.port, Some(IntOrString::String(name)) if name == "http")
+                            })
+                        })
+                }),
+            "{which}: every ingress rule names its peers and only the http port: {rules:?}"
         );
         // The dashboard wrapper reads a ConfigMap that holds the JSON.
         let wrapper = find(&documents, "GrafanaDashboard", "lifeboat")?;

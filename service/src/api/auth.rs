@@ -5,9 +5,12 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -118,22 +121,45 @@ impl FromRequestParts<AppState> for Authorized {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let offered = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or(AppError::Unauthorized)?;
-        if state.token.matches(offered) {
-            Ok(Self)
-        } else {
-            tracing::warn!("refused a request with a wrong API token");
-            Err(AppError::Unauthorized)
-        }
+        authorize(&parts.headers, state)
     }
+}
+
+/// Checks the request's bearer token.
+fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Authorized, AppError> {
+    let offered = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(AppError::Unauthorized)?;
+    if state.token.matches(offered) {
+        Ok(Authorized)
+    } else {
+        tracing::warn!("refused a request with a wrong API token");
+        Err(AppError::Unauthorized)
+    }
+}
+
+/// Whether a request may see run errors: always on loopback, else with
+/// the token.
+pub fn may_read_details(headers: &HeaderMap, state: &AppState) -> bool {
+    !state.reads_need_token() || authorize(headers, state).is_ok()
+}
+
+/// Middleware of the `/api/v1` routes: refuses requests without the token
+/// when reads need it.
+pub async fn require_token_for_reads(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    if state.reads_need_token() {
+        authorize(request.headers(), &state)?;
+    }
+    Ok(next.run(request).await)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! listener, so tests drive it with `tower::ServiceExt::oneshot`. Each
 //! resource has its own router: [`health`], [`metrics`], [`jobs`],
 //! [`snapshots`], [`status_page`]. Reading is open; what changes something
-//! (triggering a run) needs the bearer token of [`auth`]. Every handler
+//! (triggering a run) needs the bearer token of [`auth`], and so do
+//! `/api/v1` reads when the service listens beyond loopback. Every handler
 //! fails with one [`AppError`], which hides the details of server faults
 //! from clients and logs them instead. [`serve`] wires the service, the
 //! scheduler and the listener together and shuts them down in order.
@@ -39,26 +40,51 @@ pub struct AppState {
     pub token: Arc<ApiToken>,
     /// The last repository probe of `/readyz`.
     probe: Arc<health::ProbeCache>,
+    /// Whether `/api/v1` reads need the token too (listening beyond
+    /// loopback), and the status page hides run errors.
+    reads_need_token: bool,
 }
 
 impl AppState {
-    /// State for `service`, with `token` guarding mutating requests.
+    /// State for `service`, with `token` guarding mutating requests; reads
+    /// are open, as on a loopback listener.
     pub fn new(service: Arc<Service>, token: ApiToken) -> Self {
         Self {
             service,
             token: Arc::new(token),
             probe: Arc::default(),
+            reads_need_token: false,
         }
+    }
+
+    /// The same state with `/api/v1` reads needing the token when
+    /// `protect` is true. Run errors name host paths, claims and databases:
+    /// a service that listens beyond loopback shows them only to holders of
+    /// the token.
+    pub fn protect_reads(mut self, protect: bool) -> Self {
+        self.reads_need_token = protect;
+        self
+    }
+
+    /// Whether reads need the token.
+    pub fn reads_need_token(&self) -> bool {
+        self.reads_need_token
     }
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(jobs::router())
+        .merge(snapshots::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token_for_reads,
+        ));
     Router::new()
         .merge(health::router())
         .merge(metrics::router())
-        .merge(jobs::router())
-        .merge(snapshots::router())
+        .merge(api)
         .merge(status_page::router())
         .with_state(state)
 }
@@ -203,6 +229,62 @@ mod tests {
         assert_eq!(report.interrupted, 0);
         let refused = call(&state, "POST", run, Some(TOKEN)).await?;
         assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_reads_need_the_token_and_the_page_hides_errors() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let state = state(dir.path())?.protect_reads(true);
+        let secret = "cannot read /var/openebs/local/pvc-secret-db";
+        state
+            .service
+            .history(move |h| {
+                let id = h.start("docs", "backup", "schedule", chrono::Utc::now())?;
+                let figures = crate::state::RunFigures {
+                    error: Some(secret.into()),
+                    ..crate::state::RunFigures::default()
+                };
+                h.finish(
+                    id,
+                    crate::state::RunResult::Failure,
+                    chrono::Utc::now(),
+                    &figures,
+                )
+            })
+            .await?;
+        for uri in [
+            "/api/v1/jobs",
+            "/api/v1/runs",
+            "/api/v1/snapshots",
+            "/api/v1/tasks",
+        ] {
+            let (status, body) = call(&state, "GET", uri, None).await?;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+            assert!(!body.contains("pvc-secret"), "{body}");
+        }
+        let (status, runs) = call(&state, "GET", "/api/v1/runs", Some(TOKEN)).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert!(runs.contains("pvc-secret-db"), "{runs}");
+        for open in ["/healthz", "/metrics"] {
+            assert_eq!(
+                call(&state, "GET", open, None).await?.0,
+                StatusCode::OK,
+                "{open}"
+            );
+        }
+        let (status, page) = call(&state, "GET", "/", None).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            !page.contains("pvc-secret") && page.contains("API token"),
+            "{page}"
+        );
+        let (_, page) = call(&state, "GET", "/", Some(TOKEN)).await?;
+        assert!(
+            page.contains("pvc-secret-db"),
+            "the token shows the details"
+        );
         Ok(())
     }
 

@@ -115,7 +115,11 @@ pub async fn serve(
         "serving http://{addr}/ — status page at /, metrics at /metrics, API at /api/v1, health at /healthz and /readyz"
     );
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = app(AppState::new(service.clone(), token));
+    let protect = !addr.ip().is_loopback();
+    if protect {
+        tracing::info!("listening beyond loopback: /api/v1 reads need the API token");
+    }
+    let router = app(AppState::new(service.clone(), token).protect_reads(protect));
     let mut server = tokio::spawn(
         axum::serve(listener, router)
             .with_graceful_shutdown(async {

@@ -8,10 +8,12 @@ use std::fmt::Write;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Html;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 
+use super::auth::may_read_details;
 use super::{AppError, AppState};
 use crate::repo::snapshot::human_bytes;
 use crate::schedule::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
@@ -42,10 +44,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/", get(page))
 }
 
-async fn page(State(state): State<AppState>) -> Result<Html<String>, AppError> {
-    let overview = state.service.overview().await?;
+async fn page(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, AppError> {
+    let mut overview = state.service.overview().await?;
     let names: Vec<String> = overview.jobs.iter().map(|j| j.name.clone()).collect();
-    let runs = state
+    let mut runs = state
         .service
         .history(move |h| {
             names
@@ -54,8 +56,30 @@ async fn page(State(state): State<AppState>) -> Result<Html<String>, AppError> {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
+    if !may_read_details(&headers, &state) {
+        let records = overview
+            .jobs
+            .iter_mut()
+            .filter_map(|j| j.last_run.as_mut())
+            .chain(
+                overview
+                    .tasks
+                    .iter_mut()
+                    .filter_map(|t| t.last_run.as_mut()),
+            )
+            .chain(runs.iter_mut().flatten());
+        for run in records {
+            if run.error.is_some() {
+                run.error = Some(HIDDEN_ERROR.into());
+            }
+        }
+    }
     Ok(Html(render(&state, &overview, &runs)))
 }
+
+/// What a run's error reads as on a page served beyond loopback.
+const HIDDEN_ERROR: &str = "failed; the details (paths, names) are in the service's log \
+     and at /api/v1/runs with the API token";
 
 /// Escapes text for HTML.
 pub fn escape(text: &str) -> String {

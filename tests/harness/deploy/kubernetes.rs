@@ -143,6 +143,9 @@ pub fn check_document(document: &Value) -> Result<()> {
             round_trip::<PersistentVolumeClaim>(document).map(drop)
         }
         Some(("apps/v1", "Deployment")) => round_trip::<Deployment>(document).map(drop),
+        Some(("networking.k8s.io/v1", "NetworkPolicy")) => {
+            round_trip::<k8s_openapi::api::networking::v1::NetworkPolicy>(document).map(drop)
+        }
         Some(("rbac.authorization.k8s.io/v1", "ClusterRole")) => {
             round_trip::<ClusterRole>(document).map(drop)
         }
