@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -464,7 +464,7 @@ impl Archiver {
         });
         let content = match cached {
             Some(cached) => cached.content.clone(),
-            None => match self.read_file(&place.path, meta.len()) {
+            None => match self.read_file(&place.path, meta) {
                 Ok(content) => content,
                 Err(ReadFailure::Repo(e)) => return Err(e),
                 Err(ReadFailure::Io(e)) => {
@@ -489,8 +489,24 @@ impl Archiver {
         Ok(Some(content))
     }
 
-    fn read_file(&self, path: &Path, size: u64) -> Result<Vec<BlobId>, ReadFailure> {
-        let mut file = std::fs::File::open(path)?;
+    /// Reads and stores the regular file at `path`, which the walk found
+    /// with `walked`.
+    ///
+    /// It is opened without following a symlink (and without blocking on a
+    /// FIFO), and must still be the file the walk saw: one swapped for a
+    /// link or another file in between is not read through.
+    fn read_file(&self, path: &Path, walked: &Metadata) -> Result<Vec<BlobId>, ReadFailure> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let opened = file.metadata()?;
+        if !opened.is_file() || opened.dev() != walked.dev() || opened.ino() != walked.ino() {
+            return Err(ReadFailure::Io(std::io::Error::other(
+                "it was replaced by another file or a link while the backup ran",
+            )));
+        }
+        let size = walked.len();
         let mut content = Vec::new();
         let mut store = |chunk: &[u8]| -> Result<(), ReadFailure> {
             let (id, _) = self.writer.save(BlobKind::Data, chunk)?;
