@@ -84,7 +84,8 @@ fn a_missing_config_is_refused_never_reinitialised() -> Result<()> {
 fn replace_config_and_keys(installation: &Installation, restore: Vec<String>) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let repo = installation.repo_dir()?;
-    let forged = installation.path("forged");
+    let forged = tempfile::tempdir()?;
+    let forged = forged.path();
     runtime.block_on(async {
         let original = Repository::open(Arc::new(LocalStore::new(repo.clone()))).await?;
         let recipients = Recipients {
@@ -94,7 +95,7 @@ fn replace_config_and_keys(installation: &Installation, restore: Vec<String>) ->
                 .collect::<Result<_, _>>()?,
             service: original.recipients().service.clone(),
         };
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(forged.clone()));
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(forged.to_owned()));
         Repository::init(store, recipients, &InitOptions::default()).await?;
         anyhow::Ok(())
     })?;

@@ -184,18 +184,7 @@ impl Repository {
             Err(StorageError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        // A repository is only ever made in an empty location: one that
-        // holds objects but no `config` lost its config, and a new one would
-        // re-key it and orphan every snapshot. A lone `keys` is what an init
-        // that crashed leaves; nothing can refer to it yet.
-        let held = store.list("").await?;
-        if let Some(object) = held.iter().find(|o| o.key != KEYS_KEY) {
-            return Err(RepoError::ConfigMissing {
-                url,
-                objects: held.len(),
-                example: object.key.clone(),
-            });
-        }
+        Self::check_location_is_free(&store).await?;
         let config = RepoConfig::new(options, &recipients);
         let config_bytes = Bytes::from(serde_json::to_vec_pretty(&config).unwrap_or_default());
         let keys = KeysObject::new(&ChunkIdKey::generate(), &config_bytes);
@@ -214,6 +203,26 @@ impl Repository {
             config_bytes,
             recipients,
         })
+    }
+
+    /// Checks that a repository may be made in `store`: it holds no
+    /// objects. One that holds objects but no `config` lost its config, and
+    /// a new repository there would re-key it and orphan every snapshot. A
+    /// lone `keys` is what an init that crashed leaves; nothing can refer to
+    /// it yet.
+    ///
+    /// Fails with [`RepoError::ConfigMissing`] when it holds other objects,
+    /// or when the store cannot be listed.
+    pub async fn check_location_is_free(store: &Arc<dyn ObjectStore>) -> Result<(), RepoError> {
+        let held = store.list("").await?;
+        match held.iter().find(|o| o.key != KEYS_KEY) {
+            Some(object) => Err(RepoError::ConfigMissing {
+                url: store.url(),
+                objects: held.len(),
+                example: object.key.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Opens the repository in `store` by reading its config.

@@ -130,6 +130,9 @@ pub async fn open_service_repository(config: &Config) -> Result<UnlockedReposito
                     pin: pin_path,
                 });
             }
+            // Before any key is made: a location that holds objects is
+            // never initialised.
+            Repository::check_location_is_free(&store).await?;
             let restore = if configured.is_empty() {
                 vec![new_restore_identity(identity_path)?]
             } else {
