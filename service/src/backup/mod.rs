@@ -48,6 +48,17 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    /// A prune running at the same time removed or marked packs the
+    /// snapshot reused: it was withdrawn, and the backup should run again
+    /// with the index read anew, not reusing `written` either.
+    #[error("{source}")]
+    Withdrawn {
+        /// The packs this backup wrote, which no snapshot refers to now.
+        written: Vec<crate::repo::id::PackId>,
+        /// Why it was withdrawn.
+        #[source]
+        source: RepoError,
+    },
     /// Two entries of one snapshot have the same name.
     #[error("two sources of one snapshot are both called {0:?}; give them different names")]
     DuplicateName(String),
@@ -184,7 +195,7 @@ impl SnapshotBuilder {
             references: self.references.into_iter().collect(),
         };
         let id = self.repo.save_snapshot(&snapshot).await?;
-        if let Err(e) = self
+        if let Err(source) = self
             .repo
             .confirm_references(&snapshot.references, &stats.packs)
             .await
@@ -196,7 +207,10 @@ impl SnapshotBuilder {
                 .delete(&id.key())
                 .await
                 .map_err(RepoError::from)?;
-            return Err(e.into());
+            return Err(BackupError::Withdrawn {
+                written: stats.packs.iter().map(|p| p.id).collect(),
+                source,
+            });
         }
         Ok(BackupReport {
             id,

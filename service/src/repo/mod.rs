@@ -485,6 +485,11 @@ impl UnlockedRepository {
         })
     }
 
+    /// Never reuses blobs of `packs` in backups from this repository.
+    pub fn avoid_packs(&mut self, packs: impl IntoIterator<Item = id::PackId>) {
+        Arc::make_mut(&mut self.index).doom(packs);
+    }
+
     /// Checks, once a snapshot referencing `references` is written, that no
     /// prune running meanwhile deleted or marked a pack it reuses (one not
     /// among `written`, the packs its own backup stored).
@@ -621,10 +626,13 @@ impl UnlockedRepository {
         let mut entries = Vec::with_capacity(listed.len());
         for object in listed {
             let id = object_id::<SnapshotId>(&object.key, "snapshots/")?;
-            entries.push(SnapshotEntry {
-                id,
-                snapshot: self.read_snapshot(id).await?,
-            });
+            let snapshot = match self.read_snapshot(id).await {
+                Ok(snapshot) => snapshot,
+                // Forgotten, or withdrawn by its backup, since the listing.
+                Err(RepoError::Storage(StorageError::NotFound { .. })) => continue,
+                Err(e) => return Err(e),
+            };
+            entries.push(SnapshotEntry { id, snapshot });
         }
         entries.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
         Ok(entries)

@@ -269,17 +269,18 @@ pub async fn back_up_job(
 ) -> Result<BackupReport, JobError> {
     let mut attempt = 1;
     let mut repo = repo.clone();
+    let mut avoided = Vec::new();
     loop {
         match back_up_once(&repo, config, job, progress.clone()).await {
-            Err(JobError::Backup(BackupError::Repo(RepoError::PrunedDuringBackup { packs })))
+            Err(JobError::Backup(BackupError::Withdrawn { written, source }))
                 if attempt < BACKUP_ATTEMPTS =>
             {
-                tracing::info!(
-                    job = %job.name,
-                    packs,
-                    "a prune removed packs this backup reused; running it again"
-                );
+                tracing::info!(job = %job.name, "{source}; running it again");
+                // What the withdrawn run wrote is garbage a prune marks at
+                // once: never reuse it.
+                avoided.extend(written);
                 repo = repo.reload().await?;
+                repo.avoid_packs(avoided.iter().copied());
                 attempt += 1;
             }
             outcome => return outcome,
@@ -289,7 +290,7 @@ pub async fn back_up_job(
 
 /// Backups run in all when a prune at the same time keeps removing what
 /// they reuse; each run after the first stores those blobs anew.
-const BACKUP_ATTEMPTS: u32 = 3;
+const BACKUP_ATTEMPTS: u32 = 5;
 
 /// One backup of `job`.
 async fn back_up_once(
