@@ -97,7 +97,12 @@ impl Dirs {
     fn remember(&self, id: DirId, fd: Arc<OwnedFd>) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHED_DIRS {
-            cache.clear();
+            // Drop every other entry: what stays still shortens the walks.
+            let mut keep = false;
+            cache.retain(|_, _| {
+                keep = !keep;
+                keep
+            });
         }
         cache.insert(id, fd);
     }
@@ -346,5 +351,41 @@ fn times(node: &Node) -> Timestamps {
     Timestamps {
         last_access: at,
         last_modification: at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_followed_and_evicted_directories_reopen() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let (target, outside) = (scratch.path().join("target"), scratch.path().join("outside"));
+        std::fs::create_dir_all(&target)?;
+        std::fs::create_dir_all(&outside)?;
+        std::os::unix::fs::symlink(&outside, target.join("link"))?;
+        std::os::unix::fs::symlink(outside.join("file"), target.join("dangling"))?;
+        let mut dirs = Dirs::open_target(&target)?;
+
+        let refused = dirs.make(ROOT, b"link", false).err().map(|e| e.kind());
+        assert_eq!(refused, Some(std::io::ErrorKind::AlreadyExists));
+        let replaced = dirs.make(ROOT, b"link", true)?;
+        assert!(std::fs::symlink_metadata(target.join("link"))?.is_dir());
+        assert!(dirs.create_file(ROOT, b"dangling", 3).is_err(), "O_EXCL");
+        dirs.clear(ROOT, b"dangling", true)?;
+        dirs.create_file(ROOT, b"dangling", 3)?;
+        assert!(!outside.join("file").exists());
+
+        // More directories than the cache holds, each reopened by walking.
+        let mut deepest = replaced;
+        for i in 0..CACHED_DIRS + 10 {
+            deepest = dirs.make(deepest, format!("d{i}").as_bytes(), false)?;
+        }
+        dirs.create_file(deepest, b"leaf", 0)?;
+        dirs.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        dirs.open_file(deepest, b"leaf")?;
+        assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
+        Ok(())
     }
 }
