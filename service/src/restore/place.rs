@@ -361,7 +361,10 @@ mod tests {
     #[test]
     fn nothing_is_followed_and_evicted_directories_reopen() -> anyhow::Result<()> {
         let scratch = tempfile::tempdir()?;
-        let (target, outside) = (scratch.path().join("target"), scratch.path().join("outside"));
+        let (target, outside) = (
+            scratch.path().join("target"),
+            scratch.path().join("outside"),
+        );
         std::fs::create_dir_all(&target)?;
         std::fs::create_dir_all(&outside)?;
         std::os::unix::fs::symlink(&outside, target.join("link"))?;
@@ -383,7 +386,10 @@ mod tests {
             deepest = dirs.make(deepest, format!("d{i}").as_bytes(), false)?;
         }
         dirs.create_file(deepest, b"leaf", 0)?;
-        dirs.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        dirs.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         dirs.open_file(deepest, b"leaf")?;
         assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
         Ok(())
