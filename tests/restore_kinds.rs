@@ -118,11 +118,19 @@ async fn volumes_and_directories_restore_in_place_and_into_folders() -> Result<(
             .with_context(|| format!("{} after restore", path.display()))
     };
 
-    // Directory job: every folder back in place.
-    restore(&installation, &["latest:shares", "--in-place"], &[])?.ok()?;
+    // Directory job: every folder back in place, where the operator allows.
+    let host = text(&installation.path("host"));
+    let refused = restore(&installation, &["latest:shares", "--in-place"], &[])?.failed()?;
+    ensure!(
+        refused.stderr.contains("--allow-root") && !share_a.exists(),
+        "without --allow-root a directory job is not restored in place:\n{}",
+        refused.output()
+    );
+    let args = ["latest:shares", "--in-place", "--allow-root", host.as_str()];
+    restore(&installation, &args, &[])?.ok()?;
     same(0)?;
     same(1)?;
-    let refused = restore(&installation, &["latest:shares", "--in-place"], &[])?.failed()?;
+    let refused = restore(&installation, &args, &[])?.failed()?;
     ensure!(
         refused.stderr.contains("not empty") && refused.stderr.contains("--force"),
         "an in-place restore over data is refused:\n{}",
@@ -130,7 +138,13 @@ async fn volumes_and_directories_restore_in_place_and_into_folders() -> Result<(
     );
     restore(
         &installation,
-        &["latest:shares", "--in-place", "--force"],
+        &[
+            "latest:shares",
+            "--in-place",
+            "--force",
+            "--allow-root",
+            &host,
+        ],
         &[],
     )?
     .ok()?;
@@ -145,6 +159,8 @@ async fn volumes_and_directories_restore_in_place_and_into_folders() -> Result<(
             "--pvc",
             "apps/one",
             "--json",
+            "--allow-root",
+            &host,
         ],
         &[],
     )?
@@ -172,7 +188,13 @@ async fn volumes_and_directories_restore_in_place_and_into_folders() -> Result<(
     assert_same_tree(&originals[3].1, &describe(&elsewhere)?)?;
     restore(
         &installation,
-        &["latest:volumes", "--in-place", "--force"],
+        &[
+            "latest:volumes",
+            "--in-place",
+            "--force",
+            "--allow-root",
+            &host,
+        ],
         &[],
     )?
     .ok()?;
@@ -206,11 +228,14 @@ async fn volumes_of_the_volumes_source_restore_in_place_and_drill_clean() -> Res
     for path in stored {
         std::fs::remove_dir_all(path)?;
     }
+    // No --allow-root: the live PersistentVolumes of the cluster (asked
+    // over the real API) say where the claims' data belongs.
+    let kubeconfig = text(&installation.path("kubeconfig"));
     let outcome = tokio::task::block_in_place(|| {
         restore(
             &installation,
             &["latest:volumes", "--in-place", "--json"],
-            &[],
+            &[("KUBECONFIG", kubeconfig.as_str())],
         )
     })?
     .ok()?;

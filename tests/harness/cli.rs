@@ -295,7 +295,8 @@ impl Installation {
     }
 
     /// Restores `what` (`SNAPSHOT[:PATH]`) with the identity `key` into
-    /// `target`, as `lifeboat restore --json`.
+    /// `target`, as `lifeboat restore --keep-special --json` (the tests
+    /// restore their own backups, setuid bits and devices included).
     ///
     /// Fails when it cannot run; check the outcome with [`Outcome::ok`].
     pub fn restore(&self, key: &Path, what: &str, target: &Path) -> Result<Outcome> {
@@ -308,7 +309,7 @@ impl Installation {
             .arg(what)
             .arg("--target")
             .arg(target)
-            .arg("--json");
+            .args(["--keep-special", "--json"]);
         run(&mut command)
     }
 

@@ -2,17 +2,20 @@
 //! claims come back with etcd, their host folders do not. For each
 //! `volumes` snapshot a restore Job per node runs the lifeboat image on
 //! that node with the volumes' host paths mounted and
-//! `lifeboat restore ID --in-place --pvc …`; the restore key and the
-//! repository credentials reach it through a Secret that lives only as
-//! long as the restore.
+//! `lifeboat restore ID --in-place --pvc … --allow-root PATH…`; the
+//! restore key and the repository credentials reach it through a Secret
+//! that lives only as long as the restore. The snapshot's host paths are
+//! untrusted: each must be normalised and the path of the restored
+//! cluster's PersistentVolume before it is mounted.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use lifeboat::restore::in_place::check_host_path;
 use lifeboat::sources::volumes::Manifest;
 use serde_json::{Value, json};
 
@@ -73,6 +76,8 @@ pub fn plan_jobs(snapshot_id: &str, manifest: &Manifest) -> anyhow::Result<Vec<R
             format!("{}/{}", volume.namespace, volume.pvc),
             volume.host_path.display().to_string(),
         );
+        check_host_path(&entry.1)
+            .with_context(|| format!("snapshot {snapshot_id}, volume {}", entry.0))?;
         if volume.node.is_empty() {
             unpinned.push(entry);
         } else {
@@ -117,6 +122,41 @@ fn job_name(short: &str, node: &str) -> String {
     name.trim_end_matches('-').to_owned()
 }
 
+/// Checks that every volume of `manifest` is where the cluster's
+/// PersistentVolume of the same name keeps its data, so a Job mounts only
+/// the folders the cluster itself uses.
+///
+/// Fails naming a volume whose PersistentVolume is missing or elsewhere.
+pub async fn check_live_paths(client: &kube::Client, manifest: &Manifest) -> anyhow::Result<()> {
+    let volumes = Api::<PersistentVolume>::all(client.clone());
+    for stored in &manifest.volumes {
+        let claim = format!("{}/{}", stored.namespace, stored.pvc);
+        let live = volumes
+            .get_opt(&stored.pv)
+            .await
+            .with_context(|| format!("reading PersistentVolume {}", stored.pv))?;
+        let spec = live.and_then(|pv| pv.spec);
+        let path = spec.and_then(|s| {
+            s.host_path
+                .map(|h| h.path)
+                .or_else(|| s.local.map(|l| l.path))
+        });
+        match path {
+            Some(path) if std::path::Path::new(&path) == stored.host_path => {}
+            Some(path) => bail!(
+                "the snapshot puts {claim} at {} but its PersistentVolume {} is at {path}; restore it by hand with `lifeboat restore --pvc {claim} --target DIR` and look at it",
+                stored.host_path.display(),
+                stored.pv
+            ),
+            None => bail!(
+                "the snapshot holds {claim} of PersistentVolume {}, which the cluster has not (as a hostPath or local volume); restore it by hand with `lifeboat restore --pvc {claim} --target DIR`",
+                stored.pv
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// The Job object for `job`.
 pub fn job_object(
     job: &RestoreJob,
@@ -133,6 +173,10 @@ pub fn job_object(
     ];
     for (pvc, _) in &job.volumes {
         command.extend(["--pvc".into(), pvc.clone()]);
+    }
+    // The container sees only the mounted host paths: allow exactly those.
+    for (_, path) in &job.volumes {
+        command.extend(["--allow-root".into(), path.clone()]);
     }
     if data.overwrite {
         command.push("--force".into());
@@ -429,6 +473,18 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(error.contains("apps/b"), "{error}");
+
+        let mut forged = volume("a", "w1");
+        forged.host_path = PathBuf::from("/var/openebs/../../etc");
+        let forged = Manifest {
+            volumes: vec![forged],
+            skipped: Vec::new(),
+        };
+        let error = plan_jobs("0123456789abcdef", &forged)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("normalised"), "{error}");
         Ok(())
     }
 
@@ -466,6 +522,8 @@ mod tests {
                     "--in-place",
                     "--pvc",
                     "apps/a",
+                    "--allow-root",
+                    "/var/openebs/local/pv-a",
                     "--force"
                 ]
                 .map(String::from)[..]

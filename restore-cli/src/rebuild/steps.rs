@@ -505,6 +505,7 @@ impl Runner {
         let restore_key = std::fs::read(&key_file)
             .with_context(|| format!("reading the restore key {}", key_file.display()))?;
         let client = self.kube().await?;
+        data::check_live_paths(&client, &manifest).await?;
         data::ensure_secret(&client, &spec.data.namespace, &restore_key).await?;
         let objects: Vec<_> = jobs
             .into_iter()
@@ -616,7 +617,10 @@ impl Runner {
                 entry.snapshot.root,
                 "",
                 &target,
-                &RestoreOptions { force: true },
+                &RestoreOptions {
+                    force: true,
+                    ..RestoreOptions::default()
+                },
                 Arc::new(RestoreProgress::default()),
             )
             .await

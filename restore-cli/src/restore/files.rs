@@ -36,6 +36,7 @@ pub async fn run(restoring: &Restoring<'_>, path: &str) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let options = RestoreOptions {
         force: restoring.force,
+        keep_special: restoring.keep_special,
     };
     let report = super::with_progress("restore", |progress| {
         restore(

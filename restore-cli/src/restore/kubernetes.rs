@@ -122,6 +122,7 @@ pub async fn run(restoring: &Restoring<'_>, args: &KubernetesArgs) -> anyhow::Re
     let entry = restoring.entry;
     let restore_options = RestoreOptions {
         force: restoring.force,
+        ..RestoreOptions::default()
     };
     super::with_progress("restore", |progress| {
         restore(

@@ -40,9 +40,14 @@ pub struct RestoreArgs {
     /// The folder to restore into (created if missing; must be empty unless --force).
     #[arg(long, short)]
     target: Option<PathBuf>,
-    /// Restore into non-empty folders, replacing files of the same names.
+    /// Restore into non-empty folders, replacing files, symlinks and special
+    /// files of the same names (never writing through them).
     #[arg(long)]
     force: bool,
+    /// Restore setuid/setgid bits and device nodes as stored; without it
+    /// the bits are cleared and device nodes skipped, with a warning each.
+    #[arg(long)]
+    keep_special: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -66,6 +71,8 @@ pub struct Restoring<'a> {
     pub target: Option<&'a Path>,
     /// `--force`.
     pub force: bool,
+    /// `--keep-special`.
+    pub keep_special: bool,
     /// `--json`.
     pub json: bool,
 }
@@ -123,6 +130,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         entry: &entry,
         target: args.target.as_deref(),
         force: args.force,
+        keep_special: args.keep_special,
         json: args.json,
     };
     let kind = entry.snapshot.source_kind.as_str();
@@ -168,6 +176,7 @@ pub async fn postgres_into(
         entry: &entry,
         target: None,
         force: false,
+        keep_special: false,
         json: false,
     };
     let args = postgres::PostgresArgs::into_server(url, create, pg_bin);

@@ -113,7 +113,10 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
     let started = std::time::Instant::now();
     for name in &names {
         // The folder was checked above; each file joins the ones before.
-        let options = RestoreOptions { force: true };
+        let options = RestoreOptions {
+            force: true,
+            ..RestoreOptions::default()
+        };
         super::with_progress(name, |progress| {
             restore(
                 reader,

@@ -2,14 +2,31 @@
 //! straight into `--target` (several under it at their host paths), or
 //! back at the host paths with `--in-place` (all, or the PVCs named with
 //! `--pvc`).
+//!
+//! In place, a host path from the snapshot is written only when it is the
+//! path of the live PersistentVolume (asked of the cluster of `KUBECONFIG`,
+//! `~/.kube/config` or the service account, when it answers) or lies under
+//! an `--allow-root`. What will be written, and what is refused, is printed
+//! (to stderr) before anything is; a refused folder fails the command after
+//! the others are restored.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::Api;
 use lifeboat::repo::snapshot::human_bytes;
-use lifeboat::restore::volumes::{Layout, Placement, restore_units};
+use lifeboat::restore::files::RestoreOptions;
+use lifeboat::restore::in_place::InPlacePolicy;
+use lifeboat::restore::volumes::{Layout, Placement, RestoreUnit, restore_units};
+use lifeboat::sources::volumes::Manifest;
 
 use super::Restoring;
+
+/// How long the cluster is given to say where its volumes are.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Flags for volumes and directories.
 #[derive(Debug, Args)]
@@ -21,6 +38,10 @@ pub struct VolumeArgs {
     /// Volumes: only this PVC (NAMESPACE/NAME; repeatable).
     #[arg(long = "pvc", value_name = "NAMESPACE/NAME")]
     pvcs: Vec<String>,
+    /// With --in-place: also write host paths under this folder
+    /// (repeatable); otherwise only a volume's live PersistentVolume path is.
+    #[arg(long = "allow-root", value_name = "PATH", requires = "in_place")]
+    allow_roots: Vec<PathBuf>,
 }
 
 impl VolumeArgs {
@@ -39,16 +60,27 @@ pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result
     }
     let (reader, entry) = (restoring.reader, restoring.entry);
     let layout = Layout::read(reader, entry.snapshot.root).await?;
-    let units = layout.select(&args.pvcs)?;
+    let selected = layout.select(&args.pvcs)?;
     let placement = if args.in_place {
-        Placement::InPlace
+        Placement::InPlace(InPlacePolicy {
+            allowed_roots: args.allow_roots.clone(),
+            live_paths: match &layout.manifest {
+                Some(manifest) => live_paths(manifest).await,
+                None => None,
+            },
+        })
     } else {
         let target =
             PathBuf::from(restoring.target("the folder the PVCs' files go to, or --in-place")?);
-        match units.as_slice() {
+        match selected.as_slice() {
             [_] => Placement::Into(target),
             _ => Placement::Under(target),
         }
+    };
+    let (units, refused) = announce(&selected, &placement);
+    let options = RestoreOptions {
+        force: restoring.force,
+        keep_special: restoring.keep_special,
     };
     let started = std::time::Instant::now();
     let reports = super::with_progress("restore", |progress| {
@@ -57,7 +89,7 @@ pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result
             entry.snapshot.root,
             &units,
             &placement,
-            restoring.force,
+            &options,
             progress,
         )
     })
@@ -84,5 +116,69 @@ pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result
             }
         }
         lines.join("\n")
+    })?;
+    if !refused.is_empty() {
+        anyhow::bail!("{}", refused.join("; "));
+    }
+    Ok(())
+}
+
+/// Prints where each unit goes, or why it may not; returns the units to
+/// restore and the refusals.
+fn announce(units: &[RestoreUnit], placement: &Placement) -> (Vec<RestoreUnit>, Vec<String>) {
+    let (mut allowed, mut refused) = (Vec::new(), Vec::new());
+    for unit in units {
+        match placement.target_of(unit) {
+            Ok(target) => {
+                eprintln!("will restore {} into {}", unit.name, target.display());
+                allowed.push(unit.clone());
+            }
+            Err(e) => {
+                eprintln!("refused: {e}");
+                refused.push(e.to_string());
+            }
+        }
+    }
+    (allowed, refused)
+}
+
+/// The live paths of the manifest's volumes by `NAMESPACE/PVC`, from the
+/// cluster's PersistentVolumes; `None` (said on stderr) when the cluster
+/// cannot be asked.
+async fn live_paths(manifest: &Manifest) -> Option<BTreeMap<String, String>> {
+    let asked = tokio::time::timeout(CLUSTER_TIMEOUT, async {
+        let client = lifeboat::k8s::connect(None, None).await?;
+        let volumes = Api::<PersistentVolume>::all(client);
+        let mut paths = BTreeMap::new();
+        for stored in &manifest.volumes {
+            let live = volumes.get_opt(&stored.pv).await?;
+            let spec = live.and_then(|pv| pv.spec);
+            let path = spec.and_then(|s| {
+                s.host_path
+                    .map(|h| h.path)
+                    .or_else(|| s.local.map(|l| l.path))
+            });
+            if let Some(path) = path {
+                paths.insert(format!("{}/{}", stored.namespace, stored.pvc), path);
+            }
+        }
+        anyhow::Ok(paths)
     })
+    .await;
+    match asked {
+        Ok(Ok(paths)) => Some(paths),
+        Ok(Err(e)) => {
+            eprintln!(
+                "the cluster could not be asked where its volumes are ({e:#}); only paths under --allow-root are written"
+            );
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "the cluster did not answer within {} s; only paths under --allow-root are written",
+                CLUSTER_TIMEOUT.as_secs()
+            );
+            None
+        }
+    }
 }

@@ -42,7 +42,10 @@ pub async fn restore_snapshot_file(
         root,
         SNAPSHOT_FILE,
         dir,
-        &RestoreOptions { force },
+        &RestoreOptions {
+            force,
+            ..RestoreOptions::default()
+        },
         progress,
     )
     .await?;

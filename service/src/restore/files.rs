@@ -1,27 +1,35 @@
 //! Restoring trees into a directory.
 //!
-//! First the trees are read and every directory, file (at its final size),
-//! symlink and special file is laid out. Then data is fetched pack by pack,
-//! a few packs at a time: a pack whose needed blobs make up much of it is
-//! downloaded whole and decrypted as its blobs are read, otherwise each blob
-//! is fetched with a ranged GET. Each blob is verified and written at its offsets in every
-//! file that uses it. Last, hard links, owners, modes and times are set,
-//! directories deepest first so their times stay as stored.
+//! First the trees are read and every directory and special file is laid
+//! out below the target ([`super::place`]: through directory descriptors,
+//! never following a link), regular files are planned at their final size.
+//! Then data is fetched pack by pack, a few packs at a time: a pack whose
+//! needed blobs make up much of it is downloaded whole and decrypted as its
+//! blobs are read, otherwise each blob is fetched with a ranged GET. Each
+//! blob is verified and written at its offsets in every file that uses it.
+//! Last, hard links, owners, modes and times are set, then symlinks are
+//! made (so nothing is ever written through one), then directories'
+//! metadata, deepest first so their times stay as stored.
+//!
+//! The tree is untrusted: an entry whose name is unsafe or repeated, or that
+//! cannot be placed without replacing or following something, is refused
+//! and named in [`RestoreError::Incomplete`] while the rest is restored.
+//! setuid/setgid bits and device nodes are restored only with
+//! [`RestoreOptions::keep_special`].
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use filetime::FileTime;
 use rayon::prelude::*;
+use rustix::io::Errno;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::RestoreError;
+use super::place::{DirId, Dirs, ROOT};
 use crate::repo::RepoError;
 use crate::repo::id::{BlobId, PackId};
 use crate::repo::pack::PackedBlob;
@@ -31,11 +39,18 @@ use crate::repo::tree::{Node, NodeKind, Tree};
 /// Packs fetched at the same time.
 const PARALLEL_PACKS: usize = 2;
 
+/// The setuid and setgid bits.
+const SETID_BITS: u32 = 0o6000;
+
 /// How to restore.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Restore into a non-empty target, replacing files of the same names.
     pub force: bool,
+    /// Restore setuid/setgid bits and device nodes as stored
+    /// (`--keep-special`). Without it the bits are cleared and device
+    /// nodes skipped, each counted in [`RestoreReport::special_dropped`].
+    pub keep_special: bool,
 }
 
 /// Live counters a progress display can poll.
@@ -58,15 +73,41 @@ pub struct RestoreReport {
     pub others: u64,
     /// Bytes of file data written.
     pub bytes: u64,
+    /// Files whose setuid/setgid bits were cleared and device nodes
+    /// skipped, because [`RestoreOptions::keep_special`] was not given.
+    pub special_dropped: u64,
     /// Things that could not be restored as stored (e.g. owners when not root).
     pub warnings: Vec<String>,
 }
 
-/// One regular file to fill.
+/// One regular file to fill: its directory, name and size.
 struct PlannedFile {
-    path: PathBuf,
+    dir: DirId,
+    name: Vec<u8>,
     shown: String,
     size: u64,
+}
+
+/// The files of a restore, created once (by whichever of the creator and
+/// the first writer comes first) and then opened by directory and name.
+struct Outputs {
+    dirs: Dirs,
+    files: Vec<PlannedFile>,
+    created: Vec<OnceLock<Result<(), Errno>>>,
+}
+
+impl Outputs {
+    /// Creates file `index` at its size unless done already.
+    fn create(&self, index: usize) -> Result<(), RestoreError> {
+        let file = &self.files[index];
+        self.created[index]
+            .get_or_init(|| self.dirs.create_file(file.dir, &file.name, file.size))
+            .map_err(|e| RestoreError::Io {
+                action: "creating",
+                path: PathBuf::from(&file.shown),
+                source: e.into(),
+            })
+    }
 }
 
 /// A place where a blob's plaintext goes.
@@ -76,19 +117,46 @@ struct Slot {
     offset: u64,
 }
 
-#[derive(Default)]
+/// An entry other than a directory or symlink whose owner, mode and times
+/// are set at the end.
+struct Settle {
+    dir: DirId,
+    node: Node,
+    mode: u32,
+    shown: String,
+}
+
+impl Settle {
+    fn io_error(&self, source: std::io::Error) -> RestoreError {
+        RestoreError::Io {
+            action: "setting metadata of",
+            path: PathBuf::from(&self.shown),
+            source,
+        }
+    }
+}
+
 struct Plan {
+    dirs: Dirs,
     files: Vec<PlannedFile>,
-    /// Entries whose metadata is set at the end; directories deepest last.
-    metadata: Vec<(PathBuf, Node)>,
-    hardlinks: Vec<(PathBuf, Vec<u8>)>,
+    /// Files and special files, to settle after the data is written.
+    settle: Vec<Settle>,
+    /// Directories in the order they were made (parents first).
+    dir_metadata: Vec<Settle>,
+    /// Symlinks, made last: directory, node and shown path.
+    symlinks: Vec<(DirId, Node, String)>,
+    /// Hard links: directory, name, snapshot path of the first name, shown path.
+    hardlinks: Vec<(DirId, Vec<u8>, Vec<u8>, String)>,
     slots: HashMap<BlobId, Vec<Slot>>,
-    /// Snapshot path → restored path, for hard links.
-    restored: HashMap<Vec<u8>, PathBuf>,
+    /// Snapshot path → planned file, for hard links.
+    restored: HashMap<Vec<u8>, usize>,
     /// Whether existing files of the same names are replaced (`--force`).
     replace: bool,
-    /// Files whose blobs are in no index, with the cause.
-    missing: Vec<(String, String)>,
+    /// Whether setuid/setgid and devices are kept.
+    keep_special: bool,
+    /// Entries not restored (snapshot path, cause): data missing from every
+    /// index, or refused as unsafe.
+    failed: Vec<(String, String)>,
     report: RestoreReport,
 }
 
@@ -96,9 +164,10 @@ struct Plan {
 /// snapshot path; empty for all), into `target`.
 ///
 /// Fails when the path is not in the snapshot, the target is not empty
-/// (without `force`), or the target cannot be written. Files whose data is
-/// damaged are named in [`RestoreError::Incomplete`] after everything else
-/// is restored.
+/// (without `force`), or the target cannot be written. Entries whose data
+/// is damaged, or that are refused as unsafe (a repeated name, something in
+/// the way that `force` does not replace), are named in
+/// [`RestoreError::Incomplete`] after everything else is restored.
 pub async fn restore(
     reader: &BlobReader,
     root: BlobId,
@@ -116,14 +185,25 @@ pub async fn restore(
         }
     }
     std::fs::create_dir_all(target).map_err(RestoreError::io("creating", target))?;
+    let dirs = Dirs::open_target(target).map_err(RestoreError::io("opening", target))?;
 
     let (start, snapshot_prefix) = locate(reader, root, path).await?;
     let mut plan = Plan {
+        dirs,
+        files: Vec::new(),
+        settle: Vec::new(),
+        dir_metadata: Vec::new(),
+        symlinks: Vec::new(),
+        hardlinks: Vec::new(),
+        slots: HashMap::new(),
+        restored: HashMap::new(),
         replace: options.force,
-        ..Plan::default()
+        keep_special: options.keep_special,
+        failed: Vec::new(),
+        report: RestoreReport::default(),
     };
     match start {
-        Start::Tree(tree) => plan_tree(reader, tree, target, &snapshot_prefix, &mut plan).await?,
+        Start::Tree(tree) => plan_tree(reader, tree, ROOT, &snapshot_prefix, &mut plan).await?,
         Start::Node(node) => {
             let dir = Tree {
                 entries: vec![node],
@@ -132,52 +212,94 @@ pub async fn restore(
                 .iter()
                 .rposition(|&b| b == b'/')
                 .map_or(&[][..], |at| &snapshot_prefix[..at]);
-            lay_out(reader, dir, target, parent, &mut plan).await?;
+            plan_tree(reader, dir, ROOT, parent, &mut plan).await?;
         }
     }
     progress
         .bytes_total
         .store(plan.report.bytes, Ordering::Relaxed);
 
+    let Plan {
+        dirs,
+        files,
+        settle,
+        dir_metadata,
+        symlinks,
+        hardlinks,
+        slots,
+        restored,
+        failed: mut refused,
+        mut report,
+        ..
+    } = plan;
+    let outputs = Arc::new(Outputs {
+        created: files.iter().map(|_| OnceLock::new()).collect(),
+        dirs,
+        files,
+    });
     // Files are created at their final size on the blocking pool while
     // data is already being fetched: a writer that comes first creates the
-    // file itself, and neither side truncates what the other wrote.
-    let sized: Vec<(PathBuf, u64)> = plan
-        .files
-        .iter()
-        .map(|f| (f.path.clone(), f.size))
-        .collect();
-    let creating = tokio::task::spawn_blocking(move || {
-        sized.par_iter().try_for_each(|(path, size)| {
-            open_for_writing(path)
-                .and_then(|file| file.set_len(*size))
-                .map_err(RestoreError::io("creating", path))
+    // file itself, and each file is created exactly once.
+    let creating = {
+        let outputs = outputs.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..outputs.files.len())
+                .into_par_iter()
+                .try_for_each(|index| outputs.create(index))
         })
-    });
-    let (fetched, created) = tokio::join!(fetch_data(reader, &plan, &progress), creating);
+    };
+    let slots = Arc::new(slots);
+    let (fetched, created) =
+        tokio::join!(fetch_data(reader, &outputs, &slots, &progress), creating);
     created.map_err(|e| RepoError::Upload(e.to_string()))??;
     let mut failed = fetched?;
-    failed.append(&mut plan.missing);
+    failed.append(&mut refused);
 
-    for (path, link) in &plan.hardlinks {
-        match plan.restored.get(link) {
-            Some(first) => {
-                let _ = std::fs::remove_file(path);
-                std::fs::hard_link(first, path).map_err(RestoreError::io("linking", path))?;
-            }
-            None => plan.report.warnings.push(format!(
-                "{}: its hard-link target {} is outside what was restored",
-                path.display(),
+    let dirs = &outputs.dirs;
+    let as_root = nix::unistd::geteuid().is_root();
+    for (dir, name, link, shown) in &hardlinks {
+        let Some(&first) = restored.get(link) else {
+            report.warnings.push(format!(
+                "{shown}: its hard-link target {} is outside what was restored",
                 String::from_utf8_lossy(link)
-            )),
+            ));
+            continue;
+        };
+        let first = &outputs.files[first];
+        if let Err(e) = dirs.hard_link((first.dir, &first.name), *dir, name) {
+            failed.push((shown.clone(), format!("cannot link it: {e}")));
         }
     }
-    let mut warnings = Vec::new();
-    for (path, node) in plan.metadata.iter().rev() {
-        set_metadata(path, node, &mut warnings)
-            .map_err(RestoreError::io("setting metadata of", path))?;
+    let me = nix::unistd::getuid().as_raw();
+    if !as_root && settle.iter().any(|s| s.node.uid != me) {
+        report
+            .warnings
+            .push("owners were not restored: run as root to restore them".into());
     }
-    plan.report.warnings.extend(warnings);
+    for entry in &settle {
+        dirs.set_metadata(
+            entry.dir,
+            Some(&entry.node.name.0),
+            &entry.node,
+            entry.mode,
+            as_root,
+        )
+        .map_err(|e| entry.io_error(e))?;
+    }
+    for (dir, node, shown) in &symlinks {
+        let target = node
+            .target
+            .as_ref()
+            .map(|t| t.0.as_slice())
+            .unwrap_or_default();
+        if let Err(e) = dirs.symlink(*dir, &node.name.0, target, node, as_root) {
+            failed.push((shown.clone(), format!("cannot make the symlink: {e}")));
+        }
+    }
+    for entry in dir_metadata.iter().rev() {
+        dirs.set_metadata(entry.dir, None, &entry.node, entry.mode, as_root)
+            .map_err(|e| entry.io_error(e))?;
+    }
 
     if !failed.is_empty() {
         let (mut files, causes): (Vec<_>, Vec<_>) = failed.into_iter().unzip();
@@ -185,7 +307,7 @@ pub async fn restore(
         files.dedup();
         return Err(RestoreError::Incomplete { files, causes });
     }
-    Ok(plan.report)
+    Ok(report)
 }
 
 enum Start {
@@ -216,52 +338,42 @@ async fn locate(
     Ok((Start::Tree(tree), at))
 }
 
-/// Lays out a tree and everything below it under `dir`.
+/// Lays out a tree and everything below it in directory `dir`.
 async fn plan_tree(
     reader: &BlobReader,
     tree: Tree,
-    dir: &Path,
+    dir: DirId,
     snapshot_dir: &[u8],
     plan: &mut Plan,
 ) -> Result<(), RestoreError> {
-    let mut queue = vec![(tree, dir.to_owned(), snapshot_dir.to_owned())];
+    let mut queue = vec![(tree, dir, snapshot_dir.to_owned())];
     while let Some((tree, dir, snapshot_dir)) = queue.pop() {
-        for (sub, path, snapshot_path) in lay_out_entries(reader, tree, &dir, &snapshot_dir, plan)?
+        for (sub, sub_dir, snapshot_path) in lay_out_entries(reader, tree, dir, &snapshot_dir, plan)
         {
-            queue.push((reader.read_tree(&sub).await?, path, snapshot_path));
+            queue.push((reader.read_tree(&sub).await?, sub_dir, snapshot_path));
         }
     }
     Ok(())
 }
 
-async fn lay_out(
-    reader: &BlobReader,
-    tree: Tree,
-    dir: &Path,
-    snapshot_dir: &[u8],
-    plan: &mut Plan,
-) -> Result<(), RestoreError> {
-    for (sub, path, snapshot_path) in lay_out_entries(reader, tree, dir, snapshot_dir, plan)? {
-        let subtree = reader.read_tree(&sub).await?;
-        plan_tree(reader, subtree, &path, &snapshot_path, plan).await?;
-    }
-    Ok(())
-}
-
 /// Creates one directory's entries; returns its subdirectories to descend.
+/// An entry that cannot be placed safely is refused (in `plan.failed`).
 fn lay_out_entries(
     reader: &BlobReader,
     tree: Tree,
-    dir: &Path,
+    dir: DirId,
     snapshot_dir: &[u8],
     plan: &mut Plan,
-) -> Result<Vec<(BlobId, PathBuf, Vec<u8>)>, RestoreError> {
+) -> Vec<(BlobId, DirId, Vec<u8>)> {
     let mut subdirs = Vec::new();
+    let mut seen = HashSet::new();
     for node in tree.entries {
-        if node.name.0.is_empty()
-            || node.name.0.contains(&b'/')
-            || node.name.0 == b"."
-            || node.name.0 == b".."
+        let name = node.name.0.clone();
+        if name.is_empty()
+            || name.contains(&b'/')
+            || name.contains(&0)
+            || name == b"."
+            || name == b".."
         {
             plan.report.warnings.push(format!(
                 "skipped an entry with the unsafe name {:?}",
@@ -269,31 +381,51 @@ fn lay_out_entries(
             ));
             continue;
         }
-        let path = dir.join(OsStr::from_bytes(&node.name.0));
-        let snapshot_path = [snapshot_dir, b"/", node.name.0.as_slice()].concat();
+        let snapshot_path = [snapshot_dir, b"/", name.as_slice()].concat();
         let shown = String::from_utf8_lossy(&snapshot_path).into_owned();
+        if !seen.insert(name.clone()) {
+            plan.failed.push((
+                shown,
+                "refused: a second entry of the same name in its directory (the tree is damaged)"
+                    .into(),
+            ));
+            continue;
+        }
+        let refuse = |plan: &mut Plan, e: std::io::Error| {
+            plan.failed.push((shown.clone(), format!("refused: {e}")))
+        };
         match node.kind {
             NodeKind::Dir => {
-                match std::fs::create_dir(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                        return Err(RestoreError::io("creating", &path)(e));
+                let made = plan.dirs.make(dir, &name, plan.replace);
+                let sub_dir = match made {
+                    Ok(sub_dir) => sub_dir,
+                    Err(e) => {
+                        refuse(plan, e);
+                        continue;
                     }
-                    _ => {}
-                }
+                };
                 plan.report.dirs += 1;
                 if let Some(sub) = node.subtree {
-                    subdirs.push((sub, path.clone(), snapshot_path));
+                    subdirs.push((sub, sub_dir, snapshot_path));
                 }
+                let mode = node.mode & 0o7777;
+                plan.dir_metadata.push(Settle {
+                    dir: sub_dir,
+                    node,
+                    mode,
+                    shown,
+                });
             }
             NodeKind::File => {
-                if plan.replace {
-                    let _ = std::fs::remove_file(&path);
+                if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
+                    refuse(plan, e);
+                    continue;
                 }
                 let index = plan.files.len();
                 let mut offset = 0;
                 for blob in &node.content {
                     let Some(location) = reader.index().get(blob) else {
-                        plan.missing.push((
+                        plan.failed.push((
                             shown.clone(),
                             RepoError::MissingBlob { id: *blob }.to_string(),
                         ));
@@ -306,63 +438,100 @@ fn lay_out_entries(
                     offset += u64::from(location.blob.raw_length);
                 }
                 plan.files.push(PlannedFile {
-                    path: path.clone(),
-                    shown,
+                    dir,
+                    name,
+                    shown: shown.clone(),
                     size: node.size,
                 });
-                plan.restored.insert(snapshot_path, path.clone());
+                plan.restored.insert(snapshot_path, index);
                 plan.report.files += 1;
                 plan.report.bytes += node.size;
+                let mode = allowed_mode(plan, &node, &shown);
+                plan.settle.push(Settle {
+                    dir,
+                    node,
+                    mode,
+                    shown,
+                });
             }
             NodeKind::Symlink => {
-                let _ = std::fs::remove_file(&path);
-                let target = node
-                    .target
-                    .as_ref()
-                    .map(|t| t.0.clone())
-                    .unwrap_or_default();
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
-                    .map_err(RestoreError::io("linking", &path))?;
+                if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
+                    refuse(plan, e);
+                    continue;
+                }
+                plan.symlinks.push((dir, node, shown));
                 plan.report.others += 1;
             }
             NodeKind::Hardlink => {
+                if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
+                    refuse(plan, e);
+                    continue;
+                }
                 if let Some(link) = &node.link {
-                    plan.hardlinks.push((path.clone(), link.0.clone()));
+                    plan.hardlinks.push((dir, name, link.0.clone(), shown));
                 }
                 plan.report.others += 1;
-                continue;
             }
             NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
-                let _ = std::fs::remove_file(&path);
-                if let Err(e) = make_special(&path, &node) {
+                if node.kind != NodeKind::Fifo && !plan.keep_special {
+                    plan.report.special_dropped += 1;
+                    plan.report.warnings.push(format!(
+                        "{shown}: a device node, not restored (pass --keep-special to restore device nodes)"
+                    ));
+                    continue;
+                }
+                let made = plan
+                    .dirs
+                    .clear(dir, &name, plan.replace)
+                    .and_then(|()| plan.dirs.make_special(dir, &name, &node));
+                if let Err(e) = made {
                     plan.report
                         .warnings
-                        .push(format!("{}: cannot create it: {e}", path.display()));
+                        .push(format!("{shown}: cannot create it: {e}"));
                     continue;
                 }
                 plan.report.others += 1;
+                let mode = allowed_mode(plan, &node, &shown);
+                plan.settle.push(Settle {
+                    dir,
+                    node,
+                    mode,
+                    shown,
+                });
             }
         }
-        plan.metadata.push((path, node));
     }
-    Ok(subdirs)
+    subdirs
+}
+
+/// The permission bits `node` is restored with: as stored with
+/// `keep_special`, else without setuid/setgid (counted and warned).
+fn allowed_mode(plan: &mut Plan, node: &Node, shown: &str) -> u32 {
+    let mode = node.mode & 0o7777;
+    if plan.keep_special || mode & SETID_BITS == 0 {
+        return mode;
+    }
+    plan.report.special_dropped += 1;
+    plan.report.warnings.push(format!(
+        "{shown}: its setuid/setgid bits were cleared (pass --keep-special to keep them)"
+    ));
+    mode & !SETID_BITS
 }
 
 /// Fetches, verifies and writes every blob; returns the files that failed
 /// (snapshot path, cause).
 async fn fetch_data(
     reader: &BlobReader,
-    plan: &Plan,
+    outputs: &Arc<Outputs>,
+    slots: &Arc<HashMap<BlobId, Vec<Slot>>>,
     progress: &Arc<RestoreProgress>,
 ) -> Result<Vec<(String, String)>, RestoreError> {
     let mut by_pack: HashMap<PackId, Vec<BlobId>> = HashMap::new();
-    for blob in plan.slots.keys() {
+    for blob in slots.keys() {
         if let Some(location) = reader.index().get(blob) {
             by_pack.entry(location.pack).or_default().push(*blob);
         }
     }
-    let paths: Arc<Vec<PathBuf>> = Arc::new(plan.files.iter().map(|f| f.path.clone()).collect());
-    let slots = Arc::new(plan.slots.clone());
     let mut failed = Vec::new();
     let mut running = JoinSet::new();
     let mut packs = by_pack.into_iter();
@@ -371,14 +540,14 @@ async fn fetch_data(
             let Some((pack, blobs)) = packs.next() else {
                 break;
             };
-            let (reader, paths, slots, progress) = (
+            let (reader, outputs, slots, progress) = (
                 reader.clone(),
-                paths.clone(),
+                outputs.clone(),
                 slots.clone(),
                 progress.clone(),
             );
             running.spawn(async move {
-                restore_pack(&reader, pack, blobs, &paths, &slots, &progress).await
+                restore_pack(&reader, pack, blobs, &outputs, &slots, &progress).await
             });
         }
         let Some(done) = running.join_next().await else {
@@ -387,7 +556,7 @@ async fn fetch_data(
         let outcome = done.map_err(|e| RepoError::Upload(e.to_string()))?;
         for (blob, cause) in outcome? {
             for slot in slots.get(&blob).into_iter().flatten() {
-                failed.push((plan.files[slot.file].shown.clone(), cause.clone()));
+                failed.push((outputs.files[slot.file].shown.clone(), cause.clone()));
             }
         }
     }
@@ -399,7 +568,7 @@ async fn restore_pack(
     reader: &BlobReader,
     pack: PackId,
     blobs: Vec<BlobId>,
-    paths: &Arc<Vec<PathBuf>>,
+    outputs: &Arc<Outputs>,
     slots: &Arc<HashMap<BlobId, Vec<Slot>>>,
     progress: &Arc<RestoreProgress>,
 ) -> Result<Vec<(BlobId, String)>, RestoreError> {
@@ -416,9 +585,9 @@ async fn restore_pack(
             Ok(whole) => whole,
             Err(e) => return Ok(blobs.into_iter().map(|b| (b, e.to_string())).collect()),
         };
-        let (stream_reader, stream_paths, stream_slots, stream_progress) = (
+        let (stream_reader, stream_outputs, stream_slots, stream_progress) = (
             reader.clone(),
-            paths.clone(),
+            outputs.clone(),
             slots.clone(),
             progress.clone(),
         );
@@ -431,9 +600,13 @@ async fn restore_pack(
             let mut failed = Vec::new();
             while let Some((blob, data)) = stream.next_blob() {
                 match data {
-                    Ok(data) => {
-                        write_slots(&stream_paths, &stream_slots, &blob, data, &stream_progress)?
-                    }
+                    Ok(data) => write_slots(
+                        &stream_outputs,
+                        &stream_slots,
+                        &blob,
+                        data,
+                        &stream_progress,
+                    )?,
                     Err(e) => failed.push((blob, e.to_string())),
                 }
             }
@@ -442,11 +615,11 @@ async fn restore_pack(
         .await
         .map_err(|e| RepoError::Upload(e.to_string()))??;
         if !unread.is_empty() {
-            failed.extend(read_blob_by_blob(reader, pack, unread, paths, slots, progress).await?);
+            failed.extend(read_blob_by_blob(reader, pack, unread, outputs, slots, progress).await?);
         }
         return Ok(failed);
     }
-    read_blob_by_blob(reader, pack, blobs, paths, slots, progress).await
+    read_blob_by_blob(reader, pack, blobs, outputs, slots, progress).await
 }
 
 /// Restores blobs of one pack with ranged GETs of the segments that hold
@@ -455,7 +628,7 @@ async fn read_blob_by_blob(
     reader: &BlobReader,
     pack: PackId,
     blobs: Vec<BlobId>,
-    paths: &Arc<Vec<PathBuf>>,
+    outputs: &Arc<Outputs>,
     slots: &Arc<HashMap<BlobId, Vec<Slot>>>,
     progress: &Arc<RestoreProgress>,
 ) -> Result<Vec<(BlobId, String)>, RestoreError> {
@@ -467,9 +640,9 @@ async fn read_blob_by_blob(
     for (blob, data) in read {
         match data {
             Ok(data) => {
-                let (paths, slots, progress) = (paths.clone(), slots.clone(), progress.clone());
+                let (outputs, slots, progress) = (outputs.clone(), slots.clone(), progress.clone());
                 tokio::task::spawn_blocking(move || {
-                    write_slots(&paths, &slots, &blob, &data, &progress)
+                    write_slots(&outputs, &slots, &blob, &data, &progress)
                 })
                 .await
                 .map_err(|e| RepoError::Upload(e.to_string()))??;
@@ -482,62 +655,28 @@ async fn read_blob_by_blob(
 
 /// Writes a blob's plaintext everywhere it belongs.
 fn write_slots(
-    paths: &[PathBuf],
+    outputs: &Outputs,
     slots: &HashMap<BlobId, Vec<Slot>>,
     blob: &BlobId,
     data: &[u8],
     progress: &RestoreProgress,
 ) -> Result<(), RestoreError> {
     for slot in slots.get(blob).into_iter().flatten() {
-        let path = &paths[slot.file];
+        outputs.create(slot.file)?;
+        let planned = &outputs.files[slot.file];
         let io = |source| RestoreError::Io {
             action: "writing",
-            path: path.clone(),
+            path: PathBuf::from(&planned.shown),
             source,
         };
-        let file = open_for_writing(path).map_err(io)?;
+        let file = outputs
+            .dirs
+            .open_file(planned.dir, &planned.name)
+            .map_err(io)?;
         file.write_all_at(data, slot.offset).map_err(io)?;
         progress
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
     Ok(())
-}
-
-/// Opens a restored file for writing, creating it if needed, never
-/// truncating it.
-fn open_for_writing(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-}
-
-/// Creates a FIFO or device node.
-fn make_special(path: &Path, node: &Node) -> nix::Result<()> {
-    use nix::sys::stat::{Mode, SFlag, mknod};
-    let mode = Mode::from_bits_truncate(node.mode & 0o7777);
-    let kind = match node.kind {
-        NodeKind::Fifo => SFlag::S_IFIFO,
-        NodeKind::Chardev => SFlag::S_IFCHR,
-        _ => SFlag::S_IFBLK,
-    };
-    mknod(path, kind, mode, node.rdev.unwrap_or(0))
-}
-
-/// Sets owner, mode and times of a restored entry. Owners are set only when
-/// running as root; elsewhere a differing owner is noted once.
-fn set_metadata(path: &Path, node: &Node, warnings: &mut Vec<String>) -> std::io::Result<()> {
-    let mtime = FileTime::from_unix_time(node.mtime, node.mtime_nsec);
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
-    } else if warnings.is_empty() && (node.uid != nix::unistd::getuid().as_raw()) {
-        warnings.push("owners were not restored: run as root to restore them".into());
-    }
-    if node.kind != NodeKind::Symlink {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
-    }
-    // By path, never by opening the entry: opening a FIFO would block.
-    filetime::set_symlink_file_times(path, mtime, mtime)
 }

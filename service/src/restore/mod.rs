@@ -1,8 +1,10 @@
 //! Turning snapshots back into data.
 //!
 //! [`files`] restores a snapshot's trees into a directory: the round trip of
-//! folder and stream backups. Every blob read is verified against its id;
-//! a damaged blob fails only the files that use it, and the error names them.
+//! folder and stream backups, writing only below its target through
+//! directory descriptors ([`place`]). Every blob read is verified against
+//! its id; a damaged blob fails only the files that use it, and the error
+//! names them. [`in_place`] checks the host paths a snapshot names.
 //! On top of it, one module per source kind: [`volumes`] (volumes and
 //! directories, into a folder or back in place), [`etcd`] (the snapshot
 //! file, a data dir, a throwaway member), [`postgres`] (globals and
@@ -13,7 +15,9 @@
 pub mod contents;
 pub mod etcd;
 pub mod files;
+pub mod in_place;
 pub mod kubernetes;
+mod place;
 pub mod postgres;
 pub mod psql_script;
 pub mod talos_config;
@@ -86,17 +90,23 @@ pub enum RestoreError {
         /// What is wrong, and the fix.
         message: String,
     },
-    /// Some files could not be restored because their data is damaged or missing.
+    /// A host path from the snapshot was refused.
+    #[error(transparent)]
+    HostPath(#[from] in_place::HostPathError),
+    /// Some entries could not be restored because their data is damaged or
+    /// missing, or because they were refused as unsafe (the first cause is
+    /// shown).
     #[error(
-        "{} file(s) could not be restored because their data is damaged or missing: {}{}",
+        "{} file(s) could not be restored because their data is damaged or missing or they were refused as unsafe: {}{} (first cause: {})",
         .files.len(),
         .files.iter().take(20).cloned().collect::<Vec<_>>().join(", "),
-        if .files.len() > 20 { ", …" } else { "" }
+        if .files.len() > 20 { ", …" } else { "" },
+        .causes.first().map_or("", String::as_str)
     )]
     Incomplete {
-        /// The files, as paths in the snapshot.
+        /// The entries, as paths in the snapshot.
         files: Vec<String>,
-        /// The damage found.
+        /// The damage or refusal found.
         causes: Vec<String>,
     },
 }

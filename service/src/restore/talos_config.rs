@@ -27,7 +27,10 @@ pub async fn restore_private(
         root,
         "",
         target,
-        &RestoreOptions { force },
+        &RestoreOptions {
+            force,
+            ..RestoreOptions::default()
+        },
         progress,
     )
     .await?;

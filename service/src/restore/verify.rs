@@ -2,11 +2,14 @@
 //! there, has the stored size, and each stretch of it hashes (keyed BLAKE3,
 //! as at backup) to the blob id the tree lists. Symlinks point where they
 //! pointed. This reads the files back from disk, so it proves what landed
-//! there, not only what was fetched.
+//! there, not only what was fetched. It never follows a symlink: a
+//! directory is entered only when `lstat` says it is one, a file opened with
+//! `O_NOFOLLOW`. Device nodes are not expected: drills do not restore them.
 
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -57,7 +60,8 @@ pub async fn check_restored(
             let shown = format!("{shown_dir}/{}", node.name.display());
             match node.kind {
                 NodeKind::Dir => {
-                    if !path.is_dir() {
+                    let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                    if !is_dir {
                         check.problems.push(format!("{shown}: directory missing"));
                     } else if let Some(sub) = node.subtree {
                         queue.push((reader.read_tree(&sub).await?, path, shown));
@@ -98,7 +102,8 @@ pub async fn check_restored(
                             .push(format!("{shown}: symlink missing ({e})")),
                     }
                 }
-                NodeKind::Hardlink | NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                NodeKind::Chardev | NodeKind::Blockdev => {}
+                NodeKind::Hardlink | NodeKind::Fifo => {
                     if std::fs::symlink_metadata(&path).is_err() {
                         check.problems.push(format!("{shown}: missing"));
                     }
@@ -129,7 +134,10 @@ pub async fn check_restored(
 /// Reads one restored file and compares it with its blobs.
 fn check_file(reader: &BlobReader, file: &Expected) -> Result<(), String> {
     let shown = &file.shown;
-    let mut input = std::fs::File::open(&file.restored)
+    let mut input = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&file.restored)
         .map_err(|e| format!("{shown}: cannot be read back ({e})"))?;
     let actual = input
         .metadata()

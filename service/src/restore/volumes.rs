@@ -13,7 +13,9 @@
 //! In place, each unit goes back to its own path, which must be empty (or
 //! missing) unless forced: nothing above the units is touched, so no
 //! parent folder (`/var`, `/mnt/user`) gets the snapshot's owner, mode or
-//! times.
+//! times. Those paths come from the repository, so each is checked first
+//! ([`super::in_place`]): normalised, and the live volume's path or under a
+//! root the operator allowed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use serde::Serialize;
 use super::RestoreError;
 use super::contents::{read_root_file, root_tree};
 use super::files::{RestoreOptions, RestoreProgress, RestoreReport, restore};
+use super::in_place::{InPlacePolicy, check_host_path};
 use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
 use crate::repo::tree::{NodeKind, Tree};
@@ -144,8 +147,8 @@ impl Layout {
 /// Where units go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// Each unit back at its own host path.
-    InPlace,
+    /// Each unit back at its own host path, where the policy allows it.
+    InPlace(InPlacePolicy),
     /// Each unit under this folder at its absolute path
     /// (`TARGET/var/openebs/local/pvc-…`).
     Under(PathBuf),
@@ -155,11 +158,21 @@ pub enum Placement {
 
 impl Placement {
     /// Where `unit` is restored to.
-    pub fn target_of(&self, unit: &RestoreUnit) -> PathBuf {
+    ///
+    /// Fails when its path from the snapshot is not normalised (unless it
+    /// goes straight into a folder), or an in-place restore may not write
+    /// there.
+    pub fn target_of(&self, unit: &RestoreUnit) -> Result<PathBuf, RestoreError> {
         match self {
-            Self::InPlace => PathBuf::from(&unit.path),
-            Self::Under(dir) => dir.join(unit.path.trim_start_matches('/')),
-            Self::Into(dir) => dir.clone(),
+            Self::InPlace(policy) => {
+                policy.check(&unit.name, &unit.path)?;
+                Ok(PathBuf::from(&unit.path))
+            }
+            Self::Under(dir) => {
+                check_host_path(&unit.path)?;
+                Ok(dir.join(unit.path.trim_start_matches('/')))
+            }
+            Self::Into(dir) => Ok(dir.clone()),
         }
     }
 }
@@ -176,17 +189,18 @@ pub struct UnitReport {
 }
 
 /// Restores `units` of the snapshot `root` as `placement` says. Every
-/// target is checked for emptiness (unless `force`) before anything is
-/// written.
+/// target is checked (its path, and for emptiness unless `force`) before
+/// anything is written.
 ///
-/// Fails when a target is not empty, a path is missing from the snapshot,
-/// a target cannot be written, or data is damaged (naming the files).
+/// Fails when a target is refused or not empty, a path is missing from the
+/// snapshot, a target cannot be written, or data is damaged (naming the
+/// files).
 pub async fn restore_units(
     reader: &BlobReader,
     root: BlobId,
     units: &[RestoreUnit],
     placement: &Placement,
-    force: bool,
+    options: &RestoreOptions,
     progress: Arc<RestoreProgress>,
 ) -> Result<Vec<UnitReport>, RestoreError> {
     if let (Placement::Into(_), [_, _, ..]) = (placement, units) {
@@ -195,23 +209,17 @@ pub async fn restore_units(
             message: "only one volume can be restored straight into a folder".into(),
         });
     }
-    if !force {
-        for unit in units {
-            refuse_non_empty(&placement.target_of(unit))?;
+    let mut targets = Vec::with_capacity(units.len());
+    for unit in units {
+        let target = placement.target_of(unit)?;
+        if !options.force {
+            refuse_non_empty(&target)?;
         }
+        targets.push(target);
     }
     let mut reports = Vec::with_capacity(units.len());
-    for unit in units {
-        let target = placement.target_of(unit);
-        let report = restore(
-            reader,
-            root,
-            &unit.path,
-            &target,
-            &RestoreOptions { force },
-            progress.clone(),
-        )
-        .await?;
+    for (unit, target) in units.iter().zip(targets) {
+        let report = restore(reader, root, &unit.path, &target, options, progress.clone()).await?;
         reports.push(UnitReport {
             unit: unit.clone(),
             target,
@@ -278,7 +286,7 @@ mod tests {
                 .contains("not a host path"),
             "{missing:?}"
         );
-        let placed = Placement::Under("/restore".into()).target_of(&layout.units[0]);
+        let placed = Placement::Under("/restore".into()).target_of(&layout.units[0])?;
         assert_eq!(placed, Path::new("/restore/var/openebs/local/pvc-1"));
         Ok(())
     }

@@ -1,0 +1,397 @@
+//! Writing below a restore target through directory descriptors only.
+//!
+//! A snapshot's tree is untrusted input (the service key can write one), so
+//! a restore never resolves a path it joined: every operation is relative to
+//! an open directory descriptor and never follows a symlink. Directories are
+//! created with `mkdirat` and opened with `O_DIRECTORY|O_NOFOLLOW`, files
+//! created with `O_CREAT|O_EXCL|O_NOFOLLOW`, hard links made with `linkat`
+//! between descriptors; owners, modes and times are set on an opened
+//! descriptor (symlinks and device nodes, which cannot be opened safely, by
+//! name with `AT_SYMLINK_NOFOLLOW`). An existing entry is replaced only when
+//! asked (`--force`) and never followed: a symlink or file in the way is
+//! unlinked, a directory is entered only when it opens as one.
+//!
+//! Directories are numbered ([`DirId`]); [`Dirs`] keeps a bounded cache of
+//! their descriptors and reopens an evicted one by walking down from the
+//! target's descriptor, one `O_NOFOLLOW` component at a time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustix::fs::{self as fs, AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
+
+use crate::repo::tree::{Node, NodeKind};
+
+/// A directory of the restore; [`ROOT`] is the target itself.
+pub(super) type DirId = usize;
+
+/// The target directory.
+pub(super) const ROOT: DirId = 0;
+
+/// Directory descriptors kept open at once, beside the target's.
+const CACHED_DIRS: usize = 256;
+
+/// Flags every open of a directory uses.
+const DIRECTORY: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The directories of one restore, by id, with a bounded descriptor cache.
+pub(super) struct Dirs {
+    root: Arc<OwnedFd>,
+    /// The parent and name of each directory; the root's entry is unused.
+    parents: Vec<(DirId, Vec<u8>)>,
+    cache: Mutex<HashMap<DirId, Arc<OwnedFd>>>,
+}
+
+impl Dirs {
+    /// Opens the target `path`, which the operator named: it may be reached
+    /// through symlinks; everything below it is not.
+    pub(super) fn open_target(path: &Path) -> std::io::Result<Self> {
+        let root = fs::open(path, DIRECTORY.difference(OFlags::NOFOLLOW), Mode::empty())?;
+        Ok(Self {
+            root: Arc::new(root),
+            parents: vec![(ROOT, Vec::new())],
+            cache: Mutex::default(),
+        })
+    }
+
+    /// The descriptor of directory `id`, from the cache or opened again
+    /// from the nearest cached ancestor down.
+    pub(super) fn open(&self, id: DirId) -> std::io::Result<Arc<OwnedFd>> {
+        let mut chain = Vec::new();
+        let mut at = id;
+        let mut fd = loop {
+            if at == ROOT {
+                break self.root.clone();
+            }
+            if let Some(fd) = self.cached(at) {
+                break fd;
+            }
+            chain.push(at);
+            at = self.parents[at].0;
+        };
+        while let Some(child) = chain.pop() {
+            let opened = Arc::new(fs::openat(
+                &*fd,
+                &self.parents[child].1[..],
+                DIRECTORY,
+                Mode::empty(),
+            )?);
+            self.remember(child, opened.clone());
+            fd = opened;
+        }
+        Ok(fd)
+    }
+
+    fn cached(&self, id: DirId) -> Option<Arc<OwnedFd>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(&id).cloned()
+    }
+
+    fn remember(&self, id: DirId, fd: Arc<OwnedFd>) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHED_DIRS {
+            // Drop every other entry: what stays still shortens the walks.
+            let mut keep = false;
+            cache.retain(|_, _| {
+                keep = !keep;
+                keep
+            });
+        }
+        cache.insert(id, fd);
+    }
+
+    /// Creates the directory `name` in `parent` (mode 0700 until its
+    /// metadata is set), or enters an existing one that opens as a
+    /// directory without following a link. With `replace`, a non-directory
+    /// in the way is unlinked first; without, it is an error.
+    pub(super) fn make(
+        &mut self,
+        parent: DirId,
+        name: &[u8],
+        replace: bool,
+    ) -> std::io::Result<DirId> {
+        let parent_fd = self.open(parent)?;
+        let fd = match fs::mkdirat(&*parent_fd, name, Mode::RWXU) {
+            Ok(()) | Err(Errno::EXIST) => {
+                match fs::openat(&*parent_fd, name, DIRECTORY, Mode::empty()) {
+                    Err(Errno::LOOP | Errno::NOTDIR) if replace => {
+                        fs::unlinkat(&*parent_fd, name, AtFlags::empty())?;
+                        fs::mkdirat(&*parent_fd, name, Mode::RWXU)?;
+                        fs::openat(&*parent_fd, name, DIRECTORY, Mode::empty())?
+                    }
+                    Err(Errno::LOOP | Errno::NOTDIR) => return Err(in_the_way()),
+                    other => other?,
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let id = self.parents.len();
+        self.parents.push((parent, name.to_vec()));
+        self.remember(id, Arc::new(fd));
+        Ok(id)
+    }
+
+    /// Makes room for a non-directory entry `name` in `dir`: with
+    /// `replace`, unlinks a file, symlink or special file there; a
+    /// directory in the way is an error either way.
+    pub(super) fn clear(&self, dir: DirId, name: &[u8], replace: bool) -> std::io::Result<()> {
+        let dir_fd = self.open(dir)?;
+        match fs::statat(&*dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => Err(
+                std::io::Error::other("a directory of that name is in the target; remove it"),
+            ),
+            Ok(_) if replace => Ok(fs::unlinkat(&*dir_fd, name, AtFlags::empty())?),
+            Ok(_) => Err(in_the_way()),
+        }
+    }
+
+    /// Creates the regular file `name` in `dir` at `size` bytes; it must not
+    /// exist.
+    pub(super) fn create_file(&self, dir: DirId, name: &[u8], size: u64) -> Result<(), Errno> {
+        let dir_fd = self
+            .open(dir)
+            .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = fs::openat(&*dir_fd, name, flags, Mode::RUSR | Mode::WUSR)?;
+        fs::ftruncate(&file, size)
+    }
+
+    /// Opens the regular file `name` in `dir` for writing, never through a link.
+    pub(super) fn open_file(&self, dir: DirId, name: &[u8]) -> std::io::Result<File> {
+        let dir_fd = self.open(dir)?;
+        let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(File::from(fs::openat(
+            &*dir_fd,
+            name,
+            flags,
+            Mode::empty(),
+        )?))
+    }
+
+    /// Creates the FIFO or (`Chardev`, `Blockdev`) device node `name` in `dir`.
+    pub(super) fn make_special(&self, dir: DirId, name: &[u8], node: &Node) -> std::io::Result<()> {
+        let kind = match node.kind {
+            NodeKind::Fifo => FileType::Fifo,
+            NodeKind::Chardev => FileType::CharacterDevice,
+            _ => FileType::BlockDevice,
+        };
+        let dir_fd = self.open(dir)?;
+        Ok(fs::mknodat(
+            &*dir_fd,
+            name,
+            kind,
+            Mode::RUSR | Mode::WUSR,
+            node.rdev.unwrap_or(0),
+        )?)
+    }
+
+    /// Makes `name` in `dir` a further name of the file `first_name` in
+    /// `first_dir` (links are not followed).
+    pub(super) fn hard_link(
+        &self,
+        (first_dir, first_name): (DirId, &[u8]),
+        dir: DirId,
+        name: &[u8],
+    ) -> std::io::Result<()> {
+        let (from, to) = (self.open(first_dir)?, self.open(dir)?);
+        Ok(fs::linkat(
+            &*from,
+            first_name,
+            &*to,
+            name,
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Creates the symlink `name` in `dir` pointing at `target` and sets its
+    /// owner (as root) and times.
+    pub(super) fn symlink(
+        &self,
+        dir: DirId,
+        name: &[u8],
+        target: &[u8],
+        node: &Node,
+        as_root: bool,
+    ) -> std::io::Result<()> {
+        let dir_fd = self.open(dir)?;
+        fs::symlinkat(target, &*dir_fd, name)?;
+        if as_root {
+            fs::chownat(
+                &*dir_fd,
+                name,
+                uid(node),
+                gid(node),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        Ok(fs::utimensat(
+            &*dir_fd,
+            name,
+            &times(node),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Sets owner (as root), permission bits `mode` and times of the
+    /// entry `name` in `dir` (for a directory: of `dir` itself when `name`
+    /// is `None`), as stored in `node`.
+    pub(super) fn set_metadata(
+        &self,
+        dir: DirId,
+        name: Option<&[u8]>,
+        node: &Node,
+        mode: u32,
+        as_root: bool,
+    ) -> std::io::Result<()> {
+        let mode = Mode::from_raw_mode(mode & 0o7777);
+        let fd = match (name, node.kind) {
+            (None, _) => self.open(dir)?,
+            (Some(name), NodeKind::Chardev | NodeKind::Blockdev) => {
+                return self.set_device_metadata(dir, name, node, mode, as_root);
+            }
+            (Some(name), kind) => {
+                // A FIFO opened for reading without blocking does not wait
+                // for a writer; a regular file is only opened, never read.
+                let flags = OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY
+                    | OFlags::NONBLOCK;
+                let fd = fs::openat(&*self.open(dir)?, name, flags, Mode::empty())?;
+                let found = FileType::from_raw_mode(fs::fstat(&fd)?.st_mode);
+                let expected = if kind == NodeKind::Fifo {
+                    FileType::Fifo
+                } else {
+                    FileType::RegularFile
+                };
+                if found != expected {
+                    return Err(in_the_way());
+                }
+                Arc::new(fd)
+            }
+        };
+        // The owner first: a change of owner clears setuid and setgid.
+        if as_root {
+            fs::fchown(fd.as_fd(), uid(node), gid(node))?;
+        }
+        fs::fchmod(fd.as_fd(), mode)?;
+        Ok(fs::futimens(fd.as_fd(), &times(node))?)
+    }
+
+    /// A device node cannot be opened without side effects: its owner and
+    /// times are set by name without following links, its mode by name
+    /// after checking it is still the device this restore made.
+    fn set_device_metadata(
+        &self,
+        dir: DirId,
+        name: &[u8],
+        node: &Node,
+        mode: Mode,
+        as_root: bool,
+    ) -> std::io::Result<()> {
+        let dir_fd = self.open(dir)?;
+        let kind =
+            FileType::from_raw_mode(fs::statat(&*dir_fd, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode);
+        if !matches!(kind, FileType::CharacterDevice | FileType::BlockDevice) {
+            return Err(in_the_way());
+        }
+        if as_root {
+            fs::chownat(
+                &*dir_fd,
+                name,
+                uid(node),
+                gid(node),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        fs::chmodat(&*dir_fd, name, mode, AtFlags::empty())?;
+        Ok(fs::utimensat(
+            &*dir_fd,
+            name,
+            &times(node),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+}
+
+/// The error for an entry whose name is taken by something else.
+fn in_the_way() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "something else of that name is in the target (pass --force to replace it)",
+    )
+}
+
+/// The stored owner; `u32::MAX` (-1, "no change" to the kernel) keeps it.
+fn uid(node: &Node) -> Option<Uid> {
+    (node.uid != u32::MAX).then(|| Uid::from_raw(node.uid))
+}
+
+fn gid(node: &Node) -> Option<Gid> {
+    (node.gid != u32::MAX).then(|| Gid::from_raw(node.gid))
+}
+
+/// The stored modification time, also as the access time; nanoseconds out
+/// of range are clamped.
+fn times(node: &Node) -> Timestamps {
+    let at = Timespec {
+        tv_sec: node.mtime,
+        tv_nsec: node.mtime_nsec.min(999_999_999).into(),
+    };
+    Timestamps {
+        last_access: at,
+        last_modification: at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_followed_and_evicted_directories_reopen() -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        let (target, outside) = (
+            scratch.path().join("target"),
+            scratch.path().join("outside"),
+        );
+        std::fs::create_dir_all(&target)?;
+        std::fs::create_dir_all(&outside)?;
+        std::os::unix::fs::symlink(&outside, target.join("link"))?;
+        std::os::unix::fs::symlink(outside.join("file"), target.join("dangling"))?;
+        let mut dirs = Dirs::open_target(&target)?;
+
+        let refused = dirs.make(ROOT, b"link", false).err().map(|e| e.kind());
+        assert_eq!(refused, Some(std::io::ErrorKind::AlreadyExists));
+        let replaced = dirs.make(ROOT, b"link", true)?;
+        assert!(std::fs::symlink_metadata(target.join("link"))?.is_dir());
+        assert!(dirs.create_file(ROOT, b"dangling", 3).is_err(), "O_EXCL");
+        dirs.clear(ROOT, b"dangling", true)?;
+        dirs.create_file(ROOT, b"dangling", 3)?;
+        assert!(!outside.join("file").exists());
+
+        // More directories than the cache holds, each reopened by walking.
+        let mut deepest = replaced;
+        for i in 0..CACHED_DIRS + 10 {
+            deepest = dirs.make(deepest, format!("d{i}").as_bytes(), false)?;
+        }
+        dirs.create_file(deepest, b"leaf", 0)?;
+        dirs.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        dirs.open_file(deepest, b"leaf")?;
+        assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
+        Ok(())
+    }
+}
