@@ -11,6 +11,9 @@
 //! fault rate that makes success impossible, a backup must fail within
 //! bounded time with a message naming the request and the object.
 //!
+//! The proxy's tasks run on the runtime's worker threads while the test's
+//! own thread waits for the programs.
+//!
 //! `lifeboat init` runs straight against the server: `config` and `keys`
 //! are the two objects not named by their content, so their creates stay
 //! strict, and a lost answer to one fails the init.
@@ -29,7 +32,7 @@ const JOB: (&str, &str) = ("home", r#"{ kind = "directory", paths = ["src"] }"#)
 /// (1 in 100 000) do not happen in a test run.
 const RATE: f64 = 0.1;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answers_of_every_write_are_taken_for_success() -> Result<()> {
     // Every object's first PUT lands, and its answer is lost: the SDK's
     // retry then meets 412 for each index object, snapshot and plan.
@@ -45,47 +48,47 @@ async fn lost_answers_of_every_write_are_taken_for_success() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_unavailable() -> Result<()> {
     one_fault(Fault::ServiceUnavailable, 1).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_down() -> Result<()> {
     one_fault(Fault::SlowDown, 2).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_requests() -> Result<()> {
     one_fault(Fault::TooManyRequests, 3).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnects() -> Result<()> {
     one_fault(Fault::Disconnect, 4).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_before_forwarding() -> Result<()> {
     one_fault(Fault::ResetBeforeForward, 5).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answers_at_random() -> Result<()> {
     one_fault(Fault::LostAnswer, 6).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_inside_the_answer() -> Result<()> {
     one_fault(Fault::ResetInBody, 7).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_answers() -> Result<()> {
     one_fault(Fault::SlowBody, 8).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mix_of_every_fault() -> Result<()> {
     let moto = MotoServer::start().await?;
     let rates = mix();
@@ -103,7 +106,7 @@ async fn a_mix_of_every_fault() -> Result<()> {
 /// Garage checks every request's signature: the proxy's forwarding keeps
 /// them valid, and the mix is ridden out there too (Garage overwrites
 /// instead of answering 412, so a lost answer's retry just succeeds).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mix_of_every_fault_on_garage() -> Result<()> {
     let garage = GarageServer::start().await?;
     let rates = mix();
@@ -118,7 +121,7 @@ async fn a_mix_of_every_fault_on_garage() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_always_fails_is_given_up_on_in_bounded_time() -> Result<()> {
     let moto = MotoServer::start().await?;
     let proxy = FaultProxy::random(moto.addr(), 11, &[(Fault::ServiceUnavailable, 1.0)]).await?;
