@@ -124,7 +124,7 @@ enum Plan {
     Scripted(VecDeque<Fault>),
     /// Each request draws: fault `i` with probability `rates[i].1`.
     Random {
-        rng: StdRng,
+        rng: Box<StdRng>,
         rates: Vec<(Fault, f64)>,
     },
     /// The first `PUT` of each path gets the fault; the rest none.
@@ -211,7 +211,7 @@ impl FaultProxy {
             bail!("fault rates must lie in 0..=1 and add up to at most 1: {rates:?}");
         }
         let plan = Plan::Random {
-            rng: StdRng::seed_from_u64(seed),
+            rng: Box::new(StdRng::seed_from_u64(seed)),
             rates: rates.to_vec(),
         };
         Self::listen(upstream, plan).await
@@ -585,7 +585,7 @@ mod tests {
         let rates = vec![(Fault::LostAnswer, 0.3), (Fault::ServiceUnavailable, 0.2)];
         let draws = |seed| {
             let mut plan = Plan::Random {
-                rng: StdRng::seed_from_u64(seed),
+                rng: Box::new(StdRng::seed_from_u64(seed)),
                 rates: rates.clone(),
             };
             (0..200).map(|_| plan.next(&get)).collect::<Vec<_>>()
