@@ -17,6 +17,7 @@ pub mod keys;
 mod meta;
 pub mod pack;
 pub mod prune;
+mod put;
 pub mod reader;
 pub mod repack;
 pub mod snapshot;
@@ -121,6 +122,17 @@ pub enum RepoError {
         /// The object.
         key: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// A create of a content-named object found another object under its name.
+    #[error(
+        "object {key} is already stored but was replaced by something else: {reason}; \
+         someone who can write the bucket changed it, run `lifeboat check --read-data`"
+    )]
+    Replaced {
+        /// The object.
+        key: String,
+        /// How the stored object differs from the one named.
         reason: String,
     },
     /// A blob the snapshot needs is in no index.
@@ -614,7 +626,7 @@ impl UnlockedRepository {
             }
         })?;
         let id = SnapshotId::from_bytes(id::content_hash(&cipher));
-        self.repo.store.put_new(&id.key(), cipher.into()).await?;
+        put::put_content_named(self.repo.store.as_ref(), &id.key(), cipher.into()).await?;
         Ok(id)
     }
 

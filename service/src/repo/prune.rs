@@ -248,10 +248,7 @@ pub(crate) async fn write_plan(
         }
     })?;
     let key = format!("{PLAN_PREFIX}{}", hex::encode(content_hash(&cipher)));
-    repo.repository()
-        .store()
-        .put_new(&key, cipher.into())
-        .await?;
+    super::put::put_content_named(repo.repository().store().as_ref(), &key, cipher.into()).await?;
     Ok(())
 }
 

@@ -24,7 +24,8 @@ use super::index::{Index, IndexFile, IndexedBlob, IndexedPack};
 use super::keys::{ChunkIdKey, Recipients};
 use super::meta;
 use super::pack::{PackBuilder, PackedBlob};
-use crate::storage::{ObjectStore, StorageError};
+use super::put::put_content_named;
+use crate::storage::ObjectStore;
 
 /// Packs uploaded at the same time.
 const PARALLEL_UPLOADS: usize = 3;
@@ -292,11 +293,7 @@ async fn upload_packs(
 
 async fn upload_one(store: &dyn ObjectStore, pack: SealedPack) -> Result<IndexedPack, RepoError> {
     let size = pack.bytes.len() as u64;
-    match store.put_new(&pack.id.key(), pack.bytes).await {
-        // Same name, same bytes: the pack is already there.
-        Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
+    put_content_named(store, &pack.id.key(), pack.bytes).await?;
     Ok(IndexedPack {
         id: pack.id,
         size,
@@ -319,6 +316,6 @@ pub(crate) async fn write_index(
         source,
     })?;
     let id = IndexId::from_bytes(content_hash(&cipher));
-    store.put_new(&id.key(), cipher.into()).await?;
+    put_content_named(store, &id.key(), cipher.into()).await?;
     Ok(id)
 }

@@ -174,6 +174,16 @@ impl ObjectStore for LocalStore {
         blocking(move || store.put_blocking(&key, &data)).await
     }
 
+    async fn size(&self, key: &str) -> Result<u64, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => Ok(meta.len()),
+            Ok(_) => Err(self.not_found(key)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(key)),
+            Err(e) => Err(Self::io("reading", &path, e)),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let path = self.path(key);
         match tokio::fs::read(&path).await {
@@ -221,6 +231,11 @@ mod tests {
         let again = store.put_new("config", Bytes::from_static(b"other")).await;
         assert!(matches!(again, Err(StorageError::AlreadyExists { .. })));
         assert_eq!(store.get("config").await?, Bytes::from_static(b"cfg"));
+        assert_eq!(store.size("config").await?, 3);
+        assert!(matches!(
+            store.size("data").await,
+            Err(StorageError::NotFound { .. })
+        ));
         let keys: Vec<_> = store
             .list("data/")
             .await?

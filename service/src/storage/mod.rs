@@ -6,6 +6,7 @@
 //! immutable, so the only write is [`ObjectStore::put_new`], which refuses to
 //! replace an existing object where the store can tell.
 
+mod limits;
 mod local;
 mod s3;
 
@@ -95,6 +96,10 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// when the object exists and the store can tell; a partly written object
     /// never becomes visible.
     async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// The size of an object in bytes, without reading it (`HeadObject` on
+    /// S3). Fails with [`StorageError::NotFound`] when absent.
+    async fn size(&self, key: &str) -> Result<u64, StorageError>;
 
     /// Reads a whole object. Fails with [`StorageError::NotFound`] when absent.
     async fn get(&self, key: &str) -> Result<Bytes, StorageError>;

@@ -7,9 +7,21 @@
 //!
 //! - checksums are computed and validated only where an operation requires
 //!   them: the SDK's default CRC trailers have broken R2 and other servers;
-//! - the standard retry mode retries throttling (429, `SlowDown`), 5xx answers,
-//!   dropped connections and timeouts with exponential backoff and jitter, up
-//!   to [`MAX_ATTEMPTS`] attempts, within bounded timeouts;
+//! - the SDK's standard retry mode retries throttling (429, `SlowDown`), 5xx
+//!   answers, dropped connections (also after the request was sent) and
+//!   timeouts with exponential backoff and jitter, up to [`MAX_ATTEMPTS`]
+//!   attempts. Its client-side retry quota is off: it is shared by the whole
+//!   process, and once a lossy uplink drained it every later request failed
+//!   at its first error; each request is bounded by count and time instead;
+//! - each request's timeouts scale with the bytes it moves
+//!   ([`super::limits`]); the SDK's stalled-stream protection fails a body
+//!   that stops moving for 20 s, and a GET body gets the same size-scaled
+//!   limit as a request, so a trickle cannot hold it forever either. A body
+//!   cut off, stalled or too slow after its headers arrived is fetched
+//!   again here, with jittered backoff, since the SDK retries only until the
+//!   headers;
+//! - a failure that ends the retries names the request, the key, the
+//!   attempts made and the last cause;
 //! - a create is one `PutObject` with `If-None-Match: *`, which R2 and AWS
 //!   refuse atomically when the object exists (some servers, e.g. Garage,
 //!   ignore the header and overwrite).
@@ -19,33 +31,32 @@
 //! and region from [`S3Options`], then the environment.
 
 use std::ops::Range;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::interceptors::InterceptorContext;
-use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
+use aws_sdk_s3::config::interceptors::{BeforeTransmitInterceptorContextRef, InterceptorContext};
+use aws_sdk_s3::config::retry::{
+    ClassifyRetry, RetryAction, RetryConfig, RetryPartition, TokenBucket,
+};
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    ConfigBag, Intercept, ProvideCredentials, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents,
 };
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 
+use super::limits::MAX_ATTEMPTS;
+use super::limits::{
+    CONNECT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, attempt_time, backoff, operation_time,
+};
 use super::{ObjectInfo, ObjectStore, StorageError};
 
-/// Attempts per request, the first included.
-pub const MAX_ATTEMPTS: u32 = 5;
-/// Limit on establishing a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Limit on one attempt, transfer included (objects are tens of MiB at most).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
-/// Limit on a whole request, retries and backoff included.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(900);
-/// First pause before fetching a cut-off body again; doubles each time.
-const BODY_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Region when neither the options nor the environment name one (R2's).
 const DEFAULT_REGION: &str = "auto";
 /// How to give credentials.
@@ -121,14 +132,13 @@ impl S3Store {
 
         let shared = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region))
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .operation_timeout(OPERATION_TIMEOUT)
-                    .build(),
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(INITIAL_BACKOFF)
+                    .with_max_backoff(MAX_BACKOFF),
             )
+            .timeout_config(timeouts(0))
             .load()
             .await;
         // Look the credentials up now, so that a missing one is reported
@@ -148,7 +158,12 @@ impl S3Store {
             .force_path_style(options.path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .retry_classifier(TooManyRequests);
+            .retry_classifier(TooManyRequests)
+            .retry_partition(
+                RetryPartition::custom("lifeboat")
+                    .token_bucket(TokenBucket::unlimited())
+                    .build(),
+            );
         if let Some(endpoint) = &endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -173,12 +188,14 @@ impl S3Store {
         }
     }
 
-    /// Maps an SDK error that means neither "absent" nor "exists" to
-    /// [`StorageError::Remote`], naming the fix where one is known.
+    /// Maps an SDK error that means neither "absent" nor "exists", after
+    /// `attempts` attempts, to [`StorageError::Remote`], naming the fix where
+    /// one is known.
     fn remote<E>(
         &self,
         operation: &'static str,
         key: &str,
+        attempts: &Attempts,
         err: &SdkError<E, HttpResponse>,
     ) -> StorageError
     where
@@ -200,7 +217,7 @@ impl S3Store {
             }
             (_, Some(501), _) => "the server does not implement this request".to_owned(),
             (_, Some(429 | 500 | 502..=504), _) => {
-                format!("the server kept failing after {MAX_ATTEMPTS} attempts; try again later")
+                "the server kept failing; try again later".to_owned()
             }
             (SdkError::TimeoutError(_), ..) => {
                 format!(
@@ -226,10 +243,14 @@ impl S3Store {
             ),
             None => error_chain(err),
         };
+        let tried = match attempts.made() {
+            0 | 1 => String::new(),
+            made => format!("gave up after {made} attempts, last: "),
+        };
         let message = if fix.is_empty() {
-            details
+            format!("{tried}{details}")
         } else {
-            format!("{details}; {fix}")
+            format!("{tried}{details}; {fix}")
         };
         self.failure(operation, key, message)
     }
@@ -242,56 +263,112 @@ impl S3Store {
     }
 
     /// One GET, of the whole object or of `range`. The SDK retries a
-    /// request until its answer begins; a body cut off after that is fetched
-    /// again here, up to [`MAX_ATTEMPTS`] times in all.
+    /// request until its answer begins; a body cut off, stalled or slower
+    /// than [`super::limits::MIN_THROUGHPUT`] after that is fetched again
+    /// here, up to [`MAX_ATTEMPTS`] times in all, within the limit of a
+    /// whole request of its size.
     async fn fetch(&self, key: &str, range: Option<&Range<u64>>) -> Result<Bytes, StorageError> {
         let operation = "GetObject";
-        let mut attempt = 1;
+        let started = Instant::now();
+        let wanted = range.map(|r| r.end - r.start);
+        let mut fetches = 1;
         let data = loop {
+            let attempts = Attempts::default();
             let request = self
                 .client
                 .get_object()
                 .bucket(&self.bucket)
                 .key(self.full_key(key))
-                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)));
+                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
+                .customize()
+                .interceptor(attempts.clone());
             let output = match request.send().await {
                 Ok(output) => output,
                 Err(err) if is_missing_object(&err) => return Err(self.not_found(key)),
-                Err(err) => return Err(self.remote(operation, key, &err)),
+                Err(err) => return Err(self.remote(operation, key, &attempts, &err)),
             };
-            match output.body.collect().await {
-                Ok(data) => break data.into_bytes(),
-                Err(e) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(key, attempt, error = %error_chain(&e), "S3 body cut off; fetching again");
-                    tokio::time::sleep(BODY_RETRY_BACKOFF * 2u32.pow(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    let message = format!(
-                        "reading the body failed {MAX_ATTEMPTS} times, last: {}",
-                        error_chain(&e)
-                    );
-                    return Err(self.failure(operation, key, message));
-                }
+            let length = output
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0);
+            if let Some(wanted) = wanted.filter(|&w| w != length) {
+                return Err(self.failure(operation, key, wrong_length(range, wanted, length)));
             }
+            let limit = attempt_time(length);
+            let cause = match tokio::time::timeout(limit, output.body.collect()).await {
+                Ok(Ok(data)) => break data.into_bytes(),
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => format!(
+                    "the {length}-byte body did not arrive within {}s",
+                    limit.as_secs()
+                ),
+            };
+            let budget = operation_time(length);
+            if fetches >= MAX_ATTEMPTS || started.elapsed() >= budget {
+                let message = format!(
+                    "reading the body failed {fetches} times in {}s, last: {cause}; \
+                     is the network up and the server well?",
+                    started.elapsed().as_secs()
+                );
+                return Err(self.failure(operation, key, message));
+            }
+            tracing::debug!(key, fetches, %cause, "S3 body cut off; fetching again");
+            tokio::time::sleep(backoff(fetches)).await;
+            fetches += 1;
         };
-        if let Some(range) = range {
-            let wanted = range.end - range.start;
-            if data.len() as u64 != wanted {
-                return Err(self.failure(
-                    operation,
-                    key,
-                    format!(
-                        "asked for bytes {}..{} and got {} bytes: is the range past the end, \
-                         or does the server ignore Range headers?",
-                        range.start,
-                        range.end,
-                        data.len()
-                    ),
-                ));
-            }
+        if let Some(wanted) = wanted.filter(|&w| w != data.len() as u64) {
+            return Err(self.failure(
+                operation,
+                key,
+                wrong_length(range, wanted, data.len() as u64),
+            ));
         }
         Ok(data)
+    }
+}
+
+/// Why a ranged GET's answer of `got` bytes is refused.
+fn wrong_length(range: Option<&Range<u64>>, wanted: u64, got: u64) -> String {
+    let (start, end) = range.map_or((0, wanted), |r| (r.start, r.end));
+    format!(
+        "asked for bytes {start}..{end} and got {got} bytes: is the range past the end, \
+         or does the server ignore Range headers?"
+    )
+}
+
+/// The timeouts of a request that moves `bytes` bytes.
+fn timeouts(bytes: u64) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(attempt_time(bytes))
+        .operation_timeout(operation_time(bytes))
+        .build()
+}
+
+/// Counts the attempts the SDK makes at one request, for the message of a
+/// request that gives up.
+#[derive(Debug, Clone, Default)]
+struct Attempts(Arc<AtomicU32>);
+
+impl Attempts {
+    fn made(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Intercept for Attempts {
+    fn name(&self) -> &'static str {
+        "lifeboat attempt counter"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -388,6 +465,9 @@ impl ObjectStore for S3Store {
     /// are named by their content or uniquely, so the caller may treat that
     /// as done.
     async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let attempts = Attempts::default();
+        let sized =
+            aws_sdk_s3::config::Builder::default().timeout_config(timeouts(data.len() as u64));
         let result = self
             .client
             .put_object()
@@ -395,6 +475,9 @@ impl ObjectStore for S3Store {
             .key(self.full_key(key))
             .if_none_match("*")
             .body(data.into())
+            .customize()
+            .config_override(sized)
+            .interceptor(attempts.clone())
             .send()
             .await;
         match result {
@@ -408,8 +491,31 @@ impl ObjectStore for S3Store {
                         key: key.to_owned(),
                     })
                 }
-                _ => Err(self.remote("PutObject", key, &err)),
+                _ => Err(self.remote("PutObject", key, &attempts, &err)),
             },
+        }
+    }
+
+    async fn size(&self, key: &str) -> Result<u64, StorageError> {
+        let attempts = Attempts::default();
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .customize()
+            .interceptor(attempts.clone())
+            .send()
+            .await;
+        match result {
+            Ok(head) => head
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    self.failure("HeadObject", key, "the answer has no Content-Length".into())
+                }),
+            Err(err) if is_missing_object(&err) => Err(self.not_found(key)),
+            Err(err) => Err(self.remote("HeadObject", key, &attempts, &err)),
         }
     }
 
@@ -425,16 +531,22 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(self.full_key(prefix))
-            .into_paginator()
-            .send();
         let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.remote("ListObjectsV2", prefix, &err))?;
+        let mut continuation = None;
+        loop {
+            let attempts = Attempts::default();
+            let sent = continuation.take();
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix))
+                .set_continuation_token(sent.clone())
+                .customize()
+                .interceptor(attempts.clone())
+                .send()
+                .await
+                .map_err(|err| self.remote("ListObjectsV2", prefix, &attempts, &err))?;
             for object in page.contents() {
                 let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
                     continue;
@@ -447,23 +559,36 @@ impl ObjectStore for S3Store {
                         .unwrap_or(0),
                 });
             }
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => {
+                    if sent.as_deref() == Some(token) {
+                        let message = "the server sent the same continuation token twice".into();
+                        return Err(self.failure("ListObjectsV2", prefix, message));
+                    }
+                    continuation = Some(token.to_owned());
+                }
+                _ => break,
+            }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let attempts = Attempts::default();
         let result = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
+            .customize()
+            .interceptor(attempts.clone())
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
             Err(err) if is_missing_object(&err) => Ok(()),
-            Err(err) => Err(self.remote("DeleteObject", key, &err)),
+            Err(err) => Err(self.remote("DeleteObject", key, &attempts, &err)),
         }
     }
 }
