@@ -207,8 +207,8 @@ impl Repository {
             })?;
         // A lone `keys` is left by an init that crashed: replace it.
         store.delete(KEYS_KEY).await?;
-        store.put_new(KEYS_KEY, keys_cipher.into()).await?;
-        store.put_new(CONFIG_KEY, config_bytes.clone()).await?;
+        put::put_fixed(store.as_ref(), KEYS_KEY, keys_cipher.into()).await?;
+        put::put_fixed(store.as_ref(), CONFIG_KEY, config_bytes.clone()).await?;
         Ok(Self {
             store,
             config,

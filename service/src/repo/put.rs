@@ -6,8 +6,9 @@
 //! typically a write whose answer the network lost, retried by the S3
 //! client and refused with 412 — and succeeds, once the stored object is
 //! shown to be ours as far as that is cheap: its size always, and for small
-//! objects its bytes against the name. Only `config` and `keys`, which are
-//! not content-named, keep the strict [`ObjectStore::put_new`].
+//! objects its bytes against the name. `config` and `keys`, which are not
+//! content-named, are created strictly ([`put_fixed`]): only bytes equal to
+//! ours count as our own earlier write.
 
 use bytes::Bytes;
 
@@ -58,6 +59,32 @@ pub(crate) async fn put_content_named(
     }
     tracing::debug!(key, "object already stored (an earlier attempt landed)");
     Ok(())
+}
+
+/// Creates one of the fixed objects (`config`, `keys`) of a new
+/// repository. A create refused because the object exists succeeds only
+/// when the stored bytes are exactly `data`: this init's own write, whose
+/// answer was lost.
+///
+/// Fails with the store's [`StorageError::AlreadyExists`] when anything
+/// else is stored there.
+pub(crate) async fn put_fixed(
+    store: &dyn ObjectStore,
+    key: &str,
+    data: Bytes,
+) -> Result<(), RepoError> {
+    match store.put_new(key, data.clone()).await {
+        Ok(()) => Ok(()),
+        Err(exists @ StorageError::AlreadyExists { .. }) => {
+            if store.get(key).await? == data {
+                tracing::debug!(key, "object already stored (an earlier attempt landed)");
+                Ok(())
+            } else {
+                Err(exists.into())
+            }
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 #[cfg(test)]
