@@ -10,11 +10,11 @@ pub mod blob;
 pub mod check;
 pub mod chunker;
 pub mod config;
-mod crypt;
+pub(crate) mod crypt;
 pub mod id;
 pub mod index;
 pub mod keys;
-mod meta;
+pub(crate) mod meta;
 pub mod pack;
 pub mod prune;
 pub mod reader;
@@ -98,6 +98,33 @@ pub enum RepoError {
         key: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A tree breaks a rule of FORMAT.md's "Trees".
+    #[error("tree {tree} is damaged: {damage}")]
+    DamagedTree {
+        /// The tree blob.
+        tree: BlobId,
+        /// The entry and the rule it breaks.
+        #[source]
+        damage: tree::TreeDamage,
+    },
+    /// A walk of trees went beyond a bound (depth or total entries).
+    #[error("tree {tree}: {reason}")]
+    TreeLimit {
+        /// The tree where the bound was reached.
+        tree: BlobId,
+        /// Which bound.
+        reason: String,
+    },
+    /// A blob is larger than its kind may be.
+    #[error("a {kind:?} blob of {length} bytes is larger than the format allows ({max} bytes)")]
+    BlobTooLarge {
+        /// What it holds.
+        kind: blob::BlobKind,
+        /// Its plaintext length.
+        length: usize,
+        /// The largest allowed.
+        max: u32,
     },
     /// A blob the snapshot needs is in no index.
     #[error("blob {id} is missing from the repository's index")]
@@ -196,6 +223,7 @@ impl Repository {
         };
         let config: RepoConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| bad(e.to_string()))?;
+        config.validate().map_err(&bad)?;
         if config.version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {} is not supported by this lifeboat (it reads version {FORMAT_VERSION})",
@@ -283,11 +311,12 @@ impl Repository {
             identity,
             index: Arc::new(index),
             index_problems,
+            tree_entry_limit: reader::MAX_TREE_ENTRIES,
         })
     }
 }
 
-/// Index objects that could not be read, with the reason.
+/// Objects (index, snapshot, prune plan) that could not be read, with the reason.
 type IndexProblems = Vec<(String, String)>;
 
 /// Reads every index object, a few at a time. An unreadable index object is
@@ -353,6 +382,7 @@ pub struct UnlockedRepository {
     identity: Arc<AnyIdentity>,
     index: Arc<Index>,
     index_problems: IndexProblems,
+    tree_entry_limit: u64,
 }
 
 impl UnlockedRepository {
@@ -400,6 +430,13 @@ impl UnlockedRepository {
         )
     }
 
+    /// The same repository, whose readers return at most `limit` tree
+    /// entries per walk (default [`reader::MAX_TREE_ENTRIES`]).
+    pub fn with_tree_entry_limit(mut self, limit: u64) -> Self {
+        self.tree_entry_limit = limit;
+        self
+    }
+
     /// A reader of blobs.
     ///
     /// Fails with [`RepoError::NeedsRestoreKey`] when unlocked with the
@@ -413,7 +450,8 @@ impl UnlockedRepository {
             self.identity.clone(),
             self.chunk_key.clone(),
             self.index.clone(),
-        ))
+        )
+        .with_tree_entry_limit(self.tree_entry_limit))
     }
 
     /// Writes a snapshot object: the last step of a backup.
@@ -431,21 +469,42 @@ impl UnlockedRepository {
         Ok(id)
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. An unreadable snapshot object
+    /// is skipped with a warning, so that one damaged object blocks no backup
+    /// or restore; [`UnlockedRepository::read_snapshots`] reports them.
     ///
-    /// Fails when a snapshot object is unreadable.
+    /// Fails when the store fails.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>, RepoError> {
+        let (entries, problems) = self.read_snapshots().await?;
+        for (key, problem) in &problems {
+            tracing::warn!(object = %key, "skipping an unreadable snapshot object: {problem}");
+        }
+        Ok(entries)
+    }
+
+    /// Every readable snapshot, oldest first, and the snapshot objects that
+    /// could not be read, with the reason.
+    ///
+    /// Fails when the store fails.
+    pub async fn read_snapshots(
+        &self,
+    ) -> Result<(Vec<SnapshotEntry>, Vec<(String, String)>), RepoError> {
         let listed = self.repo.store.list("snapshots/").await?;
         let mut entries = Vec::with_capacity(listed.len());
+        let mut problems = Vec::new();
         for object in listed {
-            let id = object_id::<SnapshotId>(&object.key, "snapshots/")?;
-            entries.push(SnapshotEntry {
-                id,
-                snapshot: self.read_snapshot(id).await?,
-            });
+            let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
+                Ok(id) => self.read_snapshot(id).await.map(|snapshot| (id, snapshot)),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok((id, snapshot)) => entries.push(SnapshotEntry { id, snapshot }),
+                Err(RepoError::Storage(e)) => return Err(e.into()),
+                Err(e) => problems.push((object.key, e.to_string())),
+            }
         }
         entries.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(entries)
+        Ok((entries, problems))
     }
 
     /// Reads one snapshot.
