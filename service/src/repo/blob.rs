@@ -159,4 +159,20 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn a_zstd_bomb_decompresses_no_further_than_its_declared_length() -> anyhow::Result<()> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+        let zeros = vec![0; 1 << 20];
+        for _ in 0..256 {
+            std::io::Write::write_all(&mut encoder, &zeros)?;
+        }
+        let bomb = encoder.finish()?;
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(decode(&bomb, true, 4096), None);
+        let mut buffer = Vec::new();
+        assert_eq!(decode_in(&bomb, true, 4096, &mut buffer), None);
+        assert!(buffer.capacity() < 1 << 20, "{}", buffer.capacity());
+        Ok(())
+    }
 }
