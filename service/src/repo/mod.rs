@@ -764,6 +764,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreadable_snapshot_or_plan_is_skipped_but_stops_prune() -> anyhow::Result<()> {
+        use prune::{PLAN_PREFIX, PruneOptions, prune};
+        let f = fixture(&InitOptions::default()).await?;
+        let repo = f.as_service().await?;
+        let blob = store_blob(&repo, pattern(1, 5_000)).await?;
+        let good = repo.save_snapshot(&snapshot_of(blob)).await?;
+        let garbage = Bytes::from_static(b"not an age file");
+        let bad_key = format!("snapshots/{}", hex::encode(id::content_hash(&garbage)));
+        f.store.put_new(&bad_key, garbage.clone()).await?;
+
+        let repo = f.as_service().await?;
+        let listed: Vec<_> = repo.snapshots().await?.into_iter().map(|e| e.id).collect();
+        assert_eq!(listed, vec![good], "the good snapshot is still listed");
+        let (_, problems) = repo.read_snapshots().await?;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, bad_key);
+        let options = PruneOptions {
+            grace: chrono::Duration::hours(1),
+            dry_run: true,
+        };
+        let refused = prune(&repo, &options).await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains(&bad_key)),
+            "{refused:?}"
+        );
+        f.store.delete(&bad_key).await?;
+
+        let plan_key = format!("{PLAN_PREFIX}{}", hex::encode(id::content_hash(&garbage)));
+        f.store.put_new(&plan_key, garbage).await?;
+        let repo = f.as_service().await?;
+        assert_eq!(repo.find_snapshot("latest").await?.id, good);
+        let refused = prune(&repo, &options).await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains(&plan_key)),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn writers_refuse_blobs_larger_than_readers_accept() -> anyhow::Result<()> {
+        let f = fixture(&InitOptions::default()).await?;
+        let repo = f.as_service().await?;
+        let writer = repo.writer();
+        let too_big = vec![0; blob::MAX_DATA_BLOB as usize + 1];
+        let refused = tokio::task::spawn_blocking(move || {
+            let refused = writer.save(BlobKind::Data, &too_big).map(drop);
+            (writer, refused)
+        })
+        .await?;
+        assert!(matches!(refused.1, Err(RepoError::BlobTooLarge { .. })));
+        refused.0.finish().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn prune_marks_then_deletes_only_unused_packs_after_the_grace_period()
     -> anyhow::Result<()> {
         use prune::{PruneOptions, forget, prune};
