@@ -314,7 +314,8 @@ mod tests {
     /// `DIR/<target>/<blake3>` (how `fuzz/corpus/` was made).
     #[test]
     fn every_seed_decodes_with_its_target() -> anyhow::Result<()> {
-        let targets: [(&str, fn(&[u8]) -> bool); 11] = [
+        type Target = (&'static str, fn(&[u8]) -> bool);
+        let targets: [Target; 11] = [
             ("config", config),
             ("keys", keys),
             ("index", index),
