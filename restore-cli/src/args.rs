@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lifeboat::repo::keys::{self, AnyIdentity};
+use lifeboat::repo::reader::MAX_TREE_ENTRIES;
 use lifeboat::repo::{Repository, UnlockedRepository};
 use lifeboat::schedule::Config;
 use lifeboat::storage::{self, S3Options};
@@ -89,13 +90,26 @@ pub struct KeyArgs {
     /// LIFEBOAT_PASSPHRASE or a prompt.
     #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY")]
     pub identity: PathBuf,
+    /// Stop a walk of a snapshot's trees (restore, check, ls, a job's
+    /// drill) after this many entries: a forged snapshot can repeat a
+    /// subtree without end. Raise it for snapshots of more files.
+    #[arg(
+        long,
+        env = "LIFEBOAT_MAX_TREE_ENTRIES",
+        value_name = "N",
+        default_value_t = MAX_TREE_ENTRIES
+    )]
+    pub max_tree_entries: u64,
 }
 
 impl KeyArgs {
     /// Loads the identity and unlocks `repo` with it.
     pub async fn unlock(&self, repo: Repository) -> anyhow::Result<UnlockedRepository> {
         let identity = self.load(&repo)?;
-        Ok(repo.unlock(identity).await?)
+        Ok(repo
+            .unlock(identity)
+            .await?
+            .with_tree_entry_limit(self.max_tree_entries))
     }
 
     fn load(&self, repo: &Repository) -> anyhow::Result<AnyIdentity> {

@@ -1,6 +1,8 @@
 //! `lifeboat snapshots` and `lifeboat ls`.
 
+use anyhow::Context;
 use clap::Args;
+use lifeboat::repo::reader::MAX_TREE_DEPTH;
 use lifeboat::repo::snapshot::human_bytes;
 use lifeboat::repo::tree::NodeKind;
 
@@ -106,13 +108,20 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
         tree = reader.read_tree(&node).await?;
         prefix = format!("{prefix}/{part}");
     }
-    let mut stack = vec![(tree, prefix)];
+    let mut stack = vec![(tree, prefix, 0)];
     let mut rows = Vec::new();
-    while let Some((tree, dir)) = stack.pop() {
+    while let Some((tree, dir, depth)) = stack.pop() {
         for node in tree.entries.iter().rev() {
             let path = format!("{dir}/{}", node.name.display());
             if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
-                stack.push((reader.read_tree(&sub).await?, path.clone()));
+                if depth >= MAX_TREE_DEPTH {
+                    anyhow::bail!("{path}/ lies deeper than {MAX_TREE_DEPTH} directories");
+                }
+                let subtree = reader
+                    .read_tree(&sub)
+                    .await
+                    .with_context(|| format!("cannot list {path}/"))?;
+                stack.push((subtree, path.clone(), depth + 1));
             }
             rows.push((path, node.clone()));
         }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod backup;
 pub mod drill;
 pub mod errors;
+pub mod fuzzing;
 pub mod hooks;
 pub mod k8s;
 pub mod progress;

@@ -101,7 +101,10 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .or_else(|| spec.backups.identity.clone())
-        .map(|identity| KeyArgs { identity });
+        .map(|identity| KeyArgs {
+            identity,
+            max_tree_entries: lifeboat::repo::reader::MAX_TREE_ENTRIES,
+        });
     let mut runner = Runner::new(spec.clone(), args.work.clone(), args.replace, repo, key);
     for step in steps {
         let id = step.id(&spec);

@@ -170,8 +170,9 @@ pub async fn drill_job(
     let scratch = settings
         .scratch
         .join(format!("{}-{}", safe(&job.name), entry.id.short()));
+    let walker = reader.for_walk();
     let mut run = JobRun {
-        reader,
+        reader: &walker,
         entry,
         scratch: scratch.clone(),
         settings,

@@ -1,5 +1,9 @@
 //! The blob codec: each blob is stored zstd-compressed, or raw when
 //! compression would not make it smaller.
+//!
+//! Decoding is bounded: a blob's plaintext is at most its recorded
+//! `raw_length`, which is at most [`BlobKind::max_raw_length`]; a zstd
+//! frame that would expand further is refused, never decompressed whole.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +17,21 @@ pub enum BlobKind {
     Tree,
 }
 
+/// The largest data blob: the chunkers' largest chunk (16 MiB).
+pub const MAX_DATA_BLOB: u32 = 16 << 20;
+/// The largest tree blob: a directory of about half a million entries.
+pub const MAX_TREE_BLOB: u32 = 128 << 20;
+
 impl BlobKind {
+    /// The largest plaintext a blob of this kind may have. Writers refuse
+    /// to store more and readers refuse to decompress more.
+    pub fn max_raw_length(self) -> u32 {
+        match self {
+            Self::Data => MAX_DATA_BLOB,
+            Self::Tree => MAX_TREE_BLOB,
+        }
+    }
+
     /// The kind's code in a pack's blob table.
     pub(crate) fn code(self) -> u8 {
         match self {
@@ -140,5 +158,21 @@ mod tests {
             decode_in(&kept.bytes, false, kept.bytes.len() + 1, &mut buffer),
             None
         );
+    }
+
+    #[test]
+    fn a_zstd_bomb_decompresses_no_further_than_its_declared_length() -> anyhow::Result<()> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+        let zeros = vec![0; 1 << 20];
+        for _ in 0..256 {
+            std::io::Write::write_all(&mut encoder, &zeros)?;
+        }
+        let bomb = encoder.finish()?;
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(decode(&bomb, true, 4096), None);
+        let mut buffer = Vec::new();
+        assert_eq!(decode_in(&bomb, true, 4096, &mut buffer), None);
+        assert!(buffer.capacity() < 1 << 20, "{}", buffer.capacity());
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use super::id::{BlobId, PackId};
-use super::reader::BlobReader;
+use super::reader::{BlobReader, MAX_TREE_DEPTH};
 use super::tree::{NodeKind, Tree};
 use super::{RepoError, UnlockedRepository, object_id};
 
@@ -126,7 +126,8 @@ pub async fn check(
             );
         }
         if let Some(reader) = &reader {
-            walk_trees(reader, &label, snapshot.root, &mut users, &mut report).await;
+            let reader = reader.for_walk();
+            walk_trees(&reader, &label, snapshot.root, &mut users, &mut report).await;
         }
     }
 
@@ -272,9 +273,10 @@ async fn walk_trees(
     report: &mut CheckReport,
 ) {
     let mut seen = HashSet::new();
-    let mut stack = vec![(root, String::new())];
+    let mut trees: Subtrees = HashMap::new();
+    let mut stack = vec![(root, String::new(), 0)];
     let mut missing: BTreeMap<String, usize> = BTreeMap::new();
-    while let Some((tree_id, path)) = stack.pop() {
+    while let Some((tree_id, path, depth)) = stack.pop() {
         note_user(
             users,
             tree_id,
@@ -282,6 +284,14 @@ async fn walk_trees(
             if path.is_empty() { "/" } else { &path },
         );
         if !seen.insert(tree_id) {
+            continue;
+        }
+        if depth > MAX_TREE_DEPTH {
+            report.problem(
+                format!("tree {tree_id}"),
+                format!("it lies deeper than {MAX_TREE_DEPTH} directories"),
+                vec![format!("{label}: {path}/")],
+            );
             continue;
         }
         let tree: Tree = match reader.read_tree(&tree_id).await {
@@ -296,12 +306,18 @@ async fn walk_trees(
             }
         };
         report.trees += 1;
+        let subtrees = tree
+            .entries
+            .iter()
+            .filter_map(|node| node.subtree)
+            .collect();
+        trees.insert(tree_id, (tree.entries.len() as u64, subtrees));
         for node in &tree.entries {
             let child = format!("{path}/{}", node.name.display());
             match node.kind {
                 NodeKind::Dir => {
                     if let Some(sub) = node.subtree {
-                        stack.push((sub, child));
+                        stack.push((sub, child, depth + 1));
                     }
                 }
                 NodeKind::File => {
@@ -316,6 +332,18 @@ async fn walk_trees(
             }
         }
     }
+    let walked = entries_walked(root, &trees);
+    if walked > reader.tree_entry_limit() {
+        report.problem(
+            format!("tree {root}"),
+            format!(
+                "its trees name {walked} entries in all, more than a walk reads ({}): a \
+                 subtree is repeated over and over",
+                reader.tree_entry_limit()
+            ),
+            vec![format!("{label}: /")],
+        );
+    }
     for (path, count) in missing {
         report.problem(
             format!("file {path}"),
@@ -325,9 +353,61 @@ async fn walk_trees(
     }
 }
 
+/// Each tree read: its number of entries and its subtrees.
+type Subtrees = HashMap<BlobId, (u64, Vec<BlobId>)>;
+
+/// How many entries a walk from `root` visits, each repeated subtree
+/// counted every time it is named (saturating). Trees not in `trees` (not
+/// readable) count nothing.
+fn entries_walked(root: BlobId, trees: &Subtrees) -> u64 {
+    let mut total: HashMap<BlobId, u64> = HashMap::new();
+    let mut open = HashSet::new();
+    let mut stack = vec![(root, false)];
+    while let Some((id, children_done)) = stack.pop() {
+        if total.contains_key(&id) {
+            continue;
+        }
+        let Some((entries, subtrees)) = trees.get(&id) else {
+            total.insert(id, 0);
+            continue;
+        };
+        if children_done {
+            let sum = subtrees.iter().fold(*entries, |sum, sub| {
+                sum.saturating_add(total.get(sub).copied().unwrap_or(0))
+            });
+            total.insert(id, sum);
+        } else if open.insert(id) {
+            stack.push((id, true));
+            stack.extend(subtrees.iter().map(|sub| (*sub, false)));
+        }
+    }
+    total.get(&root).copied().unwrap_or(0)
+}
+
 fn note_user(users: &mut Users, blob: BlobId, label: &str, path: &str) {
     let list = users.entry(blob).or_default();
     if list.len() < 5 {
         list.push(format!("{label}: {path}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_subtrees_count_every_time_they_are_named() {
+        let id = |n: u8| BlobId::from_bytes([n; 32]);
+        let mut trees = Subtrees::new();
+        trees.insert(id(0), (1, Vec::new()));
+        for level in 1..=70u8 {
+            trees.insert(id(level), (2, vec![id(level - 1), id(level - 1)]));
+        }
+        // Level k names 2 entries and twice level k-1: 1, 4, 10, 22, …
+        assert_eq!(entries_walked(id(3), &trees), 22);
+        assert_eq!(entries_walked(id(70), &trees), u64::MAX);
+        // An unreadable subtree counts nothing.
+        trees.insert(id(100), (3, vec![id(99)]));
+        assert_eq!(entries_walked(id(100), &trees), 3);
     }
 }

@@ -97,6 +97,21 @@ impl RepoConfig {
         }
     }
 
+    /// Checks the settings read from a repository's `config` as `init`
+    /// checks new ones (a hostile config could otherwise make writers
+    /// reserve gigabytes per pack).
+    ///
+    /// Fails with the message naming the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        InitOptions {
+            file_chunking: self.file_chunking,
+            page_chunking: self.page_chunking,
+            pack_size: self.pack_size,
+            compression_level: self.compression_level,
+        }
+        .validate()
+    }
+
     /// The recipients the configuration names.
     ///
     /// Fails when one of them is not an age recipient.
@@ -119,6 +134,11 @@ pub(crate) struct KeysObject {
     pub chunk_id_key: String,
     /// BLAKE3 of the `config` object's bytes, 64 hex digits.
     pub config_blake3: String,
+}
+
+impl super::meta::MetaObject for KeysObject {
+    /// A few keys and a hash: far below 64 KiB.
+    const MAX_PLAIN: usize = 64 << 10;
 }
 
 impl KeysObject {

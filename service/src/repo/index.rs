@@ -6,6 +6,10 @@
 //! so a crash loses at most the last few packs' entries (their packs stay
 //! as unreferenced garbage until prune). The in-memory [`Index`] is the union
 //! of all index objects.
+//!
+//! An index object read back is validated ([`IndexFile::validate`]): every
+//! offset and length it gives lies within its pack's recorded size, so
+//! readers can trust them before allocating or seeking.
 
 use std::collections::{HashMap, HashSet};
 
@@ -80,6 +84,36 @@ impl IndexedBlob {
 pub struct IndexFile {
     /// The packs it lists.
     pub packs: Vec<IndexedPack>,
+}
+
+impl IndexFile {
+    /// Checks every pack and blob entry: a pack's payload starts within it,
+    /// and each blob passes [`PackedBlob::check`] against the pack's payload
+    /// size (an upper bound of its plaintext).
+    ///
+    /// Fails with the first entry that does not fit.
+    pub fn validate(&self) -> Result<(), String> {
+        for pack in &self.packs {
+            let payload = pack.size.checked_sub(pack.payload_offset).ok_or_else(|| {
+                format!(
+                    "pack {}: its payload offset {} lies beyond its size {}",
+                    pack.id, pack.payload_offset, pack.size
+                )
+            })?;
+            for blob in &pack.blobs {
+                blob.as_packed()
+                    .check(payload)
+                    .map_err(|e| format!("pack {}, blob {}: {}", pack.id, blob.id, e.reason()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl super::meta::MetaObject for IndexFile {
+    fn validate(&self) -> Result<(), String> {
+        IndexFile::validate(self)
+    }
 }
 
 /// Where a blob is: its pack and place.
@@ -193,5 +227,37 @@ impl Index {
     /// Number of distinct blobs.
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(size: u64, payload_offset: u64, offset: u64, length: u32) -> IndexFile {
+        IndexFile {
+            packs: vec![IndexedPack {
+                id: PackId::from_bytes([1; 32]),
+                size,
+                payload_offset,
+                blobs: vec![IndexedBlob {
+                    id: BlobId::from_bytes([2; 32]),
+                    kind: BlobKind::Data,
+                    compressed: false,
+                    offset,
+                    length,
+                    raw_length: length,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn entries_outside_their_pack_are_refused() {
+        assert!(file(1000, 200, 0, 800).validate().is_ok());
+        assert!(file(1000, 200, 1, 800).validate().is_err());
+        assert!(file(100, 200, 0, 0).validate().is_err());
+        assert!(file(u64::MAX, 0, u64::MAX, 5).validate().is_err());
+        assert!(file(u64::MAX, 0, 0, u32::MAX).validate().is_err());
     }
 }

@@ -1,5 +1,11 @@
 //! The codec of metadata objects (keys, indexes, snapshots): JSON, then
 //! zstd, then age.
+//!
+//! Opening one is bounded: its JSON is decompressed up to the kind's
+//! [`MetaObject::MAX_PLAIN`] only, and the parsed value is checked with
+//! [`MetaObject::validate`] before anyone uses it.
+
+use std::io::Read;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +37,24 @@ impl MetaError {
     }
 }
 
+/// The largest JSON plaintext of a metadata object: a snapshot lists every
+/// blob it references (67 bytes each), so this allows some 16 million blobs,
+/// 16 TiB of data at 1 MiB chunks.
+pub const MAX_META_PLAIN: usize = 1 << 30;
+
+/// A kind of metadata object.
+pub(crate) trait MetaObject: DeserializeOwned {
+    /// The largest JSON plaintext an object of this kind may have.
+    const MAX_PLAIN: usize = MAX_META_PLAIN;
+
+    /// Checks what parsing cannot (lengths and offsets against each other).
+    ///
+    /// Fails with the reason the object is damaged.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Serializes, compresses and encrypts `value`.
 pub(crate) fn seal<'a, T: Serialize>(
     value: &T,
@@ -41,15 +65,36 @@ pub(crate) fn seal<'a, T: Serialize>(
     crypt::encrypt(recipients, &packed)
 }
 
-/// Decrypts, decompresses and parses a metadata object.
-pub(crate) fn open<'a, T: DeserializeOwned>(
+/// Decrypts, decompresses, parses and validates a metadata object.
+pub(crate) fn open<'a, T: MetaObject>(
     cipher: &[u8],
     identities: impl Iterator<Item = &'a dyn age::Identity>,
 ) -> Result<T, MetaError> {
     let packed = crypt::decrypt(identities, cipher).map_err(MetaError::Crypt)?;
-    let json = zstd::stream::decode_all(packed.as_slice())
-        .map_err(|e| MetaError::Format(e.to_string()))?;
-    serde_json::from_slice(&json).map_err(|e| MetaError::Format(e.to_string()))
+    parse(&packed)
+}
+
+/// Decompresses (at most `T::MAX_PLAIN` bytes), parses and validates the
+/// plaintext of a metadata object.
+pub(crate) fn parse<T: MetaObject>(packed: &[u8]) -> Result<T, MetaError> {
+    let json = decompress(packed, T::MAX_PLAIN).map_err(MetaError::Format)?;
+    let value: T = serde_json::from_slice(&json).map_err(|e| MetaError::Format(e.to_string()))?;
+    value.validate().map_err(MetaError::Format)?;
+    Ok(value)
+}
+
+/// Decompresses zstd frames, refusing more than `max` bytes of output.
+fn decompress(packed: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(|e| e.to_string())?;
+    let mut json = Vec::new();
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| e.to_string())?;
+    if json.len() > max {
+        return Err(format!("it decompresses to more than {max} bytes"));
+    }
+    Ok(json)
 }
 
 /// Checks that an object's bytes hash to the id in its name.
@@ -61,5 +106,36 @@ pub(crate) fn verify_name(key: &str, id: &[u8; 32], bytes: &[u8]) -> Result<(), 
             key: key.into(),
             reason: "its content does not match its name (BLAKE3)".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Small(Vec<u8>);
+
+    impl MetaObject for Small {
+        const MAX_PLAIN: usize = 1000;
+    }
+
+    #[test]
+    fn decompression_stops_at_the_kind_s_largest() -> anyhow::Result<()> {
+        let fits = zstd::bulk::compress(b"[1,2,3]", 3)?;
+        assert_eq!(parse::<Small>(&fits).ok(), Some(Small(vec![1, 2, 3])));
+        // A bomb: 64 MiB of spaces compresses to a few KiB.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+        let spaces = vec![b' '; 1 << 20];
+        for _ in 0..64 {
+            std::io::Write::write_all(&mut encoder, &spaces)?;
+        }
+        let bomb = encoder.finish()?;
+        assert!(bomb.len() < 1 << 20);
+        match parse::<Small>(&bomb) {
+            Err(MetaError::Format(reason)) => assert!(reason.contains("more than 1000 bytes")),
+            other => anyhow::bail!("the bomb was not refused: {other:?}"),
+        }
+        Ok(())
     }
 }

@@ -10,11 +10,11 @@ pub mod blob;
 pub mod check;
 pub mod chunker;
 pub mod config;
-mod crypt;
+pub(crate) mod crypt;
 pub mod id;
 pub mod index;
 pub mod keys;
-mod meta;
+pub(crate) mod meta;
 pub mod pack;
 pub mod prune;
 mod put;
@@ -135,6 +135,33 @@ pub enum RepoError {
         /// How the stored object differs from the one named.
         reason: String,
     },
+    /// A tree breaks a rule of FORMAT.md's "Trees".
+    #[error("tree {tree} is damaged: {damage}")]
+    DamagedTree {
+        /// The tree blob.
+        tree: BlobId,
+        /// The entry and the rule it breaks.
+        #[source]
+        damage: tree::TreeDamage,
+    },
+    /// A walk of trees went beyond a bound (depth or total entries).
+    #[error("tree {tree}: {reason}")]
+    TreeLimit {
+        /// The tree where the bound was reached.
+        tree: BlobId,
+        /// Which bound.
+        reason: String,
+    },
+    /// A blob is larger than its kind may be.
+    #[error("a {kind:?} blob of {length} bytes is larger than the format allows ({max} bytes)")]
+    BlobTooLarge {
+        /// What it holds.
+        kind: blob::BlobKind,
+        /// Its plaintext length.
+        length: usize,
+        /// The largest allowed.
+        max: u32,
+    },
     /// A blob the snapshot needs is in no index.
     #[error("blob {id} is missing from the repository's index")]
     MissingBlob {
@@ -253,6 +280,7 @@ impl Repository {
         };
         let config: RepoConfig =
             serde_json::from_slice(&config_bytes).map_err(|e| bad(e.to_string()))?;
+        config.validate().map_err(&bad)?;
         if config.version != FORMAT_VERSION {
             return Err(bad(format!(
                 "format version {} is not supported by this lifeboat (it reads version {FORMAT_VERSION})",
@@ -342,6 +370,7 @@ impl Repository {
             identity,
             index: Arc::new(index),
             index_problems,
+            tree_entry_limit: reader::MAX_TREE_ENTRIES,
         })
     }
 
@@ -399,7 +428,7 @@ async fn load_index_and_plans(
     }
 }
 
-/// Index objects that could not be read, with the reason.
+/// Objects (index, snapshot, prune plan) that could not be read, with the reason.
 type IndexProblems = Vec<(String, String)>;
 
 /// Reads every index object, a few at a time. An unreadable index object is
@@ -466,6 +495,7 @@ pub struct UnlockedRepository {
     identity: Arc<AnyIdentity>,
     index: Arc<Index>,
     index_problems: IndexProblems,
+    tree_entry_limit: u64,
 }
 
 impl UnlockedRepository {
@@ -599,6 +629,13 @@ impl UnlockedRepository {
         )
     }
 
+    /// The same repository, whose readers return at most `limit` tree
+    /// entries per walk (default [`reader::MAX_TREE_ENTRIES`]).
+    pub fn with_tree_entry_limit(mut self, limit: u64) -> Self {
+        self.tree_entry_limit = limit;
+        self
+    }
+
     /// A reader of blobs.
     ///
     /// Fails with [`RepoError::NeedsRestoreKey`] when unlocked with the
@@ -612,7 +649,8 @@ impl UnlockedRepository {
             self.identity.clone(),
             self.chunk_key.clone(),
             self.index.clone(),
-        ))
+        )
+        .with_tree_entry_limit(self.tree_entry_limit))
     }
 
     /// Writes a snapshot object: the last step of a backup.
@@ -630,24 +668,44 @@ impl UnlockedRepository {
         Ok(id)
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. An unreadable snapshot object
+    /// is skipped with a warning, so that one damaged object blocks no backup
+    /// or restore; [`UnlockedRepository::read_snapshots`] reports them.
     ///
-    /// Fails when a snapshot object is unreadable.
+    /// Fails when the store fails.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>, RepoError> {
+        let (entries, problems) = self.read_snapshots().await?;
+        for (key, problem) in &problems {
+            tracing::warn!(object = %key, "skipping an unreadable snapshot object: {problem}");
+        }
+        Ok(entries)
+    }
+
+    /// Every readable snapshot, oldest first, and the snapshot objects that
+    /// could not be read, with the reason.
+    ///
+    /// Fails when the store fails.
+    pub async fn read_snapshots(
+        &self,
+    ) -> Result<(Vec<SnapshotEntry>, Vec<(String, String)>), RepoError> {
         let listed = self.repo.store.list("snapshots/").await?;
         let mut entries = Vec::with_capacity(listed.len());
+        let mut problems = Vec::new();
         for object in listed {
-            let id = object_id::<SnapshotId>(&object.key, "snapshots/")?;
-            let snapshot = match self.read_snapshot(id).await {
-                Ok(snapshot) => snapshot,
-                // Forgotten, or withdrawn by its backup, since the listing.
-                Err(RepoError::Storage(StorageError::NotFound { .. })) => continue,
-                Err(e) => return Err(e),
+            let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
+                Ok(id) => self.read_snapshot(id).await.map(|snapshot| (id, snapshot)),
+                Err(e) => Err(e),
             };
-            entries.push(SnapshotEntry { id, snapshot });
+            match read {
+                Ok((id, snapshot)) => entries.push(SnapshotEntry { id, snapshot }),
+                // Forgotten, or withdrawn by its backup, since the listing.
+                Err(RepoError::Storage(StorageError::NotFound { .. })) => {}
+                Err(RepoError::Storage(e)) => return Err(e.into()),
+                Err(e) => problems.push((object.key, e.to_string())),
+            }
         }
         entries.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(entries)
+        Ok((entries, problems))
     }
 
     /// Reads one snapshot.
@@ -968,6 +1026,62 @@ mod tests {
             metadata: serde_json::Value::Null,
             references: vec![blob],
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_snapshot_or_plan_is_skipped_but_stops_prune() -> anyhow::Result<()> {
+        use prune::{PLAN_PREFIX, PruneOptions, prune};
+        let f = fixture(&InitOptions::default()).await?;
+        let repo = f.as_service().await?;
+        let blob = store_blob(&repo, pattern(1, 5_000)).await?;
+        let good = repo.save_snapshot(&snapshot_of(blob)).await?;
+        let garbage = Bytes::from_static(b"not an age file");
+        let bad_key = format!("snapshots/{}", hex::encode(id::content_hash(&garbage)));
+        f.store.put_new(&bad_key, garbage.clone()).await?;
+
+        let repo = f.as_service().await?;
+        let listed: Vec<_> = repo.snapshots().await?.into_iter().map(|e| e.id).collect();
+        assert_eq!(listed, vec![good], "the good snapshot is still listed");
+        let (_, problems) = repo.read_snapshots().await?;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, bad_key);
+        let options = PruneOptions {
+            grace: chrono::Duration::hours(1),
+            dry_run: true,
+        };
+        let refused = prune(&repo, &options).await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains(&bad_key)),
+            "{refused:?}"
+        );
+        f.store.delete(&bad_key).await?;
+
+        let plan_key = format!("{PLAN_PREFIX}{}", hex::encode(id::content_hash(&garbage)));
+        f.store.put_new(&plan_key, garbage).await?;
+        let repo = f.as_service().await?;
+        assert_eq!(repo.find_snapshot("latest").await?.id, good);
+        let refused = prune(&repo, &options).await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains(&plan_key)),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn writers_refuse_blobs_larger_than_readers_accept() -> anyhow::Result<()> {
+        let f = fixture(&InitOptions::default()).await?;
+        let repo = f.as_service().await?;
+        let writer = repo.writer();
+        let too_big = vec![0; blob::MAX_DATA_BLOB as usize + 1];
+        let refused = tokio::task::spawn_blocking(move || {
+            let refused = writer.save(BlobKind::Data, &too_big).map(drop);
+            (writer, refused)
+        })
+        .await?;
+        assert!(matches!(refused.1, Err(RepoError::BlobTooLarge { .. })));
+        refused.0.finish().await?;
+        Ok(())
     }
 
     #[tokio::test]

@@ -38,9 +38,33 @@ pub struct PackedBlob {
 }
 
 impl PackedBlob {
-    /// The plaintext byte range of the stored blob within its pack.
+    /// The plaintext byte range of the stored blob within its pack (its end
+    /// saturates; [`PackedBlob::check`] refuses an entry where it would).
     pub fn range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset + u64::from(self.length)
+        self.offset..self.offset.saturating_add(u64::from(self.length))
+    }
+
+    /// Checks an entry read from a pack table or an index object: it lies
+    /// within the first `area` bytes of the pack's plaintext, its plaintext
+    /// is at most its kind's largest, and it is stored no larger than its
+    /// plaintext (the writer keeps a blob raw unless compression shrinks it).
+    ///
+    /// Fails with the rule it breaks.
+    pub fn check(&self, area: u64) -> Result<(), BadPack> {
+        let end = self
+            .offset
+            .checked_add(u64::from(self.length))
+            .ok_or(BadPack("blob offset overflows"))?;
+        if end > area {
+            return Err(BadPack("blob outside the blob area"));
+        }
+        if self.raw_length > self.kind.max_raw_length() {
+            return Err(BadPack("blob larger than its kind's largest"));
+        }
+        if self.length > self.raw_length || (!self.compressed && self.length != self.raw_length) {
+            return Err(BadPack("stored length does not fit its plaintext length"));
+        }
+        Ok(())
     }
 }
 
@@ -48,6 +72,13 @@ impl PackedBlob {
 #[derive(Debug, thiserror::Error)]
 #[error("the pack's blob table is damaged: {0}")]
 pub struct BadPack(&'static str);
+
+impl BadPack {
+    /// The rule the entry breaks, without naming the table.
+    pub fn reason(&self) -> &'static str {
+        self.0
+    }
+}
 
 /// A pack being filled.
 #[derive(Debug, Default)]
@@ -149,9 +180,7 @@ pub fn read_table(plain: &[u8]) -> Result<Vec<PackedBlob>, BadPack> {
                 length: le_u32(&entry[42..46]),
                 raw_length: le_u32(&entry[46..50]),
             };
-            if blob.range().end > table_at as u64 {
-                return Err(BadPack("blob outside the blob area"));
-            }
+            blob.check(table_at as u64)?;
             Ok(blob)
         })
         .collect()
@@ -185,5 +214,49 @@ mod tests {
         assert!(read_table(&damaged).is_err());
         assert!(read_table(b"short").is_err());
         Ok(())
+    }
+
+    /// The table with one entry whose offset and lengths are given.
+    fn forged(offset: u64, length: u32, raw_length: u32, compressed: bool) -> Vec<u8> {
+        let mut pack = PackBuilder::default();
+        pack.add(
+            BlobId::from_bytes([1; 32]),
+            BlobKind::Data,
+            b"hello",
+            false,
+            5,
+        );
+        let (mut plain, _) = pack.finish();
+        let entry = plain.len() - TRAILER_LEN - ENTRY_LEN;
+        plain[entry + 33] = u8::from(compressed);
+        plain[entry + 34..entry + 42].copy_from_slice(&offset.to_le_bytes());
+        plain[entry + 42..entry + 46].copy_from_slice(&length.to_le_bytes());
+        plain[entry + 46..entry + 50].copy_from_slice(&raw_length.to_le_bytes());
+        plain
+    }
+
+    #[test]
+    fn out_of_range_entries_are_refused() {
+        assert!(read_table(&forged(0, 5, 5, false)).is_ok());
+        assert!(read_table(&forged(0, 3, 5, true)).is_ok());
+        let message = |plain: &[u8]| read_table(plain).err().map(|e| e.to_string());
+        assert_eq!(
+            message(&forged(u64::MAX - 1, 5, 5, false)),
+            Some("the pack's blob table is damaged: blob offset overflows".into())
+        );
+        assert_eq!(
+            message(&forged(1, 5, 5, false)),
+            Some("the pack's blob table is damaged: blob outside the blob area".into())
+        );
+        assert!(message(&forged(0, 5, u32::MAX, true)).is_some_and(|m| m.contains("largest")));
+        assert!(message(&forged(0, 5, 4, true)).is_some_and(|m| m.contains("stored length")));
+        assert!(message(&forged(0, 4, 5, false)).is_some_and(|m| m.contains("stored length")));
+        let huge_count = {
+            let mut plain = forged(0, 5, 5, false);
+            let at = plain.len() - TRAILER_LEN;
+            plain[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            plain
+        };
+        assert!(message(&huge_count).is_some_and(|m| m.contains("longer than the pack")));
     }
 }

@@ -37,6 +37,8 @@ pub struct PrunePlan {
     pub packs: Vec<PackId>,
 }
 
+impl meta::MetaObject for PrunePlan {}
+
 /// How to prune.
 #[derive(Debug, Clone, Copy)]
 pub struct PruneOptions {
@@ -78,26 +80,70 @@ pub async fn forget(repo: &UnlockedRepository, snapshots: &[SnapshotId]) -> Resu
     Ok(())
 }
 
-/// Reads every prune plan.
+/// Reads every readable prune plan; an unreadable plan object is skipped
+/// with a warning (its packs are then not kept from reuse, and no prune
+/// deletes them while it stays unreadable: see [`read_all_plans`]).
+///
+/// Fails when the store fails.
 pub(crate) async fn read_plans(
     store: &Arc<dyn ObjectStore>,
     identity: &AnyIdentity,
 ) -> Result<Vec<(String, PrunePlan)>, RepoError> {
-    let mut plans = Vec::new();
-    for object in store.list(PLAN_PREFIX).await? {
-        let cipher = match store.get(&object.key).await {
-            Ok(cipher) => cipher,
-            // Deleted since the listing: a prune finished it, after its
-            // packs and the index objects listing them.
-            Err(StorageError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
-        meta::verify_name(&object.key, &id, &cipher)?;
-        let plan = meta::open(&cipher, identity.age_identities()).map_err(|e| e.at(&object.key))?;
-        plans.push((object.key, plan));
+    let (plans, problems) = read_plans_reporting(store, identity).await?;
+    for (key, problem) in &problems {
+        tracing::warn!(object = %key, "skipping an unreadable prune plan: {problem}");
     }
     Ok(plans)
+}
+
+/// Reads every prune plan, for a run that deletes or marks packs.
+///
+/// Fails when a plan object is unreadable: acting on partial knowledge
+/// could delete data in use.
+pub(crate) async fn read_all_plans(
+    store: &Arc<dyn ObjectStore>,
+    identity: &AnyIdentity,
+) -> Result<Vec<(String, PrunePlan)>, RepoError> {
+    let (plans, problems) = read_plans_reporting(store, identity).await?;
+    match problems.into_iter().next() {
+        Some((key, problem)) => Err(RepoError::Damaged {
+            key,
+            reason: format!("{problem}; prune refuses to run while a prune plan is unreadable"),
+        }),
+        None => Ok(plans),
+    }
+}
+
+/// Every readable prune plan, and the plan objects that are not, with why.
+async fn read_plans_reporting(
+    store: &Arc<dyn ObjectStore>,
+    identity: &AnyIdentity,
+) -> Result<(Vec<(String, PrunePlan)>, Vec<(String, String)>), RepoError> {
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for object in store.list(PLAN_PREFIX).await? {
+        let read = async {
+            let cipher = match store.get(&object.key).await {
+                Ok(cipher) => cipher,
+                // Deleted since the listing: a prune finished it, after its
+                // packs and the index objects listing them.
+                Err(StorageError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
+            meta::verify_name(&object.key, &id, &cipher)?;
+            meta::open(&cipher, identity.age_identities())
+                .map(Some)
+                .map_err(|e| e.at(&object.key))
+        };
+        match read.await {
+            Ok(Some(plan)) => plans.push((object.key, plan)),
+            Ok(None) => {}
+            Err(RepoError::Storage(e)) => return Err(e.into()),
+            Err(e) => problems.push((object.key, e.to_string())),
+        }
+    }
+    Ok((plans, problems))
 }
 
 /// Runs one prune round: deletes what plans past their grace period still
@@ -116,7 +162,7 @@ pub async fn prune(
     // before the snapshots are listed, so a backup that reused one of its
     // packs has either written its snapshot by then (and the pack is used)
     // or sees the plan when it confirms its snapshot, and withdraws it.
-    let plans = read_plans(&store, repo.identity()).await?;
+    let plans = read_all_plans(&store, repo.identity()).await?;
     let used_blobs = used_blobs(repo).await?;
     let stored = stored_packs(&store).await?;
     let now = Utc::now();
@@ -213,8 +259,15 @@ pub(crate) fn require_whole_index(repo: &UnlockedRepository, what: &str) -> Resu
 ///
 /// Fails when a snapshot is unreadable.
 pub(crate) async fn used_blobs(repo: &UnlockedRepository) -> Result<HashSet<BlobId>, RepoError> {
+    let (snapshots, problems) = repo.read_snapshots().await?;
+    if let Some((key, problem)) = problems.into_iter().next() {
+        return Err(RepoError::Damaged {
+            key,
+            reason: format!("{problem}; prune refuses to run while a snapshot is unreadable"),
+        });
+    }
     let mut used = HashSet::new();
-    for entry in repo.snapshots().await? {
+    for entry in snapshots {
         used.extend(entry.snapshot.references);
     }
     Ok(used)

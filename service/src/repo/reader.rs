@@ -6,9 +6,15 @@
 //! fetches the whole pack instead and decrypts it once. Trees live in packs
 //! of their own, which are read whole and kept in a small cache, so walking
 //! a snapshot's trees costs a few GETs.
+//!
+//! Every tree returned is validated ([`Tree::validate`]), and one reader
+//! returns at most [`MAX_TREE_ENTRIES`] tree entries in all, so a forged
+//! snapshot whose trees repeat a subtree exponentially stops with an error
+//! instead of walking (and restoring) without end.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -32,7 +38,16 @@ pub struct BlobReader {
     index: Arc<Index>,
     headers: Arc<Mutex<HashMap<PackId, Bytes>>>,
     tree_packs: Arc<Mutex<PackCache>>,
+    tree_entries: Arc<AtomicU64>,
+    tree_entry_limit: u64,
 }
+
+/// How many tree entries one reader returns at most, over all its trees:
+/// ten times the entries of a large volume (a million-file photo library),
+/// and about 2 GiB of entries held at once by a walk that holds them all.
+pub const MAX_TREE_ENTRIES: u64 = 10_000_000;
+/// How deep walkers of trees (`check`, `ls`, the drill) descend at most.
+pub const MAX_TREE_DEPTH: usize = 256;
 
 /// Bytes of decrypted tree packs kept in memory.
 const TREE_CACHE_BYTES: usize = 64 << 20;
@@ -85,7 +100,29 @@ impl BlobReader {
             index,
             headers: Arc::default(),
             tree_packs: Arc::default(),
+            tree_entries: Arc::default(),
+            tree_entry_limit: MAX_TREE_ENTRIES,
         }
+    }
+
+    /// The same reader returning at most `limit` tree entries in all
+    /// (instead of [`MAX_TREE_ENTRIES`]), counted afresh.
+    pub fn with_tree_entry_limit(mut self, limit: u64) -> Self {
+        self.tree_entries = Arc::default();
+        self.tree_entry_limit = limit;
+        self
+    }
+
+    /// How many tree entries a walk with this reader reads at most.
+    pub fn tree_entry_limit(&self) -> u64 {
+        self.tree_entry_limit
+    }
+
+    /// A reader sharing this one's caches, with its own count of tree
+    /// entries: one for each walk of a snapshot (a drill of one job, the
+    /// check of one snapshot).
+    pub fn for_walk(&self) -> Self {
+        self.clone().with_tree_entry_limit(self.tree_entry_limit)
     }
 
     /// The id a blob with plaintext `plain` has in this repository.
@@ -261,15 +298,37 @@ impl BlobReader {
         Ok(header)
     }
 
-    /// Reads and parses a tree blob.
+    /// Reads, parses and validates a tree blob.
     ///
-    /// Fails as [`BlobReader::read`] does, or when the blob is not a tree.
+    /// Fails as [`BlobReader::read`] does, when the blob is not a tree, with
+    /// [`RepoError::DamagedTree`] when it breaks a rule of FORMAT.md, and with
+    /// [`RepoError::TreeLimit`] once this reader has returned more than its
+    /// limit of entries.
     pub async fn read_tree(&self, id: &BlobId) -> Result<Tree, RepoError> {
         let plain = self.read(id).await?;
-        Tree::from_bytes(&plain).map_err(|e| RepoError::Damaged {
+        let tree = Tree::from_bytes(&plain).map_err(|e| RepoError::Damaged {
             key: format!("tree {id}"),
             reason: e.to_string(),
+        })?;
+        tree.validate(|blob| {
+            self.index
+                .get(blob)
+                .map(|l| (l.blob.kind, u64::from(l.blob.raw_length)))
         })
+        .map_err(|damage| RepoError::DamagedTree { tree: *id, damage })?;
+        let entries = tree.entries.len() as u64;
+        let before = self.tree_entries.fetch_add(entries, Ordering::Relaxed);
+        if before.saturating_add(entries) > self.tree_entry_limit {
+            return Err(RepoError::TreeLimit {
+                tree: *id,
+                reason: format!(
+                    "the snapshot's trees hold more than {} entries (a subtree repeated \
+                     without end?)",
+                    self.tree_entry_limit
+                ),
+            });
+        }
+        Ok(tree)
     }
 
     /// Fetches a whole pack as stored.

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::id::{BlobId, PackId};
-use super::prune::{read_plans, require_whole_index, used_blobs, write_plan};
+use super::prune::{read_all_plans, require_whole_index, used_blobs, write_plan};
 use super::{RepoError, UnlockedRepository};
 
 /// What a repack did (or would do).
@@ -40,7 +40,7 @@ pub async fn repack(
     let reader = repo.reader("repacking")?;
     require_whole_index(repo, "repack")?;
     let used = used_blobs(repo).await?;
-    let planned: HashSet<PackId> = read_plans(repo.repository().store(), repo.identity())
+    let planned: HashSet<PackId> = read_all_plans(repo.repository().store(), repo.identity())
         .await?
         .into_iter()
         .flat_map(|(_, plan)| plan.packs)

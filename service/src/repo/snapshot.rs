@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub references: Vec<BlobId>,
 }
 
+impl super::meta::MetaObject for Snapshot {}
+
 /// Counts and sizes of one backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

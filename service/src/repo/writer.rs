@@ -130,8 +130,9 @@ impl BlobWriter {
     /// Stores `plain` as a blob unless it is already stored, and returns its
     /// id and whether it was new. Blocking: call it off the async threads.
     ///
-    /// Fails when the uploader has stopped (the cause comes from
-    /// [`BlobWriter::finish`]).
+    /// Fails when `plain` is larger than its kind allows
+    /// ([`BlobKind::max_raw_length`]), or when the uploader has stopped (the
+    /// cause comes from [`BlobWriter::finish`]).
     pub fn save(&self, kind: BlobKind, plain: &[u8]) -> Result<(BlobId, bool), RepoError> {
         self.store(kind, plain, true)
     }
@@ -150,6 +151,14 @@ impl BlobWriter {
         plain: &[u8],
         reuse: bool,
     ) -> Result<(BlobId, bool), RepoError> {
+        let max = kind.max_raw_length();
+        if plain.len() > max as usize {
+            return Err(RepoError::BlobTooLarge {
+                kind,
+                length: plain.len(),
+                max,
+            });
+        }
         let shared = &self.shared;
         let id = self.blob_id(plain);
         if reuse && shared.index.reusable(&id) {

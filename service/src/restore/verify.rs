@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::RestoreError;
 use crate::repo::RepoError;
 use crate::repo::id::BlobId;
-use crate::repo::reader::BlobReader;
+use crate::repo::reader::{BlobReader, MAX_TREE_DEPTH};
 use crate::repo::tree::{NodeKind, Tree};
 
 /// What a check of restored files found.
@@ -43,8 +43,8 @@ struct Expected {
 /// Checks the files restored under `restored` against the tree `tree`
 /// (whose snapshot path is `shown_prefix`, for messages).
 ///
-/// Fails only when the trees cannot be read; every difference is a problem
-/// in the result.
+/// Fails only when a file's blob is in no index; every difference, and
+/// every tree that does not read, is a problem in the result.
 pub async fn check_restored(
     reader: &BlobReader,
     tree: Tree,
@@ -53,8 +53,8 @@ pub async fn check_restored(
 ) -> Result<TreeCheck, RestoreError> {
     let mut check = TreeCheck::default();
     let mut expected = Vec::new();
-    let mut queue = vec![(tree, restored.to_owned(), shown_prefix.to_owned())];
-    while let Some((tree, dir, shown_dir)) = queue.pop() {
+    let mut queue = vec![(tree, restored.to_owned(), shown_prefix.to_owned(), 0)];
+    while let Some((tree, dir, shown_dir, depth)) = queue.pop() {
         for node in tree.entries {
             let path = dir.join(OsStr::from_bytes(&node.name.0));
             let shown = format!("{shown_dir}/{}", node.name.display());
@@ -63,8 +63,15 @@ pub async fn check_restored(
                     let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
                     if !is_dir {
                         check.problems.push(format!("{shown}: directory missing"));
+                    } else if depth >= MAX_TREE_DEPTH {
+                        check.problems.push(format!(
+                            "{shown}/: lies deeper than {MAX_TREE_DEPTH} directories"
+                        ));
                     } else if let Some(sub) = node.subtree {
-                        queue.push((reader.read_tree(&sub).await?, path, shown));
+                        match reader.read_tree(&sub).await {
+                            Ok(subtree) => queue.push((subtree, path, shown, depth + 1)),
+                            Err(e) => check.problems.push(format!("{shown}/: {e}")),
+                        }
                     }
                 }
                 NodeKind::File => {

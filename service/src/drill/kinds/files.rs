@@ -24,7 +24,7 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
         .step(
             "restore",
             restore(
-                reader,
+                &reader.for_walk(),
                 root,
                 "",
                 &target,
@@ -48,7 +48,8 @@ pub(super) async fn verify_tree(run: &mut JobRun<'_>, target: &std::path::Path) 
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let checked = run
         .step("verify hashes", async {
-            check_restored(reader, reader.read_tree(&root).await?, "", target).await
+            let reader = reader.for_walk();
+            check_restored(&reader, reader.read_tree(&root).await?, "", target).await
         })
         .await;
     if let Some(checked) = checked {

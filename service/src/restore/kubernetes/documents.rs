@@ -100,7 +100,20 @@ pub fn load(dir: &Path) -> std::io::Result<(Vec<Document>, Vec<Problem>)> {
 /// metadata.name equal to the file name, in the folder's namespace.
 fn parse(path: &Path, namespace: &str) -> Result<(String, Value), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let object: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("not YAML: {e}"))?;
+    let expected = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    parse_text(&text, expected, namespace)
+}
+
+/// Parses the text of a document stored as `<file_stem>.yaml` in the folder
+/// of `namespace` (empty for cluster-scoped), as [`load`] does
+/// for each file; returns its name and the object.
+///
+/// Fails with the reason it is not such a document.
+pub fn parse_text(text: &str, expected: &str, namespace: &str) -> Result<(String, Value), String> {
+    let object: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
     for field in ["apiVersion", "kind"] {
         if object[field].as_str().is_none_or(str::is_empty) {
             return Err(format!("no {field}"));
@@ -110,10 +123,6 @@ fn parse(path: &Path, namespace: &str) -> Result<(String, Value), String> {
         .as_str()
         .ok_or("no metadata.name")?
         .to_owned();
-    let expected = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
     if name != expected {
         return Err(format!("metadata.name {name:?} differs from the file name"));
     }
