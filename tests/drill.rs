@@ -419,7 +419,7 @@ async fn volumes_verify_and_a_kubernetes_snapshot_without_inventory_fails() -> R
     let mut objects_snapshot = SnapshotBuilder::new(&repo, "objects", "kubernetes");
     objects_snapshot
         .add_stream(
-            "v1/configmaps/default/x.yaml",
+            "configmap-x.yaml",
             std::io::Cursor::new(b"apiVersion: v1\nkind: ConfigMap\n".to_vec()),
             StreamChunking::Content,
         )

@@ -222,21 +222,21 @@ async fn forged_trees_never_write_outside_the_target() -> Result<()> {
             &[&format!("latest:{job}"), "--target", &text(&target)],
         )?
         .failed()?;
+        // A second entry of the same name makes the tree damaged (FORMAT.md,
+        // "Valid trees"): the whole folder is refused, naming the entry. The
+        // restorer's own refusal of a repeated name, should validation ever
+        // let one through, is tested in `restore::place`.
         ensure!(
-            outcome.stderr.contains(&format!("/{name}")) && outcome.stderr.contains("refused"),
+            outcome.stderr.contains(&format!("entry \"{name}\""))
+                && outcome.stderr.contains("the name appears twice"),
             "{job}: the refusal names the entry:\n{}",
             outcome.output()
         );
         sentinel.unchanged(job)?;
         ensure!(!created.exists(), "{job}: a file was created outside");
         ensure!(
-            std::fs::read(target.join("good.txt"))? == b"good data\n",
-            "{job}: the good file is restored"
-        );
-        let link = std::fs::symlink_metadata(target.join(name))?;
-        ensure!(
-            link.file_type().is_symlink(),
-            "{job}: the symlink itself is restored"
+            std::fs::symlink_metadata(target.join(name)).is_err(),
+            "{job}: nothing of the damaged folder is restored"
         );
     }
 

@@ -104,9 +104,12 @@ impl LocalStore {
             for entry in entries {
                 let entry = entry.map_err(|e| Self::io("listing", &dir, e))?;
                 let path = entry.path();
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| Self::io("reading", &path, e))?;
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted since the folder was read (a prune at work).
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Self::io("reading", &path, e)),
+                };
                 if meta.is_dir() {
                     stack.push(path);
                     continue;
