@@ -83,11 +83,7 @@ pub async fn serve(
     let config = Config::load_with_schedules(&options.config)?;
     let listen = options.listen.unwrap_or(config.service.listen);
     let token = ApiToken::load_or_create(&config.token_file())?;
-    let state_dir = config
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("state"));
-    let history = History::open(&state_dir)?;
+    let history = History::open(&config.state_folder())?;
     let interrupted = history.interrupt_unfinished()?;
     if interrupted > 0 {
         tracing::warn!(

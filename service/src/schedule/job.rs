@@ -1,7 +1,7 @@
 //! Running one job once: open (or create) the repository with the service
 //! key, back the source up, commit the snapshot.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::config::{Config, ConfigError, JobConfig};
@@ -117,7 +117,7 @@ pub async fn open_service_repository(config: &Config) -> Result<UnlockedReposito
         .iter()
         .map(|r| r.parse())
         .collect::<Result<_, _>>()?;
-    let pin_dir = pin_folder(config);
+    let pin_dir = config.state_folder();
     let pin_path = pin_dir.join(pin::PIN_FILE).display().to_string();
     let pinned = pin::load(&pin_dir)?;
     let repo = match Repository::open(store.clone()).await {
@@ -199,18 +199,6 @@ pub async fn open_service_repository(config: &Config) -> Result<UnlockedReposito
             Ok(unlocked)
         }
     }
-}
-
-/// Where the pin is kept: the state folder, else beside the service key.
-fn pin_folder(config: &Config) -> PathBuf {
-    config.state_dir.clone().unwrap_or_else(|| {
-        config
-            .repository
-            .service_identity
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    })
 }
 
 fn as_strings(recipients: &[Recipient]) -> Vec<String> {

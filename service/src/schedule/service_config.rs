@@ -325,14 +325,20 @@ impl Config {
         job.rpo.unwrap_or(self.service.default_rpo)
     }
 
+    /// The state folder: `state_dir`, else `state` (relative to the
+    /// working folder, as for a config that was not loaded from a file).
+    pub fn state_folder(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("state"))
+    }
+
     /// The API token file.
     pub fn token_file(&self) -> PathBuf {
-        self.service.token_file.clone().unwrap_or_else(|| {
-            self.state_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("state"))
-                .join("api-token")
-        })
+        self.service
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.state_folder().join("api-token"))
     }
 }
 
