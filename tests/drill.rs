@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail, ensure};
 use lifeboat::backup::SnapshotBuilder;
 use lifeboat::backup::files::Folder;
 use lifeboat::backup::stream::StreamChunking;
-use lifeboat::drill::{DrillJob, DrillSettings, drill_job};
+use lifeboat::drill::{DrillJob, DrillSettings};
+use lifeboat::sources::drill_job;
 use lifeboat::sources::volumes::MANIFEST_FILE;
 use lifeboat_tests::cli::{
     Installation, Outcome, Rng, flip_bit, object_key, objects, run, write_file,
@@ -426,9 +427,10 @@ async fn volumes_verify_and_a_kubernetes_snapshot_without_inventory_fails() -> R
         .await?;
     objects_snapshot.commit(Value::Null).await?;
 
-    let reader_repo =
-        lifeboat_tests::repo::unlock(installation.url(), &installation.restore_key()).await?;
-    let reader = reader_repo.reader("drill test")?;
+    let reader_repo = lifeboat_tests::repo::unlock(installation.url(), &installation.restore_key())
+        .await?
+        .into_restore("drill test")?;
+    let reader = reader_repo.reader();
     let snapshots = reader_repo.snapshots().await?;
     let scratch = tempfile::tempdir()?;
     let settings = DrillSettings {

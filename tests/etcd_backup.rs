@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use lifeboat::sources::etcd_snapshot::{SnapshotError, VerifyFileError, verify_file};
+use lifeboat::sources::etcd::snapshot_file::{SnapshotError, VerifyFileError, verify_file};
 use lifeboat_tests::cli::{Installation, Outcome, Rng, objects, run};
 use lifeboat_tests::etcd::{
     ClientFiles, EtcdServer, Tamper, TamperProxy, count_keys, delete_all, get_value, put_all,

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
-use lifeboat::restore::kubernetes::documents::{check_inventory, load};
-use lifeboat::restore::kubernetes::order::rank;
-use lifeboat::restore::kubernetes::{ApplyOptions, ApplyReport, Existing, Outcome, apply};
+use lifeboat::sources::kubernetes::restore::documents::{check_inventory, load};
+use lifeboat::sources::kubernetes::restore::order::rank;
+use lifeboat::sources::kubernetes::restore::{ApplyOptions, ApplyReport, Existing, Outcome, apply};
 use lifeboat_tests::cli::{Installation, write_file};
 use lifeboat_tests::kubernetes::{KubeApiServer, fixtures};
 use serde_json::json;
@@ -50,7 +50,7 @@ async fn empty_cluster(dir: &std::path::Path) -> Result<(KubeApiServer, kube::Cl
 fn result<'a>(
     report: &'a ApplyReport,
     object: &str,
-) -> Result<&'a lifeboat::restore::kubernetes::ObjectResult> {
+) -> Result<&'a lifeboat::sources::kubernetes::restore::ObjectResult> {
     report
         .objects
         .iter()

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use lifeboat::repo::UnlockedRepository;
 use lifeboat::repo::blob::BlobKind;
 use lifeboat::repo::id::BlobId;
+use lifeboat::repo::keys::AnyIdentity;
 use lifeboat::repo::snapshot::{Snapshot, Summary};
 use lifeboat::repo::tree::{Node, NodeKind, Tree};
 use lifeboat_tests::cli::{Installation, Outcome, assert_same_tree, describe, run, write_file};
@@ -161,7 +162,7 @@ fn forged_snapshots_are_named_and_bounded_and_the_good_one_restores() -> Result<
 
 /// Plants the forged snapshots with the service key; returns the keys of
 /// the forged objects the checks must name.
-async fn forge(repo: &UnlockedRepository) -> Result<Value> {
+async fn forge(repo: &UnlockedRepository<AnyIdentity>) -> Result<Value> {
     let writer = repo.writer();
     let save = |kind, plain: &[u8]| tokio::task::block_in_place(|| writer.save(kind, plain));
     let ok_text = b"still good";
@@ -309,7 +310,7 @@ struct RawEntry {
 /// offsets are moved by `shift`). Returns the pack's and the index
 /// object's keys.
 async fn forge_pack(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<AnyIdentity>,
     stored: &[u8],
     table: &[RawEntry],
     indexed: &[RawEntry],

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, ensure};
 use lifeboat::repo::UnlockedRepository;
 use lifeboat::repo::blob::BlobKind;
 use lifeboat::repo::id::BlobId;
+use lifeboat::repo::keys::AnyIdentity;
 use lifeboat::repo::snapshot::{Snapshot, Summary};
 use lifeboat::repo::tree::{Node, NodeKind, RawName, Tree};
 use lifeboat::repo::writer::BlobWriter;
@@ -21,7 +22,7 @@ use lifeboat_tests::cli::{Installation, Outcome, TreeDescription, describe, run,
 
 /// Writes blobs and snapshots with the service key only.
 struct Forger {
-    repo: UnlockedRepository,
+    repo: UnlockedRepository<AnyIdentity>,
     writer: Option<BlobWriter>,
     references: Vec<BlobId>,
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use lifeboat::backup::SnapshotBuilder;
 use lifeboat::backup::files::Folder;
 use lifeboat::backup::stream::StreamChunking;
-use lifeboat::restore::etcd::{Member, ThrowawayEtcd};
+use lifeboat::sources::etcd::restore::{Member, ThrowawayEtcd};
 use lifeboat::sources::volumes::MANIFEST_FILE;
 use lifeboat_tests::cli::{
     Installation, Outcome, Rng, TreeDescription, assert_same_tree, describe, run, write_file,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lifeboat::repo::keys::{self, AnyIdentity};
+use lifeboat::repo::keys::{self, AnyIdentity, RestoreIdentity};
 use lifeboat::repo::reader::MAX_TREE_ENTRIES;
 use lifeboat::repo::{Repository, UnlockedRepository};
 use lifeboat::schedule::Config;
@@ -103,13 +103,28 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
-    /// Loads the identity and unlocks `repo` with it.
-    pub async fn unlock(&self, repo: Repository) -> anyhow::Result<UnlockedRepository> {
+    /// Loads the identity and unlocks `repo` with it, whichever key it is.
+    pub async fn unlock(
+        &self,
+        repo: Repository,
+    ) -> anyhow::Result<UnlockedRepository<AnyIdentity>> {
         let identity = self.load(&repo)?;
         Ok(repo
             .unlock(identity)
             .await?
             .with_tree_entry_limit(self.max_tree_entries))
+    }
+
+    /// Loads the identity and unlocks `repo` with it for `what`, which
+    /// reads data (a sentence such as "restoring").
+    ///
+    /// Fails when the identity is the service key.
+    pub async fn unlock_restore(
+        &self,
+        repo: Repository,
+        what: &'static str,
+    ) -> anyhow::Result<UnlockedRepository<RestoreIdentity>> {
+        Ok(self.unlock(repo).await?.into_restore(what)?)
     }
 
     fn load(&self, repo: &Repository) -> anyhow::Result<AnyIdentity> {

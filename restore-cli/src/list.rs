@@ -91,9 +91,12 @@ pub struct LsArgs {
 
 /// Runs `lifeboat ls`: needs the restore key (names are encrypted to it only).
 pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
-    let repo = args.key.unlock(args.repo.open().await?).await?;
+    let repo = args
+        .key
+        .unlock_restore(args.repo.open().await?, "listing files")
+        .await?;
     let entry = repo.find_snapshot(&args.snapshot).await?;
-    let reader = repo.reader("listing files")?;
+    let reader = repo.reader();
     let start = args.path.clone().unwrap_or_default();
     let mut tree = reader.read_tree(&entry.snapshot.root).await?;
     let mut prefix = String::new();

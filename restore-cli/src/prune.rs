@@ -162,7 +162,10 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
     };
     let repacked = match args.repack {
-        Some(percent) => Some(repack(&repo, percent, args.dry_run).await?),
+        Some(percent) => {
+            let restoring = repo.clone().into_restore("repacking")?;
+            Some(repack(&restoring, percent, args.dry_run).await?)
+        }
         None => None,
     };
     // Repacking wrote packs and a plan: read the index afresh.

@@ -20,7 +20,7 @@ use crate::repo::pack;
 use crate::repo::prune::PrunePlan;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Tree;
-use crate::sources::etcd_snapshot::SnapshotVerifier;
+use crate::sources::etcd::snapshot_file::SnapshotVerifier;
 
 /// The age identity encrypted fuzz inputs are opened with. It protects
 /// nothing: it is public, for fuzzing only.
@@ -146,7 +146,7 @@ pub fn kubernetes_document(input: &[u8]) -> bool {
         return false;
     };
     let Ok((_, object)) =
-        crate::restore::kubernetes::documents::parse_text(text, "fuzzed", "default")
+        crate::sources::kubernetes::restore::documents::parse_text(text, "fuzzed", "default")
     else {
         return false;
     };

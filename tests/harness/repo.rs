@@ -13,7 +13,7 @@ use lifeboat::storage::{self, S3Options};
 /// Opens the repository at `url` and unlocks it with the identity file `key`.
 ///
 /// Fails when the repository or the key cannot be read.
-pub async fn unlock(url: &str, key: &Path) -> Result<UnlockedRepository> {
+pub async fn unlock(url: &str, key: &Path) -> Result<UnlockedRepository<AnyIdentity>> {
     let store = storage::open(url, &S3Options::default()).await?;
     let repo = lifeboat::repo::Repository::open(store).await?;
     let file = AnyIdentity::from_file(key, None)?;

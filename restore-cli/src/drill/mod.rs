@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use lifeboat::drill::{DrillJob, DrillReport, DrillSettings, drill_job};
+use lifeboat::drill::{DrillJob, DrillReport, DrillSettings};
 use lifeboat::schedule::Config;
+use lifeboat::sources::drill_job;
 
 use crate::args::{KeyArgs, RepoArgs};
 use crate::exit::ProblemsFound;
@@ -69,8 +70,11 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     let config = Config::load_with_schedules(&config_path)?;
     let jobs = selected_jobs(&config, &config_path, &args.jobs)?;
     let started = chrono::Utc::now();
-    let repo = args.key.unlock(args.repo.open().await?).await?;
-    let reader = repo.reader("drilling restores")?;
+    let repo = args
+        .key
+        .unlock_restore(args.repo.open().await?, "drilling restores")
+        .await?;
+    let reader = repo.reader();
     let snapshots = repo.snapshots().await?;
     let scratch_dir;
     let scratch = match &args.scratch {

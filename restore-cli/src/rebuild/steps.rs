@@ -8,11 +8,12 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use lifeboat::repo::UnlockedRepository;
+use lifeboat::repo::keys::RestoreIdentity;
 use lifeboat::restore::files::{RestoreOptions, RestoreProgress, restore};
-use lifeboat::restore::volumes::Layout;
-use lifeboat::sources::etcd_snapshot::verify_file;
+use lifeboat::sources::etcd::snapshot_file::verify_file;
 use lifeboat::sources::talos_config::{TalosFile, inspect_file};
 use lifeboat::sources::volumes::Manifest;
+use lifeboat::sources::volumes::restore::Layout;
 use lifeboat::talos::{ApplyMode, Security, TalosClient, TalosConfig, TalosEndpoint};
 
 use super::data;
@@ -273,7 +274,7 @@ pub struct Runner {
     /// The restore key.
     pub key: Option<KeyArgs>,
     hypervisor: Option<Hypervisor>,
-    repository: Option<UnlockedRepository>,
+    repository: Option<UnlockedRepository<RestoreIdentity>>,
 }
 
 impl Runner {
@@ -522,13 +523,13 @@ impl Runner {
     async fn volume_manifest(&mut self, what: &str) -> anyhow::Result<(String, Manifest)> {
         let repo = self.repository().await?;
         let entry = repo.find_snapshot(what).await?;
-        if entry.snapshot.source_kind != "volumes" {
+        if entry.snapshot.source_kind != lifeboat::repo::snapshot::SourceKind::Volumes {
             bail!(
-                "[data] volumes names {what}, a snapshot of kind {:?}; name snapshots of volumes jobs",
+                "[data] volumes names {what}, a snapshot of kind \"{}\"; name snapshots of volumes jobs",
                 entry.snapshot.source_kind
             );
         }
-        let reader = repo.reader("reading a volumes manifest")?;
+        let reader = repo.reader();
         let layout = Layout::read(&reader, entry.snapshot.root).await?;
         let manifest = layout
             .manifest
@@ -592,9 +593,12 @@ impl Runner {
     }
 
     /// The repository, unlocked with the restore key on first use.
-    async fn repository(&mut self) -> anyhow::Result<&UnlockedRepository> {
+    async fn repository(&mut self) -> anyhow::Result<&UnlockedRepository<RestoreIdentity>> {
         if self.repository.is_none() {
-            let repo = self.key()?.unlock(self.repo.open().await?).await?;
+            let repo = self
+                .key()?
+                .unlock_restore(self.repo.open().await?, "rebuilding from backups")
+                .await?;
             self.repository = Some(repo);
         }
         self.repository.as_ref().context("the repository")
@@ -604,7 +608,7 @@ impl Runner {
         let spec = self.spec.clone();
         let work = self.work.clone();
         let repo = self.repository().await?;
-        let reader = repo.reader("fetching the backups for a rebuild")?;
+        let reader = repo.reader();
         let mut lines = Vec::new();
         for (what, folder) in [
             (&spec.backups.talos_config, "talos-config"),
@@ -640,7 +644,7 @@ impl Runner {
         let path = self
             .work
             .join("etcd")
-            .join(lifeboat::sources::talos_etcd::SNAPSHOT_FILE);
+            .join(lifeboat::sources::etcd::SNAPSHOT_FILE);
         if !path.is_file() {
             bail!(
                 "{} is missing: the etcd snapshot {} holds no etcd.db; run the rebuild from the start or check [backups] etcd",

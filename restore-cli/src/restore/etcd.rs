@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use lifeboat::restore::etcd::{Member, RestoreTool, restore_data_dir, restore_snapshot_file};
+use lifeboat::sources::etcd::restore::{
+    Member, RestoreTool, restore_data_dir, restore_snapshot_file,
+};
 
 use super::Restoring;
 

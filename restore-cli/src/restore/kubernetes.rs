@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use lifeboat::restore::files::{RestoreOptions, restore};
-use lifeboat::restore::kubernetes::documents::load;
-use lifeboat::restore::kubernetes::{ApplyOptions, Existing, Outcome, apply};
+use lifeboat::sources::kubernetes::restore::documents::load;
+use lifeboat::sources::kubernetes::restore::{ApplyOptions, Existing, Outcome, apply};
 
 use super::Restoring;
 

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use clap::Args;
 use lifeboat::progress::Bar;
 use lifeboat::repo::UnlockedRepository;
+use lifeboat::repo::keys::RestoreIdentity;
 use lifeboat::repo::reader::BlobReader;
-use lifeboat::repo::snapshot::SnapshotEntry;
+use lifeboat::repo::snapshot::{SnapshotEntry, SourceKind};
 use lifeboat::restore::files::RestoreProgress;
 
 use crate::args::{KeyArgs, RepoArgs};
@@ -121,10 +122,13 @@ where
 
 /// Runs `lifeboat restore`.
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
-    let repo = args.key.unlock(args.repo.open().await?).await?;
+    let repo = args
+        .key
+        .unlock_restore(args.repo.open().await?, "restoring")
+        .await?;
     let (spec, path) = files::split_spec(&args.what);
     let entry = repo.find_snapshot(&spec).await?;
-    let reader = repo.reader("restoring")?;
+    let reader = repo.reader();
     let restoring = Restoring {
         reader: &reader,
         entry: &entry,
@@ -133,44 +137,43 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         keep_special: args.keep_special,
         json: args.json,
     };
-    let kind = entry.snapshot.source_kind.as_str();
+    let kind = &entry.snapshot.source_kind;
     refuse_foreign_flags(&args, kind, !path.is_empty())?;
     if !path.is_empty() {
         return files::run(&restoring, &path).await;
     }
     match kind {
-        "directory" | "volumes" => volumes::run(&restoring, &args.volumes).await,
-        "etcd" | "talos-etcd" => etcd::run(&restoring, &args.etcd).await,
-        "postgres" => postgres::run(&restoring, &args.postgres).await,
-        "talos-config" => talos_config::run(&restoring).await,
-        "kubernetes" => kubernetes::run(&restoring, &args.kubernetes).await,
-        _ => files::run(&restoring, "").await,
+        SourceKind::Directory | SourceKind::Volumes => {
+            volumes::run(&restoring, &args.volumes).await
+        }
+        SourceKind::Etcd | SourceKind::TalosEtcd => etcd::run(&restoring, &args.etcd).await,
+        SourceKind::Postgres => postgres::run(&restoring, &args.postgres).await,
+        SourceKind::TalosConfig => talos_config::run(&restoring).await,
+        SourceKind::Kubernetes => kubernetes::run(&restoring, &args.kubernetes).await,
+        SourceKind::Other(_) => files::run(&restoring, "").await,
     }
 }
 
-/// Fails when flags of another kind (or any kind's flags with `:PATH`)
-/// are given: they would be ignored, and the restore would not be the one
-/// asked for.
 /// Restores the postgres snapshot `what` of `repo` into the server at
 /// `url`, as `lifeboat restore WHAT --pg-url URL [--create] [--pg-bin DIR]`
 /// does.
 ///
 /// Fails when the snapshot is not a postgres one or a restore fails.
 pub async fn postgres_into(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<RestoreIdentity>,
     what: &str,
     url: &str,
     create: bool,
     pg_bin: Option<&Path>,
 ) -> anyhow::Result<()> {
     let entry = repo.find_snapshot(what).await?;
-    if entry.snapshot.source_kind != "postgres" {
+    if entry.snapshot.source_kind != SourceKind::Postgres {
         anyhow::bail!(
-            "snapshot {what} is of kind {:?}, not postgres",
+            "snapshot {what} is of kind \"{}\", not postgres",
             entry.snapshot.source_kind
         );
     }
-    let reader = repo.reader("restoring PostgreSQL")?;
+    let reader = repo.reader();
     let restoring = Restoring {
         reader: &reader,
         entry: &entry,
@@ -183,16 +186,35 @@ pub async fn postgres_into(
     postgres::run(&restoring, &args).await
 }
 
-fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyhow::Result<()> {
-    let groups: [(bool, &str, &[&str]); 4] = [
+/// Fails when flags of another kind (or any kind's flags with `:PATH`)
+/// are given: they would be ignored, and the restore would not be the one
+/// asked for.
+fn refuse_foreign_flags(
+    args: &RestoreArgs,
+    kind: &SourceKind,
+    with_path: bool,
+) -> anyhow::Result<()> {
+    let groups: [(bool, &str, &[SourceKind]); 4] = [
         (
             args.volumes.given(),
             "--in-place/--pvc",
-            &["directory", "volumes"],
+            &[SourceKind::Directory, SourceKind::Volumes],
         ),
-        (args.etcd.given(), "--data-dir", &["etcd", "talos-etcd"]),
-        (args.postgres.given(), "--pg-url/--pg-bin", &["postgres"]),
-        (args.kubernetes.given(), "--apply", &["kubernetes"]),
+        (
+            args.etcd.given(),
+            "--data-dir",
+            &[SourceKind::Etcd, SourceKind::TalosEtcd],
+        ),
+        (
+            args.postgres.given(),
+            "--pg-url/--pg-bin",
+            &[SourceKind::Postgres],
+        ),
+        (
+            args.kubernetes.given(),
+            "--apply",
+            &[SourceKind::Kubernetes],
+        ),
     ];
     for (given, flags, kinds) in groups {
         if given && with_path {
@@ -200,10 +222,11 @@ fn refuse_foreign_flags(args: &RestoreArgs, kind: &str, with_path: bool) -> anyh
                 "{flags} does not apply to SNAPSHOT:PATH, which restores plain files; leave it out"
             );
         }
-        if given && !kinds.contains(&kind) {
+        if given && !kinds.contains(kind) {
+            let names: Vec<&str> = kinds.iter().map(SourceKind::name).collect();
             anyhow::bail!(
-                "{flags} is for {} snapshots and this one is of kind {kind:?}; leave it out",
-                kinds.join(" and ")
+                "{flags} is for {} snapshots and this one is of kind \"{kind}\"; leave it out",
+                names.join(" and ")
             );
         }
     }

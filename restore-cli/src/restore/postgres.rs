@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use lifeboat::restore::files::{RestoreOptions, restore};
-use lifeboat::restore::postgres::{
+use lifeboat::sources::postgres::GLOBALS_FILE;
+use lifeboat::sources::postgres::restore::{
     DumpOptions, PgTarget, RestoreInto, has_globals, stored_databases,
 };
-use lifeboat::sources::postgres::GLOBALS_FILE;
 
 use super::Restoring;
 

@@ -1,6 +1,6 @@
 //! Talos configuration: every file into `--target` with mode 0600.
 
-use lifeboat::restore::talos_config::{check_yaml, restore_private};
+use lifeboat::sources::talos_config::restore::{check_yaml, restore_private};
 
 use super::Restoring;
 

@@ -20,8 +20,8 @@ use kube::api::Api;
 use lifeboat::repo::snapshot::human_bytes;
 use lifeboat::restore::files::RestoreOptions;
 use lifeboat::restore::in_place::InPlacePolicy;
-use lifeboat::restore::volumes::{Layout, Placement, RestoreUnit, restore_units};
 use lifeboat::sources::volumes::Manifest;
+use lifeboat::sources::volumes::restore::{Layout, Placement, RestoreUnit, restore_units};
 
 use super::Restoring;
 

@@ -8,6 +8,7 @@ use super::{BackupError, SnapshotBuilder, bump};
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::id::BlobId;
+use crate::repo::keys::KeyRole;
 use crate::repo::tree::{Node, NodeKind, Tree};
 use crate::repo::writer::BlobWriter;
 
@@ -72,7 +73,7 @@ impl Documents {
     }
 }
 
-impl SnapshotBuilder {
+impl<K: KeyRole> SnapshotBuilder<K> {
     /// Stores `documents` as top-level entries of this snapshot.
     ///
     /// Fails when a top-level name is taken or the repository fails.

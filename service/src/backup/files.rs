@@ -28,6 +28,7 @@ use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::chunker::Chunking;
 use crate::repo::id::BlobId;
+use crate::repo::keys::KeyRole;
 use crate::repo::snapshot::Summary;
 use crate::repo::tree::{Node, NodeKind, RawName, Tree};
 use crate::repo::writer::BlobWriter;
@@ -45,7 +46,7 @@ pub struct Folder {
     pub exclude: Vec<String>,
 }
 
-impl SnapshotBuilder {
+impl<K: KeyRole> SnapshotBuilder<K> {
     /// Backs up `folders` into this snapshot, using the file cache in
     /// `state_dir` when given.
     ///

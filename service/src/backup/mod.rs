@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use crate::repo::blob::BlobKind;
 use crate::repo::id::{BlobId, SnapshotId};
 use crate::repo::index::IndexedPack;
-use crate::repo::snapshot::{Snapshot, Summary};
+use crate::repo::keys::{KeyRole, ServiceIdentity};
+use crate::repo::snapshot::{Snapshot, SourceKind, Summary};
 use crate::repo::tree::{Node, Tree};
 use crate::repo::writer::BlobWriter;
 use crate::repo::{RepoError, UnlockedRepository};
@@ -89,13 +90,14 @@ pub struct BackupReport {
     pub packs: Vec<IndexedPack>,
 }
 
-/// One snapshot being built.
+/// One snapshot being built, in a repository unlocked with a key of role
+/// `K` (the service's, unless a test or tool says otherwise).
 #[derive(Debug)]
-pub struct SnapshotBuilder {
-    repo: UnlockedRepository,
+pub struct SnapshotBuilder<K: KeyRole = ServiceIdentity> {
+    repo: UnlockedRepository<K>,
     writer: Arc<BlobWriter>,
     job: String,
-    source_kind: String,
+    source_kind: SourceKind,
     start: DateTime<Utc>,
     entries: Vec<Node>,
     summary: Summary,
@@ -105,9 +107,13 @@ pub struct SnapshotBuilder {
     progress: Arc<Progress>,
 }
 
-impl SnapshotBuilder {
+impl<K: KeyRole> SnapshotBuilder<K> {
     /// Starts a snapshot of `job`, whose source is of `source_kind`.
-    pub fn new(repo: &UnlockedRepository, job: &str, source_kind: &str) -> Self {
+    pub fn new(
+        repo: &UnlockedRepository<K>,
+        job: &str,
+        source_kind: impl Into<SourceKind>,
+    ) -> Self {
         Self {
             writer: Arc::new(repo.writer()),
             repo: repo.clone(),
@@ -130,7 +136,7 @@ impl SnapshotBuilder {
     }
 
     /// The repository being written.
-    pub fn repository(&self) -> &UnlockedRepository {
+    pub fn repository(&self) -> &UnlockedRepository<K> {
         &self.repo
     }
 
@@ -267,7 +273,7 @@ mod tests {
     use crate::repo::Repository;
     use crate::repo::chunker::Chunking;
     use crate::repo::config::InitOptions;
-    use crate::repo::keys::{AnyIdentity, Recipients, ServiceIdentity, generate_identity_file};
+    use crate::repo::keys::{Recipients, ServiceIdentity, generate_identity_file};
     use crate::storage::{LocalStore, ObjectStore};
 
     #[tokio::test]
@@ -286,16 +292,14 @@ mod tests {
         };
         let repo = Repository::init(store, recipients, &options).await?;
         let repo = repo
-            .unlock(AnyIdentity::Service(ServiceIdentity::from_file(
-                &service, None,
-            )?))
+            .unlock(ServiceIdentity::from_file(&service, None)?)
             .await?;
         // 12 MiB in 512-byte pages: the root tree lists ~24k blob ids, more
         // than a pack holds, so saving it hands a full pack to the uploader.
         let data: Vec<u8> = (0..12u32 << 20)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
-        let mut builder = SnapshotBuilder::new(&repo, "pages", "stream");
+        let mut builder = SnapshotBuilder::new(&repo, "pages", SourceKind::Directory);
         builder
             .add_stream("big", std::io::Cursor::new(data), StreamChunking::Pages)
             .await?;

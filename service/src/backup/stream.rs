@@ -12,6 +12,7 @@ use tokio_util::io::SyncIoBridge;
 use super::{BackupError, SnapshotBuilder, bump};
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
+use crate::repo::keys::KeyRole;
 use crate::repo::tree::{Node, NodeKind};
 
 /// Which of the repository's chunkings a stream uses.
@@ -23,7 +24,7 @@ pub enum StreamChunking {
     Pages,
 }
 
-impl SnapshotBuilder {
+impl<K: KeyRole> SnapshotBuilder<K> {
     /// Stores everything `input` yields as the file `name` of this snapshot,
     /// and returns the number of bytes read.
     ///

@@ -27,7 +27,7 @@ pub fn render(report: &DrillReport) -> String {
         let _ = writeln!(
             out,
             "    <testcase classname=\"lifeboat.drill.{}\" name=\"{}\" time=\"{:.3}\">",
-            escape(job.kind.as_deref().unwrap_or("unknown")),
+            escape(job.kind.as_ref().map_or("unknown", |kind| kind.name())),
             escape(&job.job),
             job.rto_seconds
         );

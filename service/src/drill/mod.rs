@@ -1,14 +1,16 @@
 //! Restore drills: prove that the newest snapshot of each job restores and
 //! is what was backed up, and measure how long that takes.
 //!
-//! For each job, [`drill_job`] takes the newest snapshot, checks its age
-//! against the job's RPO, restores it into scratch space and verifies it
-//! the way its source kind allows ([`kinds`]). Every step is timed; the
+//! For each job, [`prepare`] takes the newest snapshot, checks its age
+//! against the job's RPO and makes scratch space; the snapshot kind's own
+//! module (`crate::sources::*::drill`, dispatched by
+//! `crate::sources::drill_job`) restores and verifies it, recording
+//! timed steps in the [`JobRun`]; [`JobRun::finish`] measures it. Every step is timed; the
 //! job's wall time is its measured RTO. The [`report`] renders as JSON,
 //! JUnit XML ([`junit`]) and Prometheus text ([`metrics`]).
 
+pub mod files;
 pub mod junit;
-pub mod kinds;
 pub mod metrics;
 pub mod report;
 
@@ -18,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-pub use self::kinds::DrillKind;
 pub use self::report::{DrillReport, JobReport, StepReport};
 use crate::repo::reader::BlobReader;
 use crate::repo::snapshot::SnapshotEntry;
@@ -66,6 +67,8 @@ pub struct JobRun<'a> {
     pub settings: &'a DrillSettings,
     /// The report so far.
     pub report: JobReport,
+    /// When the drill started.
+    started: Instant,
 }
 
 impl JobRun<'_> {
@@ -78,29 +81,32 @@ impl JobRun<'_> {
     ) -> Option<T> {
         let started = Instant::now();
         let outcome = work.await;
+        self.record(name, started, outcome)
+    }
+
+    /// Records the outcome of the step `name`, begun at `started`; a
+    /// failure fails the job and gives `None`.
+    fn record<T, E: std::error::Error + 'static>(
+        &mut self,
+        name: &str,
+        started: Instant,
+        outcome: Result<T, E>,
+    ) -> Option<T> {
         let seconds = started.elapsed().as_secs_f64();
-        match outcome {
-            Ok(value) => {
-                self.report.steps.push(StepReport {
-                    name: name.to_owned(),
-                    seconds,
-                    ok: true,
-                    detail: String::new(),
-                });
-                Some(value)
-            }
-            Err(e) => {
-                let detail = crate::errors::describe(&e);
-                self.report.steps.push(StepReport {
-                    name: name.to_owned(),
-                    seconds,
-                    ok: false,
-                    detail: detail.clone(),
-                });
-                self.fail(format!("{name}: {detail}"));
-                None
-            }
+        let (value, ok, detail) = match outcome {
+            Ok(value) => (Some(value), true, String::new()),
+            Err(e) => (None, false, crate::errors::describe(&e)),
+        };
+        if !ok {
+            self.fail(format!("{name}: {detail}"));
         }
+        self.report.steps.push(StepReport {
+            name: name.to_owned(),
+            seconds,
+            ok,
+            detail,
+        });
+        value
     }
 
     /// Adds a note to the last step (what it found).
@@ -111,6 +117,27 @@ impl JobRun<'_> {
             }
             step.detail.push_str(&note.into());
         }
+    }
+
+    /// Ends the drill: removes the scratch folder, takes the job's wall
+    /// time as its measured RTO and checks it against the target.
+    pub fn finish(self) -> JobReport {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        let mut report = self.report;
+        report.rto_seconds = self.started.elapsed().as_secs_f64();
+        let over = self
+            .settings
+            .rto_target
+            .filter(|target| report.rto_seconds > target.as_secs_f64());
+        if let Some(target) = over {
+            report.rto_breached = true;
+            report.failures.push(format!(
+                "RTO target breached: the drill took {:.1} s, the target is {}",
+                report.rto_seconds,
+                humantime::format_duration(target)
+            ));
+        }
+        report
     }
 
     /// Fails the job with `reason`.
@@ -138,15 +165,27 @@ impl JobRun<'_> {
     }
 }
 
-/// Drills `job` with the newest of `snapshots` (all snapshots of the
-/// repository), at `now`. Never fails: every failure is in the report.
-pub async fn drill_job(
-    reader: &BlobReader,
-    snapshots: &[SnapshotEntry],
+/// A job's drill before its kind's verification: either a run ready to
+/// restore into its (created) scratch folder, or the report of a drill that
+/// ended early (no snapshot, no scratch folder).
+#[derive(Debug)]
+pub enum Prepared<'a> {
+    /// Ready: verify with the snapshot kind's drill, then [`JobRun::finish`].
+    Run(JobRun<'a>),
+    /// Ended: nothing to verify.
+    Ended(JobReport),
+}
+
+/// Starts the drill of `job` with the newest of `snapshots` (all snapshots
+/// of the repository), at `now`: checks its age against the RPO and
+/// creates its scratch folder. Never fails: every failure is in the report.
+pub fn prepare<'a>(
+    reader: &'a BlobReader,
+    snapshots: &'a [SnapshotEntry],
     job: &DrillJob,
-    settings: &DrillSettings,
+    settings: &'a DrillSettings,
     now: DateTime<Utc>,
-) -> JobReport {
+) -> Prepared<'a> {
     let started = Instant::now();
     let mut report = JobReport::new(&job.name, job.rpo);
     let Some(entry) = snapshots.iter().rev().find(|e| e.snapshot.job == job.name) else {
@@ -156,7 +195,7 @@ pub async fn drill_job(
             job.name, job.name
         ));
         report.rpo_breached = true;
-        return report;
+        return Prepared::Ended(report);
     };
     report.set_snapshot(entry, now);
     if report.rpo_breached {
@@ -170,45 +209,19 @@ pub async fn drill_job(
     let scratch = settings
         .scratch
         .join(format!("{}-{}", safe(&job.name), entry.id.short()));
-    let walker = reader.for_walk();
     let mut run = JobRun {
-        reader: &walker,
+        reader,
         entry,
-        scratch: scratch.clone(),
+        scratch,
         settings,
         report,
+        started,
     };
-    match DrillKind::of(&entry.snapshot.source_kind) {
-        Some(kind) => {
-            let created = std::fs::create_dir_all(&scratch);
-            if run
-                .step("prepare scratch", async { created })
-                .await
-                .is_some()
-            {
-                kind.verify(&mut run).await;
-            }
-        }
-        None => run.fail(format!(
-            "not verified: lifeboat cannot drill snapshots of kind {:?}",
-            entry.snapshot.source_kind
-        )),
+    let created = std::fs::create_dir_all(&run.scratch);
+    match run.record("prepare scratch", Instant::now(), created) {
+        Some(()) => Prepared::Run(run),
+        None => Prepared::Ended(run.finish()),
     }
-    let _ = std::fs::remove_dir_all(&scratch);
-    let mut report = run.report;
-    report.rto_seconds = started.elapsed().as_secs_f64();
-    let over = settings
-        .rto_target
-        .filter(|target| report.rto_seconds > target.as_secs_f64());
-    if let Some(target) = over {
-        report.rto_breached = true;
-        report.failures.push(format!(
-            "RTO target breached: the drill took {:.1} s, the target is {}",
-            report.rto_seconds,
-            humantime::format_duration(target)
-        ));
-    }
-    report
 }
 
 /// A job name as a folder name.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::repo::snapshot::SnapshotEntry;
+use crate::repo::snapshot::{SnapshotEntry, SourceKind};
 
 /// One timed step of a job's drill.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -27,7 +27,7 @@ pub struct JobReport {
     /// The job.
     pub job: String,
     /// The snapshot's source kind.
-    pub kind: Option<String>,
+    pub kind: Option<SourceKind>,
     /// The snapshot drilled (id, hex).
     pub snapshot: Option<String>,
     /// When that snapshot was taken.
@@ -127,7 +127,7 @@ impl DrillReport {
             lines.push(format!(
                 "{:<20} {:<13} {:<8} {:>10} {:>10} {:>10}  {}",
                 job.job,
-                job.kind.as_deref().unwrap_or("-"),
+                job.kind.as_ref().map_or("-", |kind| kind.name()),
                 snapshot,
                 seconds(Some(job.rpo_target_seconds)),
                 seconds(job.rpo_seconds),

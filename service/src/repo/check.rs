@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use super::id::{BlobId, PackId};
+use super::keys::KeyRole;
 use super::reader::{BlobReader, MAX_TREE_DEPTH};
 use super::tree::{NodeKind, Tree};
 use super::{RepoError, UnlockedRepository, object_id};
@@ -86,7 +87,7 @@ type Users = HashMap<BlobId, Vec<String>>;
 /// Fails only when the store cannot be listed; everything found wrong is in
 /// the report.
 pub async fn check(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<impl KeyRole>,
     read_data: ReadData,
 ) -> Result<CheckReport, RepoError> {
     let mut report = CheckReport::default();
@@ -96,7 +97,7 @@ pub async fn check(
         report.problem(key.clone(), error.clone(), Vec::new());
     }
     let mut users = Users::new();
-    let reader = repo.reader("reading trees").ok();
+    let reader = repo.data_reader();
 
     let snapshots = store.list("snapshots/").await?;
     for object in snapshots {
@@ -227,7 +228,7 @@ async fn damaged_blobs(
 
 /// Downloads one pack, checks its name and, with the restore key, every blob.
 async fn read_pack(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<impl KeyRole>,
     reader: Option<&BlobReader>,
     pack: &PackId,
     report: &mut CheckReport,

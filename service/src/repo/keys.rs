@@ -17,6 +17,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use age::secrecy::ExposeSecret;
 pub use age::secrecy::SecretString;
@@ -153,7 +154,8 @@ fn decrypt_with_passphrase(
 macro_rules! identity_role {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        pub struct $name(IdentitySet);
+        #[derive(Clone)]
+        pub struct $name(Arc<IdentitySet>);
 
         impl $name {
             /// Loads the identity file at `path`; `passphrase` opens a file
@@ -162,7 +164,7 @@ macro_rules! identity_role {
             /// Fails when the file is unreadable, holds no X25519 identity, or
             /// is passphrase-protected and the passphrase is missing or wrong.
             pub fn from_file(path: &Path, passphrase: Option<&SecretString>) -> Result<Self, KeyError> {
-                IdentitySet::from_file(path, passphrase).map(Self)
+                IdentitySet::from_file(path, passphrase).map(|set| Self(Arc::new(set)))
             }
 
             /// The public recipients of this identity.
@@ -194,8 +196,9 @@ identity_role!(
     ServiceIdentity
 );
 
-/// Either identity: what listing, deduplication and prune accept.
-#[derive(Debug)]
+/// Either identity, when the role is known only at run time (a key file
+/// given on the command line): what listing, checking and prune accept.
+#[derive(Debug, Clone)]
 pub enum AnyIdentity {
     /// The restore identity.
     Restore(RestoreIdentity),
@@ -213,19 +216,64 @@ impl AnyIdentity {
         IdentitySet::from_file(path, passphrase).map(IdentityFile)
     }
 
-    /// The identities, for age decryption.
-    pub(crate) fn age_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_> {
-        match self {
-            Self::Restore(key) => Box::new(key.age_identities()),
-            Self::Service(key) => Box::new(key.age_identities()),
-        }
-    }
-
     /// The restore identity, when this is one.
     pub fn as_restore(&self) -> Option<&RestoreIdentity> {
         match self {
             Self::Restore(key) => Some(key),
             Self::Service(_) => None,
+        }
+    }
+}
+
+/// The role of the key a repository is unlocked with
+/// ([`UnlockedRepository`](super::UnlockedRepository)'s type parameter):
+/// [`ServiceIdentity`] (writes, deduplicates, prunes; reads no data),
+/// [`RestoreIdentity`] (reads everything) or [`AnyIdentity`] (either,
+/// known at run time). Sealed: there are no other roles.
+pub trait KeyRole: sealed::Role + Clone + fmt::Debug + Send + Sync + 'static {}
+
+impl KeyRole for RestoreIdentity {}
+impl KeyRole for ServiceIdentity {}
+impl KeyRole for AnyIdentity {}
+
+pub(super) mod sealed {
+    use super::{AnyIdentity, RestoreIdentity, ServiceIdentity};
+
+    /// What the repository needs of a key role; not nameable outside it.
+    pub trait Role {
+        /// The identities, for age decryption of metadata objects.
+        fn age_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_>;
+        /// The restore identity, when this role has one.
+        fn restore_identity(&self) -> Option<&RestoreIdentity>;
+    }
+
+    impl Role for RestoreIdentity {
+        fn age_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_> {
+            Box::new(RestoreIdentity::age_identities(self))
+        }
+        fn restore_identity(&self) -> Option<&RestoreIdentity> {
+            Some(self)
+        }
+    }
+
+    impl Role for ServiceIdentity {
+        fn age_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_> {
+            Box::new(ServiceIdentity::age_identities(self))
+        }
+        fn restore_identity(&self) -> Option<&RestoreIdentity> {
+            None
+        }
+    }
+
+    impl Role for AnyIdentity {
+        fn age_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_> {
+            match self {
+                Self::Restore(key) => Role::age_identities(key),
+                Self::Service(key) => Role::age_identities(key),
+            }
+        }
+        fn restore_identity(&self) -> Option<&RestoreIdentity> {
+            self.as_restore()
         }
     }
 }
@@ -241,12 +289,12 @@ impl IdentityFile {
 
     /// Takes the role of restore identity.
     pub fn into_restore(self) -> RestoreIdentity {
-        RestoreIdentity(self.0)
+        RestoreIdentity(Arc::new(self.0))
     }
 
     /// Takes the role of service identity.
     pub fn into_service(self) -> ServiceIdentity {
-        ServiceIdentity(self.0)
+        ServiceIdentity(Arc::new(self.0))
     }
 }
 

@@ -33,7 +33,7 @@ use config::{CONFIG_KEY, FORMAT_VERSION, InitOptions, KEYS_KEY, KeysObject, Repo
 pub use crypt::CryptError;
 use id::{BlobId, IndexId, SnapshotId};
 use index::{Index, IndexFile};
-use keys::{AnyIdentity, ChunkIdKey, IdentityFile, KeyError, Recipients};
+use keys::{AnyIdentity, ChunkIdKey, IdentityFile, KeyError, KeyRole, Recipients, RestoreIdentity};
 use snapshot::{Snapshot, SnapshotEntry};
 
 /// What can go wrong with a repository.
@@ -336,14 +336,16 @@ impl Repository {
         })
     }
 
-    /// Reads the keys and the whole index with `identity` (either role).
+    /// Reads the keys and the whole index with `identity`, whose role
+    /// decides what the unlocked repository can do.
     ///
     /// Fails when the identity opens no key, `config` was altered, or an
     /// index object is unreadable.
-    pub async fn unlock(self, identity: AnyIdentity) -> Result<UnlockedRepository, RepoError> {
+    pub async fn unlock<K: KeyRole>(self, identity: K) -> Result<UnlockedRepository<K>, RepoError> {
         let keys_cipher = self.store.get(KEYS_KEY).await?;
         let keys: KeysObject =
-            meta::open(&keys_cipher, identity.age_identities()).map_err(|e| e.at(KEYS_KEY))?;
+            meta::open(&keys_cipher, keys::sealed::Role::age_identities(&identity))
+                .map_err(|e| e.at(KEYS_KEY))?;
         if keys.config_blake3 != blake3::hash(&self.config_bytes).to_hex().as_str() {
             return Err(RepoError::Damaged {
                 key: CONFIG_KEY.into(),
@@ -354,7 +356,6 @@ impl Repository {
             key: KEYS_KEY.into(),
             reason: "the chunk-id key is malformed".into(),
         })?;
-        let identity = Arc::new(identity);
         let (index, index_problems) = load_index_and_plans(&self.store, &identity).await?;
         for (key, problem) in &index_problems {
             tracing::warn!(object = %key, "skipping an unreadable index object: {problem}");
@@ -405,7 +406,7 @@ const INDEX_RELOADS: usize = 5;
 /// whole index is listed and read again.
 async fn load_index_and_plans(
     store: &Arc<dyn ObjectStore>,
-    identity: &Arc<AnyIdentity>,
+    identity: &impl KeyRole,
 ) -> Result<(Index, IndexProblems), RepoError> {
     let mut attempt = 1;
     loop {
@@ -436,7 +437,7 @@ type IndexProblems = Vec<(String, String)>;
 /// next backup) rather than making the repository unusable.
 async fn load_index(
     store: &Arc<dyn ObjectStore>,
-    identity: &Arc<AnyIdentity>,
+    identity: &impl KeyRole,
 ) -> Result<(Index, IndexProblems), RepoError> {
     let listed = store.list("index/").await?;
     let mut index = Index::default();
@@ -454,7 +455,7 @@ async fn load_index(
                     let cipher = store.get(&object.key).await?;
                     meta::verify_name(&object.key, id.as_bytes(), &cipher)?;
                     let file: IndexFile = tokio::task::spawn_blocking(move || {
-                        meta::open(&cipher, identity.age_identities())
+                        meta::open(&cipher, keys::sealed::Role::age_identities(&identity))
                             .map_err(|e| e.at(&object.key))
                     })
                     .await
@@ -486,19 +487,24 @@ fn object_id<T: std::str::FromStr>(key: &str, prefix: &str) -> Result<T, RepoErr
         })
 }
 
-/// A repository whose keys and index are loaded.
+/// A repository whose keys and index are loaded, unlocked with a key of
+/// role `K` (by default the service's). What the role may not do is not
+/// there to call: only `UnlockedRepository<RestoreIdentity>` has a
+/// [`reader`](UnlockedRepository::reader) of data, trees and names; with
+/// [`AnyIdentity`] (a key file whose role is known at run time),
+/// [`UnlockedRepository::into_restore`] asks for it.
 #[derive(Debug, Clone)]
-pub struct UnlockedRepository {
+pub struct UnlockedRepository<K: KeyRole = keys::ServiceIdentity> {
     repo: Repository,
     fingerprint: Fingerprint,
     chunk_key: ChunkIdKey,
-    identity: Arc<AnyIdentity>,
+    identity: K,
     index: Arc<Index>,
     index_problems: IndexProblems,
     tree_entry_limit: u64,
 }
 
-impl UnlockedRepository {
+impl<K: KeyRole> UnlockedRepository<K> {
     /// Index objects that could not be read when unlocking, with the reason.
     pub fn index_problems(&self) -> &[(String, String)] {
         &self.index_problems
@@ -601,13 +607,36 @@ impl UnlockedRepository {
     }
 
     /// The identity it was unlocked with.
-    pub fn identity(&self) -> &AnyIdentity {
+    pub fn identity(&self) -> &K {
         &self.identity
     }
 
     /// Whether the restore key unlocked it (so packs can be read).
     pub fn can_read_data(&self) -> bool {
-        self.identity.as_restore().is_some()
+        keys::sealed::Role::restore_identity(&self.identity).is_some()
+    }
+
+    /// The identities, for opening metadata objects (index, snapshots,
+    /// prune plans).
+    fn metadata_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_> {
+        keys::sealed::Role::age_identities(&self.identity)
+    }
+
+    /// A reader of data when the key is the restore key, for what reads
+    /// data only when it can (a check). Private to the repository format.
+    fn data_reader(&self) -> Option<reader::BlobReader> {
+        keys::sealed::Role::restore_identity(&self.identity)
+            .map(|identity| self.reader_with(identity.clone()))
+    }
+
+    fn reader_with(&self, identity: RestoreIdentity) -> reader::BlobReader {
+        reader::BlobReader::new(
+            self.repo.store.clone(),
+            identity,
+            self.chunk_key.clone(),
+            self.index.clone(),
+        )
+        .with_tree_entry_limit(self.tree_entry_limit)
     }
 
     /// Adds packs written since the index was loaded.
@@ -634,23 +663,6 @@ impl UnlockedRepository {
     pub fn with_tree_entry_limit(mut self, limit: u64) -> Self {
         self.tree_entry_limit = limit;
         self
-    }
-
-    /// A reader of blobs.
-    ///
-    /// Fails with [`RepoError::NeedsRestoreKey`] when unlocked with the
-    /// service key.
-    pub fn reader(&self, what: &'static str) -> Result<reader::BlobReader, RepoError> {
-        if !self.can_read_data() {
-            return Err(RepoError::NeedsRestoreKey { what });
-        }
-        Ok(reader::BlobReader::new(
-            self.repo.store.clone(),
-            self.identity.clone(),
-            self.chunk_key.clone(),
-            self.index.clone(),
-        )
-        .with_tree_entry_limit(self.tree_entry_limit))
     }
 
     /// Writes a snapshot object: the last step of a backup.
@@ -715,7 +727,7 @@ impl UnlockedRepository {
         let key = id.key();
         let cipher = self.repo.store.get(&key).await?;
         meta::verify_name(&key, id.as_bytes(), &cipher)?;
-        meta::open(&cipher, self.identity.age_identities()).map_err(|e| e.at(&key))
+        meta::open(&cipher, self.metadata_identities()).map_err(|e| e.at(&key))
     }
 
     /// Finds a snapshot by `latest`, `latest:JOB` or an id prefix.
@@ -747,6 +759,38 @@ impl UnlockedRepository {
     }
 }
 
+impl UnlockedRepository<RestoreIdentity> {
+    /// A reader of blobs: data, trees and names.
+    pub fn reader(&self) -> reader::BlobReader {
+        self.reader_with(self.identity.clone())
+    }
+}
+
+impl UnlockedRepository<AnyIdentity> {
+    /// The same repository as unlocked with the restore key, for `what`
+    /// (a sentence such as "restoring").
+    ///
+    /// Fails with [`RepoError::NeedsRestoreKey`] when the key is the
+    /// service key.
+    pub fn into_restore(
+        self,
+        what: &'static str,
+    ) -> Result<UnlockedRepository<RestoreIdentity>, RepoError> {
+        let Some(identity) = self.identity.as_restore().cloned() else {
+            return Err(RepoError::NeedsRestoreKey { what });
+        };
+        Ok(UnlockedRepository {
+            repo: self.repo,
+            fingerprint: self.fingerprint,
+            chunk_key: self.chunk_key,
+            identity,
+            index: self.index,
+            index_problems: self.index_problems,
+            tree_entry_limit: self.tree_entry_limit,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,13 +809,13 @@ mod tests {
         async fn as_service(&self) -> anyhow::Result<UnlockedRepository> {
             let key = ServiceIdentity::from_file(&self.service, None)?;
             let repo = Repository::open(self.store.clone()).await?;
-            Ok(repo.unlock(AnyIdentity::Service(key)).await?)
+            Ok(repo.unlock(key).await?)
         }
 
-        async fn as_restore(&self) -> anyhow::Result<UnlockedRepository> {
+        async fn as_restore(&self) -> anyhow::Result<UnlockedRepository<RestoreIdentity>> {
             let key = RestoreIdentity::from_file(&self.restore, None)?;
             let repo = Repository::open(self.store.clone()).await?;
-            Ok(repo.unlock(AnyIdentity::Restore(key)).await?)
+            Ok(repo.unlock(key).await?)
         }
     }
 
@@ -808,12 +852,19 @@ mod tests {
         let service = ServiceIdentity::from_file(&f.service, None)?;
         let repo = Repository::open(f.store.clone())
             .await?
-            .unlock(AnyIdentity::Service(service))
+            .unlock(AnyIdentity::Service(service.clone()))
             .await?;
         assert!(
-            repo.reader("reading").is_err(),
+            matches!(
+                repo.into_restore("reading"),
+                Err(RepoError::NeedsRestoreKey { what: "reading" })
+            ),
             "the service key must not read packs"
         );
+        let repo = Repository::open(f.store.clone())
+            .await?
+            .unlock(service)
+            .await?;
 
         // Blobs of awkward sizes, so that some start exactly on a 64 KiB
         // segment boundary, some span segments and one starts the pack.
@@ -840,9 +891,9 @@ mod tests {
         let restore = RestoreIdentity::from_file(&f.restore, None)?;
         let repo = Repository::open(f.store.clone())
             .await?
-            .unlock(AnyIdentity::Restore(restore))
+            .unlock(restore)
             .await?;
-        let reader = repo.reader("reading")?;
+        let reader = repo.reader();
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(
                 reader.read(id).await?,
@@ -1130,7 +1181,7 @@ mod tests {
         assert!(f.store.list(prune::PLAN_PREFIX).await?.is_empty());
 
         let repo = f.as_restore().await?;
-        let reader = repo.reader("reading")?;
+        let reader = repo.reader();
         assert_eq!(reader.read(&old).await?, pattern(1, 50_000));
         assert_eq!(reader.read(&kept).await?, pattern(2, 50_000));
         // The test's snapshots have data blobs as roots, so check structure
@@ -1157,12 +1208,6 @@ mod tests {
         writer.finish().await?;
         repo.save_snapshot(&snapshot_of(kept)).await?;
 
-        assert!(
-            repack::repack(&f.as_service().await?, 50, false)
-                .await
-                .is_err(),
-            "repack needs the restore key"
-        );
         let dry = repack::repack(&f.as_restore().await?, 50, true).await?;
         assert_eq!((dry.packs_repacked, dry.packs_written), (1, 0));
         assert_eq!(
@@ -1191,7 +1236,7 @@ mod tests {
         assert_eq!(pruned.packs_deleted, 1);
         assert_eq!(f.store.list("data/").await?.len(), 1);
         assert_eq!(
-            f.as_restore().await?.reader("reading")?.read(&kept).await?,
+            f.as_restore().await?.reader().read(&kept).await?,
             pattern(1, 10_000)
         );
         Ok(())
@@ -1222,7 +1267,7 @@ mod tests {
         let ids = ids?;
         assert_eq!(writer.finish().await?.packs.len(), 1);
 
-        let reader = f.as_restore().await?.reader("reading")?;
+        let reader = f.as_restore().await?.reader();
         let located: Vec<_> = ids
             .iter()
             .map(|id| reader.index().get(id).copied())

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::id::{BlobId, IndexId, PackId, SnapshotId, content_hash};
 use super::index::IndexFile;
-use super::keys::AnyIdentity;
+use super::keys::KeyRole;
 use super::{RepoError, UnlockedRepository, meta, object_id};
 use crate::storage::{ObjectStore, StorageError};
 
@@ -73,7 +73,10 @@ pub struct PruneReport {
 /// Deletes snapshot objects.
 ///
 /// Fails when the store refuses a delete.
-pub async fn forget(repo: &UnlockedRepository, snapshots: &[SnapshotId]) -> Result<(), RepoError> {
+pub async fn forget(
+    repo: &UnlockedRepository<impl KeyRole>,
+    snapshots: &[SnapshotId],
+) -> Result<(), RepoError> {
     for id in snapshots {
         repo.repository().store().delete(&id.key()).await?;
     }
@@ -87,7 +90,7 @@ pub async fn forget(repo: &UnlockedRepository, snapshots: &[SnapshotId]) -> Resu
 /// Fails when the store fails.
 pub(crate) async fn read_plans(
     store: &Arc<dyn ObjectStore>,
-    identity: &AnyIdentity,
+    identity: &impl KeyRole,
 ) -> Result<Vec<(String, PrunePlan)>, RepoError> {
     let (plans, problems) = read_plans_reporting(store, identity).await?;
     for (key, problem) in &problems {
@@ -102,7 +105,7 @@ pub(crate) async fn read_plans(
 /// could delete data in use.
 pub(crate) async fn read_all_plans(
     store: &Arc<dyn ObjectStore>,
-    identity: &AnyIdentity,
+    identity: &impl KeyRole,
 ) -> Result<Vec<(String, PrunePlan)>, RepoError> {
     let (plans, problems) = read_plans_reporting(store, identity).await?;
     match problems.into_iter().next() {
@@ -117,7 +120,7 @@ pub(crate) async fn read_all_plans(
 /// Every readable prune plan, and the plan objects that are not, with why.
 async fn read_plans_reporting(
     store: &Arc<dyn ObjectStore>,
-    identity: &AnyIdentity,
+    identity: &impl KeyRole,
 ) -> Result<(Vec<(String, PrunePlan)>, Vec<(String, String)>), RepoError> {
     let mut plans = Vec::new();
     let mut problems = Vec::new();
@@ -152,7 +155,7 @@ async fn read_plans_reporting(
 /// Fails, changing nothing, when any snapshot or index object is
 /// unreadable: pruning on partial knowledge could delete data in use.
 pub async fn prune(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<impl KeyRole>,
     options: &PruneOptions,
 ) -> Result<PruneReport, RepoError> {
     require_whole_index(repo, "prune")?;
@@ -245,7 +248,10 @@ pub async fn prune(
 
 /// Refuses to go on when some index object was unreadable: deciding what
 /// is unused on partial knowledge could delete data in use.
-pub(crate) fn require_whole_index(repo: &UnlockedRepository, what: &str) -> Result<(), RepoError> {
+pub(crate) fn require_whole_index(
+    repo: &UnlockedRepository<impl KeyRole>,
+    what: &str,
+) -> Result<(), RepoError> {
     match repo.index_problems().first() {
         Some((key, problem)) => Err(RepoError::Damaged {
             key: key.clone(),
@@ -258,7 +264,9 @@ pub(crate) fn require_whole_index(repo: &UnlockedRepository, what: &str) -> Resu
 /// Every blob some snapshot references.
 ///
 /// Fails when a snapshot is unreadable.
-pub(crate) async fn used_blobs(repo: &UnlockedRepository) -> Result<HashSet<BlobId>, RepoError> {
+pub(crate) async fn used_blobs(
+    repo: &UnlockedRepository<impl KeyRole>,
+) -> Result<HashSet<BlobId>, RepoError> {
     let (snapshots, problems) = repo.read_snapshots().await?;
     if let Some((key, problem)) = problems.into_iter().next() {
         return Err(RepoError::Damaged {
@@ -289,7 +297,7 @@ pub(crate) async fn stored_packs(
 
 /// Writes a prune plan naming `packs`.
 pub(crate) async fn write_plan(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<impl KeyRole>,
     packs: Vec<PackId>,
     created: DateTime<Utc>,
 ) -> Result<(), RepoError> {
@@ -308,7 +316,7 @@ pub(crate) async fn write_plan(
 /// Replaces every index object that lists a doomed pack by one without it;
 /// returns how many were replaced.
 async fn rewrite_indexes(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<impl KeyRole>,
     doomed: &HashSet<PackId>,
 ) -> Result<usize, RepoError> {
     let store = repo.repository().store();
@@ -320,7 +328,7 @@ async fn rewrite_indexes(
         let key = index_id.key();
         let cipher = store.get(&key).await?;
         let mut file: IndexFile =
-            meta::open(&cipher, repo.identity().age_identities()).map_err(|e| e.at(&key))?;
+            meta::open(&cipher, repo.metadata_identities()).map_err(|e| e.at(&key))?;
         file.packs.retain(|p| !doomed.contains(&p.id));
         if !file.packs.is_empty() {
             super::writer::write_index(store.as_ref(), repo.repository().recipients(), &file.packs)

@@ -24,7 +24,7 @@ use super::blob;
 use super::crypt::{self, SEGMENT_CIPHER, SEGMENT_PLAIN, SparseObject};
 use super::id::{BlobId, PackId};
 use super::index::{BlobLocation, Index, PackInfo};
-use super::keys::{AnyIdentity, ChunkIdKey};
+use super::keys::{ChunkIdKey, RestoreIdentity};
 use super::pack::PackedBlob;
 use super::tree::Tree;
 use crate::storage::ObjectStore;
@@ -33,7 +33,7 @@ use crate::storage::ObjectStore;
 #[derive(Clone)]
 pub struct BlobReader {
     store: Arc<dyn ObjectStore>,
-    identity: Arc<AnyIdentity>,
+    identity: RestoreIdentity,
     key: ChunkIdKey,
     index: Arc<Index>,
     headers: Arc<Mutex<HashMap<PackId, Bytes>>>,
@@ -89,7 +89,7 @@ impl std::fmt::Debug for BlobReader {
 impl BlobReader {
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
-        identity: Arc<AnyIdentity>,
+        identity: RestoreIdentity,
         key: ChunkIdKey,
         index: Arc<Index>,
     ) -> Self {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::id::{BlobId, PackId};
+use super::keys::RestoreIdentity;
 use super::prune::{read_all_plans, require_whole_index, used_blobs, write_plan};
 use super::{RepoError, UnlockedRepository};
 
@@ -30,14 +31,14 @@ pub struct RepackReport {
 /// Repacks every pack of which at least `unused_percent` % of the stored
 /// bytes is used by no snapshot (and that no plan names yet).
 ///
-/// Fails when unlocked with the service key, when a snapshot or index is
+/// Fails when a snapshot or index is
 /// unreadable, or when a copied blob cannot be read: nothing is marked then.
 pub async fn repack(
-    repo: &UnlockedRepository,
+    repo: &UnlockedRepository<RestoreIdentity>,
     unused_percent: u8,
     dry_run: bool,
 ) -> Result<RepackReport, RepoError> {
-    let reader = repo.reader("repacking")?;
+    let reader = repo.reader();
     require_whole_index(repo, "repack")?;
     let used = used_blobs(repo).await?;
     let planned: HashSet<PackId> = read_all_plans(repo.repository().store(), repo.identity())

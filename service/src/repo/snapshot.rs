@@ -17,8 +17,8 @@ use super::id::{BlobId, SnapshotId};
 pub struct Snapshot {
     /// The job that made it.
     pub job: String,
-    /// The source kind (`directory`, `stream`, `etcd`, …).
-    pub source_kind: String,
+    /// The kind of source it was taken from.
+    pub source_kind: SourceKind,
     /// The host it ran on.
     pub host: String,
     /// When the backup started.
@@ -37,6 +37,89 @@ pub struct Snapshot {
 }
 
 impl super::meta::MetaObject for Snapshot {}
+
+/// The kind of source a snapshot was taken from, stored as its name
+/// (`directory`, `etcd`, …). Each kind decides the layout of its snapshots'
+/// trees; the repository itself treats every kind alike. A name this
+/// version does not know (a newer kind, or a forged one) reads as
+/// [`SourceKind::Other`], so such a snapshot still lists and prunes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum SourceKind {
+    /// `directory`: host folders.
+    Directory,
+    /// `etcd`: an etcd snapshot through the etcd v3 API.
+    Etcd,
+    /// `kubernetes`: API objects as canonical YAML.
+    Kubernetes,
+    /// `postgres`: PostgreSQL dumps.
+    Postgres,
+    /// `talos-config`: the files a Talos rebuild needs.
+    TalosConfig,
+    /// `talos-etcd`: an etcd snapshot through the Talos API.
+    TalosEtcd,
+    /// `volumes`: the data behind PersistentVolumeClaims.
+    Volumes,
+    /// A kind this version does not know, by its stored name.
+    Other(String),
+}
+
+impl SourceKind {
+    /// Every kind this version knows.
+    pub const KNOWN: [SourceKind; 7] = [
+        Self::Directory,
+        Self::Etcd,
+        Self::Kubernetes,
+        Self::Postgres,
+        Self::TalosConfig,
+        Self::TalosEtcd,
+        Self::Volumes,
+    ];
+
+    /// The stored name, as in a job's `source.kind`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Directory => "directory",
+            Self::Etcd => "etcd",
+            Self::Kubernetes => "kubernetes",
+            Self::Postgres => "postgres",
+            Self::TalosConfig => "talos-config",
+            Self::TalosEtcd => "talos-etcd",
+            Self::Volumes => "volumes",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl From<String> for SourceKind {
+    fn from(name: String) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .unwrap_or(Self::Other(name))
+    }
+}
+
+impl From<&str> for SourceKind {
+    fn from(name: &str) -> Self {
+        Self::from(name.to_owned())
+    }
+}
+
+impl From<SourceKind> for String {
+    fn from(kind: SourceKind) -> Self {
+        match kind {
+            SourceKind::Other(name) => name,
+            known => known.name().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Counts and sizes of one backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,5 +173,32 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_stored_as_their_names() -> Result<(), serde_json::Error> {
+        for kind in SourceKind::KNOWN {
+            let stored = serde_json::to_string(&kind)?;
+            assert_eq!(stored, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<SourceKind>(&stored)?, kind);
+        }
+        assert_eq!(
+            serde_json::to_string(&SourceKind::TalosConfig)?,
+            "\"talos-config\""
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_unknown_name_reads_and_writes_back_unchanged() -> Result<(), serde_json::Error> {
+        let kind: SourceKind = serde_json::from_str("\"mysql\"")?;
+        assert_eq!(kind, SourceKind::Other("mysql".into()));
+        assert_eq!(serde_json::to_string(&kind)?, "\"mysql\"");
+        Ok(())
     }
 }

@@ -5,28 +5,20 @@
 //! directory descriptors ([`place`]). Every blob read is verified against
 //! its id; a damaged blob fails only the files that use it, and the error
 //! names them. [`in_place`] checks the host paths a snapshot names.
-//! On top of it, one module per source kind: [`volumes`] (volumes and
-//! directories, into a folder or back in place), [`etcd`] (the snapshot
-//! file, a data dir, a throwaway member), [`postgres`] (globals and
-//! `pg_restore`), [`talos_config`] (files with mode 0600). [`contents`]
-//! reads a snapshot's small files into memory, [`verify`] compares restored
-//! files with the tree.
+//! Each source kind's own restore is in its module (`crate::sources::*::
+//! restore`), built on these. [`contents`] reads a snapshot's small files
+//! into memory, [`verify`] compares restored files with the tree.
 
 pub mod contents;
-pub mod etcd;
 pub mod files;
 pub mod in_place;
-pub mod kubernetes;
 mod place;
-pub mod postgres;
-pub mod psql_script;
-pub mod talos_config;
 pub mod verify;
-pub mod volumes;
 
 use std::path::PathBuf;
 
 use crate::repo::RepoError;
+use crate::repo::snapshot::SourceKind;
 
 /// What can go wrong in a restore.
 #[derive(Debug, thiserror::Error)]
@@ -67,26 +59,11 @@ pub enum RestoreError {
         /// What to do about it.
         fix: String,
     },
-    /// The restored etcd snapshot failed its SHA-256 check.
-    #[error(transparent)]
-    EtcdSnapshot(#[from] crate::sources::etcd_snapshot::VerifyFileError),
-    /// A SQL script from the snapshot holds a psql meta-command it must not.
-    #[error("{file}: {source}")]
-    UnsafeScript {
-        /// The script, as a path in the snapshot.
-        file: String,
-        /// The meta-command found.
-        #[source]
-        source: psql_script::ForbiddenMetaCommand,
-    },
-    /// A PostgreSQL client program failed.
-    #[error(transparent)]
-    Postgres(#[from] crate::sources::postgres::PostgresError),
     /// The snapshot is not of the kind this restore needs, or lacks a file it should hold.
-    #[error("snapshot of kind {kind:?}: {message}")]
+    #[error("snapshot of kind \"{kind}\": {message}")]
     WrongSnapshot {
         /// The snapshot's source kind.
-        kind: String,
+        kind: SourceKind,
         /// What is wrong, and the fix.
         message: String,
     },

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::repo::id::SnapshotId;
-use crate::repo::snapshot::Summary;
+use crate::repo::snapshot::{SourceKind, Summary};
 use crate::repo::{RepoError, UnlockedRepository};
 use crate::storage::StorageError;
 
@@ -25,7 +25,7 @@ pub struct SnapshotInfo {
     /// The job that made it.
     pub job: String,
     /// The source kind.
-    pub source_kind: String,
+    pub source_kind: SourceKind,
     /// The host it ran on.
     pub host: String,
     /// When the backup started: the point in time its data is from.

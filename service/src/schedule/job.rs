@@ -8,7 +8,7 @@ use super::config::{Config, ConfigError, JobConfig};
 use crate::backup::{BackupError, BackupReport, Progress, SnapshotBuilder};
 use crate::hooks::HookRunner;
 use crate::repo::config::InitOptions;
-use crate::repo::keys::{self, AnyIdentity, KeyError, Recipient, Recipients, ServiceIdentity};
+use crate::repo::keys::{self, KeyError, Recipient, Recipients, ServiceIdentity};
 use crate::repo::{RepoError, Repository, UnlockedRepository};
 use crate::sources::{SourceContext, SourceError};
 use crate::state::pin::{self, PinError, RepositoryPin};
@@ -163,7 +163,7 @@ pub async fn open_service_repository(config: &Config) -> Result<UnlockedReposito
             });
         }
     }
-    let unlocked = repo.unlock(AnyIdentity::Service(service)).await?;
+    let unlocked = repo.unlock(service).await?;
     let fingerprint = unlocked.fingerprint().clone();
     match pinned {
         Some(pinned) if pinned.fingerprint != fingerprint => {

@@ -22,6 +22,7 @@ use serde::Serialize;
 use super::retention::RetentionPolicy;
 use super::service::{Activity, Service, Trigger};
 use super::timing::{CronSchedule, Timezone};
+use crate::repo::snapshot::SourceKind;
 use crate::state::HistoryError;
 use crate::state::history::{JobTotals, RunRecord};
 
@@ -134,7 +135,7 @@ pub struct JobStatus {
     /// Its name.
     pub name: String,
     /// Its source kind.
-    pub source_kind: &'static str,
+    pub source_kind: SourceKind,
     /// Whether its schedule runs it.
     pub enabled: bool,
     /// Its cron schedule; `None`: run by hand only.

@@ -22,7 +22,7 @@
 //! the first node that answers `Version` is backed up (os:etcd:backup may
 //! not ask for the version: a refusal counts as an answer). Its snapshot
 //! stream goes straight into the repository as `etcd.db`, chunked in fixed
-//! pages, and is verified on the way ([`super::etcd_snapshot`]): a stream
+//! pages, and is verified on the way ([`super::etcd::snapshot_file`]): a stream
 //! cut short or a wrong SHA-256 trailer fails the job before the snapshot is
 //! committed. The metadata records the node, the endpoint, the Talos
 //! version, what `EtcdStatus` tells (member id, db size, raft index; left
@@ -33,15 +33,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::etcd_snapshot::{self, SnapshotError, VerifyingReader};
+use super::etcd::SNAPSHOT_FILE;
+use super::etcd::snapshot_file::{self, SnapshotError, VerifyingReader};
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::stream::StreamChunking;
 use crate::backup::{BackupError, SnapshotBuilder};
 use crate::talos::client::{DEFAULT_TIMEOUT, first_answering};
 use crate::talos::{EtcdMemberStatus, TalosClient, TalosConfig, TalosError};
-
-/// The name of the snapshot file in a backup of a talos-etcd source.
-pub const SNAPSHOT_FILE: &str = "etcd.db";
 
 /// Settings of a talos-etcd source.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -209,7 +207,7 @@ fn stream_error(error: BackupError, target: &str) -> SourceError {
     let BackupError::Stream { source, .. } = error else {
         return error.into();
     };
-    if let Some(cause) = etcd_snapshot::snapshot_error(&source) {
+    if let Some(cause) = snapshot_file::snapshot_error(&source) {
         return TalosEtcdError::Corrupt {
             target: target.to_owned(),
             cause: cause.clone(),

@@ -12,7 +12,7 @@
 //! `Maintenance.Status` and has a leader is used. Its `Maintenance.Snapshot`
 //! stream goes straight into the repository as the file `etcd.db`, chunked
 //! in fixed pages (DESIGN.md: bbolt reuses freed pages all over the file),
-//! and is verified on the way ([`super::etcd_snapshot`]): a missing or wrong
+//! and is verified on the way ([`snapshot_file`]): a missing or wrong
 //! SHA-256 trailer fails the job before the snapshot is committed.
 //! `https://` endpoints are reached through the mutual-TLS connector the
 //! Talos client uses (`talos::tls::connect`), which finishes the
@@ -31,7 +31,10 @@
 //! | `snapshot_bytes`, `sha256` | the stored file's size (trailer included) and its trailer |
 //! | `raft_term`, `raft_index` | the member's raft position |
 
+pub mod drill;
 mod member;
+pub mod restore;
+pub mod snapshot_file;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,7 +45,7 @@ use tokio::sync::oneshot;
 use tokio_util::io::StreamReader;
 
 use self::member::{count_keys, count_keys_with, describe};
-use super::etcd_snapshot::{self, SnapshotError, VerifyingReader};
+use self::snapshot_file::{SnapshotError, VerifyingReader};
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::stream::StreamChunking;
 use crate::backup::{BackupError, SnapshotBuilder};
@@ -360,7 +363,7 @@ fn snapshot_stream(
 /// Turns a failed byte-stream backup into the etcd error it stands for.
 fn stream_error(error: BackupError, endpoint: &str) -> SourceError {
     match error {
-        BackupError::Stream { source, .. } => match etcd_snapshot::snapshot_error(&source) {
+        BackupError::Stream { source, .. } => match snapshot_file::snapshot_error(&source) {
             Some(e) => EtcdError::Corrupt {
                 endpoint: endpoint.to_owned(),
                 problem: e.clone(),

@@ -15,7 +15,9 @@
 //! namespace (restore-key only, it names namespaces); the snapshot metadata
 //! holds only counts per resource type.
 
+pub mod drill;
 pub mod filter;
+pub mod restore;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

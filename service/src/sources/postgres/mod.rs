@@ -37,7 +37,10 @@
 //! committed then.
 
 pub(crate) mod connection;
+pub mod drill;
 pub(crate) mod process;
+pub mod psql_script;
+pub mod restore;
 pub(crate) mod session;
 
 use std::collections::HashSet;

@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod classify;
+pub mod drill;
 pub mod live;
+pub mod restore;
 
 pub use classify::{TalosFile, classify, inspect_file};
 pub use live::{LiveConfig, MACHINE_CONFIG_PATH};

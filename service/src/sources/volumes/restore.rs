@@ -14,7 +14,7 @@
 //! missing) unless forced: nothing above the units is touched, so no
 //! parent folder (`/var`, `/mnt/user`) gets the snapshot's owner, mode or
 //! times. Those paths come from the repository, so each is checked first
-//! ([`super::in_place`]): normalised, and the live volume's path or under a
+//! ([`crate::restore::in_place`]): normalised, and the live volume's path or under a
 //! root the operator allowed.
 
 use std::path::{Path, PathBuf};
@@ -22,13 +22,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::RestoreError;
-use super::contents::{read_root_file, root_tree};
-use super::files::{RestoreOptions, RestoreProgress, RestoreReport, restore};
-use super::in_place::{InPlacePolicy, check_host_path};
 use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
+use crate::repo::snapshot::SourceKind;
 use crate::repo::tree::{NodeKind, Tree};
+use crate::restore::RestoreError;
+use crate::restore::contents::{read_root_file, root_tree};
+use crate::restore::files::{RestoreOptions, RestoreProgress, RestoreReport, restore};
+use crate::restore::in_place::{InPlacePolicy, check_host_path};
 use crate::sources::volumes::{MANIFEST_FILE, Manifest};
 
 /// One folder restored as a whole.
@@ -59,7 +60,7 @@ impl Layout {
         if let Some(bytes) = read_root_file(reader, &tree, MANIFEST_FILE).await? {
             let manifest: Manifest =
                 serde_json::from_slice(&bytes).map_err(|e| RestoreError::WrongSnapshot {
-                    kind: "volumes".into(),
+                    kind: SourceKind::Volumes,
                     message: format!("{MANIFEST_FILE} does not parse ({e})"),
                 })?;
             let units = manifest
@@ -113,7 +114,7 @@ impl Layout {
         }
         let Some(manifest) = &self.manifest else {
             return Err(RestoreError::WrongSnapshot {
-                kind: "directory".into(),
+                kind: SourceKind::Directory,
                 message: "a directory snapshot holds no PVCs; leave out --pvc".into(),
             });
         };
@@ -205,7 +206,7 @@ pub async fn restore_units(
 ) -> Result<Vec<UnitReport>, RestoreError> {
     if let (Placement::Into(_), [_, _, ..]) = (placement, units) {
         return Err(RestoreError::WrongSnapshot {
-            kind: "volumes".into(),
+            kind: SourceKind::Volumes,
             message: "only one volume can be restored straight into a folder".into(),
         });
     }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::RestoreError;
-use super::files::{RestoreOptions, RestoreProgress, RestoreReport, restore};
 use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
+use crate::restore::RestoreError;
+use crate::restore::files::{RestoreOptions, RestoreProgress, RestoreReport, restore};
 
 /// Restores the whole snapshot into `target` and makes it private.
 ///

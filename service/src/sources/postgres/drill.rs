@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use crate::drill::JobRun;
-use crate::restore::RestoreError;
+
 use crate::restore::files::{RestoreOptions, restore};
-use crate::restore::postgres::{
-    DumpOptions, PgTarget, RestoreInto, compare_counts, stored_databases,
+use crate::sources::postgres::restore::{
+    DumpOptions, PgTarget, PostgresRestoreError, RestoreInto, compare_counts, stored_databases,
 };
 
 /// Restores and compares every database.
-pub(super) async fn verify(run: &mut JobRun<'_>) {
+pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let Some(url) = run.settings.pg_url.clone() else {
         run.fail(
             "not verified: a postgres drill needs a server to restore into; give --pg-url \
@@ -89,7 +89,7 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
         }
         run.step(&format!("drop scratch database of {name}"), async {
             target.drop_database(&scratch).await?;
-            Ok::<_, RestoreError>(())
+            Ok::<_, PostgresRestoreError>(())
         })
         .await;
     }

@@ -10,16 +10,38 @@
 
 use std::path::{Path, PathBuf};
 
-use super::RestoreError;
-use super::contents::read_small;
 use crate::repo::reader::BlobReader;
+use crate::repo::snapshot::SourceKind;
 use crate::repo::tree::Tree;
+use crate::restore::RestoreError;
+use crate::restore::contents::read_small;
 use crate::sources::postgres::connection::{Connection, Tools, hint};
 use crate::sources::postgres::process::{StderrText, spawn};
 use crate::sources::postgres::session::{PSQL_FLAGS, SnapshotSession};
 use crate::sources::postgres::{
     GLOBALS_FILE, Globals, PostgresError, PostgresSource, RowCounts, TableRows,
 };
+
+/// What can go wrong in a PostgreSQL restore.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresRestoreError {
+    /// Reading the snapshot or writing the dump files failed, or a client
+    /// program failed.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// A PostgreSQL client program could not run or connect.
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    /// A SQL script from the snapshot holds a psql meta-command it must not.
+    #[error("{file}: {source}")]
+    UnsafeScript {
+        /// The script, as a path in the snapshot.
+        file: String,
+        /// The meta-command found.
+        #[source]
+        source: super::psql_script::ForbiddenMetaCommand,
+    },
+}
 
 /// Where a dump goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +72,7 @@ impl PgTarget {
     /// programs from `bin_dir` or `PATH`.
     ///
     /// Fails when the dsn holds a password (give it in PGPASSWORD).
-    pub fn new(dsn: &str, bin_dir: Option<&Path>) -> Result<Self, RestoreError> {
+    pub fn new(dsn: &str, bin_dir: Option<&Path>) -> Result<Self, PostgresRestoreError> {
         let pg_dump = bin_dir.map_or_else(|| PathBuf::from("pg_dump"), |d| d.join("pg_dump"));
         let source = PostgresSource {
             dsn: dsn.to_owned(),
@@ -72,11 +94,13 @@ impl PgTarget {
     /// ([`psql_script`](super::psql_script)).
     ///
     /// Fails when the file holds such a command, or psql cannot run or connect.
-    pub async fn apply_globals(&self, file: &Path) -> Result<Vec<String>, RestoreError> {
+    pub async fn apply_globals(&self, file: &Path) -> Result<Vec<String>, PostgresRestoreError> {
         let script = std::fs::read(file).map_err(RestoreError::io("reading", file))?;
-        super::psql_script::check(&script).map_err(|source| RestoreError::UnsafeScript {
-            file: GLOBALS_FILE.into(),
-            source,
+        super::psql_script::check(&script).map_err(|source| {
+            PostgresRestoreError::UnsafeScript {
+                file: GLOBALS_FILE.into(),
+                source,
+            }
         })?;
         let mut command = self.connection.command(&self.tools.psql);
         command
@@ -98,7 +122,7 @@ impl PgTarget {
     /// Runs one SQL statement in the dsn's database.
     ///
     /// Fails with the server's message.
-    async fn execute(&self, sql: &str) -> Result<(), RestoreError> {
+    async fn execute(&self, sql: &str) -> Result<(), PostgresRestoreError> {
         let mut command = self.connection.command(&self.tools.psql);
         command
             .args(PSQL_FLAGS)
@@ -116,7 +140,7 @@ impl PgTarget {
     /// Creates the empty database `name`.
     ///
     /// Fails when it exists or the role may not create databases.
-    pub async fn create_database(&self, name: &str) -> Result<(), RestoreError> {
+    pub async fn create_database(&self, name: &str) -> Result<(), PostgresRestoreError> {
         self.execute(&format!("CREATE DATABASE {}", quote_ident(name)))
             .await
     }
@@ -124,7 +148,7 @@ impl PgTarget {
     /// Drops the database `name`, ending its sessions.
     ///
     /// Fails with the server's message.
-    pub async fn drop_database(&self, name: &str) -> Result<(), RestoreError> {
+    pub async fn drop_database(&self, name: &str) -> Result<(), PostgresRestoreError> {
         self.execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(name)
@@ -140,7 +164,7 @@ impl PgTarget {
         dump: &Path,
         into: &RestoreInto,
         options: DumpOptions,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), PostgresRestoreError> {
         let mut command = self.connection.command(&self.tools.pg_restore);
         command.args(["--no-password", "--exit-on-error"]);
         if options.no_owner {
@@ -177,7 +201,7 @@ impl PgTarget {
     /// by schema and table.
     ///
     /// Fails when psql cannot connect or a table cannot be read.
-    pub async fn count_rows(&self, database: &str) -> Result<Vec<TableRows>, RestoreError> {
+    pub async fn count_rows(&self, database: &str) -> Result<Vec<TableRows>, PostgresRestoreError> {
         let (mut session, _) =
             SnapshotSession::open(&self.connection, &self.tools, database).await?;
         let counts = session.count_rows().await?;
@@ -189,19 +213,19 @@ impl PgTarget {
         &self,
         command: &mut tokio::process::Command,
         program: &Path,
-    ) -> Result<std::process::Output, RestoreError> {
+    ) -> Result<std::process::Output, PostgresRestoreError> {
         let child = spawn(command, program)?;
-        child
+        let output = child
             .wait_with_output()
             .await
             .map_err(|cause| PostgresError::Spawn {
                 program: program.to_owned(),
                 cause,
-            })
-            .map_err(RestoreError::from)
+            })?;
+        Ok(output)
     }
 
-    fn failed(&self, program: &Path, what: &str, stderr: &str) -> RestoreError {
+    fn failed(&self, program: &Path, what: &str, stderr: &str) -> PostgresRestoreError {
         let message = StderrText::from_bytes(stderr.as_bytes()).0;
         let fix = hint(&message, self.connection.password_origin()).0;
         RestoreError::Tool {
@@ -213,6 +237,7 @@ impl PgTarget {
                 fix
             },
         }
+        .into()
     }
 }
 
@@ -232,7 +257,7 @@ pub async fn stored_databases(
         let bytes = read_small(reader, node).await?;
         let counts: RowCounts =
             serde_json::from_slice(&bytes).map_err(|e| RestoreError::WrongSnapshot {
-                kind: "postgres".into(),
+                kind: SourceKind::Postgres,
                 message: format!("{} does not parse ({e})", node.name.display()),
             })?;
         databases.push(counts);

@@ -17,6 +17,9 @@
 //! Pods that mount a stored claim may declare hooks in annotations
 //! ([`crate::hooks::annotations`]); they run around the data read.
 
+pub mod drill;
+pub mod restore;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

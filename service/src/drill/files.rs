@@ -1,25 +1,16 @@
-//! Drilling volumes, directories and streams: restore everything, then
-//! read every file back and compare it with the tree.
+//! The drill every kind builds on: restore everything, then read every
+//! file back and compare it with the tree.
 
 use std::sync::Arc;
 
 use crate::drill::JobRun;
 use crate::restore::files::{RestoreOptions, restore};
 use crate::restore::verify::check_restored;
-use crate::restore::volumes::Layout;
 
 /// Restores the whole snapshot and checks every file's hash.
-pub(super) async fn verify(run: &mut JobRun<'_>) {
+pub async fn verify(run: &mut JobRun<'_>) {
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let target = run.scratch.join("data");
-    let layout = run.step("read layout", Layout::read(reader, root)).await;
-    if let Some(layout) = &layout {
-        let skipped = layout.manifest.as_ref().map_or(0, |m| m.skipped.len());
-        run.note(format!(
-            "{} folder(s), {skipped} PVC(s) skipped at backup",
-            layout.units.len()
-        ));
-    }
     let restored = run
         .step(
             "restore",
@@ -44,7 +35,7 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
 }
 
 /// Compares everything restored under `target` with the snapshot's tree.
-pub(super) async fn verify_tree(run: &mut JobRun<'_>, target: &std::path::Path) {
+pub async fn verify_tree(run: &mut JobRun<'_>, target: &std::path::Path) {
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let checked = run
         .step("verify hashes", async {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use crate::drill::JobRun;
-use crate::restore::talos_config::{check_yaml, restore_private};
+use crate::sources::talos_config::restore::{check_yaml, restore_private};
 
 /// Restores the files, checks their hashes and parses them.
-pub(super) async fn verify(run: &mut JobRun<'_>) {
+pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let target = run.scratch.join("talos");
     let restored = run
@@ -19,7 +19,7 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
     if restored.is_none() {
         return;
     }
-    super::files::verify_tree(run, &target).await;
+    crate::drill::files::verify_tree(run, &target).await;
     let parsed = run.step("parse YAML", async { check_yaml(&target) }).await;
     if let Some(parsed) = parsed {
         run.note(format!(

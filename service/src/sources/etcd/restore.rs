@@ -14,16 +14,30 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::RestoreError;
-use super::files::{RestoreOptions, RestoreProgress, restore};
+use super::SNAPSHOT_FILE;
+use super::snapshot_file::{VerifiedSnapshot, VerifyFileError, verify_file};
 use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
-use crate::sources::etcd::SNAPSHOT_FILE;
-use crate::sources::etcd_snapshot::{VerifiedSnapshot, verify_file};
+use crate::restore::RestoreError;
+use crate::restore::files::{RestoreOptions, RestoreProgress, restore};
 
 /// How to install etcd's tools, for error messages.
 const INSTALL: &str = "install etcd's tools (Debian: apt-get install etcd-client etcd-server; \
     or etcdutl and etcd from https://github.com/etcd-io/etcd/releases) and put them on PATH";
+
+/// Why a snapshot file could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    /// Reading the snapshot or writing the file failed.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// The restored file failed its SHA-256 check.
+    #[error(transparent)]
+    Verify(#[from] VerifyFileError),
+    /// The check stopped before it ended (its thread panicked).
+    #[error("the check of the etcd snapshot file stopped: {0}")]
+    Stopped(#[source] tokio::task::JoinError),
+}
 
 /// Writes the snapshot's `etcd.db` into `dir` and checks its trailer;
 /// returns the file and what the check found.
@@ -36,7 +50,7 @@ pub async fn restore_snapshot_file(
     dir: &Path,
     force: bool,
     progress: Arc<RestoreProgress>,
-) -> Result<(PathBuf, VerifiedSnapshot), RestoreError> {
+) -> Result<(PathBuf, VerifiedSnapshot), SnapshotFileError> {
     restore(
         reader,
         root,
@@ -53,7 +67,7 @@ pub async fn restore_snapshot_file(
     let checked = file.clone();
     let verified = tokio::task::spawn_blocking(move || verify_file(&checked))
         .await
-        .map_err(|e| crate::repo::RepoError::Upload(e.to_string()))??;
+        .map_err(SnapshotFileError::Stopped)??;
     Ok((file, verified))
 }
 

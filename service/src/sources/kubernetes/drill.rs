@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use crate::drill::JobRun;
 use crate::restore::files::{RestoreOptions, restore};
-use crate::restore::kubernetes::documents::{check_inventory, load};
-use crate::restore::kubernetes::{ApplyOptions, Existing, Outcome, apply};
+use crate::sources::kubernetes::restore::documents::{check_inventory, load};
+use crate::sources::kubernetes::restore::{ApplyOptions, Existing, Outcome, apply};
 
 /// Restores, parses and counts the objects; dry-runs them when asked.
-pub(super) async fn verify(run: &mut JobRun<'_>) {
+pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let target = run.scratch.join("objects");
     let options = RestoreOptions::default();
@@ -25,7 +25,7 @@ pub(super) async fn verify(run: &mut JobRun<'_>) {
     if restored.is_none() {
         return;
     }
-    super::files::verify_tree(run, &target).await;
+    crate::drill::files::verify_tree(run, &target).await;
     let Some((documents, problems)) = run.step("parse objects", async { load(&target) }).await
     else {
         return;

@@ -9,13 +9,13 @@ use serde_json::Value;
 
 use crate::drill::JobRun;
 use crate::restore::RestoreError;
-use crate::restore::etcd::{
+use crate::sources::etcd::restore::{
     Keyspace, Member, RestoreTool, ThrowawayEtcd, free_port, restore_data_dir,
     restore_snapshot_file,
 };
 
 /// Restores, starts and compares.
-pub(super) async fn verify(run: &mut JobRun<'_>) {
+pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let metadata = run.entry.snapshot.metadata.clone();
     let dir = run.scratch.join("snapshot");
