@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{BackupError, SnapshotBuilder, bump};
+use crate::errors::WorkerError;
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::id::BlobId;
@@ -93,7 +94,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             store(documents.root).map(|nodes| (nodes, stored))
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))??;
+        .map_err(WorkerError::stopped("storing documents"))
+        .map_err(RepoError::from)??;
         self.summary.files += stored.files;
         self.summary.dirs += stored.dirs;
         self.summary.files_read += stored.files;

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{BackupError, Progress, SnapshotBuilder, add_summary, bump, save_tree};
+use crate::errors::WorkerError;
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::chunker::Chunking;
@@ -105,7 +106,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             ))
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))??;
+        .map_err(WorkerError::stopped("reading files"))
+        .map_err(RepoError::from)??;
         for node in entries {
             self.add_entry(node)?;
         }
@@ -311,7 +313,7 @@ impl Archiver {
         let mut references = self
             .references
             .lock()
-            .map_err(|_| RepoError::Upload("poisoned".into()))?;
+            .map_err(WorkerError::poisoned("the backup's blob references"))?;
         save_tree(&self.writer, tree, &mut references).map(|(id, _)| id)
     }
 
@@ -418,7 +420,7 @@ impl Archiver {
             let mut links = self
                 .hardlinks
                 .lock()
-                .map_err(|_| RepoError::Upload("poisoned".into()))?;
+                .map_err(WorkerError::poisoned("the backup's hard-link table"))?;
             match links.entry((meta.dev(), meta.ino())) {
                 Entry::Occupied(first) => {
                     bump(&self.counts.others, 1);

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
+use crate::errors::WorkerError;
 use crate::repo::blob::BlobKind;
 use crate::repo::id::{BlobId, SnapshotId};
 use crate::repo::index::IndexedPack;
@@ -179,11 +180,15 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             (saved, references)
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))?;
+        .map_err(WorkerError::stopped("saving the root tree"))
+        .map_err(RepoError::from)?;
         let (root_id, _) = saved?;
         self.references = references;
-        let writer = Arc::try_unwrap(self.writer)
-            .map_err(|_| RepoError::Upload("a backup thread still holds the writer".into()))?;
+        let writer = Arc::try_unwrap(self.writer).map_err(|_| {
+            RepoError::from(WorkerError::StillShared {
+                what: "the backup's blob writer",
+            })
+        })?;
         let stats = writer.finish().await?;
         self.summary.blobs_added = stats.blobs_added;
         self.summary.bytes_added = stats.bytes_added;

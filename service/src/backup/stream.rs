@@ -10,6 +10,7 @@ use tokio::io::AsyncRead;
 use tokio_util::io::SyncIoBridge;
 
 use super::{BackupError, SnapshotBuilder, bump};
+use crate::errors::WorkerError;
 use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::keys::KeyRole;
@@ -59,7 +60,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             total.map(|total| (content, total))
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))?
+        .map_err(WorkerError::stopped("storing a stream"))
+        .map_err(RepoError::from)?
         .map_err(|failure| match failure {
             StreamFailure::Io(source) => BackupError::Stream {
                 name: stream_name,

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::errors::WorkerError;
 use crate::storage::{ObjectStore, StorageError};
 use config::{CONFIG_KEY, FORMAT_VERSION, InitOptions, KEYS_KEY, KeysObject, RepoConfig};
 pub use crypt::CryptError;
@@ -183,9 +184,13 @@ pub enum RepoError {
     /// Keys could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The background uploader stopped.
-    #[error("the upload of packs stopped: {0}")]
-    Upload(String),
+    /// The background uploader stopped; the error it stopped with ends
+    /// the run.
+    #[error("the pack uploader stopped; the error that ends this run says why")]
+    UploaderStopped,
+    /// A worker task or lock failed because code panicked.
+    #[error(transparent)]
+    Worker(#[from] crate::errors::WorkerError),
 }
 
 /// A repository whose config has been read.
@@ -459,7 +464,7 @@ async fn load_index(
                             .map_err(|e| e.at(&object.key))
                     })
                     .await
-                    .map_err(|e| RepoError::Upload(e.to_string()))??;
+                    .map_err(WorkerError::stopped("opening an index object"))??;
                     Ok::<_, RepoError>((id, file))
                 };
                 (key, read.await)
@@ -468,7 +473,7 @@ async fn load_index(
         let Some(done) = pending.join_next().await else {
             break;
         };
-        match done.map_err(|e| RepoError::Upload(e.to_string()))? {
+        match done.map_err(WorkerError::stopped("reading the index"))? {
             (_, Ok((id, file))) => index.add_file(id, file),
             (_, Err(RepoError::Storage(e))) => return Err(e.into()),
             (key, Err(e)) => problems.push((key, e.to_string())),

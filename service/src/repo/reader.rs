@@ -27,6 +27,7 @@ use super::index::{BlobLocation, Index, PackInfo};
 use super::keys::{ChunkIdKey, RestoreIdentity};
 use super::pack::PackedBlob;
 use super::tree::Tree;
+use crate::errors::WorkerError;
 use crate::storage::ObjectStore;
 
 /// Reads blobs with the restore key.
@@ -175,7 +176,7 @@ impl BlobReader {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.decrypt_one(&key, object, &blob))
             .await
-            .map_err(|e| RepoError::Upload(e.to_string()))?
+            .map_err(WorkerError::stopped("decrypting a blob"))?
     }
 
     /// A whole pack's plaintext, from the cache or fetched and decrypted.
@@ -187,7 +188,7 @@ impl BlobReader {
         let (this, id) = (self.clone(), *pack);
         let plain = tokio::task::spawn_blocking(move || this.open_pack(&id, &cipher))
             .await
-            .map_err(|e| RepoError::Upload(e.to_string()))??;
+            .map_err(WorkerError::stopped("opening a pack"))??;
         let plain = Arc::new(plain);
         if let Ok(mut cache) = self.tree_packs.lock() {
             cache.insert(*pack, plain.clone());
@@ -251,7 +252,7 @@ impl BlobReader {
                 .collect::<Vec<_>>()
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))?;
+        .map_err(WorkerError::stopped("decrypting blobs"))?;
         results.extend(decoded);
         Ok(results)
     }

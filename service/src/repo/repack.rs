@@ -12,6 +12,7 @@ use super::id::{BlobId, PackId};
 use super::keys::RestoreIdentity;
 use super::prune::{read_all_plans, require_whole_index, used_blobs, write_plan};
 use super::{RepoError, UnlockedRepository};
+use crate::errors::WorkerError;
 
 /// What a repack did (or would do).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -86,11 +87,12 @@ pub async fn repack(
             let writer = writer.clone();
             tokio::task::spawn_blocking(move || writer.copy(kind, &plain))
                 .await
-                .map_err(|e| RepoError::Upload(e.to_string()))??;
+                .map_err(WorkerError::stopped("copying a blob"))??;
         }
     }
-    let writer = std::sync::Arc::try_unwrap(writer)
-        .map_err(|_| RepoError::Upload("a repack task still holds the writer".into()))?;
+    let writer = std::sync::Arc::try_unwrap(writer).map_err(|_| WorkerError::StillShared {
+        what: "the repack's blob writer",
+    })?;
     let stats = writer.finish().await?;
     report.packs_written = stats.packs.len();
     write_plan(repo, candidates.into_keys().collect(), chrono::Utc::now()).await?;

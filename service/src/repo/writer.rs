@@ -25,6 +25,7 @@ use super::keys::{ChunkIdKey, Recipients};
 use super::meta;
 use super::pack::{PackBuilder, PackedBlob};
 use super::put::put_content_named;
+use crate::errors::WorkerError;
 use crate::storage::ObjectStore;
 
 /// Packs uploaded at the same time.
@@ -193,9 +194,9 @@ impl BlobWriter {
 
     fn send(&self, pack: PackBuilder) -> Result<(), RepoError> {
         let sealed = seal(pack, &self.shared.recipients)?;
-        self.sender.blocking_send(sealed).map_err(|_| {
-            RepoError::Upload("the uploader stopped; see the error that ends the backup".into())
-        })
+        self.sender
+            .blocking_send(sealed)
+            .map_err(|_| RepoError::UploaderStopped)
     }
 
     /// Flushes the last pack, waits for every upload and writes the final
@@ -219,15 +220,15 @@ impl BlobWriter {
                 Ok(Ok(sealed)) => sender
                     .send(sealed)
                     .await
-                    .map_err(|_| RepoError::Upload("the uploader stopped".into())),
+                    .map_err(|_| RepoError::UploaderStopped),
                 Ok(Err(e)) => Err(e),
-                Err(e) => Err(RepoError::Upload(e.to_string())),
+                Err(e) => Err(WorkerError::stopped("sealing a pack")(e).into()),
             };
         }
         drop(sender);
         let (packs, indexes) = uploader
             .await
-            .map_err(|e| RepoError::Upload(e.to_string()))??;
+            .map_err(WorkerError::stopped("the pack uploader"))??;
         flushed?;
         Ok(WriteStats {
             blobs_added: shared.blobs_added.load(Ordering::Relaxed),
@@ -240,7 +241,10 @@ impl BlobWriter {
 }
 
 fn poisoned() -> RepoError {
-    RepoError::Upload("a backup thread panicked".into())
+    WorkerError::Poisoned {
+        what: "an open pack",
+    }
+    .into()
 }
 
 /// Finishes and encrypts a pack.
@@ -284,7 +288,7 @@ async fn upload_packs(
                 None => open = false,
             },
             Some(done) = running.join_next() => {
-                let pack = done.map_err(|e| RepoError::Upload(e.to_string()))??;
+                let pack = done.map_err(WorkerError::stopped("uploading a pack"))??;
                 unindexed.push(pack);
                 if unindexed.len() >= PACKS_PER_INDEX {
                     indexes.push(write_index(store.as_ref(), &recipients, &unindexed).await?);

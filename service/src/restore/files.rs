@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 
 use super::RestoreError;
 use super::place::{DirId, Dirs, ROOT};
+use crate::errors::WorkerError;
 use crate::repo::RepoError;
 use crate::repo::id::{BlobId, PackId};
 use crate::repo::pack::PackedBlob;
@@ -251,7 +252,7 @@ pub async fn restore(
     let slots = Arc::new(slots);
     let (fetched, created) =
         tokio::join!(fetch_data(reader, &outputs, &slots, &progress), creating);
-    created.map_err(|e| RepoError::Upload(e.to_string()))??;
+    created.map_err(WorkerError::stopped("creating the restored files"))??;
     let mut failed = fetched?;
     failed.append(&mut refused);
 
@@ -553,7 +554,7 @@ async fn fetch_data(
         let Some(done) = running.join_next().await else {
             break;
         };
-        let outcome = done.map_err(|e| RepoError::Upload(e.to_string()))?;
+        let outcome = done.map_err(WorkerError::stopped("restoring a pack"))?;
         for (blob, cause) in outcome? {
             for slot in slots.get(&blob).into_iter().flatten() {
                 failed.push((outputs.files[slot.file].shown.clone(), cause.clone()));
@@ -613,7 +614,7 @@ async fn restore_pack(
             Ok::<_, RestoreError>((failed, stream.unread()))
         })
         .await
-        .map_err(|e| RepoError::Upload(e.to_string()))??;
+        .map_err(WorkerError::stopped("streaming a pack"))??;
         if !unread.is_empty() {
             failed.extend(read_blob_by_blob(reader, pack, unread, outputs, slots, progress).await?);
         }
@@ -645,7 +646,7 @@ async fn read_blob_by_blob(
                     write_slots(&outputs, &slots, &blob, &data, &progress)
                 })
                 .await
-                .map_err(|e| RepoError::Upload(e.to_string()))??;
+                .map_err(WorkerError::stopped("writing restored data"))??;
             }
             Err(e) => failed.push((blob, e.to_string())),
         }

@@ -67,6 +67,9 @@ pub enum RestoreError {
         /// What is wrong, and the fix.
         message: String,
     },
+    /// A worker task failed because code panicked.
+    #[error(transparent)]
+    Worker(#[from] crate::errors::WorkerError),
     /// A host path from the snapshot was refused.
     #[error(transparent)]
     HostPath(#[from] in_place::HostPathError),

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::RestoreError;
+use crate::errors::WorkerError;
 use crate::repo::RepoError;
 use crate::repo::id::BlobId;
 use crate::repo::reader::{BlobReader, MAX_TREE_DEPTH};
@@ -126,7 +127,7 @@ pub async fn check_restored(
             .collect::<Vec<_>>()
     })
     .await
-    .map_err(|e| RepoError::Upload(e.to_string()))?;
+    .map_err(WorkerError::stopped("checking restored files"))?;
     for (size, outcome) in outcomes {
         check.files += 1;
         match outcome {
