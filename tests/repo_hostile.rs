@@ -182,7 +182,7 @@ async fn forge(repo: &UnlockedRepository<AnyIdentity>) -> Result<Value> {
         ..Node::new(name, NodeKind::Dir, 0o755, 1_764_126_000)
     };
     let store_tree = |entries: Vec<Node>| -> Result<BlobId> {
-        let bytes = Tree { entries }.to_bytes();
+        let bytes = Tree { entries }.to_bytes()?;
         Ok(save(BlobKind::Tree, &bytes)?.0)
     };
     let mut roots = Vec::new();

@@ -156,7 +156,9 @@ pub fn kubernetes_document(input: &[u8]) -> bool {
 /// Inputs of each target made by the library's own writers, for the seed
 /// corpus (`fuzz/corpus/<target>/`): `(target, input)` pairs, each accepted
 /// by its target.
-pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+///
+/// Fails when a seed cannot be serialised.
+pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
     use crate::repo::blob::encode;
     use crate::repo::config::InitOptions;
     use crate::repo::id::{BlobId, PackId};
@@ -175,11 +177,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         service: recipient.iter().cloned().collect(),
     };
     let config = RepoConfig::new(&InitOptions::default(), &recipients);
-    let config_bytes = serde_json::to_vec(&config).unwrap_or_default();
+    let config_bytes = serde_json::to_vec(&config)?;
     let key = ChunkIdKey::from_bytes([3; 32]);
     seeds.push((
         "keys",
-        compressed(serde_json::to_vec(&KeysObject::new(&key, &config_bytes)).unwrap_or_default()),
+        compressed(serde_json::to_vec(&KeysObject::new(&key, &config_bytes))?),
     ));
     seeds.push(("config", config_bytes));
 
@@ -213,7 +215,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             },
         ],
     };
-    let tree_bytes = tree.to_bytes();
+    let tree_bytes = tree.to_bytes()?;
     seeds.push(("tree", tree_bytes.clone()));
 
     let mut builder = pack::PackBuilder::default();
@@ -268,10 +270,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             blobs: indexed,
         }],
     };
-    seeds.push((
-        "index",
-        compressed(serde_json::to_vec(&index).unwrap_or_default()),
-    ));
+    seeds.push(("index", compressed(serde_json::to_vec(&index)?)));
     let snapshot = serde_json::json!({
         "job": "photos", "source_kind": "directory", "host": "tower",
         "time": "2026-11-26T03:00:00.123Z", "end_time": "2026-11-26T03:01:10.456Z",
@@ -301,7 +300,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     if let Ok(yaml) = crate::k8s::canonical::to_yaml(&document) {
         seeds.push(("kubernetes_document", yaml.into_bytes()));
     }
-    seeds
+    Ok(seeds)
 }
 
 #[cfg(test)]
@@ -328,7 +327,7 @@ mod tests {
             ("etcd_trailer", etcd_trailer),
             ("kubernetes_document", kubernetes_document),
         ];
-        let seeds = seeds();
+        let seeds = seeds()?;
         for (name, target) in targets {
             let mine: Vec<_> = seeds.iter().filter(|(t, _)| *t == name).collect();
             anyhow::ensure!(!mine.is_empty(), "no seed for {name}");

@@ -150,7 +150,13 @@ fn store_entry(
                 .collect::<Result<Vec<_>, _>>()?;
             // A folder's time is its newest entry's: stable while nothing changes.
             node.mtime = entries.iter().map(|e| e.mtime).max().unwrap_or(0);
-            let (id, _) = writer.save(BlobKind::Tree, &Tree { entries }.to_bytes())?;
+            let bytes = Tree { entries }
+                .to_bytes()
+                .map_err(|source| RepoError::Encode {
+                    what: "a tree",
+                    source,
+                })?;
+            let (id, _) = writer.save(BlobKind::Tree, &bytes)?;
             stored.references.push(id);
             stored.dirs += 1;
             node.kind = NodeKind::Dir;

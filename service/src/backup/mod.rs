@@ -239,7 +239,11 @@ fn save_tree(
     tree: &mut Tree,
     references: &mut BTreeSet<BlobId>,
 ) -> Result<(BlobId, bool), RepoError> {
-    let saved = writer.save(BlobKind::Tree, &tree.to_bytes())?;
+    let bytes = tree.to_bytes().map_err(|source| RepoError::Encode {
+        what: "a tree",
+        source,
+    })?;
+    let saved = writer.save(BlobKind::Tree, &bytes)?;
     references.insert(saved.0);
     Ok(saved)
 }

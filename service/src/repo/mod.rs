@@ -184,6 +184,15 @@ pub enum RepoError {
     /// Keys could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// An object could not be serialised.
+    #[error("cannot serialise {what}: {source}")]
+    Encode {
+        /// The object.
+        what: &'static str,
+        /// The serialiser's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The background uploader stopped; the error it stopped with ends
     /// the run.
     #[error("the pack uploader stopped; the error that ends this run says why")]
@@ -230,7 +239,12 @@ impl Repository {
         }
         Self::check_location_is_free(&store).await?;
         let config = RepoConfig::new(options, &recipients);
-        let config_bytes = Bytes::from(serde_json::to_vec_pretty(&config).unwrap_or_default());
+        let config_bytes = Bytes::from(serde_json::to_vec_pretty(&config).map_err(|source| {
+            RepoError::Encode {
+                what: CONFIG_KEY,
+                source,
+            }
+        })?);
         let keys = KeysObject::new(&ChunkIdKey::generate(), &config_bytes);
         let keys_cipher =
             meta::seal(&keys, recipients.both()).map_err(|source| RepoError::Crypt {

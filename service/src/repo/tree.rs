@@ -153,9 +153,12 @@ pub struct Tree {
 
 impl Tree {
     /// The tree's blob plaintext, with entries sorted by name.
-    pub fn to_bytes(&mut self) -> Vec<u8> {
+    ///
+    /// Fails when serialisation fails (it does not for trees lifeboat
+    /// builds; the error is kept rather than an empty blob written).
+    pub fn to_bytes(&mut self) -> Result<Vec<u8>, serde_json::Error> {
         self.entries.sort_by(|a, b| a.name.cmp(&b.name));
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(self)
     }
 
     /// Parses a tree blob's plaintext.
@@ -400,8 +403,8 @@ mod tests {
         let mut b = Tree {
             entries: vec![node(b"a"), node(b"\xffraw"), node(b"b")],
         };
-        let bytes = a.to_bytes();
-        assert_eq!(bytes, b.to_bytes());
+        let bytes = a.to_bytes()?;
+        assert_eq!(bytes, b.to_bytes()?);
         let back = Tree::from_bytes(&bytes)?;
         assert_eq!(
             back.get(b"\xffraw").map(|n| n.name.clone()),
@@ -455,7 +458,7 @@ mod tests {
                 Node::new(b"\xffraw", NodeKind::File, 0o644, 1),
             ],
         };
-        let back = Tree::from_bytes(&tree.to_bytes())?;
+        let back = Tree::from_bytes(&tree.to_bytes()?)?;
         valid(&back)?;
         // A blob the index does not know skips the size rule.
         back.validate(|_| None)?;

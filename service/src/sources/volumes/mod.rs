@@ -30,12 +30,13 @@ use serde_json::Value;
 
 use super::kubernetes::filter::EXCLUDE_LABEL;
 use super::{SourceContext, SourceError, resolve};
-use crate::backup::SnapshotBuilder;
 use crate::backup::documents::Documents;
 use crate::backup::files::Folder;
 use crate::backup::items::{Item, Outcome};
+use crate::backup::{BackupError, SnapshotBuilder};
 use crate::hooks::{HookRunner, Phase, annotations};
 use crate::k8s::{K8sError, connect};
+use crate::repo::RepoError;
 
 /// The snapshot's manifest file.
 pub const MANIFEST_FILE: &str = "lifeboat-volumes.json";
@@ -280,7 +281,12 @@ impl VolumesSource {
                 .add_folders(&folders, context.state_dir.as_deref())
                 .await?;
         }
-        let json = serde_json::to_vec_pretty(manifest).unwrap_or_default();
+        let json = serde_json::to_vec_pretty(manifest).map_err(|source| {
+            BackupError::from(RepoError::Encode {
+                what: MANIFEST_FILE,
+                source,
+            })
+        })?;
         let mut documents = Documents::default();
         documents.insert(&[MANIFEST_FILE], json, 0)?;
         builder.add_documents(documents).await?;
