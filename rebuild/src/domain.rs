@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use super::spec::{ClusterSpec, NodeSpec};
+use crate::spec::{ClusterSpec, NodeSpec};
 
 /// The file name of a VM's disk, as Unraid names it.
 pub const DISK_FILE: &str = "vdisk1.img";
