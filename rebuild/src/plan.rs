@@ -235,3 +235,136 @@ fn config_name(node: &NodeSpec) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::spec;
+
+    const WITH_DATA: &str = r#"
+        [backups]
+        repository = "s3://lifeboat/cluster"
+        [data]
+        volumes = ["latest:volumes", "abcd1234"]
+        image = "ghcr.io/example/lifeboat:1"
+        [[data.postgres]]
+        snapshot = "latest:databases"
+        url = "postgresql://postgres@db/postgres"
+        create = false
+    "#;
+
+    fn ids(spec: &ClusterSpec) -> Vec<String> {
+        all(spec).into_iter().map(|s| s.id(spec)).collect()
+    }
+
+    #[test]
+    fn each_node_is_made_phase_by_phase_then_etcd_is_recovered_onto_the_control_plane() {
+        let spec = spec("");
+        assert_eq!(
+            ids(&spec),
+            [
+                "fetch-backups",
+                "disk:w1",
+                "disk:cp1",
+                "define:w1",
+                "define:cp1",
+                "start:w1",
+                "start:cp1",
+                "maintenance-api:w1",
+                "maintenance-api:cp1",
+                "apply-config:w1",
+                "apply-config:cp1",
+                "talos-api:w1",
+                "talos-api:cp1",
+                // The worker is listed first; etcd goes to the control plane.
+                "etcd-ready:cp1",
+                "etcd-recover:cp1",
+                "bootstrap:cp1",
+                "kubeconfig",
+                "kubernetes-api",
+            ]
+        );
+    }
+
+    #[test]
+    fn data_steps_follow_the_cluster_and_workloads_are_stopped_around_the_volumes() {
+        let spec = spec(WITH_DATA);
+        let steps = ids(&spec);
+        assert_eq!(
+            steps[18..],
+            [
+                "stop-workloads",
+                "volumes:latest:volumes",
+                "volumes:abcd1234",
+                "remove-restore-secret",
+                "start-workloads",
+                "postgres:latest:databases",
+            ]
+        );
+        // Postgres alone needs no Jobs, so nothing is stopped.
+        let only_postgres = crate::testing::spec(
+            "[[data.postgres]]\nsnapshot = \"latest:db\"\nurl = \"postgresql://db/postgres\"",
+        );
+        let steps = ids(&only_postgres);
+        assert_eq!(steps[18..], ["postgres:latest:db"]);
+        assert!(!steps.iter().any(|id| id.contains("workloads")));
+    }
+
+    #[test]
+    fn ids_are_unique_so_resume_can_tell_the_steps_apart() {
+        let spec = spec(WITH_DATA);
+        let ids = ids(&spec);
+        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    }
+
+    #[test]
+    fn the_plan_names_the_calls_addresses_and_objects_of_each_step() {
+        let spec = spec(WITH_DATA);
+        let plan = crate::plan(&spec);
+        let described = |id: &str| {
+            plan.iter()
+                .find(|s| s.id == id)
+                .map(|s| s.description.clone())
+                .unwrap_or_else(|| panic!("no step {id}"))
+        };
+        let define = described("define:cp1");
+        assert!(define.contains("<name>cp1</name>"), "{define}");
+        assert!(define.contains("52:54:00:00:00:01"), "{define}");
+        // The default apid port is added; a given one is kept.
+        assert!(described("maintenance-api:w1").contains("10.0.0.51:50000"));
+        assert!(described("etcd-recover:cp1").contains("10.0.0.10:50001"));
+        assert!(
+            described("maintenance-api:w1").contains("not verified"),
+            "no pin: the plan says the certificate is not checked"
+        );
+        assert!(described("apply-config:w1").contains("Worker machine config"));
+        let volumes = described("volumes:abcd1234");
+        assert!(volumes.contains("kind: Job"), "{volumes}");
+        assert!(volumes.contains("ghcr.io/example/lifeboat:1"), "{volumes}");
+        assert!(volumes.contains("s3://lifeboat/cluster"), "{volumes}");
+        assert!(described("remove-restore-secret").contains(data::SECRET));
+        assert!(described("postgres:latest:databases").contains("into the existing one"));
+        assert!(described("kubeconfig").contains("WORK/kubeconfig (0600)"));
+    }
+
+    #[test]
+    fn a_pinned_maintenance_certificate_and_a_given_kubeconfig_are_in_the_plan() {
+        let pin = "ab".repeat(32);
+        let spec = spec(&format!(
+            "[talos]\nmaintenance_pin = \"{pin}\"\n[kubernetes]\nkubeconfig = \"/etc/admin.conf\""
+        ));
+        let plan = crate::plan(&spec);
+        let maintenance = &plan[7];
+        assert_eq!(maintenance.id, "maintenance-api:w1");
+        assert!(
+            maintenance
+                .description
+                .contains(&format!("pinned to sha256:{pin}")),
+            "{}",
+            maintenance.description
+        );
+        let kubeconfig = plan.iter().find(|s| s.id == "kubeconfig").expect("step");
+        assert_eq!(kubeconfig.description, "use the kubeconfig /etc/admin.conf");
+    }
+}

@@ -213,3 +213,115 @@ impl Progress {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, status: Status, seconds: f64) -> StepRecord {
+        StepRecord {
+            id: id.into(),
+            status,
+            seconds,
+            detail: format!("{id} detail"),
+        }
+    }
+
+    /// A state file as a run that failed at `bootstrap` leaves it.
+    fn failed_run(work: &Path) -> Progress {
+        let mut progress = Progress::new("test:///default cp1".into());
+        progress
+            .record(work, record("fetch-backups", Status::Done, 2.0))
+            .expect("record");
+        progress
+            .record(work, record("start:cp1", Status::Done, 1.0))
+            .expect("record");
+        progress
+            .record(work, record("bootstrap:cp1", Status::Failed, 0.5))
+            .expect("record");
+        progress
+    }
+
+    #[test]
+    fn resume_keeps_the_done_steps_and_drops_the_failure() {
+        let work = tempfile::tempdir().expect("work");
+        let written = failed_run(work.path());
+        assert_eq!(written.total_seconds, 3.5);
+        assert!(!written.is_done("bootstrap:cp1"));
+
+        let resumed = Progress::resume(work.path(), "test:///default cp1").expect("resume");
+        assert!(resumed.is_done("fetch-backups") && resumed.is_done("start:cp1"));
+        assert!(
+            !resumed.is_done("bootstrap:cp1"),
+            "the failed step runs again"
+        );
+        assert!(!resumed.is_done("kubeconfig"));
+        assert_eq!(
+            resumed
+                .steps
+                .iter()
+                .map(|s| (s.id.as_str(), s.status))
+                .collect::<Vec<_>>(),
+            [
+                ("fetch-backups", Status::DoneEarlier),
+                ("start:cp1", Status::DoneEarlier)
+            ]
+        );
+        // The failed attempt's time still counts towards the RTO.
+        assert_eq!(resumed.total_seconds, 3.5);
+    }
+
+    #[test]
+    fn resume_refuses_another_cluster_a_missing_and_a_damaged_state_file() {
+        let work = tempfile::tempdir().expect("work");
+        let missing = Progress::resume(work.path(), "x").expect_err("no state file");
+        assert!(matches!(missing, StateError::NoState { .. }), "{missing:?}");
+        assert!(
+            missing.to_string().contains("without --resume"),
+            "{missing}"
+        );
+
+        failed_run(work.path());
+        let other = Progress::resume(work.path(), "qemu:///system cp1").expect_err("other");
+        match &other {
+            StateError::OtherCluster { recorded, this, .. } => {
+                assert_eq!(recorded, "test:///default cp1");
+                assert_eq!(this, "qemu:///system cp1");
+            }
+            _ => panic!("{other:?}"),
+        }
+
+        std::fs::write(Progress::state_path(work.path()), "{ not json").expect("damage");
+        let damaged = Progress::resume(work.path(), "x").expect_err("damaged");
+        assert!(matches!(damaged, StateError::Damaged { .. }), "{damaged:?}");
+    }
+
+    #[test]
+    fn a_state_file_of_an_older_version_without_the_cluster_is_resumed() {
+        let work = tempfile::tempdir().expect("work");
+        std::fs::write(
+            Progress::state_path(work.path()),
+            r#"{"steps":[{"id":"fetch-backups","status":"done","seconds":1.0,"detail":"ok"}],"total_seconds":1.0}"#,
+        )
+        .expect("write");
+        let resumed = Progress::resume(work.path(), "test:///default cp1").expect("resume");
+        assert!(resumed.is_done("fetch-backups"));
+        assert_eq!(resumed.cluster.as_deref(), Some("test:///default cp1"));
+    }
+
+    #[test]
+    fn the_table_lists_each_step_and_the_measured_rto() {
+        let work = tempfile::tempdir().expect("work");
+        failed_run(work.path());
+        let mut progress = Progress::resume(work.path(), "test:///default cp1").expect("resume");
+        progress
+            .record(work.path(), record("bootstrap:cp1", Status::Done, 4.0))
+            .expect("record");
+        let table = progress.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(lines[1].starts_with("fetch-backups") && lines[1].contains("done earlier"));
+        assert!(lines[3].starts_with("bootstrap:cp1") && lines[3].contains("      4.0"));
+        assert!(lines[4].starts_with("total (measured RTO)") && lines[4].ends_with("      7.5"));
+    }
+}

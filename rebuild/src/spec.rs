@@ -620,6 +620,113 @@ mod tests {
     }
 
     #[test]
+    fn wrong_values_are_refused_naming_the_value_and_the_fix() {
+        let mut spec = crate::testing::spec("");
+        spec.nodes[0].name = "cp1".into();
+        assert!(matches!(spec.check(), Err(SpecError::DuplicateName(name)) if name == "cp1"));
+
+        let mut spec = crate::testing::spec("");
+        spec.nodes[0].name = "w 1".into();
+        let error = spec.check().expect_err("a space");
+        assert!(error.to_string().contains("letters, digits"), "{error}");
+
+        let mut spec = crate::testing::spec("");
+        spec.nodes.retain(|n| n.role == Role::Worker);
+        assert!(matches!(spec.check(), Err(SpecError::NoControlPlane)));
+
+        let mut spec = crate::testing::spec("");
+        spec.data.volumes = vec!["latest:volumes".into()];
+        let error = spec.check().expect_err("no image");
+        assert!(error.to_string().contains("data.image"), "{error}");
+        spec.data.image = Some("ghcr.io/o/lifeboat:1".into());
+        spec.check().expect("with an image");
+
+        let mut spec = crate::testing::spec("");
+        spec.talos.maintenance_pin = Some("sha256:abcd".into());
+        assert!(matches!(spec.check(), Err(SpecError::Pin(_))));
+        spec.talos.maintenance_pin = Some(format!("sha256:{}", "0f".repeat(32)));
+        assert_eq!(spec.pin().expect("a pin"), Some([0x0f; 32]));
+
+        let factory = |url: &str| ImageFactory {
+            schematic: "ab".repeat(32),
+            version: "v1.9.5".into(),
+            url: url.into(),
+        };
+        for url in ["ftp://factory", "https://factory/path", "https://"] {
+            let error = factory(url).iso_location().expect_err(url);
+            assert!(
+                matches!(error, SpecError::FactoryUrl(_)),
+                "{url}: {error:?}"
+            );
+        }
+        let error = factory("https://factory:http")
+            .iso_location()
+            .expect_err("port");
+        assert!(error.to_string().contains("\"http\""), "{error}");
+        assert_eq!(
+            factory("https://factory.example/")
+                .iso_location()
+                .map(|at| at.port)
+                .ok(),
+            Some(443)
+        );
+    }
+
+    #[test]
+    fn loading_names_the_file_and_what_is_wrong_in_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("cluster.toml");
+        let error = ClusterSpec::load(&path).expect_err("no file");
+        assert!(matches!(error, SpecError::Read { .. }), "{error:?}");
+        assert!(error.to_string().contains("--spec"), "{error}");
+
+        std::fs::write(
+            &path,
+            "[libvirt]\nuri = \"test:///default\"\nisos = \"x\"\n",
+        )
+        .expect("write");
+        let error = ClusterSpec::load(&path).expect_err("unknown field");
+        assert!(matches!(error, SpecError::Parse { .. }), "{error:?}");
+        assert!(
+            lifeboat::errors::describe(&error).contains("isos"),
+            "the cause names the field: {}",
+            lifeboat::errors::describe(&error)
+        );
+
+        std::fs::write(
+            &path,
+            "node = []\n[libvirt]\nuri = \"test:///default\"\niso = \"/a.iso\"\n",
+        )
+        .expect("write");
+        let error = ClusterSpec::load(&path).expect_err("no nodes");
+        let text = lifeboat::errors::describe(&error);
+        assert!(
+            text.starts_with(&format!("cluster spec {}", path.display()))
+                && text.contains("controlplane"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_identity_is_the_hypervisor_and_each_nodes_name_role_and_mac() {
+        let spec = crate::testing::spec("");
+        assert_eq!(
+            spec.identity(),
+            "test:///default w1/Worker/52:54:00:00:00:02 cp1/Controlplane/52:54:00:00:00:01"
+        );
+        let mut fixed = spec.clone();
+        fixed.talos.wait = std::time::Duration::from_secs(1);
+        fixed.data.namespace = "other".into();
+        assert_eq!(
+            fixed.identity(),
+            spec.identity(),
+            "other settings may change"
+        );
+        fixed.nodes[0].mac = "52:54:00:00:00:03".into();
+        assert_ne!(fixed.identity(), spec.identity());
+    }
+
+    #[test]
     fn the_example_spec_in_deploy_loads() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rebuild/cluster.example.toml");
