@@ -160,3 +160,33 @@ impl std::error::Error for Caused {
         Some(self.0.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lifeboat::repo::RepoError;
+    use lifeboat_rebuild::RebuildError;
+
+    use super::*;
+
+    /// A step that failed because the repository is missing exits as
+    /// every command does when there is none (10), and says why once.
+    #[test]
+    fn a_failed_unlock_keeps_the_exit_code_and_the_cause() {
+        let cause = anyhow::Error::new(RepoError::NotARepository {
+            url: "s3://lifeboat/cluster".into(),
+        });
+        let failure = RebuildError::Step {
+            id: "fetch-backups".into(),
+            source: Box::new(RebuildError::Unlock(Caused::boxed(cause))),
+        };
+        let error = anyhow::Error::from(failure);
+        assert_eq!(
+            format!("{:?}", crate::exit::code_of(&error)),
+            format!("{:?}", std::process::ExitCode::from(10))
+        );
+        let text = lifeboat::errors::describe(error.as_ref());
+        assert!(text.starts_with("step fetch-backups failed"), "{text}");
+        assert_eq!(text.matches("no lifeboat repository").count(), 1, "{text}");
+        assert!(!text.contains(": :"), "{text}");
+    }
+}
