@@ -12,7 +12,8 @@
 //! `lifeboat restore`, through [`Restores`].
 //!
 //! - [`spec`]: the cluster spec (TOML) and its checks;
-//! - [`plan`]: the steps in order, their ids and descriptions (`--plan`);
+//! - [`plan`](mod@plan): the steps in order, their ids and descriptions
+//!   (`--plan`, as data from [`plan()`]);
 //! - [`runner`]: doing a step;
 //! - [`domain`]: the libvirt XML of a node's VM and disk;
 //! - [`hypervisor`]: libvirt calls on one connection;

@@ -114,7 +114,7 @@ impl Step {
         };
         match self {
             Self::FetchBackups => format!(
-                "restore snapshot {} into WORK/talos-config and {} into WORK/etcd; verify the etcd snapshot's SHA-256 trailer",
+                "restore snapshot {} into WORK/talos-config (files 0600, folders 0700) and the etcd.db of {} into WORK/etcd; verify the etcd snapshot's SHA-256 trailer",
                 spec.backups.talos_config, spec.backups.etcd
             ),
             Self::Disk(i) => format!(
@@ -346,6 +346,7 @@ mod tests {
         assert!(described("remove-restore-secret").contains(data::SECRET));
         assert!(described("postgres:latest:databases").contains("into the existing one"));
         assert!(described("kubeconfig").contains("WORK/kubeconfig (0600)"));
+        assert!(described("fetch-backups").contains("WORK/talos-config (files 0600"));
     }
 
     #[test]
