@@ -267,3 +267,82 @@ pub fn find_file(root: &Path, want: TalosFile) -> Option<PathBuf> {
     found.sort();
     found.into_iter().next()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::spec;
+
+    fn machine_config(role: &str) -> String {
+        format!("version: v1alpha1\nmachine:\n  type: {role}\ncluster:\n  clusterName: home\n")
+    }
+
+    #[test]
+    fn each_node_gets_the_machine_config_of_its_role_or_the_one_it_names() {
+        let work = tempfile::tempdir().expect("work");
+        let spec = spec("");
+        let nodes = Nodes {
+            spec: &spec,
+            work: work.path(),
+        };
+        let root = nodes.talos_config_dir();
+        std::fs::create_dir_all(root.join("b/nested")).expect("dirs");
+        std::fs::write(
+            root.join("b/nested/cp.yaml"),
+            machine_config("controlplane"),
+        )
+        .expect("cp");
+        std::fs::write(root.join("a-patch.yaml"), "machine:\n  network: {}\n").expect("patch");
+
+        let (worker, cp) = (&spec.nodes[0], &spec.nodes[1]);
+        assert_eq!(
+            nodes.machine_config(cp).expect("found"),
+            root.join("b/nested/cp.yaml")
+        );
+        let missing = nodes.machine_config(worker).expect_err("no worker config");
+        assert!(
+            matches!(&missing, NodeError::NoMachineConfig { role: Role::Worker, node } if node == "w1"),
+            "{missing:?}"
+        );
+        assert!(
+            missing.to_string().contains("machine_config = "),
+            "{missing}"
+        );
+
+        // The first by path when there are several.
+        std::fs::write(root.join("a-worker.yaml"), machine_config("worker")).expect("worker");
+        std::fs::write(root.join("z-worker.yaml"), machine_config("worker")).expect("worker");
+        assert_eq!(
+            nodes.machine_config(worker).expect("found"),
+            root.join("a-worker.yaml")
+        );
+        // A named one wins, below the fetched folder even when absolute.
+        let mut named = worker.clone();
+        named.machine_config = Some("/z-worker.yaml".into());
+        assert_eq!(
+            nodes.machine_config(&named).expect("named"),
+            root.join("z-worker.yaml")
+        );
+        assert_eq!(find_file(&root, TalosFile::Talosconfig), None);
+    }
+
+    #[test]
+    fn apids_port_is_added_unless_given() {
+        assert_eq!(with_port("10.0.0.1"), "10.0.0.1:50000");
+        assert_eq!(with_port("10.0.0.1:50001"), "10.0.0.1:50001");
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_needs_the_talosconfig_of_the_snapshot() {
+        let work = tempfile::tempdir().expect("work");
+        let spec = spec("");
+        let nodes = Nodes {
+            spec: &spec,
+            work: work.path(),
+        };
+        let Err(error) = nodes.connect("127.0.0.1", true).await else {
+            panic!("connected without a talosconfig");
+        };
+        assert!(matches!(error, NodeError::NoTalosconfig), "{error:?}");
+    }
+}
