@@ -5,13 +5,71 @@
 //! built-in test driver (`test:///default`, whose state lives only as long
 //! as the connection) works with no daemon.
 
-use anyhow::{Context, bail};
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 
-use super::domain::{DISK_FILE, domain_xml, pool_name, pool_xml, volume_xml};
-use super::spec::{ClusterSpec, NodeSpec};
+use crate::domain::{DISK_FILE, domain_xml, pool_name, pool_xml, volume_xml};
+use crate::spec::{ClusterSpec, NodeSpec};
+
+/// What libvirt refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// No connection to the hypervisor.
+    #[error(
+        "cannot connect to libvirt at {uri}; check [libvirt] uri in the spec and that `virsh -c {uri} list` works from here"
+    )]
+    Connect {
+        /// The libvirt URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// A call failed.
+    #[error("{action} on {uri}")]
+    Call {
+        /// What was being done, naming the node.
+        action: String,
+        /// The libvirt URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// A VM of the node's name exists with another MAC.
+    #[error(
+        "a VM named {name} exists on {uri} without the MAC {mac}; run with --replace to destroy and recreate it, or rename the node"
+    )]
+    ForeignDomain {
+        /// The VM name.
+        name: String,
+        /// The libvirt URI.
+        uri: String,
+        /// The node's MAC.
+        mac: String,
+    },
+    /// The node's VM is missing.
+    #[error("no VM named {name} on {uri}; run the rebuild from the start")]
+    NoDomain {
+        /// The VM name.
+        name: String,
+        /// The libvirt URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// libvirt refused the domain XML.
+    #[error("libvirt refused the domain XML of {name} (see `lifeboat rebuild --plan`)")]
+    RefusedXml {
+        /// The VM name.
+        name: String,
+        /// libvirt's error, naming what its schema refused.
+        #[source]
+        source: virt::error::Error,
+    },
+}
 
 /// One open libvirt connection.
 pub struct Hypervisor {
@@ -23,11 +81,12 @@ impl Hypervisor {
     /// Connects to `uri`.
     ///
     /// Fails when libvirt cannot connect (the message is libvirt's).
-    pub fn connect(uri: &str) -> anyhow::Result<Self> {
+    pub fn connect(uri: &str) -> Result<Self, HypervisorError> {
         // libvirt's own error printing would repeat every error on stderr.
         virt::error::clear_error_callback();
-        let connection = Connect::open(Some(uri)).with_context(|| {
-            format!("cannot connect to libvirt at {uri}; check [libvirt] uri in the spec and that `virsh -c {uri} list` works from here")
+        let connection = Connect::open(Some(uri)).map_err(|source| HypervisorError::Connect {
+            uri: uri.to_owned(),
+            source,
         })?;
         Ok(Self {
             connection,
@@ -44,7 +103,7 @@ impl Hypervisor {
         spec: &ClusterSpec,
         node: &NodeSpec,
         replace: bool,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, HypervisorError> {
         let pool = match self
             .connection
             .lookup_storage_pool_by_name(&pool_name(node))
@@ -54,29 +113,30 @@ impl Hypervisor {
                 let pool = self
                     .connection
                     .define_storage_pool_xml(&pool_xml(spec, node), 0)
-                    .with_context(|| {
-                        format!("defining the storage pool for {}'s disk", node.name)
-                    })?;
+                    .map_err(self.call(format!(
+                        "defining the storage pool for {}'s disk",
+                        node.name
+                    )))?;
                 pool.build(0)
-                    .with_context(|| format!("creating the disk folder of {}", node.name))?;
+                    .map_err(self.call(format!("creating the disk folder of {}", node.name)))?;
                 pool
             }
         };
         if !pool.is_active().unwrap_or(false) {
             pool.create(0)
-                .with_context(|| format!("starting the storage pool of {}", node.name))?;
+                .map_err(self.call(format!("starting the storage pool of {}", node.name)))?;
         }
         let outcome = match pool.lookup_storage_vol_by_name(DISK_FILE) {
             Ok(volume) if replace => {
                 volume
                     .delete(0)
-                    .with_context(|| format!("deleting {}'s old disk", node.name))?;
-                create_volume(&pool, node)?;
+                    .map_err(self.call(format!("deleting {}'s old disk", node.name)))?;
+                self.create_volume(&pool, node)?;
                 "replaced"
             }
             Ok(_) => "reused",
             Err(_) => {
-                create_volume(&pool, node)?;
+                self.create_volume(&pool, node)?;
                 "created"
             }
         };
@@ -97,43 +157,42 @@ impl Hypervisor {
         spec: &ClusterSpec,
         node: &NodeSpec,
         replace: bool,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, HypervisorError> {
         if let Ok(existing) = self.connection.lookup_domain_by_name(&node.name) {
             if !replace {
-                let xml = existing.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?;
+                let xml = existing
+                    .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+                    .map_err(self.call(format!("reading the domain XML of {}", node.name)))?;
                 if !xml
                     .to_ascii_lowercase()
                     .contains(&node.mac.to_ascii_lowercase())
                 {
-                    bail!(
-                        "a VM named {} exists on {} without the MAC {}; run with --replace to destroy and recreate it, or rename the node",
-                        node.name,
-                        self.uri,
-                        node.mac
-                    );
+                    return Err(HypervisorError::ForeignDomain {
+                        name: node.name.clone(),
+                        uri: self.uri.clone(),
+                        mac: node.mac.clone(),
+                    });
                 }
                 return Ok("reused the existing domain".into());
             }
             if existing.is_active().unwrap_or(false) {
                 existing
                     .destroy()
-                    .with_context(|| format!("stopping the old VM {}", node.name))?;
+                    .map_err(self.call(format!("stopping the old VM {}", node.name)))?;
             }
             existing
                 .undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM)
                 .or_else(|_| existing.undefine())
-                .with_context(|| format!("undefining the old VM {}", node.name))?;
+                .map_err(self.call(format!("undefining the old VM {}", node.name)))?;
         }
         self.connection
             .define_domain_xml_flags(
                 &domain_xml(spec, node),
                 virt::sys::VIR_DOMAIN_DEFINE_VALIDATE,
             )
-            .with_context(|| {
-                format!(
-                    "libvirt refused the domain XML of {} (see `lifeboat rebuild --plan`)",
-                    node.name
-                )
+            .map_err(|source| HypervisorError::RefusedXml {
+                name: node.name.clone(),
+                source,
             })?;
         Ok(if replace {
             "replaced the domain"
@@ -143,33 +202,44 @@ impl Hypervisor {
         .into())
     }
 
+    /// A closure naming a failed call on this connection.
+    fn call(&self, action: String) -> impl FnOnce(virt::error::Error) -> HypervisorError + '_ {
+        move |source| HypervisorError::Call {
+            action,
+            uri: self.uri.clone(),
+            source,
+        }
+    }
+
     /// Starts the node's VM unless it runs.
     ///
     /// Fails when the domain is missing or libvirt cannot start it.
-    pub fn start(&self, node: &NodeSpec) -> anyhow::Result<String> {
+    pub fn start(&self, node: &NodeSpec) -> Result<String, HypervisorError> {
         let domain = self
             .connection
             .lookup_domain_by_name(&node.name)
-            .with_context(|| {
-                format!(
-                    "no VM named {} on {}; run the rebuild from the start",
-                    node.name, self.uri
-                )
+            .map_err(|source| HypervisorError::NoDomain {
+                name: node.name.clone(),
+                uri: self.uri.clone(),
+                source,
             })?;
-        if domain.is_active()? {
+        let active = domain
+            .is_active()
+            .map_err(self.call(format!("asking whether the VM {} runs", node.name)))?;
+        if active {
             return Ok("already running".into());
         }
         domain
             .create()
-            .with_context(|| format!("starting the VM {}", node.name))?;
+            .map_err(self.call(format!("starting the VM {}", node.name)))?;
         Ok("started".into())
     }
-}
 
-fn create_volume(pool: &StoragePool, node: &NodeSpec) -> anyhow::Result<()> {
-    StorageVol::create_xml(pool, &volume_xml(node), 0)
-        .with_context(|| format!("creating {}'s disk", node.name))?;
-    Ok(())
+    fn create_volume(&self, pool: &StoragePool, node: &NodeSpec) -> Result<(), HypervisorError> {
+        StorageVol::create_xml(pool, &volume_xml(node), 0)
+            .map_err(self.call(format!("creating {}'s disk", node.name)))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::kubernetes::{KubernetesError, api};
 
 /// A claim: namespace and PVC name.
 pub type Claim = (String, String);
@@ -56,25 +57,36 @@ impl Stopped {
     /// Reads what an earlier run stopped, if it recorded anything.
     ///
     /// Fails when the file exists but cannot be read.
-    pub fn load(path: &Path) -> anyhow::Result<Option<Self>> {
+    pub fn load(path: &Path) -> Result<Option<Self>, KubernetesError> {
         match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} is damaged; scale the workloads it names back by hand and delete it",
-                    path.display()
-                )
-            })?)),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+                KubernetesError::DamagedRecord {
+                    path: path.to_owned(),
+                    source,
+                }
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::Error::from(e).context(format!("reading {}", path.display()))),
+            Err(source) => Err(KubernetesError::Record {
+                action: "reading",
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
     /// Records what is stopped (before stopping it).
     ///
     /// Fails when the file cannot be written.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+    pub fn save(&self, path: &Path) -> Result<(), KubernetesError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|source| KubernetesError::Object {
+            what: "record of stopped workloads".into(),
+            source,
+        })?;
+        std::fs::write(path, json).map_err(|source| KubernetesError::Record {
+            action: "writing",
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// One line for people.
@@ -102,7 +114,7 @@ impl Stopped {
 /// The workloads whose pods use any of `claims`.
 ///
 /// Fails when the API cannot be read.
-pub async fn find(client: &kube::Client, claims: &[Claim]) -> anyhow::Result<Stopped> {
+pub async fn find(client: &kube::Client, claims: &[Claim]) -> Result<Stopped, KubernetesError> {
     let namespaces: BTreeSet<&str> = claims.iter().map(|(ns, _)| ns.as_str()).collect();
     let mut workloads = BTreeSet::new();
     let mut unmanaged = Vec::new();
@@ -110,7 +122,7 @@ pub async fn find(client: &kube::Client, claims: &[Claim]) -> anyhow::Result<Sto
         let pods = Api::<Pod>::namespaced(client.clone(), namespace)
             .list(&ListParams::default())
             .await
-            .with_context(|| format!("listing the pods of namespace {namespace}"))?;
+            .map_err(api(format!("listing the pods of namespace {namespace}")))?;
         for pod in pods.items.iter().filter(|p| uses_any(p, claims)) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             match owner(
@@ -160,7 +172,7 @@ async fn owner(
     client: &kube::Client,
     namespace: &str,
     reference: Option<&OwnerReference>,
-) -> anyhow::Result<Option<Workload>> {
+) -> Result<Option<Workload>, KubernetesError> {
     let Some(reference) = reference else {
         return Ok(None);
     };
@@ -174,7 +186,11 @@ async fn owner(
         "StatefulSet" => {
             let set = Api::<StatefulSet>::namespaced(client.clone(), namespace)
                 .get_opt(&reference.name)
-                .await?;
+                .await
+                .map_err(api(format!(
+                    "reading StatefulSet {namespace}/{}",
+                    reference.name
+                )))?;
             Ok(set.map(|s| {
                 let replicas = s.spec.replicas;
                 workload(Kind::StatefulSet, &reference.name, replicas)
@@ -183,7 +199,11 @@ async fn owner(
         "ReplicaSet" => {
             let set = Api::<ReplicaSet>::namespaced(client.clone(), namespace)
                 .get_opt(&reference.name)
-                .await?;
+                .await
+                .map_err(api(format!(
+                    "reading ReplicaSet {namespace}/{}",
+                    reference.name
+                )))?;
             let Some(deployment) = set
                 .as_ref()
                 .and_then(|s| controller(&s.metadata.owner_references))
@@ -193,7 +213,11 @@ async fn owner(
             };
             let found = Api::<Deployment>::namespaced(client.clone(), namespace)
                 .get_opt(&deployment.name)
-                .await?;
+                .await
+                .map_err(api(format!(
+                    "reading Deployment {namespace}/{}",
+                    deployment.name
+                )))?;
             Ok(found.map(|d| {
                 let replicas = d.spec.replicas;
                 workload(Kind::Deployment, &deployment.name, replicas)
@@ -210,7 +234,7 @@ pub async fn scale(
     client: &kube::Client,
     workload: &Workload,
     replicas: i32,
-) -> anyhow::Result<()> {
+) -> Result<(), KubernetesError> {
     let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
     let params = PatchParams::default();
     let (namespace, name) = (&workload.namespace, &workload.name);
@@ -224,12 +248,10 @@ pub async fn scale(
             .await
             .map(drop),
     };
-    result.with_context(|| {
-        format!(
-            "scaling {:?} {namespace}/{name} to {replicas}",
-            workload.kind
-        )
-    })
+    result.map_err(api(format!(
+        "scaling {:?} {namespace}/{name} to {replicas}",
+        workload.kind
+    )))
 }
 
 /// Waits until no pod but `unmanaged` ones uses `claims`.
@@ -240,7 +262,7 @@ pub async fn wait_until_stopped(
     claims: &[Claim],
     unmanaged: &[String],
     wait: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), KubernetesError> {
     let deadline = Instant::now() + wait;
     let namespaces: BTreeSet<&str> = claims.iter().map(|(ns, _)| ns.as_str()).collect();
     loop {
@@ -248,7 +270,8 @@ pub async fn wait_until_stopped(
         for namespace in &namespaces {
             let pods = Api::<Pod>::namespaced(client.clone(), namespace)
                 .list(&ListParams::default())
-                .await?;
+                .await
+                .map_err(api(format!("listing the pods of namespace {namespace}")))?;
             for pod in pods.items.iter().filter(|p| uses_any(p, claims)) {
                 let name = format!(
                     "{namespace}/{}",
@@ -263,12 +286,11 @@ pub async fn wait_until_stopped(
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "pods still use the volumes after {}: {}",
-                humantime::format_duration(wait),
-                running.join(", ")
-            );
+            return Err(KubernetesError::PodsRunning {
+                wait: humantime::format_duration(wait).to_string(),
+                pods: running,
+            });
         }
-        tokio::time::sleep(super::POLL).await;
+        tokio::time::sleep(crate::POLL).await;
     }
 }

@@ -5,8 +5,84 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
+
+/// What is wrong with a cluster spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file cannot be read.
+    #[error("cannot read the cluster spec {}; check --spec", path.display())]
+    Read {
+        /// The spec file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML of the spec's shape.
+    #[error(
+        "the cluster spec {} is not valid (see deploy/rebuild/cluster.example.toml)",
+        path.display()
+    )]
+    Parse {
+        /// The spec file.
+        path: PathBuf,
+        /// Where and why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The spec parses but a value is wrong.
+    #[error("cluster spec {}", path.display())]
+    Invalid {
+        /// The spec file.
+        path: PathBuf,
+        /// The value and its fix.
+        #[source]
+        source: Box<SpecError>,
+    },
+    /// No node is a control-plane node.
+    #[error("no node has role = \"controlplane\"; etcd is recovered onto the first one")]
+    NoControlPlane,
+    /// Two nodes have the same name.
+    #[error("two nodes are named {0:?}; VM names must be unique")]
+    DuplicateName(String),
+    /// A node's name is empty or not a VM name.
+    #[error("node name {0:?}: use letters, digits, '-' and '_'")]
+    BadName(String),
+    /// Neither or both of `libvirt.iso` and `[libvirt.image_factory]`.
+    #[error(
+        "give the Talos ISO as either libvirt.iso (a file on the hypervisor) or [libvirt.image_factory] (schematic and version), not both or neither"
+    )]
+    IsoChoice,
+    /// The Image Factory schematic is not a schematic id.
+    #[error("libvirt.image_factory.schematic {0:?}: give the schematic id, 64 hex digits")]
+    Schematic(String),
+    /// The Image Factory version is not a Talos version.
+    #[error("libvirt.image_factory.version {0:?}: give a Talos version such as \"v1.9.5\"")]
+    Version(String),
+    /// The Image Factory URL is not `http(s)://HOST[:PORT]`.
+    #[error("image_factory.url {0:?}: give http(s)://HOST[:PORT] without a path")]
+    FactoryUrl(String),
+    /// The Image Factory URL's port is not a port.
+    #[error("image_factory.url {url:?}: port {port:?} is not a port number")]
+    FactoryPort {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+        /// Why.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// Volumes to restore but no image for the Jobs.
+    #[error(
+        "data.volumes needs data.image: the lifeboat image the restore Jobs run (the one your cluster deploys)"
+    )]
+    VolumesNeedImage,
+    /// The maintenance pin is not a SHA-256.
+    #[error("talos.maintenance_pin {0:?}: give the SHA-256 of the certificate as 64 hex digits")]
+    Pin(String),
+}
 
 /// The whole spec.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -68,31 +144,26 @@ impl ImageFactory {
     /// The scheme, host, port and path of the ISO.
     ///
     /// Fails when the factory URL is not `http(s)://HOST[:PORT]`.
-    pub fn iso_location(&self) -> anyhow::Result<IsoLocation> {
+    pub fn iso_location(&self) -> Result<IsoLocation, SpecError> {
         let (scheme, rest) = self
             .url
             .split_once("://")
             .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
-            .with_context(|| {
-                format!(
-                    "image_factory.url {:?}: give http(s)://HOST[:PORT]",
-                    self.url
-                )
-            })?;
+            .ok_or_else(|| SpecError::FactoryUrl(self.url.clone()))?;
         let authority = rest.trim_end_matches('/');
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) => (
                 host,
-                port.parse()
-                    .with_context(|| format!("image_factory.url: port {port:?}"))?,
+                port.parse().map_err(|source| SpecError::FactoryPort {
+                    url: self.url.clone(),
+                    port: port.to_owned(),
+                    source,
+                })?,
             ),
             None => (authority, if scheme == "https" { 443 } else { 80 }),
         };
         if host.is_empty() || host.contains('/') {
-            bail!(
-                "image_factory.url {:?}: give http(s)://HOST[:PORT] without a path",
-                self.url
-            );
+            return Err(SpecError::FactoryUrl(self.url.clone()));
         }
         Ok(IsoLocation {
             scheme: scheme.to_owned(),
@@ -356,30 +427,33 @@ impl ClusterSpec {
     ///
     /// Fails when the file cannot be read, is not valid TOML of this shape,
     /// has no control-plane node, or repeats a name.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the cluster spec {}", path.display()))?;
-        let spec: Self = toml::from_str(&text).with_context(|| {
-            format!(
-                "the cluster spec {} is not valid (see deploy/rebuild/cluster.example.toml)",
-                path.display()
-            )
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
         })?;
-        spec.check()
-            .with_context(|| format!("cluster spec {}", path.display()))?;
+        let spec: Self = toml::from_str(&text).map_err(|source| SpecError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        spec.check().map_err(|e| SpecError::Invalid {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
         Ok(spec)
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// Checks what TOML cannot: a control-plane node, unique VM names,
+    /// one Talos ISO, an image for the restore Jobs, the pin.
+    ///
+    /// Fails naming the first wrong value and its fix.
+    pub fn check(&self) -> Result<(), SpecError> {
         if !self.nodes.iter().any(|n| n.role == Role::Controlplane) {
-            bail!("no node has role = \"controlplane\"; etcd is recovered onto the first one");
+            return Err(SpecError::NoControlPlane);
         }
         for (i, node) in self.nodes.iter().enumerate() {
             if self.nodes[..i].iter().any(|n| n.name == node.name) {
-                bail!(
-                    "two nodes are named {:?}; VM names must be unique",
-                    node.name
-                );
+                return Err(SpecError::DuplicateName(node.name.clone()));
             }
             if node.name.is_empty()
                 || !node
@@ -387,10 +461,7 @@ impl ClusterSpec {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                bail!(
-                    "node name {:?}: use letters, digits, '-' and '_'",
-                    node.name
-                );
+                return Err(SpecError::BadName(node.name.clone()));
             }
         }
         match (&self.libvirt.iso, &self.libvirt.image_factory) {
@@ -399,47 +470,47 @@ impl ClusterSpec {
                 if factory.schematic.len() != 64
                     || !factory.schematic.chars().all(|c| c.is_ascii_hexdigit())
                 {
-                    bail!(
-                        "libvirt.image_factory.schematic {:?}: give the schematic id, 64 hex digits",
-                        factory.schematic
-                    );
+                    return Err(SpecError::Schematic(factory.schematic.clone()));
                 }
                 if !factory.version.starts_with('v') || factory.version.contains('/') {
-                    bail!(
-                        "libvirt.image_factory.version {:?}: give a Talos version such as \"v1.9.5\"",
-                        factory.version
-                    );
+                    return Err(SpecError::Version(factory.version.clone()));
                 }
                 factory.iso_location()?;
             }
-            _ => bail!(
-                "give the Talos ISO as either libvirt.iso (a file on the hypervisor) or [libvirt.image_factory] (schematic and version), not both or neither"
-            ),
+            _ => return Err(SpecError::IsoChoice),
         }
         if !self.data.volumes.is_empty() && self.data.image.is_none() {
-            bail!(
-                "data.volumes needs data.image: the lifeboat image the restore Jobs run (the one your cluster deploys)"
-            );
+            return Err(SpecError::VolumesNeedImage);
         }
-        if let Some(pin) = &self.talos.maintenance_pin {
-            self.pin()
-                .with_context(|| format!("talos.maintenance_pin {pin:?}"))?;
-        }
+        self.pin()?;
         Ok(())
     }
 
     /// The maintenance-mode certificate pin, decoded.
     ///
     /// Fails when it is not 64 hex digits.
-    pub fn pin(&self) -> anyhow::Result<Option<[u8; 32]>> {
+    pub fn pin(&self) -> Result<Option<[u8; 32]>, SpecError> {
         let Some(text) = &self.talos.maintenance_pin else {
             return Ok(None);
         };
         let bytes = hex::decode(text.trim_start_matches("sha256:"))
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .context("give the SHA-256 of the certificate as 64 hex digits")?;
+            .ok_or_else(|| SpecError::Pin(text.clone()))?;
         Ok(Some(bytes))
+    }
+
+    /// What names the cluster in a state file: the hypervisor and each
+    /// node's name, role and MAC. A state file of another identity is not
+    /// resumed; the rest of the spec may change between runs (a fix of
+    /// the failed step's cause often is a change of the spec).
+    pub fn identity(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}/{:?}/{}", n.name, n.role, n.mac.to_ascii_lowercase()))
+            .collect();
+        format!("{} {}", self.libvirt.uri, nodes.join(" "))
     }
 
     /// The first control-plane node (etcd is recovered onto it).
@@ -493,7 +564,7 @@ mod tests {
 
     #[test]
     fn the_iso_is_a_file_or_an_image_factory_schematic() {
-        let spec = |libvirt: &str| -> anyhow::Result<ClusterSpec> {
+        let spec = |libvirt: &str| -> Result<ClusterSpec, Box<dyn std::error::Error>> {
             let spec: ClusterSpec = toml::from_str(&format!(
                 "[libvirt]\nuri = \"test:///default\"\n{libvirt}\n\
                  [[node]]\nname = \"cp1\"\nrole = \"controlplane\"\nmac = \"52:54:00:00:00:01\"\n\
@@ -546,6 +617,113 @@ mod tests {
                 .unwrap_or_default();
             assert!(error.contains(says), "{libvirt}: {error}");
         }
+    }
+
+    #[test]
+    fn wrong_values_are_refused_naming_the_value_and_the_fix() {
+        let mut spec = crate::testing::spec("");
+        spec.nodes[0].name = "cp1".into();
+        assert!(matches!(spec.check(), Err(SpecError::DuplicateName(name)) if name == "cp1"));
+
+        let mut spec = crate::testing::spec("");
+        spec.nodes[0].name = "w 1".into();
+        let error = spec.check().expect_err("a space");
+        assert!(error.to_string().contains("letters, digits"), "{error}");
+
+        let mut spec = crate::testing::spec("");
+        spec.nodes.retain(|n| n.role == Role::Worker);
+        assert!(matches!(spec.check(), Err(SpecError::NoControlPlane)));
+
+        let mut spec = crate::testing::spec("");
+        spec.data.volumes = vec!["latest:volumes".into()];
+        let error = spec.check().expect_err("no image");
+        assert!(error.to_string().contains("data.image"), "{error}");
+        spec.data.image = Some("ghcr.io/o/lifeboat:1".into());
+        spec.check().expect("with an image");
+
+        let mut spec = crate::testing::spec("");
+        spec.talos.maintenance_pin = Some("sha256:abcd".into());
+        assert!(matches!(spec.check(), Err(SpecError::Pin(_))));
+        spec.talos.maintenance_pin = Some(format!("sha256:{}", "0f".repeat(32)));
+        assert_eq!(spec.pin().expect("a pin"), Some([0x0f; 32]));
+
+        let factory = |url: &str| ImageFactory {
+            schematic: "ab".repeat(32),
+            version: "v1.9.5".into(),
+            url: url.into(),
+        };
+        for url in ["ftp://factory", "https://factory/path", "https://"] {
+            let error = factory(url).iso_location().expect_err(url);
+            assert!(
+                matches!(error, SpecError::FactoryUrl(_)),
+                "{url}: {error:?}"
+            );
+        }
+        let error = factory("https://factory:http")
+            .iso_location()
+            .expect_err("port");
+        assert!(error.to_string().contains("\"http\""), "{error}");
+        assert_eq!(
+            factory("https://factory.example/")
+                .iso_location()
+                .map(|at| at.port)
+                .ok(),
+            Some(443)
+        );
+    }
+
+    #[test]
+    fn loading_names_the_file_and_what_is_wrong_in_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("cluster.toml");
+        let error = ClusterSpec::load(&path).expect_err("no file");
+        assert!(matches!(error, SpecError::Read { .. }), "{error:?}");
+        assert!(error.to_string().contains("--spec"), "{error}");
+
+        std::fs::write(
+            &path,
+            "[libvirt]\nuri = \"test:///default\"\nisos = \"x\"\n",
+        )
+        .expect("write");
+        let error = ClusterSpec::load(&path).expect_err("unknown field");
+        assert!(matches!(error, SpecError::Parse { .. }), "{error:?}");
+        assert!(
+            lifeboat::errors::describe(&error).contains("isos"),
+            "the cause names the field: {}",
+            lifeboat::errors::describe(&error)
+        );
+
+        std::fs::write(
+            &path,
+            "node = []\n[libvirt]\nuri = \"test:///default\"\niso = \"/a.iso\"\n",
+        )
+        .expect("write");
+        let error = ClusterSpec::load(&path).expect_err("no nodes");
+        let text = lifeboat::errors::describe(&error);
+        assert!(
+            text.starts_with(&format!("cluster spec {}", path.display()))
+                && text.contains("controlplane"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_identity_is_the_hypervisor_and_each_nodes_name_role_and_mac() {
+        let spec = crate::testing::spec("");
+        assert_eq!(
+            spec.identity(),
+            "test:///default w1/Worker/52:54:00:00:00:02 cp1/Controlplane/52:54:00:00:00:01"
+        );
+        let mut fixed = spec.clone();
+        fixed.talos.wait = std::time::Duration::from_secs(1);
+        fixed.data.namespace = "other".into();
+        assert_eq!(
+            fixed.identity(),
+            spec.identity(),
+            "other settings may change"
+        );
+        fixed.nodes[0].mac = "52:54:00:00:00:03".into();
+        assert_ne!(fixed.identity(), spec.identity());
     }
 
     #[test]

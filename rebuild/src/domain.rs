@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use super::spec::{ClusterSpec, NodeSpec};
+use crate::spec::{ClusterSpec, NodeSpec};
 
 /// The file name of a VM's disk, as Unraid names it.
 pub const DISK_FILE: &str = "vdisk1.img";
@@ -127,4 +127,62 @@ pub fn domain_xml(spec: &ClusterSpec, node: &NodeSpec) -> String {
         mac = escape(&node.mac),
         bridge = escape(&node.bridge),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::spec;
+
+    #[test]
+    fn a_nodes_domain_has_its_role_sizes_mac_bridge_and_disk() {
+        let mut spec = spec("");
+        spec.nodes[0].bridge = "br1".into();
+        spec.nodes[1].memory_mib = Some(6144);
+        let worker = domain_xml(&spec, &spec.nodes[0]);
+        for part in [
+            "<name>w1</name>",
+            "Talos Worker node",
+            "<memory unit='MiB'>8192</memory>",
+            "<vcpu placement='static'>4</vcpu>",
+            "<mac address='52:54:00:00:00:02'/>",
+            "<source bridge='br1'/>",
+            "<source file='/mnt/user/domains/w1/vdisk1.img'/>",
+            "<source file='/mnt/user/isos/metal-amd64.iso'/>",
+            "<os firmware='efi'>",
+            "<cpu mode='host-passthrough'",
+        ] {
+            assert!(worker.contains(part), "lacks {part}:\n{worker}");
+        }
+        // The disk boots first, the CD-ROM while the disk is empty.
+        let hd = worker.find("<boot dev='hd'/>").expect("hd");
+        let cdrom = worker.find("<boot dev='cdrom'/>").expect("cdrom");
+        assert!(hd < cdrom);
+        let cp = domain_xml(&spec, &spec.nodes[1]);
+        for part in [
+            "Talos Controlplane node",
+            "<memory unit='MiB'>6144</memory>",
+            "<vcpu placement='static'>2</vcpu>",
+            "<source bridge='br0'/>",
+        ] {
+            assert!(cp.contains(part), "lacks {part}:\n{cp}");
+        }
+        assert!(volume_xml(&spec.nodes[1]).contains("<capacity unit='GiB'>32</capacity>"));
+        assert!(volume_xml(&spec.nodes[0]).contains("<capacity unit='GiB'>64</capacity>"));
+    }
+
+    #[test]
+    fn text_from_the_spec_is_escaped() {
+        let mut spec = spec("");
+        spec.libvirt.disk_dir = PathBuf::from("/mnt/a&b");
+        spec.nodes[0].bridge = "br'0\"<x>".into();
+        let xml = domain_xml(&spec, &spec.nodes[0]);
+        assert!(xml.contains("/mnt/a&amp;b/w1/vdisk1.img"), "{xml}");
+        assert!(
+            xml.contains("<source bridge='br&apos;0&quot;&lt;x&gt;'/>"),
+            "{xml}"
+        );
+        assert!(pool_xml(&spec, &spec.nodes[0]).contains("<path>/mnt/a&amp;b/w1</path>"));
+        assert_eq!(pool_name(&spec.nodes[0]), "lifeboat-w1");
+    }
 }

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -19,7 +18,8 @@ use lifeboat::restore::in_place::check_host_path;
 use lifeboat::sources::volumes::Manifest;
 use serde_json::{Value, json};
 
-use super::spec::DataSpec;
+use crate::kubernetes::{KubernetesError, api};
+use crate::spec::DataSpec;
 
 /// The field manager of what the rebuild writes.
 const MANAGER: &str = "lifeboat-rebuild";
@@ -68,7 +68,10 @@ pub struct JobRepository {
 /// others (the node the snapshot was taken on).
 ///
 /// Fails when a volume's node cannot be told.
-pub fn plan_jobs(snapshot_id: &str, manifest: &Manifest) -> anyhow::Result<Vec<RestoreJob>> {
+pub fn plan_jobs(
+    snapshot_id: &str,
+    manifest: &Manifest,
+) -> Result<Vec<RestoreJob>, KubernetesError> {
     let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut unpinned = Vec::new();
     for volume in &manifest.volumes {
@@ -76,8 +79,11 @@ pub fn plan_jobs(snapshot_id: &str, manifest: &Manifest) -> anyhow::Result<Vec<R
             format!("{}/{}", volume.namespace, volume.pvc),
             volume.host_path.display().to_string(),
         );
-        check_host_path(&entry.1)
-            .with_context(|| format!("snapshot {snapshot_id}, volume {}", entry.0))?;
+        check_host_path(&entry.1).map_err(|source| KubernetesError::HostPath {
+            snapshot: snapshot_id.to_owned(),
+            volume: entry.0.clone(),
+            source,
+        })?;
         if volume.node.is_empty() {
             unpinned.push(entry);
         } else {
@@ -88,15 +94,13 @@ pub fn plan_jobs(snapshot_id: &str, manifest: &Manifest) -> anyhow::Result<Vec<R
         let mut nodes = by_node.values_mut();
         match (nodes.next(), nodes.next()) {
             (Some(only), None) => only.extend(unpinned),
-            _ => bail!(
-                "snapshot {snapshot_id} holds volumes pinned to no node ({}) beside volumes of {} nodes; restore them by hand with `lifeboat restore {snapshot_id} --in-place --pvc NAMESPACE/NAME` on their node",
-                unpinned
-                    .iter()
-                    .map(|(pvc, _)| pvc.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                by_node.len()
-            ),
+            _ => {
+                return Err(KubernetesError::Unpinned {
+                    snapshot: snapshot_id.to_owned(),
+                    volumes: unpinned.into_iter().map(|(pvc, _)| pvc).collect(),
+                    nodes: by_node.len(),
+                });
+            }
         }
     }
     let short = &snapshot_id[..snapshot_id.len().min(8)];
@@ -127,14 +131,17 @@ fn job_name(short: &str, node: &str) -> String {
 /// the folders the cluster itself uses.
 ///
 /// Fails naming a volume whose PersistentVolume is missing or elsewhere.
-pub async fn check_live_paths(client: &kube::Client, manifest: &Manifest) -> anyhow::Result<()> {
+pub async fn check_live_paths(
+    client: &kube::Client,
+    manifest: &Manifest,
+) -> Result<(), KubernetesError> {
     let volumes = Api::<PersistentVolume>::all(client.clone());
     for stored in &manifest.volumes {
         let claim = format!("{}/{}", stored.namespace, stored.pvc);
         let live = volumes
             .get_opt(&stored.pv)
             .await
-            .with_context(|| format!("reading PersistentVolume {}", stored.pv))?;
+            .map_err(api(format!("reading PersistentVolume {}", stored.pv)))?;
         let spec = live.and_then(|pv| pv.spec);
         let path = spec.and_then(|s| {
             s.host_path
@@ -143,15 +150,20 @@ pub async fn check_live_paths(client: &kube::Client, manifest: &Manifest) -> any
         });
         match path {
             Some(path) if std::path::Path::new(&path) == stored.host_path => {}
-            Some(path) => bail!(
-                "the snapshot puts {claim} at {} but its PersistentVolume {} is at {path}; restore it by hand with `lifeboat restore --pvc {claim} --target DIR` and look at it",
-                stored.host_path.display(),
-                stored.pv
-            ),
-            None => bail!(
-                "the snapshot holds {claim} of PersistentVolume {}, which the cluster has not (as a hostPath or local volume); restore it by hand with `lifeboat restore --pvc {claim} --target DIR`",
-                stored.pv
-            ),
+            Some(live) => {
+                return Err(KubernetesError::PathMismatch {
+                    claim,
+                    stored: stored.host_path.clone(),
+                    pv: stored.pv.clone(),
+                    live,
+                });
+            }
+            None => {
+                return Err(KubernetesError::NoPersistentVolume {
+                    claim,
+                    pv: stored.pv.clone(),
+                });
+            }
         }
     }
     Ok(())
@@ -247,7 +259,7 @@ pub async fn ensure_secret(
     client: &kube::Client,
     namespace: &str,
     restore_key: &[u8],
-) -> anyhow::Result<()> {
+) -> Result<(), KubernetesError> {
     let params = PatchParams::apply(MANAGER).force();
     let namespace_object = json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace,
@@ -255,7 +267,7 @@ pub async fn ensure_secret(
     Api::<Namespace>::all(client.clone())
         .patch(namespace, &params, &Patch::Apply(&namespace_object))
         .await
-        .with_context(|| format!("applying namespace {namespace}"))?;
+        .map_err(api(format!("applying namespace {namespace}")))?;
     let mut data = BTreeMap::new();
     data.insert(
         KEY_FILE.to_owned(),
@@ -275,27 +287,35 @@ pub async fn ensure_secret(
         data: Some(data),
         ..Default::default()
     };
-    let mut object = serde_json::to_value(&secret)?;
+    let mut object = serde_json::to_value(&secret).map_err(|source| KubernetesError::Object {
+        what: format!("Secret {namespace}/{SECRET}"),
+        source,
+    })?;
     object["apiVersion"] = "v1".into();
     object["kind"] = "Secret".into();
     Api::<Secret>::namespaced(client.clone(), namespace)
         .patch(SECRET, &params, &Patch::Apply(&object))
         .await
-        .with_context(|| format!("applying Secret {namespace}/{SECRET}"))?;
+        .map_err(api(format!("applying Secret {namespace}/{SECRET}")))?;
     Ok(())
 }
 
 /// Deletes the Secret; one already gone is fine.
 ///
 /// Fails when the API refuses.
-pub async fn remove_secret(client: &kube::Client, namespace: &str) -> anyhow::Result<bool> {
+pub async fn remove_secret(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<bool, KubernetesError> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     match secrets.delete(SECRET, &DeleteParams::default()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-        Err(e) => Err(anyhow::Error::from(e).context(format!(
-            "deleting Secret {namespace}/{SECRET}; delete it by hand, it holds the restore key"
-        ))),
+        Err(source) => Err(KubernetesError::RemoveSecret {
+            namespace: namespace.to_owned(),
+            name: SECRET.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -328,11 +348,15 @@ pub async fn run_jobs(
     namespace: &str,
     jobs: &[(RestoreJob, Value)],
     wait: Duration,
-) -> anyhow::Result<Vec<String>> {
-    let api = Api::<Job>::namespaced(client.clone(), namespace);
+) -> Result<Vec<String>, KubernetesError> {
+    let jobs_api = Api::<Job>::namespaced(client.clone(), namespace);
     let mut lines = Vec::new();
     for (job, object) in jobs {
-        if let Some(existing) = api.get_opt(&job.name).await? {
+        let found = jobs_api
+            .get_opt(&job.name)
+            .await
+            .map_err(api(format!("reading Job {namespace}/{}", job.name)))?;
+        if let Some(existing) = found {
             match ending(&existing) {
                 Some(Ending::Complete) => {
                     lines.push(format!("{} had already completed", job.name));
@@ -343,27 +367,36 @@ pub async fn run_jobs(
                     continue;
                 }
                 Some(Ending::Failed) => {
-                    api.delete(&job.name, &DeleteParams::background())
+                    jobs_api
+                        .delete(&job.name, &DeleteParams::background())
                         .await
-                        .with_context(|| format!("deleting the failed Job {}", job.name))?;
-                    wait_until_gone(&api, &job.name).await?;
+                        .map_err(api(format!("deleting the failed Job {}", job.name)))?;
+                    wait_until_gone(&jobs_api, &job.name).await?;
                 }
             }
         }
-        let typed: Job = serde_json::from_value(object.clone())
-            .with_context(|| format!("the Job {} is not a valid batch/v1 Job", job.name))?;
-        api.create(&PostParams::default(), &typed)
+        let typed: Job =
+            serde_json::from_value(object.clone()).map_err(|source| KubernetesError::Object {
+                what: format!("batch/v1 Job {}", job.name),
+                source,
+            })?;
+        jobs_api
+            .create(&PostParams::default(), &typed)
             .await
-            .with_context(|| format!("creating Job {namespace}/{}", job.name))?;
+            .map_err(api(format!("creating Job {namespace}/{}", job.name)))?;
     }
     let deadline = Instant::now() + wait;
     let mut failures = Vec::new();
     for (job, _) in jobs {
         loop {
-            let current = api
+            let current = jobs_api
                 .get_opt(&job.name)
-                .await?
-                .with_context(|| format!("Job {namespace}/{} disappeared", job.name))?;
+                .await
+                .map_err(api(format!("reading Job {namespace}/{}", job.name)))?
+                .ok_or_else(|| KubernetesError::JobGone {
+                    namespace: namespace.to_owned(),
+                    name: job.name.clone(),
+                })?;
             match ending(&current) {
                 Some(Ending::Complete) => {
                     lines.push(format!(
@@ -390,15 +423,12 @@ pub async fn run_jobs(
                     ));
                     break;
                 }
-                None => tokio::time::sleep(super::POLL).await,
+                None => tokio::time::sleep(crate::POLL).await,
             }
         }
     }
     if !failures.is_empty() {
-        bail!(
-            "{}; fix the cause, then run the rebuild again with --resume",
-            failures.join("; ")
-        );
+        return Err(KubernetesError::JobsFailed { failures });
     }
     Ok(lines)
 }
@@ -406,15 +436,20 @@ pub async fn run_jobs(
 /// Waits (up to a minute) until the Job `name` is gone after a delete.
 ///
 /// Fails when it stays.
-async fn wait_until_gone(api: &Api<Job>, name: &str) -> anyhow::Result<()> {
+async fn wait_until_gone(jobs_api: &Api<Job>, name: &str) -> Result<(), KubernetesError> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while api.get_opt(name).await?.is_some() {
+    while jobs_api
+        .get_opt(name)
+        .await
+        .map_err(api(format!("reading Job {name}")))?
+        .is_some()
+    {
         if Instant::now() > deadline {
-            bail!(
-                "the failed Job {name} is still there a minute after its deletion; delete it by hand and resume"
-            );
+            return Err(KubernetesError::JobStuck {
+                name: name.to_owned(),
+            });
         }
-        tokio::time::sleep(super::POLL).await;
+        tokio::time::sleep(crate::POLL).await;
     }
     Ok(())
 }
@@ -441,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn one_job_per_node_and_unpinned_volumes_join_the_only_node() -> anyhow::Result<()> {
+    fn one_job_per_node_and_unpinned_volumes_join_the_only_node() -> Result<(), KubernetesError> {
         let manifest = Manifest {
             volumes: vec![volume("a", "w1"), volume("b", ""), volume("c", "w1")],
             skipped: Vec::new(),
@@ -482,14 +517,15 @@ mod tests {
         };
         let error = plan_jobs("0123456789abcdef", &forged)
             .err()
-            .map(|e| format!("{e:#}"))
+            .map(|e| lifeboat::errors::describe(&e))
             .unwrap_or_default();
         assert!(error.contains("normalised"), "{error}");
         Ok(())
     }
 
     #[test]
-    fn the_job_mounts_each_host_path_at_itself_and_is_a_valid_job() -> anyhow::Result<()> {
+    fn the_job_mounts_each_host_path_at_itself_and_is_a_valid_job()
+    -> Result<(), Box<dyn std::error::Error>> {
         let job = RestoreJob {
             name: "lifeboat-restore-01234567-w1".into(),
             node: "w1".into(),
@@ -509,7 +545,7 @@ mod tests {
         let pod = typed
             .spec
             .and_then(|s| s.template.spec)
-            .context("pod spec")?;
+            .ok_or("no pod spec")?;
         assert_eq!(pod.node_name.as_deref(), Some("w1"));
         let container = &pod.containers[0];
         assert_eq!(

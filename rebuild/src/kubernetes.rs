@@ -1,0 +1,227 @@
+//! The Kubernetes API of the rebuilt cluster: connecting with the admin
+//! kubeconfig, waiting for `/readyz`, and the errors of every step that
+//! talks to it (the restore Jobs of [`crate::data`], the workloads of
+//! [`crate::workloads`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lifeboat::k8s::K8sError;
+use lifeboat::restore::in_place::HostPathError;
+
+/// What went wrong talking to the Kubernetes API, or with what the steps
+/// sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    /// The kubeconfig cannot be used.
+    #[error(
+        "cannot reach the Kubernetes API with the kubeconfig {}; check [kubernetes] in the spec, or delete it from WORK and resume to fetch it again",
+        kubeconfig.display()
+    )]
+    Connect {
+        /// The kubeconfig.
+        kubeconfig: PathBuf,
+        /// Why.
+        #[source]
+        source: K8sError,
+    },
+    /// A request failed.
+    #[error("{action}")]
+    Api {
+        /// What was being done, naming the object.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// `/readyz` did not answer `ok` in time.
+    #[error(
+        "the Kubernetes API did not become ready within {wait} (last answer: {last}); look at `talosctl -n {endpoint} service kube-apiserver` and etcd"
+    )]
+    NotReady {
+        /// How long it was waited for.
+        wait: String,
+        /// Its last answer or error.
+        last: String,
+        /// The bootstrap node's Talos endpoint.
+        endpoint: String,
+    },
+    /// Pods still use the volumes after their workloads were stopped.
+    #[error(
+        "pods still use the volumes after {wait}: {}; stop them by hand and resume",
+        pods.join(", ")
+    )]
+    PodsRunning {
+        /// How long it was waited for.
+        wait: String,
+        /// The pods (`NAMESPACE/NAME`).
+        pods: Vec<String>,
+    },
+    /// A snapshot's host path is not one a Job may mount.
+    #[error("snapshot {snapshot}, volume {volume}")]
+    HostPath {
+        /// The snapshot id.
+        snapshot: String,
+        /// The PVC (`NAMESPACE/NAME`).
+        volume: String,
+        /// What is wrong with the path.
+        #[source]
+        source: HostPathError,
+    },
+    /// Volumes pinned to no node beside volumes of several nodes.
+    #[error(
+        "snapshot {snapshot} holds volumes pinned to no node ({}) beside volumes of {nodes} nodes; restore them by hand with `lifeboat restore {snapshot} --in-place --pvc NAMESPACE/NAME` on their node",
+        volumes.join(", ")
+    )]
+    Unpinned {
+        /// The snapshot id.
+        snapshot: String,
+        /// The unpinned PVCs.
+        volumes: Vec<String>,
+        /// How many nodes the others are on.
+        nodes: usize,
+    },
+    /// The live PersistentVolume keeps its data elsewhere.
+    #[error(
+        "the snapshot puts {claim} at {} but its PersistentVolume {pv} is at {live}; restore it by hand with `lifeboat restore --pvc {claim} --target DIR` and look at it",
+        stored.display()
+    )]
+    PathMismatch {
+        /// The PVC (`NAMESPACE/NAME`).
+        claim: String,
+        /// Its host path in the snapshot.
+        stored: PathBuf,
+        /// The PersistentVolume.
+        pv: String,
+        /// Its path in the cluster.
+        live: String,
+    },
+    /// The cluster lacks the snapshot's PersistentVolume.
+    #[error(
+        "the snapshot holds {claim} of PersistentVolume {pv}, which the cluster has not (as a hostPath or local volume); restore it by hand with `lifeboat restore --pvc {claim} --target DIR`"
+    )]
+    NoPersistentVolume {
+        /// The PVC (`NAMESPACE/NAME`).
+        claim: String,
+        /// The PersistentVolume.
+        pv: String,
+    },
+    /// An object the rebuild builds is not valid.
+    #[error("the {what} the rebuild built is not valid (a bug of lifeboat)")]
+    Object {
+        /// Which object.
+        what: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A restore Job vanished while it was waited for.
+    #[error("Job {namespace}/{name} disappeared; resume to make it again")]
+    JobGone {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A failed Job does not go away.
+    #[error(
+        "the failed Job {name} is still there a minute after its deletion; delete it by hand and resume"
+    )]
+    JobStuck {
+        /// Its name.
+        name: String,
+    },
+    /// Restore Jobs failed or did not finish.
+    #[error("{}; fix the cause, then run the rebuild again with --resume", failures.join("; "))]
+    JobsFailed {
+        /// One line per Job.
+        failures: Vec<String>,
+    },
+    /// The Secret holding the restore key cannot be deleted.
+    #[error("deleting Secret {namespace}/{name}; delete it by hand, it holds the restore key")]
+    RemoveSecret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The record of stopped workloads cannot be read or written.
+    #[error("{action} {}; check the --work folder", path.display())]
+    Record {
+        /// Reading, writing or removing.
+        action: &'static str,
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record of stopped workloads is damaged.
+    #[error(
+        "{} is damaged; scale the workloads it names back by hand and delete it",
+        path.display()
+    )]
+    DamagedRecord {
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A closure turning a client error into [`KubernetesError::Api`].
+pub(crate) fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubernetesError {
+    let action = action.into();
+    move |source| KubernetesError::Api { action, source }
+}
+
+/// A client from `kubeconfig` (and its `context`).
+///
+/// Fails when the kubeconfig cannot be read or used.
+pub async fn connect(
+    kubeconfig: &Path,
+    context: Option<&str>,
+) -> Result<kube::Client, KubernetesError> {
+    lifeboat::k8s::connect(Some(kubeconfig), context)
+        .await
+        .map_err(|source| KubernetesError::Connect {
+            kubeconfig: kubeconfig.to_owned(),
+            source,
+        })
+}
+
+/// Asks `/readyz` until it answers `ok`, for at most `wait`.
+///
+/// Fails with the last answer when it does not; `endpoint` (the bootstrap
+/// node's) is named for looking at the API server.
+pub async fn wait_until_ready(
+    client: &kube::Client,
+    wait: Duration,
+    endpoint: &str,
+) -> Result<String, KubernetesError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut request = http::Request::new(Vec::new());
+        *request.uri_mut() = http::Uri::from_static("/readyz");
+        let answer = client.request_text(request).await;
+        match answer {
+            Ok(text) if text.trim() == "ok" => return Ok("/readyz answers ok".into()),
+            _ if Instant::now() > deadline => {
+                let last = match answer {
+                    Ok(text) => text,
+                    Err(e) => e.to_string(),
+                };
+                return Err(KubernetesError::NotReady {
+                    wait: humantime::format_duration(wait).to_string(),
+                    last,
+                    endpoint: endpoint.to_owned(),
+                });
+            }
+            _ => tokio::time::sleep(crate::POLL).await,
+        }
+    }
+}
