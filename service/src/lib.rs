@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod daemon;
 pub mod drill;
 pub mod errors;
 pub mod fuzzing;
@@ -16,7 +17,6 @@ pub mod k8s;
 pub mod progress;
 pub mod repo;
 pub mod restore;
-pub mod schedule;
 pub mod sources;
 pub mod state;
 pub mod storage;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use lifeboat::api::{ServeOptions, serve, shutdown_signal};
 use lifeboat::backup::{BackupReport, Progress};
+use lifeboat::daemon::{Config, run_job};
 use lifeboat::progress::Bar;
-use lifeboat::schedule::{Config, run_job};
 
 /// The lifeboat backup service.
 #[derive(Debug, Parser)]

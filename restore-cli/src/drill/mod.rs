@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use lifeboat::daemon::Config;
 use lifeboat::drill::{DrillJob, DrillReport, DrillSettings, drill_job};
-use lifeboat::schedule::Config;
 
 use crate::args::{KeyArgs, RepoArgs};
 use crate::exit::ProblemsFound;

@@ -164,10 +164,7 @@ pub struct TalosSpec {
     #[serde(default)]
     pub context: Option<String>,
     /// How long to wait for a node or etcd, e.g. `"15m"`.
-    #[serde(
-        default = "default_wait",
-        with = "lifeboat::schedule::timing::duration"
-    )]
+    #[serde(default = "default_wait", with = "lifeboat::daemon::timing::duration")]
     pub wait: std::time::Duration,
 }
 
@@ -216,7 +213,7 @@ pub struct DataSpec {
     /// How long a restore Job may take, e.g. `"2h"`.
     #[serde(
         default = "default_job_wait",
-        with = "lifeboat::schedule::timing::duration"
+        with = "lifeboat::daemon::timing::duration"
     )]
     pub wait: std::time::Duration,
     /// Databases restored from here with `pg_restore`.

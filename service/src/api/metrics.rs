@@ -14,8 +14,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::{AppError, AppState};
-use crate::schedule::catalog::RepositoryFigures;
-use crate::schedule::status::Overview;
+use crate::daemon::catalog::RepositoryFigures;
+use crate::daemon::status::Overview;
 use crate::state::history::JobTotals;
 
 /// The metrics route.

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 use super::auth::may_read_details;
 use super::{AppError, AppState};
+use crate::daemon::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
 use crate::repo::snapshot::human_bytes;
-use crate::schedule::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
 use crate::state::{RunRecord, RunResult};
 
 /// Runs shown per job.

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backup::items::{Item, Outcome};
+use crate::daemon::timing::duration;
 use crate::k8s::{K8sError, connect, exec::exec};
-use crate::schedule::timing::duration;
 
 /// A job's `hooks` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

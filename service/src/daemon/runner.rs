@@ -15,11 +15,11 @@ use super::job::{JobError, back_up_job};
 use super::service::{Service, Trigger, Work};
 use crate::backup::Progress;
 use crate::backup::items::Item;
+use crate::daemon::retention::RetentionPolicy;
 use crate::errors::describe;
 use crate::repo::check::{ReadData, check};
 use crate::repo::prune::{PruneOptions, forget, prune};
 use crate::repo::{RepoError, UnlockedRepository};
-use crate::schedule::retention::RetentionPolicy;
 use crate::state::{RunFigures, RunResult};
 
 /// Why a run failed.
