@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lifeboat::daemon::Config;
+use lifeboat::config::Config;
 use lifeboat::repo::keys::{self, AnyIdentity};
 use lifeboat::repo::reader::MAX_TREE_ENTRIES;
 use lifeboat::repo::{Repository, UnlockedRepository};

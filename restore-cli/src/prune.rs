@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use lifeboat::daemon::retention::RetentionPolicy;
 use lifeboat::repo::prune::{PruneOptions, forget, prune};
 use lifeboat::repo::repack::repack;
 use lifeboat::repo::snapshot::human_bytes;
+use lifeboat::retention::RetentionPolicy;
 
 use crate::args::{KeyArgs, RepoArgs};
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use lifeboat::api::{ServeOptions, serve, shutdown_signal};
 use lifeboat::backup::{BackupReport, Progress};
-use lifeboat::daemon::{Config, run_job};
+use lifeboat::config::Config;
+use lifeboat::daemon::run_job;
 use lifeboat::progress::Bar;
 
 /// The lifeboat backup service.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use lifeboat::daemon::Config;
+use lifeboat::config::Config;
 use lifeboat::drill::{DrillJob, DrillReport, DrillSettings, drill_job};
 
 use crate::args::{KeyArgs, RepoArgs};

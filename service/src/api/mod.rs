@@ -141,7 +141,7 @@ impl IntoResponse for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::Config;
+    use crate::config::Config;
     use crate::state::History;
     use axum::body::Body;
     use axum::http::Request;

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 
 use super::auth::{ApiToken, TokenError};
 use super::{AppState, app};
+use crate::config::{Config, ConfigError};
 use crate::daemon::scheduler::{SchedulerError, make_up_missed_runs};
 use crate::daemon::status::watch_rpo;
-use crate::daemon::{Config, ConfigError, Scheduler, Service};
+use crate::daemon::{Scheduler, Service};
 use crate::errors::describe;
 use crate::state::{History, HistoryError};
 

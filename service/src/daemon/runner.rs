@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::config::JobConfig;
 use super::job::{JobError, back_up_job};
 use super::service::{Service, Trigger, Work};
 use crate::backup::Progress;
 use crate::backup::items::Item;
-use crate::daemon::retention::RetentionPolicy;
+use crate::config::JobConfig;
 use crate::errors::describe;
 use crate::repo::check::{ReadData, check};
 use crate::repo::prune::{PruneOptions, forget, prune};
 use crate::repo::{RepoError, UnlockedRepository};
+use crate::retention::RetentionPolicy;
 use crate::state::{RunFigures, RunResult};
 
 /// Why a run failed.

@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
-use super::config::Config;
 use super::service::{Refusal, Service, Trigger, Work};
-use super::timing::{CronSchedule, Timezone};
+use crate::config::Config;
+use crate::config::cron::{CronSchedule, Timezone};
 
 /// The scheduler could not be set up.
 #[derive(Debug, thiserror::Error)]

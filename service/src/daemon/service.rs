@@ -22,9 +22,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
-use super::config::Config;
 use super::job::{JobError, open_service_repository};
 use crate::backup::Progress;
+use crate::config::Config;
 use crate::repo::UnlockedRepository;
 use crate::state::{History, HistoryError};
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backup::items::{Item, Outcome};
-use crate::daemon::timing::duration;
+use crate::duration;
 use crate::k8s::{K8sError, connect, exec::exec};
 
 /// A job's `hooks` table.
@@ -72,7 +72,7 @@ pub struct Hook {
     #[serde(default)]
     pub pod: Option<PodTarget>,
     /// How long it may take (default 30 s); it is killed after.
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(default = "default_timeout", with = "duration::required")]
     pub timeout: Duration,
     /// What a failure does.
     #[serde(default)]
