@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::cron::{CronSchedule, Timezone};
-use crate::duration;
+use crate::field::optional_duration;
 use crate::retention::RetentionPolicy;
 use crate::sources::SourceConfig;
 
@@ -29,7 +29,7 @@ pub struct JobConfig {
     pub timezone: Option<Timezone>,
     /// The most data the job may lose: the age its newest snapshot may
     /// reach (default: the service's `default_rpo`).
-    #[serde(default, with = "duration::optional")]
+    #[serde(default, with = "optional_duration")]
     pub rpo: Option<std::time::Duration>,
     /// Which snapshots to keep after each run; `None` keeps them all.
     #[serde(default, deserialize_with = "retention_that_keeps")]
@@ -38,7 +38,7 @@ pub struct JobConfig {
     #[serde(default = "super::service::yes")]
     pub enabled: bool,
     /// Scheduled runs start after a random delay up to this.
-    #[serde(default, with = "duration::optional")]
+    #[serde(default, with = "optional_duration")]
     pub jitter: Option<std::time::Duration>,
     /// Where it was defined.
     #[serde(skip)]

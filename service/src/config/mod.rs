@@ -28,8 +28,9 @@
 //!   `lifeboat.toml`; [`job`]: one `[[job]]` and where it was defined;
 //! - [`service`]: how `lifeboatd serve` runs, its prune and check tasks;
 //!   [`schedules`]: the job files of the schedules folder;
-//! - [`cron`]: cron schedules and time zones; durations are in
-//!   [`crate::duration`], below every module with a configuration table;
+//! - [`cron`]: cron schedules and time zones; durations and relative
+//!   paths are in [`crate::field`], below every module with a
+//!   configuration table;
 //! - [`starter`]: the configuration written on a first start.
 //!
 //! The tables of what a job backs up and of its hooks belong to

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cron::{CronSchedule, Timezone};
-use crate::duration;
+use crate::field::{duration, optional_duration};
 
 /// The `[service]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,14 +45,14 @@ pub struct ServiceSettings {
     pub max_concurrent_jobs: NonZeroUsize,
     /// How long running jobs may go on after SIGTERM; keep it below the
     /// orchestrator's kill timeout (Kubernetes: 30 s by default).
-    #[serde(default = "default_grace", with = "duration::required")]
+    #[serde(default = "default_grace", with = "duration")]
     pub shutdown_grace: Duration,
     /// The RPO of jobs that set none.
-    #[serde(default = "default_rpo", with = "duration::required")]
+    #[serde(default = "default_rpo", with = "duration")]
     pub default_rpo: Duration,
     /// The recovery time objective, shown on the status page and exported
     /// so alerts can compare restore drills against it.
-    #[serde(default, with = "duration::optional")]
+    #[serde(default, with = "optional_duration")]
     pub rto: Option<Duration>,
     /// The time zone of schedules that name none (default UTC).
     #[serde(default)]
@@ -101,7 +101,7 @@ pub struct PruneTask {
     pub timezone: Option<Timezone>,
     /// How long a pack marked unused waits before deletion; longer than
     /// the longest backup of any other program writing the repository.
-    #[serde(default = "default_prune_grace", with = "duration::required")]
+    #[serde(default = "default_prune_grace", with = "duration")]
     pub grace: Duration,
     /// Whether it is scheduled.
     #[serde(default = "yes")]

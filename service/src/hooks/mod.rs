@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backup::items::{Item, Outcome};
-use crate::duration;
+use crate::field::{duration, resolve_path};
 use crate::k8s::{K8sError, connect, exec::exec};
 
 /// A job's `hooks` table.
@@ -36,7 +36,7 @@ impl Hooks {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let targets = self.pre.iter_mut().chain(self.post.iter_mut());
         for path in targets.filter_map(|h| h.pod.as_mut().and_then(|p| p.kubeconfig.as_mut())) {
-            crate::sources::resolve(path, base);
+            resolve_path(path, base);
         }
     }
 
@@ -72,7 +72,7 @@ pub struct Hook {
     #[serde(default)]
     pub pod: Option<PodTarget>,
     /// How long it may take (default 30 s); it is killed after.
-    #[serde(default = "default_timeout", with = "duration::required")]
+    #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
     /// What a failure does.
     #[serde(default)]

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::backup::{BackupError, SnapshotBuilder};
+/// Relative paths of source tables are taken from the config file's folder.
+pub(crate) use crate::field::resolve_path as resolve;
 
 /// A job's `source` table, by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -131,12 +133,5 @@ impl SourceConfig {
             Self::TalosEtcd(source) => source.back_up(builder, context).await,
             Self::Volumes(source) => source.back_up(builder, context).await,
         }
-    }
-}
-
-/// Makes `path` relative to `base` when it is relative.
-pub(crate) fn resolve(path: &mut PathBuf, base: &Path) {
-    if path.is_relative() {
-        *path = base.join(&*path);
     }
 }

@@ -59,7 +59,7 @@ pub struct TalosEtcdSource {
     pub nodes: Vec<String>,
     /// How long to wait for an answer or the next piece of the snapshot
     /// (`"60s"`, `"2m"`); default 60 s.
-    #[serde(default = "default_timeout", with = "crate::duration::required")]
+    #[serde(default = "default_timeout", with = "crate::field::duration")]
     pub timeout: Duration,
 }
 

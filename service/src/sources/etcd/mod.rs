@@ -70,7 +70,7 @@ pub struct EtcdSource {
     pub key: Option<PathBuf>,
     /// How long to wait for a connection, an answer or the next piece of
     /// the snapshot (`"30s"`, `"2m"`); default 30 s.
-    #[serde(default = "default_timeout", with = "crate::duration::required")]
+    #[serde(default = "default_timeout", with = "crate::field::duration")]
     pub timeout: Duration,
 }
 
