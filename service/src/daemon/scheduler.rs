@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
-use super::service::{Refusal, Service, Trigger, Work};
+use super::runner::Refusal;
+use super::service::{Service, Trigger, Work};
 use crate::config::Config;
 use crate::config::cron::{CronSchedule, Timezone};
 
