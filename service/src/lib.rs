@@ -25,3 +25,4 @@ pub mod sources;
 pub mod state;
 pub mod storage;
 pub mod talos;
+pub mod text;
