@@ -5,7 +5,7 @@
 //! - `#[serde(with = "crate::field::duration")]` reads and writes a
 //!   `Duration`, `#[serde(default, with = "crate::field::optional_duration")]`
 //!   an `Option<Duration>`;
-//! - [`resolve_path`] makes a relative path relative to the config file's
+//! - `resolve_path` makes a relative path relative to the config file's
 //!   folder.
 //!
 //! It sits below every module with a configuration table (sources, hooks,

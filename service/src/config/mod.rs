@@ -24,7 +24,7 @@
 //! Relative paths are taken from the folder of the file that gives them.
 //! Errors name the file, the line and the field.
 //!
-//! - [`file`]: [`Config`], the whole configuration, and reading
+//! - [`file`](mod@file): [`Config`], the whole configuration, and reading
 //!   `lifeboat.toml`; [`job`]: one `[[job]]` and where it was defined;
 //! - [`service`]: how `lifeboatd serve` runs, its prune and check tasks;
 //!   [`schedules`]: the job files of the schedules folder;
