@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
-use lifeboat::schedule::Config;
+use lifeboat::config::Config;
 use lifeboat::sources::SourceConfig;
 use lifeboat_tests::cli::{Installation, binary};
 use lifeboat_tests::deploy::dockerfile::{Dockerfile, exec_form};

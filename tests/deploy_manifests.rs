@@ -27,7 +27,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lifeboat::schedule::Config;
+use lifeboat::config::Config;
 use lifeboat::sources::SourceConfig;
 use lifeboat::sources::kubernetes::filter::EXCLUDE_LABEL;
 use lifeboat::talos::config::IN_CLUSTER_PATH;

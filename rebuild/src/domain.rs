@@ -6,19 +6,12 @@
 
 use std::path::PathBuf;
 
+use lifeboat::text::xml::escape;
+
 use crate::spec::{ClusterSpec, NodeSpec};
 
 /// The file name of a VM's disk, as Unraid names it.
 pub const DISK_FILE: &str = "vdisk1.img";
-
-/// Escapes text for XML.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
-}
 
 /// The folder of a node's disk.
 pub fn disk_dir(spec: &ClusterSpec, node: &NodeSpec) -> PathBuf {

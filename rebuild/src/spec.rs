@@ -235,10 +235,7 @@ pub struct TalosSpec {
     #[serde(default)]
     pub context: Option<String>,
     /// How long to wait for a node or etcd, e.g. `"15m"`.
-    #[serde(
-        default = "default_wait",
-        with = "lifeboat::schedule::timing::duration"
-    )]
+    #[serde(default = "default_wait", with = "lifeboat::field::duration")]
     pub wait: std::time::Duration,
 }
 
@@ -285,10 +282,7 @@ pub struct DataSpec {
     #[serde(default)]
     pub overwrite: bool,
     /// How long a restore Job may take, e.g. `"2h"`.
-    #[serde(
-        default = "default_job_wait",
-        with = "lifeboat::schedule::timing::duration"
-    )]
+    #[serde(default = "default_job_wait", with = "lifeboat::field::duration")]
     pub wait: std::time::Duration,
     /// Databases restored from here with `pg_restore`.
     #[serde(default)]

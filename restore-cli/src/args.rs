@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use lifeboat::config::Config;
 use lifeboat::repo::keys::{self, AnyIdentity, RestoreIdentity};
 use lifeboat::repo::reader::MAX_TREE_ENTRIES;
 use lifeboat::repo::{Repository, UnlockedRepository};
-use lifeboat::schedule::Config;
 use lifeboat::storage::{self, S3Options};
 
 /// Where the repository is.

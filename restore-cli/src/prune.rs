@@ -7,7 +7,7 @@ use clap::Args;
 use lifeboat::repo::prune::{PruneOptions, forget, prune};
 use lifeboat::repo::repack::repack;
 use lifeboat::repo::snapshot::human_bytes;
-use lifeboat::schedule::retention::RetentionPolicy;
+use lifeboat::retention::RetentionPolicy;
 
 use crate::args::{KeyArgs, RepoArgs};
 

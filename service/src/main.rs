@@ -11,8 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use lifeboat::api::{ServeOptions, serve, shutdown_signal};
 use lifeboat::backup::{BackupReport, Progress};
+use lifeboat::config::Config;
+use lifeboat::daemon::run_job;
 use lifeboat::progress::Bar;
-use lifeboat::schedule::{Config, run_job};
 
 /// The lifeboat backup service.
 #[derive(Debug, Parser)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use lifeboat::config::Config;
 use lifeboat::drill::{DrillJob, DrillReport, DrillSettings};
-use lifeboat::schedule::Config;
 use lifeboat::sources::drill_job;
 
 use crate::args::{KeyArgs, RepoArgs};

@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use super::auth::Authorized;
 use super::{AppError, AppState};
-use crate::schedule::status::{JobStatus, TaskStatus};
-use crate::schedule::{Trigger, Work};
+use crate::daemon::status::{JobStatus, TaskStatus};
+use crate::daemon::{Trigger, Work};
 use crate::state::RunRecord;
 
 /// The job and run routes.

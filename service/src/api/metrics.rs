@@ -5,8 +5,6 @@
 //! job. Counters come from the run history's totals, so they survive
 //! restarts. Alert on `lifeboat_job_rpo_breached == 1`.
 
-use std::fmt::Write;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -14,9 +12,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::{AppError, AppState};
-use crate::schedule::catalog::RepositoryFigures;
-use crate::schedule::status::Overview;
+use crate::daemon::catalog::RepositoryFigures;
+use crate::daemon::status::Overview;
 use crate::state::history::JobTotals;
+use crate::text::prometheus::Exposition;
 
 /// The metrics route.
 pub fn router() -> Router<AppState> {
@@ -36,35 +35,6 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, App
 
 /// Results every job reports a counter for, even at zero.
 const RESULTS: [&str; 3] = ["success", "failure", "interrupted"];
-
-/// The exposition being written.
-pub(crate) struct Exposition(pub(crate) String);
-
-impl Exposition {
-    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            let inner: Vec<String> = labels
-                .iter()
-                .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
-                .collect();
-            let _ = write!(self.0, "{{{}}}", inner.join(","));
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-}
-
-/// Escapes a label value: backslash, double quote, line feed.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 fn runs_of(totals: &JobTotals, result: &str) -> f64 {
     totals.runs.get(result).copied().unwrap_or(0) as f64
@@ -232,22 +202,4 @@ pub fn render(
         out.sample("lifeboat_rto_target_seconds", &[], rto.as_secs_f64());
     }
     out.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let mut out = Exposition(String::new());
-        out.family("x_total", "counter", "X.");
-        out.sample("x_total", &[("job", "a\"b")], 2.0);
-        out.sample("x_total", &[], 0.5);
-        assert_eq!(
-            out.0,
-            "# HELP x_total X.\n# TYPE x_total counter\nx_total{job=\"a\\\"b\"} 2\nx_total 0.5\n"
-        );
-    }
 }

@@ -26,7 +26,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::schedule::{Refusal, Service};
+use crate::daemon::{Refusal, Service};
 use crate::state::HistoryError;
 pub use auth::ApiToken;
 pub use serve::{ServeError, ServeOptions, serve, shutdown_signal};
@@ -141,7 +141,7 @@ impl IntoResponse for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::Config;
+    use crate::config::Config;
     use crate::state::History;
     use axum::body::Body;
     use axum::http::Request;

@@ -14,10 +14,11 @@ use tokio::net::TcpListener;
 
 use super::auth::{ApiToken, TokenError};
 use super::{AppState, app};
+use crate::config::{Config, ConfigError};
+use crate::daemon::scheduler::{SchedulerError, make_up_missed_runs};
+use crate::daemon::status::watch_rpo;
+use crate::daemon::{Scheduler, Service};
 use crate::errors::describe;
-use crate::schedule::scheduler::{SchedulerError, make_up_missed_runs};
-use crate::schedule::status::watch_rpo;
-use crate::schedule::{Config, ConfigError, Scheduler, Service};
 use crate::state::{History, HistoryError};
 
 /// How the service is started.

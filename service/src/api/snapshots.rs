@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{AppError, AppState};
-use crate::schedule::catalog::SnapshotInfo;
+use crate::daemon::catalog::SnapshotInfo;
 
 /// The snapshot and repository routes.
 pub fn router() -> Router<AppState> {

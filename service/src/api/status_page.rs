@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 
 use super::auth::may_read_details;
 use super::{AppError, AppState};
+use crate::daemon::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
 use crate::repo::snapshot::human_bytes;
-use crate::schedule::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
 use crate::state::{RunRecord, RunResult};
+use crate::text::html::escape;
 
 /// Runs shown per job.
 const RUNS_SHOWN: usize = 5;
@@ -80,22 +81,6 @@ async fn page(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<
 /// What a run's error reads as on a page served beyond loopback.
 const HIDDEN_ERROR: &str = "failed; the details (paths, names) are in the service's log \
      and at /api/v1/runs with the API token";
-
-/// Escapes text for HTML.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A duration for people: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`.
 pub fn short_duration(seconds: i64) -> String {
@@ -337,11 +322,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_escaped_and_durations_are_short() {
-        assert_eq!(
-            escape("<a href='x'>&\"</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
-        );
+    fn durations_are_short() {
         assert_eq!(short_duration(42), "42 s");
         assert_eq!(short_duration(600), "10 min");
         assert_eq!(short_duration(3 * 3600 + 300), "3 h 5 min");

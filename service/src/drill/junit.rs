@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use super::report::DrillReport;
+use crate::text::xml::escape;
 
 /// Renders `report` as JUnit XML.
 pub fn render(report: &DrillReport) -> String {
@@ -60,24 +61,4 @@ pub fn render(report: &DrillReport) -> String {
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
-}
-
-/// Escapes text for XML content and attribute values (the HTML escape
-/// is valid XML), first dropping the control characters XML 1.0 cannot hold.
-fn escape(text: &str) -> String {
-    let kept: String = text
-        .chars()
-        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t' | '\r'))
-        .collect();
-    crate::api::status_page::escape(&kept)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markup_in_text_is_escaped() {
-        assert_eq!(escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
-    }
 }

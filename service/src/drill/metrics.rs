@@ -5,7 +5,7 @@
 //! `lifeboat_drill_success == 0` and on a stale last run.
 
 use super::report::DrillReport;
-use crate::api::metrics::Exposition;
+use crate::text::prometheus::Exposition;
 
 /// Renders `report` as Prometheus text.
 pub fn render(report: &DrillReport) -> String {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backup::items::{Item, Outcome};
+use crate::field::{duration, resolve_path};
 use crate::k8s::{K8sError, connect, exec::exec};
-use crate::schedule::timing::duration;
 
 /// A job's `hooks` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -36,7 +36,7 @@ impl Hooks {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let targets = self.pre.iter_mut().chain(self.post.iter_mut());
         for path in targets.filter_map(|h| h.pod.as_mut().and_then(|p| p.kubeconfig.as_mut())) {
-            crate::sources::resolve(path, base);
+            resolve_path(path, base);
         }
     }
 

@@ -34,6 +34,8 @@ use serde::Deserialize;
 
 use crate::backup::{BackupError, SnapshotBuilder};
 use crate::drill::{DrillJob, DrillSettings, JobReport, Prepared};
+/// Relative paths of source tables are taken from the config file's folder.
+pub(crate) use crate::field::resolve_path as resolve;
 use crate::repo::reader::BlobReader;
 use crate::repo::snapshot::SnapshotEntry;
 pub use crate::repo::snapshot::SourceKind;
@@ -184,11 +186,4 @@ pub async fn drill_job(
         }
     }
     run.finish()
-}
-
-/// Makes `path` relative to `base` when it is relative.
-pub(crate) fn resolve(path: &mut PathBuf, base: &Path) {
-    if path.is_relative() {
-        *path = base.join(&*path);
-    }
 }

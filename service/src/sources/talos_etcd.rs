@@ -57,10 +57,7 @@ pub struct TalosEtcdSource {
     pub nodes: Vec<String>,
     /// How long to wait for an answer or the next piece of the snapshot
     /// (`"60s"`, `"2m"`); default 60 s.
-    #[serde(
-        default = "default_timeout",
-        with = "crate::schedule::timing::duration"
-    )]
+    #[serde(default = "default_timeout", with = "crate::field::duration")]
     pub timeout: Duration,
 }
 

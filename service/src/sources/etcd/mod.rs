@@ -73,10 +73,7 @@ pub struct EtcdSource {
     pub key: Option<PathBuf>,
     /// How long to wait for a connection, an answer or the next piece of
     /// the snapshot (`"30s"`, `"2m"`); default 30 s.
-    #[serde(
-        default = "default_timeout",
-        with = "crate::schedule::timing::duration"
-    )]
+    #[serde(default = "default_timeout", with = "crate::field::duration")]
     pub timeout: Duration,
 }
 

@@ -1,5 +1,5 @@
-//! When things run: cron schedules with seconds, time zones, and durations
-//! written the human way ("1h", "90s").
+//! When things run: cron schedules with seconds and the time zones they
+//! are read in.
 //!
 //! A schedule is parsed exactly as `tokio-cron-scheduler` parses it (six
 //! fields, seconds first, day-of-month and day-of-week both required to
@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
@@ -135,46 +134,6 @@ impl Serialize for Timezone {
     }
 }
 
-/// Parses a duration such as "1h", "90s" or "2d 12h".
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like \"90s\", \"1h\" or \"7d\": {e}"))
-}
-
-/// Serde for a required humantime duration (`#[serde(with = "duration")]`).
-pub mod duration {
-    use super::*;
-
-    /// Writes the duration as "1h 30m".
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    /// Reads a duration such as "1h"; the error says what is accepted.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde for an optional humantime duration
-/// (`#[serde(default, with = "optional_duration")]`).
-pub mod optional_duration {
-    use super::*;
-
-    /// Writes the duration as "1h 30m", or nothing.
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(d) => super::duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// Reads a duration such as "1h"; the error says what is accepted.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration::deserialize(d).map(Some)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,11 +164,5 @@ mod tests {
             Some("2026-07-01T03:00:00+00:00".to_owned())
         );
         Ok(())
-    }
-
-    #[test]
-    fn durations_are_human() {
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("soon").is_err_and(|e| e.contains("\"1h\"")));
     }
 }

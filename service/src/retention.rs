@@ -35,7 +35,7 @@ pub struct RetentionPolicy {
     #[serde(default)]
     pub keep_yearly: u32,
     /// Keep every snapshot this much younger than the newest (e.g. "7d").
-    #[serde(default, with = "super::timing::optional_duration")]
+    #[serde(default, with = "crate::field::optional_duration")]
     pub keep_within: Option<std::time::Duration>,
 }
 

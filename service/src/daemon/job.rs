@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::config::{Config, ConfigError, JobConfig};
 use crate::backup::{BackupError, BackupReport, Progress, SnapshotBuilder};
+use crate::config::{Config, ConfigError, JobConfig};
 use crate::hooks::HookRunner;
 use crate::repo::config::InitOptions;
 use crate::repo::keys::{self, KeyError, Recipient, Recipients, ServiceIdentity};

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::config::{Config, ConfigError};
+use super::{Config, ConfigError};
 
 /// The configuration `lifeboatd serve` writes on a first start without one.
 pub const STARTER_CONFIG: &str = include_str!("starter.toml");

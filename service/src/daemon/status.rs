@@ -19,10 +19,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::retention::RetentionPolicy;
 use super::service::{Activity, Service, Trigger};
-use super::timing::{CronSchedule, Timezone};
+use crate::config::cron::{CronSchedule, Timezone};
 use crate::repo::snapshot::SourceKind;
+use crate::retention::RetentionPolicy;
 use crate::state::HistoryError;
 use crate::state::history::{JobTotals, RunRecord};
 

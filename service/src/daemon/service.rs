@@ -1,12 +1,9 @@
 //! The running service: the configuration, the run history, the catalog of
-//! the repository, and the runs in progress.
+//! the repository, what each job is doing, and shutdown.
 //!
-//! Every run — scheduled, made up at start, or triggered through the API —
-//! goes through [`Service::request`]: a job never overlaps itself (a second
-//! request while one is queued or running is refused), at most
-//! `max_concurrent_jobs` run at once (the others wait for a slot), and once
-//! shutdown has begun nothing new starts. [`Service::shutdown`] lets running
-//! jobs finish within the grace period and then stops them; a stopped backup
+//! Runs are requested and carried out by [`super::runner`]. Once shutdown
+//! has begun nothing new starts; [`Service::shutdown`] lets running jobs
+//! finish within the grace period and then stops them; a stopped backup
 //! has written no snapshot, so the repository stays consistent.
 
 use std::collections::HashMap;
@@ -15,16 +12,15 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
-use super::config::Config;
 use super::job::{JobError, open_service_repository};
 use crate::backup::Progress;
+use crate::config::Config;
 use crate::repo::UnlockedRepository;
 use crate::state::{History, HistoryError};
 
@@ -108,22 +104,6 @@ pub enum Activity {
     },
 }
 
-/// Why a run was not started.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// No such job.
-    #[error("no job is called {0:?}; GET /api/v1/jobs lists them")]
-    UnknownJob(String),
-    /// It is queued or running already.
-    #[error(
-        "{0} is already queued or running; a job never overlaps itself, try again when it ends"
-    )]
-    Busy(String),
-    /// Shutdown has begun.
-    #[error("the service is shutting down; no new runs start")]
-    Stopping,
-}
-
 /// How shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -134,19 +114,19 @@ pub struct ShutdownReport {
 /// The running service, shared by the scheduler, the runs and the API.
 #[derive(Debug)]
 pub struct Service {
-    config: Config,
+    pub(super) config: Config,
     history: Arc<History>,
     catalog: RwLock<Catalog>,
-    activities: Mutex<HashMap<String, Activity>>,
-    slots: Arc<Semaphore>,
-    runs: Mutex<JoinSet<()>>,
-    stopping: CancellationToken,
+    pub(super) activities: Mutex<HashMap<String, Activity>>,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) runs: Mutex<JoinSet<()>>,
+    pub(super) stopping: CancellationToken,
     repository_ready: AtomicBool,
     repository_opening: tokio::sync::Mutex<()>,
     started: DateTime<Utc>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -262,82 +242,8 @@ impl Service {
             .collect()
     }
 
-    fn set_activity(&self, name: &str, activity: Activity) {
+    pub(super) fn set_activity(&self, name: &str, activity: Activity) {
         lock(&self.activities).insert(name.to_owned(), activity);
-    }
-
-    /// Queues `work`; it starts once its jitter (scheduled runs only) has
-    /// passed and a slot is free.
-    ///
-    /// Fails when the job is unknown, already queued or running, or
-    /// shutdown has begun.
-    pub fn request(self: &Arc<Self>, work: Work, trigger: Trigger) -> Result<(), Refusal> {
-        let jitter = match &work {
-            Work::Backup(name) => {
-                let job = self
-                    .config
-                    .jobs
-                    .iter()
-                    .find(|j| j.name == *name)
-                    .ok_or_else(|| Refusal::UnknownJob(name.clone()))?;
-                job.jitter.filter(|_| trigger == Trigger::Schedule)
-            }
-            Work::Prune | Work::Check => None,
-        };
-        let mut runs = lock(&self.runs);
-        if self.is_stopping() {
-            return Err(Refusal::Stopping);
-        }
-        {
-            let mut activities = lock(&self.activities);
-            let activity = activities.entry(work.name().to_owned()).or_default();
-            if !matches!(activity, Activity::Idle) {
-                return Err(Refusal::Busy(work.name().to_owned()));
-            }
-            *activity = Activity::Queued {
-                since: Utc::now(),
-                trigger,
-            };
-        }
-        while runs.try_join_next().is_some() {}
-        let delay = jitter.map_or(Duration::ZERO, |max| {
-            Duration::from_millis(rand::thread_rng().gen_range(0..=max.as_millis() as u64))
-        });
-        let service = self.clone();
-        runs.spawn(async move { service.execute(work, trigger, delay).await });
-        Ok(())
-    }
-
-    /// Waits for the jitter and a slot, then runs `work`.
-    async fn execute(self: Arc<Self>, work: Work, trigger: Trigger, delay: Duration) {
-        let _idle = IdleWhenDone {
-            service: &self,
-            name: work.name(),
-        };
-        let slots = self.slots.clone();
-        let permit = tokio::select! {
-            () = self.stopping.cancelled() => return,
-            permit = async move {
-                tokio::time::sleep(delay).await;
-                slots.acquire_owned().await
-            } => permit,
-        };
-        let Ok(_permit) = permit else { return };
-        let progress = Arc::new(Progress::default());
-        let queued = match self.activity(work.name()) {
-            Activity::Queued { since, .. } => since,
-            _ => Utc::now(),
-        };
-        self.set_activity(
-            work.name(),
-            Activity::Running {
-                queued,
-                since: Utc::now(),
-                trigger,
-                progress: progress.clone(),
-            },
-        );
-        super::runner::run(&self, &work, trigger, progress).await;
     }
 
     /// Starts no new runs, lets running ones finish within `grace`, then
@@ -365,17 +271,5 @@ impl Service {
                 0
             });
         ShutdownReport { interrupted }
-    }
-}
-
-/// Sets a job's activity back to idle when its run ends, however it ends.
-struct IdleWhenDone<'a> {
-    service: &'a Service,
-    name: &'a str,
-}
-
-impl Drop for IdleWhenDone<'_> {
-    fn drop(&mut self) {
-        self.service.set_activity(self.name, Activity::Idle);
     }
 }

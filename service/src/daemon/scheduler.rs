@@ -15,9 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
-use super::config::Config;
-use super::service::{Refusal, Service, Trigger, Work};
-use super::timing::{CronSchedule, Timezone};
+use super::runner::Refusal;
+use super::service::{Service, Trigger, Work};
+use crate::config::Config;
+use crate::config::cron::{CronSchedule, Timezone};
 
 /// The scheduler could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -1,69 +1,17 @@
-//! `lifeboat.toml`: the repository and the jobs.
-//!
-//! ```toml
-//! [repository]
-//! url = "s3://backups/homelab"            # or a local path
-//! service_identity = "/config/service.key"
-//! recipients = ["age1…"]                  # restore recipients
-//! s3 = { endpoint = "https://<account>.r2.cloudflarestorage.com" }
-//!
-//! [[job]]
-//! name = "appdata"
-//! source = { kind = "directory", paths = ["/mnt/user/appdata"] }
-//! schedule = "0 15 * * * *"               # cron with seconds; none: run by hand only
-//! timezone = "Europe/Berlin"              # default: [service] timezone, else UTC
-//! rpo = "1h"                              # default: [service] default_rpo
-//! retention = { keep_hourly = 48, keep_daily = 14 }  # none: keep every snapshot
-//! jitter = "2m"                           # random delay of scheduled runs
-//! enabled = true
-//! ```
-//!
-//! The `[service]`, `[prune]` and `[check]` tables and the schedules folder
-//! are described in [`super::service_config`]. Relative paths are taken
-//! from the config file's folder. Errors name the file, the line and the
-//! field.
+//! `lifeboat.toml` itself: the whole configuration, reading and checking
+//! it, and the questions asked of it (a job by name, its time zone and
+//! RPO, the state folder).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::retention::RetentionPolicy;
-use super::service_config::{self, CheckTask, Origin, PruneTask, ServiceSettings};
-use super::timing::{CronSchedule, Timezone, optional_duration};
-use crate::sources::SourceConfig;
+use super::ConfigError;
+use super::cron::Timezone;
+use super::job::{self, JobConfig, Origin};
+use super::service::{CheckTask, PruneTask, RESERVED_NAMES, ServiceSettings};
 use crate::storage::S3Options;
-
-/// A config file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has a wrong field (the message gives line and field).
-    #[error("config {path}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line, column and field.
-        message: String,
-    },
-    /// No job of that name.
-    #[error("config {path} has no job {name:?}; its jobs are: {known}")]
-    NoJob {
-        /// The file.
-        path: PathBuf,
-        /// The name asked for.
-        name: String,
-        /// The jobs it has.
-        known: String,
-    },
-}
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -105,63 +53,6 @@ pub struct RepositoryConfig {
     pub s3: S3Options,
 }
 
-/// One `[[job]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobConfig {
-    /// Unique name.
-    pub name: String,
-    /// What it backs up.
-    pub source: SourceConfig,
-    /// Commands run before and after the data is read.
-    #[serde(default)]
-    pub hooks: crate::hooks::Hooks,
-    /// When it runs; `None`: only when triggered.
-    #[serde(default)]
-    pub schedule: Option<CronSchedule>,
-    /// The schedule's time zone (default: the service's).
-    #[serde(default)]
-    pub timezone: Option<Timezone>,
-    /// The most data the job may lose: the age its newest snapshot may
-    /// reach (default: the service's `default_rpo`).
-    #[serde(default, with = "optional_duration")]
-    pub rpo: Option<std::time::Duration>,
-    /// Which snapshots to keep after each run; `None` keeps them all.
-    #[serde(default, deserialize_with = "retention_that_keeps")]
-    pub retention: Option<RetentionPolicy>,
-    /// Whether the schedule runs it (a disabled job can still be triggered).
-    #[serde(default = "service_config::yes")]
-    pub enabled: bool,
-    /// Scheduled runs start after a random delay up to this.
-    #[serde(default, with = "optional_duration")]
-    pub jitter: Option<std::time::Duration>,
-    /// Where it was defined.
-    #[serde(skip)]
-    pub origin: Origin,
-}
-
-impl JobConfig {
-    /// Makes the source's and the hooks' relative paths relative to `base`.
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        self.source.resolve_paths(base);
-        self.hooks.resolve_paths(base);
-    }
-}
-
-/// A `retention` table, refused when it would keep nothing.
-fn retention_that_keeps<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<RetentionPolicy>, D::Error> {
-    let policy = RetentionPolicy::deserialize(d)?;
-    if !policy.keeps_something() {
-        return Err(serde::de::Error::custom(
-            "this retention keeps nothing; give at least one keep_* rule, \
-             or leave retention out to keep every snapshot",
-        ));
-    }
-    Ok(Some(policy))
-}
-
 impl Config {
     /// Reads and checks a config file.
     ///
@@ -186,7 +77,7 @@ impl Config {
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
-        service_config::locate_jobs(text, path, &mut config.jobs);
+        job::locate_jobs(text, path, &mut config.jobs);
         config.check_job_names()?;
         Ok(config)
     }
@@ -236,11 +127,69 @@ impl Config {
                     .join(", "),
             })
     }
+
+    /// Fails when a job name is unusable or used twice (naming both places).
+    pub(crate) fn check_job_names(&self) -> Result<(), ConfigError> {
+        let mut seen: std::collections::HashMap<&str, &Origin> = std::collections::HashMap::new();
+        for job in &self.jobs {
+            let invalid = |message: String| ConfigError::Invalid {
+                path: job.origin.file.clone(),
+                message: format!("line {}, field `name`: {message}", job.origin.line),
+            };
+            if job.name.is_empty() || job.name.contains(['/', ':']) {
+                return Err(invalid(format!(
+                    "job name {:?} must be non-empty, without '/' or ':'",
+                    job.name
+                )));
+            }
+            if RESERVED_NAMES.contains(&job.name.as_str()) {
+                return Err(invalid(format!(
+                    "{:?} names the service's own task; call the job something else",
+                    job.name
+                )));
+            }
+            if let Some(first) = seen.insert(&job.name, &job.origin) {
+                return Err(invalid(format!(
+                    "a job called {:?} is also defined at {first}; job names must be unique",
+                    job.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The time zone `job`'s schedule is read in.
+    pub fn timezone_of(&self, job: &JobConfig) -> Timezone {
+        job.timezone.unwrap_or(self.service.timezone)
+    }
+
+    /// The RPO of `job`.
+    pub fn rpo_of(&self, job: &JobConfig) -> Duration {
+        job.rpo.unwrap_or(self.service.default_rpo)
+    }
+
+    /// The state folder: `state_dir`, else `state` (relative to the
+    /// working folder, as for a config that was not loaded from a file).
+    pub fn state_folder(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("state"))
+    }
+
+    /// The API token file.
+    pub fn token_file(&self) -> PathBuf {
+        self.service
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.state_folder().join("api-token"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BASE: &str = "[repository]\nurl = \"repo\"\nservice_identity = \"k\"\n";
 
     /// The ```toml blocks of a Markdown file that define jobs.
     fn job_examples(markdown: &str) -> Vec<String> {
@@ -300,6 +249,44 @@ mod tests {
             Some(Path::new("/srv/lb/state"))
         );
         assert!(config.job("b", Path::new("x")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_the_file_line_and_field() -> anyhow::Result<()> {
+        let cases = [
+            ("schedule = \"0 5 * * *\"", "seconds"),
+            ("timezone = \"Mars/Olympus\"", "time zone"),
+            ("rpo = \"soon\"", "duration"),
+            ("retention = { keep_last = 0 }", "keeps nothing"),
+            ("retention = { keep_lats = 3 }", "keep_lats"),
+        ];
+        for (line, expected) in cases {
+            let text = format!(
+                "{BASE}\n[[job]]\nname = \"a\"\nsource = {{ kind = \"directory\" }}\n{line}\n"
+            );
+            let error = Config::parse(&text, Path::new("/etc/lb.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains("/etc/lb.toml") && error.contains("line 8"),
+                "{line}: {error}"
+            );
+            assert!(error.contains(expected), "{line}: {error}");
+        }
+        let text = format!("{BASE}[service]\nmax_concurrent_jobs = 0\n");
+        let error = Config::parse(&text, Path::new("x.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("line 5") && error.contains("nonzero"),
+            "{error}"
+        );
+        let text =
+            format!("{BASE}[[job]]\nname = \"prune\"\nsource = {{ kind = \"directory\" }}\n");
+        assert!(Config::parse(&text, Path::new("x.toml")).is_err());
         Ok(())
     }
 }

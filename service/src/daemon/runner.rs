@@ -1,5 +1,11 @@
-//! One run of a job or task, from its history row to its result: a backup
-//! followed by the job's retention, a prune, or a check.
+//! One run of a job or task, from its request to its result.
+//!
+//! Every run — scheduled, made up at start, or triggered through the API —
+//! goes through [`Service::request`]: a job never overlaps itself (a second
+//! request while one is queued or running is refused), at most
+//! `max_concurrent_jobs` run at once (the others wait for a slot), and once
+//! shutdown has begun nothing new starts. A run is then a backup followed
+//! by the job's retention, a prune, or a check, recorded in the history.
 //!
 //! Every run opens the repository afresh with the service key, so it sees
 //! what other runs and other programs wrote. Retention forgets snapshot
@@ -9,17 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use rand::Rng;
 
-use super::config::JobConfig;
 use super::job::{JobError, back_up_job};
-use super::service::{Service, Trigger, Work};
+use super::service::{Activity, Service, Trigger, Work, lock};
 use crate::backup::Progress;
 use crate::backup::items::Item;
+use crate::config::JobConfig;
 use crate::errors::describe;
 use crate::repo::check::{ReadData, check};
 use crate::repo::prune::{PruneOptions, forget, prune};
 use crate::repo::{RepoError, UnlockedRepository};
-use crate::schedule::retention::RetentionPolicy;
+use crate::retention::RetentionPolicy;
 use crate::state::{RunFigures, RunResult};
 
 /// Why a run failed.
@@ -50,13 +57,112 @@ pub enum RunError {
     NotConfigured(&'static str),
 }
 
+/// Why a run was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No such job.
+    #[error("no job is called {0:?}; GET /api/v1/jobs lists them")]
+    UnknownJob(String),
+    /// It is queued or running already.
+    #[error(
+        "{0} is already queued or running; a job never overlaps itself, try again when it ends"
+    )]
+    Busy(String),
+    /// Shutdown has begun.
+    #[error("the service is shutting down; no new runs start")]
+    Stopping,
+}
+
+impl Service {
+    /// Queues `work`; it starts once its jitter (scheduled runs only) has
+    /// passed and a slot is free.
+    ///
+    /// Fails when the job is unknown, already queued or running, or
+    /// shutdown has begun.
+    pub fn request(self: &Arc<Self>, work: Work, trigger: Trigger) -> Result<(), Refusal> {
+        let jitter = match &work {
+            Work::Backup(name) => {
+                let job = self
+                    .config
+                    .jobs
+                    .iter()
+                    .find(|j| j.name == *name)
+                    .ok_or_else(|| Refusal::UnknownJob(name.clone()))?;
+                job.jitter.filter(|_| trigger == Trigger::Schedule)
+            }
+            Work::Prune | Work::Check => None,
+        };
+        let mut runs = lock(&self.runs);
+        if self.is_stopping() {
+            return Err(Refusal::Stopping);
+        }
+        {
+            let mut activities = lock(&self.activities);
+            let activity = activities.entry(work.name().to_owned()).or_default();
+            if !matches!(activity, Activity::Idle) {
+                return Err(Refusal::Busy(work.name().to_owned()));
+            }
+            *activity = Activity::Queued {
+                since: Utc::now(),
+                trigger,
+            };
+        }
+        while runs.try_join_next().is_some() {}
+        let delay = jitter.map_or(Duration::ZERO, |max| {
+            Duration::from_millis(rand::thread_rng().gen_range(0..=max.as_millis() as u64))
+        });
+        let service = self.clone();
+        runs.spawn(async move { service.execute(work, trigger, delay).await });
+        Ok(())
+    }
+
+    /// Waits for the jitter and a slot, then runs `work`.
+    async fn execute(self: Arc<Self>, work: Work, trigger: Trigger, delay: Duration) {
+        let _idle = IdleWhenDone {
+            service: &self,
+            name: work.name(),
+        };
+        let slots = self.slots.clone();
+        let permit = tokio::select! {
+            () = self.stopping.cancelled() => return,
+            permit = async move {
+                tokio::time::sleep(delay).await;
+                slots.acquire_owned().await
+            } => permit,
+        };
+        let Ok(_permit) = permit else { return };
+        let progress = Arc::new(Progress::default());
+        let queued = match self.activity(work.name()) {
+            Activity::Queued { since, .. } => since,
+            _ => Utc::now(),
+        };
+        self.set_activity(
+            work.name(),
+            Activity::Running {
+                queued,
+                since: Utc::now(),
+                trigger,
+                progress: progress.clone(),
+            },
+        );
+        run(&self, &work, trigger, progress).await;
+    }
+}
+
+/// Sets a job's activity back to idle when its run ends, however it ends.
+struct IdleWhenDone<'a> {
+    service: &'a Service,
+    name: &'a str,
+}
+
+impl Drop for IdleWhenDone<'_> {
+    fn drop(&mut self) {
+        self.service.set_activity(self.name, Activity::Idle);
+    }
+}
+
 /// Runs `work`, recording it in the history and logging its result.
-pub(crate) async fn run(
-    service: &Arc<Service>,
-    work: &Work,
-    trigger: Trigger,
-    progress: Arc<Progress>,
-) {
+async fn run(service: &Arc<Service>, work: &Work, trigger: Trigger, progress: Arc<Progress>) {
     let started = Utc::now();
     let (name, kind) = (work.name().to_owned(), work.kind());
     tracing::info!(job = %name, kind, trigger = trigger.as_str(), "run started");

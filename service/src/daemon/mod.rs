@@ -1,0 +1,22 @@
+//! The daemon: running jobs, on their schedules or when triggered.
+//!
+//! - [`job`]: one backup run; [`runner`]: requesting a run (no overlap, a
+//!   global limit) and what one run of a job, prune or check does;
+//!   [`service`]: the running service's state and shutdown; [`scheduler`]: cron entries and runs made up at
+//!   start; [`catalog`]: the repository as the service sees it;
+//!   [`status`]: job status and the RPO watch.
+//!
+//! What it reads is in [`crate::config`]; which snapshots it keeps is in
+//! [`crate::retention`].
+
+pub mod catalog;
+pub mod job;
+pub mod runner;
+pub mod scheduler;
+pub mod service;
+pub mod status;
+
+pub use job::{JobError, back_up_job, run_job};
+pub use runner::Refusal;
+pub use scheduler::Scheduler;
+pub use service::{Service, Trigger, Work};
