@@ -1,0 +1,341 @@
+//! Restoring trees into a directory.
+//!
+//! First the trees are read and every directory and special file is laid
+//! out below the target ([`super::place`]: through directory descriptors,
+//! never following a link), regular files are planned at their final size.
+//! Then data is fetched pack by pack, a few packs at a time: a pack whose
+//! needed blobs make up much of it is downloaded whole and decrypted as its
+//! blobs are read, otherwise each blob is fetched with a ranged GET. Each
+//! blob is verified and written at its offsets in every file that uses it.
+//! Last, hard links, owners, modes and times are set, then symlinks are
+//! made (so nothing is ever written through one), then directories'
+//! metadata, deepest first so their times stay as stored.
+//!
+//! The tree is untrusted: an entry whose name is unsafe or repeated, or that
+//! cannot be placed without replacing or following something, is refused
+//! and named in [`RestoreError::Incomplete`] while the rest is restored.
+//! setuid/setgid bits and device nodes are restored only with
+//! [`RestoreOptions::keep_special`].
+
+//!
+//! This module holds the entry point, its options and report, and the
+//! plan both phases share; `plan` lays out the trees and plans which blobs
+//! go where, `fetch` fetches the packs and writes the blobs into the files.
+
+mod fetch;
+mod plan;
+
+use fetch::fetch_data;
+use plan::plan_tree;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
+use rustix::io::Errno;
+use serde::Serialize;
+
+use super::RestoreError;
+use super::place::{DirId, Dirs, ROOT};
+use crate::errors::WorkerError;
+use crate::repo::id::BlobId;
+use crate::repo::reader::BlobReader;
+use crate::repo::tree::{Node, NodeKind, Tree};
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore into a non-empty target, replacing files of the same names.
+    pub force: bool,
+    /// Restore setuid/setgid bits and device nodes as stored
+    /// (`--keep-special`). Without it the bits are cleared and device
+    /// nodes skipped, each counted in [`RestoreReport::special_dropped`].
+    pub keep_special: bool,
+}
+
+/// Live counters a progress display can poll.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// Bytes of file data to write in all.
+    pub bytes_total: Arc<AtomicU64>,
+    /// Bytes written so far.
+    pub bytes_done: Arc<AtomicU64>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    /// Regular files restored.
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Symlinks, hard links and special files restored.
+    pub others: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
+    /// Files whose setuid/setgid bits were cleared and device nodes
+    /// skipped, because [`RestoreOptions::keep_special`] was not given.
+    pub special_dropped: u64,
+    /// Things that could not be restored as stored (e.g. owners when not root).
+    pub warnings: Vec<String>,
+}
+
+/// One regular file to fill: its directory, name and size.
+struct PlannedFile {
+    dir: DirId,
+    name: Vec<u8>,
+    shown: String,
+    size: u64,
+}
+
+/// The files of a restore, created once (by whichever of the creator and
+/// the first writer comes first) and then opened by directory and name.
+struct Outputs {
+    dirs: Dirs,
+    files: Vec<PlannedFile>,
+    created: Vec<OnceLock<Result<(), Errno>>>,
+}
+
+impl Outputs {
+    /// Creates file `index` at its size unless done already.
+    fn create(&self, index: usize) -> Result<(), RestoreError> {
+        let file = &self.files[index];
+        self.created[index]
+            .get_or_init(|| self.dirs.create_file(file.dir, &file.name, file.size))
+            .map_err(|e| RestoreError::Io {
+                action: "creating",
+                path: PathBuf::from(&file.shown),
+                source: e.into(),
+            })
+    }
+}
+
+/// A place where a blob's plaintext goes.
+#[derive(Clone, Copy)]
+struct Slot {
+    file: usize,
+    offset: u64,
+}
+
+/// An entry other than a directory or symlink whose owner, mode and times
+/// are set at the end.
+struct Settle {
+    dir: DirId,
+    node: Node,
+    mode: u32,
+    shown: String,
+}
+
+impl Settle {
+    fn io_error(&self, source: std::io::Error) -> RestoreError {
+        RestoreError::Io {
+            action: "setting metadata of",
+            path: PathBuf::from(&self.shown),
+            source,
+        }
+    }
+}
+
+struct Plan {
+    dirs: Dirs,
+    files: Vec<PlannedFile>,
+    /// Files and special files, to settle after the data is written.
+    settle: Vec<Settle>,
+    /// Directories in the order they were made (parents first).
+    dir_metadata: Vec<Settle>,
+    /// Symlinks, made last: directory, node and shown path.
+    symlinks: Vec<(DirId, Node, String)>,
+    /// Hard links: directory, name, snapshot path of the first name, shown path.
+    hardlinks: Vec<(DirId, Vec<u8>, Vec<u8>, String)>,
+    slots: HashMap<BlobId, Vec<Slot>>,
+    /// Snapshot path → planned file, for hard links.
+    restored: HashMap<Vec<u8>, usize>,
+    /// Whether existing files of the same names are replaced (`--force`).
+    replace: bool,
+    /// Whether setuid/setgid and devices are kept.
+    keep_special: bool,
+    /// Entries not restored (snapshot path, cause): data missing from every
+    /// index, or refused as unsafe.
+    failed: Vec<(String, String)>,
+    report: RestoreReport,
+}
+
+/// Restores the snapshot tree `root`, or its entry at `path` (`/`-separated
+/// snapshot path; empty for all), into `target`.
+///
+/// Fails when the path is not in the snapshot, the target is not empty
+/// (without `force`), or the target cannot be written. Entries whose data
+/// is damaged, or that are refused as unsafe (a repeated name, something in
+/// the way that `force` does not replace), are named in
+/// [`RestoreError::Incomplete`] after everything else is restored.
+pub async fn restore(
+    reader: &BlobReader,
+    root: BlobId,
+    path: &str,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: Arc<RestoreProgress>,
+) -> Result<RestoreReport, RestoreError> {
+    if !options.force && target.exists() {
+        let mut listing = std::fs::read_dir(target).map_err(RestoreError::io("listing", target))?;
+        if listing.next().is_some() {
+            return Err(RestoreError::TargetNotEmpty {
+                target: target.into(),
+            });
+        }
+    }
+    std::fs::create_dir_all(target).map_err(RestoreError::io("creating", target))?;
+    let dirs = Dirs::open_target(target).map_err(RestoreError::io("opening", target))?;
+
+    let (start, snapshot_prefix) = locate(reader, root, path).await?;
+    let mut plan = Plan {
+        dirs,
+        files: Vec::new(),
+        settle: Vec::new(),
+        dir_metadata: Vec::new(),
+        symlinks: Vec::new(),
+        hardlinks: Vec::new(),
+        slots: HashMap::new(),
+        restored: HashMap::new(),
+        replace: options.force,
+        keep_special: options.keep_special,
+        failed: Vec::new(),
+        report: RestoreReport::default(),
+    };
+    match start {
+        Start::Tree(tree) => plan_tree(reader, tree, ROOT, &snapshot_prefix, &mut plan).await?,
+        Start::Node(node) => {
+            let dir = Tree {
+                entries: vec![node],
+            };
+            let parent = snapshot_prefix
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map_or(&[][..], |at| &snapshot_prefix[..at]);
+            plan_tree(reader, dir, ROOT, parent, &mut plan).await?;
+        }
+    }
+    progress
+        .bytes_total
+        .store(plan.report.bytes, Ordering::Relaxed);
+
+    let Plan {
+        dirs,
+        files,
+        settle,
+        dir_metadata,
+        symlinks,
+        hardlinks,
+        slots,
+        restored,
+        failed: mut refused,
+        mut report,
+        ..
+    } = plan;
+    let outputs = Arc::new(Outputs {
+        created: files.iter().map(|_| OnceLock::new()).collect(),
+        dirs,
+        files,
+    });
+    // Files are created at their final size on the blocking pool while
+    // data is already being fetched: a writer that comes first creates the
+    // file itself, and each file is created exactly once.
+    let creating = {
+        let outputs = outputs.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..outputs.files.len())
+                .into_par_iter()
+                .try_for_each(|index| outputs.create(index))
+        })
+    };
+    let slots = Arc::new(slots);
+    let (fetched, created) =
+        tokio::join!(fetch_data(reader, &outputs, &slots, &progress), creating);
+    created.map_err(WorkerError::stopped("creating the restored files"))??;
+    let mut failed = fetched?;
+    failed.append(&mut refused);
+
+    let dirs = &outputs.dirs;
+    let as_root = nix::unistd::geteuid().is_root();
+    for (dir, name, link, shown) in &hardlinks {
+        let Some(&first) = restored.get(link) else {
+            report.warnings.push(format!(
+                "{shown}: its hard-link target {} is outside what was restored",
+                String::from_utf8_lossy(link)
+            ));
+            continue;
+        };
+        let first = &outputs.files[first];
+        if let Err(e) = dirs.hard_link((first.dir, &first.name), *dir, name) {
+            failed.push((shown.clone(), format!("cannot link it: {e}")));
+        }
+    }
+    let me = nix::unistd::getuid().as_raw();
+    if !as_root && settle.iter().any(|s| s.node.uid != me) {
+        report
+            .warnings
+            .push("owners were not restored: run as root to restore them".into());
+    }
+    for entry in &settle {
+        dirs.set_metadata(
+            entry.dir,
+            Some(&entry.node.name.0),
+            &entry.node,
+            entry.mode,
+            as_root,
+        )
+        .map_err(|e| entry.io_error(e))?;
+    }
+    for (dir, node, shown) in &symlinks {
+        let target = node
+            .target
+            .as_ref()
+            .map(|t| t.0.as_slice())
+            .unwrap_or_default();
+        if let Err(e) = dirs.symlink(*dir, &node.name.0, target, node, as_root) {
+            failed.push((shown.clone(), format!("cannot make the symlink: {e}")));
+        }
+    }
+    for entry in dir_metadata.iter().rev() {
+        dirs.set_metadata(entry.dir, None, &entry.node, entry.mode, as_root)
+            .map_err(|e| entry.io_error(e))?;
+    }
+
+    if !failed.is_empty() {
+        let (mut files, causes): (Vec<_>, Vec<_>) = failed.into_iter().unzip();
+        files.sort();
+        files.dedup();
+        return Err(RestoreError::Incomplete { files, causes });
+    }
+    Ok(report)
+}
+
+enum Start {
+    Tree(Tree),
+    Node(Node),
+}
+
+/// Finds the tree or node at `path`, and its snapshot path.
+async fn locate(
+    reader: &BlobReader,
+    root: BlobId,
+    path: &str,
+) -> Result<(Start, Vec<u8>), RestoreError> {
+    let mut tree = reader.read_tree(&root).await?;
+    let mut at = Vec::new();
+    let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+    while let Some(part) = parts.next() {
+        let missing = || RestoreError::NoSuchPath { path: path.into() };
+        let node = tree.get(part.as_bytes()).cloned().ok_or_else(missing)?;
+        at.push(b'/');
+        at.extend_from_slice(part.as_bytes());
+        match (node.kind, node.subtree) {
+            (NodeKind::Dir, Some(sub)) => tree = reader.read_tree(&sub).await?,
+            _ if parts.peek().is_none() => return Ok((Start::Node(node), at)),
+            _ => return Err(missing()),
+        }
+    }
+    Ok((Start::Tree(tree), at))
+}

@@ -1,0 +1,197 @@
+//! The first phase of a restore: reading the trees, laying out every
+//! directory, symlink, hard link and special file below the target, and
+//! planning each regular file at its final size with the places (slots)
+//! each blob's plaintext goes.
+
+use std::collections::HashSet;
+
+use super::{Plan, PlannedFile, Settle, Slot};
+use crate::repo::RepoError;
+use crate::repo::id::BlobId;
+use crate::repo::reader::BlobReader;
+use crate::repo::tree::{Node, NodeKind, Tree};
+use crate::restore::RestoreError;
+use crate::restore::place::DirId;
+
+/// The setuid and setgid bits.
+const SETID_BITS: u32 = 0o6000;
+
+/// Lays out a tree and everything below it in directory `dir`.
+pub(super) async fn plan_tree(
+    reader: &BlobReader,
+    tree: Tree,
+    dir: DirId,
+    snapshot_dir: &[u8],
+    plan: &mut Plan,
+) -> Result<(), RestoreError> {
+    let mut queue = vec![(tree, dir, snapshot_dir.to_owned())];
+    while let Some((tree, dir, snapshot_dir)) = queue.pop() {
+        for (sub, sub_dir, snapshot_path) in lay_out_entries(reader, tree, dir, &snapshot_dir, plan)
+        {
+            queue.push((reader.read_tree(&sub).await?, sub_dir, snapshot_path));
+        }
+    }
+    Ok(())
+}
+
+/// Creates one directory's entries; returns its subdirectories to descend.
+/// An entry that cannot be placed safely is refused (in `plan.failed`).
+fn lay_out_entries(
+    reader: &BlobReader,
+    tree: Tree,
+    dir: DirId,
+    snapshot_dir: &[u8],
+    plan: &mut Plan,
+) -> Vec<(BlobId, DirId, Vec<u8>)> {
+    let mut subdirs = Vec::new();
+    let mut seen = HashSet::new();
+    for node in tree.entries {
+        let name = node.name.0.clone();
+        if name.is_empty()
+            || name.contains(&b'/')
+            || name.contains(&0)
+            || name == b"."
+            || name == b".."
+        {
+            plan.report.warnings.push(format!(
+                "skipped an entry with the unsafe name {:?}",
+                node.name.display()
+            ));
+            continue;
+        }
+        let snapshot_path = [snapshot_dir, b"/", name.as_slice()].concat();
+        let shown = String::from_utf8_lossy(&snapshot_path).into_owned();
+        if !seen.insert(name.clone()) {
+            plan.failed.push((
+                shown,
+                "refused: a second entry of the same name in its directory (the tree is damaged)"
+                    .into(),
+            ));
+            continue;
+        }
+        let refuse = |plan: &mut Plan, e: std::io::Error| {
+            plan.failed.push((shown.clone(), format!("refused: {e}")))
+        };
+        match node.kind {
+            NodeKind::Dir => {
+                let made = plan.dirs.make(dir, &name, plan.replace);
+                let sub_dir = match made {
+                    Ok(sub_dir) => sub_dir,
+                    Err(e) => {
+                        refuse(plan, e);
+                        continue;
+                    }
+                };
+                plan.report.dirs += 1;
+                if let Some(sub) = node.subtree {
+                    subdirs.push((sub, sub_dir, snapshot_path));
+                }
+                let mode = node.mode & 0o7777;
+                plan.dir_metadata.push(Settle {
+                    dir: sub_dir,
+                    node,
+                    mode,
+                    shown,
+                });
+            }
+            NodeKind::File => {
+                if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
+                    refuse(plan, e);
+                    continue;
+                }
+                let index = plan.files.len();
+                let mut offset = 0;
+                for blob in &node.content {
+                    let Some(location) = reader.index().get(blob) else {
+                        plan.failed.push((
+                            shown.clone(),
+                            RepoError::MissingBlob { id: *blob }.to_string(),
+                        ));
+                        break;
+                    };
+                    plan.slots.entry(*blob).or_default().push(Slot {
+                        file: index,
+                        offset,
+                    });
+                    offset += u64::from(location.blob.raw_length);
+                }
+                plan.files.push(PlannedFile {
+                    dir,
+                    name,
+                    shown: shown.clone(),
+                    size: node.size,
+                });
+                plan.restored.insert(snapshot_path, index);
+                plan.report.files += 1;
+                plan.report.bytes += node.size;
+                let mode = allowed_mode(plan, &node, &shown);
+                plan.settle.push(Settle {
+                    dir,
+                    node,
+                    mode,
+                    shown,
+                });
+            }
+            NodeKind::Symlink => {
+                if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
+                    refuse(plan, e);
+                    continue;
+                }
+                plan.symlinks.push((dir, node, shown));
+                plan.report.others += 1;
+            }
+            NodeKind::Hardlink => {
+                if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
+                    refuse(plan, e);
+                    continue;
+                }
+                if let Some(link) = &node.link {
+                    plan.hardlinks.push((dir, name, link.0.clone(), shown));
+                }
+                plan.report.others += 1;
+            }
+            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                if node.kind != NodeKind::Fifo && !plan.keep_special {
+                    plan.report.special_dropped += 1;
+                    plan.report.warnings.push(format!(
+                        "{shown}: a device node, not restored (pass --keep-special to restore device nodes)"
+                    ));
+                    continue;
+                }
+                let made = plan
+                    .dirs
+                    .clear(dir, &name, plan.replace)
+                    .and_then(|()| plan.dirs.make_special(dir, &name, &node));
+                if let Err(e) = made {
+                    plan.report
+                        .warnings
+                        .push(format!("{shown}: cannot create it: {e}"));
+                    continue;
+                }
+                plan.report.others += 1;
+                let mode = allowed_mode(plan, &node, &shown);
+                plan.settle.push(Settle {
+                    dir,
+                    node,
+                    mode,
+                    shown,
+                });
+            }
+        }
+    }
+    subdirs
+}
+
+/// The permission bits `node` is restored with: as stored with
+/// `keep_special`, else without setuid/setgid (counted and warned).
+fn allowed_mode(plan: &mut Plan, node: &Node, shown: &str) -> u32 {
+    let mode = node.mode & 0o7777;
+    if plan.keep_special || mode & SETID_BITS == 0 {
+        return mode;
+    }
+    plan.report.special_dropped += 1;
+    plan.report.warnings.push(format!(
+        "{shown}: its setuid/setgid bits were cleared (pass --keep-special to keep them)"
+    ));
+    mode & !SETID_BITS
+}
