@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use super::id::{BlobId, PackId};
 use super::keys::RestoreIdentity;
-use super::prune::{read_all_plans, require_whole_index, used_blobs, write_plan};
+use super::plan::read_all_plans;
+use super::prune::{require_whole_index, used_blobs, write_plan};
 use super::{RepoError, UnlockedRepository};
 use crate::errors::WorkerError;
 
