@@ -464,13 +464,7 @@ async fn stream_child(
 async fn program_version(connection: &Connection, program: &Path) -> Result<String, PostgresError> {
     let mut command = connection.command(program);
     command.arg("--version");
-    let output = process::spawn(&mut command, program)?
-        .wait_with_output()
-        .await
-        .map_err(|cause| PostgresError::Spawn {
-            program: program.to_owned(),
-            cause,
-        })?;
+    let output = process::output(&mut command, program).await?;
     let text = String::from_utf8_lossy(&output.stdout);
     match text.lines().next() {
         Some(line) if output.status.success() && !line.trim().is_empty() => {

@@ -47,6 +47,23 @@ pub(crate) fn spawn(
     })
 }
 
+/// Runs `command` (running `program`) to its end and returns what it
+/// printed and how it exited.
+///
+/// Fails, naming the program, when it cannot start or be waited for.
+pub(crate) async fn output(
+    command: &mut tokio::process::Command,
+    program: &Path,
+) -> Result<std::process::Output, PostgresError> {
+    spawn(command, program)?
+        .wait_with_output()
+        .await
+        .map_err(|cause| PostgresError::Spawn {
+            program: program.to_owned(),
+            cause,
+        })
+}
+
 /// Reads `stderr` to its end (keeping the first [`STDERR_LIMIT`] bytes) in
 /// a task, so the child never blocks on a full pipe.
 pub(crate) fn collect_stderr(stderr: ChildStderr) -> JoinHandle<StderrText> {

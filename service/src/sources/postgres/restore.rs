@@ -16,7 +16,7 @@ use crate::repo::tree::Tree;
 use crate::restore::RestoreError;
 use crate::restore::contents::read_small;
 use crate::sources::postgres::connection::{Connection, Tools, hint};
-use crate::sources::postgres::process::{StderrText, spawn};
+use crate::sources::postgres::process::{self, StderrText};
 use crate::sources::postgres::session::{PSQL_FLAGS, SnapshotSession};
 use crate::sources::postgres::{
     GLOBALS_FILE, Globals, PostgresError, PostgresSource, RowCounts, TableRows,
@@ -214,15 +214,7 @@ impl PgTarget {
         command: &mut tokio::process::Command,
         program: &Path,
     ) -> Result<std::process::Output, PostgresRestoreError> {
-        let child = spawn(command, program)?;
-        let output = child
-            .wait_with_output()
-            .await
-            .map_err(|cause| PostgresError::Spawn {
-                program: program.to_owned(),
-                cause,
-            })?;
-        Ok(output)
+        Ok(process::output(command, program).await?)
     }
 
     fn failed(&self, program: &Path, what: &str, stderr: &str) -> PostgresRestoreError {

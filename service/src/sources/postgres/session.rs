@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::connection::{Connection, Tools, hint};
-use super::process::{StderrText, collect_stderr, spawn};
+use super::process::{self, StderrText, collect_stderr, spawn};
 use super::{Hint, PostgresError};
 
 /// `psql` flags: no psqlrc, quiet, unaligned, tuples only, never prompt,
@@ -87,13 +87,7 @@ pub(crate) async fn inventory(
         .args(connection.server_argument())
         .arg("-c")
         .arg(INVENTORY);
-    let output = spawn(&mut command, &tools.psql)?
-        .wait_with_output()
-        .await
-        .map_err(|cause| PostgresError::Spawn {
-            program: tools.psql.clone(),
-            cause,
-        })?;
+    let output = process::output(&mut command, &tools.psql).await?;
     if !output.status.success() {
         let message = StderrText::from_bytes(&output.stderr).0;
         return Err(PostgresError::Connect {
