@@ -9,8 +9,20 @@ use lifeboat::repo::chunker::Chunking;
 use lifeboat::repo::config::InitOptions;
 use lifeboat::repo::keys::{self, AnyIdentity, Recipient, Recipients};
 use lifeboat::storage;
+use serde::Serialize;
 
 use crate::args::{RepoArgs, passphrase};
+
+/// What `lifeboat init --json` prints.
+#[derive(Serialize)]
+struct Initialised<'a> {
+    repository: &'a str,
+    id: &'a str,
+    restore_recipients: Vec<String>,
+    service_recipients: Vec<String>,
+    /// Identity files made because they did not exist.
+    created_files: &'a [String],
+}
 
 /// Flags of `lifeboat init`.
 #[derive(Debug, Args)]
@@ -102,13 +114,13 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     let recipients = Recipients { restore, service };
     let repo = Repository::init(store, recipients.clone(), &options).await?;
     if args.json {
-        let value = serde_json::json!({
-            "repository": url,
-            "id": repo.config().id,
-            "restore_recipients": recipients.restore.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "service_recipients": recipients.service.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "created_files": created,
-        });
+        let value = Initialised {
+            repository: &url,
+            id: &repo.config().id,
+            restore_recipients: recipients.restore.iter().map(ToString::to_string).collect(),
+            service_recipients: recipients.service.iter().map(ToString::to_string).collect(),
+            created_files: &created,
+        };
         crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }

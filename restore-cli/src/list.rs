@@ -1,12 +1,60 @@
 //! `lifeboat snapshots` and `lifeboat ls`.
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::Args;
+use lifeboat::repo::id::SnapshotId;
 use lifeboat::repo::reader::MAX_TREE_DEPTH;
-use lifeboat::repo::snapshot::human_bytes;
+use lifeboat::repo::snapshot::{SnapshotEntry, SourceKind, Summary, human_bytes};
 use lifeboat::repo::tree::NodeKind;
+use serde::Serialize;
 
 use crate::args::{KeyArgs, RepoArgs};
+
+/// One snapshot as `lifeboat snapshots --json` prints it (without its
+/// tree and references).
+#[derive(Serialize)]
+struct SnapshotRow<'a> {
+    id: &'a SnapshotId,
+    job: &'a str,
+    source_kind: &'a SourceKind,
+    host: &'a str,
+    time: DateTime<Utc>,
+    end_time: DateTime<Utc>,
+    summary: &'a Summary,
+    metadata: &'a serde_json::Value,
+}
+
+impl<'a> SnapshotRow<'a> {
+    fn of(entry: &'a SnapshotEntry) -> Self {
+        let s = &entry.snapshot;
+        Self {
+            id: &entry.id,
+            job: &s.job,
+            source_kind: &s.source_kind,
+            host: &s.host,
+            time: s.time,
+            end_time: s.end_time,
+            summary: &s.summary,
+            metadata: &s.metadata,
+        }
+    }
+}
+
+/// One entry as `lifeboat ls --json` prints it, a JSON object per line.
+#[derive(Serialize)]
+struct EntryRow<'a> {
+    path: &'a str,
+    #[serde(rename = "type")]
+    kind: NodeKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    /// A symlink's target, lossily as text.
+    target: Option<String>,
+}
 
 /// Flags of `lifeboat snapshots`.
 #[derive(Debug, Args)]
@@ -33,16 +81,7 @@ pub async fn snapshots(args: SnapshotsArgs) -> anyhow::Result<()> {
         .filter(|e| args.job.as_ref().is_none_or(|job| e.snapshot.job == *job))
         .collect();
     if args.json {
-        let list: Vec<_> = all
-            .iter()
-            .map(|e| {
-                let s = &e.snapshot;
-                serde_json::json!({
-                    "id": e.id, "job": s.job, "source_kind": s.source_kind, "host": s.host,
-                    "time": s.time, "end_time": s.end_time, "summary": s.summary, "metadata": s.metadata,
-                })
-            })
-            .collect();
+        let list: Vec<_> = all.iter().map(SnapshotRow::of).collect();
         crate::outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
@@ -132,12 +171,17 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     for (path, node) in rows {
         if args.json {
-            let value = serde_json::json!({
-                "path": path, "type": node.kind, "mode": node.mode, "uid": node.uid, "gid": node.gid,
-                "size": node.size, "mtime": node.mtime,
-                "target": node.target.as_ref().map(|t| t.display().into_owned()),
-            });
-            crate::outln!("{value}")?;
+            let row = EntryRow {
+                path: &path,
+                kind: node.kind,
+                mode: node.mode,
+                uid: node.uid,
+                gid: node.gid,
+                size: node.size,
+                mtime: node.mtime,
+                target: node.target.as_ref().map(|t| t.display().into_owned()),
+            };
+            crate::outln!("{}", serde_json::to_string(&row)?)?;
         } else {
             let kind = match node.kind {
                 NodeKind::Dir => 'd',

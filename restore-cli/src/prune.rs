@@ -3,13 +3,35 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use clap::Args;
-use lifeboat::repo::prune::{PruneOptions, forget, prune};
-use lifeboat::repo::repack::repack;
+use lifeboat::repo::id::SnapshotId;
+use lifeboat::repo::prune::{PruneOptions, PruneReport, forget, prune};
+use lifeboat::repo::repack::{RepackReport, repack};
 use lifeboat::repo::snapshot::human_bytes;
 use lifeboat::retention::RetentionPolicy;
+use serde::Serialize;
 
 use crate::args::{KeyArgs, RepoArgs};
+
+/// One snapshot's retention decision, as `lifeboat forget` prints it.
+#[derive(Serialize)]
+struct ForgetRow<'a> {
+    id: SnapshotId,
+    job: &'a str,
+    time: DateTime<Utc>,
+    keep: bool,
+    /// The rules that keep it (`last`, `daily`, ...); none when forgotten.
+    reasons: Vec<&'static str>,
+}
+
+/// What `lifeboat prune --json` prints.
+#[derive(Serialize)]
+struct PruneOutput<'a> {
+    /// The repack done first (`--repack`), if any.
+    repack: Option<&'a RepackReport>,
+    prune: &'a PruneReport,
+}
 
 /// Flags of `lifeboat forget`.
 #[derive(Debug, Args)]
@@ -91,10 +113,13 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
             if decision.kept_by.is_empty() {
                 doomed.push(entry.id);
             }
-            rows.push(serde_json::json!({
-                "id": entry.id, "job": job, "time": entry.snapshot.time,
-                "keep": !decision.kept_by.is_empty(), "reasons": decision.kept_by,
-            }));
+            rows.push(ForgetRow {
+                id: entry.id,
+                job,
+                time: entry.snapshot.time,
+                keep: !decision.kept_by.is_empty(),
+                reasons: decision.kept_by,
+            });
         }
     }
     if !args.dry_run {
@@ -104,19 +129,18 @@ pub async fn run_forget(args: ForgetArgs) -> anyhow::Result<()> {
         crate::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
     } else {
         for row in &rows {
-            let keep = row["keep"].as_bool().unwrap_or(true);
             crate::outln!(
                 "{} {} {:<16} {}",
-                if keep {
+                if row.keep {
                     "keep  "
                 } else if args.dry_run {
                     "would forget"
                 } else {
                     "forget"
                 },
-                row["id"].as_str().map_or("", |s| &s[..8.min(s.len())]),
-                row["job"].as_str().unwrap_or_default(),
-                row["reasons"],
+                row.id.short(),
+                row.job,
+                row.reasons.join(","),
             )?;
         }
         crate::outln!(
@@ -175,7 +199,10 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
     };
     let report = prune(&repo, &options).await?;
     if args.json {
-        let value = serde_json::json!({ "repack": repacked, "prune": report });
+        let value = PruneOutput {
+            repack: repacked.as_ref(),
+            prune: &report,
+        };
         crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }

@@ -8,12 +8,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use lifeboat::api::{ServeOptions, serve, shutdown_signal};
+use lifeboat::backup::items::Item;
 use lifeboat::backup::{BackupReport, Progress};
 use lifeboat::config::Config;
 use lifeboat::daemon::run_job;
 use lifeboat::progress::Bar;
+use lifeboat::repo::id::SnapshotId;
+use lifeboat::repo::snapshot::Summary;
+use serde::Serialize;
 
 /// The lifeboat backup service.
 #[derive(Debug, Parser)]
@@ -122,18 +127,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `lifeboatd run --json` prints of a backup.
+#[derive(Serialize)]
+struct RunOutput<'a> {
+    id: SnapshotId,
+    job: &'a str,
+    time: DateTime<Utc>,
+    end_time: DateTime<Utc>,
+    summary: &'a Summary,
+    warnings: &'a [String],
+    items: &'a [Item],
+}
+
 fn print_report(report: &BackupReport, json: bool) -> anyhow::Result<()> {
     let snapshot = &report.snapshot;
     if json {
-        let value = serde_json::json!({
-            "id": report.id,
-            "job": snapshot.job,
-            "time": snapshot.time,
-            "end_time": snapshot.end_time,
-            "summary": snapshot.summary,
-            "warnings": report.warnings,
-            "items": report.items,
-        });
+        let value = RunOutput {
+            id: report.id,
+            job: &snapshot.job,
+            time: snapshot.time,
+            end_time: snapshot.end_time,
+            summary: &snapshot.summary,
+            warnings: &report.warnings,
+            items: &report.items,
+        };
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }

@@ -2,14 +2,31 @@
 //! `talosctl bootstrap --recover-from` or `etcdutl snapshot restore`; with
 //! `--data-dir`, also the data dir made from it by etcdutl (or etcdctl).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use lifeboat::sources::etcd::restore::{
     Member, RestoreTool, restore_data_dir, restore_snapshot_file,
 };
+use serde::Serialize;
 
 use super::Restoring;
+
+/// What `--json` prints of an etcd restore, beside the snapshot and kind.
+#[derive(Serialize)]
+struct EtcdRestored<'a> {
+    /// The snapshot file written.
+    file: &'a Path,
+    bytes: u64,
+    /// Its SHA-256 trailer, verified.
+    sha256: &'a str,
+    /// The revision and key count recorded at backup, when recorded.
+    revision: Option<i64>,
+    key_count: Option<u64>,
+    /// The data dir made from it (`--data-dir`), and with which tool.
+    data_dir: Option<&'a Path>,
+    tool: Option<&'a RestoreTool>,
+}
 
 /// Flags for etcd.
 #[derive(Debug, Args)]
@@ -58,11 +75,16 @@ pub async fn run(restoring: &Restoring<'_>, args: &EtcdArgs) -> anyhow::Result<(
         tool = Some(found);
     }
     let metadata = &entry.snapshot.metadata;
-    let value = serde_json::json!({ "snapshot": entry.id, "kind": entry.snapshot.source_kind,
-        "file": file, "bytes": verified.size, "sha256": verified.sha256,
-        "revision": metadata["revision"], "key_count": metadata["key_count"],
-        "data_dir": args.data_dir, "tool": tool });
-    restoring.print(value, || {
+    let restored = EtcdRestored {
+        file: &file,
+        bytes: verified.size,
+        sha256: &verified.sha256,
+        revision: metadata["revision"].as_i64(),
+        key_count: metadata["key_count"].as_u64(),
+        data_dir: args.data_dir.as_deref(),
+        tool: tool.as_ref(),
+    };
+    restoring.print(restored, || {
         let mut text = format!(
             "wrote {} ({} bytes, SHA-256 trailer verified) from snapshot {} taken {}",
             file.display(),

@@ -1,10 +1,22 @@
 //! Files of a snapshot back into a folder: `SNAPSHOT:PATH`, and whole
 //! snapshots of kinds without a restore of their own.
 
+use std::path::Path;
+
 use lifeboat::repo::snapshot::human_bytes;
-use lifeboat::restore::files::{RestoreOptions, restore};
+use lifeboat::restore::files::{RestoreOptions, RestoreReport, restore};
+use serde::Serialize;
 
 use super::Restoring;
+
+/// What `--json` prints of a files restore, beside the snapshot and kind.
+#[derive(Serialize)]
+struct FilesRestored<'a> {
+    path: &'a str,
+    target: &'a Path,
+    seconds: f64,
+    report: &'a RestoreReport,
+}
 
 /// Splits `SNAPSHOT[:PATH]`; `latest:JOB` names a job, not a path, unless a
 /// path follows it (`latest:JOB:/path`).
@@ -50,9 +62,13 @@ pub async fn run(restoring: &Restoring<'_>, path: &str) -> anyhow::Result<()> {
     })
     .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let value = serde_json::json!({ "snapshot": entry.id, "kind": entry.snapshot.source_kind,
-        "path": path, "target": target, "seconds": seconds, "report": report });
-    restoring.print(value, || {
+    let restored = FilesRestored {
+        path,
+        target,
+        seconds,
+        report: &report,
+    };
+    restoring.print(restored, || {
         let mut text = format!(
             "restored snapshot {}{} into {}: {} files, {} dirs, {} other, {} in {seconds:.1} s",
             entry.id.short(),

@@ -8,9 +8,16 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use lifeboat::restore::files::{RestoreOptions, restore};
 use lifeboat::sources::kubernetes::restore::documents::load;
-use lifeboat::sources::kubernetes::restore::{ApplyOptions, Existing, Outcome, apply};
+use lifeboat::sources::kubernetes::restore::{ApplyOptions, ApplyReport, Existing, Outcome, apply};
+use serde::Serialize;
 
 use super::Restoring;
+
+/// What `--json` prints of a Kubernetes restore, beside the snapshot and kind.
+#[derive(Serialize)]
+struct KubernetesRestored<'a> {
+    report: &'a ApplyReport,
+}
 
 /// Flags for Kubernetes objects.
 #[derive(Debug, Args)]
@@ -156,8 +163,8 @@ pub async fn run(restoring: &Restoring<'_>, args: &KubernetesArgs) -> anyhow::Re
     );
     let report = apply(&client, documents, &options).await?;
     let failed = report.count(Outcome::Failed);
-    let value = serde_json::json!({ "snapshot": entry.id, "kind": entry.snapshot.source_kind, "report": report });
-    restoring.print(value, || {
+    let restored = KubernetesRestored { report: &report };
+    restoring.print(restored, || {
         let mut text = String::new();
         for object in &report.objects {
             let outcome = serde_json::to_value(object.outcome)

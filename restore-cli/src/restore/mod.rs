@@ -21,10 +21,12 @@ use std::sync::Arc;
 use clap::Args;
 use lifeboat::progress::Bar;
 use lifeboat::repo::UnlockedRepository;
+use lifeboat::repo::id::SnapshotId;
 use lifeboat::repo::keys::RestoreIdentity;
 use lifeboat::repo::reader::BlobReader;
 use lifeboat::repo::snapshot::{SnapshotEntry, SourceKind};
 use lifeboat::restore::files::RestoreProgress;
+use serde::Serialize;
 
 use crate::args::{KeyArgs, RepoArgs};
 
@@ -85,19 +87,35 @@ impl Restoring<'_> {
             .ok_or_else(|| anyhow::anyhow!("give --target DIR: {why}"))
     }
 
-    /// Prints `value` as JSON when `--json`, else `text`.
-    pub fn print(
+    /// Prints what was restored — the snapshot, its kind and the kind's
+    /// `details` — as JSON when `--json`, else `text`.
+    pub fn print<Details: Serialize>(
         &self,
-        value: serde_json::Value,
+        details: Details,
         text: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
         if self.json {
-            crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
+            let restored = Restored {
+                snapshot: &self.entry.id,
+                kind: &self.entry.snapshot.source_kind,
+                details,
+            };
+            crate::outln!("{}", serde_json::to_string_pretty(&restored)?)?;
         } else {
             crate::outln!("{}", text())?;
         }
         Ok(())
     }
+}
+
+/// The `--json` output of a restore: what every kind prints, then the
+/// kind's own fields.
+#[derive(Serialize)]
+struct Restored<'a, Details> {
+    snapshot: &'a SnapshotId,
+    kind: &'a SourceKind,
+    #[serde(flatten)]
+    details: Details,
 }
 
 /// Runs `work` with restore counters shown as a bar with ETA on the

@@ -12,7 +12,28 @@ use lifeboat::sources::postgres::restore::{
     DumpOptions, PgTarget, RestoreInto, has_globals, stored_databases,
 };
 
+use serde::Serialize;
+
 use super::Restoring;
+
+/// What `--json` prints of a restore into a server, beside the snapshot
+/// and kind.
+#[derive(Serialize)]
+struct PostgresRestored<'a> {
+    /// Whether `globals.sql` was applied.
+    globals: bool,
+    databases: Vec<DatabaseRestored<'a>>,
+    warnings: &'a [String],
+    seconds: f64,
+}
+
+/// One database restored, with the counts recorded at backup.
+#[derive(Serialize)]
+struct DatabaseRestored<'a> {
+    database: &'a str,
+    tables: usize,
+    rows: u64,
+}
 
 /// Flags for PostgreSQL.
 #[derive(Debug, Args)]
@@ -148,14 +169,19 @@ pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Resu
         server
             .restore_dump(&staging.join(&database.dump), &into, options)
             .await?;
-        restored.push(
-            serde_json::json!({ "database": name, "tables": database.tables.len(),
-            "rows": database.total_rows }),
-        );
+        restored.push(DatabaseRestored {
+            database: name,
+            tables: database.tables.len(),
+            rows: database.total_rows,
+        });
     }
     let seconds = started.elapsed().as_secs_f64();
-    let value = serde_json::json!({ "snapshot": entry.id, "kind": "postgres", "globals": globals,
-        "databases": restored, "warnings": warnings, "seconds": seconds });
+    let value = PostgresRestored {
+        globals,
+        databases: restored,
+        warnings: &warnings,
+        seconds,
+    };
     restoring.print(value, || {
         let mut lines = vec![format!(
             "restored {} database(s) of snapshot {} in {seconds:.1} s{}",

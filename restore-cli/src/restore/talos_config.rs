@@ -1,8 +1,21 @@
 //! Talos configuration: every file into `--target` with mode 0600.
 
-use lifeboat::sources::talos_config::restore::{check_yaml, restore_private};
+use std::path::Path;
+
+use lifeboat::restore::files::RestoreReport;
+use lifeboat::sources::talos_config::restore::{YamlCheck, check_yaml, restore_private};
+use serde::Serialize;
 
 use super::Restoring;
+
+/// What `--json` prints of a Talos configuration restore, beside the
+/// snapshot and kind.
+#[derive(Serialize)]
+struct TalosConfigRestored<'a> {
+    target: &'a Path,
+    report: &'a RestoreReport,
+    yaml: &'a YamlCheck,
+}
 
 /// Restores a talos-config snapshot and checks its YAML parses.
 pub async fn run(restoring: &Restoring<'_>) -> anyhow::Result<()> {
@@ -19,9 +32,12 @@ pub async fn run(restoring: &Restoring<'_>) -> anyhow::Result<()> {
     })
     .await?;
     let yaml = check_yaml(target)?;
-    let value = serde_json::json!({ "snapshot": entry.id, "kind": entry.snapshot.source_kind,
-        "target": target, "report": report, "yaml": yaml });
-    restoring.print(value, || {
+    let restored = TalosConfigRestored {
+        target,
+        report: &report,
+        yaml: &yaml,
+    };
+    restoring.print(restored, || {
         let mut text = format!(
             "restored {} Talos files ({} YAML) of snapshot {} into {} with mode 0600",
             yaml.files,

@@ -21,9 +21,19 @@ use lifeboat::repo::snapshot::human_bytes;
 use lifeboat::restore::files::RestoreOptions;
 use lifeboat::restore::in_place::InPlacePolicy;
 use lifeboat::sources::volumes::Manifest;
-use lifeboat::sources::volumes::restore::{Layout, Placement, RestoreUnit, restore_units};
+use lifeboat::sources::volumes::restore::{
+    Layout, Placement, RestoreUnit, UnitReport, restore_units,
+};
+use serde::Serialize;
 
 use super::Restoring;
+
+/// What `--json` prints of a volumes restore, beside the snapshot and kind.
+#[derive(Serialize)]
+struct VolumesRestored<'a> {
+    seconds: f64,
+    restored: &'a [UnitReport],
+}
 
 /// How long the cluster is given to say where its volumes are.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,9 +105,11 @@ pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result
     })
     .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let value = serde_json::json!({ "snapshot": entry.id, "kind": entry.snapshot.source_kind,
-        "seconds": seconds, "restored": reports });
-    restoring.print(value, || {
+    let restored = VolumesRestored {
+        seconds,
+        restored: &reports,
+    };
+    restoring.print(restored, || {
         let mut lines = vec![format!(
             "restored {} folder(s) of snapshot {} in {seconds:.1} s:",
             reports.len(),

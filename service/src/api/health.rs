@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 
 use super::AppState;
 use crate::repo::Repository;
@@ -33,6 +34,18 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
+/// The body of `/readyz`.
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    /// Always `valid`: lifeboatd does not start on an invalid one.
+    config: &'static str,
+    /// `reachable`, or why the repository is not.
+    repository: String,
+    /// Whether the service is shutting down.
+    stopping: bool,
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -41,15 +54,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let repository = probe(&state).await;
     let stopping = state.service.is_stopping();
     let ready = repository.is_ok() && !stopping;
-    let body = serde_json::json!({
-        "ready": ready,
-        "config": "valid",
-        "repository": match &repository {
+    let body = Readiness {
+        ready,
+        config: "valid",
+        repository: match repository {
             Ok(()) => "reachable".to_owned(),
-            Err(e) => e.clone(),
+            Err(e) => e,
         },
-        "stopping": stopping,
-    });
+        stopping,
+    };
     let status = if ready {
         StatusCode::OK
     } else {

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::Authorized;
 use super::{AppError, AppState};
@@ -102,19 +102,28 @@ async fn tasks(State(state): State<AppState>) -> Result<Json<Vec<TaskStatus>>, A
     Ok(Json(state.service.overview().await?.tasks))
 }
 
+/// The answer to a run requested through the API.
+#[derive(Serialize)]
+struct Queued {
+    job: String,
+    state: &'static str,
+    /// Where the run will be listed.
+    runs: String,
+}
+
 async fn trigger(
     _: Authorized,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
+) -> Result<(StatusCode, Json<Queued>), AppError> {
     state
         .service
         .request(Work::Backup(name.clone()), Trigger::Manual)?;
     tracing::info!(job = %name, "run requested through the API");
-    let body = serde_json::json!({
-        "job": name,
-        "state": "queued",
-        "runs": format!("/api/v1/jobs/{name}/runs"),
-    });
+    let body = Queued {
+        runs: format!("/api/v1/jobs/{name}/runs"),
+        job: name,
+        state: "queued",
+    };
     Ok((StatusCode::ACCEPTED, Json(body)))
 }

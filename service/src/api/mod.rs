@@ -25,6 +25,7 @@ use axum::Json;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use crate::daemon::{Refusal, Service};
 use crate::state::HistoryError;
@@ -112,6 +113,12 @@ pub enum AppError {
     Unavailable(String),
 }
 
+/// The body of every error answer.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -129,7 +136,7 @@ impl IntoResponse for AppError {
         } else {
             self.to_string()
         };
-        let body = Json(serde_json::json!({ "error": message }));
+        let body = Json(ErrorBody { error: message });
         if status == StatusCode::UNAUTHORIZED {
             let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"lifeboat\"")];
             return (status, challenge, body).into_response();

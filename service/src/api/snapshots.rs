@@ -7,7 +7,8 @@
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{AppError, AppState};
 use crate::daemon::catalog::SnapshotInfo;
@@ -38,15 +39,28 @@ async fn snapshots(
     Ok(Json(catalog.snapshots(query.job.as_deref())))
 }
 
-async fn repository(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// `GET /api/v1/repository`: where the repository is and how big.
+#[derive(Serialize)]
+struct RepositoryInfo {
+    url: String,
+    size_bytes: u64,
+    packs: u64,
+    snapshots: u64,
+    /// When the figures were counted; `None` before the first listing.
+    counted: Option<DateTime<Utc>>,
+    /// The recovery time objective configured, in seconds.
+    rto_seconds: Option<u64>,
+}
+
+async fn repository(State(state): State<AppState>) -> Json<RepositoryInfo> {
     let figures = state.service.catalog().figures();
     let config = state.service.config();
-    Json(serde_json::json!({
-        "url": config.repository.url,
-        "size_bytes": figures.size_bytes,
-        "packs": figures.packs,
-        "snapshots": figures.snapshots,
-        "counted": figures.counted,
-        "rto_seconds": config.service.rto.map(|d| d.as_secs()),
-    }))
+    Json(RepositoryInfo {
+        url: config.repository.url.clone(),
+        size_bytes: figures.size_bytes,
+        packs: figures.packs,
+        snapshots: figures.snapshots,
+        counted: figures.counted,
+        rto_seconds: config.service.rto.map(|d| d.as_secs()),
+    })
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
+use serde::Serialize;
 
 use super::job::{JobError, back_up_job};
 use super::service::{Activity, Service, Trigger, Work, lock};
@@ -341,9 +342,24 @@ async fn prune_once(service: &Service) -> Result<RunFigures, RunError> {
         humantime::format_duration(grace),
     );
     Ok(RunFigures {
-        details: serde_json::to_string(&report).ok(),
+        details: Some(details("the prune report", &report)?),
         ..RunFigures::default()
     })
+}
+
+/// The figures of a check run, kept in its run record.
+#[derive(Serialize)]
+struct CheckFigures {
+    snapshots: usize,
+    packs: usize,
+    packs_read: usize,
+    unindexed_packs: usize,
+    problems: usize,
+}
+
+/// A run's figures as the JSON its run record keeps.
+fn details(what: &'static str, figures: &impl Serialize) -> Result<String, RepoError> {
+    serde_json::to_string(figures).map_err(|source| RepoError::Encode { what, source })
 }
 
 /// One check with the service key.
@@ -360,13 +376,13 @@ async fn check_once(service: &Service) -> Result<RunFigures, RunError> {
         p => ReadData::Subset(p),
     };
     let report = check(&repo, read_data).await?;
-    let details = serde_json::json!({
-        "snapshots": report.snapshots,
-        "packs": report.packs,
-        "packs_read": report.packs_read,
-        "unindexed_packs": report.unindexed_packs,
-        "problems": report.problems.len(),
-    });
+    let figures = CheckFigures {
+        snapshots: report.snapshots,
+        packs: report.packs,
+        packs_read: report.packs_read,
+        unindexed_packs: report.unindexed_packs,
+        problems: report.problems.len(),
+    };
     if let Some(first) = report.problems.first() {
         return Err(RunError::Damaged {
             count: report.problems.len(),
@@ -374,7 +390,7 @@ async fn check_once(service: &Service) -> Result<RunFigures, RunError> {
         });
     }
     Ok(RunFigures {
-        details: Some(details.to_string()),
+        details: Some(details("the check figures", &figures)?),
         ..RunFigures::default()
     })
 }
