@@ -5,6 +5,8 @@
 //! `raw_length`, which is at most [`BlobKind::max_raw_length`]; a zstd
 //! frame that would expand further is refused, never decompressed whole.
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
 /// What a blob holds.
@@ -122,14 +124,28 @@ pub(crate) fn decode_in<'a>(
     decompress_into(stored, raw_length, buffer).then_some(buffer.as_slice())
 }
 
+thread_local! {
+    /// Each thread's decompression context, made once: a new one per blob
+    /// costs more than decompressing a small blob.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
 /// Decompresses `stored` into `out`, replacing its contents; whether it
-/// gave exactly `raw_length` bytes.
+/// gave exactly `raw_length` bytes. Output beyond `out`'s capacity is
+/// refused, so the capacity reserved here bounds it.
 fn decompress_into(stored: &[u8], raw_length: usize, out: &mut Vec<u8>) -> bool {
     out.clear();
     out.reserve(raw_length);
-    zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(stored, out))
-        .is_ok_and(|n| n == raw_length)
+    DECOMPRESSOR
+        .with_borrow_mut(|slot| {
+            let decompressor = match slot {
+                Some(decompressor) => decompressor,
+                None => slot.insert(zstd::bulk::Decompressor::new().ok()?),
+            };
+            decompressor.decompress_to_buffer(stored, out).ok()
+        })
+        .is_some_and(|n| n == raw_length)
 }
 
 #[cfg(test)]

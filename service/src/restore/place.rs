@@ -32,8 +32,11 @@ pub(super) type DirId = usize;
 /// The target directory.
 pub(super) const ROOT: DirId = 0;
 
-/// Directory descriptors kept open at once, beside the target's.
-const CACHED_DIRS: usize = 256;
+/// Directory descriptors kept open at once, beside the target's, at most;
+/// fewer when the process may open few files.
+const CACHED_DIRS: usize = 1024;
+/// The share of the process's open-file limit the cache may take.
+const LIMIT_SHARE: u64 = 4;
 
 /// Flags every open of a directory uses.
 const DIRECTORY: OFlags = OFlags::RDONLY
@@ -46,7 +49,7 @@ pub(super) struct Dirs {
     root: Arc<OwnedFd>,
     /// The parent and name of each directory; the root's entry is unused.
     parents: Vec<(DirId, Vec<u8>)>,
-    cache: Mutex<HashMap<DirId, Arc<OwnedFd>>>,
+    cache: Mutex<DirCache>,
 }
 
 impl Dirs {
@@ -57,7 +60,7 @@ impl Dirs {
         Ok(Self {
             root: Arc::new(root),
             parents: vec![(ROOT, Vec::new())],
-            cache: Mutex::default(),
+            cache: Mutex::new(DirCache::new()),
         })
     }
 
@@ -90,21 +93,17 @@ impl Dirs {
     }
 
     fn cached(&self, id: DirId) -> Option<Arc<OwnedFd>> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.get(&id).cloned()
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
     }
 
     fn remember(&self, id: DirId, fd: Arc<OwnedFd>) {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHED_DIRS {
-            // Drop every other entry: what stays still shortens the walks.
-            let mut keep = false;
-            cache.retain(|_, _| {
-                keep = !keep;
-                keep
-            });
-        }
-        cache.insert(id, fd);
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, fd);
     }
 
     /// Creates the directory `name` in `parent` (mode 0700 until its
@@ -155,15 +154,16 @@ impl Dirs {
     }
 
     /// Creates the regular file `name` in `dir` at `size` bytes; it must not
-    /// exist.
-    pub(super) fn create_file(&self, dir: DirId, name: &[u8], size: u64) -> Result<(), Errno> {
+    /// exist. Returns it open for writing.
+    pub(super) fn create_file(&self, dir: DirId, name: &[u8], size: u64) -> Result<File, Errno> {
         let dir_fd = self
             .open(dir)
             .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let file = fs::openat(&*dir_fd, name, flags, Mode::RUSR | Mode::WUSR)?;
-        fs::ftruncate(&file, size)
+        fs::ftruncate(&file, size)?;
+        Ok(File::from(file))
     }
 
     /// Opens the regular file `name` in `dir` for writing, never through a link.
@@ -253,10 +253,10 @@ impl Dirs {
         mode: u32,
         as_root: bool,
     ) -> std::io::Result<()> {
-        let mode = Mode::from_raw_mode(mode & 0o7777);
         let fd = match (name, node.kind) {
             (None, _) => self.open(dir)?,
             (Some(name), NodeKind::Chardev | NodeKind::Blockdev) => {
+                let mode = Mode::from_raw_mode(mode & 0o7777);
                 return self.set_device_metadata(dir, name, node, mode, as_root);
             }
             (Some(name), kind) => {
@@ -280,12 +280,7 @@ impl Dirs {
                 Arc::new(fd)
             }
         };
-        // The owner first: a change of owner clears setuid and setgid.
-        if as_root {
-            fs::fchown(fd.as_fd(), uid(node), gid(node))?;
-        }
-        fs::fchmod(fd.as_fd(), mode)?;
-        Ok(fs::futimens(fd.as_fd(), &times(node))?)
+        set_opened_metadata(&*fd, node, mode, as_root)
     }
 
     /// A device node cannot be opened without side effects: its owner and
@@ -321,6 +316,69 @@ impl Dirs {
             &times(node),
             AtFlags::SYMLINK_NOFOLLOW,
         )?)
+    }
+}
+
+/// Sets owner (as root), permission bits `mode` and times of the opened
+/// entry `fd`, as stored in `node`.
+pub(super) fn set_opened_metadata(
+    fd: impl AsFd,
+    node: &Node,
+    mode: u32,
+    as_root: bool,
+) -> std::io::Result<()> {
+    // The owner first: a change of owner clears setuid and setgid.
+    if as_root {
+        fs::fchown(&fd, uid(node), gid(node))?;
+    }
+    fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
+    Ok(fs::futimens(&fd, &times(node))?)
+}
+
+/// Open directory descriptors, at most [`CACHED_DIRS`] and a quarter of the
+/// open-file limit; when full, the least recently used half is closed. A
+/// restore writes in the order the backup read, so recently used
+/// directories are the ones needed next.
+struct DirCache {
+    open: HashMap<DirId, (Arc<OwnedFd>, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl DirCache {
+    fn new() -> Self {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let allowed = limit.map_or(CACHED_DIRS, |limit| {
+            usize::try_from(limit / LIMIT_SHARE).unwrap_or(CACHED_DIRS)
+        });
+        Self {
+            open: HashMap::new(),
+            clock: 0,
+            capacity: allowed.clamp(2, CACHED_DIRS),
+        }
+    }
+
+    fn get(&mut self, id: DirId) -> Option<Arc<OwnedFd>> {
+        self.clock += 1;
+        let (fd, used) = self.open.get_mut(&id)?;
+        *used = self.clock;
+        Some(fd.clone())
+    }
+
+    fn insert(&mut self, id: DirId, fd: Arc<OwnedFd>) {
+        if self.open.len() >= self.capacity {
+            let mut uses: Vec<u64> = self.open.values().map(|(_, used)| *used).collect();
+            let middle = uses.len() / 2;
+            let (_, &mut oldest_kept, _) = uses.select_nth_unstable(middle);
+            self.open.retain(|_, (_, used)| *used >= oldest_kept);
+        }
+        self.clock += 1;
+        self.open.insert(id, (fd, self.clock));
+    }
+
+    #[cfg(test)]
+    fn clear(&mut self) {
+        self.open.clear();
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) async fn fetch_data(
         let outcome = done.map_err(WorkerError::stopped("restoring a pack"))?;
         for (blob, cause) in outcome? {
             for slot in slots.get(&blob).into_iter().flatten() {
-                failed.push((outputs.files[slot.file].shown.clone(), cause.clone()));
+                failed.push((outputs.files[slot.file].entry.shown.clone(), cause.clone()));
             }
         }
     }
@@ -169,17 +169,18 @@ fn write_slots(
         let planned = &outputs.files[slot.file];
         let io = |source| RestoreError::Io {
             action: "writing",
-            path: PathBuf::from(&planned.shown),
+            path: PathBuf::from(&planned.entry.shown),
             source,
         };
         let file = outputs
             .dirs
-            .open_file(planned.dir, &planned.name)
+            .open_file(planned.entry.dir, planned.name())
             .map_err(io)?;
         file.write_all_at(data, slot.offset).map_err(io)?;
         progress
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        outputs.wrote_slot(slot.file, &file)?;
     }
     Ok(())
 }

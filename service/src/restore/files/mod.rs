@@ -29,8 +29,9 @@ use fetch::fetch_data;
 use plan::plan_tree;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
@@ -38,7 +39,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 
 use super::RestoreError;
-use super::place::{DirId, Dirs, ROOT};
+use super::place::{DirId, Dirs, ROOT, set_opened_metadata};
 use crate::errors::WorkerError;
 use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
@@ -82,33 +83,72 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
-/// One regular file to fill: its directory, name and size.
+/// One regular file to fill at its size, then settle (owner, mode, times).
 struct PlannedFile {
-    dir: DirId,
-    name: Vec<u8>,
-    shown: String,
+    entry: Settle,
     size: u64,
+}
+
+impl PlannedFile {
+    fn name(&self) -> &[u8] {
+        &self.entry.node.name.0
+    }
 }
 
 /// The files of a restore, created once (by whichever of the creator and
 /// the first writer comes first) and then opened by directory and name.
+/// Each file is settled as soon as its data is complete, by the writer of
+/// its last slot (or its creator when it has none), through the descriptor
+/// that wrote it.
 struct Outputs {
     dirs: Dirs,
     files: Vec<PlannedFile>,
-    created: Vec<OnceLock<Result<(), Errno>>>,
+    /// Per file, what failed in creating or settling it, if anything.
+    created: Vec<OnceLock<Result<(), (&'static str, Errno)>>>,
+    /// Per file, the slots still to write.
+    unwritten: Vec<AtomicUsize>,
+    as_root: bool,
 }
 
 impl Outputs {
-    /// Creates file `index` at its size unless done already.
+    /// Creates file `index` at its size unless done already; a file
+    /// without data is settled right away.
     fn create(&self, index: usize) -> Result<(), RestoreError> {
         let file = &self.files[index];
         self.created[index]
-            .get_or_init(|| self.dirs.create_file(file.dir, &file.name, file.size))
-            .map_err(|e| RestoreError::Io {
-                action: "creating",
-                path: PathBuf::from(&file.shown),
+            .get_or_init(|| {
+                let opened = self
+                    .dirs
+                    .create_file(file.entry.dir, file.name(), file.size)
+                    .map_err(|e| ("creating", e))?;
+                if self.unwritten[index].load(Ordering::Acquire) == 0 {
+                    self.settle(index, &opened).map_err(|e| {
+                        let errno = Errno::from_io_error(&e).unwrap_or(Errno::IO);
+                        ("setting metadata of", errno)
+                    })?;
+                }
+                Ok(())
+            })
+            .map_err(|(action, e)| RestoreError::Io {
+                action,
+                path: PathBuf::from(&file.entry.shown),
                 source: e.into(),
             })
+    }
+
+    /// Counts one slot of file `index` written through `opened`; after the
+    /// last one, settles the file.
+    fn wrote_slot(&self, index: usize, opened: &File) -> Result<(), RestoreError> {
+        if self.unwritten[index].fetch_sub(1, Ordering::AcqRel) == 1 {
+            let entry = &self.files[index].entry;
+            self.settle(index, opened).map_err(|e| entry.io_error(e))?;
+        }
+        Ok(())
+    }
+
+    fn settle(&self, index: usize, opened: &File) -> std::io::Result<()> {
+        let entry = &self.files[index].entry;
+        set_opened_metadata(opened, &entry.node, entry.mode, self.as_root)
     }
 }
 
@@ -141,7 +181,7 @@ impl Settle {
 struct Plan {
     dirs: Dirs,
     files: Vec<PlannedFile>,
-    /// Files and special files, to settle after the data is written.
+    /// Special files, to settle at the end.
     settle: Vec<Settle>,
     /// Directories in the order they were made (parents first).
     dir_metadata: Vec<Settle>,
@@ -234,10 +274,24 @@ pub async fn restore(
         mut report,
         ..
     } = plan;
+    let mut slot_counts = vec![0; files.len()];
+    for slot in slots.values().flatten() {
+        slot_counts[slot.file] += 1;
+    }
+    let as_root = nix::unistd::geteuid().is_root();
+    let me = nix::unistd::getuid().as_raw();
+    let foreign = |entry: &Settle| entry.node.uid != me;
+    if !as_root && (files.iter().any(|f| foreign(&f.entry)) || settle.iter().any(foreign)) {
+        report
+            .warnings
+            .push("owners were not restored: run as root to restore them".into());
+    }
     let outputs = Arc::new(Outputs {
         created: files.iter().map(|_| OnceLock::new()).collect(),
+        unwritten: slot_counts.into_iter().map(AtomicUsize::new).collect(),
         dirs,
         files,
+        as_root,
     });
     // Files are created at their final size on the blocking pool while
     // data is already being fetched: a writer that comes first creates the
@@ -258,7 +312,6 @@ pub async fn restore(
     failed.append(&mut refused);
 
     let dirs = &outputs.dirs;
-    let as_root = nix::unistd::geteuid().is_root();
     for (dir, name, link, shown) in &hardlinks {
         let Some(&first) = restored.get(link) else {
             report.warnings.push(format!(
@@ -268,17 +321,18 @@ pub async fn restore(
             continue;
         };
         let first = &outputs.files[first];
-        if let Err(e) = dirs.hard_link((first.dir, &first.name), *dir, name) {
+        if let Err(e) = dirs.hard_link((first.entry.dir, first.name()), *dir, name) {
             failed.push((shown.clone(), format!("cannot link it: {e}")));
         }
     }
-    let me = nix::unistd::getuid().as_raw();
-    if !as_root && settle.iter().any(|s| s.node.uid != me) {
-        report
-            .warnings
-            .push("owners were not restored: run as root to restore them".into());
-    }
-    for entry in &settle {
+    // Files whose data did not all arrive are settled as they are.
+    let unfinished = outputs
+        .files
+        .iter()
+        .zip(&outputs.unwritten)
+        .filter(|(_, unwritten)| unwritten.load(Ordering::Acquire) > 0)
+        .map(|(file, _)| &file.entry);
+    for entry in unfinished.chain(&settle) {
         dirs.set_metadata(
             entry.dir,
             Some(&entry.node.name.0),

@@ -115,21 +115,18 @@ fn lay_out_entries(
                     });
                     offset += u64::from(location.blob.raw_length);
                 }
-                plan.files.push(PlannedFile {
-                    dir,
-                    name,
-                    shown: shown.clone(),
-                    size: node.size,
-                });
                 plan.restored.insert(snapshot_path, index);
                 plan.report.files += 1;
                 plan.report.bytes += node.size;
                 let mode = allowed_mode(plan, &node, &shown);
-                plan.settle.push(Settle {
-                    dir,
-                    node,
-                    mode,
-                    shown,
+                plan.files.push(PlannedFile {
+                    size: node.size,
+                    entry: Settle {
+                        dir,
+                        node,
+                        mode,
+                        shown,
+                    },
                 });
             }
             NodeKind::Symlink => {
