@@ -5,6 +5,8 @@
 //! `lifeboat drill` run on them as root. For each forgery: nothing in a
 //! sentinel folder beside the target changes (walked and hashed before and
 //! after), the command fails or reports, and the good parts still restore.
+//! A forged `globals.sql` is refused before `psql` runs it, against a real
+//! PostgreSQL.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use lifeboat::repo::tree::{Node, NodeKind, RawName, Tree};
 use lifeboat::repo::writer::BlobWriter;
 use lifeboat::sources::volumes::MANIFEST_FILE;
 use lifeboat_tests::cli::{Installation, Outcome, TreeDescription, describe, run, write_file};
+use lifeboat_tests::postgres::PostgresServer;
 
 /// Writes blobs and snapshots with the service key only.
 struct Forger {
@@ -244,11 +247,12 @@ async fn forged_trees_never_write_outside_the_target() -> Result<()> {
     // The drill restores the same way, so it fails and escapes nowhere.
     let mut drill = installation.drill_command()?;
     drill
-        .arg("link-dir")
+        .args(["--job", "link-dir"])
         .env("KUBECONFIG", installation.path("no-kubeconfig"));
     let drilled = run(&mut drill)?.failed()?;
     ensure!(
-        drilled.output().contains("link-dir"),
+        drilled.output().contains("link-dir")
+            && drilled.output().contains("the name appears twice"),
         "the drill names the refusal:\n{}",
         drilled.output()
     );
@@ -414,5 +418,116 @@ async fn forged_host_paths_are_refused_in_place() -> Result<()> {
         refused.output()
     );
     sentinel.unchanged("in place without roots")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_globals_sql_never_reaches_psql_and_the_dumps_still_restore() -> Result<()> {
+    let server = PostgresServer::start().await?;
+    server.psql("postgres", "CREATE DATABASE shop")?;
+    server.psql(
+        "shop",
+        "CREATE TABLE items (id int); INSERT INTO items SELECT generate_series(1, 321)",
+    )?;
+    let expected = server.row_counts("shop")?;
+    let installation = Installation::local()?;
+    std::fs::write(installation.path("pg.pass"), server.superuser_password())?;
+    let source = format!(
+        "{{ kind = \"postgres\", dsn = {:?}, databases = [\"shop\"], password_file = \"pg.pass\", pg_dump = {:?} }}",
+        server.superuser_dsn("postgres"),
+        text(&server.bin("pg_dump")),
+    );
+    installation.write_config(&[], &[("databases", &source)])?;
+    installation.backup("databases")?;
+    let sentinel = Sentinel::new(&installation)?;
+
+    // The attacker holds the cluster and can run pg_dump itself; the test
+    // takes the genuine dump and row counts for brevity, and plants a
+    // globals.sql whose second line runs a shell through psql.
+    let genuine = installation.path("genuine");
+    restore(
+        &installation,
+        &["latest:databases", "--target", &text(&genuine)],
+    )?
+    .ok()?;
+    let mut forger = Forger::new(&installation).await?;
+    let pwned = sentinel.path.join("pwned");
+    let script = format!("CREATE ROLE planted;\n\\! touch {}\n", text(&pwned));
+    let mut entries = vec![forger.file("globals.sql", script.as_bytes(), 0o600)?];
+    for listed in std::fs::read_dir(&genuine)? {
+        let name = listed?.file_name().to_string_lossy().into_owned();
+        if name != "globals.sql" {
+            let data = std::fs::read(genuine.join(&name))?;
+            entries.push(forger.file(&name, &data, 0o600)?);
+        }
+    }
+    entries.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+    forger.snapshot("databases", "postgres", entries).await?;
+    server.psql("postgres", "DROP DATABASE shop")?;
+
+    let password = server.superuser_password().to_owned();
+    let (url, bin) = (server.superuser_dsn("postgres"), text(server.bin_dir()));
+    let into_server = |extra: &[&str]| -> Result<Outcome> {
+        let mut command = installation.command("lifeboat")?;
+        command
+            .arg("restore")
+            .args(installation.repo_args())
+            .arg("-i")
+            .arg(installation.restore_key())
+            .args([
+                "latest:databases",
+                "--pg-url",
+                &url,
+                "--pg-bin",
+                &bin,
+                "--create",
+            ])
+            .args(extra)
+            .env("PGPASSWORD", &password);
+        run(&mut command)
+    };
+    let refused = into_server(&[])?.failed()?;
+    ensure!(
+        refused.stderr.contains("globals.sql: line 2")
+            && refused.stderr.contains("meta-command \\!"),
+        "the refusal names the file, the line and the command:\n{}",
+        refused.output()
+    );
+    ensure!(!pwned.exists(), "psql ran the shell command");
+    sentinel.unchanged("globals.sql")?;
+    let planted = server.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_roles WHERE rolname = 'planted'",
+    )?;
+    let shop = server.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname = 'shop'",
+    )?;
+    ensure!(
+        planted.trim() == "0" && shop.trim() == "0",
+        "nothing ran before the refusal: roles {planted}, databases {shop}"
+    );
+
+    // The dumps, the good part, restore without the globals.
+    into_server(&["--no-globals"])?.ok()?;
+    ensure!(
+        server.row_counts("shop")? == expected,
+        "the dump restores without the globals"
+    );
+
+    // The drill does not run the globals, but checks them as a restore would.
+    let mut drill = installation.drill_command()?;
+    drill
+        .args(["--job", "databases", "--pg-url", &url, "--pg-bin", &bin])
+        .env("PGPASSWORD", &password);
+    let drilled = run(&mut drill)?.failed()?;
+    ensure!(
+        drilled.output().contains("check globals.sql")
+            && drilled.output().contains("meta-command \\!"),
+        "the drill fails naming the script:\n{}",
+        drilled.output()
+    );
+    ensure!(!pwned.exists(), "the drill ran the shell command");
+    sentinel.unchanged("drill")?;
     Ok(())
 }

@@ -1,16 +1,19 @@
 //! Drilling PostgreSQL: restore every dump of the snapshot into a scratch
 //! database on the given server, compare each table's rows with the
 //! recorded counts, and drop the scratch database. Globals are not applied
-//! (they would change the server's roles); objects belong to the drill's
-//! role (`--no-owner`).
+//! (they would change the server's roles) but checked as a restore checks
+//! them before running them; objects belong to the drill's role
+//! (`--no-owner`).
 
 use std::sync::Arc;
 
 use crate::drill::JobRun;
 
 use crate::restore::files::{RestoreOptions, restore};
+use crate::sources::postgres::GLOBALS_FILE;
 use crate::sources::postgres::restore::{
-    DumpOptions, PgTarget, PostgresRestoreError, RestoreInto, compare_counts, stored_databases,
+    DumpOptions, PgTarget, PostgresRestoreError, RestoreInto, check_globals, compare_counts,
+    stored_databases,
 };
 
 /// Restores and compares every database.
@@ -48,6 +51,11 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
         .await;
     if restored.is_none() {
         return;
+    }
+    let globals = files.join(GLOBALS_FILE);
+    if globals.exists() {
+        run.step("check globals.sql", async { check_globals(&globals) })
+            .await;
     }
     let databases = run
         .step("read row counts", async {

@@ -95,13 +95,7 @@ impl PgTarget {
     ///
     /// Fails when the file holds such a command, or psql cannot run or connect.
     pub async fn apply_globals(&self, file: &Path) -> Result<Vec<String>, PostgresRestoreError> {
-        let script = std::fs::read(file).map_err(RestoreError::io("reading", file))?;
-        super::psql_script::check(&script).map_err(|source| {
-            PostgresRestoreError::UnsafeScript {
-                file: GLOBALS_FILE.into(),
-                source,
-            }
-        })?;
+        check_globals(file)?;
         let mut command = self.connection.command(&self.tools.psql);
         command
             .args(["-X", "-q", "-w", "-f"])
@@ -256,6 +250,33 @@ pub async fn stored_databases(
     }
     databases.sort_by(|a, b| a.database.cmp(&b.database));
     Ok(databases)
+}
+
+/// Reads a restored `globals.sql` and checks it for meta-commands
+/// `pg_dumpall` does not write ([`psql_script`](super::psql_script)). The
+/// file must be a regular file; a symlink in its place is not followed.
+///
+/// Fails when it cannot be read, is not a regular file, or holds such a
+/// command.
+pub fn check_globals(file: &Path) -> Result<(), PostgresRestoreError> {
+    use rustix::fs::{Mode, OFlags};
+    let reading = |source| RestoreError::Io {
+        action: "reading",
+        path: file.to_owned(),
+        source,
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let opened = rustix::fs::open(file, flags, Mode::empty()).map_err(|e| reading(e.into()))?;
+    let mut opened = std::fs::File::from(opened);
+    if !opened.metadata().map_err(reading)?.is_file() {
+        return Err(reading(std::io::Error::other("not a regular file")).into());
+    }
+    let mut script = Vec::new();
+    std::io::Read::read_to_end(&mut opened, &mut script).map_err(reading)?;
+    super::psql_script::check(&script).map_err(|source| PostgresRestoreError::UnsafeScript {
+        file: GLOBALS_FILE.into(),
+        source,
+    })
 }
 
 /// Whether the snapshot holds `globals.sql`.
