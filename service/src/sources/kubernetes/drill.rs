@@ -4,28 +4,18 @@
 //! when a target API server is given, apply everything as a server-side
 //! dry run.
 
-use std::sync::Arc;
-
 use crate::drill::JobRun;
-use crate::restore::files::{RestoreOptions, restore};
+use crate::drill::files::{restore_all, verify_tree};
 use crate::sources::kubernetes::restore::documents::{check_inventory, load};
 use crate::sources::kubernetes::restore::{ApplyOptions, Existing, Outcome, apply};
 
 /// Restores, parses and counts the objects; dry-runs them when asked.
 pub(crate) async fn verify(run: &mut JobRun<'_>) {
-    let (reader, root) = (run.reader, run.entry.snapshot.root);
     let target = run.scratch.join("objects");
-    let options = RestoreOptions::default();
-    let restored = run
-        .step(
-            "restore",
-            restore(reader, root, "", &target, &options, Arc::default()),
-        )
-        .await;
-    if restored.is_none() {
+    if restore_all(run, "restore", &target).await.is_none() {
         return;
     }
-    crate::drill::files::verify_tree(run, &target).await;
+    verify_tree(run, &target).await;
     let Some((documents, problems)) = run.step("parse objects", async { load(&target) }).await
     else {
         return;

@@ -5,11 +5,8 @@
 //! them before running them; objects belong to the drill's role
 //! (`--no-owner`).
 
-use std::sync::Arc;
-
 use crate::drill::JobRun;
-
-use crate::restore::files::{RestoreOptions, restore};
+use crate::drill::files::restore_all;
 use crate::sources::postgres::GLOBALS_FILE;
 use crate::sources::postgres::restore::{
     DumpOptions, PgTarget, PostgresRestoreError, RestoreInto, check_globals, compare_counts,
@@ -36,20 +33,7 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     };
     let (reader, root) = (run.reader, run.entry.snapshot.root);
     let files = run.scratch.join("dumps");
-    let restored = run
-        .step(
-            "restore dumps",
-            restore(
-                reader,
-                root,
-                "",
-                &files,
-                &RestoreOptions::default(),
-                Arc::default(),
-            ),
-        )
-        .await;
-    if restored.is_none() {
+    if restore_all(run, "restore dumps", &files).await.is_none() {
         return;
     }
     let globals = files.join(GLOBALS_FILE);
