@@ -8,7 +8,10 @@ trees (brace groups included), `crate::a::b::f(...)` in code, and
 `super::...` / `self::...` paths (resolved from the file's module, inline
 `mod name { ... }` blocks included). A path that ends in a name a module
 re-exports (`pub use child::Name`) counts as a use of the module that
-defines it.
+defines it. Test code is left out: a module declared `#[cfg(test)]`
+(`mod tests;`, the unit-test fixture) and an inline `#[cfg(test)] mod`
+block are not compiled into the library, and unit tests reach across
+modules through their fixture.
 
 Modules are counted at two levels: top-level (`hooks`, `sources`, ...) and
 second-level (`daemon::runner`, `sources::etcd`, ...); deeper modules count
@@ -154,9 +157,38 @@ def absolute(path, module):
     return None
 
 
+CFG_TEST = ["#", "[", "cfg", "(", "test", ")", "]"]
+
+
+def cfg_test(toks, i):
+    """Whether the `mod` at toks[i] is marked `#[cfg(test)]` (before its
+    visibility, if any)."""
+    j = i
+    if j >= 1 and toks[j - 1] == "pub":
+        j -= 1
+    elif j >= 4 and toks[j - 4] == "pub" and toks[j - 3] == "(" and toks[j - 1] == ")":
+        j -= 4
+    return toks[max(0, j - len(CFG_TEST)) : j] == CFG_TEST
+
+
+def skip_block(toks, i):
+    """The index after the brace block that opens at toks[i]."""
+    depth = 0
+    while i < len(toks):
+        if toks[i] == "{":
+            depth += 1
+        elif toks[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
 def scan(root, modules):
-    """Collects, per file module, the absolute paths it names, its re-exports
-    and its file name."""
+    """Collects, per file module outside test code, the absolute paths it
+    names, its re-exports and its file name."""
+    test_only = set()  # modules declared `#[cfg(test)] mod name;`
     uses = {}  # tuple(file module) -> list of absolute paths
     files_of = {}  # tuple(file module) -> file name, relative to root
     reexports = {}  # tuple(module) -> {name: absolute target path}
@@ -184,6 +216,13 @@ def scan(root, modules):
                     depth -= 1
                     if stack and stack[-1][1] == depth:
                         stack.pop()
+                elif t == "mod" and i + 2 < len(toks) and cfg_test(toks, i):
+                    if toks[i + 2] == ";":
+                        test_only.add(tuple(current + [toks[i + 1]]))
+                        i += 3
+                    else:
+                        i = skip_block(toks, i + 2)
+                    continue
                 elif t == "mod" and i + 2 < len(toks) and toks[i + 2] == "{":
                     stack.append((toks[i + 1], depth))
                     depth += 1
@@ -215,6 +254,8 @@ def scan(root, modules):
                     i = j
                     continue
                 i += 1
+    in_tests = lambda m: any(m[: len(t)] == t for t in test_only)
+    uses = {m: paths for m, paths in uses.items() if not in_tests(m)}
     return uses, reexports, files_of
 
 
