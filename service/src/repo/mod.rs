@@ -24,6 +24,8 @@ mod put;
 pub mod reader;
 pub mod repack;
 pub mod snapshot;
+#[cfg(test)]
+mod test_fixture;
 pub mod tree;
 mod unlocked;
 pub mod writer;
@@ -269,62 +271,15 @@ mod tests {
     use crate::repo::blob::BlobKind;
     use crate::repo::id::BlobId;
     use crate::repo::keys::{RestoreIdentity, ServiceIdentity, generate_identity_file};
-    use crate::repo::snapshot::Snapshot;
+    use crate::repo::test_fixture::{TestRepo, pattern, snapshot_of, store_blob};
     use crate::storage::LocalStore;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        store: Arc<dyn ObjectStore>,
-        restore: std::path::PathBuf,
-        service: std::path::PathBuf,
-    }
-
-    impl Fixture {
-        async fn as_service(&self) -> anyhow::Result<UnlockedRepository> {
-            let key = ServiceIdentity::from_file(&self.service, None)?;
-            let repo = Repository::open(self.store.clone()).await?;
-            Ok(repo.unlock(key).await?)
-        }
-
-        async fn as_restore(&self) -> anyhow::Result<UnlockedRepository<RestoreIdentity>> {
-            let key = RestoreIdentity::from_file(&self.restore, None)?;
-            let repo = Repository::open(self.store.clone()).await?;
-            Ok(repo.unlock(key).await?)
-        }
-    }
-
-    async fn fixture(options: &InitOptions) -> anyhow::Result<Fixture> {
-        let dir = tempfile::tempdir()?;
-        let (restore, service) = (
-            dir.path().join("restore.key"),
-            dir.path().join("service.key"),
-        );
-        let recipients = Recipients {
-            restore: vec![generate_identity_file(&restore, None)?],
-            service: vec![generate_identity_file(&service, None)?],
-        };
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("repo")));
-        Repository::init(store.clone(), recipients, options).await?;
-        Ok(Fixture {
-            _dir: dir,
-            store,
-            restore,
-            service,
-        })
-    }
-
-    fn pattern(seed: u32, len: usize) -> Vec<u8> {
-        (0..len as u32)
-            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7) as u8)
-            .collect()
-    }
 
     #[tokio::test]
     async fn service_key_writes_restore_key_reads_every_blob_by_ranged_reads() -> anyhow::Result<()>
     {
-        let f = fixture(&InitOptions::default()).await?;
-        let service = ServiceIdentity::from_file(&f.service, None)?;
-        let repo = Repository::open(f.store.clone())
+        let f = TestRepo::new().await?;
+        let service = ServiceIdentity::from_file(f.service_key(), None)?;
+        let repo = Repository::open(f.store().clone())
             .await?
             .unlock(AnyIdentity::Service(service.clone()))
             .await?;
@@ -335,7 +290,7 @@ mod tests {
             ),
             "the service key must not read packs"
         );
-        let repo = Repository::open(f.store.clone())
+        let repo = Repository::open(f.store().clone())
             .await?
             .unlock(service)
             .await?;
@@ -362,8 +317,8 @@ mod tests {
         assert_eq!(stats.blobs_added, sizes.len() as u64);
         assert_eq!(stats.packs.len(), 1);
 
-        let restore = RestoreIdentity::from_file(&f.restore, None)?;
-        let repo = Repository::open(f.store.clone())
+        let restore = RestoreIdentity::from_file(f.restore_key(), None)?;
+        let repo = Repository::open(f.store().clone())
             .await?
             .unlock(restore)
             .await?;
@@ -380,9 +335,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_writer_deduplicates_against_the_index() -> anyhow::Result<()> {
-        let f = fixture(&InitOptions::default()).await?;
-        let service = ServiceIdentity::from_file(&f.service, None)?;
-        let repo = Repository::open(f.store.clone())
+        let f = TestRepo::new().await?;
+        let service = ServiceIdentity::from_file(f.service_key(), None)?;
+        let repo = Repository::open(f.store().clone())
             .await?
             .unlock(AnyIdentity::Service(service))
             .await?;
@@ -398,8 +353,8 @@ mod tests {
         assert!(a.1 && !b.1 && a.0 == b.0);
         writer.finish().await?;
 
-        let service = ServiceIdentity::from_file(&f.service, None)?;
-        let repo = Repository::open(f.store.clone())
+        let service = ServiceIdentity::from_file(f.service_key(), None)?;
+        let repo = Repository::open(f.store().clone())
             .await?
             .unlock(AnyIdentity::Service(service))
             .await?;
@@ -418,24 +373,24 @@ mod tests {
 
     #[tokio::test]
     async fn an_altered_config_or_a_foreign_key_is_refused() -> anyhow::Result<()> {
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         let dir = tempfile::tempdir()?;
         let stranger = dir.path().join("stranger.key");
         generate_identity_file(&stranger, None)?;
-        let repo = Repository::open(f.store.clone()).await?;
+        let repo = Repository::open(f.store().clone()).await?;
         let file = AnyIdentity::from_file(&stranger, None)?;
         assert!(matches!(
             repo.identify(file),
             Err(RepoError::WrongKey { .. })
         ));
 
-        let config = f.store.get(CONFIG_KEY).await?;
+        let config = f.store().get(CONFIG_KEY).await?;
         let altered = String::from_utf8(config.to_vec())?
             .replace("\"compression_level\": 3", "\"compression_level\": 4");
-        f.store.delete(CONFIG_KEY).await?;
-        f.store.put_new(CONFIG_KEY, altered.into()).await?;
-        let repo = Repository::open(f.store.clone()).await?;
-        let service = ServiceIdentity::from_file(&f.service, None)?;
+        f.store().delete(CONFIG_KEY).await?;
+        f.store().put_new(CONFIG_KEY, altered.into()).await?;
+        let repo = Repository::open(f.store().clone()).await?;
+        let service = ServiceIdentity::from_file(f.service_key(), None)?;
         let unlocked = repo.unlock(AnyIdentity::Service(service)).await;
         assert!(matches!(unlocked, Err(RepoError::Damaged { .. })));
         Ok(())
@@ -443,10 +398,10 @@ mod tests {
 
     #[tokio::test]
     async fn init_refuses_an_existing_repository_and_bad_options() -> anyhow::Result<()> {
-        let f = fixture(&InitOptions::default()).await?;
-        let repo = Repository::open(f.store.clone()).await?;
+        let f = TestRepo::new().await?;
+        let repo = Repository::open(f.store().clone()).await?;
         let again = Repository::init(
-            f.store.clone(),
+            f.store().clone(),
             repo.recipients().clone(),
             &InitOptions::default(),
         )
@@ -466,8 +421,8 @@ mod tests {
     #[tokio::test]
     async fn init_refuses_a_location_holding_objects_but_replaces_a_lone_keys() -> anyhow::Result<()>
     {
-        let f = fixture(&InitOptions::default()).await?;
-        let recipients = Repository::open(f.store.clone())
+        let f = TestRepo::new().await?;
+        let recipients = Repository::open(f.store().clone())
             .await?
             .recipients()
             .clone();
@@ -493,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn a_backup_notices_a_prune_that_deletes_what_it_reused() -> anyhow::Result<()> {
         use prune::{PruneOptions, forget, prune};
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         let first = f.as_service().await?;
         let blob = store_blob(&first, pattern(3, 40_000)).await?;
         let old = first.save_snapshot(&snapshot_of(blob)).await?;
@@ -527,42 +482,16 @@ mod tests {
         Ok(())
     }
 
-    async fn store_blob(repo: &UnlockedRepository, data: Vec<u8>) -> anyhow::Result<BlobId> {
-        let writer = repo.writer();
-        let (writer, saved) = tokio::task::spawn_blocking(move || {
-            let saved = writer.save(BlobKind::Data, &data);
-            (writer, saved)
-        })
-        .await?;
-        let id = saved?.0;
-        writer.finish().await?;
-        Ok(id)
-    }
-
-    fn snapshot_of(blob: BlobId) -> Snapshot {
-        Snapshot {
-            job: "j".into(),
-            source_kind: "test".into(),
-            host: "h".into(),
-            time: chrono::Utc::now(),
-            end_time: chrono::Utc::now(),
-            root: blob,
-            summary: snapshot::Summary::default(),
-            metadata: serde_json::Value::Null,
-            references: vec![blob],
-        }
-    }
-
     #[tokio::test]
     async fn an_unreadable_snapshot_or_plan_is_skipped_but_stops_prune() -> anyhow::Result<()> {
         use prune::{PLAN_PREFIX, PruneOptions, prune};
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         let repo = f.as_service().await?;
         let blob = store_blob(&repo, pattern(1, 5_000)).await?;
         let good = repo.save_snapshot(&snapshot_of(blob)).await?;
         let garbage = Bytes::from_static(b"not an age file");
         let bad_key = format!("snapshots/{}", hex::encode(id::content_hash(&garbage)));
-        f.store.put_new(&bad_key, garbage.clone()).await?;
+        f.store().put_new(&bad_key, garbage.clone()).await?;
 
         let repo = f.as_service().await?;
         let listed: Vec<_> = repo.snapshots().await?.into_iter().map(|e| e.id).collect();
@@ -579,10 +508,10 @@ mod tests {
             refused.as_deref().is_some_and(|e| e.contains(&bad_key)),
             "{refused:?}"
         );
-        f.store.delete(&bad_key).await?;
+        f.store().delete(&bad_key).await?;
 
         let plan_key = format!("{PLAN_PREFIX}{}", hex::encode(id::content_hash(&garbage)));
-        f.store.put_new(&plan_key, garbage).await?;
+        f.store().put_new(&plan_key, garbage).await?;
         let repo = f.as_service().await?;
         assert_eq!(repo.find_snapshot("latest").await?.id, good);
         let refused = prune(&repo, &options).await.err().map(|e| e.to_string());
@@ -595,7 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn writers_refuse_blobs_larger_than_readers_accept() -> anyhow::Result<()> {
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         let repo = f.as_service().await?;
         let writer = repo.writer();
         let too_big = vec![0; blob::MAX_DATA_BLOB as usize + 1];
@@ -613,7 +542,7 @@ mod tests {
     async fn prune_marks_then_deletes_only_unused_packs_after_the_grace_period()
     -> anyhow::Result<()> {
         use prune::{PruneOptions, forget, prune};
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         let repo = f.as_service().await?;
         let old = store_blob(&repo, pattern(1, 50_000)).await?;
         let old_snapshot = repo.save_snapshot(&snapshot_of(old)).await?;
@@ -651,8 +580,8 @@ mod tests {
         };
         let second = prune(&f.as_service().await?, &now).await?;
         assert_eq!((second.packs_deleted, second.indexes_rewritten), (1, 1));
-        assert_eq!(f.store.list("data/").await?.len(), 2);
-        assert!(f.store.list(prune::PLAN_PREFIX).await?.is_empty());
+        assert_eq!(f.store().list("data/").await?.len(), 2);
+        assert!(f.store().list(prune::PLAN_PREFIX).await?.is_empty());
 
         let repo = f.as_restore().await?;
         let reader = repo.reader();
@@ -668,7 +597,7 @@ mod tests {
     #[tokio::test]
     async fn repack_copies_used_blobs_out_of_mostly_unused_packs() -> anyhow::Result<()> {
         use prune::{PruneOptions, prune};
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         // One pack: a small used blob and a big unused one.
         let repo = f.as_service().await?;
         let writer = repo.writer();
@@ -685,7 +614,7 @@ mod tests {
         let dry = repack::repack(&f.as_restore().await?, 50, true).await?;
         assert_eq!((dry.packs_repacked, dry.packs_written), (1, 0));
         assert_eq!(
-            f.store.list("data/").await?.len(),
+            f.store().list("data/").await?.len(),
             1,
             "a dry run writes nothing"
         );
@@ -708,7 +637,7 @@ mod tests {
         };
         let pruned = prune(&f.as_service().await?, &now).await?;
         assert_eq!(pruned.packs_deleted, 1);
-        assert_eq!(f.store.list("data/").await?.len(), 1);
+        assert_eq!(f.store().list("data/").await?.len(), 1);
         assert_eq!(
             f.as_restore().await?.reader().read(&kept).await?,
             pattern(1, 10_000)
@@ -720,7 +649,7 @@ mod tests {
     async fn a_streamed_pack_yields_its_blobs_in_order_and_damage_fails_only_the_blobs_in_it()
     -> anyhow::Result<()> {
         use crate::repo::crypt::{SEGMENT_CIPHER, SEGMENT_PLAIN};
-        let f = fixture(&InitOptions::default()).await?;
+        let f = TestRepo::new().await?;
         let repo = f.as_service().await?;
         // Random blobs are stored as they are: blob 3 spans whole segments.
         // Blob 4 compresses.
@@ -791,8 +720,8 @@ mod tests {
         assert_eq!(unread.len(), ids.len() - before.len());
 
         // Read blob by blob, only the blobs in the damaged segment fail.
-        f.store.delete(&pack.key()).await?;
-        f.store.put_new(&pack.key(), damaged.into()).await?;
+        f.store().delete(&pack.key()).await?;
+        f.store().put_new(&pack.key(), damaged.into()).await?;
         let mut failed = Vec::new();
         for (id, result) in reader.read_many(&pack, &unread).await? {
             let blob = in_order.iter().find(|b| b.id == id).copied();

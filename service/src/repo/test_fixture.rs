@@ -1,0 +1,154 @@
+//! The repository the format's unit tests work on (test builds only): a
+//! local-directory store in a temporary directory, created with a fresh
+//! restore key and service key, and helpers that store blobs and snapshots
+//! through the crate's own writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::blob::BlobKind;
+use super::config::InitOptions;
+use super::id::BlobId;
+use super::keys::{KeyRole, Recipients, RestoreIdentity, ServiceIdentity, generate_identity_file};
+use super::snapshot::{Snapshot, Summary};
+use super::writer::{BlobWriter, WriteStats};
+use super::{RepoError, Repository, UnlockedRepository};
+use crate::storage::{LocalStore, ObjectStore};
+
+/// A repository in a temporary directory, with its two key files.
+pub(crate) struct TestRepo {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+    restore_key: PathBuf,
+    service_key: PathBuf,
+}
+
+impl TestRepo {
+    /// A repository made with the default options (16 MiB packs).
+    pub(crate) async fn new() -> anyhow::Result<Self> {
+        Self::with_options(&InitOptions::default()).await
+    }
+
+    /// A repository made with `options`.
+    pub(crate) async fn with_options(options: &InitOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let restore_key = dir.path().join("restore.key");
+        let service_key = dir.path().join("service.key");
+        let recipients = Recipients {
+            restore: vec![generate_identity_file(&restore_key, None)?],
+            service: vec![generate_identity_file(&service_key, None)?],
+        };
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("repo")));
+        Repository::init(store.clone(), recipients, options).await?;
+        Ok(Self {
+            _dir: dir,
+            store,
+            restore_key,
+            service_key,
+        })
+    }
+
+    /// The store the repository is in.
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The restore key's identity file.
+    pub(crate) fn restore_key(&self) -> &Path {
+        &self.restore_key
+    }
+
+    /// The service key's identity file.
+    pub(crate) fn service_key(&self) -> &Path {
+        &self.service_key
+    }
+
+    /// The repository, opened afresh.
+    pub(crate) async fn open(&self) -> anyhow::Result<Repository> {
+        Ok(Repository::open(self.store.clone()).await?)
+    }
+
+    /// The repository unlocked with the service key, its index read afresh.
+    pub(crate) async fn as_service(&self) -> anyhow::Result<UnlockedRepository<ServiceIdentity>> {
+        let key = ServiceIdentity::from_file(&self.service_key, None)?;
+        Ok(self.open().await?.unlock(key).await?)
+    }
+
+    /// The repository unlocked with the restore key, its index read afresh.
+    pub(crate) async fn as_restore(&self) -> anyhow::Result<UnlockedRepository<RestoreIdentity>> {
+        let key = RestoreIdentity::from_file(&self.restore_key, None)?;
+        Ok(self.open().await?.unlock(key).await?)
+    }
+}
+
+/// `len` bytes of a fixed pattern that depends on `seed` (compressible a
+/// little: zstd keeps it unless it saves 1/32).
+pub(crate) fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect()
+}
+
+/// Saves `blobs` with `writer`, off the async threads (a save blocks), and
+/// gives the writer back unfinished with each blob's id and whether it was
+/// new.
+pub(crate) async fn save_blobs(
+    writer: BlobWriter,
+    kind: BlobKind,
+    blobs: Vec<Vec<u8>>,
+) -> anyhow::Result<(BlobWriter, Vec<(BlobId, bool)>)> {
+    let (writer, saved) = tokio::task::spawn_blocking(move || {
+        let saved = blobs
+            .iter()
+            .map(|plain| writer.save(kind, plain))
+            .collect::<Result<Vec<_>, RepoError>>();
+        (writer, saved)
+    })
+    .await?;
+    Ok((writer, saved?))
+}
+
+/// Stores `blobs` with one writer of `repo` and finishes it.
+pub(crate) async fn store_blobs(
+    repo: &UnlockedRepository<impl KeyRole>,
+    kind: BlobKind,
+    blobs: Vec<Vec<u8>>,
+) -> anyhow::Result<(Vec<BlobId>, WriteStats)> {
+    let (writer, saved) = save_blobs(repo.writer(), kind, blobs).await?;
+    let stats = writer.finish().await?;
+    Ok((saved.into_iter().map(|(id, _)| id).collect(), stats))
+}
+
+/// Stores one data blob with a writer of its own.
+pub(crate) async fn store_blob(
+    repo: &UnlockedRepository<impl KeyRole>,
+    data: Vec<u8>,
+) -> anyhow::Result<BlobId> {
+    let (ids, _) = store_blobs(repo, BlobKind::Data, vec![data]).await?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("a saved blob has no id"))
+}
+
+/// A snapshot of job `job` with root `root`, referencing `references`.
+pub(crate) fn snapshot(job: &str, root: BlobId, mut references: Vec<BlobId>) -> Snapshot {
+    references.sort();
+    references.dedup();
+    Snapshot {
+        job: job.into(),
+        source_kind: "test".into(),
+        host: "h".into(),
+        time: chrono::Utc::now(),
+        end_time: chrono::Utc::now(),
+        root,
+        summary: Summary::default(),
+        metadata: serde_json::Value::Null,
+        references,
+    }
+}
+
+/// A snapshot whose root is the data blob `blob`, for tests that look only
+/// at what the service key sees (which never walks trees).
+pub(crate) fn snapshot_of(blob: BlobId) -> Snapshot {
+    snapshot("j", blob, vec![blob])
+}
