@@ -79,6 +79,19 @@ impl TestRepo {
         let key = RestoreIdentity::from_file(&self.restore_key, None)?;
         Ok(self.open().await?.unlock(key).await?)
     }
+
+    /// The keys of the stored objects under `prefix`, sorted.
+    pub(crate) async fn keys(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
 }
 
 /// `len` bytes of a fixed pattern that depends on `seed` (compressible a
@@ -87,6 +100,11 @@ pub(crate) fn pattern(seed: u32, len: usize) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect()
+}
+
+/// `len` random bytes: incompressible, so stored raw and at a known size.
+pub(crate) fn random(len: usize) -> Vec<u8> {
+    (0..len).map(|_| rand::random::<u8>()).collect()
 }
 
 /// Saves `blobs` with `writer`, off the async threads (a save blocks), and

@@ -332,3 +332,202 @@ pub(crate) async fn write_index(
     put_content_named(store, &id.key(), cipher.into()).await?;
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::check::{ReadData, check};
+    use crate::repo::config::InitOptions;
+    use crate::repo::test_fixture::{
+        TestRepo, pattern, random, save_blobs, snapshot_of, store_blobs,
+    };
+
+    #[tokio::test]
+    async fn data_saved_twice_is_stored_once() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let service = repo.as_service().await?;
+        let (a, b) = (pattern(1, 30_000), pattern(2, 20_000));
+        let blobs = vec![a.clone(), a.clone(), b.clone()];
+        let (writer, saved) = save_blobs(service.writer(), BlobKind::Data, blobs).await?;
+        assert_eq!(saved[0].0, writer.blob_id(&a));
+        assert_eq!(saved[1].0, saved[0].0, "the same data has the same id");
+        assert_ne!(saved[2].0, saved[0].0);
+        let new: Vec<bool> = saved.iter().map(|(_, new)| *new).collect();
+        assert_eq!(new, [true, false, true], "only the first copy is new");
+        assert!(
+            writer.has(&saved[0].0) && writer.has(&saved[2].0),
+            "a queued blob counts as stored before its pack is"
+        );
+
+        let stats = writer.finish().await?;
+        assert_eq!(stats.blobs_added, 2);
+        assert_eq!(stats.bytes_added, (a.len() + b.len()) as u64);
+        assert_eq!(stats.packs.len(), 1);
+        let mut in_pack: Vec<BlobId> = stats.packs[0].blobs.iter().map(|b| b.id).collect();
+        let mut expected = vec![saved[0].0, saved[2].0];
+        in_pack.sort();
+        expected.sort();
+        assert_eq!(in_pack, expected, "the pack holds each blob once");
+        let stored = repo.store().list("data/").await?;
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].key, stats.packs[0].id.key());
+        assert_eq!(stored[0].size, stats.bytes_stored);
+        assert_eq!(stats.packs[0].size, stats.bytes_stored);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn finish_stores_and_indexes_every_blob_with_trees_in_packs_of_their_own()
+    -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let service = repo.as_service().await?;
+        let (writer, data) =
+            save_blobs(service.writer(), BlobKind::Data, vec![pattern(3, 10_000)]).await?;
+        let tree = br#"{"entries":[]}"#.to_vec();
+        let (writer, tree) = save_blobs(writer, BlobKind::Tree, vec![tree]).await?;
+        let (data, tree) = (data[0].0, tree[0].0);
+        assert!(
+            repo.keys("data/").await?.is_empty() && repo.keys("index/").await?.is_empty(),
+            "packs that are not full wait for finish"
+        );
+
+        let stats = writer.finish().await?;
+        assert_eq!(stats.packs.len(), 2, "data and trees go to separate packs");
+        for pack in &stats.packs {
+            assert_eq!(pack.blobs.len(), 1, "{pack:?}");
+        }
+        let mut packs: Vec<String> = stats.packs.iter().map(|p| p.id.key()).collect();
+        packs.sort();
+        assert_eq!(repo.keys("data/").await?, packs);
+        assert_eq!(stats.indexes.len(), 1, "one index object lists both packs");
+        assert_eq!(repo.keys("index/").await?, [stats.indexes[0].key()]);
+
+        let reloaded = repo.as_service().await?;
+        for (id, kind) in [(data, BlobKind::Data), (tree, BlobKind::Tree)] {
+            let location = reloaded.index().get(&id).copied();
+            assert_eq!(location.map(|l| l.blob.kind), Some(kind));
+            assert!(reloaded.index().reusable(&id));
+        }
+        assert!(reloaded.snapshots().await?.is_empty(), "no snapshot yet");
+        let snapshot = reloaded.save_snapshot(&snapshot_of(data)).await?;
+        let listed: Vec<_> = repo
+            .as_service()
+            .await?
+            .snapshots()
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.snapshot.root))
+            .collect();
+        assert_eq!(listed, [(snapshot, data)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_before_finish_leaves_the_repository_as_it_was() -> anyhow::Result<()>
+    {
+        let repo = TestRepo::new().await?;
+        let service = repo.as_service().await?;
+        let data = pattern(4, 50_000);
+        let (writer, saved) =
+            save_blobs(service.writer(), BlobKind::Data, vec![data.clone()]).await?;
+        assert!(saved[0].1);
+        drop(writer);
+
+        for prefix in ["data/", "index/", "snapshots/"] {
+            assert!(repo.keys(prefix).await?.is_empty(), "{prefix} is empty");
+        }
+        let report = check(&repo.as_restore().await?, ReadData::All).await?;
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.packs, report.unindexed_packs), (0, 0));
+
+        let after = repo.as_service().await?;
+        assert!(!after.index().contains(&saved[0].0));
+        let (writer, again) = save_blobs(after.writer(), BlobKind::Data, vec![data]).await?;
+        assert_eq!(
+            again[0],
+            (saved[0].0, true),
+            "the next writer stores it anew"
+        );
+        assert_eq!(writer.finish().await?.packs.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pack_is_sealed_once_it_holds_the_pack_size() -> anyhow::Result<()> {
+        let options = InitOptions {
+            pack_size: 1 << 20,
+            ..InitOptions::default()
+        };
+        let repo = TestRepo::with_options(&options).await?;
+        let service = repo.as_service().await?;
+        // Random blobs are stored raw: four of them pass 1 MiB.
+        let blobs: Vec<Vec<u8>> = (0..5).map(|_| random(300_000)).collect();
+        let (_, stats) = store_blobs(&service, BlobKind::Data, blobs).await?;
+        let mut counts: Vec<usize> = stats.packs.iter().map(|p| p.blobs.len()).collect();
+        counts.sort();
+        assert_eq!(counts, [1, 4]);
+        assert!(
+            stats
+                .packs
+                .iter()
+                .all(|p| p.blobs.iter().all(|b| !b.compressed))
+        );
+        let stored: u64 = repo
+            .store()
+            .list("data/")
+            .await?
+            .iter()
+            .map(|o| o.size)
+            .sum();
+        assert_eq!(stored, stats.bytes_stored);
+        assert!(stats.bytes_stored > 5 * 300_000, "{}", stats.bytes_stored);
+        assert_eq!(stats.indexes.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn copy_stores_an_indexed_blob_again_once_per_writer() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let data = pattern(5, 40_000);
+        let (ids, _) = store_blobs(
+            &repo.as_service().await?,
+            BlobKind::Data,
+            vec![data.clone()],
+        )
+        .await?;
+        let writer = repo.as_service().await?.writer();
+        let (writer, copies) = tokio::task::spawn_blocking(move || {
+            let saved = writer.save(BlobKind::Data, &data);
+            let first = writer.copy(BlobKind::Data, &data);
+            let second = writer.copy(BlobKind::Data, &data);
+            (writer, (saved, first, second))
+        })
+        .await?;
+        assert_eq!(copies.0?, (ids[0], false), "save reuses the indexed blob");
+        assert_eq!((copies.1?, copies.2?), (ids[0], ids[0]));
+        let stats = writer.finish().await?;
+        assert_eq!(stats.blobs_added, 1, "the second copy is not stored again");
+        assert_eq!(stats.packs.len(), 1);
+        assert_eq!(repo.keys("data/").await?.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_blob_in_a_pack_prune_will_delete_is_stored_again() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let data = pattern(6, 40_000);
+        let (ids, stats) = store_blobs(
+            &repo.as_service().await?,
+            BlobKind::Data,
+            vec![data.clone()],
+        )
+        .await?;
+        let mut service = repo.as_service().await?;
+        service.avoid_packs([stats.packs[0].id]);
+        let (writer, saved) = save_blobs(service.writer(), BlobKind::Data, vec![data]).await?;
+        assert_eq!(saved[0], (ids[0], true));
+        let again = writer.finish().await?;
+        assert_ne!(again.packs[0].id, stats.packs[0].id);
+        Ok(())
+    }
+}
