@@ -474,3 +474,6 @@ fn last_segment(info: &PackInfo) -> std::ops::Range<u64> {
     let start = info.payload_offset + (segments.max(1) - 1) * SEGMENT_CIPHER;
     start..info.size
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,23 +1,29 @@
 //! The repository the format's unit tests work on (test builds only): a
 //! local-directory store in a temporary directory, created with a fresh
-//! restore key and service key, and helpers that store blobs and snapshots
-//! through the crate's own writer.
+//! restore key and service key, and helpers that store blobs and small
+//! snapshots through the crate's own writer, and damage stored objects the
+//! way a failing disk or a hostile bucket would.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::blob::BlobKind;
 use super::config::InitOptions;
-use super::id::BlobId;
+use super::id::{BlobId, SnapshotId};
 use super::keys::{KeyRole, Recipients, RestoreIdentity, ServiceIdentity, generate_identity_file};
 use super::snapshot::{Snapshot, Summary};
+use super::tree::{Node, NodeKind, Tree};
 use super::writer::{BlobWriter, WriteStats};
 use super::{RepoError, Repository, UnlockedRepository};
 use crate::storage::{LocalStore, ObjectStore};
 
+/// The modification time of every entry [`write_snapshot`] writes.
+const MTIME: i64 = 1_764_126_000;
+
 /// A repository in a temporary directory, with its two key files.
 pub(crate) struct TestRepo {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: Arc<dyn ObjectStore>,
     restore_key: PathBuf,
     service_key: PathBuf,
@@ -41,7 +47,7 @@ impl TestRepo {
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("repo")));
         Repository::init(store.clone(), recipients, options).await?;
         Ok(Self {
-            _dir: dir,
+            dir,
             store,
             restore_key,
             service_key,
@@ -91,6 +97,21 @@ impl TestRepo {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    /// Changes the stored bytes of object `key` in place, behind the
+    /// store's back (as bit rot or someone with write access to the bucket
+    /// would).
+    pub(crate) fn damage(
+        &self,
+        key: &str,
+        change: impl FnOnce(&mut Vec<u8>),
+    ) -> anyhow::Result<()> {
+        let path = self.dir.path().join("repo").join(key);
+        let mut bytes = std::fs::read(&path)?;
+        change(&mut bytes);
+        std::fs::write(&path, bytes)?;
+        Ok(())
     }
 }
 
@@ -169,4 +190,110 @@ pub(crate) fn snapshot(job: &str, root: BlobId, mut references: Vec<BlobId>) -> 
 /// at what the service key sees (which never walks trees).
 pub(crate) fn snapshot_of(blob: BlobId) -> Snapshot {
     snapshot("j", blob, vec![blob])
+}
+
+/// What [`write_snapshot`] stored.
+#[derive(Debug)]
+pub(crate) struct WrittenSnapshot {
+    /// The snapshot object.
+    pub(crate) id: SnapshotId,
+    /// Its content.
+    pub(crate) snapshot: Snapshot,
+    /// Each file's path (from the root, without a leading `/`) and data blob.
+    pub(crate) files: BTreeMap<String, BlobId>,
+    /// Each directory's path (`""` for the root) and tree blob.
+    pub(crate) trees: BTreeMap<String, BlobId>,
+}
+
+/// Backs up `files` (`path` → content; a `/` in a path makes directories)
+/// as a snapshot of job `job`: each file is one data blob, each directory a
+/// tree blob, stored with one writer, then the snapshot object is written.
+pub(crate) async fn write_snapshot(
+    repo: &UnlockedRepository<impl KeyRole>,
+    job: &str,
+    files: &[(&str, impl AsRef<[u8]>)],
+) -> anyhow::Result<WrittenSnapshot> {
+    let owned: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(path, data)| ((*path).to_owned(), data.as_ref().to_vec()))
+        .collect();
+    let writer = repo.writer();
+    let (writer, stored) = tokio::task::spawn_blocking(move || {
+        let mut stored = Stored::default();
+        let root = stored.directory(&writer, "", &owned);
+        (writer, root.map(|root| (root, stored)))
+    })
+    .await?;
+    let (root, stored) = stored?;
+    writer.finish().await?;
+    let references = stored.files.values().chain(stored.trees.values()).copied();
+    let snapshot = snapshot(job, root, references.collect());
+    let id = repo.save_snapshot(&snapshot).await?;
+    Ok(WrittenSnapshot {
+        id,
+        snapshot,
+        files: stored.files,
+        trees: stored.trees,
+    })
+}
+
+/// The blobs [`write_snapshot`] saved, by path.
+#[derive(Default)]
+struct Stored {
+    files: BTreeMap<String, BlobId>,
+    trees: BTreeMap<String, BlobId>,
+}
+
+impl Stored {
+    /// Saves the files under directory `at` and its tree; returns the tree.
+    fn directory(
+        &mut self,
+        writer: &BlobWriter,
+        at: &str,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<BlobId, RepoError> {
+        let mut entries = Vec::new();
+        let mut subdirectories: BTreeMap<&str, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for (path, data) in files {
+            match path.split_once('/') {
+                Some((dir, rest)) => subdirectories
+                    .entry(dir)
+                    .or_default()
+                    .push((rest.to_owned(), data.clone())),
+                None => {
+                    let (blob, _) = writer.save(BlobKind::Data, data)?;
+                    self.files.insert(join(at, path), blob);
+                    entries.push(Node {
+                        size: data.len() as u64,
+                        content: vec![blob],
+                        ..Node::new(path.as_bytes(), NodeKind::File, 0o644, MTIME)
+                    });
+                }
+            }
+        }
+        for (name, files) in subdirectories {
+            let subtree = self.directory(writer, &join(at, name), &files)?;
+            entries.push(Node {
+                subtree: Some(subtree),
+                ..Node::new(name.as_bytes(), NodeKind::Dir, 0o755, MTIME)
+            });
+        }
+        let bytes = Tree { entries }
+            .to_bytes()
+            .map_err(|source| RepoError::Encode {
+                what: "a test tree",
+                source,
+            })?;
+        let (tree, _) = writer.save(BlobKind::Tree, &bytes)?;
+        self.trees.insert(at.to_owned(), tree);
+        Ok(tree)
+    }
+}
+
+fn join(at: &str, name: &str) -> String {
+    if at.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{at}/{name}")
+    }
 }
