@@ -260,3 +260,226 @@ async fn rewrite_indexes(
     }
     Ok(rewritten)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::check::{ReadData, check};
+    use crate::repo::test_fixture::{TestRepo, WrittenSnapshot, pattern, write_snapshot};
+
+    /// Deletes what is due at once: a plan is ripe as soon as it is written.
+    const NOW: PruneOptions = PruneOptions {
+        grace: chrono::Duration::zero(),
+        dry_run: false,
+    };
+
+    /// Two snapshots of their own data, each stored as a data and a tree pack.
+    async fn old_and_kept(repo: &TestRepo) -> anyhow::Result<(WrittenSnapshot, WrittenSnapshot)> {
+        let old = write_snapshot(
+            &repo.as_service().await?,
+            "old",
+            &[("old.bin", pattern(1, 40_000))],
+        )
+        .await?;
+        let kept = write_snapshot(
+            &repo.as_service().await?,
+            "kept",
+            &[
+                ("kept.bin", pattern(2, 40_000)),
+                ("dir/more.txt", b"more".to_vec()),
+            ],
+        )
+        .await?;
+        assert_eq!(repo.keys("data/").await?.len(), 4);
+        Ok((old, kept))
+    }
+
+    fn pack_keys(snapshot: &WrittenSnapshot) -> Vec<String> {
+        let mut keys: Vec<String> = snapshot.stats.packs.iter().map(|p| p.id.key()).collect();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn prune_marks_then_deletes_the_packs_of_a_forgotten_snapshot_only() -> anyhow::Result<()>
+    {
+        let repo = TestRepo::new().await?;
+        let (old, kept) = old_and_kept(&repo).await?;
+        forget(&repo.as_service().await?, &[old.id]).await?;
+        let listed: Vec<_> = repo.as_service().await?.snapshots().await?;
+        assert_eq!(listed.iter().map(|e| e.id).collect::<Vec<_>>(), [kept.id]);
+
+        let marked = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!(
+            (marked.packs_stored, marked.packs_used, marked.packs_marked),
+            (4, 2, 2)
+        );
+        assert_eq!(marked.bytes_marked, old.stats.bytes_stored);
+        assert_eq!(marked.packs_deleted, 0, "a pack is first only marked");
+        assert_eq!(repo.keys("data/").await?.len(), 4);
+        assert_eq!(repo.keys(PLAN_PREFIX).await?.len(), 1);
+
+        let deleted = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!((deleted.packs_deleted, deleted.packs_marked), (2, 0));
+        assert_eq!(deleted.bytes_freed, old.stats.bytes_stored);
+        assert_eq!(deleted.indexes_rewritten, 1);
+        assert_eq!(repo.keys("data/").await?, pack_keys(&kept));
+        let kept_indexes: Vec<String> = kept.stats.indexes.iter().map(|i| i.key()).collect();
+        assert_eq!(
+            repo.keys("index/").await?,
+            kept_indexes,
+            "an index object listing only deleted packs is deleted, not rewritten empty"
+        );
+        assert!(repo.keys(PLAN_PREFIX).await?.is_empty());
+
+        let restore = repo.as_restore().await?;
+        assert!(!restore.index().contains(&old.files["old.bin"]));
+        let reader = restore.reader();
+        assert_eq!(
+            reader.read(&kept.files["kept.bin"]).await?,
+            pattern(2, 40_000)
+        );
+        assert_eq!(reader.read(&kept.files["dir/more.txt"]).await?, b"more");
+        let report = check(&restore, ReadData::All).await?;
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.snapshots, report.trees), (1, 2));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_prune_with_nothing_to_do_changes_nothing() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let (old, _) = old_and_kept(&repo).await?;
+        forget(&repo.as_service().await?, &[old.id]).await?;
+        prune(&repo.as_service().await?, &NOW).await?;
+        prune(&repo.as_service().await?, &NOW).await?;
+
+        let before = repo.keys("").await?;
+        let again = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!((again.packs_stored, again.packs_used), (2, 2), "{again:?}");
+        assert_eq!(
+            (again.packs_marked, again.packs_deleted, again.plans_waiting),
+            (0, 0, 0)
+        );
+        assert_eq!(again.indexes_rewritten, 0);
+        assert_eq!(repo.keys("").await?, before, "no object written or deleted");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pack_a_kept_snapshot_uses_is_kept_whole() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let shared = pattern(3, 30_000);
+        let old = write_snapshot(
+            &repo.as_service().await?,
+            "old",
+            &[
+                ("shared.bin", shared.clone()),
+                ("old.bin", pattern(4, 30_000)),
+            ],
+        )
+        .await?;
+        let kept = write_snapshot(
+            &repo.as_service().await?,
+            "kept",
+            &[
+                ("shared.bin", shared.clone()),
+                ("kept.bin", pattern(5, 30_000)),
+            ],
+        )
+        .await?;
+        assert_eq!(old.files["shared.bin"], kept.files["shared.bin"]);
+        assert_eq!(kept.stats.blobs_added, 2, "the shared blob is reused");
+        forget(&repo.as_service().await?, &[old.id]).await?;
+
+        let marked = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!((marked.packs_used, marked.packs_marked), (3, 1));
+        let deleted = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!(
+            deleted.packs_deleted, 1,
+            "only the old snapshot's tree pack"
+        );
+        let old_tree = old.trees[""];
+        let restore = repo.as_restore().await?;
+        assert!(!restore.index().contains(&old_tree));
+        let reader = restore.reader();
+        assert_eq!(reader.read(&kept.files["shared.bin"]).await?, shared);
+        assert_eq!(
+            reader.read(&old.files["old.bin"]).await?,
+            pattern(4, 30_000),
+            "an unused blob in a used pack stays until repacked"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pack_no_index_lists_is_marked_and_deleted() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        old_and_kept(&repo).await?;
+        // What a backup killed between uploading a pack and indexing it leaves.
+        let orphan = bytes::Bytes::from_static(b"a pack no index lists");
+        let orphan_key = PackId::from_bytes(content_hash(&orphan)).key();
+        repo.store().put_new(&orphan_key, orphan).await?;
+
+        let marked = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!(
+            (marked.packs_stored, marked.packs_used, marked.packs_marked),
+            (5, 4, 1)
+        );
+        let deleted = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!((deleted.packs_deleted, deleted.indexes_rewritten), (1, 0));
+        let stored = repo.keys("data/").await?;
+        assert_eq!(stored.len(), 4);
+        assert!(!stored.contains(&orphan_key));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_reports_what_would_happen_and_changes_nothing() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let (old, _) = old_and_kept(&repo).await?;
+        forget(&repo.as_service().await?, &[old.id]).await?;
+        let dry = PruneOptions {
+            dry_run: true,
+            ..NOW
+        };
+
+        let before = repo.keys("").await?;
+        let would_mark = prune(&repo.as_service().await?, &dry).await?;
+        assert_eq!(would_mark.packs_marked, 2);
+        assert_eq!(repo.keys("").await?, before, "no plan written");
+
+        prune(&repo.as_service().await?, &NOW).await?;
+        let before = repo.keys("").await?;
+        let would_delete = prune(&repo.as_service().await?, &dry).await?;
+        assert_eq!(
+            (would_delete.packs_deleted, would_delete.bytes_freed),
+            (2, old.stats.bytes_stored)
+        );
+        assert_eq!(repo.keys("").await?, before, "nothing deleted");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn prune_refuses_to_run_on_a_partly_readable_index() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        let (old, _) = old_and_kept(&repo).await?;
+        forget(&repo.as_service().await?, &[old.id]).await?;
+        let garbage = bytes::Bytes::from_static(b"not an age file");
+        let bad_key = format!("index/{}", hex::encode(content_hash(&garbage)));
+        repo.store().put_new(&bad_key, garbage).await?;
+
+        let before = repo.keys("").await?;
+        let service = repo.as_service().await?;
+        assert_eq!(service.index_problems().len(), 1);
+        let refused = prune(&service, &NOW).await.err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains(&bad_key) && e.contains("partly readable index")),
+            "{refused:?}"
+        );
+        assert_eq!(repo.keys("").await?, before, "nothing marked or deleted");
+        Ok(())
+    }
+}

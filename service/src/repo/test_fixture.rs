@@ -203,6 +203,8 @@ pub(crate) struct WrittenSnapshot {
     pub(crate) files: BTreeMap<String, BlobId>,
     /// Each directory's path (`""` for the root) and tree blob.
     pub(crate) trees: BTreeMap<String, BlobId>,
+    /// What its writer stored.
+    pub(crate) stats: WriteStats,
 }
 
 /// Backs up `files` (`path` → content; a `/` in a path makes directories)
@@ -225,7 +227,7 @@ pub(crate) async fn write_snapshot(
     })
     .await?;
     let (root, stored) = stored?;
-    writer.finish().await?;
+    let stats = writer.finish().await?;
     let references = stored.files.values().chain(stored.trees.values()).copied();
     let snapshot = snapshot(job, root, references.collect());
     let id = repo.save_snapshot(&snapshot).await?;
@@ -234,6 +236,7 @@ pub(crate) async fn write_snapshot(
         snapshot,
         files: stored.files,
         trees: stored.trees,
+        stats,
     })
 }
 
