@@ -393,22 +393,4 @@ fn note_user(users: &mut Users, blob: BlobId, label: &str, path: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_subtrees_count_every_time_they_are_named() {
-        let id = |n: u8| BlobId::from_bytes([n; 32]);
-        let mut trees = Subtrees::new();
-        trees.insert(id(0), (1, Vec::new()));
-        for level in 1..=70u8 {
-            trees.insert(id(level), (2, vec![id(level - 1), id(level - 1)]));
-        }
-        // Level k names 2 entries and twice level k-1: 1, 4, 10, 22, …
-        assert_eq!(entries_walked(id(3), &trees), 22);
-        assert_eq!(entries_walked(id(70), &trees), u64::MAX);
-        // An unreadable subtree counts nothing.
-        trees.insert(id(100), (3, vec![id(99)]));
-        assert_eq!(entries_walked(id(100), &trees), 3);
-    }
-}
+mod tests;
