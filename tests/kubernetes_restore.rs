@@ -15,7 +15,7 @@ use lifeboat::sources::kubernetes::restore::order::rank;
 use lifeboat::sources::kubernetes::restore::{ApplyOptions, ApplyReport, Existing, Outcome, apply};
 use lifeboat_tests::cli::{Installation, write_file};
 use lifeboat_tests::kubernetes::{KubeApiServer, fixtures};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Backs up the fixture cluster and restores the snapshot's files.
 async fn restored_snapshot() -> Result<(tempfile::TempDir, Installation, PathBuf)> {
@@ -281,7 +281,7 @@ async fn lifeboat_restore_apply_and_drill_work_from_the_command_line() -> Result
     };
 
     let dry = tokio::task::block_in_place(|| {
-        installation.lifeboat_repo("restore", &args(&["--dry-run"]))
+        installation.lifeboat_repo("restore", &args(&["--dry-run", "--no-suspend"]))
     })?
     .ok()?
     .json()?;
@@ -352,5 +352,309 @@ async fn lifeboat_restore_apply_and_drill_work_from_the_command_line() -> Result
     ] {
         ensure!(text.contains(step), "the drill ran {step}: {report:#}");
     }
+    Ok(())
+}
+
+/// A cluster where Flux and Argo CD run: the managers the snapshot's
+/// objects name are live (flux-system above apps, a HelmRelease below it,
+/// an Application), one Kustomization was suspended by hand.
+async fn gitops_cluster(dir: &std::path::Path) -> Result<(KubeApiServer, kube::Client)> {
+    let crd = |plural: &str, group: &str, kind: &str, version: &str| {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": format!("{plural}.{group}")},
+               "spec": {"group": group, "scope": "Namespaced",
+                        "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase()},
+                        "versions": [{"name": version, "served": true, "storage": true}]}})
+    };
+    let flux = |kind: &str,
+                version: &str,
+                namespace: &str,
+                name: &str,
+                parent: Option<&str>,
+                spec: Value| {
+        let group = if kind == "HelmRelease" {
+            "helm"
+        } else {
+            "kustomize"
+        };
+        let mut labels = json!({});
+        if let Some(parent) = parent {
+            labels = json!({"kustomize.toolkit.fluxcd.io/name": parent,
+                            "kustomize.toolkit.fluxcd.io/namespace": "flux-system"});
+        }
+        json!({"apiVersion": format!("{group}.toolkit.fluxcd.io/{version}"), "kind": kind,
+               "metadata": {"name": name, "namespace": namespace, "labels": labels}, "spec": spec})
+    };
+    let namespace =
+        |name: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    let server = KubeApiServer::start(vec![
+        namespace("default"),
+        namespace("flux-system"),
+        namespace("argocd"),
+        namespace("monitoring"),
+        crd("kustomizations", "kustomize.toolkit.fluxcd.io", "Kustomization", "v1"),
+        crd("helmreleases", "helm.toolkit.fluxcd.io", "HelmRelease", "v2"),
+        crd("applications", "argoproj.io", "Application", "v1alpha1"),
+        flux("Kustomization", "v1", "flux-system", "flux-system", None, json!({"interval": "10m", "path": "./clusters/home"})),
+        flux("Kustomization", "v1", "flux-system", "apps", Some("flux-system"), json!({"interval": "10m", "suspend": false})),
+        flux("Kustomization", "v1", "flux-system", "manual", Some("flux-system"), json!({"interval": "1h", "suspend": true})),
+        flux("HelmRelease", "v2", "monitoring", "prometheus", Some("apps"), json!({"interval": "30m"})),
+        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+               "metadata": {"name": "grafana", "namespace": "argocd"},
+               "spec": {"project": "default", "syncPolicy": {"automated": {"prune": true, "selfHeal": true}}}}),
+    ])
+    .await?;
+    let path = dir.join(format!(
+        "kubeconfig-{}",
+        server.url().replace([':', '/', '.'], "-")
+    ));
+    server.write_kubeconfig(&path)?;
+    let client = lifeboat::k8s::connect(Some(&path), None).await?;
+    Ok((server, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitops_managers_are_suspended_around_the_apply_and_resumed_exactly() -> Result<()> {
+    let (_volumes, installation, files) = restored_snapshot().await?;
+    // Objects managed by a HelmRelease and by the hand-suspended
+    // Kustomization, a webhook, and a kind the cluster does not serve
+    // (its apply fails: the managers must still be resumed).
+    write_file(
+        &files.join("core/configmaps/monitoring/prometheus-rules.yaml"),
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: prometheus-rules\n  namespace: monitoring\n  labels:\n    helm.toolkit.fluxcd.io/name: prometheus\n    helm.toolkit.fluxcd.io/namespace: monitoring\n",
+    )?;
+    write_file(
+        &files.join("core/configmaps/apps/by-hand.yaml"),
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: by-hand\n  namespace: apps\n  labels:\n    kustomize.toolkit.fluxcd.io/name: manual\n    kustomize.toolkit.fluxcd.io/namespace: flux-system\n",
+    )?;
+    write_file(
+        &files.join("admissionregistration.k8s.io/validatingwebhookconfigurations/_cluster/policy.yaml"),
+        b"apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: policy\nwebhooks: []\n",
+    )?;
+    write_file(
+        &files.join("example.com/gizmos/apps/g1.yaml"),
+        b"apiVersion: example.com/v1\nkind: Gizmo\nmetadata:\n  name: g1\n  namespace: apps\n",
+    )?;
+    let (documents, problems) = load(&files)?;
+    ensure!(problems.is_empty(), "{problems:?}");
+    let (server, client) = gitops_cluster(installation.root()).await?;
+    let manager = |group: &str, resource: &str, namespace: &str, name: &str| {
+        server
+            .object(group, resource, namespace, name)
+            .with_context(|| format!("{resource} {namespace}/{name} is gone"))
+    };
+    let before_app = manager("argoproj.io", "applications", "argocd", "grafana")?;
+    let report = apply(&client, documents.clone(), &ApplyOptions::default()).await?;
+    ensure!(
+        result(&report, "example.com/gizmos apps/g1")?.outcome == Outcome::Failed,
+        "{report:#?}"
+    );
+
+    let actions: BTreeMap<(String, String), usize> =
+        report.gitops.iter().fold(BTreeMap::new(), |mut counts, m| {
+            let action = serde_json::to_value(m.action).unwrap_or_default();
+            *counts
+                .entry((
+                    m.manager.clone(),
+                    action.as_str().unwrap_or_default().to_owned(),
+                ))
+                .or_default() += 1;
+            counts
+        });
+    let expected: BTreeMap<(String, String), usize> = [
+        ("Kustomization flux-system/flux-system", "suspended"),
+        ("Kustomization flux-system/flux-system", "resumed"),
+        ("Kustomization flux-system/apps", "suspended"),
+        ("Kustomization flux-system/apps", "resumed"),
+        ("HelmRelease monitoring/prometheus", "suspended"),
+        ("HelmRelease monitoring/prometheus", "resumed"),
+        ("Application argocd/grafana", "suspended"),
+        ("Application argocd/grafana", "resumed"),
+        ("Kustomization flux-system/manual", "left-suspended"),
+    ]
+    .into_iter()
+    .map(|(m, a)| ((m.to_owned(), a.to_owned()), 1))
+    .collect();
+    ensure!(actions == expected, "{:#?}", report.gitops);
+
+    // Every suspension before the first apply, every resumption after the last.
+    let writes = server.writes();
+    let is_manager = |w: &lifeboat_tests::kubernetes::Write| {
+        ["kustomizations", "helmreleases", "applications"].contains(&w.resource.as_str())
+    };
+    let first_apply = writes
+        .iter()
+        .position(|w| w.verb == "apply")
+        .context("no apply")?;
+    let last_apply = writes
+        .iter()
+        .rposition(|w| w.verb == "apply")
+        .context("no apply")?;
+    let patches: Vec<usize> = (0..writes.len())
+        .filter(|&i| writes[i].verb == "patch" && is_manager(&writes[i]))
+        .collect();
+    ensure!(
+        patches.len() == 8
+            && patches[..4].iter().all(|&i| i < first_apply)
+            && patches[4..].iter().all(|&i| i > last_apply)
+            && writes
+                .iter()
+                .all(|w| w.status < 300 || w.resource == "gizmos"),
+        "four suspensions before the applies, four resumptions after: {writes:#?}"
+    );
+    ensure!(
+        !writes
+            .iter()
+            .any(|w| w.verb == "patch" && w.name == "manual"),
+        "the hand-suspended Kustomization is never touched"
+    );
+    let position = |resource: &str, name: &str| {
+        writes
+            .iter()
+            .position(|w| w.verb == "apply" && w.resource == resource && w.name == name)
+            .with_context(|| format!("{resource} {name} was not applied"))
+    };
+    ensure!(
+        position("validatingwebhookconfigurations", "policy")? > position("deployments", "web")?,
+        "webhooks come after the workloads"
+    );
+
+    // Each manager is back as it was, without lifeboat's mark.
+    let mark = lifeboat::k8s::gitops::SUSPENDED_ANNOTATION;
+    for (group, resource, namespace, name, suspend) in [
+        (
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "flux-system",
+            Value::Null,
+        ),
+        (
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "apps",
+            json!(false),
+        ),
+        (
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "manual",
+            json!(true),
+        ),
+        (
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "monitoring",
+            "prometheus",
+            Value::Null,
+        ),
+    ] {
+        let live = manager(group, resource, namespace, name)?;
+        ensure!(
+            live["spec"]["suspend"] == suspend && live["metadata"]["annotations"][mark].is_null(),
+            "{name} is as it was: {live:#}"
+        );
+    }
+    let app = manager("argoproj.io", "applications", "argocd", "grafana")?;
+    ensure!(
+        app["spec"]["syncPolicy"] == before_app["spec"]["syncPolicy"]
+            && app["metadata"]["annotations"][mark].is_null(),
+        "the Application syncs automatically again: {app:#}"
+    );
+
+    // A run that died after suspending leaves its mark: the next run keeps
+    // the manager suspended and resumes it. Without suspension, nothing
+    // is patched.
+    let mut crashed = manager(
+        "kustomize.toolkit.fluxcd.io",
+        "kustomizations",
+        "flux-system",
+        "apps",
+    )?;
+    crashed["spec"]["suspend"] = json!(true);
+    crashed["metadata"]["annotations"] = json!({ mark: "false" });
+    server.load(crashed)?;
+    let options = ApplyOptions {
+        resources: vec!["Deployment".into()],
+        ..ApplyOptions::default()
+    };
+    let again = apply(&client, documents.clone(), &options).await?;
+    let apps: Vec<_> = again
+        .gitops
+        .iter()
+        .filter(|m| m.manager == "Kustomization flux-system/apps")
+        .map(|m| m.action)
+        .collect();
+    use lifeboat::k8s::gitops::Action;
+    ensure!(
+        apps == [Action::StillSuspended, Action::Resumed],
+        "{:#?}",
+        again.gitops
+    );
+    let apps = manager(
+        "kustomize.toolkit.fluxcd.io",
+        "kustomizations",
+        "flux-system",
+        "apps",
+    )?;
+    ensure!(apps["spec"]["suspend"] == false && apps["metadata"]["annotations"][mark].is_null());
+    let patched = server.writes().iter().filter(|w| w.verb == "patch").count();
+    let untouched = ApplyOptions {
+        suspend_gitops: false,
+        ..options
+    };
+    let plain = apply(&client, documents, &untouched).await?;
+    ensure!(plain.gitops.is_empty(), "{:#?}", plain.gitops);
+    ensure!(
+        server.writes().iter().filter(|w| w.verb == "patch").count() == patched,
+        "--no-suspend patches no manager"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_restored_into_an_empty_cluster_are_created_suspended_then_resumed() -> Result<()>
+{
+    let (_volumes, installation, files) = restored_snapshot().await?;
+    let (documents, _) = load(&files)?;
+    let (server, client) = empty_cluster(installation.root()).await?;
+    let report = apply(&client, documents, &ApplyOptions::default()).await?;
+    use lifeboat::k8s::gitops::Action;
+    let mut resumed: Vec<&str> = report
+        .gitops
+        .iter()
+        .filter(|m| m.action == Action::Resumed)
+        .map(|m| m.manager.as_str())
+        .collect();
+    resumed.sort_unstable();
+    ensure!(
+        resumed
+            == [
+                "Application argocd/grafana",
+                "Kustomization flux-system/apps"
+            ],
+        "{:#?}",
+        report.gitops
+    );
+    let apps = server
+        .object(
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "apps",
+        )
+        .context("apps restored")?;
+    let grafana = server
+        .object("argoproj.io", "applications", "argocd", "grafana")
+        .context("grafana restored")?;
+    ensure!(
+        apps["spec"].get("suspend").is_none()
+            && grafana["spec"]["syncPolicy"]["automated"]["selfHeal"] == true
+            && apps["metadata"]["annotations"][lifeboat::k8s::gitops::SUSPENDED_ANNOTATION]
+                .is_null(),
+        "restored as stored: {apps:#} {grafana:#}"
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use lifeboat::k8s::gitops::Action as GitopsAction;
 use lifeboat::restore::files::{RestoreOptions, restore};
 use lifeboat::sources::kubernetes::restore::documents::load;
 use lifeboat::sources::kubernetes::restore::{ApplyOptions, ApplyReport, Existing, Outcome, apply};
@@ -61,6 +62,11 @@ pub struct KubernetesArgs {
     /// Kubernetes: what to do with objects that exist.
     #[arg(long, value_enum, default_value = "skip", requires = "apply")]
     existing: ExistingArg,
+    /// Kubernetes: leave the Flux Kustomizations and HelmReleases and the
+    /// Argo CD Applications managing the objects running (by default they
+    /// are suspended while the objects are applied, then resumed).
+    #[arg(long, requires = "apply")]
+    no_suspend: bool,
 }
 
 /// `--existing`.
@@ -110,6 +116,7 @@ impl KubernetesArgs {
                 ExistingArg::Skip => Existing::Skip,
                 ExistingArg::Update => Existing::Update,
             },
+            suspend_gitops: !self.no_suspend,
             ..ApplyOptions::default()
         })
     }
@@ -166,6 +173,17 @@ pub async fn run(restoring: &Restoring<'_>, args: &KubernetesArgs) -> anyhow::Re
     let restored = KubernetesRestored { report: &report };
     restoring.print(restored, || {
         let mut text = String::new();
+        for manager in &report.gitops {
+            let action = serde_json::to_value(manager.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            text.push_str(&format!("gitops   {action:<15} {}", manager.manager));
+            if !manager.reason.is_empty() {
+                text.push_str(&format!(": {}", manager.reason));
+            }
+            text.push('\n');
+        }
         for object in &report.objects {
             let outcome = serde_json::to_value(object.outcome)
                 .ok()
@@ -192,6 +210,17 @@ pub async fn run(restoring: &Restoring<'_>, args: &KubernetesArgs) -> anyhow::Re
     })?;
     if failed > 0 {
         anyhow::bail!("{failed} objects were not applied; see the report above");
+    }
+    let stuck = report
+        .gitops
+        .iter()
+        .filter(|m| m.action == GitopsAction::Failed)
+        .count();
+    if stuck > 0 {
+        anyhow::bail!(
+            "{stuck} GitOps managers could not be suspended or resumed; see the report above \
+             (a later `lifeboat restore --apply` resumes those lifeboat suspended)"
+        );
     }
     Ok(())
 }

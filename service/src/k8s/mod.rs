@@ -5,6 +5,7 @@
 pub mod canonical;
 pub mod discovery;
 pub mod exec;
+pub mod gitops;
 
 use std::path::{Path, PathBuf};
 

@@ -128,6 +128,22 @@ const BUILTIN: &[Builtin] = &[
         ALL_VERBS,
     ),
     ("batch", "v1", "jobs", "Job", true, ALL_VERBS),
+    (
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        false,
+        ALL_VERBS,
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        false,
+        ALL_VERBS,
+    ),
     ("batch", "v1", "cronjobs", "CronJob", true, ALL_VERBS),
     (
         "autoscaling",

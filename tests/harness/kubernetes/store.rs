@@ -106,12 +106,17 @@ impl Store {
     }
 }
 
-/// Merges `patch` into `target`: maps recursively, everything else
-/// (lists included) replaced.
+/// Merges `patch` into `target`: maps recursively, `null` removing the
+/// field, everything else (lists included) replaced.
 fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(target), Value::Object(patch)) => {
             for (name, value) in patch {
+                if value.is_null() {
+                    // RFC 7386: null removes the field.
+                    target.remove(name);
+                    continue;
+                }
                 match target.get_mut(name) {
                     Some(existing) if existing.is_object() && value.is_object() => {
                         merge(existing, value);

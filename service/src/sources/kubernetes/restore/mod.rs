@@ -8,7 +8,9 @@
 //! references are kept, with the owner's new uid, when the owner was
 //! applied before the object, and dropped otherwise. Services lose their cluster IPs, which the new
 //! cluster assigns. Namespaces can be renamed on the way. One object
-//! failing never stops the others; each gets a result.
+//! failing never stops the others; each gets a result. The GitOps
+//! controllers managing the objects are paused meanwhile
+//! ([`gitops`](crate::k8s::gitops)).
 
 pub mod documents;
 pub mod order;
@@ -24,6 +26,7 @@ use serde_json::Value;
 use self::documents::Document;
 use crate::k8s::K8sError;
 use crate::k8s::discovery::{ServedResource, discover};
+use crate::k8s::gitops::{self, ManagerResult};
 use crate::sources::kubernetes::filter::names_resource;
 
 /// The field manager lifeboat applies with.
@@ -64,6 +67,9 @@ pub struct ApplyOptions {
     pub existing: Existing,
     /// How long a new CRD may take to be established.
     pub crd_timeout: Duration,
+    /// Pause the GitOps managers (Flux, Argo CD) of the objects while
+    /// they are applied, and resume them afterwards ([`gitops`]).
+    pub suspend_gitops: bool,
 }
 
 impl Default for ApplyOptions {
@@ -79,6 +85,7 @@ impl Default for ApplyOptions {
             dry_run: false,
             existing: Existing::Skip,
             crd_timeout: Duration::from_secs(60),
+            suspend_gitops: true,
         }
     }
 }
@@ -116,6 +123,8 @@ pub struct ApplyReport {
     pub dry_run: bool,
     /// Every object's result.
     pub objects: Vec<ObjectResult>,
+    /// The GitOps managers paused before the apply, then resumed.
+    pub gitops: Vec<ManagerResult>,
 }
 
 impl ApplyReport {
@@ -133,7 +142,11 @@ impl ApplyReport {
     }
 }
 
-/// Applies `documents` to the cluster of `client`.
+/// Applies `documents` to the cluster of `client`. Unless it is a dry
+/// run or `suspend_gitops` is off, the GitOps managers of the objects are
+/// paused first, managers among the documents are created paused, and
+/// every manager lifeboat paused is resumed at the end — also when the
+/// apply failed.
 ///
 /// Fails only when the server's resources cannot be discovered; each
 /// object's own failure is in the report.
@@ -144,7 +157,7 @@ pub async fn apply(
 ) -> Result<ApplyReport, K8sError> {
     let mut report = ApplyReport {
         dry_run: options.dry_run,
-        objects: Vec::new(),
+        ..ApplyReport::default()
     };
     let selected: Vec<Document> = documents
         .into_iter()
@@ -164,13 +177,35 @@ pub async fn apply(
         }
     }
     queue.sort_by_key(|d| order::rank(&d.group, &d.resource));
+    let pausing = options.suspend_gitops && !options.dry_run;
+    if pausing {
+        let named = queue
+            .iter()
+            .flat_map(|d| gitops::named_by(&d.object["metadata"]));
+        report.gitops = gitops::suspend(client, named).await?;
+    }
+    let applied = apply_in_order(client, &queue, options, &restored, &mut report).await;
+    if pausing {
+        report.gitops.extend(gitops::resume(client).await?);
+    }
+    applied.map(|()| report)
+}
+
+/// Applies the ranked `queue`, one result per object in `report`.
+async fn apply_in_order(
+    client: &Client,
+    queue: &[Document],
+    options: &ApplyOptions,
+    restored: &BTreeSet<(String, String, String, String)>,
+    report: &mut ApplyReport,
+) -> Result<(), K8sError> {
     let mut served = discover(client).await?.resources;
     let mut new_uids: BTreeMap<(String, String, String, String), String> = BTreeMap::new();
     let mut new_crds: Vec<String> = Vec::new();
     // Namespaces a dry run would create: what goes in them cannot be tried.
     let mut dry_namespaces: BTreeSet<String> = BTreeSet::new();
     let mut crds_settled = false;
-    for document in &queue {
+    for document in queue {
         let rank = order::rank(&document.group, &document.resource);
         if rank > order::CRDS && !crds_settled {
             crds_settled = true;
@@ -179,7 +214,12 @@ pub async fn apply(
                 served = discover(client).await?.resources;
             }
         }
-        let object = prepare(document, options, &restored, &new_uids);
+        let mut object = prepare(document, options, restored, &new_uids);
+        if options.suspend_gitops && !options.dry_run {
+            if let Some(kind) = gitops::ManagerKind::of(&document.group, document.kind()) {
+                kind.pause_stored(&mut object);
+            }
+        }
         let namespace = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default()
@@ -229,7 +269,7 @@ pub async fn apply(
             Err(reason) => report.push(document, Outcome::Failed, reason),
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Applies one object; returns its outcome, a reason and its uid.

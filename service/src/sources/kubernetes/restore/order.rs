@@ -1,6 +1,9 @@
 //! The order objects are applied in, so that what an object refers to
 //! exists first: CRDs (then waited for), namespaces, storage, RBAC,
-//! service accounts, Secrets, ConfigMaps, everything else, workloads last.
+//! service accounts, Secrets, ConfigMaps, everything else, workloads, and
+//! last admission webhooks and aggregated APIs, whose backing Services
+//! only answer once their workloads run (a webhook applied first would make
+//! every create it matches fail).
 
 /// The apply rank of a resource; lower goes first.
 pub fn rank(group: &str, resource: &str) -> u8 {
@@ -19,6 +22,11 @@ pub fn rank(group: &str, resource: &str) -> u8 {
         ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
         | ("batch", "jobs" | "cronjobs")
         | ("", "pods" | "replicationcontrollers") => 12,
+        (
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations" | "mutatingwebhookconfigurations",
+        )
+        | ("apiregistration.k8s.io", "apiservices") => 13,
         _ => 11,
     }
 }
@@ -46,6 +54,10 @@ mod tests {
             ("", "configmaps"),
             ("kustomize.toolkit.fluxcd.io", "kustomizations"),
             ("apps", "deployments"),
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+            ),
         ];
         let ranks: Vec<u8> = order.iter().map(|(g, r)| rank(g, r)).collect();
         assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
