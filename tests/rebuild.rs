@@ -328,6 +328,30 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         "the Job ran before postgres was stopped"
     );
     ensure!(position("patch", "deployments", "grafana").is_some_and(|p| p < first_job));
+    // Argo CD manages grafana (its tracking annotation): the Application
+    // stops syncing before grafana is scaled down and syncs again after it
+    // is scaled back.
+    let app_patches: Vec<usize> = (0..writes.len())
+        .filter(|&i| writes[i].verb == "patch" && writes[i].resource == "applications")
+        .collect();
+    let scaled: Vec<usize> = (0..writes.len())
+        .filter(|&i| writes[i].verb == "patch" && writes[i].resource == "deployments")
+        .collect();
+    ensure!(
+        app_patches.len() == 2
+            && scaled.len() == 2
+            && app_patches[0] < scaled[0]
+            && app_patches[1] > scaled[1],
+        "the Application is suspended around the restore: {writes:#?}"
+    );
+    let app = kube
+        .object("argoproj.io", "applications", "argocd", "grafana")
+        .context("the Application")?;
+    ensure!(
+        app["spec"]["syncPolicy"]["automated"]["selfHeal"] == true
+            && app["metadata"]["annotations"]["lifeboat.dev/suspended-from"].is_null(),
+        "the Application syncs automatically again: {app:#}"
+    );
     for (resource, namespace, name) in [
         ("statefulsets", "databases", "postgres"),
         ("deployments", "monitoring", "grafana"),

@@ -25,6 +25,27 @@ pub enum KubernetesError {
         #[source]
         source: K8sError,
     },
+    /// A GitOps manager could not be listed, suspended or resumed.
+    #[error(
+        "{action}; the rebuild resumes what it suspended on --resume (or set the field back and remove the annotation lifeboat.dev/suspended-from by hand)"
+    )]
+    GitOps {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: K8sError,
+    },
+    /// The API refused to suspend or resume a GitOps manager.
+    #[error(
+        "{action}: {reason}; the rebuild retries on --resume (or set the field back and remove the annotation lifeboat.dev/suspended-from by hand)"
+    )]
+    GitOpsManager {
+        /// What was being done, naming the manager.
+        action: String,
+        /// The server's answer.
+        reason: String,
+    },
     /// A request failed.
     #[error("{action}")]
     Api {

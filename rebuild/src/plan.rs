@@ -167,12 +167,22 @@ impl Step {
                 humantime::format_duration(spec.talos.wait)
             ),
             Self::StopWorkloads => format!(
-                "read the manifests of {}; Kubernetes API: list the pods using their claims, follow each pod's controller to its Deployment or StatefulSet, record them with their replicas in WORK/{STOPPED_FILE}, PATCH (merge) spec.replicas = 0 on each, and wait until no such pod is left (at most {})",
+                "read the manifests of {}; Kubernetes API: list the pods using their claims, follow each pod's controller to its Deployment or StatefulSet, record them with their replicas in WORK/{STOPPED_FILE}, {}PATCH (merge) spec.replicas = 0 on each, and wait until no such pod is left (at most {})",
                 spec.data.volumes.join(", "),
+                if spec.data.suspend_gitops {
+                    "suspend the Flux Kustomizations/HelmReleases and Argo CD Applications their labels name (PATCH spec.suspend = true / remove spec.syncPolicy.automated, marked lifeboat.dev/suspended-from), "
+                } else {
+                    ""
+                },
                 humantime::format_duration(spec.data.wait)
             ),
             Self::StartWorkloads => format!(
-                "Kubernetes API: PATCH (merge) spec.replicas back to the count recorded in WORK/{STOPPED_FILE} on each stopped workload"
+                "Kubernetes API: PATCH (merge) spec.replicas back to the count recorded in WORK/{STOPPED_FILE} on each stopped workload{}",
+                if spec.data.suspend_gitops {
+                    ", then set back every GitOps manager marked lifeboat.dev/suspended-from"
+                } else {
+                    ""
+                }
             ),
             Self::Volumes(k) => describe_volumes(spec, &spec.data.volumes[k]),
             Self::RemoveRestoreSecret => format!(

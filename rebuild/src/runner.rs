@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lifeboat::k8s::gitops::{Action, ManagerResult};
 use lifeboat::repo::UnlockedRepository;
 use lifeboat::repo::keys::RestoreIdentity;
 use lifeboat::repo::snapshot::SourceKind;
@@ -20,7 +21,7 @@ use lifeboat::talos::ApplyMode;
 
 use crate::error::RebuildError;
 use crate::hypervisor::Hypervisor;
-use crate::kubernetes;
+use crate::kubernetes::{self, KubernetesError};
 use crate::plan::{STOPPED_FILE, Step};
 use crate::spec::ClusterSpec;
 use crate::talos::{self, Nodes};
@@ -323,12 +324,23 @@ impl<'a> Runner<'a> {
                 found
             }
         };
+        let mut suspended = String::new();
+        if self.spec.data.suspend_gitops {
+            let named = workloads::managers(&client, &stopped).await?;
+            let results = lifeboat::k8s::gitops::suspend(&client, named)
+                .await
+                .map_err(|source| KubernetesError::GitOps {
+                    action: "listing the GitOps managers of the workloads".into(),
+                    source,
+                })?;
+            suspended = gitops_outcome(&results, "suspending")?;
+        }
         for workload in &stopped.workloads {
             workloads::scale(&client, workload, 0).await?;
         }
         workloads::wait_until_stopped(&client, &claims, &stopped.unmanaged, self.spec.data.wait)
             .await?;
-        Ok(format!("stopped {}", stopped.describe()))
+        Ok(format!("{suspended}stopped {}", stopped.describe()))
     }
 
     /// Scales the stopped workloads back to their replicas.
@@ -341,6 +353,16 @@ impl<'a> Runner<'a> {
         for workload in &stopped.workloads {
             workloads::scale(&client, workload, workload.replicas).await?;
         }
+        let mut resumed = String::new();
+        if self.spec.data.suspend_gitops {
+            let results = lifeboat::k8s::gitops::resume(&client)
+                .await
+                .map_err(|source| KubernetesError::GitOps {
+                    action: "listing the GitOps managers lifeboat suspended".into(),
+                    source,
+                })?;
+            resumed = gitops_outcome(&results, "resuming")?;
+        }
         std::fs::remove_file(&record).map_err(RebuildError::io("removing", &record))?;
         let started: Vec<String> = stopped
             .workloads
@@ -348,9 +370,9 @@ impl<'a> Runner<'a> {
             .map(|w| format!("{}/{} to {}", w.namespace, w.name, w.replicas))
             .collect();
         Ok(if started.is_empty() {
-            "nothing was stopped".into()
+            format!("{resumed}nothing was stopped")
         } else {
-            format!("scaled back {}", started.join(", "))
+            format!("{resumed}scaled back {}", started.join(", "))
         })
     }
 
@@ -472,4 +494,32 @@ fn write_private(path: &Path, content: &[u8]) -> Result<(), RebuildError> {
         .map_err(RebuildError::io("writing", path))?;
     file.write_all(content)
         .map_err(RebuildError::io("writing", path))
+}
+
+/// The step's words for what happened to the GitOps managers (`""` when
+/// none), e.g. `suspended Application argocd/grafana; `.
+///
+/// Fails naming the first manager that could not be changed.
+fn gitops_outcome(results: &[ManagerResult], doing: &str) -> Result<String, KubernetesError> {
+    if let Some(failed) = results.iter().find(|r| r.action == Action::Failed) {
+        return Err(KubernetesError::GitOpsManager {
+            action: format!("{doing} {}", failed.manager),
+            reason: failed.reason.clone(),
+        });
+    }
+    let changed: Vec<&str> = results
+        .iter()
+        .filter(|r| matches!(r.action, Action::Suspended | Action::Resumed))
+        .map(|r| r.manager.as_str())
+        .collect();
+    Ok(if changed.is_empty() {
+        String::new()
+    } else {
+        let verb = if doing == "suspending" {
+            "suspended"
+        } else {
+            "resumed"
+        };
+        format!("{verb} {}; ", changed.join(", "))
+    })
 }

@@ -287,6 +287,11 @@ pub struct DataSpec {
     /// Databases restored from here with `pg_restore`.
     #[serde(default)]
     pub postgres: Vec<PostgresRestore>,
+    /// Suspend the Flux and Argo CD managers of the stopped workloads
+    /// while their volumes are restored (they would scale them back up),
+    /// and resume them afterwards.
+    #[serde(default = "default_true")]
+    pub suspend_gitops: bool,
 }
 
 impl Default for DataSpec {
@@ -298,6 +303,7 @@ impl Default for DataSpec {
             overwrite: false,
             wait: default_job_wait(),
             postgres: Vec::new(),
+            suspend_gitops: true,
         }
     }
 }

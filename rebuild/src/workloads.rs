@@ -16,6 +16,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use lifeboat::k8s::gitops::{self, Named};
+
 use crate::kubernetes::{KubernetesError, api};
 
 /// A claim: namespace and PVC name.
@@ -225,6 +227,37 @@ async fn owner(
         }
         _ => Ok(None),
     }
+}
+
+/// The GitOps managers the stopped workloads' marks name
+/// ([`gitops::named_by`]).
+///
+/// Fails when a workload cannot be read.
+pub async fn managers(
+    client: &kube::Client,
+    stopped: &Stopped,
+) -> Result<Vec<Named>, KubernetesError> {
+    let mut named = Vec::new();
+    for workload in &stopped.workloads {
+        let (namespace, name) = (&workload.namespace, &workload.name);
+        let action = || format!("reading {:?} {namespace}/{name}", workload.kind);
+        let metadata = match workload.kind {
+            Kind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(api(action()))?
+                .map(|w| w.metadata),
+            Kind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(api(action()))?
+                .map(|w| w.metadata),
+        };
+        if let Some(metadata) = metadata.and_then(|m| serde_json::to_value(m).ok()) {
+            named.extend(gitops::named_by(&metadata));
+        }
+    }
+    Ok(named)
 }
 
 /// Sets the workload's replicas.
