@@ -418,11 +418,44 @@ fn the_rendered_config_loads_and_every_path_it_names_is_mounted() -> Result<()> 
 }
 
 #[test]
-fn the_talos_patch_lets_the_namespace_hold_the_role() -> Result<()> {
-    let path = deploy_dir().join("talos/patch-kubernetes-talos-api-access.yaml");
-    let patch: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?;
-    let access = &patch["machine"]["features"]["kubernetesTalosAPIAccess"];
-    ensure!(access["enabled"] == true, "{access}");
+fn both_talos_generations_let_the_namespace_hold_the_role() -> Result<()> {
+    let read = |name: &str| -> Result<Value> {
+        let path = deploy_dir().join("talos").join(name);
+        Ok(serde_yaml_ng::from_str(&std::fs::read_to_string(&path)?)?)
+    };
+    // Before Talos 1.14: the v1alpha1 machine.features block.
+    let patch = read("patch-kubernetes-talos-api-access.yaml")?;
+    let before = patch["machine"]["features"]["kubernetesTalosAPIAccess"].clone();
+    ensure!(before["enabled"] == true, "{before}");
+    // Talos 1.14 and later: its own document.
+    let document = read("kubetalosapiaccessconfig-lifeboat.yaml")?;
+    ensure!(
+        document["apiVersion"] == "v1alpha1" && document["kind"] == "KubeTalosAPIAccessConfig",
+        "{document}"
+    );
+    for access in [&before, &document] {
+        talos_access_allows_the_account(access)?;
+    }
+    // The Terraform snippet hands the provider one or the other.
+    let text = std::fs::read_to_string(deploy_dir().join("talos/talos-api-access.tf"))?;
+    let body: hcl::Body = hcl::from_str(&text).context("talos-api-access.tf is not HCL")?;
+    let locals: Vec<hcl::Block> = body
+        .into_blocks()
+        .filter(|b| b.identifier.as_str() == "locals")
+        .collect();
+    ensure!(
+        locals.len() == 1
+            && text.contains("kubetalosapiaccessconfig-lifeboat.yaml")
+            && text.contains("patch-kubernetes-talos-api-access.yaml")
+            && text.contains("config_patches"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// Whether a Talos API access setting grants the Talos ServiceAccount of
+/// the base its namespace and roles.
+fn talos_access_allows_the_account(access: &Value) -> Result<()> {
     let documents = rendered("kubernetes/base")?;
     let account = of_kind(&documents, "talos.dev/v1alpha1", "ServiceAccount");
     ensure!(account.len() == 1, "one Talos ServiceAccount");
