@@ -164,6 +164,20 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
             "uid": "00000000-0000-4000-8000-0000000000ae", "controller": true}]);
     })?;
 
+    // Per-node patches, as the user's Terraform gives them: the worker a
+    // hostname, a Tailscale extension and a disk for Mayastor (strategic
+    // merge), the control plane a JSON patch.
+    let worker_patch = dir.path().join("patch-w1.yaml");
+    std::fs::write(
+        &worker_patch,
+        "machine:\n  network: {hostname: w1}\n  install:\n    extensions: [{image: ghcr.io/siderolabs/tailscale:1.80.0}]\n\
+         ---\napiVersion: v1alpha1\nkind: UserVolumeConfig\nname: mayastor\nprovisioning: {diskSelector: {match: disk.dev_path == '/dev/vdb'}, minSize: 100GiB}\n",
+    )?;
+    let cp_patch = dir.path().join("patch-cp1.json");
+    std::fs::write(
+        &cp_patch,
+        r#"[{"op": "add", "path": "/machine/network", "value": {"hostname": "cp1"}}]"#,
+    )?;
     let work = dir.path().join("work");
     let spec = dir.path().join("cluster.toml");
     let pin = hex_sha256(&pki.server_cert_der);
@@ -175,8 +189,8 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
              [talos]\nmaintenance_pin = {pin:?}\nwait = \"60s\"\n\
              [data]\nvolumes = [\"latest:volumes\"]\nimage = \"ghcr.io/example/lifeboat:test\"\nwait = \"60s\"\n\
              [[data.postgres]]\nsnapshot = \"latest:databases\"\nurl = {pg:?}\npg_bin = {pg_bin:?}\n\
-             [[node]]\nname = \"cp1\"\nrole = \"controlplane\"\nmac = \"52:54:00:6c:00:01\"\nmaintenance_address = {cp:?}\nendpoint = {cp:?}\n\
-             [[node]]\nname = \"w1\"\nrole = \"worker\"\nmac = \"52:54:00:6c:00:02\"\nmaintenance_address = {w:?}\nendpoint = {w:?}\n",
+             [[node]]\nname = \"cp1\"\nrole = \"controlplane\"\nmac = \"52:54:00:6c:00:01\"\nmaintenance_address = {cp:?}\nendpoint = {cp:?}\npatches = [{cp_patch:?}]\n\
+             [[node]]\nname = \"w1\"\nrole = \"worker\"\nmac = \"52:54:00:6c:00:02\"\nmaintenance_address = {w:?}\nendpoint = {w:?}\npatches = [{w_patch:?}]\n",
             disks = text(&dir.path().join("domains")),
             repo = install.url(),
             key = text(&install.restore_key()),
@@ -184,6 +198,8 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
             pg_bin = text(postgres.bin_dir()),
             cp = cp.endpoint(),
             w = worker.endpoint(),
+            cp_patch = text(&cp_patch),
+            w_patch = text(&worker_patch),
         ),
     )?;
     let spec_arg = text(&spec);
@@ -209,6 +225,8 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         "--in-place",
         "spec.replicas = 0",
         "postgres:latest:databases",
+        "patched with",
+        "is shown here once a run has fetched",
     ] {
         ensure!(
             plan.stdout.contains(part),
@@ -278,8 +296,55 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     );
     ensure!(count(&cp, "Bootstrap") == 2 && count(&cp, "Kubeconfig") == 1);
     ensure!(cp.bootstrapped() == Some((true, false)));
-    ensure!(cp.applied_configs() == [cp_config.as_bytes().to_vec()]);
-    ensure!(worker.applied_configs() == [worker_config.as_bytes().to_vec()]);
+    // Each node received the snapshot's config of its role with its own
+    // patches applied, and nothing else changed in it.
+    let received = |node: &TalosApiServer| -> Result<Vec<Value>> {
+        let applied = node.applied_configs();
+        ensure!(applied.len() == 1, "one config applied: {}", applied.len());
+        serde_yaml_ng::Deserializer::from_slice(&applied[0])
+            .map(|d| Ok(serde::Deserialize::deserialize(d)?))
+            .collect()
+    };
+    let cp_received = received(&cp)?;
+    ensure!(
+        cp_received
+            == [serde_json::json!({"version": "v1alpha1",
+                "machine": {"type": "controlplane", "token": "abc", "network": {"hostname": "cp1"}}})],
+        "{cp_received:#?}"
+    );
+    let worker_received = received(&worker)?;
+    ensure!(
+        worker_received.len() == 2
+            && worker_received[0]["machine"]["type"] == "worker"
+            && worker_received[0]["machine"]["token"] == "abc"
+            && worker_received[0]["machine"]["network"]["hostname"] == "w1"
+            && worker_received[0]["machine"]["install"]["extensions"][0]["image"]
+                == "ghcr.io/siderolabs/tailscale:1.80.0"
+            && worker_received[1]["kind"] == "UserVolumeConfig"
+            && worker_received[1]["name"] == "mayastor",
+        "{worker_received:#?}"
+    );
+    // With the backups fetched, the plan shows each node's effective
+    // config, the token redacted.
+    let replan = install
+        .lifeboat(&[
+            "rebuild",
+            "--spec",
+            spec_arg.as_str(),
+            "--work",
+            work_arg.as_str(),
+            "--plan",
+        ])?
+        .ok()?;
+    ensure!(
+        replan.stdout.contains("--- effective machine config of w1")
+            && replan.stdout.contains("hostname: w1")
+            && replan.stdout.contains("UserVolumeConfig")
+            && replan.stdout.contains("<redacted>")
+            && !replan.stdout.contains("abc"),
+        "{}",
+        replan.stdout
+    );
     let uploaded = cp.recovered().context("nothing was uploaded")?;
     ensure!(
         uploaded == backed_up,

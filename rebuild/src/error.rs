@@ -32,6 +32,9 @@ pub enum RebuildError {
     /// The Kubernetes API failed, or what was sent to it.
     #[error(transparent)]
     Kubernetes(#[from] KubernetesError),
+    /// A node's patches do not apply.
+    #[error(transparent)]
+    Patch(#[from] crate::patches::PatchError),
     /// The state file or the report.
     #[error(transparent)]
     State(#[from] StateError),

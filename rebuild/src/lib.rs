@@ -29,6 +29,7 @@ pub mod domain;
 pub mod error;
 pub mod hypervisor;
 pub mod kubernetes;
+pub mod patches;
 pub mod plan;
 pub mod progress;
 pub mod runner;
@@ -130,6 +131,31 @@ pub fn plan(spec: &ClusterSpec) -> Vec<PlannedStep> {
             description: step.describe(spec),
         })
         .collect()
+}
+
+/// Each node's machine config as the rebuild will apply it (its patches
+/// applied, secrets redacted), when an earlier run fetched the
+/// talos-config snapshot into `work`; `None` when it has not.
+pub fn effective_configs(
+    spec: &ClusterSpec,
+    work: &std::path::Path,
+) -> Option<Vec<(String, Result<String, RebuildError>)>> {
+    let nodes = talos::Nodes { spec, work };
+    if !nodes.talos_config_dir().is_dir() {
+        return None;
+    }
+    let config = |node: &spec::NodeSpec| -> Result<String, RebuildError> {
+        let path = nodes.machine_config(node)?;
+        let base =
+            std::fs::read(&path).map_err(|source| talos::NodeError::ReadConfig { path, source })?;
+        Ok(patches::redacted(&patches::effective(&base, node)?)?)
+    };
+    Some(
+        spec.nodes
+            .iter()
+            .map(|node| (node.name.clone(), config(node)))
+            .collect(),
+    )
 }
 
 /// How a run ended: the report (written to [`Outcome::report`]) and, when

@@ -135,9 +135,10 @@ impl Step {
                 humantime::format_duration(spec.talos.wait)
             ),
             Self::ApplyConfig(i) => format!(
-                "Talos API {}: machine.MachineService/ApplyConfiguration{{data: {}, mode: AUTO}}, {pin}",
+                "Talos API {}: machine.MachineService/ApplyConfiguration{{data: {}{}, mode: AUTO}}, {pin}",
                 with_port(&spec.nodes[i].maintenance_address),
-                config_name(&spec.nodes[i])
+                config_name(&spec.nodes[i]),
+                patch_names(&spec.nodes[i])
             ),
             Self::TalosApi(i) => format!(
                 "Talos API {}: machine.MachineService/Version over mutual TLS with the talosconfig from the talos-config snapshot; until it answers",
@@ -234,6 +235,19 @@ fn describe_volumes(spec: &ClusterSpec, what: &str) -> String {
         secret = data::SECRET,
         wait = humantime::format_duration(spec.data.wait),
     )
+}
+
+/// `, patched with a.yaml, b.json` (nothing without patches).
+fn patch_names(node: &NodeSpec) -> String {
+    if node.patches.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = node
+        .patches
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!(", patched with {} in that order", names.join(", "))
 }
 
 fn config_name(node: &NodeSpec) -> String {

@@ -124,19 +124,23 @@ impl<'a> Runner<'a> {
             Step::ApplyConfig(i) => {
                 let node = &spec.nodes[i];
                 let path = self.nodes().machine_config(node)?;
-                let config =
-                    std::fs::read(&path).map_err(|source| talos::NodeError::ReadConfig {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let base = std::fs::read(&path).map_err(|source| talos::NodeError::ReadConfig {
+                    path: path.clone(),
+                    source,
+                })?;
+                let config = crate::patches::effective(&base, node)?;
                 let address = &node.maintenance_address;
                 let client = self.nodes().connect(address, false).await?;
                 let outcome = client
                     .apply_configuration(Bytes::from(config), ApplyMode::Auto, false)
                     .await
                     .map_err(talos::api(address))?;
+                let patched = match node.patches.len() {
+                    0 => String::new(),
+                    n => format!(" with {n} patch(es)"),
+                };
                 Ok(format!(
-                    "applied {} ({}: {})",
+                    "applied {}{patched} ({}: {})",
                     path.display(),
                     outcome.mode,
                     outcome.mode_details

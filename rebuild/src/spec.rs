@@ -360,12 +360,19 @@ pub struct NodeSpec {
     pub bridge: String,
     /// The address the node has in maintenance mode (first boot).
     pub maintenance_address: String,
-    /// The node's Talos API endpoint once configured (`IP` or `IP:PORT`).
+    /// The node's Talos API endpoint once configured: `IP`, `IP:PORT` or a
+    /// name (e.g. Tailscale MagicDNS; its certificate must hold the name,
+    /// `machine.certSANs`).
     pub endpoint: String,
     /// The machine config inside the talos-config snapshot (default: the
     /// first control-plane or worker config found there, by content).
     #[serde(default)]
     pub machine_config: Option<String>,
+    /// This node's patches to that config, applied in order: YAML
+    /// strategic-merge documents or JSON (RFC 6902) patches, as talosctl
+    /// and the Terraform Talos provider take them ([`crate::patches`]).
+    #[serde(default)]
+    pub patches: Vec<PathBuf>,
 }
 
 impl NodeSpec {

@@ -13,7 +13,8 @@ use lifeboat::repo::keys::RestoreIdentity;
 use lifeboat_rebuild::progress::StepRecord;
 use lifeboat_rebuild::spec::{ClusterSpec, PostgresRestore};
 use lifeboat_rebuild::{
-    CallerError, Observer, RebuildOptions, RepositoryLocation, Restores, plan, rebuild,
+    CallerError, Observer, RebuildOptions, RepositoryLocation, Restores, effective_configs, plan,
+    rebuild,
 };
 
 use crate::args::{KeyArgs, RepoArgs};
@@ -66,6 +67,21 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<()> {
         for (n, step) in plan(&spec).iter().enumerate() {
             let description = step.description.replace('\n', "\n    ");
             text.push_str(&format!("{:>2}. {}\n    {description}\n\n", n + 1, step.id));
+        }
+        match effective_configs(&spec, &args.work) {
+            None => text.push_str(
+                "Each node's effective machine config (its patches applied, secrets redacted) \
+                 is shown here once a run has fetched the talos-config snapshot into the work folder.\n",
+            ),
+            Some(configs) => {
+                for (node, config) in configs {
+                    text.push_str(&format!("--- effective machine config of {node}\n"));
+                    match config {
+                        Ok(config) => text.push_str(&config),
+                        Err(e) => text.push_str(&format!("error: {}\n", lifeboat::errors::describe(&e))),
+                    }
+                }
+            }
         }
         std::io::stdout().lock().write_all(text.as_bytes())?;
         return Ok(());
