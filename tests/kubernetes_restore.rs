@@ -38,6 +38,14 @@ async fn empty_cluster(dir: &std::path::Path) -> Result<(KubeApiServer, kube::Cl
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
     ])
     .await?;
+    connected(server, dir).await
+}
+
+/// `server` with a client of its own kubeconfig in `dir`.
+async fn connected(
+    server: KubeApiServer,
+    dir: &std::path::Path,
+) -> Result<(KubeApiServer, kube::Client)> {
     let path = dir.join(format!(
         "kubeconfig-{}",
         server.url().replace([':', '/', '.'], "-")
@@ -404,13 +412,7 @@ async fn gitops_cluster(dir: &std::path::Path) -> Result<(KubeApiServer, kube::C
                "spec": {"project": "default", "syncPolicy": {"automated": {"prune": true, "selfHeal": true}}}}),
     ])
     .await?;
-    let path = dir.join(format!(
-        "kubeconfig-{}",
-        server.url().replace([':', '/', '.'], "-")
-    ));
-    server.write_kubeconfig(&path)?;
-    let client = lifeboat::k8s::connect(Some(&path), None).await?;
-    Ok((server, client))
+    connected(server, dir).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

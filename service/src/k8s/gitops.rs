@@ -320,20 +320,25 @@ pub async fn suspend(
         }
         let before = kind.value_in(&live).to_string();
         let patch = kind.patch(kind.paused(), Value::String(before));
-        let result = match api
-            .patch(
-                &manager.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => ManagerResult::new(&manager, Action::Suspended, ""),
-            Err(e) => ManagerResult::new(&manager, Action::Failed, e.to_string()),
-        };
-        results.push(result);
+        results.push(patch_manager(&api, &manager, &patch, Action::Suspended).await);
     }
     Ok(results)
+}
+
+/// Merge-patches `manager`; its result is `done` or the failure.
+async fn patch_manager(
+    api: &Api<DynamicObject>,
+    manager: &Manager,
+    patch: &Value,
+    done: Action,
+) -> ManagerResult {
+    match api
+        .patch(&manager.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => ManagerResult::new(manager, done, ""),
+        Err(e) => ManagerResult::new(manager, Action::Failed, e.to_string()),
+    }
 }
 
 /// The manager `named` names: Flux's as named, an Argo CD Application
@@ -385,18 +390,8 @@ pub async fn resume(client: &Client) -> Result<Vec<ManagerResult>, K8sError> {
                 continue;
             };
             let patch = kind.patch(before, Value::Null);
-            let result = match api(client, &resource, &manager.namespace)
-                .patch(
-                    &manager.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => ManagerResult::new(&manager, Action::Resumed, ""),
-                Err(e) => ManagerResult::new(&manager, Action::Failed, e.to_string()),
-            };
-            results.push(result);
+            let api = api(client, &resource, &manager.namespace);
+            results.push(patch_manager(&api, &manager, &patch, Action::Resumed).await);
         }
     }
     Ok(results)
