@@ -14,20 +14,22 @@ use std::path::{Path, PathBuf};
 pub enum K8sError {
     /// No usable configuration was found.
     #[error(
-        "no Kubernetes access: {reason}; run lifeboat inside the cluster with a service account, \
+        "no Kubernetes access: {source}; run lifeboat inside the cluster with a service account, \
          set KUBECONFIG, or set `kubeconfig` in the job's source"
     )]
     NoAccess {
         /// What failed.
-        reason: String,
+        #[source]
+        source: AccessError,
     },
     /// The configured kubeconfig could not be used.
-    #[error("cannot use the kubeconfig {path}: {reason}")]
+    #[error("cannot use the kubeconfig {path}: {source}")]
     Kubeconfig {
         /// The file.
         path: PathBuf,
-        /// Why.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: kube::config::KubeconfigError,
     },
     /// A request failed.
     #[error("{what}: {source}")]
@@ -38,6 +40,21 @@ pub enum K8sError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// Why no client could be made without a configured kubeconfig.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// Neither a kubeconfig nor the in-cluster service account is usable.
+    #[error(transparent)]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The kubeconfig found through `KUBECONFIG` or `~/.kube/config` (for a
+    /// configured `context`) is unusable.
+    #[error(transparent)]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// The configuration found does not make a client.
+    #[error(transparent)]
+    Client(#[from] kube::Error),
 }
 
 impl K8sError {
@@ -62,30 +79,25 @@ pub async fn connect(
     };
     let config = match kubeconfig {
         Some(path) => {
-            let failed = |reason: String| K8sError::Kubeconfig {
+            let failed = |source| K8sError::Kubeconfig {
                 path: path.to_owned(),
-                reason,
+                source,
             };
-            let file =
-                kube::config::Kubeconfig::read_from(path).map_err(|e| failed(e.to_string()))?;
+            let file = kube::config::Kubeconfig::read_from(path).map_err(failed)?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| failed(e.to_string()))?
+                .map_err(failed)?
         }
-        None if context.is_some() => {
-            kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| K8sError::NoAccess {
-                    reason: e.to_string(),
-                })?
-        }
-        None => kube::Config::infer()
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| K8sError::NoAccess {
-                reason: e.to_string(),
-            })?,
+            .map_err(no_access)?,
+        None => kube::Config::infer().await.map_err(no_access)?,
     };
-    kube::Client::try_from(config).map_err(|e| K8sError::NoAccess {
-        reason: e.to_string(),
-    })
+    kube::Client::try_from(config).map_err(no_access)
+}
+
+fn no_access(cause: impl Into<AccessError>) -> K8sError {
+    K8sError::NoAccess {
+        source: cause.into(),
+    }
 }
