@@ -46,13 +46,14 @@ pub enum KeyError {
     },
     /// A passphrase-protected identity file could not be decrypted.
     #[error(
-        "cannot decrypt identity file {path}: {reason}; check the passphrase (LIFEBOAT_PASSPHRASE)"
+        "cannot decrypt identity file {path}: {source}; check the passphrase (LIFEBOAT_PASSPHRASE)"
     )]
     Passphrase {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: PassphraseError,
     },
     /// A recipient string is not an age X25519 recipient.
     #[error("{value:?} is not an age recipient (age1…): {reason}")]
@@ -71,6 +72,20 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a passphrase-protected identity file did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum PassphraseError {
+    /// No passphrase was given.
+    #[error("the file is passphrase-protected")]
+    Missing,
+    /// The file is not an age file, or the passphrase does not open it.
+    #[error(transparent)]
+    Decrypt(#[from] age::DecryptError),
+    /// The decrypted identities could not be read (damaged, or not text).
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
 }
 
 /// A set of age X25519 identities loaded from one identity file.
@@ -134,20 +149,20 @@ fn decrypt_with_passphrase(
     raw: &[u8],
     passphrase: Option<&SecretString>,
 ) -> Result<String, KeyError> {
-    let fail = |reason: String| KeyError::Passphrase {
+    let fail = |cause: PassphraseError| KeyError::Passphrase {
         path: path.to_owned(),
-        reason,
+        source: cause,
     };
-    let passphrase = passphrase.ok_or_else(|| fail("the file is passphrase-protected".into()))?;
+    let passphrase = passphrase.ok_or_else(|| fail(PassphraseError::Missing))?;
     let identity = age::scrypt::Identity::new(passphrase.clone());
     let reader = age::armor::ArmoredReader::new(raw);
-    let decryptor = age::Decryptor::new(reader).map_err(|e| fail(e.to_string()))?;
+    let decryptor = age::Decryptor::new(reader).map_err(|e| fail(e.into()))?;
     let mut plain = String::new();
     decryptor
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.into()))?
         .read_to_string(&mut plain)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
     Ok(plain)
 }
 
