@@ -57,6 +57,15 @@ pub enum RepoError {
         /// Why.
         reason: String,
     },
+    /// The `config` object is not JSON of a config's shape.
+    #[error("the repository config at {url} is invalid: {source}")]
+    UnparsableConfig {
+        /// The store.
+        url: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// An identity file matches neither key role.
     #[error(
         "the identity {identity} is neither this repository's restore key nor its service key \
@@ -94,6 +103,17 @@ pub enum RepoError {
         key: String,
         /// What is wrong.
         reason: String,
+    },
+    /// An object's plaintext cannot be read as its kind.
+    #[error(
+        "object {key} is damaged: {source}; run `lifeboat check --read-data` to find all damage"
+    )]
+    Undecodable {
+        /// The object.
+        key: String,
+        /// Why it cannot be read.
+        #[source]
+        source: DecodeError,
     },
     /// A create of a content-named object found another object under its name.
     #[error(
@@ -170,4 +190,15 @@ pub enum RepoError {
     /// A worker task or lock failed because code panicked.
     #[error(transparent)]
     Worker(#[from] crate::errors::WorkerError),
+}
+
+/// Why an object's plaintext cannot be read as its kind.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Its decrypted stream or its zstd frames broke off or do not verify.
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    /// It is not JSON of its kind's shape.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }

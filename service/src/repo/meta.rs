@@ -10,14 +10,15 @@ use std::io::Read;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::RepoError;
 use super::crypt::{self, CryptError};
 use super::id::content_hash;
+use super::{DecodeError, RepoError};
 
 /// Failure to open a metadata object, before it is tied to its key.
 #[derive(Debug)]
 pub(crate) enum MetaError {
     Crypt(CryptError),
+    Decode(DecodeError),
     Format(String),
 }
 
@@ -26,6 +27,10 @@ impl MetaError {
     pub(crate) fn at(self, key: &str) -> RepoError {
         match self {
             Self::Crypt(source) => RepoError::Crypt {
+                key: key.into(),
+                source,
+            },
+            Self::Decode(source) => RepoError::Undecodable {
                 key: key.into(),
                 source,
             },
@@ -77,22 +82,26 @@ pub(crate) fn open<'a, T: MetaObject>(
 /// Decompresses (at most `T::MAX_PLAIN` bytes), parses and validates the
 /// plaintext of a metadata object.
 pub(crate) fn parse<T: MetaObject>(packed: &[u8]) -> Result<T, MetaError> {
-    let json = decompress(packed, T::MAX_PLAIN).map_err(MetaError::Format)?;
-    let value: T = serde_json::from_slice(&json).map_err(|e| MetaError::Format(e.to_string()))?;
+    let json = decompress(packed, T::MAX_PLAIN)?;
+    let value: T =
+        serde_json::from_slice(&json).map_err(|e| MetaError::Decode(DecodeError::Json(e)))?;
     value.validate().map_err(MetaError::Format)?;
     Ok(value)
 }
 
 /// Decompresses zstd frames, refusing more than `max` bytes of output.
-fn decompress(packed: &[u8], max: usize) -> Result<Vec<u8>, String> {
-    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(|e| e.to_string())?;
+fn decompress(packed: &[u8], max: usize) -> Result<Vec<u8>, MetaError> {
+    let broken = |e: std::io::Error| MetaError::Decode(DecodeError::Read(e));
+    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(broken)?;
     let mut json = Vec::new();
     decoder
         .take(max as u64 + 1)
         .read_to_end(&mut json)
-        .map_err(|e| e.to_string())?;
+        .map_err(broken)?;
     if json.len() > max {
-        return Err(format!("it decompresses to more than {max} bytes"));
+        return Err(MetaError::Format(format!(
+            "it decompresses to more than {max} bytes"
+        )));
     }
     Ok(json)
 }

@@ -30,7 +30,7 @@ pub mod tree;
 mod unlocked;
 pub mod writer;
 
-pub use error::RepoError;
+pub use error::{DecodeError, RepoError};
 pub use unlocked::UnlockedRepository;
 
 use std::sync::Arc;
@@ -139,8 +139,12 @@ impl Repository {
             url: url.clone(),
             reason,
         };
-        let config: RepoConfig =
-            serde_json::from_slice(&config_bytes).map_err(|e| bad(e.to_string()))?;
+        let config: RepoConfig = serde_json::from_slice(&config_bytes).map_err(|source| {
+            RepoError::UnparsableConfig {
+                url: url.clone(),
+                source,
+            }
+        })?;
         config.validate().map_err(&bad)?;
         if config.version != FORMAT_VERSION {
             return Err(bad(format!(

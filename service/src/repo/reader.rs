@@ -270,9 +270,9 @@ impl BlobReader {
                 source,
             }
         })?;
-        let damaged = |e: std::io::Error| RepoError::Damaged {
+        let damaged = |e: std::io::Error| RepoError::Undecodable {
             key: key.into(),
-            reason: e.to_string(),
+            source: e.into(),
         };
         if blob.offset < SEGMENT_PLAIN {
             std::io::copy(&mut (&mut reader).take(blob.offset), &mut std::io::sink())
@@ -307,9 +307,9 @@ impl BlobReader {
     /// limit of entries.
     pub async fn read_tree(&self, id: &BlobId) -> Result<Tree, RepoError> {
         let plain = self.read(id).await?;
-        let tree = Tree::from_bytes(&plain).map_err(|e| RepoError::Damaged {
+        let tree = Tree::from_bytes(&plain).map_err(|e| RepoError::Undecodable {
             key: format!("tree {id}"),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         tree.validate(|blob| {
             self.index
