@@ -12,7 +12,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{AttemptFailure, EndpointAttempt, EtcdError, EtcdSource};
+use super::{
+    AttemptFailure, CredentialProblem, EndpointAttempt, EndpointProblem, EtcdError, EtcdSource,
+};
 use crate::talos::TalosEndpoint;
 use crate::talos::tls::{self as mtls, Failure};
 
@@ -77,7 +79,7 @@ impl EtcdSource {
             return Err(EtcdError::CredentialFile {
                 what: "ca",
                 path: ca_path.clone(),
-                reason: "none of its certificates can be used as a trust anchor".into(),
+                problem: CredentialProblem::NoTrustAnchor,
             });
         }
         let builder = ClientConfig::builder_with_provider(Arc::new(
@@ -87,7 +89,7 @@ impl EtcdSource {
         .map_err(|e| EtcdError::CredentialFile {
             what: "ca",
             path: ca_path.clone(),
-            reason: e.to_string(),
+            problem: CredentialProblem::Tls(e),
         })?
         .with_root_certificates(roots);
         let mut config = match (&self.cert, &self.key) {
@@ -96,7 +98,7 @@ impl EtcdSource {
                 .map_err(|e| EtcdError::CredentialFile {
                     what: "key",
                     path: key.clone(),
-                    reason: format!("it does not suit the certificate in `cert` ({e})"),
+                    problem: CredentialProblem::KeyMismatch(e),
                 })?,
             _ => builder.with_no_client_auth(),
         };
@@ -233,19 +235,19 @@ pub(super) async fn count_keys_with(client: &mut Client) -> Result<(i64, i64), S
 }
 
 /// Reads a PEM file, checking that it holds a block of `label`.
-fn read_pem(what: &'static str, path: &Path, label: &str) -> Result<Vec<u8>, EtcdError> {
-    let fail = |reason: String| EtcdError::CredentialFile {
+fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, EtcdError> {
+    let fail = |problem| EtcdError::CredentialFile {
         what,
         path: path.to_owned(),
-        reason,
+        problem,
     };
-    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| fail(CredentialProblem::Read(e)))?;
     let text = String::from_utf8_lossy(&bytes);
     let has_block = text
         .lines()
         .any(|line| line.starts_with("-----BEGIN ") && line.contains(label));
     if !has_block {
-        return Err(fail(format!("it holds no PEM {label} block")));
+        return Err(fail(CredentialProblem::NoPemBlock { label }));
     }
     Ok(bytes)
 }
@@ -291,14 +293,12 @@ fn join_causes(
 /// Fails when it is not an `http://` or `https://` URL with a host, or is
 /// `https://` without a `ca`.
 fn target(url: &str, tls: &Tls) -> Result<Target, EtcdError> {
-    let bad = |reason: String| EtcdError::BadEndpoint {
+    let bad = |problem| EtcdError::BadEndpoint {
         endpoint: url.to_owned(),
-        reason,
+        problem,
     };
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| bad(format!("is not a URL ({e})")))?;
-    let host = uri.host().ok_or_else(|| bad("has no host".into()))?;
+    let uri: Uri = url.parse().map_err(|e| bad(EndpointProblem::NotAUrl(e)))?;
+    let host = uri.host().ok_or_else(|| bad(EndpointProblem::NoHost))?;
     match uri.scheme_str() {
         Some("http") => Ok(Target::Plain(url.to_owned())),
         Some("https") => {
@@ -306,12 +306,12 @@ fn target(url: &str, tls: &Tls) -> Result<Target, EtcdError> {
                 endpoint: url.to_owned(),
             })?;
             let port = uri.port_u16().unwrap_or(2379);
-            let endpoint =
-                TalosEndpoint::parse(&format!("{host}:{port}")).map_err(|e| bad(e.to_string()))?;
+            let endpoint = TalosEndpoint::parse(&format!("{host}:{port}"))
+                .map_err(|e| bad(EndpointProblem::Address(e)))?;
             Ok(Target::Secure(endpoint, config))
         }
-        Some(other) => Err(bad(format!("has the scheme {other:?}"))),
-        None => Err(bad("has no scheme".into())),
+        Some(other) => Err(bad(EndpointProblem::Scheme(other.to_owned()))),
+        None => Err(bad(EndpointProblem::NoScheme)),
     }
 }
 
@@ -364,7 +364,7 @@ fn read_certificates(
         .map_err(|e| EtcdError::CredentialFile {
             what,
             path: path.to_owned(),
-            reason: format!("a certificate in it cannot be read ({e})"),
+            problem: CredentialProblem::Certificate(e),
         })
 }
 
@@ -374,7 +374,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, EtcdError> {
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| EtcdError::CredentialFile {
         what: "key",
         path: path.to_owned(),
-        reason: format!("it holds no usable private key ({e})"),
+        problem: CredentialProblem::Key(e),
     })
 }
 

@@ -91,13 +91,14 @@ pub enum EtcdError {
     NoEndpoints,
     /// An endpoint is not a usable URL.
     #[error(
-        "etcd endpoint {endpoint:?} {reason}; write it as https://HOST:PORT (or http://HOST:PORT without TLS)"
+        "etcd endpoint {endpoint:?} {problem}; write it as https://HOST:PORT (or http://HOST:PORT without TLS)"
     )]
     BadEndpoint {
         /// The endpoint as configured.
         endpoint: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        problem: EndpointProblem,
     },
     /// `cert` without `key` or the other way round.
     #[error("the etcd source sets `{set}` but not `{missing}`; a client certificate needs both")]
@@ -117,14 +118,15 @@ pub enum EtcdError {
         endpoint: String,
     },
     /// A certificate or key file cannot be used.
-    #[error("cannot use the etcd {what} file {path}: {reason}; fix `{what}` in the job's source")]
+    #[error("cannot use the etcd {what} file {path}: {problem}; fix `{what}` in the job's source")]
     CredentialFile {
         /// `ca`, `cert` or `key`.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        problem: CredentialProblem,
     },
     /// No endpoint could be used.
     #[error("no etcd endpoint could be used; tried {}", list_attempts(.attempts))]
@@ -163,6 +165,55 @@ pub enum EtcdError {
         /// What is wrong with the snapshot.
         problem: SnapshotError,
     },
+}
+
+/// What is wrong with a configured endpoint, as a phrase after its name.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointProblem {
+    /// It does not parse as a URL.
+    #[error("is not a URL ({0})")]
+    NotAUrl(#[source] tonic::codegen::http::uri::InvalidUri),
+    /// It names no host.
+    #[error("has no host")]
+    NoHost,
+    /// Its host and port do not make an address.
+    #[error(transparent)]
+    Address(crate::talos::TalosError),
+    /// Its scheme is neither `http` nor `https`.
+    #[error("has the scheme {0:?}")]
+    Scheme(String),
+    /// It has no scheme.
+    #[error("has no scheme")]
+    NoScheme,
+}
+
+/// What is wrong with a configured certificate or key file.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialProblem {
+    /// It cannot be read.
+    #[error(transparent)]
+    Read(std::io::Error),
+    /// It holds no PEM block of the expected label.
+    #[error("it holds no PEM {label} block")]
+    NoPemBlock {
+        /// The label looked for, e.g. `CERTIFICATE`.
+        label: &'static str,
+    },
+    /// A certificate in it does not parse.
+    #[error("a certificate in it cannot be read ({0})")]
+    Certificate(#[source] rustls::pki_types::pem::Error),
+    /// It holds no private key that parses.
+    #[error("it holds no usable private key ({0})")]
+    Key(#[source] rustls::pki_types::pem::Error),
+    /// None of the CA's certificates is a usable trust anchor.
+    #[error("none of its certificates can be used as a trust anchor")]
+    NoTrustAnchor,
+    /// The private key does not belong to the client certificate.
+    #[error("it does not suit the certificate in `cert` ({0})")]
+    KeyMismatch(#[source] rustls::Error),
+    /// The TLS settings cannot be made.
+    #[error(transparent)]
+    Tls(rustls::Error),
 }
 
 /// One endpoint that could not be used, and why.
