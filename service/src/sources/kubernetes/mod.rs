@@ -93,12 +93,20 @@ pub enum KubernetesError {
     #[error(transparent)]
     Api(#[from] K8sError),
     /// An object could not be written as YAML.
-    #[error("cannot write {path} as YAML: {reason}")]
+    #[error("cannot write {path} as YAML: {source}")]
     Yaml {
         /// Where it would go.
         path: String,
-        /// Why.
-        reason: String,
+        /// The serialiser's error.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// The inventory could not be written as JSON.
+    #[error("cannot write {INVENTORY_FILE} as JSON: {source}")]
+    Inventory {
+        /// The serialiser's error.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -274,9 +282,9 @@ impl KubernetesSource {
                     resource.api.group.as_str()
                 };
                 let path = [group, resource.api.plural.as_str(), scope, file.as_str()];
-                let yaml = canonical::to_yaml(&object).map_err(|e| KubernetesError::Yaml {
+                let yaml = canonical::to_yaml(&object).map_err(|source| KubernetesError::Yaml {
                     path: path.join("/"),
-                    reason: e.to_string(),
+                    source,
                 })?;
                 documents
                     .insert(&path, yaml.into_bytes(), mtime)
@@ -300,11 +308,8 @@ impl KubernetesSource {
             ));
         }
         let objects: u64 = counts.values().sum();
-        let inventory_json =
-            serde_json::to_vec_pretty(&inventory).map_err(|e| KubernetesError::Yaml {
-                path: INVENTORY_FILE.into(),
-                reason: e.to_string(),
-            })?;
+        let inventory_json = serde_json::to_vec_pretty(&inventory)
+            .map_err(|source| KubernetesError::Inventory { source })?;
         documents
             .insert(&[INVENTORY_FILE], inventory_json, 0)
             .map_err(SourceError::from)?;
