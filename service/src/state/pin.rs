@@ -47,14 +47,15 @@ pub enum PinError {
     },
     /// The file is not a pin.
     #[error(
-        "the repository pin {path} is unreadable ({reason}); restore it from a backup of the \
+        "the repository pin {path} is unreadable ({source}); restore it from a backup of the \
          state folder, or delete it to pin the repository as it is now"
     )]
     Malformed {
         /// The file.
         path: PathBuf,
-        /// Why.
-        reason: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -76,10 +77,7 @@ pub fn load(dir: &Path) -> Result<Option<RepositoryPin>, PinError> {
     };
     serde_json::from_slice(&text)
         .map(Some)
-        .map_err(|e| PinError::Malformed {
-            path,
-            reason: e.to_string(),
-        })
+        .map_err(|source| PinError::Malformed { path, source })
 }
 
 /// Writes the pin into `dir` atomically (a temporary file renamed over it).
@@ -96,9 +94,9 @@ pub fn save(dir: &Path, pin: &RepositoryPin) -> Result<(), PinError> {
         }
     };
     std::fs::create_dir_all(dir).map_err(io("creating the folder of"))?;
-    let json = serde_json::to_vec_pretty(pin).map_err(|e| PinError::Malformed {
+    let json = serde_json::to_vec_pretty(pin).map_err(|source| PinError::Malformed {
         path: path.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     let temporary = dir.join(format!(".{PIN_FILE}.tmp"));
     std::fs::write(&temporary, json).map_err(io("writing"))?;
