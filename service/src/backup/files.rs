@@ -138,13 +138,21 @@ fn prepare(folders: &[Folder]) -> Result<Layout, BackupError> {
             path: folder.path.display().to_string(),
             reason,
         };
-        let path = std::path::absolute(&folder.path).map_err(|e| fail(e.to_string()))?;
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| fail(format!("{e}; check the folder list of the job")))?;
+        let unreadable = |source| BackupError::Unreadable {
+            path: folder.path.display().to_string(),
+            source,
+        };
+        let path = std::path::absolute(&folder.path).map_err(unreadable)?;
+        let meta = std::fs::metadata(&path).map_err(unreadable)?;
         if !meta.is_dir() {
             return Err(fail("it is not a directory".into()));
         }
-        let excludes = Excludes::new(&folder.exclude).map_err(fail)?;
+        let excludes =
+            Excludes::new(&folder.exclude).map_err(|(pattern, source)| BackupError::Exclude {
+                path: folder.path.display().to_string(),
+                pattern,
+                source,
+            })?;
         let names: Vec<&OsStr> = path
             .components()
             .filter_map(|c| match c {
@@ -191,18 +199,22 @@ struct Excludes {
 }
 
 impl Excludes {
-    fn new(patterns: &[String]) -> Result<Self, String> {
+    /// Compiles `patterns`.
+    ///
+    /// Fails with the pattern that is not a glob, or with all of them when
+    /// only their set fails to compile.
+    fn new(patterns: &[String]) -> Result<Self, (String, globset::Error)> {
         let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
         for pattern in patterns {
-            let glob = Glob::new(pattern.trim_start_matches('/'))
-                .map_err(|e| format!("exclude pattern {pattern:?}: {e}"))?;
+            let glob =
+                Glob::new(pattern.trim_start_matches('/')).map_err(|e| (pattern.clone(), e))?;
             if pattern.contains('/') {
                 paths.add(glob);
             } else {
                 names.add(glob);
             }
         }
-        let build = |set: GlobSetBuilder| set.build().map_err(|e| e.to_string());
+        let build = |set: GlobSetBuilder| set.build().map_err(|e| (patterns.join(", "), e));
         Ok(Self {
             names: build(names)?,
             paths: build(paths)?,
@@ -280,9 +292,9 @@ impl Archiver {
             .iter()
             .map(|(name, entry)| {
                 let path = at.join(OsStr::from_bytes(name));
-                let meta = std::fs::metadata(&path).map_err(|e| BackupError::Source {
+                let meta = std::fs::metadata(&path).map_err(|source| BackupError::Unreadable {
                     path: path.display().to_string(),
-                    reason: e.to_string(),
+                    source,
                 })?;
                 let mut node = base_node(name, &meta, NodeKind::Dir);
                 let subtree = match entry {

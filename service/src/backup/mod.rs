@@ -41,6 +41,27 @@ pub enum BackupError {
         /// Why, and the fix where known.
         reason: String,
     },
+    /// A configured folder cannot be found or read.
+    #[error("cannot back up {path}: {source}; check the folder list of the job")]
+    Unreadable {
+        /// The folder, or the folder above one that could not be read.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An exclude pattern of a folder is not a valid glob.
+    #[error("cannot back up {path}: exclude pattern {pattern:?}: {source}")]
+    Exclude {
+        /// The folder.
+        path: String,
+        /// The pattern (the folder's patterns, `, `-joined, when only
+        /// together they fail).
+        pattern: String,
+        /// The glob compiler's error.
+        #[source]
+        source: globset::Error,
+    },
     /// Reading a stream failed.
     #[error("reading stream {name}: {source}")]
     Stream {
