@@ -487,7 +487,10 @@ mod tests {
         let wrong = SecretString::from("wrong".to_owned());
         assert!(matches!(
             RestoreIdentity::from_file(&locked, Some(&wrong)),
-            Err(KeyError::Passphrase { .. })
+            Err(KeyError::Passphrase {
+                source: PassphraseError::Decrypt(_),
+                ..
+            })
         ));
         assert!(matches!(
             generate_identity_file(&plain, None),

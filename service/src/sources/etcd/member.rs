@@ -427,8 +427,16 @@ mod tests {
         assert!(message.contains("ca.crt"), "{message}");
         assert!(message.contains("no PEM CERTIFICATE block"), "{message}");
         std::fs::remove_file(&ca).expect("remove");
-        let message = source.tls().expect_err("missing file").to_string();
-        assert!(message.contains("fix `ca`"), "{message}");
+        let missing = source.tls().expect_err("missing file");
+        assert!(missing.to_string().contains("fix `ca`"), "{missing}");
+        assert!(
+            matches!(
+                &missing,
+                EtcdError::CredentialFile { problem: CredentialProblem::Read(e), .. }
+                    if e.kind() == std::io::ErrorKind::NotFound
+            ),
+            "{missing:?}"
+        );
     }
 
     #[test]
