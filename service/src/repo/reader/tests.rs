@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::repo::DecodeError;
 use crate::repo::blob::BlobKind;
 use crate::repo::keys::RestoreIdentity;
 use crate::repo::test_fixture::{TestRepo, pattern, random, store_blobs, write_snapshot};
@@ -233,7 +234,8 @@ async fn read_tree_refuses_a_data_blob_and_stops_at_the_entry_limit() -> anyhow:
     let data = written.files["notes.txt"];
     let refused = reader.read_tree(&data).await;
     assert!(
-        matches!(&refused, Err(RepoError::Damaged { key, .. }) if *key == format!("tree {data}")),
+        matches!(&refused, Err(RepoError::Undecodable { key, source: DecodeError::Json(_) })
+            if *key == format!("tree {data}")),
         "{refused:?}"
     );
 
