@@ -21,12 +21,26 @@ pub enum CryptError {
     /// None of the identities held opens the object.
     #[error("no key held opens it (it is encrypted to other recipients)")]
     NoMatchingKey,
-    /// The object is damaged: not an age file, or a tag does not verify.
+    /// The object is damaged: not an age file, or its header does not
+    /// open.
     #[error("it is damaged: {0}")]
-    Damaged(String),
-    /// Encryption failed.
+    Damaged(#[source] Box<age::DecryptError>),
+    /// The payload is damaged: a segment's tag does not verify, or it is cut
+    /// short.
+    #[error("it is damaged: {0}")]
+    DamagedPayload(#[source] io::Error),
+    /// No encryptor could be made for the recipients.
     #[error("encryption failed: {0}")]
-    Encrypt(String),
+    Encrypt(#[source] Box<age::EncryptError>),
+    /// Writing the encrypted stream failed.
+    #[error("encryption failed: {0}")]
+    EncryptStream(#[source] io::Error),
+    /// A metadata object could not be serialised.
+    #[error("cannot serialise it: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// A metadata object could not be compressed.
+    #[error("cannot compress it: {0}")]
+    Compress(#[source] io::Error),
 }
 
 /// Encrypts `plain` to `recipients` as one age file.
@@ -35,15 +49,15 @@ pub(crate) fn encrypt<'a>(
     plain: &[u8],
 ) -> Result<Vec<u8>, CryptError> {
     let encryptor = age::Encryptor::with_recipients(recipients)
-        .map_err(|e| CryptError::Encrypt(e.to_string()))?;
+        .map_err(|e| CryptError::Encrypt(Box::new(e)))?;
     let mut out = Vec::with_capacity(plain.len() + plain.len() / 4096 + 512);
     let mut writer = encryptor
         .wrap_output(&mut out)
-        .map_err(|e| CryptError::Encrypt(e.to_string()))?;
+        .map_err(CryptError::EncryptStream)?;
     writer
         .write_all(plain)
         .and_then(|()| writer.finish().map(drop))
-        .map_err(|e| CryptError::Encrypt(e.to_string()))?;
+        .map_err(CryptError::EncryptStream)?;
     Ok(out)
 }
 
@@ -53,12 +67,12 @@ pub(crate) fn decrypt<'a>(
     cipher: &[u8],
 ) -> Result<Vec<u8>, CryptError> {
     let decryptor =
-        age::Decryptor::new_buffered(cipher).map_err(|e| CryptError::Damaged(e.to_string()))?;
+        age::Decryptor::new_buffered(cipher).map_err(|e| CryptError::Damaged(Box::new(e)))?;
     let mut reader = payload(decryptor, identities)?;
     let mut plain = Vec::with_capacity(cipher.len());
     reader
         .read_to_end(&mut plain)
-        .map_err(|e| CryptError::Damaged(e.to_string()))?;
+        .map_err(CryptError::DamagedPayload)?;
     Ok(plain)
 }
 
@@ -69,7 +83,7 @@ pub(crate) fn open<'a, R: Read>(
     input: R,
 ) -> Result<age::stream::StreamReader<BufReader<R>>, CryptError> {
     let decryptor = age::Decryptor::new_buffered(BufReader::new(input))
-        .map_err(|e| CryptError::Damaged(e.to_string()))?;
+        .map_err(|e| CryptError::Damaged(Box::new(e)))?;
     payload(decryptor, identities)
 }
 
@@ -80,7 +94,7 @@ pub(crate) fn open_slice<'a, 'c>(
     cipher: &'c [u8],
 ) -> Result<age::stream::StreamReader<io::Cursor<&'c [u8]>>, CryptError> {
     let decryptor = age::Decryptor::new_buffered(io::Cursor::new(cipher))
-        .map_err(|e| CryptError::Damaged(e.to_string()))?;
+        .map_err(|e| CryptError::Damaged(Box::new(e)))?;
     payload(decryptor, identities)
 }
 
@@ -91,7 +105,7 @@ fn payload<'a, R: io::BufRead>(
 ) -> Result<age::stream::StreamReader<R>, CryptError> {
     decryptor.decrypt(identities).map_err(|e| match e {
         age::DecryptError::NoMatchingKeys => CryptError::NoMatchingKey,
-        other => CryptError::Damaged(other.to_string()),
+        other => CryptError::Damaged(Box::new(other)),
     })
 }
 

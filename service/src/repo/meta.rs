@@ -65,8 +65,8 @@ pub(crate) fn seal<'a, T: Serialize>(
     value: &T,
     recipients: impl Iterator<Item = &'a dyn age::Recipient>,
 ) -> Result<Vec<u8>, CryptError> {
-    let json = serde_json::to_vec(value).map_err(|e| CryptError::Encrypt(e.to_string()))?;
-    let packed = zstd::bulk::compress(&json, 3).map_err(|e| CryptError::Encrypt(e.to_string()))?;
+    let json = serde_json::to_vec(value).map_err(CryptError::Serialize)?;
+    let packed = zstd::bulk::compress(&json, 3).map_err(CryptError::Compress)?;
     crypt::encrypt(recipients, &packed)
 }
 
