@@ -21,7 +21,7 @@ use lifeboat::config::Config;
 use lifeboat::sources::SourceConfig;
 use lifeboat_tests::cli::{Installation, binary};
 use lifeboat_tests::deploy::dockerfile::{Dockerfile, exec_form};
-use lifeboat_tests::deploy::kubernetes::rendered;
+use lifeboat_tests::deploy::kubernetes::{OVERLAY, rendered};
 use lifeboat_tests::deploy::unraid::Template;
 use lifeboat_tests::deploy::{deploy_dir, find, r2_variables, round_trip};
 use lifeboat_tests::process::free_addr;
@@ -298,7 +298,7 @@ async fn the_r2_variables_alone_reach_a_real_s3_server() -> Result<()> {
         ("AWS_SECRET_ACCESS_KEY", target.secret_access_key.clone()),
         ("AWS_ENDPOINT_URL_S3", target.endpoint.clone()),
     ]);
-    let documents = rendered("kubernetes/overlays/homelab")?;
+    let documents = rendered(OVERLAY)?;
     let secret: Secret = round_trip(find(&documents, "Secret", "lifeboat-r2")?)?;
     let addr = free_addr()?;
     let mut command = installation.command("lifeboatd")?;

@@ -33,13 +33,14 @@ use lifeboat::sources::kubernetes::filter::EXCLUDE_LABEL;
 use lifeboat::talos::config::IN_CLUSTER_PATH;
 use lifeboat_tests::cli::{Installation, write_file};
 use lifeboat_tests::deploy::kubernetes::{
-    KUSTOMIZATIONS, check_document, container, deployment, materialize, mount_of, pod_spec,
-    pod_volumes, rendered,
+    BASE, KUSTOMIZATIONS, OVERLAY, check_document, container, deployment, materialize, mount_of,
+    pod_spec, pod_volumes, rendered,
 };
 use lifeboat_tests::deploy::{
     deploy_dir, describe, find, metric_names, of_kind, r2_variables, round_trip,
 };
 use lifeboat_tests::process::require_program;
+use lifeboat_tests::prometheus::PrometheusServer;
 use lifeboat_tests::service::{Lifeboatd, write_service_config};
 use serde_json::Value;
 
@@ -456,7 +457,7 @@ fn both_talos_generations_let_the_namespace_hold_the_role() -> Result<()> {
 /// Whether a Talos API access setting grants the Talos ServiceAccount of
 /// the base its namespace and roles.
 fn talos_access_allows_the_account(access: &Value) -> Result<()> {
-    let documents = rendered("kubernetes/base")?;
+    let documents = rendered(BASE)?;
     let account = of_kind(&documents, "talos.dev/v1alpha1", "ServiceAccount");
     ensure!(account.len() == 1, "one Talos ServiceAccount");
     let namespace = &account[0]["metadata"]["namespace"];
@@ -495,7 +496,7 @@ fn runbook_anchors() -> Result<BTreeSet<String>> {
 
 /// The PrometheusRule of the base.
 fn prometheus_rule() -> Result<Value> {
-    let documents = rendered("kubernetes/base")?;
+    let documents = rendered(BASE)?;
     Ok(find(&documents, "PrometheusRule", "lifeboat")?.clone())
 }
 
@@ -588,7 +589,10 @@ fn dashboard_queries(dashboard: &Value) -> Result<Vec<(String, String)>> {
         .context("templating")?
     {
         if let Some(query) = variable["query"]["query"].as_str() {
-            queries.push((format!("${}", variable["name"]), query.to_owned()));
+            queries.push((
+                format!("${}", variable["name"].as_str().unwrap_or("?")),
+                query.to_owned(),
+            ));
         }
     }
     Ok(queries)
@@ -596,7 +600,7 @@ fn dashboard_queries(dashboard: &Value) -> Result<Vec<(String, String)>> {
 
 #[test]
 fn dashboard_and_alerts_name_only_metrics_lifeboatd_exports() -> Result<()> {
-    let path = deploy_dir().join("kubernetes/base/dashboards/lifeboat.json");
+    let path = deploy_dir().join(BASE).join("dashboards/lifeboat.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
         .with_context(|| format!("{} is not JSON", path.display()))?;
     let queries = dashboard_queries(&dashboard)?;
@@ -661,6 +665,7 @@ fn dashboard_and_alerts_name_only_metrics_lifeboatd_exports() -> Result<()> {
             );
         }
     }
+    cluster_label_selects_every_series(&installation, &service, &queries, &scrape)?;
     service.terminate()?;
     // The drill alerts read what `lifeboat drill --metrics` writes: run a
     // real drill of that backup and take the names from its text file.
@@ -705,6 +710,90 @@ fn dashboard_and_alerts_name_only_metrics_lifeboatd_exports() -> Result<()> {
         size > 0.0 && logical / size > 4.0,
         "ratio {logical} / {size}"
     );
+    Ok(())
+}
+
+/// Scrapes `service` with a real Prometheus configured from the overlay's
+/// ServiceMonitor and checks that every lifeboat series carries the
+/// overlay's `cluster` label, and that every dashboard query, with the
+/// cluster chosen, finds the series of every metric `scrape` has samples of.
+fn cluster_label_selects_every_series(
+    installation: &Installation,
+    service: &Lifeboatd,
+    queries: &[(String, String)],
+    scrape: &str,
+) -> Result<()> {
+    let overlay = rendered(OVERLAY)?;
+    let endpoint = &find(&overlay, "ServiceMonitor", "lifeboat")?["spec"]["endpoints"][0];
+    let cluster = endpoint["relabelings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["targetLabel"] == "cluster")
+        .and_then(|r| r["replacement"].as_str())
+        .context("the overlay's ServiceMonitor sets no cluster label")?;
+    ensure!(
+        cluster == "homelab",
+        "the example overlay's cluster: {cluster}"
+    );
+    let dir = installation.path("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let mut prometheus = PrometheusServer::scraping(&dir, service.addr(), endpoint)?;
+    // Three scrapes, so that increase() and delta() have samples to compare.
+    prometheus.wait_for(
+        "count_over_time(lifeboat_repository_size_bytes[1m]) >= 3",
+        Duration::from_secs(60),
+    )?;
+    let series = prometheus.series(r#"{__name__=~"lifeboat_.*"}"#)?;
+    ensure!(!series.is_empty(), "Prometheus holds no lifeboat series");
+    for labels in &series {
+        ensure!(
+            labels.get("cluster").and_then(Value::as_str) == Some(cluster),
+            "a series without cluster={cluster}: {labels:?}"
+        );
+    }
+    let with_samples = |name: &str| {
+        scrape
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .any(|rest| rest.starts_with(['{', ' ']))
+    };
+    for (panel, expr) in queries {
+        let expr = expr.replace("$cluster", cluster).replace("$job", ".*");
+        ensure!(
+            panel == "$cluster" || expr.contains(&format!("cluster=\"{cluster}\"")),
+            "dashboard {panel:?}: {expr} does not select the cluster"
+        );
+        if !metric_names(&expr).iter().all(|name| with_samples(name)) {
+            continue;
+        }
+        let found = match expr.strip_prefix("label_values(") {
+            // A Grafana variable: label_values(SELECTOR, LABEL).
+            Some(rest) => {
+                let (selector, label) = rest
+                    .trim_end_matches(')')
+                    .rsplit_once(',')
+                    .context("label_values(selector, label)")?;
+                let values: BTreeSet<String> = prometheus
+                    .series(selector.trim())?
+                    .iter()
+                    .filter_map(|s| s.get(label.trim())?.as_str().map(str::to_owned))
+                    .collect();
+                if panel == "$cluster" {
+                    ensure!(
+                        values == BTreeSet::from([cluster.to_owned()]),
+                        "the cluster variable offers {values:?}"
+                    );
+                }
+                values.len()
+            }
+            None => prometheus.query(&expr)?.len(),
+        };
+        ensure!(
+            found > 0,
+            "dashboard {panel:?}: {expr} finds nothing in Prometheus"
+        );
+    }
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! - [`GarageServer`]: Garage, a real S3 implementation checking signatures;
 //! - [`postgres::PostgresServer`]: a throw-away PostgreSQL cluster (Debian's
 //!   `postgresql`) with password authentication;
+//! - [`prometheus::PrometheusServer`]: Prometheus scraping a target as a
+//!   ServiceMonitor endpoint says, answering PromQL;
 //! - [`FaultProxy`]: an HTTP proxy that fails the first requests on purpose;
 //! - [`kubernetes::KubeApiServer`]: a protocol-level stand-in for a
 //!   Kubernetes API server (HTTP/JSON and the exec websocket);
@@ -27,6 +29,7 @@ pub mod kubernetes;
 pub mod moto;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod repo;
 pub mod s3;
 pub mod service;

@@ -4,7 +4,7 @@
 # CLOUDFLARE_API_TOKEN (a token that may edit R2 and create API tokens).
 #
 #   terraform init && terraform apply
-#   terraform output -raw secret_access_key   # into secret-lifeboat-r2.yaml
+#   terraform output -raw secret_access_key   # into secret-lifeboat-r2.enc.yaml
 
 terraform {
   required_providers {

@@ -17,8 +17,14 @@ use serde_json::Value;
 use super::{deploy_dir, describe, find, render, round_trip};
 use crate::cli::write_file;
 
+/// The base, in the layout of a GitOps repository's `kubernetes/` folder.
+pub const BASE: &str = "kubernetes/base/lifeboat";
+
+/// The example cluster's overlay.
+pub const OVERLAY: &str = "kubernetes/overlays/lifeboat/homelab";
+
 /// The kustomizations under test.
-pub const KUSTOMIZATIONS: [&str; 2] = ["kubernetes/base", "kubernetes/overlays/homelab"];
+pub const KUSTOMIZATIONS: [&str; 2] = [BASE, OVERLAY];
 
 /// Renders `deploy/<which>`.
 ///

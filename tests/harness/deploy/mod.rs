@@ -1,7 +1,8 @@
 //! Reading the files under `deploy/` the way their consumers do, for the
 //! tests that hold them to what lifeboat really does:
 //!
-//! - [`render`]: `kubectl kustomize DIR`, every document as JSON;
+//! - [`render`]: `kubectl kustomize DIR`, every document as JSON, and
+//!   [`read_documents`] for one file;
 //! - [`round_trip`]: a document through its k8s-openapi type and back,
 //!   failing on any field the type does not know (k8s-openapi's types
 //!   ignore unknown fields, so a misspelt or misplaced field would
@@ -54,9 +55,23 @@ pub fn render(dir: &Path) -> Result<Vec<Value>> {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).context("kustomize wrote no UTF-8")?;
+    documents(&text).context("kustomize's output")
+}
+
+/// The documents of one YAML file under `deploy/`, as JSON.
+///
+/// Fails when the file cannot be read or is not YAML.
+pub fn read_documents(path: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    documents(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The non-empty documents of a YAML stream.
+fn documents(text: &str) -> Result<Vec<Value>> {
     let mut documents = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(&text) {
-        let value = Value::deserialize(document).context("a rendered document is not YAML")?;
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(document).context("a document is not YAML")?;
         if !value.is_null() {
             documents.push(value);
         }
