@@ -218,7 +218,7 @@ pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
     let tree_bytes = tree.to_bytes()?;
     seeds.push(("tree", tree_bytes.clone()));
 
-    let mut builder = pack::PackBuilder::default();
+    let mut builder = pack::PackBuilder::new(Vec::new());
     let mut indexed = Vec::new();
     for (kind, plain) in [
         (BlobKind::Data, &text[..]),
@@ -230,15 +230,17 @@ pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
         header.extend_from_slice(&(plain.len() as u32).to_le_bytes());
         header.extend_from_slice(&encoded.bytes);
         seeds.push(("blob", header));
-        builder.add(
-            BlobId::from_bytes(key.hash(plain)),
-            kind,
-            &encoded.bytes,
-            encoded.compressed,
-            plain.len(),
-        );
+        builder
+            .add(
+                BlobId::from_bytes(key.hash(plain)),
+                kind,
+                &encoded.bytes,
+                encoded.compressed,
+                plain.len(),
+            )
+            .map_err(serde_json::Error::io)?;
     }
-    let (plain, blobs) = builder.finish();
+    let (plain, blobs) = builder.finish().map_err(serde_json::Error::io)?;
     indexed.extend(blobs.iter().map(IndexedBlob::from));
     seeds.push(("pack", plain.clone()));
     let identity = age::x25519::Identity::from_str(FUZZ_IDENTITY).ok();
@@ -249,7 +251,7 @@ pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
             seeds.push(("sealed_pack", cipher));
         }
         // A pack of several age segments, so that seeking is exercised.
-        let mut big = pack::PackBuilder::default();
+        let mut big = pack::PackBuilder::new(Vec::new());
         let long: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         big.add(
             BlobId::from_bytes(key.hash(&long)),
@@ -257,8 +259,10 @@ pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
             &long,
             false,
             long.len(),
-        );
-        if let Ok(cipher) = crypt::encrypt(to(), &big.finish().0) {
+        )
+        .map_err(serde_json::Error::io)?;
+        let (long_plain, _) = big.finish().map_err(serde_json::Error::io)?;
+        if let Ok(cipher) = crypt::encrypt(to(), &long_plain) {
             seeds.push(("sealed_pack", cipher));
         }
     }

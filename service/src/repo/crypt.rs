@@ -48,17 +48,31 @@ pub(crate) fn encrypt<'a>(
     recipients: impl Iterator<Item = &'a dyn age::Recipient>,
     plain: &[u8],
 ) -> Result<Vec<u8>, CryptError> {
-    let encryptor = age::Encryptor::with_recipients(recipients)
-        .map_err(|e| CryptError::Encrypt(Box::new(e)))?;
-    let mut out = Vec::with_capacity(plain.len() + plain.len() / 4096 + 512);
-    let mut writer = encryptor
-        .wrap_output(&mut out)
-        .map_err(CryptError::EncryptStream)?;
+    let out = Vec::with_capacity(cipher_len(plain.len()));
+    let mut writer = encrypt_to(recipients, out)?;
     writer
         .write_all(plain)
-        .and_then(|()| writer.finish().map(drop))
-        .map_err(CryptError::EncryptStream)?;
-    Ok(out)
+        .and_then(|()| writer.finish())
+        .map_err(CryptError::EncryptStream)
+}
+
+/// Starts an age file to `recipients` written to `out`: plaintext written
+/// to the returned writer is encrypted a segment at a time, and
+/// `finish` writes the last segment and returns `out`.
+pub(crate) fn encrypt_to<'a, W: Write>(
+    recipients: impl Iterator<Item = &'a dyn age::Recipient>,
+    out: W,
+) -> Result<age::stream::StreamWriter<W>, CryptError> {
+    age::Encryptor::with_recipients(recipients)
+        .map_err(|e| CryptError::Encrypt(Box::new(e)))?
+        .wrap_output(out)
+        .map_err(CryptError::EncryptStream)
+}
+
+/// Room for the age file of `plain_len` plaintext bytes: the segments'
+/// tags and a header for a couple of recipients.
+pub(crate) fn cipher_len(plain_len: usize) -> usize {
+    plain_len + plain_len / 4096 + 512
 }
 
 /// Decrypts a whole age file with any of `identities`.

@@ -7,6 +7,7 @@
 //! packs needs the restore identity, writing needs only public recipients.
 
 pub mod blob;
+mod budget;
 pub mod check;
 pub mod chunker;
 pub mod config;

@@ -12,6 +12,8 @@
 //! blob boundaries stay hidden, and the table lets the index be rebuilt from
 //! the packs alone with the restore key.
 
+use std::io::{self, Write};
+
 use super::blob::BlobKind;
 use super::id::BlobId;
 
@@ -80,20 +82,29 @@ impl BadPack {
     }
 }
 
-/// A pack being filled.
-#[derive(Debug, Default)]
-pub(crate) struct PackBuilder {
-    body: Vec<u8>,
+/// A pack being filled, its plaintext written to `body` as it grows: a
+/// `Vec` for the plaintext itself, or an age stream writer, so that only
+/// the ciphertext of a pack being filled is held in memory.
+#[derive(Debug)]
+pub(crate) struct PackBuilder<W> {
+    body: W,
+    written: u64,
     blobs: Vec<PackedBlob>,
 }
 
-impl PackBuilder {
-    /// Makes room for `additional` more bytes of blobs.
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        self.body.reserve(additional);
+impl<W: Write> PackBuilder<W> {
+    /// Starts a pack written to `body`.
+    pub(crate) fn new(body: W) -> Self {
+        Self {
+            body,
+            written: 0,
+            blobs: Vec::new(),
+        }
     }
 
     /// Appends a stored blob (blobs are at most a few MiB, far below 4 GiB).
+    ///
+    /// Fails when `body` does.
     pub(crate) fn add(
         &mut self,
         id: BlobId,
@@ -101,44 +112,45 @@ impl PackBuilder {
         stored: &[u8],
         compressed: bool,
         raw_length: usize,
-    ) {
-        let entry = PackedBlob {
+    ) -> io::Result<()> {
+        self.body.write_all(stored)?;
+        self.blobs.push(PackedBlob {
             id,
             kind,
             compressed,
-            offset: self.body.len() as u64,
+            offset: self.written,
             length: u32::try_from(stored.len()).unwrap_or(u32::MAX),
             raw_length: u32::try_from(raw_length).unwrap_or(u32::MAX),
-        };
-        self.body.extend_from_slice(stored);
-        self.blobs.push(entry);
+        });
+        self.written += stored.len() as u64;
+        Ok(())
     }
 
-    /// Bytes of blobs held so far.
-    pub(crate) fn len(&self) -> usize {
-        self.body.len()
+    /// Bytes of blobs written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.written
     }
 
-    /// Whether no blob was added.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
-    }
-
-    /// The finished plaintext and the blobs it holds.
-    pub(crate) fn finish(mut self) -> (Vec<u8>, Vec<PackedBlob>) {
+    /// Writes the blob table and trailer, and returns the body and the blobs
+    /// it holds.
+    ///
+    /// Fails when `body` does.
+    pub(crate) fn finish(mut self) -> io::Result<(W, Vec<PackedBlob>)> {
+        let mut table = Vec::with_capacity(self.blobs.len() * ENTRY_LEN + TRAILER_LEN);
         for blob in &self.blobs {
-            self.body.extend_from_slice(blob.id.as_bytes());
-            self.body.push(blob.kind.code());
-            self.body.push(u8::from(blob.compressed));
-            self.body.extend_from_slice(&blob.offset.to_le_bytes());
-            self.body.extend_from_slice(&blob.length.to_le_bytes());
-            self.body.extend_from_slice(&blob.raw_length.to_le_bytes());
+            table.extend_from_slice(blob.id.as_bytes());
+            table.push(blob.kind.code());
+            table.push(u8::from(blob.compressed));
+            table.extend_from_slice(&blob.offset.to_le_bytes());
+            table.extend_from_slice(&blob.length.to_le_bytes());
+            table.extend_from_slice(&blob.raw_length.to_le_bytes());
         }
         let count = u32::try_from(self.blobs.len()).unwrap_or(u32::MAX);
-        self.body.extend_from_slice(&count.to_le_bytes());
-        self.body.extend_from_slice(&VERSION.to_le_bytes());
-        self.body.extend_from_slice(MAGIC);
-        (self.body, self.blobs)
+        table.extend_from_slice(&count.to_le_bytes());
+        table.extend_from_slice(&VERSION.to_le_bytes());
+        table.extend_from_slice(MAGIC);
+        self.body.write_all(&table)?;
+        Ok((self.body, self.blobs))
     }
 }
 
@@ -198,12 +210,12 @@ mod tests {
 
     #[test]
     fn table_round_trips_and_rejects_damage() -> anyhow::Result<()> {
-        let mut pack = PackBuilder::default();
+        let mut pack = PackBuilder::new(Vec::new());
         let a = BlobId::from_bytes([1; 32]);
         let b = BlobId::from_bytes([2; 32]);
-        pack.add(a, BlobKind::Data, b"hello", false, 5);
-        pack.add(b, BlobKind::Tree, b"zz", true, 40);
-        let (plain, blobs) = pack.finish();
+        pack.add(a, BlobKind::Data, b"hello", false, 5)?;
+        pack.add(b, BlobKind::Tree, b"zz", true, 40)?;
+        let (plain, blobs) = pack.finish()?;
         let table = read_table(&plain)?;
         assert_eq!(table, blobs);
         assert_eq!(&plain[table[1].range().start as usize..][..2], b"zz");
@@ -217,46 +229,47 @@ mod tests {
     }
 
     /// The table with one entry whose offset and lengths are given.
-    fn forged(offset: u64, length: u32, raw_length: u32, compressed: bool) -> Vec<u8> {
-        let mut pack = PackBuilder::default();
+    fn forged(offset: u64, length: u32, raw_length: u32, compressed: bool) -> io::Result<Vec<u8>> {
+        let mut pack = PackBuilder::new(Vec::new());
         pack.add(
             BlobId::from_bytes([1; 32]),
             BlobKind::Data,
             b"hello",
             false,
             5,
-        );
-        let (mut plain, _) = pack.finish();
+        )?;
+        let (mut plain, _) = pack.finish()?;
         let entry = plain.len() - TRAILER_LEN - ENTRY_LEN;
         plain[entry + 33] = u8::from(compressed);
         plain[entry + 34..entry + 42].copy_from_slice(&offset.to_le_bytes());
         plain[entry + 42..entry + 46].copy_from_slice(&length.to_le_bytes());
         plain[entry + 46..entry + 50].copy_from_slice(&raw_length.to_le_bytes());
-        plain
+        Ok(plain)
     }
 
     #[test]
-    fn out_of_range_entries_are_refused() {
-        assert!(read_table(&forged(0, 5, 5, false)).is_ok());
-        assert!(read_table(&forged(0, 3, 5, true)).is_ok());
+    fn out_of_range_entries_are_refused() -> io::Result<()> {
+        assert!(read_table(&forged(0, 5, 5, false)?).is_ok());
+        assert!(read_table(&forged(0, 3, 5, true)?).is_ok());
         let message = |plain: &[u8]| read_table(plain).err().map(|e| e.to_string());
         assert_eq!(
-            message(&forged(u64::MAX - 1, 5, 5, false)),
+            message(&forged(u64::MAX - 1, 5, 5, false)?),
             Some("the pack's blob table is damaged: blob offset overflows".into())
         );
         assert_eq!(
-            message(&forged(1, 5, 5, false)),
+            message(&forged(1, 5, 5, false)?),
             Some("the pack's blob table is damaged: blob outside the blob area".into())
         );
-        assert!(message(&forged(0, 5, u32::MAX, true)).is_some_and(|m| m.contains("largest")));
-        assert!(message(&forged(0, 5, 4, true)).is_some_and(|m| m.contains("stored length")));
-        assert!(message(&forged(0, 4, 5, false)).is_some_and(|m| m.contains("stored length")));
+        assert!(message(&forged(0, 5, u32::MAX, true)?).is_some_and(|m| m.contains("largest")));
+        assert!(message(&forged(0, 5, 4, true)?).is_some_and(|m| m.contains("stored length")));
+        assert!(message(&forged(0, 4, 5, false)?).is_some_and(|m| m.contains("stored length")));
         let huge_count = {
-            let mut plain = forged(0, 5, 5, false);
+            let mut plain = forged(0, 5, 5, false)?;
             let at = plain.len() - TRAILER_LEN;
             plain[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
             plain
         };
         assert!(message(&huge_count).is_some_and(|m| m.contains("longer than the pack")));
+        Ok(())
     }
 }

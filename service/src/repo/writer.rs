@@ -1,11 +1,13 @@
 //! Writing blobs: deduplicate, compress, pack, encrypt, upload, index.
 //!
 //! [`BlobWriter::save`] is synchronous and may be called from many threads
-//! at once: hashing and compression run on the caller's thread, a full pack
-//! is encrypted on the thread that filled it, and sealed packs go through a
-//! bounded channel to an async uploader that runs a few uploads at a time.
-//! The uploader writes an index object after every few packs and at the end,
-//! always after the packs it lists are stored.
+//! at once: hashing and compression run on the caller's thread, a pack is
+//! encrypted as its blobs are added (only its ciphertext is held), and
+//! sealed packs go through a bounded channel to an async uploader that runs
+//! a few uploads at a time. A [`PackBudget`] bounds the packs alive at once,
+//! so memory does not grow with the data or with a slow store. The uploader
+//! writes an index object after every few packs and at the end, always
+//! after the packs it lists are stored.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use tokio::task::JoinSet;
 
 use super::RepoError;
 use super::blob::{self, BlobKind};
+use super::budget::{PackBudget, Permit};
 use super::config::RepoConfig;
 use super::crypt;
 use super::id::{BlobId, IndexId, PackId, content_hash};
@@ -34,6 +37,15 @@ const PARALLEL_UPLOADS: usize = 3;
 const QUEUED_PACKS: usize = 1;
 /// Packs listed per index object written during a backup.
 const PACKS_PER_INDEX: usize = 8;
+/// Packs alive at once: one being filled per blob kind, and the uploads
+/// with one queued behind them.
+const PACKS_IN_MEMORY: usize = 2 + PARALLEL_UPLOADS + QUEUED_PACKS;
+
+/// A pack being filled: its ciphertext so far, and its place in the budget.
+struct OpenPack {
+    builder: PackBuilder<age::stream::StreamWriter<Vec<u8>>>,
+    permit: Permit,
+}
 
 /// A pack ready for upload.
 struct SealedPack {
@@ -41,6 +53,8 @@ struct SealedPack {
     bytes: Bytes,
     payload_offset: u64,
     blobs: Vec<PackedBlob>,
+    /// Given back when the upload ends.
+    permit: Permit,
 }
 
 /// What a writer stored.
@@ -66,11 +80,12 @@ struct Shared {
     recipients: Recipients,
     index: Arc<Index>,
     level: i32,
-    pack_size: usize,
+    pack_size: u64,
     pending: Mutex<HashSet<BlobId>>,
+    budget: Arc<PackBudget>,
     /// The pack being filled for each blob kind: trees get packs of their
     /// own, so that walking trees reads a few small packs.
-    open_packs: [Mutex<PackBuilder>; 2],
+    open_packs: [Mutex<Option<OpenPack>>; 2],
     blobs_added: AtomicU64,
     bytes_added: AtomicU64,
 }
@@ -98,7 +113,7 @@ impl BlobWriter {
         index: Arc<Index>,
         config: &RepoConfig,
     ) -> Self {
-        let pack_size = config.pack_size as usize;
+        let pack_size = u64::from(config.pack_size);
         let (sender, receiver) = mpsc::channel(QUEUED_PACKS);
         let uploader = tokio::spawn(upload_packs(store, recipients.clone(), receiver));
         Self {
@@ -109,6 +124,7 @@ impl BlobWriter {
                 level: config.compression_level,
                 pack_size,
                 pending: Mutex::new(HashSet::new()),
+                budget: PackBudget::new(PACKS_IN_MEMORY),
                 open_packs: [Mutex::default(), Mutex::default()],
                 blobs_added: AtomicU64::new(0),
                 bytes_added: AtomicU64::new(0),
@@ -173,14 +189,21 @@ impl BlobWriter {
         }
         let encoded = blob::encode(plain, shared.level);
         let full = {
-            let mut pack = shared.open_packs[usize::from(kind.code())]
+            let mut slot = shared.open_packs[usize::from(kind.code())]
                 .lock()
                 .map_err(|_| poisoned())?;
-            if pack.is_empty() && kind == BlobKind::Data {
-                pack.reserve(shared.pack_size + shared.pack_size / 8);
+            let pack = match &mut *slot {
+                Some(pack) => pack,
+                None => slot.insert(shared.open_pack(kind)?),
+            };
+            pack.builder
+                .add(id, kind, &encoded.bytes, encoded.compressed, plain.len())
+                .map_err(encrypt_failed)?;
+            if pack.builder.len() >= shared.pack_size {
+                slot.take()
+            } else {
+                None
             }
-            pack.add(id, kind, &encoded.bytes, encoded.compressed, plain.len());
-            (pack.len() >= shared.pack_size).then(|| std::mem::take(&mut *pack))
         };
         shared.blobs_added.fetch_add(1, Ordering::Relaxed);
         shared
@@ -192,8 +215,8 @@ impl BlobWriter {
         Ok((id, true))
     }
 
-    fn send(&self, pack: PackBuilder) -> Result<(), RepoError> {
-        let sealed = seal(pack, &self.shared.recipients)?;
+    fn send(&self, pack: OpenPack) -> Result<(), RepoError> {
+        let sealed = seal(pack)?;
         self.sender
             .blocking_send(sealed)
             .map_err(|_| RepoError::UploaderStopped)
@@ -211,12 +234,11 @@ impl BlobWriter {
         } = self;
         let mut flushed = Ok(());
         for open in &shared.open_packs {
-            let last = std::mem::take(&mut *open.lock().map_err(|_| poisoned())?);
-            if last.is_empty() || flushed.is_err() {
+            let last = open.lock().map_err(|_| poisoned())?.take();
+            let Some(last) = last.filter(|_| flushed.is_ok()) else {
                 continue;
-            }
-            let recipients = shared.recipients.clone();
-            flushed = match tokio::task::spawn_blocking(move || seal(last, &recipients)).await {
+            };
+            flushed = match tokio::task::spawn_blocking(move || seal(last)).await {
                 Ok(Ok(sealed)) => sender
                     .send(sealed)
                     .await
@@ -240,6 +262,30 @@ impl BlobWriter {
     }
 }
 
+impl Shared {
+    /// Opens a pack for `kind` once the budget allows it, encrypted to the
+    /// restore key from its first byte. A data pack gets room for a full
+    /// pack up front, so that its buffer is not copied as it grows.
+    fn open_pack(&self, kind: BlobKind) -> Result<OpenPack, RepoError> {
+        let permit = self.budget.acquire();
+        let room = match kind {
+            BlobKind::Data => {
+                crypt::cipher_len(usize::try_from(self.pack_size + self.pack_size / 8).unwrap_or(0))
+            }
+            BlobKind::Tree => 0,
+        };
+        let body = crypt::encrypt_to(self.recipients.restore_only(), Vec::with_capacity(room))
+            .map_err(|source| RepoError::Crypt {
+                key: "data/".into(),
+                source,
+            })?;
+        Ok(OpenPack {
+            builder: PackBuilder::new(body),
+            permit,
+        })
+    }
+}
+
 fn poisoned() -> RepoError {
     WorkerError::Poisoned {
         what: "an open pack",
@@ -247,14 +293,17 @@ fn poisoned() -> RepoError {
     .into()
 }
 
-/// Finishes and encrypts a pack.
-fn seal(pack: PackBuilder, recipients: &Recipients) -> Result<SealedPack, RepoError> {
-    let (plain, blobs) = pack.finish();
-    let cipher =
-        crypt::encrypt(recipients.restore_only(), &plain).map_err(|source| RepoError::Crypt {
-            key: "data/".into(),
-            source,
-        })?;
+fn encrypt_failed(source: std::io::Error) -> RepoError {
+    RepoError::Crypt {
+        key: "data/".into(),
+        source: crypt::CryptError::EncryptStream(source),
+    }
+}
+
+/// Writes a pack's table, finishes its encryption and names it.
+fn seal(pack: OpenPack) -> Result<SealedPack, RepoError> {
+    let (body, blobs) = pack.builder.finish().map_err(encrypt_failed)?;
+    let cipher = body.finish().map_err(encrypt_failed)?;
     let payload_offset = crypt::payload_offset(&cipher).ok_or_else(|| RepoError::Damaged {
         key: "data/".into(),
         reason: "age wrote no header".into(),
@@ -264,6 +313,7 @@ fn seal(pack: PackBuilder, recipients: &Recipients) -> Result<SealedPack, RepoEr
         bytes: Bytes::from(cipher),
         payload_offset,
         blobs,
+        permit: pack.permit,
     })
 }
 
@@ -305,13 +355,21 @@ async fn upload_packs(
 }
 
 async fn upload_one(store: &dyn ObjectStore, pack: SealedPack) -> Result<IndexedPack, RepoError> {
-    let size = pack.bytes.len() as u64;
-    put_content_named(store, &pack.id.key(), pack.bytes).await?;
+    let SealedPack {
+        id,
+        bytes,
+        payload_offset,
+        blobs,
+        permit,
+    } = pack;
+    let size = bytes.len() as u64;
+    put_content_named(store, &id.key(), bytes).await?;
+    drop(permit);
     Ok(IndexedPack {
-        id: pack.id,
+        id,
         size,
-        payload_offset: pack.payload_offset,
-        blobs: pack.blobs.iter().map(IndexedBlob::from).collect(),
+        payload_offset,
+        blobs: blobs.iter().map(IndexedBlob::from).collect(),
     })
 }
 
