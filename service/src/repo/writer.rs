@@ -4,7 +4,7 @@
 //! at once: hashing and compression run on the caller's thread, a pack is
 //! encrypted as its blobs are added (only its ciphertext is held), and
 //! sealed packs go through a bounded channel to an async uploader that runs
-//! a few uploads at a time. A [`PackBudget`] bounds the packs alive at once,
+//! a few uploads at a time. A `PackBudget` bounds the packs alive at once,
 //! so memory does not grow with the data or with a slow store. The uploader
 //! writes an index object after every few packs and at the end, always
 //! after the packs it lists are stored.
@@ -196,9 +196,14 @@ impl BlobWriter {
                 Some(pack) => pack,
                 None => slot.insert(shared.open_pack(kind)?),
             };
-            pack.builder
-                .add(id, kind, &encoded.bytes, encoded.compressed, plain.len())
-                .map_err(encrypt_failed)?;
+            let added = pack
+                .builder
+                .add(id, kind, &encoded.bytes, encoded.compressed, plain.len());
+            if let Err(e) = added {
+                // Its body may hold part of the blob: no later blob goes in.
+                *slot = None;
+                return Err(encrypt_failed(e));
+            }
             if pack.builder.len() >= shared.pack_size {
                 slot.take()
             } else {
@@ -275,10 +280,7 @@ impl Shared {
             BlobKind::Tree => 0,
         };
         let body = crypt::encrypt_to(self.recipients.restore_only(), Vec::with_capacity(room))
-            .map_err(|source| RepoError::Crypt {
-                key: "data/".into(),
-                source,
-            })?;
+            .map_err(pack_crypt_failed)?;
         Ok(OpenPack {
             builder: PackBuilder::new(body),
             permit,
@@ -293,11 +295,17 @@ fn poisoned() -> RepoError {
     .into()
 }
 
-fn encrypt_failed(source: std::io::Error) -> RepoError {
+/// A pack could not be encrypted.
+fn pack_crypt_failed(source: crypt::CryptError) -> RepoError {
     RepoError::Crypt {
         key: "data/".into(),
-        source: crypt::CryptError::EncryptStream(source),
+        source,
     }
+}
+
+/// Writing a pack's encrypted stream failed.
+fn encrypt_failed(source: std::io::Error) -> RepoError {
+    pack_crypt_failed(crypt::CryptError::EncryptStream(source))
 }
 
 /// Writes a pack's table, finishes its encryption and names it.
