@@ -278,6 +278,7 @@ mod tests {
     use crate::repo::keys::{RestoreIdentity, ServiceIdentity, generate_identity_file};
     use crate::repo::test_fixture::{TestRepo, pattern, snapshot_of, store_blob};
     use crate::storage::LocalStore;
+    use std::io::Read;
 
     #[tokio::test]
     async fn service_key_writes_restore_key_reads_every_blob_by_ranged_reads() -> anyhow::Result<()>
@@ -690,7 +691,7 @@ mod tests {
         // Whole: every blob, in pack order, whatever order they were asked in.
         let cipher = reader.fetch_pack(&pack).await?;
         let asked: Vec<_> = located.iter().rev().map(|l| l.blob).collect();
-        let mut stream = reader.stream_pack(&pack, &cipher, asked.clone());
+        let mut stream = reader.stream_pack(&pack, &cipher[..], asked.clone());
         let mut read = Vec::new();
         while let Some((id, plain)) = stream.next_blob() {
             assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
@@ -698,6 +699,33 @@ mod tests {
         }
         assert_eq!(read, in_order.iter().map(|b| b.id).collect::<Vec<_>>());
         assert!(stream.unread().is_empty());
+
+        // A transfer cut after blob 2 (an error, or an early end) yields the
+        // blobs before the cut and leaves the rest unread.
+        let cut = info_cut(&reader, &pack, &located[2].blob)?;
+        let broken = std::io::Error::other("connection reset");
+        for body in [
+            Box::new((&cipher[..cut]).chain(FailingRead(Some(broken)))) as Box<dyn Read>,
+            Box::new(&cipher[..cut]),
+        ] {
+            let mut stream = reader.stream_pack(&pack, body, asked.clone());
+            let mut read = Vec::new();
+            while let Some((id, plain)) = stream.next_blob() {
+                assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
+                read.push(id);
+            }
+            let unread = stream.unread();
+            assert!(read.len() >= 2, "blobs before the cut were lost");
+            assert_eq!(read.len() + unread.len(), ids.len());
+            assert_eq!(
+                read[..],
+                in_order[..read.len()]
+                    .iter()
+                    .map(|b| b.id)
+                    .collect::<Vec<_>>()[..]
+            );
+            assert!(!unread.is_empty(), "a cut transfer yielded every blob");
+        }
 
         // A flipped bit in a segment inside blob 3 stops the stream there.
         let info = *reader
@@ -709,7 +737,7 @@ mod tests {
         let segment_plain = segment * SEGMENT_PLAIN..(segment + 1) * SEGMENT_PLAIN;
         let mut damaged = cipher.to_vec();
         damaged[(info.payload_offset + segment * SEGMENT_CIPHER + 100) as usize] ^= 4;
-        let mut stream = reader.stream_pack(&pack, &damaged, asked);
+        let mut stream = reader.stream_pack(&pack, &damaged[..], asked);
         let mut read = Vec::new();
         while let Some((id, plain)) = stream.next_blob() {
             assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
@@ -744,5 +772,35 @@ mod tests {
         }
         assert_eq!(failed, vec![damaged_blob.id]);
         Ok(())
+    }
+
+    /// The ciphertext length up to the end of the age segment holding the
+    /// end of `blob`, plus one byte: a cut there keeps `blob` readable.
+    fn info_cut(
+        reader: &super::reader::BlobReader,
+        pack: &super::id::PackId,
+        blob: &super::pack::PackedBlob,
+    ) -> anyhow::Result<usize> {
+        use crate::repo::crypt::{SEGMENT_CIPHER, SEGMENT_PLAIN};
+        let info = *reader
+            .index()
+            .pack(pack)
+            .ok_or_else(|| anyhow::anyhow!("pack in no index"))?;
+        let end_segment = (blob.offset + u64::from(blob.length)).div_ceil(SEGMENT_PLAIN);
+        Ok(usize::try_from(
+            info.payload_offset + end_segment * SEGMENT_CIPHER + 1,
+        )?)
+    }
+
+    /// A reader that fails once with the error it holds.
+    struct FailingRead(Option<std::io::Error>);
+
+    impl Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(self
+                .0
+                .take()
+                .unwrap_or_else(|| std::io::Error::other("failed")))
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! One data blob is read with a ranged GET of the age segments that hold it
 //! (the pack's header is fetched once and kept); several blobs of one pack
 //! with one GET per run of nearby blobs; a restore that needs most of a pack
-//! fetches the whole pack instead and decrypts it once. Trees live in packs
+//! reads the whole pack as it arrives, decrypting each segment once and
+//! holding one blob at a time. Trees live in packs
 //! of their own, which are read whole and kept in a small cache, so walking
 //! a snapshot's trees costs a few GETs.
 //!
@@ -13,7 +14,7 @@
 //! instead of walking (and restoring) without end.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +29,7 @@ use super::keys::{ChunkIdKey, RestoreIdentity};
 use super::pack::PackedBlob;
 use super::tree::Tree;
 use crate::errors::WorkerError;
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectReader, ObjectStore};
 
 /// Reads blobs with the restore key.
 #[derive(Clone)]
@@ -339,6 +340,14 @@ impl BlobReader {
         Ok(self.store.get(&pack.key()).await?)
     }
 
+    /// Opens a whole pack as stored, to read as it arrives
+    /// ([`BlobReader::stream_pack`]).
+    ///
+    /// Fails when the pack is missing.
+    pub async fn open_pack_reader(&self, pack: &PackId) -> Result<ObjectReader, RepoError> {
+        Ok(self.store.get_reader(&pack.key()).await?)
+    }
+
     /// Decrypts a fetched pack (blocking). age's tags authenticate every
     /// segment and each blob is checked against its id, so the pack's name
     /// need not be hashed here (`check` does that).
@@ -372,17 +381,18 @@ impl BlobReader {
         self.decode(&key, stored, blob)
     }
 
-    /// Reads `blobs` out of a whole fetched pack one at a time, in pack
-    /// order, decrypting only the segments read: no plaintext copy of the
-    /// pack is made. A pack that does not open yields no blobs.
-    pub fn stream_pack<'a>(
-        &'a self,
+    /// Reads `blobs` out of a whole pack one at a time, in pack order, as
+    /// its bytes `cipher` arrive (blocking): only a segment and one blob are
+    /// held, and no plaintext copy of the pack is made. A pack that does not
+    /// open yields no blobs.
+    pub fn stream_pack<R: Read>(
+        &self,
         pack: &PackId,
-        cipher: &'a [u8],
+        cipher: R,
         mut blobs: Vec<PackedBlob>,
-    ) -> PackBlobs<'a> {
+    ) -> PackBlobs<'_, R> {
         blobs.sort_by_key(|b| b.offset);
-        let stream = crypt::open_slice(self.identity.age_identities(), cipher).ok();
+        let stream = crypt::open(self.identity.age_identities(), cipher).ok();
         PackBlobs {
             reader: self,
             key: pack.key(),
@@ -415,12 +425,12 @@ fn mismatch(key: &str, blob: &PackedBlob) -> RepoError {
     }
 }
 
-/// Blobs read in pack order out of a whole fetched pack, from
-/// [`BlobReader::stream_pack`]. Only the ciphertext and one blob are held.
-pub struct PackBlobs<'a> {
+/// Blobs read in pack order out of a whole pack as it arrives, from
+/// [`BlobReader::stream_pack`].
+pub struct PackBlobs<'a, R: Read> {
     reader: &'a BlobReader,
     key: String,
-    stream: Option<age::stream::StreamReader<std::io::Cursor<&'a [u8]>>>,
+    stream: Option<age::stream::StreamReader<BufReader<R>>>,
     blobs: Vec<PackedBlob>,
     next: usize,
     position: u64,
@@ -428,15 +438,22 @@ pub struct PackBlobs<'a> {
     plain: Vec<u8>,
 }
 
-impl PackBlobs<'_> {
+impl<R: Read> PackBlobs<'_, R> {
     /// The next blob's verified plaintext, or the error naming the pack and
     /// blob when it does not match its id. `None` when every blob was read,
-    /// or when the pack's bytes stop decrypting (a damaged segment): then
+    /// or when the pack's bytes stop arriving or decrypting (a damaged
+    /// segment, a cut transfer, blobs that overlap): then
     /// [`PackBlobs::unread`] holds the rest.
     pub fn next_blob(&mut self) -> Option<(BlobId, Result<&[u8], RepoError>)> {
         let stream = self.stream.as_mut()?;
         let blob = *self.blobs.get(self.next)?;
-        if blob.offset != self.position && stream.seek(SeekFrom::Start(blob.offset)).is_err() {
+        let skipped = blob.offset.checked_sub(self.position).and_then(|gap| {
+            let mut gap_bytes = stream.by_ref().take(gap);
+            std::io::copy(&mut gap_bytes, &mut std::io::sink())
+                .ok()
+                .filter(|&n| n == gap)
+        });
+        if skipped.is_none() {
             self.stream = None;
             return None;
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectStore, StorageError};
+use super::{ObjectInfo, ObjectReader, ObjectStore, StorageError};
 
 /// Prefix of temporary files; listings skip them.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -194,6 +194,19 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(key)),
             Err(e) => Err(Self::io("reading", &path, e)),
         }
+    }
+
+    async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let (store, key) = (self.clone(), key.to_owned());
+        blocking(move || {
+            let path = store.path(&key);
+            match std::fs::File::open(&path) {
+                Ok(file) => Ok(Box::new(file) as ObjectReader),
+                Err(e) if e.kind() == ErrorKind::NotFound => Err(store.not_found(&key)),
+                Err(e) => Err(Self::io("opening", &path, e)),
+            }
+        })
+        .await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {

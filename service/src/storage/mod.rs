@@ -6,6 +6,7 @@
 //! immutable, so the only write is [`ObjectStore::put_new`], which refuses to
 //! replace an existing object where the store can tell.
 
+mod body;
 mod limits;
 mod local;
 mod s3;
@@ -20,6 +21,11 @@ use bytes::Bytes;
 
 pub use local::LocalStore;
 pub use s3::{S3Options, S3Store};
+
+/// An object's bytes, read as they arrive rather than held whole. Its reads
+/// block: use it off the async runtime (in `spawn_blocking`). A transfer
+/// that breaks midway fails a read with the cause.
+pub type ObjectReader = Box<dyn std::io::Read + Send>;
 
 /// One object as a listing reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +109,10 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     /// Reads a whole object. Fails with [`StorageError::NotFound`] when absent.
     async fn get(&self, key: &str) -> Result<Bytes, StorageError>;
+
+    /// Opens a whole object to read as it arrives, holding only what is
+    /// being read. Fails with [`StorageError::NotFound`] when absent.
+    async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError>;
 
     /// Reads the bytes `range` of an object (one ranged GET on S3). The range
     /// must lie within the object.

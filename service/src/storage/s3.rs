@@ -49,13 +49,15 @@ use aws_sdk_s3::config::{
     ResponseChecksumValidation, RuntimeComponents,
 };
 use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use bytes::Bytes;
 
+use super::body::BodyReader;
 use super::limits::MAX_ATTEMPTS;
 use super::limits::{
     CONNECT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, attempt_time, backoff, operation_time,
 };
-use super::{ObjectInfo, ObjectStore, StorageError};
+use super::{ObjectInfo, ObjectReader, ObjectStore, StorageError};
 
 /// Region when neither the options nor the environment name one (R2's).
 const DEFAULT_REGION: &str = "auto";
@@ -262,6 +264,29 @@ impl S3Store {
         }
     }
 
+    /// Sends one `GetObject`, of the whole object or of `range`, and waits
+    /// for its answer's head; the SDK retries the request until then.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<&Range<u64>>,
+    ) -> Result<GetObjectOutput, StorageError> {
+        let attempts = Attempts::default();
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
+            .customize()
+            .interceptor(attempts.clone());
+        match request.send().await {
+            Ok(output) => Ok(output),
+            Err(err) if is_missing_object(&err) => Err(self.not_found(key)),
+            Err(err) => Err(self.remote("GetObject", key, &attempts, &err)),
+        }
+    }
+
     /// One GET, of the whole object or of `range`. The SDK retries a
     /// request until its answer begins; a body cut off, stalled or slower
     /// than [`super::limits::MIN_THROUGHPUT`] after that is fetched again
@@ -273,24 +298,8 @@ impl S3Store {
         let wanted = range.map(|r| r.end - r.start);
         let mut fetches = 1;
         let data = loop {
-            let attempts = Attempts::default();
-            let request = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
-                .customize()
-                .interceptor(attempts.clone());
-            let output = match request.send().await {
-                Ok(output) => output,
-                Err(err) if is_missing_object(&err) => return Err(self.not_found(key)),
-                Err(err) => return Err(self.remote(operation, key, &attempts, &err)),
-            };
-            let length = output
-                .content_length()
-                .and_then(|n| u64::try_from(n).ok())
-                .unwrap_or(0);
+            let output = self.get_object(key, range).await?;
+            let length = body_length(&output);
             if let Some(wanted) = wanted.filter(|&w| w != length) {
                 return Err(self.failure(operation, key, wrong_length(range, wanted, length)));
             }
@@ -325,6 +334,14 @@ impl S3Store {
         }
         Ok(data)
     }
+}
+
+/// The body length an answer announces (0 when it announces none).
+fn body_length(output: &GetObjectOutput) -> u64 {
+    output
+        .content_length()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// Why a ranged GET's answer of `got` bytes is refused.
@@ -521,6 +538,16 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         self.fetch(key, None).await
+    }
+
+    /// One `GetObject`, retried by the SDK until its answer begins; the body
+    /// is then read as it arrives, within the time its size allows. A body
+    /// cut off midway fails a read: the caller fetches what it still needs
+    /// again (a restore reads those blobs with ranged GETs).
+    async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let output = self.get_object(key, None).await?;
+        let deadline = tokio::time::Instant::now() + attempt_time(body_length(&output));
+        Ok(Box::new(BodyReader::new(output.body, deadline)))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
