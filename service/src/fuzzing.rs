@@ -159,7 +159,7 @@ pub fn kubernetes_document(input: &[u8]) -> bool {
 ///
 /// Fails when a seed cannot be serialised.
 pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
-    use crate::repo::blob::encode;
+    use crate::repo::blob::encode_with;
     use crate::repo::config::InitOptions;
     use crate::repo::id::{BlobId, PackId};
     use crate::repo::index::{IndexedBlob, IndexedPack};
@@ -225,17 +225,17 @@ pub fn seeds() -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
         (BlobKind::Data, &noise[..]),
         (BlobKind::Tree, &tree_bytes[..]),
     ] {
-        let encoded = encode(plain, 3);
-        let mut header = vec![u8::from(encoded.compressed)];
+        let (stored, compressed) = encode_with(plain, 3, |b, c| (b.to_vec(), c));
+        let mut header = vec![u8::from(compressed)];
         header.extend_from_slice(&(plain.len() as u32).to_le_bytes());
-        header.extend_from_slice(&encoded.bytes);
+        header.extend_from_slice(&stored);
         seeds.push(("blob", header));
         builder
             .add(
                 BlobId::from_bytes(key.hash(plain)),
                 kind,
-                &encoded.bytes,
-                encoded.compressed,
+                &stored,
+                compressed,
                 plain.len(),
             )
             .map_err(serde_json::Error::io)?;

@@ -52,55 +52,55 @@ impl BlobKind {
     }
 }
 
-/// A blob as it is stored in a pack.
-#[derive(Debug)]
-pub(crate) struct EncodedBlob {
-    /// The stored bytes.
-    pub bytes: Vec<u8>,
-    /// Whether `bytes` is a zstd frame (else the plaintext itself).
-    pub compressed: bool,
-}
-
-/// Compresses `plain` at `level`, keeping it raw unless that saves at least
-/// 1/32 of its size.
-pub(crate) fn encode(plain: &[u8], level: i32) -> EncodedBlob {
-    if level > 0 {
-        if let Ok(packed) = compress(plain, level) {
-            if packed.len() + plain.len() / 32 < plain.len() {
-                return EncodedBlob {
-                    bytes: packed,
-                    compressed: true,
-                };
-            }
-        }
-    }
-    EncodedBlob {
-        bytes: plain.to_vec(),
-        compressed: false,
-    }
-}
-
-thread_local! {
-    /// One zstd context per thread and level: making one per blob costs
-    /// more than compressing a small blob.
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// Encodes `plain` at `level` — compressed unless that saves less than 1/32
+/// of its size — and hands `store` the stored bytes and whether they are a
+/// zstd frame. Raw bytes are `plain` itself, compressed ones live in a
+/// buffer each thread reuses: storing a blob copies and allocates nothing.
+pub(crate) fn encode_with<T>(plain: &[u8], level: i32, store: impl FnOnce(&[u8], bool) -> T) -> T {
     COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(held, _)| *held != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match slot.as_mut() {
-            Some((_, compressor)) => compressor.compress(plain),
-            None => zstd::bulk::compress(plain, level),
+        let mut compressor = cell.borrow_mut();
+        let packed = (level > 0)
+            .then(|| compressor.compress(plain, level))
+            .and_then(Result::ok)
+            .filter(|&n| n + plain.len() / 32 < plain.len());
+        match packed {
+            Some(n) => store(&compressor.buffer[..n], true),
+            None => store(plain, false),
         }
     })
 }
 
-/// Reverses [`encode`]; `raw_length` is the plaintext length recorded for
+thread_local! {
+    /// One zstd context and output buffer per thread: making them per blob
+    /// costs more than compressing a small blob.
+    static COMPRESSOR: RefCell<ThreadCompressor> =
+        RefCell::new(ThreadCompressor::default());
+}
+
+/// A zstd context for one level and the buffer it compresses into.
+#[derive(Default)]
+struct ThreadCompressor {
+    context: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    buffer: Vec<u8>,
+}
+
+impl ThreadCompressor {
+    /// Compresses `plain` into the buffer; returns the frame's length.
+    fn compress(&mut self, plain: &[u8], level: i32) -> std::io::Result<usize> {
+        if self.context.as_ref().is_none_or(|(held, _)| *held != level) {
+            self.context = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let Some((_, context)) = self.context.as_mut() else {
+            return Err(std::io::Error::other("no zstd context"));
+        };
+        self.buffer.clear();
+        self.buffer
+            .reserve(zstd::zstd_safe::compress_bound(plain.len()));
+        context.compress_to_buffer(plain, &mut self.buffer)
+    }
+}
+
+/// Reverses [`encode_with`]; `raw_length` is the plaintext length recorded for
 /// the blob. Returns `None` when the stored bytes do not decompress to it.
 pub(crate) fn decode(stored: &[u8], compressed: bool, raw_length: usize) -> Option<Vec<u8>> {
     if !compressed {
@@ -154,26 +154,28 @@ mod tests {
 
     #[test]
     fn compressible_data_is_compressed_and_random_data_is_not() {
+        let owned = |bytes: &[u8], compressed: bool| (bytes.to_vec(), compressed);
         let text = b"lifeboat ".repeat(1000);
-        let packed = encode(&text, 3);
-        assert!(packed.compressed && packed.bytes.len() < text.len() / 10);
-        assert_eq!(decode(&packed.bytes, true, text.len()), Some(text.clone()));
+        let (packed, compressed) = encode_with(&text, 3, owned);
+        assert!(compressed && packed.len() < text.len() / 10);
+        assert_eq!(decode(&packed, true, text.len()), Some(text.clone()));
+        // Level 0 stores it raw.
+        assert_eq!(encode_with(&text, 0, owned), (text.clone(), false));
 
         let noise: Vec<u8> = (0..10_000).map(|_| rand::random()).collect();
-        let kept = encode(&noise, 3);
-        assert!(!kept.compressed);
-        assert_eq!(decode(&kept.bytes, false, noise.len()), Some(noise));
-        assert_eq!(decode(&packed.bytes, true, text.len() + 1), None);
+        let (kept, compressed) = encode_with(&noise, 3, owned);
+        assert!(!compressed);
+        assert_eq!(decode(&kept, false, noise.len()), Some(noise));
+        assert_eq!(decode(&packed, true, text.len() + 1), None);
+        // The thread's buffer, reused, still gives the same frame.
+        assert_eq!(encode_with(&text, 3, owned), (packed.clone(), true));
 
         let mut buffer = Vec::new();
         assert_eq!(
-            decode_in(&packed.bytes, true, text.len(), &mut buffer),
+            decode_in(&packed, true, text.len(), &mut buffer),
             Some(&text[..])
         );
-        assert_eq!(
-            decode_in(&kept.bytes, false, kept.bytes.len() + 1, &mut buffer),
-            None
-        );
+        assert_eq!(decode_in(&kept, false, kept.len() + 1, &mut buffer), None);
     }
 
     #[test]

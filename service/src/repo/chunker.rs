@@ -77,13 +77,13 @@ impl Chunking {
         let mut total = 0u64;
         match *self {
             Self::FastCdc { min, avg, max } => {
-                let chunks =
-                    fastcdc::v2020::StreamCDC::new(input, min as usize, avg as usize, max as usize);
-                for chunk in chunks {
-                    let chunk = chunk.map_err(|e| E::from(io::Error::from(e)))?;
-                    total += chunk.data.len() as u64;
-                    each(&chunk.data)?;
-                }
+                // The window is this thread's, taken out while in use (a
+                // nested split makes its own), so a backup does not allocate
+                // and free one per file.
+                let mut window = WINDOW.take();
+                let cut = split_window(&mut window, input, (min, avg, max), &mut each);
+                WINDOW.set(window);
+                total = cut?;
             }
             Self::Fixed { size } => {
                 let mut input = input;
@@ -141,6 +141,37 @@ impl Chunking {
     }
 }
 
+thread_local! {
+    /// The window a thread's FastCDC streams are cut in, kept across streams.
+    static WINDOW: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Cuts `input` with FastCDC in `window`, holding at most `max` bytes of it:
+/// the window is filled, its first chunk cut off and handed to `each`, the
+/// rest moved to its front and filled again (the cuts of
+/// [`Chunking::split_bytes`] on the same bytes). Returns the bytes read.
+fn split_window<R: Read, E: From<io::Error>>(
+    window: &mut Vec<u8>,
+    mut input: R,
+    (min, avg, max): (u32, u32, u32),
+    each: &mut impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
+    let (min, avg, max) = (min as usize, avg as usize, max as usize);
+    window.resize(max, 0);
+    let (mut held, mut total) = (0, 0u64);
+    loop {
+        held += read_full(&mut input, &mut window[held..max])?;
+        if held == 0 {
+            return Ok(total);
+        }
+        let (_, end) = fastcdc::v2020::FastCDC::new(&window[..held], min, avg, max).cut(0, held);
+        each(&window[..end])?;
+        total += end as u64;
+        window.copy_within(end..held, 0);
+        held -= end;
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -169,6 +200,18 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(total, data.len() as u64);
         chunks
+    }
+
+    /// Gives at most 1,000 bytes per read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1000);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
     }
 
     #[test]
@@ -201,6 +244,18 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(in_memory, chunks);
+
+        // Short reads, and a second stream in the same thread's window, cut
+        // the same way.
+        let trickle = Trickle(&data[..]);
+        let mut trickled = Vec::new();
+        small
+            .split(trickle, |c| {
+                trickled.push(c.to_vec());
+                Ok::<_, io::Error>(())
+            })
+            .unwrap_or_default();
+        assert_eq!(trickled, chunks);
 
         let fixed = cut(Chunking::Fixed { size: 4096 }, &data);
         assert!(fixed.iter().rev().skip(1).all(|c| c.len() == 4096));

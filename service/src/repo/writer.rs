@@ -31,15 +31,17 @@ use super::put::put_content_named;
 use crate::errors::WorkerError;
 use crate::storage::ObjectStore;
 
-/// Packs uploaded at the same time.
-const PARALLEL_UPLOADS: usize = 3;
-/// Sealed packs waiting for upload before writers block.
+/// Packs uploaded at the same time: two keep a home uplink busy.
+const PARALLEL_UPLOADS: usize = 2;
+/// Sealed packs handed to the uploader before it takes them up.
 const QUEUED_PACKS: usize = 1;
 /// Packs listed per index object written during a backup.
 const PACKS_PER_INDEX: usize = 8;
-/// Packs alive at once: one being filled per blob kind, and the uploads
-/// with one queued behind them.
-const PACKS_IN_MEMORY: usize = 2 + PARALLEL_UPLOADS + QUEUED_PACKS;
+/// Packs alive at once: one being filled per blob kind, and the uploads.
+/// A sealed pack waits in the queue only until an upload ends, and a
+/// writer waits for that before it opens another: about 3 full data packs
+/// (55 MiB at the default size) are held at most.
+const PACKS_IN_MEMORY: usize = 2 + PARALLEL_UPLOADS;
 
 /// A pack being filled: its ciphertext so far, and its place in the budget.
 struct OpenPack {
@@ -187,8 +189,7 @@ impl BlobWriter {
                 return Ok((id, false));
             }
         }
-        let encoded = blob::encode(plain, shared.level);
-        let full = {
+        let full = blob::encode_with(plain, shared.level, |stored, compressed| {
             let mut slot = shared.open_packs[usize::from(kind.code())]
                 .lock()
                 .map_err(|_| poisoned())?;
@@ -196,20 +197,18 @@ impl BlobWriter {
                 Some(pack) => pack,
                 None => slot.insert(shared.open_pack(kind)?),
             };
-            let added = pack
-                .builder
-                .add(id, kind, &encoded.bytes, encoded.compressed, plain.len());
+            let added = pack.builder.add(id, kind, stored, compressed, plain.len());
             if let Err(e) = added {
                 // Its body may hold part of the blob: no later blob goes in.
                 *slot = None;
                 return Err(encrypt_failed(e));
             }
-            if pack.builder.len() >= shared.pack_size {
+            Ok(if pack.builder.len() >= shared.pack_size {
                 slot.take()
             } else {
                 None
-            }
-        };
+            })
+        })?;
         shared.blobs_added.fetch_add(1, Ordering::Relaxed);
         shared
             .bytes_added
@@ -269,18 +268,19 @@ impl BlobWriter {
 
 impl Shared {
     /// Opens a pack for `kind` once the budget allows it, encrypted to the
-    /// restore key from its first byte. A data pack gets room for a full
-    /// pack up front, so that its buffer is not copied as it grows.
+    /// restore key from its first byte. A data pack is built in a buffer
+    /// from the budget's pool with room for a full pack, so that it is not
+    /// copied as it grows; a tree pack, usually small, in a new one.
     fn open_pack(&self, kind: BlobKind) -> Result<OpenPack, RepoError> {
-        let permit = self.budget.acquire();
-        let room = match kind {
-            BlobKind::Data => {
-                crypt::cipher_len(usize::try_from(self.pack_size + self.pack_size / 8).unwrap_or(0))
-            }
-            BlobKind::Tree => 0,
+        let mut permit = self.budget.acquire();
+        let buffer = match kind {
+            BlobKind::Data => permit.buffer(crypt::cipher_len(
+                usize::try_from(self.pack_size + self.pack_size / 8).unwrap_or(0),
+            )),
+            BlobKind::Tree => Vec::new(),
         };
-        let body = crypt::encrypt_to(self.recipients.restore_only(), Vec::with_capacity(room))
-            .map_err(pack_crypt_failed)?;
+        let body =
+            crypt::encrypt_to(self.recipients.restore_only(), buffer).map_err(pack_crypt_failed)?;
         Ok(OpenPack {
             builder: PackBuilder::new(body),
             permit,
@@ -368,10 +368,14 @@ async fn upload_one(store: &dyn ObjectStore, pack: SealedPack) -> Result<Indexed
         bytes,
         payload_offset,
         blobs,
-        permit,
+        mut permit,
     } = pack;
     let size = bytes.len() as u64;
-    put_content_named(store, &id.key(), bytes).await?;
+    put_content_named(store, &id.key(), bytes.clone()).await?;
+    // The store is done with its copy: the buffer serves a later pack.
+    if let Ok(buffer) = bytes.try_into_mut() {
+        permit.keep(buffer.into());
+    }
     drop(permit);
     Ok(IndexedPack {
         id,
