@@ -52,7 +52,7 @@ from compare import MIB, Runner, fmt_s, log, median, verify, write_random  # noq
 RESTIC_PASSWORD = "lifeboat-bench"
 BUCKET = "bench"
 REGION = "garage"
-RELAY_PIECE = 256 * 1024
+RELAY_PIECE = 1024 * 1024
 
 
 # --------------------------------------------------------------------------
