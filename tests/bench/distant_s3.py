@@ -14,7 +14,8 @@ empty cache, as on a new machine), under these conditions:
   delay        through the proxy, DELAY ms before each answer
   delay+cap    the same, with all answers sharing CAP Mbit/s
 
-Every restore is checked with `diff -r` against its data. Data sets (seeded,
+Every restore is checked with `diff -r` against its data, and the proxy
+counts the requests each restore made. Data sets (seeded,
 incompressible, so bytes on the wire equal bytes restored):
 
   small     SMALL MiB of 16–256 KiB files in nested folders
@@ -72,6 +73,7 @@ class DelayProxy:
         self.delay = 0.0
         self.cap_bps = 0.0
         self.next_free = 0.0
+        self.answers = 0
         self.loop = asyncio.new_event_loop()
         self.port = 0
         started = threading.Event()
@@ -113,6 +115,7 @@ class DelayProxy:
             while piece := await src.read(RELAY_PIECE):
                 if asked.is_set():
                     asked.clear()
+                    self.answers += 1
                     if self.delay:
                         await asyncio.sleep(self.delay)
                 if self.cap_bps:
@@ -376,11 +379,14 @@ def main() -> int:
                         target = work / f"restore-{tool.name}"
                         shutil.rmtree(target, ignore_errors=True)
                         log(f"rep {rep + 1}: {tool.name} restores {name} ({cond})")
+                        answers = via.answers if via is not None else 0
                         measured = tool.restore(name, data[name], port, target)
+                        requests = via.answers - answers if via is not None else None
                         verify(data[name], target)
                         shutil.rmtree(target)
                         results.append({"rep": rep + 1, "tool": tool.name, "set": name,
                                         "condition": cond, "bytes": sizes[name],
+                                        "requests": requests,
                                         **{k: measured[k] for k in ("wall", "cpu", "rss_kib")}})
     finally:
         garage.stop()
@@ -403,13 +409,15 @@ def report(results: list[dict], args, sets: dict) -> str:
             return None
         wall = median([r["wall"] for r in rows])
         return {"wall": wall, "mbps": rows[0]["bytes"] / MIB / wall,
-                "rss": median([r["rss_kib"] for r in rows]) / 1024}
+                "rss": median([r["rss_kib"] for r in rows]) / 1024,
+                "requests": rows[0]["requests"] if rows[0]["requests"] is not None else "-"}
 
     lines = [f"Restore from Garage, {args.reps} repetition(s), medians; delay {args.delay_ms:g} ms "
              f"before each answer, cap {args.cap_mbit:g} Mbit/s for all answers together.", "",
              "| data set | condition | lifeboat s | lifeboat MiB/s | restic s | restic MiB/s "
-             "| throughput lifeboat/restic | lifeboat vs its proxy time | lifeboat RSS MiB | restic RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| throughput lifeboat/restic | lifeboat vs its proxy time | lifeboat RSS MiB | restic RSS MiB "
+             "| requests lifeboat / restic |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in sets:
         base = cell("lifeboat", name, "proxy")
         for cond in ("direct", "proxy", "delay", "delay+cap"):
@@ -419,7 +427,7 @@ def report(results: list[dict], args, sets: dict) -> str:
             own = f"{lb['wall'] / base['wall']:.2f}x" if base else "-"
             lines.append(f"| {name} ({sets[name]} MiB) | {cond} | {fmt_s(lb['wall'])} | {lb['mbps']:.0f} "
                          f"| {fmt_s(rs['wall'])} | {rs['mbps']:.0f} | {lb['mbps'] / rs['mbps']:.2f}x "
-                         f"| {own} | {lb['rss']:.0f} | {rs['rss']:.0f} |")
+                         f"| {own} | {lb['rss']:.0f} | {rs['rss']:.0f} | {lb['requests']} / {rs['requests']} |")
     return "\n".join(lines) + "\n"
 
 
