@@ -55,6 +55,9 @@ pub const MAX_TREE_DEPTH: usize = 256;
 const TREE_CACHE_BYTES: usize = 64 << 20;
 /// Needed blobs closer than this are fetched with one GET.
 const MERGE_GAP: u64 = 256 << 10;
+/// Ranged GETs of one pack in flight at once: a distant store's answer
+/// delay is paid once per few runs rather than once per run.
+const RUNS_IN_FLIGHT: usize = 8;
 
 /// Recently read packs' plaintexts, oldest first.
 #[derive(Default)]
@@ -198,7 +201,8 @@ impl BlobReader {
     }
 
     /// Reads several blobs of one pack with one ranged GET per run of
-    /// nearby blobs, and returns each blob's plaintext or error.
+    /// nearby blobs (a few at once), and returns each blob's plaintext or
+    /// error.
     ///
     /// Fails as a whole only when the pack's header cannot be fetched.
     pub async fn read_many(
@@ -237,13 +241,32 @@ impl BlobReader {
             .iter()
             .any(|b| b.offset % SEGMENT_PLAIN == 0 && b.offset > 0)
         {
-            runs.push(last_segment(&info));
+            let last = last_segment(&info);
+            if !runs
+                .last()
+                .is_some_and(|run| run.start <= last.start && last.end <= run.end)
+            {
+                runs.push(last);
+            }
         }
         let key = pack.key();
-        for run in runs {
-            if !object.holds(&run) {
-                object.hold(run.start, self.store.get_range(&key, run).await?);
+        runs.retain(|run| !object.holds(run));
+        let mut fetching = tokio::task::JoinSet::new();
+        let mut runs = runs.into_iter();
+        loop {
+            while fetching.len() < RUNS_IN_FLIGHT {
+                let Some(run) = runs.next() else { break };
+                let (store, key) = (self.store.clone(), key.clone());
+                fetching.spawn(async move {
+                    let start = run.start;
+                    store.get_range(&key, run).await.map(|bytes| (start, bytes))
+                });
             }
+            let Some(fetched) = fetching.join_next().await else {
+                break;
+            };
+            let (start, bytes) = fetched.map_err(WorkerError::stopped("fetching blobs"))??;
+            object.hold(start, bytes);
         }
         let this = self.clone();
         let decoded = tokio::task::spawn_blocking(move || {
