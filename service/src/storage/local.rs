@@ -74,13 +74,18 @@ impl LocalStore {
             .map_err(|e| Self::io("syncing directory", &dir, e))
     }
 
-    fn get_range_blocking(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+    /// Opens the object `key` for reading, with its path for messages.
+    fn open_blocking(&self, key: &str) -> Result<(std::fs::File, PathBuf), StorageError> {
         let path = self.path(key);
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.not_found(key)),
-            Err(e) => return Err(Self::io("opening", &path, e)),
-        };
+        match std::fs::File::open(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(key)),
+            Err(e) => Err(Self::io("opening", &path, e)),
+        }
+    }
+
+    fn get_range_blocking(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let (mut file, path) = self.open_blocking(key)?;
         let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
         let mut buf = vec![0; len];
         file.seek(SeekFrom::Start(range.start))
@@ -199,12 +204,8 @@ impl ObjectStore for LocalStore {
     async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError> {
         let (store, key) = (self.clone(), key.to_owned());
         blocking(move || {
-            let path = store.path(&key);
-            match std::fs::File::open(&path) {
-                Ok(file) => Ok(Box::new(file) as ObjectReader),
-                Err(e) if e.kind() == ErrorKind::NotFound => Err(store.not_found(&key)),
-                Err(e) => Err(Self::io("opening", &path, e)),
-            }
+            let (file, _) = store.open_blocking(&key)?;
+            Ok(Box::new(file) as ObjectReader)
         })
         .await
     }
