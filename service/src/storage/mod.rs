@@ -6,7 +6,6 @@
 //! immutable, so the only write is [`ObjectStore::put_new`], which refuses to
 //! replace an existing object where the store can tell.
 
-mod body;
 mod limits;
 mod local;
 mod s3;

@@ -30,10 +30,12 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE` and the shared files, …); endpoint
 //! and region from [`S3Options`], then the environment.
 
+mod body;
+mod get;
+
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -49,13 +51,10 @@ use aws_sdk_s3::config::{
     ResponseChecksumValidation, RuntimeComponents,
 };
 use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use bytes::Bytes;
 
-use super::body::BodyReader;
-use super::limits::MAX_ATTEMPTS;
 use super::limits::{
-    CONNECT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, attempt_time, backoff, operation_time,
+    CONNECT_TIMEOUT, INITIAL_BACKOFF, MAX_ATTEMPTS, MAX_BACKOFF, attempt_time, operation_time,
 };
 use super::{ObjectInfo, ObjectReader, ObjectStore, StorageError};
 
@@ -263,94 +262,6 @@ impl S3Store {
             key: key.to_owned(),
         }
     }
-
-    /// Sends one `GetObject`, of the whole object or of `range`, and waits
-    /// for its answer's head; the SDK retries the request until then.
-    async fn get_object(
-        &self,
-        key: &str,
-        range: Option<&Range<u64>>,
-    ) -> Result<GetObjectOutput, StorageError> {
-        let attempts = Attempts::default();
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
-            .customize()
-            .interceptor(attempts.clone());
-        match request.send().await {
-            Ok(output) => Ok(output),
-            Err(err) if is_missing_object(&err) => Err(self.not_found(key)),
-            Err(err) => Err(self.remote("GetObject", key, &attempts, &err)),
-        }
-    }
-
-    /// One GET, of the whole object or of `range`. The SDK retries a
-    /// request until its answer begins; a body cut off, stalled or slower
-    /// than [`super::limits::MIN_THROUGHPUT`] after that is fetched again
-    /// here, up to [`MAX_ATTEMPTS`] times in all, within the limit of a
-    /// whole request of its size.
-    async fn fetch(&self, key: &str, range: Option<&Range<u64>>) -> Result<Bytes, StorageError> {
-        let operation = "GetObject";
-        let started = Instant::now();
-        let wanted = range.map(|r| r.end - r.start);
-        let mut fetches = 1;
-        let data = loop {
-            let output = self.get_object(key, range).await?;
-            let length = body_length(&output);
-            if let Some(wanted) = wanted.filter(|&w| w != length) {
-                return Err(self.failure(operation, key, wrong_length(range, wanted, length)));
-            }
-            let limit = attempt_time(length);
-            let cause = match tokio::time::timeout(limit, output.body.collect()).await {
-                Ok(Ok(data)) => break data.into_bytes(),
-                Ok(Err(e)) => error_chain(&e),
-                Err(_) => format!(
-                    "the {length}-byte body did not arrive within {}s",
-                    limit.as_secs()
-                ),
-            };
-            let budget = operation_time(length);
-            if fetches >= MAX_ATTEMPTS || started.elapsed() >= budget {
-                let message = format!(
-                    "reading the body failed {fetches} times in {}s, last: {cause}; \
-                     is the network up and the server well?",
-                    started.elapsed().as_secs()
-                );
-                return Err(self.failure(operation, key, message));
-            }
-            tracing::debug!(key, fetches, %cause, "S3 body cut off; fetching again");
-            tokio::time::sleep(backoff(fetches)).await;
-            fetches += 1;
-        };
-        if let Some(wanted) = wanted.filter(|&w| w != data.len() as u64) {
-            return Err(self.failure(
-                operation,
-                key,
-                wrong_length(range, wanted, data.len() as u64),
-            ));
-        }
-        Ok(data)
-    }
-}
-
-/// The body length an answer announces (0 when it announces none).
-fn body_length(output: &GetObjectOutput) -> u64 {
-    output
-        .content_length()
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(0)
-}
-
-/// Why a ranged GET's answer of `got` bytes is refused.
-fn wrong_length(range: Option<&Range<u64>>, wanted: u64, got: u64) -> String {
-    let (start, end) = range.map_or((0, wanted), |r| (r.start, r.end));
-    format!(
-        "asked for bytes {start}..{end} and got {got} bytes: is the range past the end, \
-         or does the server ignore Range headers?"
-    )
 }
 
 /// The timeouts of a request that moves `bytes` bytes.
@@ -545,9 +456,7 @@ impl ObjectStore for S3Store {
     /// cut off midway fails a read: the caller fetches what it still needs
     /// again (a restore reads those blobs with ranged GETs).
     async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        let output = self.get_object(key, None).await?;
-        let deadline = tokio::time::Instant::now() + attempt_time(body_length(&output));
-        Ok(Box::new(BodyReader::new(output.body, deadline)))
+        self.open_body(key).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
