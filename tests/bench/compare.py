@@ -491,6 +491,21 @@ def verify(data: Path, restored: Path) -> None:
         raise RuntimeError(f"restored data differs from the source:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}")
 
 
+def lifeboat_config(state: Path, url: str, service_key: Path, recipients: list[str], data: Path,
+                    repository_extra: str = "") -> str:
+    """A lifeboat.toml with one directory job `bench` backing up `data`;
+    `repository_extra` is added to the [repository] table (e.g. `s3 = {…}`)."""
+    return ("state_dir = " + json.dumps(str(state)) + "\n"
+            "[repository]\n"
+            f"url = {json.dumps(url)}\n"
+            f"service_identity = {json.dumps(str(service_key))}\n"
+            f"recipients = {json.dumps(recipients)}\n"
+            + repository_extra +
+            "[[job]]\n"
+            'name = "bench"\n'
+            f'source = {{ kind = "directory", paths = [{json.dumps(str(data))}] }}\n')
+
+
 class Lifeboat:
     name = "lifeboat"
 
@@ -515,15 +530,8 @@ class Lifeboat:
         self.state = self.work / "lifeboat-state"
         shutil.rmtree(self.state, ignore_errors=True)
         self.config = self.work / "lifeboat.toml"
-        self.config.write_text(
-            "state_dir = " + json.dumps(str(self.state)) + "\n"
-            "[repository]\n"
-            f"url = {json.dumps(str(repo))}\n"
-            f"service_identity = {json.dumps(str(keys / 'service.key'))}\n"
-            f"recipients = {json.dumps(recipients)}\n"
-            "[[job]]\n"
-            'name = "bench"\n'
-            f'source = {{ kind = "directory", paths = [{json.dumps(str(data))}] }}\n')
+        self.config.write_text(lifeboat_config(self.state, str(repo), keys / "service.key",
+                                               recipients, data))
 
     def backup(self, label: str) -> dict:
         result = self.runner.run(f"lifeboat-{label}", [

@@ -48,7 +48,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import MIB, Runner, fmt_s, log, median, verify, write_random  # noqa: E402
+from compare import (MIB, Runner, fmt_s, lifeboat_config, log, median,  # noqa: E402
+                     verify, write_random)
 
 RESTIC_PASSWORD = "lifeboat-bench"
 BUCKET = "bench"
@@ -264,14 +265,10 @@ class Lifeboat:
             "--service-identity", str(keys / "service.key"), "--json"], self.env, timed=False)
         recipients = json.loads(out["stdout"])["restore_recipients"]
         config = keys / "lifeboat.toml"
-        config.write_text(
-            f"state_dir = {json.dumps(str(keys / 'state'))}\n[repository]\n"
-            f"url = {json.dumps(repo)}\n"
-            f"service_identity = {json.dumps(str(keys / 'service.key'))}\n"
-            f"recipients = {json.dumps(recipients)}\n"
-            f's3 = {{ endpoint = "http://127.0.0.1:{self.garage.port}", region = "{REGION}", '
-            "path_style = true }\n"
-            f'[[job]]\nname = "bench"\nsource = {{ kind = "directory", paths = [{json.dumps(str(data))}] }}\n')
+        s3 = (f's3 = {{ endpoint = "http://127.0.0.1:{self.garage.port}", region = "{REGION}", '
+              "path_style = true }\n")
+        config.write_text(lifeboat_config(keys / "state", repo, keys / "service.key", recipients,
+                                          data, s3))
         self.runner.run(f"lifeboat-backup-{name}", [self.daemon, "run", "--config", str(config),
                                                       "bench", "--json"], self.env, timed=False)
 
