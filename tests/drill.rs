@@ -437,6 +437,8 @@ async fn volumes_verify_and_a_kubernetes_snapshot_without_inventory_fails() -> R
         scratch: scratch.path().to_owned(),
         pg_url: None,
         pg_bin: None,
+        pg_container: None,
+        docker_socket: lifeboat::docker::DEFAULT_SOCKET.into(),
         rto_target: None,
         etcd_wait: Duration::from_secs(30),
         kube_dry_run: None,

@@ -11,6 +11,7 @@ pub mod api;
 pub mod backup;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod drill;
 pub mod errors;
 pub mod field;

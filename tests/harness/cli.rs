@@ -294,18 +294,28 @@ impl Installation {
             .with_context(|| format!("no snapshot of {job}: {list:#}"))
     }
 
+    /// A `lifeboat restore <repo flags> -i KEY` command, to add the
+    /// snapshot and flags to and run.
+    ///
+    /// Fails when the binary cannot be built.
+    pub fn restore_command(&self, key: &Path) -> Result<Command> {
+        let mut command = self.command("lifeboat")?;
+        command
+            .arg("restore")
+            .args(self.repo_args())
+            .arg("-i")
+            .arg(key);
+        Ok(command)
+    }
+
     /// Restores `what` (`SNAPSHOT[:PATH]`) with the identity `key` into
     /// `target`, as `lifeboat restore --keep-special --json` (the tests
     /// restore their own backups, setuid bits and devices included).
     ///
     /// Fails when it cannot run; check the outcome with [`Outcome::ok`].
     pub fn restore(&self, key: &Path, what: &str, target: &Path) -> Result<Outcome> {
-        let mut command = self.command("lifeboat")?;
+        let mut command = self.restore_command(key)?;
         command
-            .arg("restore")
-            .args(self.repo_args())
-            .arg("-i")
-            .arg(key)
             .arg(what)
             .arg("--target")
             .arg(target)

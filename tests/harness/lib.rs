@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod deploy;
+pub mod docker;
 pub mod etcd;
 pub mod fault_proxy;
 pub mod garage;

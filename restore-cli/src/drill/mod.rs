@@ -43,6 +43,13 @@ pub struct DrillArgs {
     /// connection string without a password; PGPASSWORD for it).
     #[arg(long, env = "LIFEBOAT_PG_URL")]
     pg_url: Option<String>,
+    /// Without --pg-url: restore the scratch databases in this Docker
+    /// container (default: the container a snapshot was dumped in).
+    #[arg(long, value_name = "NAME")]
+    pg_container: Option<String>,
+    /// The Docker Engine's socket, for containers.
+    #[arg(long, value_name = "PATH", default_value = lifeboat::docker::DEFAULT_SOCKET)]
+    docker_socket: PathBuf,
     /// The folder of psql and pg_restore (default: PATH).
     #[arg(long)]
     pg_bin: Option<PathBuf>,
@@ -91,6 +98,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         scratch,
         pg_url: args.pg_url.clone(),
         pg_bin: args.pg_bin.clone(),
+        pg_container: args.pg_container.clone(),
+        docker_socket: args.docker_socket.clone(),
         rto_target,
         etcd_wait: args.etcd_wait,
         kube_dry_run: args.kube_dry_run.clone(),

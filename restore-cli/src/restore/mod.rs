@@ -225,7 +225,7 @@ fn refuse_foreign_flags(
         ),
         (
             args.postgres.given(),
-            "--pg-url/--pg-bin",
+            "--pg-url/--pg-container/--pg-bin",
             &[SourceKind::Postgres],
         ),
         (

@@ -1,7 +1,8 @@
-//! PostgreSQL: without `--pg-url`, the dump files into `--target`; with
-//! it, `globals.sql` through psql first, then each selected database with
-//! `pg_restore`, created (`--create`) or into the existing database of the
-//! same name.
+//! PostgreSQL: without `--pg-url` or `--pg-container`, the dump files into
+//! `--target`; with either, `globals.sql` through psql first, then each
+//! selected database with `pg_restore`, created (`--create`) or into the
+//! existing database of the same name — in a container, psql and
+//! pg_restore run inside it and read the files on their stdin.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,7 @@ struct DatabaseRestored<'a> {
 
 /// Flags for PostgreSQL.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pg_server").args(["pg_url", "pg_container"])))]
 pub struct PostgresArgs {
     /// PostgreSQL: restore into this server (a libpq connection string
     /// without a password, e.g. postgresql://postgres@db:5432/postgres; the
@@ -44,21 +46,30 @@ pub struct PostgresArgs {
     /// are written to --target.
     #[arg(long, env = "LIFEBOAT_PG_URL")]
     pg_url: Option<String>,
-    /// PostgreSQL: the folder of psql and pg_restore (default: PATH).
+    /// PostgreSQL: restore into the server running in this Docker
+    /// container (e.g. gitea_postgres), with its own psql and pg_restore,
+    /// as its POSTGRES_USER over its socket.
+    #[arg(long, value_name = "NAME")]
+    pg_container: Option<String>,
+    /// PostgreSQL: the Docker Engine's socket, for --pg-container.
+    #[arg(long, value_name = "PATH", default_value = lifeboat::docker::DEFAULT_SOCKET)]
+    docker_socket: PathBuf,
+    /// PostgreSQL: the folder of psql and pg_restore (default: PATH; in a
+    /// container, a folder inside it).
     #[arg(long)]
     pg_bin: Option<PathBuf>,
     /// PostgreSQL: create each database (pg_restore --create); without it,
     /// each is restored into the existing database of the same name.
-    #[arg(long, requires = "pg_url")]
+    #[arg(long, requires = "pg_server")]
     create: bool,
     /// PostgreSQL: only this database (repeatable; default: all).
-    #[arg(long = "database", value_name = "NAME", requires = "pg_url")]
+    #[arg(long = "database", value_name = "NAME", requires = "pg_server")]
     databases: Vec<String>,
     /// PostgreSQL: do not apply globals.sql (roles, tablespaces).
-    #[arg(long, requires = "pg_url")]
+    #[arg(long, requires = "pg_server")]
     no_globals: bool,
     /// PostgreSQL: objects belong to the connecting role (no owners, no grants).
-    #[arg(long, requires = "pg_url")]
+    #[arg(long, requires = "pg_server")]
     no_owner: bool,
 }
 
@@ -69,6 +80,8 @@ impl PostgresArgs {
     pub fn into_server(url: &str, create: bool, pg_bin: Option<&Path>) -> Self {
         Self {
             pg_url: Some(url.to_owned()),
+            pg_container: None,
+            docker_socket: PathBuf::from(lifeboat::docker::DEFAULT_SOCKET),
             pg_bin: pg_bin.map(Path::to_owned),
             create,
             databases: Vec::new(),
@@ -77,19 +90,31 @@ impl PostgresArgs {
         }
     }
 
-    /// Whether any of these flags was given (the others need `--pg-url`).
+    /// Whether any of these flags was given (the others need `--pg-url`
+    /// or `--pg-container`).
     pub fn given(&self) -> bool {
-        self.pg_url.is_some() || self.pg_bin.is_some()
+        self.pg_url.is_some() || self.pg_container.is_some() || self.pg_bin.is_some()
+    }
+
+    /// The server to restore into, when one is named.
+    async fn server(&self) -> anyhow::Result<Option<PgTarget>> {
+        let pg_bin = self.pg_bin.as_deref();
+        Ok(match (&self.pg_url, &self.pg_container) {
+            (Some(url), _) => Some(PgTarget::new(url, pg_bin).await?),
+            (None, Some(container)) => {
+                Some(PgTarget::in_container(&self.docker_socket, container, "", pg_bin).await?)
+            }
+            (None, None) => None,
+        })
     }
 }
 
 /// Restores a postgres snapshot.
 pub async fn run(restoring: &Restoring<'_>, args: &PostgresArgs) -> anyhow::Result<()> {
-    let Some(url) = &args.pg_url else {
+    let Some(server) = args.server().await? else {
         return super::files::run(restoring, "").await;
     };
     let (reader, entry) = (restoring.reader, restoring.entry);
-    let server = PgTarget::new(url, args.pg_bin.as_deref())?;
     let tree = reader.read_tree(&entry.snapshot.root).await?;
     let stored = stored_databases(reader, &tree).await?;
     for wanted in &args.databases {

@@ -35,6 +35,11 @@ pub struct DrillSettings {
     pub pg_url: Option<String>,
     /// The folder of the PostgreSQL client programs (default: `PATH`).
     pub pg_bin: Option<PathBuf>,
+    /// Without `pg_url`: the container to restore scratch databases in
+    /// (default: the one a postgres snapshot was dumped in).
+    pub pg_container: Option<String>,
+    /// The Docker Engine's socket, for containers.
+    pub docker_socket: PathBuf,
     /// The most a job's drill may take.
     pub rto_target: Option<Duration>,
     /// How long a throwaway etcd may take to answer.

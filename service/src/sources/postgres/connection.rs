@@ -1,21 +1,22 @@
 //! How lifeboat reaches a PostgreSQL server: the libpq connection string,
-//! the password and the client programs.
+//! the password, the client programs and where they run.
 //!
 //! Every connection is made by PostgreSQL's own client programs (`psql`,
 //! `pg_dump`, `pg_dumpall`), so the `dsn` means exactly what libpq makes of
-//! it — TLS modes, service files, `PG*` variables and all. The password
-//! reaches a child only through its `PGPASSWORD` variable (readable by the
-//! child's owner and root only, on Linux): never on a command line, never
-//! in a log line. A `dsn` that holds a password is refused for that reason.
+//! it — TLS modes, service files, `PG*` variables and all. They run here,
+//! or inside the server's container ([`ClientHost`]), where the dsn is read
+//! as that container sees it. The password reaches a program only through
+//! its `PGPASSWORD` variable (readable by its owner and root only, on
+//! Linux): never on a command line, never in a log line. A `dsn` that
+//! holds a password is refused for that reason.
 
 use std::borrow::Cow;
-use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use zeroize::Zeroizing;
 
+use super::client::{ClientCommand, ClientHost};
 use super::{PostgresError, PostgresSource};
 
 /// How long a connection attempt may take, unless the dsn or the
@@ -62,21 +63,28 @@ impl fmt::Debug for Password {
 }
 
 /// What a connection needs: the dsn, the password and where it came from
-/// (for error messages).
+/// (for error messages), and where the programs run.
 #[derive(Debug, Clone)]
 pub(crate) struct Connection {
     dsn: String,
     password: Option<Password>,
     password_origin: String,
+    host: ClientHost,
 }
 
 impl Connection {
-    /// Checks the source's connection settings and reads the password.
+    /// Checks the source's connection settings and reads the password;
+    /// the programs run on `host`, where `dsn` (the source's, or one made
+    /// for a container) is read.
     ///
     /// Fails when both password settings are given, the dsn holds a
     /// password, or the password file or variable is missing or empty.
-    pub fn new(source: &PostgresSource) -> Result<Self, PostgresError> {
-        if dsn_has_password(&source.dsn) {
+    pub fn new(
+        source: &PostgresSource,
+        dsn: &str,
+        host: ClientHost,
+    ) -> Result<Self, PostgresError> {
+        if dsn_has_password(dsn) {
             return Err(PostgresError::PasswordInDsn);
         }
         let (password, password_origin) = match (&source.password_file, &source.password_env) {
@@ -97,10 +105,16 @@ impl Connection {
             ),
         };
         Ok(Self {
-            dsn: source.dsn.trim().to_owned(),
+            dsn: dsn.trim().to_owned(),
             password,
             password_origin,
+            host,
         })
+    }
+
+    /// Where the programs run.
+    pub fn host(&self) -> &ClientHost {
+        &self.host
     }
 
     /// Where the password comes from, for messages.
@@ -119,31 +133,35 @@ impl Connection {
         format!("--dbname={}", with_database(&self.dsn, database))
     }
 
-    /// A command for `program` with the password in its environment,
-    /// stdin from `/dev/null`, stdout and stderr piped, killed when dropped.
-    ///
-    /// Never print the command with `{:?}`: its Debug form shows the
-    /// environment it sets.
-    pub fn command(&self, program: &Path) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(program);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .env("PGCLIENTENCODING", "UTF8");
+    /// A command for `program` with the password in its environment (no
+    /// stdin unless asked for; stdout and stderr piped).
+    pub fn command(&self, program: &Path) -> ClientCommand {
+        let mut command = ClientCommand::new(program);
+        command.env("PGCLIENTENCODING", "UTF8");
         for (name, value) in [
             ("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECONDS),
             ("PGAPPNAME", "lifeboat"),
         ] {
-            if std::env::var_os(name).is_none() {
+            // lifeboat's own environment reaches local programs only.
+            let local = matches!(self.host, ClientHost::Local);
+            if !local || std::env::var_os(name).is_none() {
                 command.env(name, value);
             }
         }
         if let Some(password) = &self.password {
-            command.env("PGPASSWORD", OsStr::new(password.0.as_str()));
+            command.env("PGPASSWORD", password.0.as_str());
         }
         command
+    }
+
+    /// Starts `command` where the programs run.
+    ///
+    /// Fails when the program cannot start there.
+    pub async fn start(
+        &self,
+        command: &ClientCommand,
+    ) -> Result<super::client::Client, PostgresError> {
+        command.start(&self.host).await
     }
 }
 
@@ -207,12 +225,17 @@ fn with_database(dsn: &str, database: &str) -> String {
         let separator = if dsn.contains('?') { '&' } else { '?' };
         return format!("{dsn}{separator}dbname={}", percent_encode(database));
     }
-    let quoted = database.replace('\\', "\\\\").replace('\'', "\\'");
+    let quoted = quote_value(database);
     if dsn.is_empty() {
-        format!("dbname='{quoted}'")
+        format!("dbname={quoted}")
     } else {
-        format!("{dsn} dbname='{quoted}'")
+        format!("{dsn} dbname={quoted}")
     }
+}
+
+/// `value` quoted for a libpq `key=value` connection string.
+pub(crate) fn quote_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

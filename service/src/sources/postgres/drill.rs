@@ -1,5 +1,7 @@
 //! Drilling PostgreSQL: restore every dump of the snapshot into a scratch
-//! database on the given server, compare each table's rows with the
+//! database on the given server — or, for a snapshot dumped inside a
+//! container, in that container (which has the same extensions), unless
+//! another is named — compare each table's rows with the
 //! recorded counts, and drop the scratch database. Globals are not applied
 //! (they would change the server's roles) but checked as a restore checks
 //! them before running them; objects belong to the drill's role
@@ -15,20 +17,34 @@ use crate::sources::postgres::restore::{
 
 /// Restores and compares every database.
 pub(crate) async fn verify(run: &mut JobRun<'_>) {
-    let Some(url) = run.settings.pg_url.clone() else {
-        run.fail(
-            "not verified: a postgres drill needs a server to restore into; give --pg-url \
-             (a libpq connection string of a role that may create databases) and PGPASSWORD",
-        );
-        return;
+    let settings = run.settings.clone();
+    let recorded = run.entry.snapshot.metadata["container"]
+        .as_str()
+        .map(str::to_owned);
+    let container = settings.pg_container.clone().or(recorded);
+    let pg_bin = settings.pg_bin.as_deref();
+    let target = match (&settings.pg_url, &container) {
+        (Some(url), _) => {
+            run.step("connect settings", PgTarget::new(url, pg_bin))
+                .await
+        }
+        (None, Some(container)) => {
+            run.step(
+                &format!("reach container {container}"),
+                PgTarget::in_container(&settings.docker_socket, container, "", pg_bin),
+            )
+            .await
+        }
+        (None, None) => {
+            run.fail(
+                "not verified: a postgres drill needs a server to restore into; give --pg-url \
+                 (a libpq connection string of a role that may create databases) and \
+                 PGPASSWORD, or --pg-container",
+            );
+            return;
+        }
     };
-    let pg_bin = run.settings.pg_bin.clone();
-    let Some(target) = run
-        .step("connect settings", async {
-            PgTarget::new(&url, pg_bin.as_deref())
-        })
-        .await
-    else {
+    let Some(target) = target else {
         return;
     };
     let (reader, root) = (run.reader, run.entry.snapshot.root);

@@ -32,13 +32,21 @@
 //! dump_bytes}` per database in the order they were dumped (the job's
 //! order, or by name when dumping all).
 //!
+//! A server in a container on a private network (an Unraid database that
+//! only its app's network reaches) is dumped from inside that container:
+//! with `container = "gitea_postgres"` the same programs run there through
+//! the Docker Engine API ([`crate::docker`]), as the role `user` (default:
+//! the container's `POSTGRES_USER`, else `postgres`) over the container's
+//! own socket, and the dump streams out of the exec. The metadata then
+//! also names the container, so a drill can restore into it.
+//!
 //! Any failure (wrong password, unknown database, a `pg_dump` error) fails
 //! the job with the client program's own error text and a fix; nothing is
 //! committed then.
 
+pub(crate) mod client;
 pub(crate) mod connection;
 pub mod drill;
-pub(crate) mod process;
 pub mod psql_script;
 pub mod restore;
 pub(crate) mod session;
@@ -51,12 +59,13 @@ use serde::{Deserialize, Serialize};
 pub use connection::Hint;
 pub use session::TableRows;
 
+use self::client::{ClientCommand, ClientHost, DumpProcess, StderrText};
 use self::connection::{Connection, Tools, file_stem, hint};
-use self::process::{DumpProcess, StderrText};
 use self::session::{Inventory, SnapshotSession};
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::stream::StreamChunking;
+use crate::docker::{DEFAULT_SOCKET, Docker, DockerError};
 
 /// The snapshot file holding `pg_dumpall --globals-only`.
 pub const GLOBALS_FILE: &str = "globals.sql";
@@ -89,10 +98,27 @@ pub struct PostgresSource {
     /// What `pg_dumpall --globals-only` stores.
     #[serde(default)]
     pub globals: Globals,
+    /// The Docker container the server runs in: the programs then run
+    /// inside it (found on its `PATH`, or `pg_dump` as a path in it) and
+    /// the dsn is read there.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// With `container`: the role to connect as over the container's
+    /// socket, when there is no dsn (default: the container's
+    /// `POSTGRES_USER`, else `postgres`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// With `container`: the Docker Engine's socket.
+    #[serde(default = "default_docker_socket")]
+    pub docker_socket: PathBuf,
 }
 
 fn default_pg_dump() -> PathBuf {
     PathBuf::from("pg_dump")
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
 }
 
 /// Which cluster-wide objects (roles, tablespaces) are stored.
@@ -161,6 +187,30 @@ pub enum PostgresError {
     EmptyPassword {
         /// Where it came from.
         origin: String,
+    },
+    /// `user` is set without `container`.
+    #[error(
+        "the postgres source sets user without container; put the role into the dsn \
+         (postgresql://ROLE@host/postgres), or name the container"
+    )]
+    UserWithoutContainer,
+    /// Both `user` and `dsn` are set for a container.
+    #[error("the postgres source sets both user and dsn; keep one (the dsn names its role)")]
+    UserAndDsn,
+    /// The Docker Engine could not run the programs in the container.
+    #[error(transparent)]
+    Container(#[from] DockerError),
+    /// The container has no such program.
+    #[error(
+        "container {container:?} has no {} on its PATH; name the PostgreSQL server's own \
+         container, or set `pg_dump` in the job to pg_dump's path inside it",
+        program.display()
+    )]
+    NotInContainer {
+        /// The program.
+        program: PathBuf,
+        /// The container.
+        container: String,
     },
     /// A client program cannot be started.
     #[error(
@@ -263,9 +313,44 @@ impl PostgresSource {
         if let Some(path) = &mut self.password_file {
             resolve(path, base);
         }
-        if self.pg_dump.components().count() > 1 {
+        // In a container, pg_dump is a path inside it.
+        if self.container.is_none() && self.pg_dump.components().count() > 1 {
             resolve(&mut self.pg_dump, base);
         }
+    }
+
+    /// The connection: the programs run here, or in the container (which
+    /// must run), with the dsn read there.
+    ///
+    /// Fails on contradicting settings, an unreadable password, or a
+    /// Docker Engine or container that cannot be used.
+    pub(crate) async fn connect(&self) -> Result<Connection, PostgresError> {
+        let Some(name) = &self.container else {
+            if self.user.is_some() {
+                return Err(PostgresError::UserWithoutContainer);
+            }
+            return Connection::new(self, &self.dsn, ClientHost::Local);
+        };
+        if self.user.is_some() && !self.dsn.trim().is_empty() {
+            return Err(PostgresError::UserAndDsn);
+        }
+        let docker = Docker::connect(&self.docker_socket).await?;
+        let container = docker.running_container(name).await?;
+        let dsn = if self.dsn.trim().is_empty() {
+            let role = self
+                .user
+                .as_deref()
+                .or(container.env("POSTGRES_USER"))
+                .unwrap_or("postgres");
+            format!("user={} dbname=postgres", connection::quote_value(role))
+        } else {
+            self.dsn.clone()
+        };
+        let host = ClientHost::Container {
+            docker,
+            name: name.clone(),
+        };
+        Connection::new(self, &dsn, host)
     }
 
     /// Dumps the globals and every database into `builder`; returns the
@@ -275,7 +360,7 @@ impl PostgresSource {
         builder: &mut SnapshotBuilder,
         _context: &SourceContext,
     ) -> Result<serde_json::Value, SourceError> {
-        let connection = Connection::new(self)?;
+        let connection = self.connect().await?;
         let tools = Tools::beside(&self.pg_dump);
         let pg_dump_version = program_version(&connection, &tools.pg_dump).await?;
         let inventory = session::inventory(&connection, &tools).await?;
@@ -292,6 +377,7 @@ impl PostgresSource {
             "server_version": inventory.server_version,
             "server_version_num": inventory.server_version_num,
             "pg_dump_version": pg_dump_version,
+            "container": self.container,
             "globals": self.globals,
             "database_count": figures.len(),
             "tables": figures.iter().map(|f| f.tables).sum::<u64>(),
@@ -364,14 +450,7 @@ impl PostgresSource {
                 hint: fix,
             }
         };
-        stream_child(
-            builder,
-            GLOBALS_FILE,
-            &mut command,
-            &tools.pg_dumpall,
-            failed,
-        )
-        .await?;
+        stream_child(builder, GLOBALS_FILE, &command, connection, failed).await?;
         Ok(())
     }
 }
@@ -398,7 +477,7 @@ async fn dump_database(
         message: stderr.0,
     };
     let (dumped, counted) = tokio::join!(
-        stream_child(builder, &dump, &mut command, &tools.pg_dump, failed),
+        stream_child(builder, &dump, &command, connection, failed),
         session.count_rows()
     );
     // A failing count ends the session and with it the exported snapshot,
@@ -438,16 +517,16 @@ async fn dump_database(
 async fn stream_child(
     builder: &mut SnapshotBuilder,
     name: &str,
-    command: &mut tokio::process::Command,
-    program: &Path,
+    command: &ClientCommand,
+    connection: &Connection,
     failed: impl FnOnce(StderrText) -> PostgresError,
 ) -> Result<u64, SourceError> {
-    let (stdout, process) = DumpProcess::start(command, program)?;
+    let (stdout, process) = DumpProcess::start(command, connection.host()).await?;
     match builder
         .add_stream(name, stdout, StreamChunking::Content)
         .await
     {
-        Ok(bytes) => match process.finish().await {
+        Ok(bytes) => match process.finish().await? {
             Ok(()) => Ok(bytes),
             Err(stderr) => Err(failed(stderr).into()),
         },
@@ -464,12 +543,10 @@ async fn stream_child(
 async fn program_version(connection: &Connection, program: &Path) -> Result<String, PostgresError> {
     let mut command = connection.command(program);
     command.arg("--version");
-    let output = process::output(&mut command, program).await?;
+    let output = connection.start(&command).await?.output().await?;
     let text = String::from_utf8_lossy(&output.stdout);
     match text.lines().next() {
-        Some(line) if output.status.success() && !line.trim().is_empty() => {
-            Ok(line.trim().to_owned())
-        }
+        Some(line) if output.exit.success && !line.trim().is_empty() => Ok(line.trim().to_owned()),
         _ => Err(PostgresError::Unexpected {
             what: format!("{} --version", program.display()),
             output: StderrText::from_bytes(&output.stderr).0,
@@ -523,6 +600,9 @@ mod tests {
             password_env: None,
             pg_dump: "pg_dump".into(),
             globals: Globals::All,
+            container: None,
+            user: None,
+            docker_socket: default_docker_socket(),
         };
         source.resolve_paths(Path::new("/config"));
         assert_eq!(source.password_file, Some(PathBuf::from("/config/pg.pass")));

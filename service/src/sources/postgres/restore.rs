@@ -15,12 +15,15 @@ use crate::repo::snapshot::SourceKind;
 use crate::repo::tree::Tree;
 use crate::restore::RestoreError;
 use crate::restore::contents::read_small;
+use crate::sources::postgres::client::{ClientCommand, Output, StderrText};
 use crate::sources::postgres::connection::{Connection, Tools, hint};
-use crate::sources::postgres::process::{self, StderrText};
 use crate::sources::postgres::session::{PSQL_FLAGS, SnapshotSession};
 use crate::sources::postgres::{
     GLOBALS_FILE, Globals, PostgresError, PostgresSource, RowCounts, TableRows,
 };
+
+/// The variable a restore's password is taken from, as libpq does.
+const PASSWORD_VARIABLE: &str = "PGPASSWORD";
 
 /// What can go wrong in a PostgreSQL restore.
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +75,52 @@ impl PgTarget {
     /// programs from `bin_dir` or `PATH`.
     ///
     /// Fails when the dsn holds a password (give it in PGPASSWORD).
-    pub fn new(dsn: &str, bin_dir: Option<&Path>) -> Result<Self, PostgresRestoreError> {
+    pub async fn new(dsn: &str, bin_dir: Option<&Path>) -> Result<Self, PostgresRestoreError> {
+        Self::connect(dsn, bin_dir, None).await
+    }
+
+    /// The server in the running container `container` of the Docker
+    /// Engine at `socket`, reached as `dsn` reads there (empty: the
+    /// container's `POSTGRES_USER` over its socket), with the client
+    /// programs of the container (from `bin_dir` in it, or its `PATH`).
+    ///
+    /// Fails when the dsn holds a password, or the Engine or the
+    /// container cannot be used.
+    pub async fn in_container(
+        socket: &Path,
+        container: &str,
+        dsn: &str,
+        bin_dir: Option<&Path>,
+    ) -> Result<Self, PostgresRestoreError> {
+        Self::connect(dsn, bin_dir, Some((socket, container))).await
+    }
+
+    async fn connect(
+        dsn: &str,
+        bin_dir: Option<&Path>,
+        container: Option<(&Path, &str)>,
+    ) -> Result<Self, PostgresRestoreError> {
         let pg_dump = bin_dir.map_or_else(|| PathBuf::from("pg_dump"), |d| d.join("pg_dump"));
+        // Programs here read PGPASSWORD themselves; one in a container
+        // gets it through the exec's environment.
+        let password_env = (container.is_some() && std::env::var_os(PASSWORD_VARIABLE).is_some())
+            .then(|| PASSWORD_VARIABLE.to_owned());
         let source = PostgresSource {
             dsn: dsn.to_owned(),
             databases: Vec::new(),
             password_file: None,
-            password_env: None,
+            password_env,
             pg_dump: pg_dump.clone(),
             globals: Globals::default(),
+            container: container.map(|(_, name)| name.to_owned()),
+            user: None,
+            docker_socket: container.map_or_else(
+                || PathBuf::from(crate::docker::DEFAULT_SOCKET),
+                |(socket, _)| socket.to_owned(),
+            ),
         };
         Ok(Self {
-            connection: Connection::new(&source)?,
+            connection: source.connect().await?,
             tools: Tools::beside(&pg_dump),
         })
     }
@@ -99,11 +136,11 @@ impl PgTarget {
         let mut command = self.connection.command(&self.tools.psql);
         command
             .args(["-X", "-q", "-w", "-f"])
-            .arg(file)
+            .input_file(file, &["-"])
             .args(self.connection.server_argument());
-        let output = self.output(&mut command, &self.tools.psql).await?;
+        let output = self.output(&command).await?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
+        if !output.exit.success {
             return Err(self.failed(&self.tools.psql, "applying globals.sql", &stderr));
         }
         Ok(stderr
@@ -123,8 +160,8 @@ impl PgTarget {
             .args(self.connection.server_argument())
             .arg("-c")
             .arg(sql);
-        let output = self.output(&mut command, &self.tools.psql).await?;
-        if !output.status.success() {
+        let output = self.output(&command).await?;
+        if !output.exit.success {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(self.failed(&self.tools.psql, sql, &stderr));
         }
@@ -178,9 +215,9 @@ impl PgTarget {
                     .arg(self.connection.database_argument(database));
             }
         }
-        command.arg(dump);
-        let output = self.output(&mut command, &self.tools.pg_restore).await?;
-        if !output.status.success() {
+        command.input_file(dump, &[]);
+        let output = self.output(&command).await?;
+        if !output.exit.success {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(self.failed(
                 &self.tools.pg_restore,
@@ -203,12 +240,8 @@ impl PgTarget {
         Ok(counts)
     }
 
-    async fn output(
-        &self,
-        command: &mut tokio::process::Command,
-        program: &Path,
-    ) -> Result<std::process::Output, PostgresRestoreError> {
-        Ok(process::output(command, program).await?)
+    async fn output(&self, command: &ClientCommand) -> Result<Output, PostgresRestoreError> {
+        Ok(self.connection.start(command).await?.output().await?)
     }
 
     fn failed(&self, program: &Path, what: &str, stderr: &str) -> PostgresRestoreError {

@@ -10,14 +10,11 @@
 //! the marker; `ON_ERROR_STOP` makes `psql` exit on any error, with the
 //! server's message on stderr.
 
-use std::process::Stdio;
-
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use super::client::{Client, Reader, StderrText, Writer, collect_stderr};
 use super::connection::{Connection, Tools, hint};
-use super::process::{self, StderrText, collect_stderr, spawn};
 use super::{Hint, PostgresError};
 
 /// `psql` flags: no psqlrc, quiet, unaligned, tuples only, never prompt,
@@ -87,8 +84,8 @@ pub(crate) async fn inventory(
         .args(connection.server_argument())
         .arg("-c")
         .arg(INVENTORY);
-    let output = process::output(&mut command, &tools.psql).await?;
-    if !output.status.success() {
+    let output = connection.start(&command).await?.output().await?;
+    if !output.exit.success {
         let message = StderrText::from_bytes(&output.stderr).0;
         return Err(PostgresError::Connect {
             target: "the dsn's database".into(),
@@ -117,15 +114,22 @@ fn server_hint(message: &str, password_origin: &str) -> Hint {
 }
 
 /// A `psql` session holding one database's exported snapshot.
-#[derive(Debug)]
 pub(crate) struct SnapshotSession {
     database: String,
     password_origin: String,
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
+    client: Option<Client>,
+    stdin: Writer,
+    stdout: Lines<BufReader<Reader>>,
     stderr: Option<tokio::task::JoinHandle<StderrText>>,
     marker: String,
+}
+
+impl std::fmt::Debug for SnapshotSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotSession")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why `psql` stopped answering: its error text and the fix.
@@ -150,11 +154,13 @@ impl SnapshotSession {
         command
             .args(PSQL_FLAGS)
             .arg(connection.database_argument(database))
-            .stdin(Stdio::piped());
-        let mut child = spawn(&mut command, &tools.psql)?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+            .stdin_piped();
+        let mut client = connection.start(&command).await?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            client.stdin.take(),
+            client.stdout.take(),
+            client.stderr.take(),
+        ) else {
             return Err(PostgresError::Unexpected {
                 what: "psql's pipes".into(),
                 output: "not all of stdin, stdout and stderr could be opened".into(),
@@ -163,7 +169,7 @@ impl SnapshotSession {
         let mut session = Self {
             database: database.to_owned(),
             password_origin: connection.password_origin().to_owned(),
-            child,
+            client: Some(client),
             stdin,
             stdout: BufReader::new(stdout).lines(),
             stderr: Some(collect_stderr(stderr)),
@@ -220,9 +226,13 @@ impl SnapshotSession {
     /// Fails when `psql` reports an error on the way out.
     pub async fn close(mut self) -> Result<(), PostgresError> {
         let written = self.stdin.write_all(b"COMMIT;\n\\q\n").await;
-        let status = self.child.wait().await;
-        match (written, status) {
-            (Ok(()), Ok(status)) if status.success() => Ok(()),
+        let _ = self.stdin.shutdown().await;
+        let exit = match self.client.take() {
+            Some(client) => client.wait().await.map(|exit| exit.success),
+            None => Ok(false),
+        };
+        match (written, exit?) {
+            (Ok(()), true) => Ok(()),
             _ => {
                 let stopped = self.stopped().await;
                 Err(PostgresError::Counts {
@@ -253,7 +263,9 @@ impl SnapshotSession {
 
     /// Waits for the stopped `psql` and returns its error text.
     async fn stopped(&mut self) -> Stopped {
-        let _ = self.child.wait().await;
+        if let Some(client) = self.client.take() {
+            let _ = client.wait().await;
+        }
         let stderr = match self.stderr.take() {
             Some(task) => task.await.unwrap_or_default(),
             None => StderrText::default(),
