@@ -8,6 +8,13 @@
 //!   image's, and its example config uses only mounted paths;
 //! - the R2 variables of the Secret are the ones lifeboatd reads: with only
 //!   them it reaches a real S3 server (moto);
+//! - the Unraid compose file runs the template's container (image, user,
+//!   capabilities, port, mounts, R2 variables, stop timeout), mounts every
+//!   path and the Docker socket the example config uses, takes its
+//!   variables from the `.env.example` its `.sops.yaml` encrypts, and joins
+//!   the network the Alloy scrape block reaches it on;
+//! - the example config's appdata job leaves the databases' live data
+//!   folders out (a real backup of such a tree);
 //! - the Terraform files parse as HCL and lock the repository's prefixes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,6 +265,236 @@ fn the_unraid_template_names_the_image_port_paths_and_r2_variables() -> Result<(
                 path.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// The compose file's `lifeboat` service.
+fn compose_service() -> Result<serde_yaml_ng::Value> {
+    let text = std::fs::read_to_string(deploy_dir().join("unraid/docker-compose.yml"))?;
+    let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+    Ok(compose["services"]["lifeboat"].clone())
+}
+
+/// The strings of a compose list (`volumes`, `ports`, `cap_add`, …).
+fn strings(value: &serde_yaml_ng::Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_compose_file_runs_the_template_container_with_what_the_example_config_needs() -> Result<()> {
+    let image = Image::load()?;
+    let port = image.port()?;
+    let workdir = image.runtime.last("WORKDIR")?;
+    let template = Template::load(&deploy_dir().join("unraid/lifeboat.xml"))?;
+    let service = compose_service()?;
+    let text = |key: &str| service[key].as_str().unwrap_or_default().to_owned();
+
+    // The same container as the template's.
+    ensure!(
+        text("image") == template.field("Repository"),
+        "compose image {} vs template {}",
+        text("image"),
+        template.field("Repository")
+    );
+    let extra = template.field("ExtraParams");
+    ensure!(
+        extra.contains(&format!("--user={}", text("user"))),
+        "user {}",
+        text("user")
+    );
+    ensure!(
+        strings(&service["cap_drop"]) == ["ALL"],
+        "every capability dropped"
+    );
+    for capability in strings(&service["cap_add"]) {
+        ensure!(
+            extra.contains(&format!("--cap-add={capability}")),
+            "{capability} as in the template"
+        );
+    }
+    ensure!(
+        text("stop_grace_period") == "30s" && extra.contains("--stop-timeout=30"),
+        "30 s to stop in both"
+    );
+    ensure!(
+        strings(&service["ports"]) == [format!("{port}:{port}")],
+        "ports: {:?}",
+        service["ports"]
+    );
+
+    // Mounts: the template's paths, /config writable, the rest read-only.
+    let template_paths: BTreeMap<String, String> =
+        template.configs_of("Path").into_iter().collect();
+    let mut mounts = BTreeMap::new();
+    for volume in strings(&service["volumes"]) {
+        let parts: Vec<&str> = volume.split(':').collect();
+        let (host, target, mode) = match parts.as_slice() {
+            [host, target] => (*host, *target, "rw"),
+            [host, target, mode] => (*host, *target, *mode),
+            _ => anyhow::bail!("volume {volume:?}"),
+        };
+        ensure!(host.starts_with('/'), "{volume}: a host path");
+        ensure!(
+            template_paths.get(target).map(String::as_str) == Some(mode),
+            "{volume}: the template mounts {target} as {:?}",
+            template_paths.get(target)
+        );
+        ensure!(
+            (target == workdir) == (mode == "rw"),
+            "{volume}: only {workdir} is writable"
+        );
+        mounts.insert(target.to_owned(), host.to_owned());
+    }
+    ensure!(
+        mounts.get(workdir).map(String::as_str) == Some("/mnt/user/appdata/lifeboat"),
+        "{workdir} from the appdata share"
+    );
+
+    // Variables: the R2 ones, from .env.example, which .sops.yaml encrypts.
+    let environment = strings(&service["environment"]);
+    let names: BTreeSet<String> = environment
+        .iter()
+        .filter_map(|e| e.split('=').next().map(str::to_owned))
+        .collect();
+    ensure!(
+        names.is_superset(&r2_variables()),
+        "R2 variables: {names:?}"
+    );
+    let example = std::fs::read_to_string(deploy_dir().join("unraid/.env.example"))?;
+    let given: BTreeSet<&str> = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name.trim()))
+        .collect();
+    let referenced = regex::Regex::new(r"\$\{([A-Z0-9_]+)")?;
+    for reference in environment.iter().flat_map(|e| referenced.captures_iter(e)) {
+        ensure!(
+            given.contains(&reference[1]),
+            "{} is in .env.example",
+            &reference[1]
+        );
+    }
+    let sops: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        deploy_dir().join("unraid/.sops.yaml"),
+    )?)?;
+    let rule = sops["creation_rules"][0]["path_regex"]
+        .as_str()
+        .context(".sops.yaml path_regex")?;
+    ensure!(
+        regex::Regex::new(rule)?.is_match(".enc.env") && !regex::Regex::new(rule)?.is_match(".env"),
+        "the SOPS rule encrypts .enc.env and nothing else"
+    );
+
+    // The example config: every path it reads is mounted, and the Docker
+    // socket of its container jobs too.
+    let config_text = std::fs::read_to_string(deploy_dir().join("unraid/lifeboat.toml"))?;
+    let config = Config::parse(&config_text, &Path::new(workdir).join("lifeboat.toml"))?;
+    let mounted = |path: &Path| mounts.keys().any(|target| path.starts_with(target));
+    let mut containers = Vec::new();
+    for job in &config.jobs {
+        let used: Vec<PathBuf> = match &job.source {
+            SourceConfig::Directory(d) => d.folders().into_iter().map(|f| f.path).collect(),
+            SourceConfig::TalosConfig(t) => t.dir.iter().cloned().collect(),
+            SourceConfig::Postgres(p) => {
+                containers.extend(p.container.clone());
+                let socket = p.container.as_ref().map(|_| p.docker_socket.clone());
+                p.password_file.iter().cloned().chain(socket).collect()
+            }
+            _ => Vec::new(),
+        };
+        for path in used {
+            ensure!(
+                mounted(&path),
+                "job {}: {} is not mounted in docker-compose.yml",
+                job.name,
+                path.display()
+            );
+        }
+    }
+    ensure!(
+        containers == ["gitea_postgres", "vaultwarden_postgres", "immich_postgres"],
+        "the example dumps the user's database containers: {containers:?}"
+    );
+
+    // Alloy reaches it by name on the network both join.
+    let alloy = std::fs::read_to_string(deploy_dir().join("unraid/alloy/lifeboat.alloy"))?;
+    ensure!(
+        alloy.contains(&format!("\"{}:{port}\"", text("container_name")))
+            && alloy.contains("metrics_path    = \"/metrics\"")
+            && alloy.contains("prometheus.relabel.add_labels.receiver"),
+        "the scrape block targets {}:{port}/metrics and adds the cluster label",
+        text("container_name")
+    );
+    ensure!(
+        strings(&service["networks"]) == ["alloy"],
+        "lifeboat joins Alloy's network"
+    );
+    let text = std::fs::read_to_string(deploy_dir().join("unraid/docker-compose.yml"))?;
+    let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+    ensure!(
+        compose["networks"]["alloy"]["name"] == "alloy-internal"
+            && compose["networks"]["alloy"]["external"] == true,
+        "the network is Alloy's own alloy-internal"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_example_appdata_job_leaves_live_database_folders_out() -> Result<()> {
+    let config_text = std::fs::read_to_string(deploy_dir().join("unraid/lifeboat.toml"))?;
+    let config = Config::parse(&config_text, Path::new("/config/lifeboat.toml"))?;
+    let appdata = config
+        .jobs
+        .iter()
+        .find(|job| job.name == "appdata")
+        .context("an appdata job")?;
+    let SourceConfig::Directory(source) = &appdata.source else {
+        anyhow::bail!("appdata is a directory job");
+    };
+    // The user's appdata as it is laid out, in a folder of its own.
+    let installation = Installation::local()?;
+    let tree = installation.path("appdata");
+    for (file, body) in [
+        ("gitea/postgres/PG_VERSION", "17"),
+        ("gitea/postgres/base/1/1259", "live table"),
+        ("gitea/gitea/conf/app.ini", "[server]"),
+        ("immich/postgres/PG_VERSION", "14"),
+        ("vaultwarden/data/config.json", "{}"),
+        ("vaultwarden/postgres/PG_VERSION", "16"),
+    ] {
+        let path = tree.join(file);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        std::fs::write(path, body)?;
+    }
+    let excludes = toml::Value::try_from(&source.exclude)?;
+    let job = format!(
+        "{{ kind = \"directory\", paths = [{:?}], exclude = {excludes} }}",
+        tree.display().to_string()
+    );
+    installation.write_config(&[], &[("appdata", &job)])?;
+    installation.backup("appdata")?;
+    let restored = installation.path("restored");
+    installation
+        .restore(&installation.restore_key(), "latest:appdata", &restored)?
+        .ok()?;
+    let inside = restored.join(tree.strip_prefix("/")?);
+    for kept in ["gitea/gitea/conf/app.ini", "vaultwarden/data/config.json"] {
+        ensure!(inside.join(kept).is_file(), "{kept} is backed up");
+    }
+    for app in ["gitea", "immich", "vaultwarden"] {
+        ensure!(
+            !inside.join(app).join("postgres").exists(),
+            "{app}/postgres is left to the database job"
+        );
     }
     Ok(())
 }
