@@ -438,7 +438,7 @@ async fn volumes_verify_and_a_kubernetes_snapshot_without_inventory_fails() -> R
         pg_url: None,
         pg_bin: None,
         pg_container: None,
-        docker_socket: lifeboat::docker::DEFAULT_SOCKET.into(),
+        docker_socket: lifeboat::docker::default_socket(),
         rto_target: None,
         etcd_wait: Duration::from_secs(30),
         kube_dry_run: None,

@@ -12,7 +12,9 @@
 //! databases in the containers the snapshots came from), check that the
 //! password never shows on any process's command line, and that a missing
 //! socket, an unknown or stopped container and a container without
-//! `pg_dump` each fail naming the fix.
+//! `pg_dump` each fail naming the fix. A last test has `lifeboatd serve`
+//! run the drill itself (`[drill]`) and show it on `/metrics`, the status
+//! page and `/api/v1/drill`, also after a restart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use anyhow::{Context, Result, ensure};
 use lifeboat_tests::cli::{Installation, Outcome, run};
 use lifeboat_tests::docker::DockerEngine;
 use lifeboat_tests::postgres::PostgresServer;
+use lifeboat_tests::service::{Lifeboatd, write_service_config};
 use serde_json::Value;
 
 /// The role both "containers" connect as (their `POSTGRES_USER`).
@@ -408,6 +411,153 @@ async fn unusable_containers_fail_naming_the_fix() -> Result<()> {
             .iter()
             .all(|e| e.container != "stopped_postgres"),
         "nothing ran in the stopped container"
+    );
+    Ok(())
+}
+
+/// `lifeboat_drill_success` by job, from `/metrics`.
+fn drill_successes(service: &Lifeboatd) -> Result<BTreeMap<String, f64>> {
+    let response = service.get("/metrics")?;
+    ensure!(response.status == 200, "GET /metrics: {}", response.status);
+    let lines = response.body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines)?;
+    let mut found = BTreeMap::new();
+    for sample in &scrape.samples {
+        if sample.metric == "lifeboat_drill_success"
+            && let prometheus_parse::Value::Gauge(value) = sample.value
+        {
+            {
+                found.insert(
+                    sample.labels.get("job").unwrap_or_default().to_owned(),
+                    value,
+                );
+            }
+        }
+    }
+    ensure!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "lifeboat_drill_last_run_timestamp_seconds"),
+        "the last drill's time is exported"
+    );
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_drills_on_its_own_and_exports_the_result() -> Result<()> {
+    let password = format!("c0nt-{:016x}", rand::random::<u64>());
+    let (server, _) = server_with("gitea", &password, 500).await?;
+    // As the official image: its POSTGRES_USER needs no password over the
+    // container's socket, so neither the backup nor the drill gives one.
+    server.trust(ROLE)?;
+    let engine = DockerEngine::start().await?;
+    engine.add_container(
+        "gitea_postgres",
+        &DockerEngine::postgres_env(server.bin_dir(), server.port(), ROLE),
+    )?;
+    let installation = Installation::local()?;
+    std::fs::write(installation.path("su.pass"), server.superuser_password())?;
+    let files = installation.path("files");
+    std::fs::create_dir_all(&files)?;
+    std::fs::write(files.join("notes.txt"), "drilled by the service")?;
+    let socket = engine.socket().display().to_string();
+    write_service_config(
+        &installation,
+        &format!(
+            r#"[[job]]
+name = "files"
+source = {{ kind = "directory", paths = [{files:?}] }}
+
+[[job]]
+name = "gitea-db"
+source = {{ kind = "postgres", container = "gitea_postgres", docker_socket = {socket:?}, databases = ["gitea"] }}
+
+# Dumped over TCP from here: its drill needs a pg_url, which [drill] lacks.
+[[job]]
+name = "nowhere-db"
+source = {{ kind = "postgres", dsn = {dsn:?}, databases = ["gitea"], password_file = "su.pass", pg_dump = {pg_dump:?} }}
+
+[drill]
+schedule = "0 0 5 1 1 *"
+identity = "keys/restore.key"
+docker_socket = {socket:?}
+"#,
+            files = files.display().to_string(),
+            dsn = server.superuser_dsn("postgres"),
+            pg_dump = server.bin("pg_dump").display().to_string(),
+        ),
+    )?;
+    let before = engine.execs().len();
+    blocking(|| {
+        let mut service = Lifeboatd::start(&installation)?;
+        for job in ["files", "gitea-db", "nowhere-db"] {
+            service.trigger(job)?;
+            service.wait_for(
+                &format!("a backup of {job}"),
+                std::time::Duration::from_secs(120),
+                |s| Ok((!s.runs_with(job, "success")?.is_empty()).then_some(())),
+            )?;
+        }
+        service.trigger("drill")?;
+        let runs = service.wait_for(
+            "the drill to end",
+            std::time::Duration::from_secs(180),
+            |s| {
+                Ok(Some(s.runs("drill")?).filter(|runs| {
+                    runs.iter()
+                        .any(|r| r["result"] != "running" && !r["ended"].is_null())
+                }))
+            },
+        )?;
+        ensure!(
+            runs[0]["result"] == "failure"
+                && runs[0]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("nowhere-db") && !e.contains("gitea-db:")),
+            "the drill run fails for nowhere-db alone: {runs:#?}"
+        );
+        let report = service.get_json("/api/v1/drill")?;
+        let jobs = report["jobs"].as_array().context("jobs in /api/v1/drill")?;
+        ensure!(
+            jobs.len() == 3 && report["passed"] == false,
+            "three jobs drilled: {report:#}"
+        );
+        let successes = drill_successes(&service)?;
+        let expected: BTreeMap<String, f64> =
+            [("files", 1.0), ("gitea-db", 1.0), ("nowhere-db", 0.0)]
+                .into_iter()
+                .map(|(job, v)| (job.to_owned(), v))
+                .collect();
+        ensure!(
+            successes == expected,
+            "lifeboat_drill_success {successes:?}"
+        );
+        let page = service.get("/")?.body;
+        ensure!(
+            page.contains("Restore drill")
+                && page.contains("FAILED")
+                && page.contains("not verified"),
+            "the status page shows the drill and its failure"
+        );
+        service.terminate()?;
+
+        // A restarted service still exports the last drill.
+        let service = Lifeboatd::start(&installation)?;
+        let successes = drill_successes(&service)?;
+        ensure!(successes == expected, "after a restart: {successes:?}");
+        service.terminate()?;
+        Ok(())
+    })?;
+    ensure!(
+        engine.execs()[before..]
+            .iter()
+            .any(|e| e.container == "gitea_postgres" && e.cmd[0] == "pg_restore"),
+        "the service's drill restored gitea in its container"
+    );
+    ensure!(
+        !installation.path("state/drill-scratch").exists(),
+        "the drill's scratch folder is removed"
     );
     Ok(())
 }

@@ -160,6 +160,20 @@ impl PostgresServer {
         &self.password
     }
 
+    /// Lets `role` connect over loopback without a password, as the
+    /// official `postgres` image trusts connections over its own socket
+    /// (the line goes first in `pg_hba.conf`; the server reloads it).
+    ///
+    /// Fails when the file cannot be written or the server not reloaded.
+    pub fn trust(&self, role: &str) -> Result<()> {
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+        std::fs::write(&hba, format!("host all {role} 127.0.0.1/32 trust\n{rules}"))
+            .context("writing pg_hba.conf")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// A libpq URI for `user` on `database`, without a password.
     pub fn dsn(&self, user: &str, database: &str) -> String {
         format!("postgresql://{user}@127.0.0.1:{}/{database}", self.port)

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use lifeboat::config::Config;
-use lifeboat::drill::{DrillJob, DrillReport, DrillSettings};
-use lifeboat::sources::drill_job;
+use lifeboat::drill::DrillSettings;
+use lifeboat::sources::drill_jobs;
 
 use crate::args::{KeyArgs, RepoArgs};
 use crate::exit::ProblemsFound;
@@ -75,8 +75,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             "give the jobs to drill with --config lifeboat.toml (the file lifeboatd uses)",
         )?;
     let config = Config::load_with_schedules(&config_path)?;
-    let jobs = selected_jobs(&config, &config_path, &args.jobs)?;
-    let started = chrono::Utc::now();
+    let jobs = config.drill_jobs(&args.jobs, &config_path)?;
     let repo = args
         .key
         .unlock_restore(args.repo.open().await?, "drilling restores")
@@ -104,18 +103,15 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         etcd_wait: args.etcd_wait,
         kube_dry_run: args.kube_dry_run.clone(),
     };
-    let mut reports = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        eprintln!("drilling {} …", job.name);
-        let report = drill_job(&reader, &snapshots, job, &settings, chrono::Utc::now()).await;
+    let report = drill_jobs(&reader, &snapshots, &jobs, &settings, |report| {
         eprintln!(
-            "  {} in {:.1} s",
+            "{}: {} in {:.1} s",
+            report.job,
             if report.passed() { "passed" } else { "FAILED" },
             report.rto_seconds
         );
-        reports.push(report);
-    }
-    let report = DrillReport::new(started, rto_target, reports);
+    })
+    .await;
     outputs::write(&report, &args)?;
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&report)?)?;
@@ -132,30 +128,4 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         ))
         .into())
     }
-}
-
-/// The jobs named with `--job`, or all, with their RPOs.
-fn selected_jobs(
-    config: &Config,
-    path: &std::path::Path,
-    names: &[String],
-) -> anyhow::Result<Vec<DrillJob>> {
-    let chosen: Vec<_> = if names.is_empty() {
-        config.jobs.iter().collect()
-    } else {
-        names
-            .iter()
-            .map(|name| config.job(name, path))
-            .collect::<Result<_, _>>()?
-    };
-    if chosen.is_empty() {
-        anyhow::bail!("{} defines no jobs to drill", path.display());
-    }
-    Ok(chosen
-        .into_iter()
-        .map(|job| DrillJob {
-            name: job.name.clone(),
-            rpo: config.rpo_of(job),
-        })
-        .collect())
 }

@@ -81,7 +81,7 @@ impl PostgresArgs {
         Self {
             pg_url: Some(url.to_owned()),
             pg_container: None,
-            docker_socket: PathBuf::from(lifeboat::docker::DEFAULT_SOCKET),
+            docker_socket: lifeboat::docker::default_socket(),
             pg_bin: pg_bin.map(Path::to_owned),
             create,
             databases: Vec::new(),

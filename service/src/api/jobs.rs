@@ -5,7 +5,8 @@
 //!   last run and RPO status;
 //! - `GET /api/v1/jobs/{name}/runs?limit=N`, `GET /api/v1/runs?job=NAME&limit=N`:
 //!   runs, newest first (default 50, at most 1000);
-//! - `POST /api/v1/jobs/{name}/run`: queue a run now; 202 when queued,
+//! - `POST /api/v1/jobs/{name}/run`: queue a run now (of a job, or of the
+//!   `prune`, `check` or `drill` task when configured); 202 when queued,
 //!   409 while one is queued or running, 503 during shutdown;
 //! - `GET /api/v1/tasks`: the prune and check tasks.
 
@@ -116,12 +117,20 @@ async fn trigger(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Queued>), AppError> {
-    state
-        .service
-        .request(Work::Backup(name.clone()), Trigger::Manual)?;
+    let config = state.service.config();
+    let (work, runs) = match name.as_str() {
+        "prune" if config.prune.is_some() => (Work::Prune, "/api/v1/runs?job=prune".to_owned()),
+        "check" if config.check.is_some() => (Work::Check, "/api/v1/runs?job=check".to_owned()),
+        "drill" if config.drill.is_some() => (Work::Drill, "/api/v1/runs?job=drill".to_owned()),
+        _ => (
+            Work::Backup(name.clone()),
+            format!("/api/v1/jobs/{name}/runs"),
+        ),
+    };
+    state.service.request(work, Trigger::Manual)?;
     tracing::info!(job = %name, "run requested through the API");
     let body = Queued {
-        runs: format!("/api/v1/jobs/{name}/runs"),
+        runs,
         job: name,
         state: "queued",
     };

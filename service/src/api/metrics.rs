@@ -3,7 +3,9 @@
 //! Names follow Prometheus conventions: a `lifeboat_` prefix, base units
 //! (`_seconds`, `_bytes`), `_total` on counters, one `job` label per backup
 //! job. Counters come from the run history's totals, so they survive
-//! restarts. Alert on `lifeboat_job_rpo_breached == 1`.
+//! restarts. Alert on `lifeboat_job_rpo_breached == 1`. When the service
+//! drills restores itself (`[drill]`), the last drill's
+//! `lifeboat_drill_*` series follow.
 
 use axum::Router;
 use axum::extract::State;
@@ -26,7 +28,12 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, App
     let overview = state.service.overview().await?;
     let figures = state.service.catalog().figures();
     let rto = state.service.config().service.rto;
-    let text = render(&overview, figures, rto);
+    let mut text = render(&overview, figures, rto);
+    // The service's own drills, under the names `lifeboat drill --metrics`
+    // writes, so the same alerts read both.
+    if let Some(report) = state.service.last_drill() {
+        text.push_str(&crate::drill::metrics::render(&report));
+    }
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

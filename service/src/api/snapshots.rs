@@ -1,5 +1,6 @@
 //! `/api/v1/snapshots` and `/api/v1/repository`: the repository as the
-//! service last listed it (after every run, and at start).
+//! service last listed it (after every run, and at start); and
+//! `/api/v1/drill`: the report of the service's last restore drill.
 //!
 //! Snapshot summaries are what the service key can read: times, counts and
 //! sizes, never file names or contents.
@@ -12,12 +13,25 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppError, AppState};
 use crate::daemon::catalog::SnapshotInfo;
+use crate::drill::DrillReport;
 
 /// The snapshot and repository routes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/snapshots", get(snapshots))
         .route("/api/v1/repository", get(repository))
+        .route("/api/v1/drill", get(drill))
+}
+
+/// The last drill's report (as `lifeboat drill --json` prints it).
+async fn drill(State(state): State<AppState>) -> Result<Json<DrillReport>, AppError> {
+    state.service.last_drill().map(Json).ok_or_else(|| {
+        AppError::NotFound(
+            "no drill has run here yet: add a [drill] table to lifeboat.toml, or start one with \
+             POST /api/v1/jobs/drill/run"
+                .into(),
+        )
+    })
 }
 
 /// Which snapshots to list.

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use super::auth::may_read_details;
 use super::{AppError, AppState};
 use crate::daemon::status::{ActivityView, JobStatus, Overview, RpoState, TaskStatus};
+use crate::drill::DrillReport;
 use crate::repo::snapshot::human_bytes;
 use crate::state::{RunRecord, RunResult};
 use crate::text::html::escape;
@@ -150,6 +151,9 @@ fn render(state: &AppState, overview: &Overview, runs: &[Vec<RunRecord>]) -> Str
         for task in &overview.tasks {
             task_card(&mut html, task, now);
         }
+    }
+    if let Some(report) = state.service.last_drill() {
+        drill_card(&mut html, &report, now);
     }
     let figures = state.service.catalog().figures();
     let config = state.service.config();
@@ -315,6 +319,41 @@ fn task_card(html: &mut String, task: &TaskStatus, now: DateTime<Utc>) {
         let _ = write!(html, "<p><strong>{now_doing}</strong></p>");
     }
     html.push_str("</article>");
+}
+
+/// The last restore drill the service ran: each job's result, RTO and
+/// RPO, and the first failure.
+fn drill_card(html: &mut String, report: &DrillReport, now: DateTime<Utc>) {
+    let (class, result) = if report.passed {
+        ("ok", "passed")
+    } else {
+        ("breached", "failed")
+    };
+    let _ = write!(
+        html,
+        "<h2>Restore drill</h2><article class=\"card {class}\"><p>Last drill {}: \
+         <span class=\"{class}\">{result}</span> in {}</p><dl>",
+        when(report.finished, now),
+        short_duration(report.total_seconds.round() as i64)
+    );
+    for job in &report.jobs {
+        let rpo = job
+            .rpo_seconds
+            .map(|age| format!(", data {} old", short_duration(age.round() as i64)))
+            .unwrap_or_default();
+        let _ = write!(
+            html,
+            "<dt>{}</dt><dd>{} · restored in {}{rpo}",
+            escape(&job.job),
+            if job.passed() { "passed" } else { "FAILED" },
+            short_duration(job.rto_seconds.round() as i64)
+        );
+        if let Some(first) = job.failures.first() {
+            let _ = write!(html, "<br><span class=\"failure\">{}</span>", escape(first));
+        }
+        html.push_str("</dd>");
+    }
+    html.push_str("</dl></article>");
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use super::ConfigError;
 use super::cron::Timezone;
 use super::job::{self, JobConfig, Origin};
-use super::service::{CheckTask, PruneTask, RESERVED_NAMES, ServiceSettings};
+use super::service::{CheckTask, DrillTask, PruneTask, RESERVED_NAMES, ServiceSettings};
+use crate::drill::DrillJob;
 use crate::storage::S3Options;
 
 /// The whole configuration.
@@ -31,6 +32,9 @@ pub struct Config {
     /// The check task, if scheduled here.
     #[serde(default)]
     pub check: Option<CheckTask>,
+    /// The drill task, if lifeboatd drills restores itself.
+    #[serde(default)]
+    pub drill: Option<DrillTask>,
     /// The jobs.
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
@@ -79,7 +83,40 @@ impl Config {
         config.resolve(base);
         job::locate_jobs(text, path, &mut config.jobs);
         config.check_job_names()?;
+        if let Some(drill) = &config.drill {
+            config
+                .drill_jobs(&drill.jobs, path)
+                .map_err(|e| invalid(format!("[drill] jobs: {e}")))?;
+        }
         Ok(config)
+    }
+
+    /// The jobs `names` (all when empty) with their RPOs, to drill.
+    ///
+    /// Fails naming the jobs there are when a name is not one, or when
+    /// there are none.
+    pub fn drill_jobs(&self, names: &[String], path: &Path) -> Result<Vec<DrillJob>, ConfigError> {
+        let chosen: Vec<&JobConfig> = if names.is_empty() {
+            self.jobs.iter().collect()
+        } else {
+            names
+                .iter()
+                .map(|name| self.job(name, path))
+                .collect::<Result<_, _>>()?
+        };
+        if chosen.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "there are no jobs to drill".into(),
+            });
+        }
+        Ok(chosen
+            .into_iter()
+            .map(|job| DrillJob {
+                name: job.name.clone(),
+                rpo: self.rpo_of(job),
+            })
+            .collect())
     }
 
     fn resolve(&mut self, base: &Path) {
@@ -106,6 +143,9 @@ impl Config {
         }
         for job in &mut self.jobs {
             job.resolve_paths(base);
+        }
+        if let Some(drill) = &mut self.drill {
+            absolute(&mut drill.identity);
         }
     }
 

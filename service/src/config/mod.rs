@@ -49,7 +49,7 @@ pub mod starter;
 pub use cron::{CronSchedule, Timezone};
 pub use file::{Config, RepositoryConfig};
 pub use job::{JobConfig, Origin};
-pub use service::{CheckTask, PruneTask, ServiceSettings};
+pub use service::{CheckTask, DrillTask, PruneTask, ServiceSettings};
 
 /// A config file that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -149,5 +149,42 @@ pub(crate) fn yes() -> bool {
     true
 }
 
+/// The `[drill]` table: lifeboatd drills restores itself, on a schedule,
+/// as `lifeboat drill` does, with the restore key. That key then lives on
+/// this host and reads every backup; a CI workflow holding it instead
+/// (`deploy/github/restore-drill.yml`) keeps it off the service's host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillTask {
+    /// When it runs (cron with seconds; default Sundays at 05:00).
+    #[serde(default = "default_drill_schedule")]
+    pub schedule: CronSchedule,
+    /// The schedule's time zone (default: the service's).
+    #[serde(default)]
+    pub timezone: Option<Timezone>,
+    /// The restore key's identity file (unencrypted: the service cannot
+    /// ask for a passphrase).
+    pub identity: PathBuf,
+    /// The jobs to drill (default: all).
+    #[serde(default)]
+    pub jobs: Vec<String>,
+    /// A PostgreSQL server for the scratch databases of jobs not dumped in
+    /// a container (libpq connection string; PGPASSWORD for it).
+    #[serde(default)]
+    pub pg_url: Option<String>,
+    /// The Docker Engine's socket, for jobs dumped in a container.
+    #[serde(default = "crate::docker::default_socket")]
+    pub docker_socket: PathBuf,
+    /// Whether it is scheduled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_drill_schedule() -> CronSchedule {
+    "0 0 5 * * SUN"
+        .parse()
+        .expect("the default drill schedule is a valid cron expression")
+}
+
 /// Names of the service's own tasks, which jobs cannot take.
-pub const RESERVED_NAMES: [&str; 2] = ["prune", "check"];
+pub const RESERVED_NAMES: [&str; 3] = ["prune", "check", "drill"];

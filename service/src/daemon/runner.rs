@@ -53,6 +53,12 @@ pub enum RunError {
     /// The job is not in the configuration.
     #[error("no job is called {0:?} in the configuration")]
     UnknownJob(String),
+    /// A drill could not run.
+    #[error(transparent)]
+    Drill(#[from] super::drill::DrillError),
+    /// A job's drill failed.
+    #[error("the drill failed: {0}")]
+    DrillFailed(String),
     /// A task ran without its table in the configuration.
     #[error("{0} is not configured; add a [{0}] table")]
     NotConfigured(&'static str),
@@ -91,7 +97,7 @@ impl Service {
                     .ok_or_else(|| Refusal::UnknownJob(name.clone()))?;
                 job.jitter.filter(|_| trigger == Trigger::Schedule)
             }
-            Work::Prune | Work::Check => None,
+            Work::Prune | Work::Check | Work::Drill => None,
         };
         let mut runs = lock(&self.runs);
         if self.is_stopping() {
@@ -176,6 +182,7 @@ async fn run(service: &Arc<Service>, work: &Work, trigger: Trigger, progress: Ar
         Work::Backup(name) => back_up(service, name, progress).await,
         Work::Prune => prune_once(service).await,
         Work::Check => check_once(service).await,
+        Work::Drill => drill_once(service).await,
     };
     let ended = Utc::now();
     let seconds = (ended - started).num_milliseconds() as f64 / 1000.0;
@@ -309,6 +316,36 @@ async fn prune_grace(service: &Service, configured: Duration) -> Duration {
         .unwrap_or_default();
     let needed = (now - oldest) + longest_prune + chrono::Duration::seconds(1);
     configured.max(needed.to_std().unwrap_or_default())
+}
+
+/// One drill of the configured jobs; the report is kept whether or not
+/// every job passed.
+async fn drill_once(service: &Service) -> Result<RunFigures, RunError> {
+    let config = service.config();
+    let task = config
+        .drill
+        .as_ref()
+        .ok_or(RunError::NotConfigured("drill"))?;
+    let report = super::drill::run(config, task).await?;
+    service.set_last_drill(report.clone());
+    let failed: Vec<String> = report
+        .jobs
+        .iter()
+        .filter(|job| !job.passed())
+        .map(|job| format!("{}: {}", job.job, job.failures.join("; ")))
+        .collect();
+    if !failed.is_empty() {
+        return Err(RunError::DrillFailed(format!(
+            "{} of {} job(s) failed: {}",
+            failed.len(),
+            report.jobs.len(),
+            failed.join(" | ")
+        )));
+    }
+    Ok(RunFigures {
+        details: serde_json::to_string(&report).ok(),
+        ..RunFigures::default()
+    })
 }
 
 /// One prune round.

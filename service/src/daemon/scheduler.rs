@@ -1,7 +1,7 @@
 //! Cron scheduling with `tokio-cron-scheduler`, and the runs made up at
 //! start.
 //!
-//! Each enabled job with a schedule, and the prune and check tasks, is one
+//! Each enabled job with a schedule, and the prune, check and drill tasks, is one
 //! cron entry whose only act is [`Service::request`]: overlap, the global
 //! limit, jitter and shutdown are the service's business. The scheduler
 //! fixes a time zone's UTC offset when an entry is added, so the entries
@@ -58,7 +58,12 @@ fn entries(config: &Config) -> Vec<Entry> {
         schedule: t.schedule.clone(),
         timezone: zone(t.timezone),
     });
-    jobs.chain(prune).chain(check).collect()
+    let drill = config.drill.iter().filter(|t| t.enabled).map(|t| Entry {
+        work: Work::Drill,
+        schedule: t.schedule.clone(),
+        timezone: zone(t.timezone),
+    });
+    jobs.chain(prune).chain(check).chain(drill).collect()
 }
 
 /// A zone's offset from UTC now, in seconds.

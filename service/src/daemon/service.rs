@@ -21,6 +21,7 @@ use super::catalog::Catalog;
 use super::job::{JobError, open_service_repository};
 use crate::backup::Progress;
 use crate::config::Config;
+use crate::drill::DrillReport;
 use crate::repo::UnlockedRepository;
 use crate::state::{History, HistoryError};
 
@@ -33,6 +34,8 @@ pub enum Work {
     Prune,
     /// Check the repository.
     Check,
+    /// Drill restores with the restore key.
+    Drill,
 }
 
 impl Work {
@@ -42,15 +45,17 @@ impl Work {
             Self::Backup(name) => name,
             Self::Prune => "prune",
             Self::Check => "check",
+            Self::Drill => "drill",
         }
     }
 
-    /// `backup`, `prune` or `check`.
+    /// `backup`, `prune`, `check` or `drill`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Backup(_) => "backup",
             Self::Prune => "prune",
             Self::Check => "check",
+            Self::Drill => "drill",
         }
     }
 }
@@ -123,6 +128,7 @@ pub struct Service {
     pub(super) stopping: CancellationToken,
     repository_ready: AtomicBool,
     repository_opening: tokio::sync::Mutex<()>,
+    last_drill: Mutex<Option<DrillReport>>,
     started: DateTime<Utc>,
 }
 
@@ -134,6 +140,7 @@ impl Service {
     /// A service for `config` recording into `history`; nothing runs yet.
     pub fn new(config: Config, history: History) -> Arc<Self> {
         let slots = config.service.max_concurrent_jobs.get();
+        let last_drill = super::drill::load(&config.state_folder());
         Arc::new(Self {
             config,
             history: Arc::new(history),
@@ -144,6 +151,7 @@ impl Service {
             stopping: CancellationToken::new(),
             repository_ready: AtomicBool::new(false),
             repository_opening: tokio::sync::Mutex::new(()),
+            last_drill: Mutex::new(last_drill),
             started: Utc::now(),
         })
     }
@@ -221,7 +229,16 @@ impl Service {
         Ok(repo)
     }
 
-    /// What `name` (a job, `prune` or `check`) is doing now.
+    /// The report of the last drill this service ran, if any.
+    pub fn last_drill(&self) -> Option<DrillReport> {
+        lock(&self.last_drill).clone()
+    }
+
+    pub(super) fn set_last_drill(&self, report: DrillReport) {
+        *lock(&self.last_drill) = Some(report);
+    }
+
+    /// What `name` (a job, `prune`, `check` or `drill`) is doing now.
     pub fn activity(&self, name: &str) -> Activity {
         lock(&self.activities)
             .get(name)

@@ -161,10 +161,10 @@ pub struct JobStatus {
     pub totals: JobTotals,
 }
 
-/// The prune or check task as the API shows it.
+/// The prune, check or drill task as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskStatus {
-    /// `prune` or `check`.
+    /// `prune`, `check` or `drill`.
     pub name: &'static str,
     /// Whether its schedule runs it.
     pub enabled: bool,
@@ -262,7 +262,11 @@ impl Service {
             .check
             .as_ref()
             .map(|t| ("check", &t.schedule, t.timezone, t.enabled));
-        for (name, schedule, timezone, enabled) in prune.into_iter().chain(check) {
+        let drill = config
+            .drill
+            .as_ref()
+            .map(|t| ("drill", &t.schedule, t.timezone, t.enabled));
+        for (name, schedule, timezone, enabled) in prune.into_iter().chain(check).chain(drill) {
             let timezone = timezone.unwrap_or(config.service.timezone);
             tasks.push(TaskStatus {
                 name,

@@ -19,6 +19,12 @@ pub use self::exec::{ExecProcess, ExecSpec};
 /// Where the Docker Engine listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
+/// [`DEFAULT_SOCKET`] as a path (a serde default of the settings that
+/// name a socket).
+pub fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
 /// How long one API call may take, in seconds (exec streams are not
 /// limited: a dump runs as long as it needs).
 const API_TIMEOUT_SECONDS: u64 = 60;

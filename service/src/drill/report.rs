@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::repo::snapshot::{SnapshotEntry, SourceKind};
 
 /// One timed step of a job's drill.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     /// What was done (`restore`, `verify hashes`, `start etcd`, …).
     pub name: String,
@@ -22,7 +22,7 @@ pub struct StepReport {
 }
 
 /// One job's drill.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
     /// The job.
     pub job: String,
@@ -83,7 +83,7 @@ impl JobReport {
 }
 
 /// A whole drill.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillReport {
     /// When it started.
     pub started: DateTime<Utc>,

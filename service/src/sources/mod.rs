@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::backup::{BackupError, SnapshotBuilder};
-use crate::drill::{DrillJob, DrillSettings, JobReport, Prepared};
+use crate::drill::{DrillJob, DrillReport, DrillSettings, JobReport, Prepared};
 /// Relative paths of source tables are taken from the config file's folder.
 pub(crate) use crate::field::resolve_path as resolve;
 use crate::repo::reader::BlobReader;
@@ -155,6 +155,25 @@ impl SourceConfig {
             Self::Volumes(source) => source.back_up(builder, context).await,
         }
     }
+}
+
+/// Drills each of `jobs` in turn ([`drill_job`]), handing each job's
+/// report to `on_done` as it ends; returns the whole drill's report.
+pub async fn drill_jobs(
+    reader: &BlobReader,
+    snapshots: &[SnapshotEntry],
+    jobs: &[DrillJob],
+    settings: &DrillSettings,
+    on_done: fn(&JobReport),
+) -> DrillReport {
+    let started = Utc::now();
+    let mut reports = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let report = drill_job(reader, snapshots, job, settings, Utc::now()).await;
+        on_done(&report);
+        reports.push(report);
+    }
+    DrillReport::new(started, settings.rto_target, reports)
 }
 
 /// Drills `job` with the newest of `snapshots` (all snapshots of the

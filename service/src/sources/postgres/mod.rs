@@ -65,7 +65,7 @@ use self::session::{Inventory, SnapshotSession};
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::stream::StreamChunking;
-use crate::docker::{DEFAULT_SOCKET, Docker, DockerError};
+use crate::docker::{Docker, DockerError};
 
 /// The snapshot file holding `pg_dumpall --globals-only`.
 pub const GLOBALS_FILE: &str = "globals.sql";
@@ -109,16 +109,12 @@ pub struct PostgresSource {
     #[serde(default)]
     pub user: Option<String>,
     /// With `container`: the Docker Engine's socket.
-    #[serde(default = "default_docker_socket")]
+    #[serde(default = "crate::docker::default_socket")]
     pub docker_socket: PathBuf,
 }
 
 fn default_pg_dump() -> PathBuf {
     PathBuf::from("pg_dump")
-}
-
-fn default_docker_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_SOCKET)
 }
 
 /// Which cluster-wide objects (roles, tablespaces) are stored.
@@ -602,7 +598,7 @@ mod tests {
             globals: Globals::All,
             container: None,
             user: None,
-            docker_socket: default_docker_socket(),
+            docker_socket: crate::docker::default_socket(),
         };
         source.resolve_paths(Path::new("/config"));
         assert_eq!(source.password_file, Some(PathBuf::from("/config/pg.pass")));

@@ -114,10 +114,9 @@ impl PgTarget {
             globals: Globals::default(),
             container: container.map(|(_, name)| name.to_owned()),
             user: None,
-            docker_socket: container.map_or_else(
-                || PathBuf::from(crate::docker::DEFAULT_SOCKET),
-                |(socket, _)| socket.to_owned(),
-            ),
+            docker_socket: container.map_or_else(crate::docker::default_socket, |(socket, _)| {
+                socket.to_owned()
+            }),
         };
         Ok(Self {
             connection: source.connect().await?,
