@@ -188,6 +188,29 @@ impl ExecProcess {
         }
     }
 
+    /// Waits for the program, keeping what it printed (stdout and stderr
+    /// together, at most `limit` bytes).
+    ///
+    /// Fails as [`ExecProcess::wait`] does.
+    pub async fn output(mut self, limit: usize) -> Result<(i64, String), DockerError> {
+        use tokio::io::AsyncReadExt;
+        let read = |pipe: Option<DuplexStream>| async move {
+            let mut kept = Vec::new();
+            if let Some(pipe) = pipe {
+                let mut limited = pipe.take(limit as u64);
+                let _ = limited.read_to_end(&mut kept).await;
+                let _ = tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink()).await;
+            }
+            kept
+        };
+        let (out, err) = tokio::join!(read(self.stdout.take()), read(self.stderr.take()));
+        let code = self.wait().await?;
+        let text = String::from_utf8_lossy(&[out, err].concat())
+            .trim()
+            .to_owned();
+        Ok((code, text))
+    }
+
     /// Stops reading: the connection closes, so the program's next write
     /// fails and it ends (a dump program exits on a closed output).
     pub fn kill(self) {

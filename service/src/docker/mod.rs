@@ -9,9 +9,12 @@
 
 pub mod exec;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::{
+    ListContainersOptions, StartContainerOptions, StopContainerOptions,
+};
 use zeroize::Zeroizing;
 
 pub use self::exec::{ExecProcess, ExecSpec};
@@ -102,6 +105,17 @@ impl std::fmt::Debug for Container {
     }
 }
 
+/// A running container found by its label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labelled {
+    /// Its name.
+    pub name: String,
+    /// All its labels.
+    pub labels: HashMap<String, String>,
+    /// The host folders bind-mounted into it, in the daemon's order.
+    pub binds: Vec<PathBuf>,
+}
+
 /// A connection to one Docker Engine.
 #[derive(Debug, Clone)]
 pub struct Docker {
@@ -176,6 +190,66 @@ impl Docker {
             }),
             Err(e) => Err(self.failed(&format!("inspecting container {name:?}"), e)),
         }
+    }
+
+    /// The running containers carrying `label` (`key=value`, or `key` for
+    /// any value), by name.
+    ///
+    /// Fails when the daemon cannot list them.
+    pub async fn labelled(&self, label: &str) -> Result<Vec<Labelled>, DockerError> {
+        let options = ListContainersOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![label.to_owned()],
+            )])),
+            ..Default::default()
+        };
+        let listed = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.failed(&format!("listing containers labelled {label}"), e))?;
+        let mut found: Vec<Labelled> = listed
+            .into_iter()
+            .filter_map(|summary| {
+                let name = summary.names?.first()?.trim_start_matches('/').to_owned();
+                let binds = summary
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| m.typ.as_deref() == Some("bind"))
+                    .filter_map(|m| m.source.map(PathBuf::from))
+                    .collect();
+                Some(Labelled {
+                    name,
+                    labels: summary.labels.unwrap_or_default(),
+                    binds,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// Stops the container `name` (SIGTERM, then SIGKILL after its stop
+    /// timeout).
+    ///
+    /// Fails with the daemon's error.
+    pub async fn stop(&self, name: &str) -> Result<(), DockerError> {
+        self.client
+            .stop_container(name, None::<StopContainerOptions>)
+            .await
+            .map_err(|e| self.failed(&format!("stopping container {name:?}"), e))
+    }
+
+    /// Starts the container `name`.
+    ///
+    /// Fails with the daemon's error.
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+        self.client
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.failed(&format!("starting container {name:?}"), e))
     }
 
     /// The names of the running containers, sorted, comma-separated.

@@ -80,6 +80,9 @@ pub enum SourceError {
     /// A PostgreSQL dump failed.
     #[error(transparent)]
     Postgres(#[from] postgres::PostgresError),
+    /// Labelled containers could not be backed up.
+    #[error(transparent)]
+    Containers(#[from] directory::containers::ContainersError),
     /// The Kubernetes objects could not be listed or stored.
     #[error(transparent)]
     Kubernetes(kubernetes::KubernetesError),

@@ -1,6 +1,7 @@
 //! The stand-in's routes: system, container inspection and exec, with the
 //! hijacked stream of `POST /exec/{id}/start`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -54,13 +55,40 @@ async fn handle(Extract(state): Extract<Shared>, mut request: Request) -> Respon
         }))
         .into_response(),
         (&Method::GET, ["containers", "json"]) => {
+            let wanted = label_filters(request.uri().query());
             let listed: Vec<Value> = lock(&state)
                 .containers
                 .iter()
                 .filter(|(_, c)| c.running)
-                .map(|(name, _)| json!({ "Id": name, "Names": [format!("/{name}")], "State": "running" }))
+                .filter(|(_, c)| {
+                    wanted.iter().all(|w| match w.split_once('=') {
+                        Some((k, v)) => c.labels.get(k).is_some_and(|have| have == v),
+                        None => c.labels.contains_key(w),
+                    })
+                })
+                .map(|(name, c)| {
+                    let mounts: Vec<Value> = c
+                        .binds
+                        .iter()
+                        .map(|host| json!({ "Type": "bind", "Source": host, "Destination": "/data", "RW": true }))
+                        .collect();
+                    json!({ "Id": name, "Names": [format!("/{name}")], "State": "running", "Labels": c.labels, "Mounts": mounts })
+                })
                 .collect();
             axum::Json(listed).into_response()
+        }
+        (&Method::POST, ["containers", name, verb @ ("stop" | "start")]) => {
+            let mut guard = lock(&state);
+            let Some(container) = guard.containers.get_mut(*name) else {
+                return message(StatusCode::NOT_FOUND, &format!("No such container: {name}"));
+            };
+            let running = *verb == "start";
+            if container.running == running {
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            container.running = running;
+            guard.lifecycle.push(format!("{verb} {name}"));
+            StatusCode::NO_CONTENT.into_response()
         }
         (&Method::GET, ["containers", name, "json"]) => inspect_container(&state, name),
         (&Method::POST, ["containers", name, "exec"]) => {
@@ -82,6 +110,18 @@ async fn handle(Extract(state): Extract<Shared>, mut request: Request) -> Respon
             &format!("page not found: {method} {path}"),
         ),
     }
+}
+
+/// The `label` filters of a `filters` query parameter (a JSON map).
+fn label_filters(query: Option<&str>) -> Vec<String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "filters")
+        .filter_map(|(_, v)| serde_json::from_str::<BTreeMap<String, Vec<String>>>(v).ok())
+        .flat_map(|filters| filters.get("label").cloned().unwrap_or_default())
+        .collect()
 }
 
 fn inspect_container(state: &Shared, name: &str) -> Response {

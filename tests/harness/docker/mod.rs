@@ -39,6 +39,10 @@ pub struct Container {
     pub env: Vec<String>,
     /// Its working folder.
     pub dir: PathBuf,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Host folders bind-mounted into it.
+    pub binds: Vec<PathBuf>,
 }
 
 /// One exec a client created.
@@ -64,6 +68,8 @@ pub struct ExecRecord {
 pub(crate) struct State {
     containers: BTreeMap<String, Container>,
     execs: Vec<ExecRecord>,
+    /// `stop NAME` / `start NAME`, in order.
+    lifecycle: Vec<String>,
 }
 
 pub(crate) type Shared = Arc<Mutex<State>>;
@@ -120,9 +126,38 @@ impl DockerEngine {
                 running: true,
                 env: env.to_vec(),
                 dir,
+                labels: BTreeMap::new(),
+                binds: Vec::new(),
             },
         );
         Ok(())
+    }
+
+    /// Gives the container `name` a label.
+    pub fn label(&self, name: &str, key: &str, value: &str) {
+        if let Some(container) = lock(&self.state).containers.get_mut(name) {
+            container.labels.insert(key.to_owned(), value.to_owned());
+        }
+    }
+
+    /// Bind-mounts the host folder `host` into the container `name`.
+    pub fn bind(&self, name: &str, host: &Path) {
+        if let Some(container) = lock(&self.state).containers.get_mut(name) {
+            container.binds.push(host.to_owned());
+        }
+    }
+
+    /// Every stop and start asked for, in order (`stop NAME`, `start NAME`).
+    pub fn lifecycle(&self) -> Vec<String> {
+        lock(&self.state).lifecycle.clone()
+    }
+
+    /// Whether the container `name` runs.
+    pub fn is_running(&self, name: &str) -> bool {
+        lock(&self.state)
+            .containers
+            .get(name)
+            .is_some_and(|c| c.running)
     }
 
     /// Marks the container `name` running or stopped.

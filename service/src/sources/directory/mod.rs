@@ -1,10 +1,14 @@
 //! `kind = "directory"`: folders of the host, e.g. Unraid's
-//! `/mnt/user/appdata/<service>`, each with its own excludes.
+//! `/mnt/user/appdata/<service>`, each with its own excludes; and the
+//! bind mounts of the containers carrying a label ([`containers`]).
+
+pub mod containers;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use self::containers::ContainerSelection;
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::files::Folder;
@@ -22,6 +26,9 @@ pub struct DirectorySource {
     /// Glob patterns left out of every folder.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Also the bind mounts of the running containers carrying a label.
+    #[serde(default)]
+    pub containers: Option<ContainerSelection>,
 }
 
 impl DirectorySource {
@@ -53,9 +60,37 @@ impl DirectorySource {
         builder: &mut SnapshotBuilder,
         context: &SourceContext,
     ) -> Result<serde_json::Value, SourceError> {
-        builder
-            .add_folders(&self.folders(), context.state_dir.as_deref())
-            .await?;
-        Ok(serde_json::Value::Null)
+        let state = context.state_dir.as_deref();
+        let Some(selection) = &self.containers else {
+            builder.add_folders(&self.folders(), state).await?;
+            return Ok(serde_json::Value::Null);
+        };
+        let mut discovered = selection.discover().await?;
+        for skipped in &discovered.skipped {
+            builder.warn(skipped.clone());
+        }
+        if discovered.count() == 0 {
+            builder.warn(format!(
+                "no running container carries the label {}; label the containers to back up",
+                selection.label
+            ));
+        }
+        let mut folders = self.folders();
+        folders.extend(discovered.folders().into_iter().map(|path| Folder {
+            path,
+            exclude: self.exclude.clone(),
+        }));
+        let read = match discovered.before().await {
+            Ok(()) => builder
+                .add_folders(&folders, state)
+                .await
+                .map_err(SourceError::from),
+            Err(e) => Err(e.into()),
+        };
+        for warning in discovered.after().await {
+            builder.warn(warning);
+        }
+        read?;
+        Ok(serde_json::json!({ "containers": discovered.count() }))
     }
 }
