@@ -66,7 +66,6 @@ pub(crate) struct ClientCommand {
     args: Vec<Argument>,
     env: Vec<(&'static str, Zeroizing<String>)>,
     stdin: bool,
-    input_file: Option<PathBuf>,
 }
 
 /// One argument of a [`ClientCommand`].
@@ -74,9 +73,14 @@ pub(crate) struct ClientCommand {
 enum Argument {
     /// Given as it is.
     Plain(OsString),
-    /// The input file: its path here; in a container, these arguments
-    /// (the program's way to read stdin).
-    InputFile(&'static [&'static str]),
+    /// The input file: its path here; in a container, `stdin_args` (the
+    /// program's way to read stdin), the file going to its stdin.
+    InputFile {
+        /// The file on this host.
+        path: PathBuf,
+        /// The arguments in its place in a container.
+        stdin_args: &'static [&'static str],
+    },
 }
 
 impl std::fmt::Debug for ClientCommand {
@@ -96,7 +100,6 @@ impl ClientCommand {
             args: Vec::new(),
             env: Vec::new(),
             stdin: false,
-            input_file: None,
         }
     }
 
@@ -130,8 +133,10 @@ impl ClientCommand {
     /// are (the program's way to read stdin, e.g. `-` or nothing) and the
     /// file is copied into its stdin.
     pub fn input_file(&mut self, file: &Path, stdin_args: &'static [&'static str]) -> &mut Self {
-        self.input_file = Some(file.to_owned());
-        self.args.push(Argument::InputFile(stdin_args));
+        self.args.push(Argument::InputFile {
+            path: file.to_owned(),
+            stdin_args,
+        });
         self
     }
 
@@ -150,18 +155,24 @@ impl ClientCommand {
         }
     }
 
+    /// The input file, if the program reads one.
+    fn file_to_read(&self) -> Option<&Path> {
+        self.args.iter().find_map(|arg| match arg {
+            Argument::InputFile { path, .. } => Some(path.as_path()),
+            Argument::Plain(_) => None,
+        })
+    }
+
     /// The arguments here or in a container.
     fn args_for(&self, in_container: bool) -> Vec<OsString> {
         let mut args = Vec::with_capacity(self.args.len());
         for arg in &self.args {
             match arg {
                 Argument::Plain(arg) => args.push(arg.clone()),
-                Argument::InputFile(stdin_args) if in_container => {
+                Argument::InputFile { stdin_args, .. } if in_container => {
                     args.extend(stdin_args.iter().map(OsString::from));
                 }
-                Argument::InputFile(_) => {
-                    args.extend(self.input_file.iter().map(|f| f.as_os_str().to_owned()));
-                }
+                Argument::InputFile { path, .. } => args.push(path.as_os_str().to_owned()),
             }
         }
         args
@@ -213,16 +224,14 @@ impl ClientCommand {
                     .collect(),
             ),
             user: None,
-            stdin: self.stdin || self.input_file.is_some(),
+            stdin: self.stdin || self.file_to_read().is_some(),
         };
         let mut exec = docker.exec(container, spec).await?;
-        let mut stdin = exec.stdin.take().map(|s| s as Writer);
-        let feeder = match (&self.input_file, stdin.take()) {
-            (Some(file), Some(input)) => Some(tokio::spawn(copy_file(file.clone(), input))),
-            (_, input) => {
-                stdin = input;
-                None
+        let (stdin, feeder) = match (self.file_to_read(), exec.stdin.take()) {
+            (Some(file), Some(input)) => {
+                (None, Some(tokio::spawn(copy_file(file.to_owned(), input))))
             }
+            (_, input) => (input, None),
         };
         Ok(Client {
             stdin,
