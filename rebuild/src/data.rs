@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use lifeboat::k8s::jobs::{Ending, ending};
 use lifeboat::restore::in_place::check_host_path;
 use lifeboat::sources::volumes::Manifest;
+use lifeboat::storage::CREDENTIAL_VARIABLES;
 use serde_json::{Value, json};
 
 use crate::kubernetes::{KubernetesError, api};
@@ -32,15 +34,10 @@ const KEY_FILE: &str = "restore.key";
 /// Environment variables copied from the rebuild into the Secret when set:
 /// the repository's credentials and endpoint, the restore key's
 /// passphrase.
-const FROM_ENVIRONMENT: [&str; 7] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "LIFEBOAT_PASSPHRASE",
-];
+const FROM_ENVIRONMENT: [&str; 7] = {
+    let [a, b, c, d, e, f] = CREDENTIAL_VARIABLES;
+    [a, b, c, d, e, f, "LIFEBOAT_PASSPHRASE"]
+};
 /// One restore Job: the PVCs of one snapshot on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreJob {
@@ -74,6 +71,18 @@ pub fn plan_jobs(
 ) -> Result<Vec<RestoreJob>, KubernetesError> {
     let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut unpinned = Vec::new();
+    let moved: Vec<String> = manifest
+        .volumes
+        .iter()
+        .filter(|v| v.mover.is_some())
+        .map(|v| format!("{}/{}", v.namespace, v.pvc))
+        .collect();
+    if !moved.is_empty() {
+        return Err(KubernetesError::MovedVolumes {
+            snapshot: snapshot_id.to_owned(),
+            claims: moved,
+        });
+    }
     for volume in &manifest.volumes {
         let entry = (
             format!("{}/{}", volume.namespace, volume.pvc),
@@ -136,7 +145,7 @@ pub async fn check_live_paths(
     manifest: &Manifest,
 ) -> Result<(), KubernetesError> {
     let volumes = Api::<PersistentVolume>::all(client.clone());
-    for stored in &manifest.volumes {
+    for stored in manifest.volumes.iter().filter(|v| v.mover.is_none()) {
         let claim = format!("{}/{}", stored.namespace, stored.pvc);
         let live = volumes
             .get_opt(&stored.pv)
@@ -319,25 +328,6 @@ pub async fn remove_secret(
     }
 }
 
-/// How a Job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    Complete,
-    Failed,
-}
-
-/// The Job's ending, if it has one.
-fn ending(job: &Job) -> Option<Ending> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions
-        .iter()
-        .find_map(|c| match (c.type_.as_str(), c.status.as_str()) {
-            ("Complete", "True") => Some(Ending::Complete),
-            ("Failed", "True") => Some(Ending::Failed),
-            _ => None,
-        })
-}
-
 /// Runs `jobs` (objects from [`job_object`]) to their end: a Job of an
 /// earlier run that completed or still runs is kept, a failed one is
 /// deleted and made again, then every Job is waited for up to `wait`.
@@ -366,7 +356,7 @@ pub async fn run_jobs(
                     lines.push(format!("{} was already running", job.name));
                     continue;
                 }
-                Some(Ending::Failed) => {
+                Some(Ending::Failed(_)) => {
                     jobs_api
                         .delete(&job.name, &DeleteParams::background())
                         .await
@@ -407,7 +397,7 @@ pub async fn run_jobs(
                     ));
                     break;
                 }
-                Some(Ending::Failed) => {
+                Some(Ending::Failed(_)) => {
                     failures.push(format!(
                         "Job {} on node {} failed (see `kubectl -n {namespace} logs job/{}`)",
                         job.name, job.node, job.name
@@ -472,6 +462,7 @@ mod tests {
             access_modes: vec!["ReadWriteOnce".into()],
             node: node.into(),
             host_path: PathBuf::from(format!("/var/openebs/local/pv-{pvc}")),
+            mover: None,
         }
     }
 

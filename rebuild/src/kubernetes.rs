@@ -102,6 +102,17 @@ pub enum KubernetesError {
         /// How many nodes the others are on.
         nodes: usize,
     },
+    /// Volumes read by movers have no host folder to restore into.
+    #[error(
+        "snapshot {snapshot} holds {} read by volume movers, which the rebuild cannot put back yet; restore each with `lifeboat restore {snapshot} --pvc NAMESPACE/NAME --target DIR` and copy it into its claim",
+        claims.join(", ")
+    )]
+    MovedVolumes {
+        /// The snapshot id.
+        snapshot: String,
+        /// The claims.
+        claims: Vec<String>,
+    },
     /// The live PersistentVolume keeps its data elsewhere.
     #[error(
         "the snapshot puts {claim} at {} but its PersistentVolume {pv} is at {live}; restore it by hand with `lifeboat restore --pvc {claim} --target DIR` and look at it",

@@ -1,6 +1,7 @@
 //! `lifeboatd`: the lifeboat service. `lifeboatd serve --config FILE` runs
 //! the jobs on their schedules and serves the status page, metrics and API;
-//! `lifeboatd run --config FILE JOB` runs one job once.
+//! `lifeboatd run --config FILE JOB` runs one job once; `lifeboatd mover`
+//! is what a volume mover Job runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use lifeboat::daemon::run_job;
 use lifeboat::progress::Bar;
 use lifeboat::repo::id::SnapshotId;
 use lifeboat::repo::snapshot::Summary;
+use lifeboat::sources::volumes::mover::process::MoverTask;
 use serde::Serialize;
 
 /// The lifeboat backup service.
@@ -72,6 +74,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store one mounted claim as a part of a volumes run: what a volume
+    /// mover Job runs (lifeboatd starts these; see the volumes source's
+    /// `movers`). Prints the part snapshot's id.
+    Mover {
+        /// The mover spec from the run's Secret.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The service identity from the run's Secret.
+        #[arg(long)]
+        identity: PathBuf,
+        /// The claim, `NAMESPACE/NAME`.
+        #[arg(long)]
+        claim: String,
+        /// Where the claim is mounted.
+        #[arg(long)]
+        folder: PathBuf,
+        /// A glob pattern to leave out (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +144,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = run_job(&loaded, &config, &job, progress).await?;
             drop(bar);
             print_report(&report, json)?;
+        }
+        Command::Mover {
+            spec,
+            identity,
+            claim,
+            folder,
+            exclude,
+        } => {
+            let task = MoverTask {
+                spec,
+                identity,
+                claim,
+                folder,
+                exclude,
+            };
+            let id = lifeboat::sources::volumes::mover::process::run(&task).await?;
+            println!("{id}");
         }
     }
     Ok(())

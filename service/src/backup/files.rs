@@ -60,6 +60,73 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         state_dir: Option<&Path>,
     ) -> Result<(), BackupError> {
         let prepared = prepare(folders)?;
+        let entries = self
+            .archive(state_dir, move |archiver| {
+                archiver.archive_layout(&prepared, Path::new("/"))
+            })
+            .await?;
+        for node in entries {
+            self.add_entry(node)?;
+        }
+        Ok(())
+    }
+
+    /// Backs up `folder` as if it were at `snapshot_path` — a top-level
+    /// entry named by its last component, whose hard links name paths
+    /// under `snapshot_path` — and returns that entry. A volume mover uses
+    /// it: the claim is mounted anywhere, and its entry is grafted into
+    /// the run's snapshot at `snapshot_path`.
+    ///
+    /// Fails as [`Self::add_folders`], and when `snapshot_path` is not
+    /// absolute or has no last component.
+    pub async fn add_folder_as(
+        &mut self,
+        folder: &Folder,
+        snapshot_path: &Path,
+        state_dir: Option<&Path>,
+    ) -> Result<Node, BackupError> {
+        let fail = |reason: &str| BackupError::Source {
+            path: folder.path.display().to_string(),
+            reason: reason.to_owned(),
+        };
+        let name = match snapshot_path.file_name() {
+            Some(name) if snapshot_path.is_absolute() => name.as_bytes().to_vec(),
+            _ => return Err(fail("its place in the snapshot must be an absolute path")),
+        };
+        let (path, excludes) = checked(folder)?;
+        let snapshot_path = snapshot_path.as_os_str().as_bytes().to_vec();
+        let node = self
+            .archive(state_dir, move |archiver| {
+                let meta = std::fs::metadata(&path).map_err(|source| BackupError::Unreadable {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let mut node = base_node(&name, &meta, NodeKind::Dir);
+                bump(&archiver.counts.dirs, 1);
+                let place = Place {
+                    path: path.clone(),
+                    snapshot_path,
+                    relative: PathBuf::new(),
+                    excludes: &excludes,
+                };
+                node.subtree = Some(archiver.archive_dir(&place)?);
+                Ok(vec![node])
+            })
+            .await?
+            .pop()
+            .ok_or_else(|| fail("it has no name"))?;
+        self.add_entry(node.clone())?;
+        Ok(node)
+    }
+
+    /// Runs `work` with an archiver on the blocking pool, the file cache
+    /// of `state_dir` loaded before and replaced after, and adds its
+    /// counts, references and warnings to this snapshot.
+    async fn archive(
+        &mut self,
+        state_dir: Option<&Path>,
+        work: impl FnOnce(&Archiver) -> Result<Vec<Node>, BackupError> + Send + 'static,
+    ) -> Result<Vec<Node>, BackupError> {
         let repo_id = self.repo.repository().config().id.clone();
         let job = self.job.clone();
         let writer = self.writer.clone();
@@ -91,7 +158,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 hardlinks: Mutex::default(),
                 references: Mutex::default(),
             };
-            let entries = archiver.archive_layout(&prepared, Path::new("/"))?;
+            let entries = work(&archiver)?;
             if let Some(cache) = cache.as_mut() {
                 let fresh = archiver.fresh.into_inner().unwrap_or_default();
                 if let Err(e) = cache.replace(&repo_id, &job, &fresh) {
@@ -108,13 +175,10 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         .await
         .map_err(WorkerError::stopped("reading files"))
         .map_err(RepoError::from)??;
-        for node in entries {
-            self.add_entry(node)?;
-        }
         add_summary(&mut self.summary, &summary);
         self.references.extend(references);
         self.warnings.extend(warnings);
-        Ok(())
+        Ok(entries)
     }
 }
 
@@ -138,21 +202,7 @@ fn prepare(folders: &[Folder]) -> Result<Layout, BackupError> {
             path: folder.path.display().to_string(),
             reason,
         };
-        let unreadable = |source| BackupError::Unreadable {
-            path: folder.path.display().to_string(),
-            source,
-        };
-        let path = std::path::absolute(&folder.path).map_err(unreadable)?;
-        let meta = std::fs::metadata(&path).map_err(unreadable)?;
-        if !meta.is_dir() {
-            return Err(fail("it is not a directory".into()));
-        }
-        let excludes =
-            Excludes::new(&folder.exclude).map_err(|(pattern, source)| BackupError::Exclude {
-                path: folder.path.display().to_string(),
-                pattern,
-                source,
-            })?;
+        let (path, excludes) = checked(folder)?;
         let names: Vec<&OsStr> = path
             .components()
             .filter_map(|c| match c {
@@ -189,6 +239,31 @@ fn prepare(folders: &[Folder]) -> Result<Layout, BackupError> {
         );
     }
     Ok(layout)
+}
+
+/// `folder`'s absolute path and compiled excludes.
+///
+/// Fails when it is not a readable directory or a pattern is no glob.
+fn checked(folder: &Folder) -> Result<(PathBuf, Excludes), BackupError> {
+    let unreadable = |source| BackupError::Unreadable {
+        path: folder.path.display().to_string(),
+        source,
+    };
+    let path = std::path::absolute(&folder.path).map_err(unreadable)?;
+    let meta = std::fs::metadata(&path).map_err(unreadable)?;
+    if !meta.is_dir() {
+        return Err(BackupError::Source {
+            path: folder.path.display().to_string(),
+            reason: "it is not a directory".into(),
+        });
+    }
+    let excludes =
+        Excludes::new(&folder.exclude).map_err(|(pattern, source)| BackupError::Exclude {
+            path: folder.path.display().to_string(),
+            pattern,
+            source,
+        })?;
+    Ok((path, excludes))
 }
 
 /// Exclude patterns of one folder.

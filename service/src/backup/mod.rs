@@ -8,6 +8,7 @@
 
 pub mod documents;
 pub mod files;
+pub mod graft;
 pub mod items;
 pub mod stream;
 
@@ -127,6 +128,7 @@ pub struct SnapshotBuilder<K: KeyRole = ServiceIdentity> {
     warnings: Vec<String>,
     items: Vec<items::Item>,
     progress: Arc<Progress>,
+    superseded: Vec<SnapshotId>,
 }
 
 impl<K: KeyRole> SnapshotBuilder<K> {
@@ -148,6 +150,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             warnings: Vec::new(),
             items: Vec::new(),
             progress: Arc::default(),
+            superseded: Vec::new(),
         }
     }
 
@@ -155,6 +158,11 @@ impl<K: KeyRole> SnapshotBuilder<K> {
     pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// The job the snapshot is of.
+    pub fn job(&self) -> &str {
+        &self.job
     }
 
     /// The repository being written.
@@ -211,10 +219,10 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             })
         })?;
         let stats = writer.finish().await?;
-        self.summary.blobs_added = stats.blobs_added;
-        self.summary.bytes_added = stats.bytes_added;
-        self.summary.bytes_stored = stats.bytes_stored;
-        self.summary.packs_added = stats.packs.len() as u64;
+        self.summary.blobs_added += stats.blobs_added;
+        self.summary.bytes_added += stats.bytes_added;
+        self.summary.bytes_stored += stats.bytes_stored;
+        self.summary.packs_added += stats.packs.len() as u64;
         let snapshot = Snapshot {
             job: self.job,
             source_kind: self.source_kind,
@@ -243,6 +251,14 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 written: stats.packs.iter().map(|p| p.id).collect(),
                 source,
             });
+        }
+        // What the grafts came from is in this snapshot now; one left
+        // behind is only clutter, which the next run forgets.
+        if let Err(e) = crate::repo::prune::forget(&self.repo, &self.superseded).await {
+            self.warnings.push(format!(
+                "the snapshot is stored, but forgetting the {} snapshot(s) grafted into it failed: {e}",
+                self.superseded.len()
+            ));
         }
         Ok(BackupReport {
             id,

@@ -10,6 +10,7 @@ use crate::hooks::HookRunner;
 use crate::repo::config::InitOptions;
 use crate::repo::keys::{self, KeyError, Recipient, Recipients, ServiceIdentity};
 use crate::repo::{RepoError, Repository, UnlockedRepository};
+use crate::sources::volumes::mover::RepositoryAccess;
 use crate::sources::{SourceContext, SourceError};
 use crate::state::pin::{self, PinError, RepositoryPin};
 use crate::storage::{self, StorageError};
@@ -291,6 +292,11 @@ async fn back_up_once(
         SnapshotBuilder::new(repo, &job.name, job.source.kind()).with_progress(progress);
     let context = SourceContext {
         state_dir: config.state_dir.clone(),
+        repository: RepositoryAccess {
+            url: config.repository.url.clone(),
+            s3: config.repository.s3.clone(),
+            service_identity: config.repository.service_identity.clone(),
+        },
     };
     let (kubeconfig, cluster_context) = job.source.cluster_access();
     let mut runner = HookRunner::new(kubeconfig, cluster_context);

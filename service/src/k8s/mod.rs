@@ -6,6 +6,7 @@ pub mod canonical;
 pub mod discovery;
 pub mod exec;
 pub mod gitops;
+pub mod jobs;
 
 use std::path::{Path, PathBuf};
 

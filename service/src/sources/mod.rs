@@ -62,10 +62,13 @@ pub enum SourceConfig {
 }
 
 /// What a source needs from the job that runs it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SourceContext {
     /// The local state folder (caches), if any.
     pub state_dir: Option<PathBuf>,
+    /// The repository's settings, for processes a source starts elsewhere
+    /// (volume movers).
+    pub repository: volumes::mover::RepositoryAccess,
 }
 
 /// Why a source could not be backed up.
@@ -89,6 +92,9 @@ pub enum SourceError {
     /// The Kubernetes API failed.
     #[error(transparent)]
     Kube(#[from] crate::k8s::K8sError),
+    /// The volume movers could not be run.
+    #[error(transparent)]
+    Movers(#[from] volumes::mover::jobs::MoversError),
     /// A pre hook failed, so no data was read.
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),

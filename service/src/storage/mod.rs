@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use local::LocalStore;
-pub use s3::{S3Options, S3Store};
+pub use s3::{CREDENTIAL_VARIABLES, S3Options, S3Store};
 
 /// An object's bytes, read as they arrive rather than held whole. Its reads
 /// block: use it off the async runtime (in `spawn_blocking`). A transfer

@@ -10,10 +10,22 @@
 //!   the host path cannot be shown and fails the Job);
 //! - Secret volumes as files in a scratch folder, the mount path in the
 //!   command and `env` values rewritten to it;
+//! - `persistentVolumeClaim` volumes as the folder behind the claim's
+//!   PersistentVolume (its `hostPath` or `local` path, or for a CSI volume
+//!   the folder registered for its volume handle with
+//!   [`KubeApiServer::set_csi_folder`]), the mount path rewritten to it; as
+//!   the kubelet would, a pod fails when its node is not one the volume's
+//!   node affinity allows, or when another pod uses a ReadWriteOnce claim
+//!   on another node (Multi-Attach);
+//! - `emptyDir` volumes as a scratch folder, rewritten likewise;
 //! - a bare command name is looked up in the given binary folder, the
 //!   image's stand-in.
 //!
+//! Deleting a running Job kills its process, as the garbage collector
+//! deleting its pod would.
+//!
 //! [`KubeApiServer::run_jobs`]: super::KubeApiServer::run_jobs
+//! [`KubeApiServer::set_csi_folder`]: super::KubeApiServer::set_csi_folder
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +62,10 @@ pub struct JobRun {
     pub command: Vec<String>,
     /// Host paths mounted, with whether read-only.
     pub host_paths: Vec<(String, bool)>,
+    /// Claims mounted (`NAMESPACE/NAME`), with whether read-only.
+    pub claims: Vec<(String, bool)>,
+    /// The nodes its required node affinity allows on the host name.
+    pub affinity: Vec<String>,
     /// The exit code (`None` when it could not start or was killed).
     pub exit_code: Option<i32>,
     /// Its standard output and error.
@@ -76,22 +92,40 @@ pub(crate) fn final_status(success: bool) -> Value {
 pub(crate) fn spawn(state: Arc<Mutex<State>>, key: Key) {
     tokio::spawn(async move {
         let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-        let (job, runner, secrets) = {
+        let (job, runner, cluster) = {
             let guard = lock();
             let job = guard.store.get(&key).cloned();
-            let secrets = secrets_of(&guard, &key.2);
-            (job, guard.job_runner.clone(), secrets)
+            let cluster = Cluster {
+                secrets: secrets_of(&guard, &key.2),
+                objects: guard
+                    .store
+                    .all()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                csi_folders: guard.csi_folders.clone(),
+            };
+            (job, guard.job_runner.clone(), cluster)
         };
         let (Some(job), Some(runner)) = (job, runner) else {
             return;
         };
-        let run = run(&job, &key, &runner, &secrets).await;
+        let run = run(&job, &key, &runner, &cluster, state.clone()).await;
         let mut guard = lock();
         guard
             .store
             .set_status(&key, final_status(run.exit_code == Some(0)));
         guard.job_runs.push(run);
     });
+}
+
+/// What a Job's pod sees of the cluster when it starts.
+struct Cluster {
+    /// The Secrets of its namespace, each as its decoded keys.
+    secrets: HashMap<String, HashMap<String, Vec<u8>>>,
+    /// Every object.
+    objects: HashMap<Key, Value>,
+    /// Folders of CSI volumes by volume handle.
+    csi_folders: HashMap<String, PathBuf>,
 }
 
 /// The Secrets of `namespace`, each as its decoded keys.
@@ -131,7 +165,8 @@ async fn run(
     job: &Value,
     key: &Key,
     runner: &JobRunner,
-    secrets: &HashMap<String, HashMap<String, Vec<u8>>>,
+    cluster: &Cluster,
+    state: Arc<Mutex<State>>,
 ) -> JobRun {
     let pod = &job["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -155,10 +190,12 @@ async fn run(
         image: container["image"].as_str().unwrap_or_default().to_owned(),
         command: command.clone(),
         host_paths: Vec::new(),
+        claims: Vec::new(),
+        affinity: affinity_nodes(pod),
         exit_code: None,
         output: String::new(),
     };
-    let prepared = prepare(pod, container, key, runner, secrets, &mut record);
+    let prepared = prepare(pod, container, key, runner, cluster, &mut record);
     let (rewrites, env) = match prepared {
         Ok(prepared) => prepared,
         Err(problem) => {
@@ -166,10 +203,20 @@ async fn run(
             return record;
         }
     };
+    // A path under a mount becomes the path under its folder: the longest
+    // mount path that is the text or a parent of it, replaced once.
     let rewrite = |text: &str| {
-        rewrites.iter().fold(text.to_owned(), |text, (from, to)| {
-            text.replace(from.as_str(), to.as_str())
-        })
+        rewrites
+            .iter()
+            .filter(|(from, _)| {
+                text == from
+                    || text
+                        .strip_prefix(from.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .max_by_key(|(from, _)| from.len())
+            .map(|(from, to)| format!("{to}{}", &text[from.len()..]))
+            .unwrap_or_else(|| text.to_owned())
     };
     let Some(program) = command.first() else {
         record.output = "the container has no command".into();
@@ -181,14 +228,20 @@ async fn run(
     } else {
         PathBuf::from(program)
     };
-    let output = tokio::process::Command::new(&program)
+    let child = tokio::process::Command::new(&program)
         .args(command[1..].iter().map(|a| rewrite(a)))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k, rewrite(v))))
         .stdin(Stdio::null())
-        .output()
-        .await;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let output = match child {
+        Ok(child) => until_deleted(child.wait_with_output(), &state, key).await,
+        Err(e) => Err(e),
+    };
     match output {
         Ok(output) => {
             record.exit_code = output.status.code();
@@ -203,6 +256,117 @@ async fn run(
     record
 }
 
+/// Waits for `output` unless the Job at `key` is deleted first, which
+/// drops (and so kills) the process.
+async fn until_deleted(
+    output: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+    state: &Arc<Mutex<State>>,
+    key: &Key,
+) -> std::io::Result<std::process::Output> {
+    let deleted = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let gone = state
+                .lock()
+                .map(|s| s.store.get(key).is_none())
+                .unwrap_or(true);
+            if gone {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        output = output => output,
+        () = deleted => Err(std::io::Error::other("killed: its Job was deleted")),
+    }
+}
+
+/// The nodes a pod's required node affinity allows on the host name.
+fn affinity_nodes(pod: &Value) -> Vec<String> {
+    let terms = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    terms
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["matchExpressions"].as_array().into_iter().flatten())
+        .filter(|e| e["key"] == "kubernetes.io/hostname" && e["operator"] == "In")
+        .flat_map(|e| e["values"].as_array().into_iter().flatten())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The folder behind claim `namespace/claim` as the pod on `node` (when
+/// placed) would mount it.
+///
+/// Fails as the kubelet or scheduler would refuse the pod.
+fn claim_folder(
+    cluster: &Cluster,
+    namespace: &str,
+    claim: &str,
+    pod_name: &str,
+    node: Option<&str>,
+) -> Result<PathBuf, String> {
+    let get = |resource: &str, namespace: &str, name: &str| {
+        cluster.objects.get(&(
+            String::new(),
+            resource.to_owned(),
+            namespace.to_owned(),
+            name.to_owned(),
+        ))
+    };
+    let pvc = get("persistentvolumeclaims", namespace, claim)
+        .ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
+    let pv_name = pvc["spec"]["volumeName"]
+        .as_str()
+        .ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound"))?;
+    let pv = get("persistentvolumes", "", pv_name)
+        .ok_or_else(|| format!("persistentvolume {pv_name:?} not found"))?;
+    let spec = &pv["spec"];
+    let pinned = affinity_nodes(&json!({"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": spec["nodeAffinity"]["required"]}}}));
+    if let Some(node) = node {
+        if !pinned.is_empty() && !pinned.iter().any(|p| p == node) {
+            return Err(format!(
+                "volume node affinity conflict: {pv_name} is on {}, the pod on {node}",
+                pinned.join(",")
+            ));
+        }
+        let once = pvc["spec"]["accessModes"].as_array().is_some_and(|m| {
+            m.iter()
+                .all(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
+        });
+        for ((_, resource, pod_namespace, other), object) in &cluster.objects {
+            if resource != "pods" || pod_namespace != namespace || other == pod_name {
+                continue;
+            }
+            let uses = object["spec"]["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v["persistentVolumeClaim"]["claimName"] == claim);
+            let elsewhere = object["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| n != node);
+            if once && uses && elsewhere {
+                return Err(format!(
+                    "Multi-Attach error for volume {pv_name}: it is already used by pod {other} on another node"
+                ));
+            }
+        }
+    }
+    let path = spec["hostPath"]["path"]
+        .as_str()
+        .or_else(|| spec["local"]["path"].as_str())
+        .map(PathBuf::from)
+        .or_else(|| {
+            spec["csi"]["volumeHandle"]
+                .as_str()
+                .and_then(|handle| cluster.csi_folders.get(handle).cloned())
+        });
+    path.ok_or_else(|| format!("persistentvolume {pv_name:?} has no folder the test server knows"))
+}
+
 /// Name and value pairs.
 type Pairs = Vec<(String, String)>;
 
@@ -214,9 +378,11 @@ fn prepare(
     container: &Value,
     key: &Key,
     runner: &JobRunner,
-    secrets: &HashMap<String, HashMap<String, Vec<u8>>>,
+    cluster: &Cluster,
     record: &mut JobRun,
 ) -> Result<(Pairs, Pairs), String> {
+    let secrets = &cluster.secrets;
+    let node = pod["nodeName"].as_str();
     let volumes: HashMap<&str, &Value> = pod["volumes"]
         .as_array()
         .map(|v| {
@@ -249,6 +415,18 @@ fn prepare(
                 .join(format!("{}-{}", key.2, key.3))
                 .join(path.trim_start_matches('/'));
             write_secret_files(&folder, data)?;
+            rewrites.push((path.to_owned(), folder.display().to_string()));
+        } else if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
+            let folder = claim_folder(cluster, &key.2, claim, &key.3, node)?;
+            let read_only =
+                read_only || volume["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true);
+            record
+                .claims
+                .push((format!("{}/{claim}", key.2), read_only));
+            rewrites.push((path.to_owned(), folder.display().to_string()));
+        } else if volume.get("emptyDir").is_some() {
+            let folder = runner.scratch.join(format!("{}-{}-{name}", key.2, key.3));
+            std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
             rewrites.push((path.to_owned(), folder.display().to_string()));
         } else {
             return Err(format!(

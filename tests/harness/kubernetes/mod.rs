@@ -25,8 +25,9 @@ mod jobs;
 mod routes;
 pub mod store;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,8 @@ pub(crate) struct State {
     pub(crate) job_runs: Vec<JobRun>,
     /// How many `/readyz` requests still answer not ready.
     pub(crate) unready: u32,
+    /// The folders of CSI volumes, by volume handle.
+    pub(crate) csi_folders: HashMap<String, PathBuf>,
     /// CRDs created through the API and when they become established.
     pub(crate) pending_establish: Vec<(Instant, Key)>,
 }
@@ -153,6 +156,7 @@ impl KubeApiServer {
             started_jobs: Vec::new(),
             job_runs: Vec::new(),
             unready: 0,
+            csi_folders: HashMap::new(),
             pending_establish: Vec::new(),
         }));
         let server = {
@@ -223,6 +227,14 @@ impl KubeApiServer {
             bin_dir: bin_dir.to_owned(),
             scratch: scratch.to_owned(),
         });
+    }
+
+    /// Makes a Job that mounts a claim bound to the CSI volume `handle`
+    /// see `folder`, as a node with that volume attached would.
+    pub fn set_csi_folder(&self, handle: &str, folder: &Path) {
+        self.state()
+            .csi_folders
+            .insert(handle.to_owned(), folder.to_owned());
     }
 
     /// The Jobs run to their end so far.

@@ -18,6 +18,7 @@
 //! ([`crate::hooks::annotations`]); they run around the data read.
 
 pub mod drill;
+pub mod mover;
 pub mod restore;
 
 use std::collections::BTreeMap;
@@ -32,11 +33,14 @@ use super::kubernetes::filter::EXCLUDE_LABEL;
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::documents::Documents;
 use crate::backup::files::Folder;
+use crate::backup::graft::Graft;
 use crate::backup::items::{Item, Outcome};
 use crate::backup::{BackupError, SnapshotBuilder};
 use crate::hooks::{HookRunner, Phase, annotations};
 use crate::k8s::{K8sError, connect};
 use crate::repo::RepoError;
+use mover::jobs::{MoverClaim, MoverRun, Placement};
+use mover::{MODE_ANNOTATION, Mode, MoverSettings};
 
 /// The snapshot's manifest file.
 pub const MANIFEST_FILE: &str = "lifeboat-volumes.json";
@@ -77,6 +81,10 @@ pub struct VolumesSource {
     /// Whether pod annotation hooks run (default true).
     #[serde(default = "yes")]
     pub annotation_hooks: bool,
+    /// Read every claim through a mover Job instead of this process's own
+    /// view of the node's folders ([`mover`]).
+    #[serde(default)]
+    pub movers: Option<MoverSettings>,
 }
 
 fn yes() -> bool {
@@ -100,8 +108,23 @@ pub struct StoredVolume {
     pub access_modes: Vec<String>,
     /// The node its data is on (`""` if not pinned).
     pub node: String,
-    /// The data folder on the node, also its path in the snapshot.
+    /// Its path in the snapshot: the data folder on the node for a volume
+    /// read in place, `/volumes/NAMESPACE/CLAIM` for one read by a mover.
     pub host_path: PathBuf,
+    /// How its mover read it, for a volume read by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mover: Option<MovedBy>,
+}
+
+/// How a mover read a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedBy {
+    /// The mode used.
+    pub mode: Mode,
+    /// The mover Job (`NAMESPACE/NAME`).
+    pub job: String,
+    /// Bytes of file data in the claim.
+    pub bytes: u64,
 }
 
 /// One claim left out, as the manifest records it.
@@ -129,6 +152,7 @@ pub struct Manifest {
 /// What became of one claim.
 enum Decision {
     Store(StoredVolume),
+    Move(MoverClaim),
     Skip(String),
     Fail(String),
 }
@@ -172,8 +196,13 @@ impl VolumesSource {
                 .into_iter()
                 .filter_map(|pv| pv.metadata.name.clone().map(|name| (name, pv)))
                 .collect();
+        let users = match &self.movers {
+            Some(_) => claim_users(&client).await?,
+            None => BTreeMap::new(),
+        };
         let node = self.node_name();
         let mut manifest = Manifest::default();
+        let mut to_move = Vec::new();
         let mut failed = 0u64;
         for claim in &claims {
             let namespace = claim.metadata.namespace.clone().unwrap_or_default();
@@ -184,7 +213,11 @@ impl VolumesSource {
                 .as_ref()
                 .and_then(|s| s.volume_name.clone())
                 .unwrap_or_default();
-            match self.decide(claim, &volumes, &node) {
+            let decision = match &self.movers {
+                Some(settings) => self.decide_mover(claim, &volumes, &users, settings),
+                None => self.decide(claim, &volumes, &node),
+            };
+            match decision {
                 Decision::Store(volume) => {
                     builder.record(Item::new(
                         "volume",
@@ -199,6 +232,7 @@ impl VolumesSource {
                     ));
                     manifest.volumes.push(volume);
                 }
+                Decision::Move(claim) => to_move.push(claim),
                 Decision::Skip(reason) => {
                     builder.record(Item::new("volume", label, Outcome::Skipped, reason.clone()));
                     manifest.skipped.push(SkippedVolume {
@@ -220,17 +254,18 @@ impl VolumesSource {
                 }
             }
         }
-        let claims_stored: Vec<(String, String)> = manifest
+        let claims_read: Vec<(String, String)> = manifest
             .volumes
             .iter()
+            .chain(to_move.iter().map(|c| &c.volume))
             .map(|v| (v.namespace.clone(), v.pvc.clone()))
             .collect();
         let mut runner = HookRunner::new(self.kubeconfig.clone(), self.context.clone());
-        let (pre, post) = if self.annotation_hooks && !claims_stored.is_empty() {
+        let (pre, post) = if self.annotation_hooks && !claims_read.is_empty() {
             let (pre, pre_problems) =
-                annotations::pod_hooks(&client, &claims_stored, Phase::Pre).await?;
+                annotations::pod_hooks(&client, &claims_read, Phase::Pre).await?;
             let (post, post_problems) =
-                annotations::pod_hooks(&client, &claims_stored, Phase::Post).await?;
+                annotations::pod_hooks(&client, &claims_read, Phase::Post).await?;
             for problem in pre_problems.into_iter().chain(post_problems) {
                 builder.record(Item::new(
                     "hook",
@@ -245,15 +280,30 @@ impl VolumesSource {
         };
         let mut items = Vec::new();
         let pre_result = runner.run_phase(Phase::Pre, &pre, &mut items).await;
-        let stored = match pre_result {
-            Ok(()) => self.store(builder, &manifest, context).await,
-            Err(e) => Err(SourceError::Hook(e)),
+        let stored = match (pre_result, &self.movers) {
+            (Err(e), _) => Err(SourceError::Hook(e)),
+            (Ok(()), None) => self.store(builder, &manifest, context).await,
+            (Ok(()), Some(settings)) => {
+                let (repo, job) = (builder.repository().clone(), builder.job().to_owned());
+                let movers = MoverRun {
+                    client: &client,
+                    settings,
+                    job: &job,
+                    repo: &repo,
+                    repository: &context.repository,
+                    exclude: &self.exclude,
+                };
+                move_claims(&movers, builder, &mut manifest, to_move)
+                    .await
+                    .map(|failures| failed += failures)
+            }
         };
         runner.run_phase(Phase::Post, &post, &mut items).await.ok();
         for item in items {
             builder.record(item);
         }
         stored?;
+        write_manifest(builder, &manifest).await?;
         Ok(serde_json::json!({
             "volumes": manifest.volumes.len(),
             "skipped": manifest.skipped.len() as u64 - failed,
@@ -261,7 +311,7 @@ impl VolumesSource {
         }))
     }
 
-    /// Stores the volumes' folders and the manifest.
+    /// Stores the volumes' folders.
     async fn store(
         &self,
         builder: &mut SnapshotBuilder,
@@ -281,25 +331,103 @@ impl VolumesSource {
                 .add_folders(&folders, context.state_dir.as_deref())
                 .await?;
         }
-        let json = serde_json::to_vec_pretty(manifest).map_err(|source| {
-            BackupError::from(RepoError::Encode {
-                what: MANIFEST_FILE,
-                source,
-            })
-        })?;
-        let mut documents = Documents::default();
-        documents.insert(&[MANIFEST_FILE], json, 0)?;
-        builder.add_documents(documents).await?;
         Ok(())
     }
 
-    /// Whether and how `claim` is backed up on `node`.
-    fn decide(
+    /// Whether and how `claim` is read by a mover, given the pods using
+    /// each claim.
+    fn decide_mover(
         &self,
         claim: &PersistentVolumeClaim,
         volumes: &BTreeMap<String, PersistentVolume>,
-        node: &str,
+        users: &BTreeMap<(String, String), Vec<(String, String)>>,
+        settings: &MoverSettings,
     ) -> Decision {
+        let (pv_name, pv_spec) = match self.admit(claim, volumes) {
+            Ok(found) => found,
+            Err(reason) => return Decision::Skip(reason),
+        };
+        let meta = &claim.metadata;
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        let class = storage_class(claim);
+        let annotated = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MODE_ANNOTATION));
+        let mode = match annotated {
+            Some(text) => match Mode::parse(text) {
+                Some(mode) => mode,
+                None => {
+                    return Decision::Fail(format!(
+                        "its annotation {MODE_ANNOTATION}: {text:?} is not \"live\" or \"skip\""
+                    ));
+                }
+            },
+            None => settings.modes.get(&class).copied().unwrap_or(Mode::Live),
+        };
+        if mode == Mode::Skip {
+            let by = if annotated.is_some() {
+                format!("its annotation {MODE_ANNOTATION}")
+            } else {
+                format!("the movers' mode for storage class {class:?}")
+            };
+            return Decision::Skip(format!("{by} is \"skip\""));
+        }
+        let access_modes = pv_spec.access_modes.clone().unwrap_or_default();
+        let used_by = users
+            .get(&(namespace.clone(), name.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let once_pod = access_modes.iter().any(|m| m == "ReadWriteOncePod")
+            || claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.access_modes.as_ref())
+                .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOncePod"));
+        if let (true, Some((pod, _))) = (once_pod, used_by.first()) {
+            return Decision::Skip(format!(
+                "it is ReadWriteOncePod and pod {namespace}/{pod} uses it, so no mover can mount it live; \
+                 back it up from inside that pod or stop it for the run"
+            ));
+        }
+        let pinned = pinned_nodes(pv_spec);
+        let placement = match used_by.first() {
+            Some((_, node)) => Placement::Node(node.clone()),
+            None if !pinned.is_empty() => Placement::Pinned(pinned.clone()),
+            None => Placement::Anywhere,
+        };
+        let node = match &placement {
+            Placement::Node(node) => node.clone(),
+            _ => pinned.join(","),
+        };
+        Decision::Move(MoverClaim {
+            volume: StoredVolume {
+                host_path: mover::snapshot_path(&namespace, &name),
+                namespace,
+                pvc: name,
+                pv: pv_name,
+                storage_class: class,
+                capacity: capacity(pv_spec),
+                access_modes,
+                node,
+                mover: Some(MovedBy {
+                    mode,
+                    job: String::new(),
+                    bytes: 0,
+                }),
+            },
+            placement,
+        })
+    }
+
+    /// The claim's volume, if the claim is in scope and bound; else why it
+    /// is skipped.
+    fn admit<'a>(
+        &self,
+        claim: &PersistentVolumeClaim,
+        volumes: &'a BTreeMap<String, PersistentVolume>,
+    ) -> Result<(String, &'a k8s_openapi::api::core::v1::PersistentVolumeSpec), String> {
         let meta = &claim.metadata;
         let namespace = meta.namespace.as_deref().unwrap_or_default();
         let opted_out = |map: &Option<BTreeMap<String, String>>| {
@@ -308,20 +436,17 @@ impl VolumesSource {
                 .is_some_and(|v| v == "true")
         };
         if opted_out(&meta.annotations) || opted_out(&meta.labels) {
-            return Decision::Skip(format!("opted out with {EXCLUDE_LABEL}: \"true\""));
+            return Err(format!("opted out with {EXCLUDE_LABEL}: \"true\""));
         }
         if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
-            return Decision::Skip("its namespace is not in namespaces".into());
+            return Err("its namespace is not in namespaces".into());
         }
         if self.exclude_namespaces.iter().any(|n| n == namespace) {
-            return Decision::Skip("its namespace is in exclude_namespaces".into());
+            return Err("its namespace is in exclude_namespaces".into());
         }
-        let spec = claim.spec.as_ref();
-        let class = spec
-            .and_then(|s| s.storage_class_name.clone())
-            .unwrap_or_default();
+        let class = storage_class(claim);
         if !self.storage_classes.is_empty() && !self.storage_classes.contains(&class) {
-            return Decision::Skip(format!(
+            return Err(format!(
                 "its storage class {class:?} is not in storage_classes"
             ));
         }
@@ -330,18 +455,36 @@ impl VolumesSource {
             .as_ref()
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
-        let bound = spec
+        let bound = claim
+            .spec
+            .as_ref()
             .and_then(|s| s.volume_name.clone())
             .filter(|_| phase == "Bound");
         let Some(pv_name) = bound else {
-            return Decision::Skip(format!("it is not bound to a volume (phase {phase:?})"));
+            return Err(format!("it is not bound to a volume (phase {phase:?})"));
         };
         let Some(pv) = volumes.get(&pv_name) else {
-            return Decision::Skip(format!("its PersistentVolume {pv_name} does not exist"));
+            return Err(format!("its PersistentVolume {pv_name} does not exist"));
         };
         let Some(pv_spec) = pv.spec.as_ref() else {
-            return Decision::Skip(format!("its PersistentVolume {pv_name} has no spec"));
+            return Err(format!("its PersistentVolume {pv_name} has no spec"));
         };
+        Ok((pv_name, pv_spec))
+    }
+
+    /// Whether and how `claim` is backed up on `node` by this process.
+    fn decide(
+        &self,
+        claim: &PersistentVolumeClaim,
+        volumes: &BTreeMap<String, PersistentVolume>,
+        node: &str,
+    ) -> Decision {
+        let (pv_name, pv_spec) = match self.admit(claim, volumes) {
+            Ok(found) => found,
+            Err(reason) => return Decision::Skip(reason),
+        };
+        let meta = &claim.metadata;
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
         let path = pv_spec
             .host_path
             .as_ref()
@@ -372,18 +515,155 @@ impl VolumesSource {
             namespace: namespace.to_owned(),
             pvc: meta.name.clone().unwrap_or_default(),
             pv: pv_name,
-            storage_class: class,
-            capacity: pv_spec
-                .capacity
-                .as_ref()
-                .and_then(|c| c.get("storage"))
-                .map(|q| q.0.clone())
-                .unwrap_or_default(),
+            storage_class: storage_class(claim),
+            capacity: capacity(pv_spec),
             access_modes: pv_spec.access_modes.clone().unwrap_or_default(),
             node: pinned.join(","),
             host_path,
+            mover: None,
         })
     }
+}
+
+/// Runs the movers of `claims` and grafts what they stored into the
+/// snapshot, recording each claim; returns how many failed.
+///
+/// Fails when the movers cannot be run at all or the grafts not stored.
+async fn move_claims(
+    movers: &MoverRun<'_>,
+    builder: &mut SnapshotBuilder,
+    manifest: &mut Manifest,
+    claims: Vec<MoverClaim>,
+) -> Result<u64, SourceError> {
+    if claims.is_empty() {
+        movers
+            .forget_parts(|_| true)
+            .await
+            .map_err(BackupError::from)?;
+        return Ok(0);
+    }
+    let outcomes = movers.run(claims).await?;
+    let mut grafts = Vec::new();
+    let mut failed = 0;
+    for outcome in outcomes {
+        let mut volume = outcome.claim.volume;
+        let label = format!("{}/{}", volume.namespace, volume.pvc);
+        let job = format!("{}/{}", volume.namespace, outcome.job);
+        match outcome.result {
+            Ok(part) => {
+                let bytes = part.snapshot.summary.bytes_total;
+                if let Some(moved) = volume.mover.as_mut() {
+                    moved.job = job;
+                    moved.bytes = bytes;
+                }
+                builder.record(Item::new(
+                    "volume",
+                    label,
+                    Outcome::Stored,
+                    format!(
+                        "{} by a mover on {} ({}, {}, {})",
+                        volume.host_path.display(),
+                        if volume.node.is_empty() {
+                            "any node"
+                        } else {
+                            &volume.node
+                        },
+                        volume.storage_class,
+                        volume.capacity,
+                        crate::repo::snapshot::human_bytes(bytes)
+                    ),
+                ));
+                grafts.push(Graft {
+                    path: volume.host_path.clone(),
+                    entry: part.entry,
+                    from: (part.id, part.snapshot),
+                });
+                manifest.volumes.push(volume);
+            }
+            Err(reason) => {
+                failed += 1;
+                builder.record(Item::new("volume", label, Outcome::Failed, reason.clone()));
+                manifest.skipped.push(SkippedVolume {
+                    namespace: volume.namespace,
+                    pvc: volume.pvc,
+                    pv: volume.pv,
+                    reason,
+                });
+            }
+        }
+    }
+    builder.add_grafts(grafts).await?;
+    Ok(failed)
+}
+
+/// Stores the manifest as a root file.
+async fn write_manifest(
+    builder: &mut SnapshotBuilder,
+    manifest: &Manifest,
+) -> Result<(), SourceError> {
+    let json = serde_json::to_vec_pretty(manifest).map_err(|source| {
+        BackupError::from(RepoError::Encode {
+            what: MANIFEST_FILE,
+            source,
+        })
+    })?;
+    let mut documents = Documents::default();
+    documents.insert(&[MANIFEST_FILE], json, 0)?;
+    builder.add_documents(documents).await?;
+    Ok(())
+}
+
+/// The claim's storage class (`""` if none).
+fn storage_class(claim: &PersistentVolumeClaim) -> String {
+    claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .unwrap_or_default()
+}
+
+/// The volume's capacity (`10Gi`, `""` if none).
+fn capacity(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> String {
+    spec.capacity
+        .as_ref()
+        .and_then(|c| c.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_default()
+}
+
+/// The pods (name, node) that use each claim (namespace, name), of pods
+/// placed on a node and not finished.
+///
+/// Fails when pods cannot be listed.
+async fn claim_users(
+    client: &kube::Client,
+) -> Result<BTreeMap<(String, String), Vec<(String, String)>>, K8sError> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| K8sError::api("listing pods", e))?;
+    let mut users: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
+    for pod in pods.items {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let Some(spec) = pod.spec else { continue };
+        let Some(node) = spec.node_name.clone() else {
+            continue;
+        };
+        for volume in spec.volumes.into_iter().flatten() {
+            if let Some(claim) = volume.persistent_volume_claim {
+                users
+                    .entry((namespace.clone(), claim.claim_name))
+                    .or_default()
+                    .push((name.clone(), node.clone()));
+            }
+        }
+    }
+    Ok(users)
 }
 
 /// The nodes a volume is pinned to by its node affinity on the host name.

@@ -61,6 +61,18 @@ use super::{ObjectInfo, ObjectReader, ObjectStore, StorageError};
 /// Region when neither the options nor the environment name one (R2's).
 const DEFAULT_REGION: &str = "auto";
 /// How to give credentials.
+/// The environment variables that reach a store: what a process lifeboat
+/// starts elsewhere (a mover, a restore Job) must be given to open the
+/// same repository.
+pub const CREDENTIAL_VARIABLES: [&str; 6] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+];
+
 const CREDENTIALS_SET: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE";
 /// The fix for every authentication or authorization failure.
 const CREDENTIALS_FIX: &str =

@@ -1,0 +1,568 @@
+//! lifeboatd's side of the movers: one Secret per namespace and one Job per
+//! claim, started within the concurrency limits, watched to their end or
+//! their timeout, and deleted at the end of the run whatever happened.
+//! Every object is labelled with the run and the volumes job, so the next
+//! run deletes what a killed one left.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
+
+use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
+use crate::k8s::K8sError;
+use crate::k8s::jobs::{Ending, ending};
+use crate::repo::id::SnapshotId;
+use crate::repo::prune::forget;
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::{Node, NodeKind};
+use crate::repo::{RepoError, UnlockedRepository};
+use crate::sources::volumes::StoredVolume;
+use crate::state::pin::RepositoryPin;
+use crate::storage::CREDENTIAL_VARIABLES;
+
+/// The label naming what a lifeboat object is.
+const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Its value on movers and their Secrets.
+const COMPONENT: &str = "volume-mover";
+/// The label holding the run.
+pub const RUN_LABEL: &str = "lifeboat.dev/run";
+/// The label holding (a hash of) the volumes job.
+pub const SOURCE_LABEL: &str = "lifeboat.dev/volumes-job";
+/// Where a mover finds its Secret's files.
+const SECRET_DIR: &str = "/var/run/secrets/lifeboat";
+/// The Secret's key holding the service identity.
+const IDENTITY_FILE: &str = "service.key";
+/// The Secret's key holding the [`MoverSpec`].
+const SPEC_FILE: &str = "spec.json";
+/// Where a mover mounts its claim.
+const CLAIM_MOUNT: &str = "/data";
+/// How often running movers are looked at.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Why the movers could not be run at all (one mover's failure is its
+/// claim's outcome, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum MoversError {
+    /// The Kubernetes API refused what every mover needs.
+    #[error(transparent)]
+    Kube(#[from] K8sError),
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The service identity could not be read for the movers' Secret.
+    #[error("cannot read the service identity {path} for the movers: {source}")]
+    Identity {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a mover must run so it can mount its claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On the node of the pod using the claim (its volume is attached there).
+    Node(String),
+    /// On one of the nodes the volume's node affinity names.
+    Pinned(Vec<String>),
+    /// Wherever the scheduler puts it.
+    Anywhere,
+}
+
+impl Placement {
+    /// The node key the per-node limit counts under, if any.
+    fn node_key(&self) -> Option<String> {
+        match self {
+            Self::Node(node) => Some(node.clone()),
+            Self::Pinned(nodes) => Some(nodes.join(",")),
+            Self::Anywhere => None,
+        }
+    }
+}
+
+/// One claim to move.
+#[derive(Debug, Clone)]
+pub struct MoverClaim {
+    /// What the manifest records of it.
+    pub volume: StoredVolume,
+    /// Where its mover runs.
+    pub placement: Placement,
+}
+
+/// A mover's stored part.
+#[derive(Debug, Clone)]
+pub struct StoredPart {
+    /// The part snapshot.
+    pub id: SnapshotId,
+    /// Its contents (references and summary).
+    pub snapshot: Snapshot,
+    /// The claim folder's entry.
+    pub entry: Node,
+}
+
+/// What became of one claim's mover.
+#[derive(Debug)]
+pub struct MoverOutcome {
+    /// The claim.
+    pub claim: MoverClaim,
+    /// Its Job.
+    pub job: String,
+    /// The part, or why there is none.
+    pub result: Result<StoredPart, String>,
+}
+
+/// The movers of one run of volumes job `job`.
+pub struct MoverRun<'a> {
+    /// The cluster.
+    pub client: &'a kube::Client,
+    /// The source's `movers` table.
+    pub settings: &'a MoverSettings,
+    /// The volumes job.
+    pub job: &'a str,
+    /// The repository, opened with the service key.
+    pub repo: &'a UnlockedRepository,
+    /// Its settings (URL, S3, service identity file).
+    pub repository: &'a RepositoryAccess,
+    /// Glob patterns left out of every claim.
+    pub exclude: &'a [String],
+}
+
+impl MoverRun<'_> {
+    /// Removes what earlier runs left, moves every claim and removes this
+    /// run's Jobs and Secrets again, also when moving failed.
+    ///
+    /// Fails when the Secret's contents cannot be made, the API refuses a
+    /// listing or delete, or the parts cannot be listed.
+    pub async fn run(&self, claims: Vec<MoverClaim>) -> Result<Vec<MoverOutcome>, MoversError> {
+        let run = format!("{:016x}", rand::random::<u64>());
+        self.remove_objects(|object_run| object_run != run).await?;
+        self.forget_parts(|_| true).await?;
+        let moved = self.move_claims(&run, claims).await;
+        let removed = self.remove_objects(|object_run| object_run == run).await;
+        let ended = moved?;
+        removed?;
+        let mut parts = self.parts(&run).await?;
+        Ok(ended
+            .into_iter()
+            .map(|(claim, job, ended)| {
+                let result = ended.and_then(|()| {
+                    parts.remove(&claim_label(&claim.volume)).ok_or_else(|| {
+                        format!("its mover {job} finished but stored no part snapshot")
+                    })
+                });
+                MoverOutcome { claim, job, result }
+            })
+            .collect())
+    }
+
+    /// Forgets part snapshots of this job whose run `doomed` accepts; a
+    /// part without readable part metadata counts as run `""`.
+    ///
+    /// Fails when the repository fails.
+    pub async fn forget_parts(&self, doomed: impl Fn(&str) -> bool) -> Result<(), RepoError> {
+        let job = part_job(self.job);
+        let ids: Vec<SnapshotId> = self
+            .repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|entry| entry.snapshot.job == job)
+            .filter(|entry| doomed(&part_of(&entry.snapshot).map(|p| p.run).unwrap_or_default()))
+            .map(|entry| entry.id)
+            .collect();
+        if !ids.is_empty() {
+            tracing::info!(job = %self.job, "forgetting {} mover part(s)", ids.len());
+        }
+        forget(self.repo, &ids).await
+    }
+
+    /// The parts run `run` stored, by claim.
+    async fn parts(&self, run: &str) -> Result<BTreeMap<String, StoredPart>, RepoError> {
+        let job = part_job(self.job);
+        let mut parts = BTreeMap::new();
+        for entry in self.repo.snapshots().await? {
+            if entry.snapshot.job != job {
+                continue;
+            }
+            let Some(part) = part_of(&entry.snapshot).filter(|p| p.run == run) else {
+                continue;
+            };
+            let valid = part.entry.kind == NodeKind::Dir
+                && part.entry.subtree.is_some()
+                && super::split_claim(&part.claim)
+                    .is_some_and(|(_, name)| part.entry.name.0 == name.as_bytes());
+            if valid {
+                parts.insert(
+                    part.claim.clone(),
+                    StoredPart {
+                        id: entry.id,
+                        snapshot: entry.snapshot,
+                        entry: part.entry,
+                    },
+                );
+            } else {
+                tracing::warn!(snapshot = %entry.id, "ignoring a mover part whose entry is not its claim's folder");
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Starts and watches the movers within the limits.
+    async fn move_claims(
+        &self,
+        run: &str,
+        claims: Vec<MoverClaim>,
+    ) -> Result<Vec<(MoverClaim, String, Result<(), String>)>, MoversError> {
+        let identity = std::fs::read(&self.repository.service_identity).map_err(|source| {
+            MoversError::Identity {
+                path: self.repository.service_identity.clone(),
+                source,
+            }
+        })?;
+        let spec = MoverSpec {
+            url: self.repository.url.clone(),
+            s3: self.repository.s3.clone(),
+            pin: RepositoryPin {
+                url: self.repository.url.clone(),
+                fingerprint: self.repo.fingerprint().clone(),
+                restore_recipients: self
+                    .repo
+                    .repository()
+                    .recipients()
+                    .restore
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                pinned: chrono::Utc::now(),
+            },
+            job: self.job.to_owned(),
+            run: run.to_owned(),
+        };
+        let spec = serde_json::to_vec(&spec).map_err(|source| RepoError::Encode {
+            what: "the mover spec",
+            source,
+        })?;
+        let mut secrets = BTreeSet::new();
+        let mut pending: VecDeque<MoverClaim> = claims.into();
+        let mut running: Vec<(MoverClaim, String, Instant)> = Vec::new();
+        let mut outcomes = Vec::new();
+        let total = self.settings.concurrency.max(1);
+        let per_node = self.settings.per_node.max(1);
+        loop {
+            while running.len() < total {
+                let busy = |key: &Option<String>| {
+                    key.as_ref().is_some_and(|key| {
+                        running
+                            .iter()
+                            .filter(|(c, ..)| c.placement.node_key().as_ref() == Some(key))
+                            .count()
+                            >= per_node
+                    })
+                };
+                let Some(next) = pending.iter().position(|c| !busy(&c.placement.node_key())) else {
+                    break;
+                };
+                let Some(claim) = pending.remove(next) else {
+                    break;
+                };
+                let namespace = claim.volume.namespace.clone();
+                let name = job_name(run, &claim.volume);
+                let started = async {
+                    if !secrets.contains(&namespace) {
+                        self.create_secret(run, &namespace, &identity, &spec)
+                            .await?;
+                        secrets.insert(namespace.clone());
+                    }
+                    self.create_job(run, &name, &claim).await
+                };
+                match started.await {
+                    Ok(()) => running.push((claim, name, Instant::now())),
+                    Err(e) => outcomes.push((claim, name, Err(crate::errors::describe(&e)))),
+                }
+            }
+            if running.is_empty() && pending.is_empty() {
+                return Ok(outcomes);
+            }
+            tokio::time::sleep(POLL).await;
+            let mut still = Vec::new();
+            for (claim, name, started) in running {
+                match self.watch(&claim, &name, started).await {
+                    None => still.push((claim, name, started)),
+                    Some(ended) => outcomes.push((claim, name, ended)),
+                }
+            }
+            running = still;
+        }
+    }
+
+    /// Whether the mover `name` of `claim` ended: `None` while it runs,
+    /// else whether it completed or why it failed. A mover past its
+    /// timeout is deleted.
+    async fn watch(
+        &self,
+        claim: &MoverClaim,
+        name: &str,
+        started: Instant,
+    ) -> Option<Result<(), String>> {
+        let namespace = &claim.volume.namespace;
+        let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
+        let logs = format!("see `kubectl -n {namespace} logs job/{name}`");
+        let current = match jobs.get_opt(name).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Some(Err(format!("its Job {namespace}/{name} disappeared"))),
+            Err(e) => return Some(Err(format!("reading its Job {namespace}/{name}: {e}"))),
+        };
+        match ending(&current) {
+            Some(Ending::Complete) => Some(Ok(())),
+            Some(Ending::Failed(reason)) => Some(Err(format!(
+                "its mover {namespace}/{name} failed ({reason}); {logs}"
+            ))),
+            None if started.elapsed() > self.settings.timeout => {
+                if let Err(e) = jobs.delete(name, &DeleteParams::background()).await {
+                    tracing::warn!("stopping the mover {namespace}/{name}: {e}");
+                }
+                Some(Err(format!(
+                    "its mover {namespace}/{name} did not finish within {} (the movers' timeout); {logs}",
+                    humantime::format_duration(self.settings.timeout)
+                )))
+            }
+            None => None,
+        }
+    }
+
+    fn labels(&self, run: &str) -> Value {
+        json!({
+            "app.kubernetes.io/name": "lifeboat",
+            COMPONENT_LABEL: COMPONENT,
+            RUN_LABEL: run,
+            SOURCE_LABEL: source_label(self.job),
+        })
+    }
+
+    /// Creates the run's Secret in `namespace`.
+    async fn create_secret(
+        &self,
+        run: &str,
+        namespace: &str,
+        identity: &[u8],
+        spec: &[u8],
+    ) -> Result<(), K8sError> {
+        let mut data = BTreeMap::new();
+        data.insert(
+            IDENTITY_FILE.to_owned(),
+            k8s_openapi::ByteString(identity.to_vec()),
+        );
+        data.insert(SPEC_FILE.to_owned(), k8s_openapi::ByteString(spec.to_vec()));
+        for name in CREDENTIAL_VARIABLES {
+            if let Ok(value) = std::env::var(name) {
+                data.insert(name.to_owned(), k8s_openapi::ByteString(value.into_bytes()));
+            }
+        }
+        let name = secret_name(run);
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.to_owned()),
+                labels: serde_json::from_value(self.labels(run)).ok(),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| {
+                K8sError::api(format!("creating the movers' Secret {namespace}/{name}"), e)
+            })?;
+        Ok(())
+    }
+
+    /// Creates the mover Job `name` of `claim`.
+    async fn create_job(&self, run: &str, name: &str, claim: &MoverClaim) -> Result<(), K8sError> {
+        let object = job_object(self, run, name, claim);
+        let namespace = &claim.volume.namespace;
+        let typed: Job = serde_json::from_value(object).map_err(|e| {
+            K8sError::api(
+                format!("making the Job {namespace}/{name}"),
+                kube::Error::SerdeError(e),
+            )
+        })?;
+        Api::<Job>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &typed)
+            .await
+            .map_err(|e| K8sError::api(format!("creating the mover Job {namespace}/{name}"), e))?;
+        Ok(())
+    }
+
+    /// Deletes the movers and Secrets of this volumes job whose run
+    /// `doomed` accepts, in every namespace.
+    async fn remove_objects(&self, doomed: impl Fn(&str) -> bool) -> Result<(), K8sError> {
+        let selector = format!(
+            "{COMPONENT_LABEL}={COMPONENT},{SOURCE_LABEL}={}",
+            source_label(self.job)
+        );
+        let params = ListParams::default().labels(&selector);
+        let jobs = Api::<Job>::all(self.client.clone())
+            .list(&params)
+            .await
+            .map_err(|e| K8sError::api("listing mover Jobs", e))?;
+        for job in jobs.items {
+            let (Some(namespace), Some(name)) = (job.metadata.namespace, job.metadata.name) else {
+                continue;
+            };
+            let run = job.metadata.labels.and_then(|mut l| l.remove(RUN_LABEL));
+            if doomed(run.as_deref().unwrap_or_default()) {
+                delete_named::<Job>(self.client, &namespace, &name).await?;
+            }
+        }
+        let secrets = Api::<Secret>::all(self.client.clone())
+            .list(&params)
+            .await
+            .map_err(|e| K8sError::api("listing mover Secrets", e))?;
+        for secret in secrets.items {
+            let (Some(namespace), Some(name)) = (secret.metadata.namespace, secret.metadata.name)
+            else {
+                continue;
+            };
+            let run = secret.metadata.labels.and_then(|mut l| l.remove(RUN_LABEL));
+            if doomed(run.as_deref().unwrap_or_default()) {
+                delete_named::<Secret>(self.client, &namespace, &name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes one object (its pods with it); one already gone is fine.
+async fn delete_named<T>(client: &kube::Client, namespace: &str, name: &str) -> Result<(), K8sError>
+where
+    T: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    T::DynamicType: Default,
+{
+    let kind = T::kind(&T::DynamicType::default()).into_owned();
+    match Api::<T>::namespaced(client.clone(), namespace)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(K8sError::api(
+            format!("deleting the {kind} {namespace}/{name}"),
+            e,
+        )),
+    }
+}
+
+/// The part metadata of a snapshot, if it has readable part metadata.
+fn part_of(snapshot: &Snapshot) -> Option<Part> {
+    serde_json::from_value(snapshot.metadata.get(PART_KEY)?.clone()).ok()
+}
+
+fn claim_label(volume: &StoredVolume) -> String {
+    format!("{}/{}", volume.namespace, volume.pvc)
+}
+
+/// A label value for job names of any spelling: 16 hex digits of BLAKE3.
+fn source_label(job: &str) -> String {
+    blake3::hash(job.as_bytes()).to_hex()[..16].to_owned()
+}
+
+fn secret_name(run: &str) -> String {
+    format!("lifeboat-mover-{run}")
+}
+
+/// `lifeboat-mover-RUN-HASH`: unique per claim, a valid DNS label.
+fn job_name(run: &str, volume: &StoredVolume) -> String {
+    let claim = blake3::hash(claim_label(volume).as_bytes()).to_hex();
+    format!("lifeboat-mover-{run}-{}", &claim[..12])
+}
+
+/// The Job object of one mover.
+fn job_object(movers: &MoverRun<'_>, run: &str, name: &str, claim: &MoverClaim) -> Value {
+    let volume = &claim.volume;
+    let mut command = vec![
+        "lifeboatd".to_owned(),
+        "mover".into(),
+        "--spec".into(),
+        format!("{SECRET_DIR}/{SPEC_FILE}"),
+        "--identity".into(),
+        format!("{SECRET_DIR}/{IDENTITY_FILE}"),
+        "--claim".into(),
+        claim_label(volume),
+        "--folder".into(),
+        CLAIM_MOUNT.into(),
+    ];
+    for pattern in movers.exclude {
+        command.extend(["--exclude".into(), pattern.clone()]);
+    }
+    let secret = secret_name(run);
+    let mut env = Vec::new();
+    for variable in CREDENTIAL_VARIABLES {
+        env.push(json!({"name": variable, "valueFrom": {"secretKeyRef":
+            {"name": secret, "key": variable, "optional": true}}}));
+    }
+    let labels = movers.labels(run);
+    let mut pod = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "tolerations": [{"operator": "Exists"}],
+        "containers": [{
+            "name": "mover",
+            "image": movers.settings.image,
+            "command": command,
+            "env": env,
+            // Root reads every file of the claim; nothing else is granted.
+            "securityContext": {
+                "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+            },
+            "volumeMounts": [
+                {"name": "secret", "mountPath": SECRET_DIR, "readOnly": true},
+                {"name": "claim", "mountPath": CLAIM_MOUNT, "readOnly": true},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }],
+        "volumes": [
+            {"name": "secret", "secret": {"secretName": secret, "defaultMode": 0o400}},
+            {"name": "claim", "persistentVolumeClaim": {"claimName": volume.pvc, "readOnly": true}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    });
+    match &claim.placement {
+        Placement::Node(node) => pod["nodeName"] = json!(node),
+        Placement::Pinned(nodes) => {
+            pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}]}}});
+        }
+        Placement::Anywhere => {}
+    }
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": volume.namespace,
+            "labels": labels,
+            "annotations": {"lifeboat.dev/volumes-job": movers.job, "lifeboat.dev/claim": claim_label(volume)},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": movers.settings.timeout.as_secs().max(1),
+            "ttlSecondsAfterFinished": 3600,
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    })
+}

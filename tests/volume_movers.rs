@@ -1,0 +1,387 @@
+//! Volume movers, as a user runs a `volumes` job with `movers` set: every
+//! bound claim of a three-node cluster — hostPath, local and CSI alike —
+//! is read by a mover Job running the real `lifeboatd mover`, placed where
+//! its volume can be mounted, and the run stores one snapshot from which
+//! each claim restores with its contents, modes, owners and times.
+//!
+//! The cluster is the protocol-level test API server (no real API server,
+//! kubelet or CSI driver runs here): its Jobs run as local processes, a
+//! claim's mount is the folder behind its PersistentVolume (for a CSI
+//! volume, a folder registered for its handle), and it refuses pods as the
+//! kubelet would (node affinity conflicts, Multi-Attach). What only a real
+//! cluster shows: that a CSI driver attaches and mounts the volume
+//! read-only, image pulls, and Pod Security admission of the mover pods.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use lifeboat_tests::cli::{self, Installation, assert_same_tree, describe, write_file};
+use lifeboat_tests::kubernetes::KubeApiServer;
+use serde_json::{Value, json};
+
+/// The movers' image in the tests (the binaries folder stands in for it).
+const IMAGE: &str = "ghcr.io/example/lifeboat:test";
+
+fn pv(name: &str, class: &str, source: Value, nodes: &[&str], modes: &[&str]) -> Value {
+    let mut pv = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": modes,
+            "storageClassName": class}});
+    for (key, value) in source.as_object().into_iter().flatten() {
+        pv["spec"][key] = value.clone();
+    }
+    if !nodes.is_empty() {
+        pv["spec"]["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions":
+            [{"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}]}});
+    }
+    pv
+}
+
+fn pvc(namespace: &str, name: &str, pv: &str, class: &str, modes: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessModes": modes, "storageClassName": class, "volumeName": pv,
+            "resources": {"requests": {"storage": "1Gi"}}},
+        "status": {"phase": "Bound"}})
+}
+
+fn pod(namespace: &str, name: &str, node: &str, claim: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+        "status": {"phase": "Running"}})
+}
+
+/// Fills `folder` with files of different modes, owners and times.
+fn fill(folder: &Path, seed: u8) -> Result<()> {
+    write_file(&folder.join("data/table.bin"), &vec![seed; 300 * 1024])?;
+    write_file(
+        &folder.join("config.yaml"),
+        format!("seed: {seed}\n").as_bytes(),
+    )?;
+    write_file(&folder.join("secret/key"), b"not for everyone")?;
+    std::fs::set_permissions(
+        folder.join("secret"),
+        std::fs::Permissions::from_mode(0o700),
+    )?;
+    std::fs::set_permissions(
+        folder.join("secret/key"),
+        std::fs::Permissions::from_mode(0o400),
+    )?;
+    std::os::unix::fs::chown(folder.join("data"), Some(999), Some(999))?;
+    std::os::unix::fs::chown(folder.join("data/table.bin"), Some(999), Some(999))?;
+    std::os::unix::fs::symlink("data/table.bin", folder.join("current"))?;
+    let old = filetime::FileTime::from_unix_time(1_700_000_000 + i64::from(seed), 0);
+    filetime::set_file_mtime(folder.join("config.yaml"), old)?;
+    Ok(())
+}
+
+/// A three-node cluster: claims on hostPath (w1, in use), CSI Mayastor
+/// (in use on w2), local (pinned to w3, unused), CSI ZFS (unused,
+/// anywhere), a ReadWriteOncePod claim in use, one opted out by mode, and
+/// one whose folder is gone (its mover fails).
+struct Fixture {
+    server: KubeApiServer,
+    installation: Installation,
+    /// Claim → its data folder.
+    folders: Vec<(&'static str, PathBuf)>,
+    _data: tempfile::TempDir,
+}
+
+async fn fixture() -> Result<Fixture> {
+    let data = tempfile::tempdir()?;
+    let folder = |name: &str| data.path().join(name);
+    let rwo = ["ReadWriteOnce"];
+    let mut objects: Vec<Value> = ["apps", "monitoring"]
+        .iter()
+        .map(|name| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+        .collect();
+    objects.extend([
+        pv(
+            "pv-postgres",
+            "openebs-hostpath",
+            json!({"hostPath": {"path": folder("w1/pv-postgres").display().to_string()}}),
+            &["w1"],
+            &rwo,
+        ),
+        pvc(
+            "apps",
+            "postgres-data",
+            "pv-postgres",
+            "openebs-hostpath",
+            &rwo,
+        ),
+        pod("apps", "postgres-0", "w1", "postgres-data"),
+        pv(
+            "pv-prometheus",
+            "openebs-mayastor",
+            json!({"csi": {"driver": "io.openebs.csi-mayastor", "volumeHandle": "mayastor-1"}}),
+            &[],
+            &rwo,
+        ),
+        pvc(
+            "monitoring",
+            "prometheus-db",
+            "pv-prometheus",
+            "openebs-mayastor",
+            &rwo,
+        ),
+        pod("monitoring", "prometheus-0", "w2", "prometheus-db"),
+        pv(
+            "pv-archive",
+            "local-storage",
+            json!({"local": {"path": folder("w3/archive").display().to_string()}}),
+            &["w3"],
+            &rwo,
+        ),
+        pvc("apps", "archive", "pv-archive", "local-storage", &rwo),
+        pv(
+            "pv-cache",
+            "openebs-zfs",
+            json!({"csi": {"driver": "zfs.csi.openebs.io", "volumeHandle": "zfs-cache"}}),
+            &[],
+            &rwo,
+        ),
+        pvc("apps", "cache", "pv-cache", "openebs-zfs", &rwo),
+        pv(
+            "pv-session",
+            "openebs-mayastor",
+            json!({"csi": {"driver": "io.openebs.csi-mayastor", "volumeHandle": "mayastor-2"}}),
+            &[],
+            &["ReadWriteOncePod"],
+        ),
+        pvc(
+            "apps",
+            "session",
+            "pv-session",
+            "openebs-mayastor",
+            &["ReadWriteOncePod"],
+        ),
+        pod("apps", "web-0", "w1", "session"),
+        pv(
+            "pv-scratch",
+            "openebs-hostpath",
+            json!({"hostPath": {"path": folder("w2/scratch").display().to_string()}}),
+            &["w2"],
+            &rwo,
+        ),
+        {
+            let mut claim = pvc("apps", "scratch", "pv-scratch", "openebs-hostpath", &rwo);
+            claim["metadata"]["annotations"] = json!({"lifeboat.dev/volume-mode": "skip"});
+            claim
+        },
+        pv(
+            "pv-broken",
+            "openebs-hostpath",
+            json!({"hostPath": {"path": folder("w2/gone").display().to_string()}}),
+            &["w2"],
+            &rwo,
+        ),
+        pvc("apps", "broken", "pv-broken", "openebs-hostpath", &rwo),
+    ]);
+    let folders = vec![
+        ("apps/postgres-data", folder("w1/pv-postgres")),
+        ("monitoring/prometheus-db", folder("mayastor/1")),
+        ("apps/archive", folder("w3/archive")),
+        ("apps/cache", folder("zfs/cache")),
+    ];
+    for (i, (_, path)) in folders.iter().enumerate() {
+        fill(path, i as u8 + 1)?;
+    }
+    std::fs::create_dir_all(folder("w2/scratch"))?;
+    let server = KubeApiServer::start(objects).await?;
+    server.set_csi_folder("mayastor-1", &folder("mayastor/1"));
+    server.set_csi_folder("zfs-cache", &folder("zfs/cache"));
+    server.run_jobs(cli::binaries()?, &folder("kubelet"));
+    let installation = Installation::local()?;
+    server.write_kubeconfig(&installation.path("kubeconfig"))?;
+    let source = format!(
+        r#"{{ kind = "volumes", kubeconfig = "kubeconfig", exclude = ["*.tmp"], movers = {{ image = "{IMAGE}", concurrency = 2, per_node = 1, timeout = "2m" }} }}"#
+    );
+    installation.write_config(&[], &[("volumes", &source)])?;
+    Ok(Fixture {
+        server,
+        installation,
+        folders,
+        _data: data,
+    })
+}
+
+fn item<'a>(report: &'a Value, name: &str) -> Result<&'a Value> {
+    report["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["kind"] == "volume" && i["name"] == name)
+        })
+        .with_context(|| format!("no volume item {name} in {report:#}"))
+}
+
+/// The job of each snapshot in the repository, oldest first.
+fn snapshot_jobs(installation: &Installation) -> Result<Vec<String>> {
+    let key = installation.service_key().display().to_string();
+    let list = installation
+        .lifeboat_repo("snapshots", &["-i", key.as_str(), "--json"])?
+        .ok()?
+        .json()?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["job"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Mover Jobs and Secrets the server still holds.
+fn leftovers(server: &KubeApiServer) -> Vec<String> {
+    server
+        .objects()
+        .into_iter()
+        .filter(|(key, object)| {
+            (key.1 == "jobs" || key.1 == "secrets")
+                && object["metadata"]["labels"]["app.kubernetes.io/component"] == "volume-mover"
+        })
+        .map(|(key, _)| format!("{} {}/{}", key.1, key.2, key.3))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> Result<()> {
+    let f = fixture().await?;
+    let report = tokio::task::block_in_place(|| f.installation.start_backup("volumes")?.wait())?;
+    // One claim failed: the run fails, but stores the others.
+    let report = report.json()?;
+    for (claim, outcome, reason) in [
+        ("apps/postgres-data", "stored", "by a mover on w1"),
+        ("monitoring/prometheus-db", "stored", "by a mover on w2"),
+        ("apps/archive", "stored", "by a mover on w3"),
+        ("apps/cache", "stored", "by a mover on any node"),
+        (
+            "apps/session",
+            "skipped",
+            "ReadWriteOncePod and pod apps/web-0 uses it",
+        ),
+        (
+            "apps/scratch",
+            "skipped",
+            "lifeboat.dev/volume-mode is \"skip\"",
+        ),
+        ("apps/broken", "failed", "failed"),
+    ] {
+        let found = item(&report, claim)?;
+        ensure!(
+            found["outcome"] == outcome
+                && found["detail"].as_str().is_some_and(|d| d.contains(reason)),
+            "{claim}: expected {outcome} with {reason:?}, got {found:#}; movers: {:#?}",
+            f.server.job_runs()
+        );
+    }
+
+    // Each mover ran where its volume can be mounted, read-only, with the
+    // claim and nothing of the host.
+    let runs = f.server.job_runs();
+    let run_of = |claim: &str| {
+        runs.iter()
+            .find(|r| r.claims.iter().any(|(c, _)| c == claim))
+            .with_context(|| format!("no mover mounted {claim}: {runs:#?}"))
+    };
+    let postgres = run_of("apps/postgres-data")?;
+    ensure!(postgres.node.as_deref() == Some("w1"), "{postgres:#?}");
+    let prometheus = run_of("monitoring/prometheus-db")?;
+    ensure!(prometheus.node.as_deref() == Some("w2"), "{prometheus:#?}");
+    let archive = run_of("apps/archive")?;
+    ensure!(
+        archive.node.is_none() && archive.affinity == ["w3"],
+        "{archive:#?}"
+    );
+    for run in &runs {
+        ensure!(
+            run.image == IMAGE && run.claims.iter().all(|(_, ro)| *ro) && run.host_paths.is_empty(),
+            "a mover mounts its claim read-only and no host path: {run:#?}"
+        );
+        ensure!(
+            run.claims.len() == 1 && run.claims[0].0.starts_with(&format!("{}/", run.namespace)),
+            "a mover runs in its claim's namespace: {run:#?}"
+        );
+    }
+    ensure!(
+        runs.iter().filter(|r| r.exit_code == Some(0)).count() == 4,
+        "{runs:#?}"
+    );
+    ensure!(
+        leftovers(&f.server).is_empty(),
+        "left behind: {:?}",
+        leftovers(&f.server)
+    );
+
+    // One snapshot of the job, no parts left; its manifest records the
+    // movers.
+    let jobs = snapshot_jobs(&f.installation)?;
+    ensure!(jobs == ["volumes"], "one snapshot and no parts: {jobs:?}");
+
+    // Delete the data, then restore each claim elsewhere and compare.
+    let originals: Vec<_> = f
+        .folders
+        .iter()
+        .map(|(claim, path)| Ok((*claim, describe(path)?)))
+        .collect::<Result<_>>()?;
+    for (_, path) in &f.folders {
+        std::fs::remove_dir_all(path)?;
+    }
+    let key = f.installation.restore_key();
+    for (claim, original) in &originals {
+        let target = f
+            .installation
+            .path(format!("restored/{}", claim.replace('/', "-")));
+        let mut command = f.installation.restore_command(&key)?;
+        command
+            .args(["latest:volumes", "--pvc", claim, "--target"])
+            .arg(&target)
+            .arg("--json");
+        cli::run(&mut command)?.ok()?;
+        assert_same_tree(original, &describe(&target)?)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_run_leaves_nothing_after_the_next() -> Result<()> {
+    let f = fixture().await?;
+    // Movers of a run that never ends keep their Job until lifeboatd is
+    // killed; the next run deletes them and forgets the killed run's parts.
+    let running = f.installation.start_backup("volumes")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while leftovers(&f.server).is_empty() {
+        ensure!(std::time::Instant::now() < deadline, "no mover started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.kill()?;
+    ensure!(
+        !leftovers(&f.server).is_empty(),
+        "the killed run left its movers"
+    );
+    // Let the killed run's movers store their parts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let report =
+        tokio::task::block_in_place(|| f.installation.start_backup("volumes")?.wait())?.json()?;
+    ensure!(
+        item(&report, "apps/cache")?["outcome"] == "stored",
+        "{report:#}"
+    );
+    ensure!(
+        leftovers(&f.server).is_empty(),
+        "left behind: {:?}",
+        leftovers(&f.server)
+    );
+    let jobs = snapshot_jobs(&f.installation)?;
+    ensure!(
+        jobs == ["volumes"],
+        "the killed run's parts are forgotten: {jobs:?}"
+    );
+    Ok(())
+}
