@@ -90,7 +90,7 @@ fn kustomizations_render_into_strict_kubernetes_types() -> Result<()> {
             find(&documents, "ClusterRole", &binding.role_ref.name)?;
         }
         // Least privilege: reading everything; exec in pods only through the
-        // pod-exec component, and nothing else.
+        // pod-exec component; the movers' Jobs and Secrets; nothing else.
         for role in of_kind(&documents, "rbac.authorization.k8s.io/v1", "ClusterRole") {
             let role: ClusterRole = round_trip(role)?;
             for rule in role.rules.unwrap_or_default() {
@@ -104,8 +104,15 @@ fn kustomizations_render_into_strict_kubernetes_types() -> Result<()> {
                         .verbs
                         .iter()
                         .all(|v| ["create", "get"].contains(&v.as_str()));
+                let groups = rule.api_groups.clone().unwrap_or_default();
+                let movers = (groups == ["batch"] && resources == ["jobs"]
+                    || groups == [""] && resources == ["secrets"])
+                    && rule
+                        .verbs
+                        .iter()
+                        .all(|v| ["create", "delete", "get", "list"].contains(&v.as_str()));
                 ensure!(
-                    reads || exec,
+                    reads || exec || movers,
                     "{which}: {:?} grants {rule:?}",
                     role.metadata.name
                 );
@@ -325,33 +332,38 @@ fn the_rendered_config_loads_and_every_path_it_names_is_mounted() -> Result<()> 
                 );
             }
             if let SourceConfig::Volumes(source) = &job.source {
-                // The PersistentVolumes' host paths are read as they are:
-                // mounted read-only at the same path, on the pod's node.
                 ensure!(source.kubeconfig.is_none(), "{which}: in-cluster access");
-                let volume_root = pod_volumes(&pod)
-                    .into_iter()
-                    .find_map(|v| v.host_path.map(|h| h.path))
-                    .context("no hostPath volume for the volumes job")?;
-                let (host, volume) = mount_of(Path::new(&volume_root), &mounts, &volumes)?;
-                ensure!(host.read_only == Some(true), "{which}: volumes read-only");
-                ensure!(
-                    host.mount_path == volume_root
-                        && volume.host_path.as_ref().map(|h| h.path.as_str()) == Some(&volume_root),
-                    "{which}: {volume_root} must be mounted at its own path"
-                );
-                let node = container
-                    .env
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|e| e.name == "NODE_NAME")
-                    .and_then(|e| e.value_from)
-                    .and_then(|v| v.field_ref)
-                    .map(|f| f.field_path);
-                ensure!(
-                    source.node.is_some() || node.as_deref() == Some("spec.nodeName"),
-                    "{which}: NODE_NAME must come from spec.nodeName"
-                );
+                if let Some(movers) = &source.movers {
+                    check_movers(which, movers, &container, &documents)?;
+                } else {
+                    // The PersistentVolumes' host paths are read as they are:
+                    // mounted read-only at the same path, on the pod's node.
+                    let volume_root = pod_volumes(&pod)
+                        .into_iter()
+                        .find_map(|v| v.host_path.map(|h| h.path))
+                        .context("no hostPath volume for the volumes job")?;
+                    let (host, volume) = mount_of(Path::new(&volume_root), &mounts, &volumes)?;
+                    ensure!(host.read_only == Some(true), "{which}: volumes read-only");
+                    ensure!(
+                        host.mount_path == volume_root
+                            && volume.host_path.as_ref().map(|h| h.path.as_str())
+                                == Some(&volume_root),
+                        "{which}: {volume_root} must be mounted at its own path"
+                    );
+                    let node = container
+                        .env
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|e| e.name == "NODE_NAME")
+                        .and_then(|e| e.value_from)
+                        .and_then(|v| v.field_ref)
+                        .map(|f| f.field_path);
+                    ensure!(
+                        source.node.is_some() || node.as_deref() == Some("spec.nodeName"),
+                        "{which}: NODE_NAME must come from spec.nodeName"
+                    );
+                }
                 // Its own state changes while it runs: the claim opts out.
                 let (_, state_volume) = mount_of(&state, &mounts, &volumes)?;
                 if let Some(claim) = &state_volume.persistent_volume_claim {
@@ -804,4 +816,74 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
         .filter_map(|l| l.strip_prefix(name))
         .find_map(|rest| rest.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The volume movers can run: lifeboatd finds its own image through the
+/// downward API (unless one is set), and a ClusterRole bound to its
+/// service account lets it make and delete Jobs and Secrets everywhere.
+fn check_movers(
+    which: &str,
+    movers: &lifeboat::sources::volumes::mover::MoverSettings,
+    container: &k8s_openapi::api::core::v1::Container,
+    documents: &[Value],
+) -> Result<()> {
+    if movers.image.is_none() {
+        for (name, path) in [
+            ("POD_NAMESPACE", "metadata.namespace"),
+            ("POD_NAME", "metadata.name"),
+        ] {
+            let from = container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str());
+            ensure!(
+                from == Some(path),
+                "{which}: the movers' image comes from lifeboatd's pod: {name} must come from {path}"
+            );
+        }
+    }
+    let grants = |group: &str, resource: &str, verbs: &[&str]| {
+        of_kind(documents, "rbac.authorization.k8s.io/v1", "ClusterRole")
+            .iter()
+            .filter(|role| {
+                let name = role["metadata"]["name"].clone();
+                of_kind(
+                    documents,
+                    "rbac.authorization.k8s.io/v1",
+                    "ClusterRoleBinding",
+                )
+                .iter()
+                .any(|b| {
+                    b["roleRef"]["name"] == name
+                        && b["subjects"]
+                            .as_array()
+                            .is_some_and(|s| s.iter().any(|s| s["name"] == "lifeboat"))
+                })
+            })
+            .filter_map(|r| r["rules"].as_array())
+            .flatten()
+            .any(|rule| {
+                let has = |field: &str, value: &str| {
+                    rule[field]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|v| v == value || v == "*"))
+                };
+                has("apiGroups", group)
+                    && has("resources", resource)
+                    && verbs.iter().all(|verb| has("verbs", verb))
+            })
+    };
+    ensure!(
+        grants("batch", "jobs", &["create", "delete", "get", "list"]),
+        "{which}: the movers need create/delete/get/list on Jobs"
+    );
+    ensure!(
+        grants("", "secrets", &["create", "delete", "list"]),
+        "{which}: the movers need create/delete/list on Secrets"
+    );
+    Ok(())
 }

@@ -53,6 +53,14 @@ pub enum MoversError {
     /// The repository failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// No image is configured and lifeboatd's own cannot be told.
+    #[error(
+        "the volume movers need an image: {reason}; set `movers.image`, or give lifeboatd POD_NAMESPACE and POD_NAME from the downward API"
+    )]
+    NoImage {
+        /// Why lifeboatd's own image is unknown.
+        reason: String,
+    },
     /// The service identity could not be read for the movers' Secret.
     #[error("cannot read the service identity {path} for the movers: {source}")]
     Identity {
@@ -140,10 +148,14 @@ impl MoverRun<'_> {
     /// Fails when the Secret's contents cannot be made, the API refuses a
     /// listing or delete, or the parts cannot be listed.
     pub async fn run(&self, claims: Vec<MoverClaim>) -> Result<Vec<MoverOutcome>, MoversError> {
+        let image = match &self.settings.image {
+            Some(image) => image.clone(),
+            None => own_image(self.client).await?,
+        };
         let run = format!("{:016x}", rand::random::<u64>());
         self.remove_objects(|object_run| object_run != run).await?;
         self.forget_parts(|_| true).await?;
-        let moved = self.move_claims(&run, claims).await;
+        let moved = self.move_claims(&run, &image, claims).await;
         let removed = self.remove_objects(|object_run| object_run == run).await;
         let ended = moved?;
         removed?;
@@ -217,6 +229,7 @@ impl MoverRun<'_> {
     async fn move_claims(
         &self,
         run: &str,
+        image: &str,
         claims: Vec<MoverClaim>,
     ) -> Result<Vec<(MoverClaim, String, Result<(), String>)>, MoversError> {
         let identity = std::fs::read(&self.repository.service_identity).map_err(|source| {
@@ -279,7 +292,7 @@ impl MoverRun<'_> {
                             .await?;
                         secrets.insert(namespace.clone());
                     }
-                    self.create_job(run, &name, &claim).await
+                    self.create_job(run, image, &name, &claim).await
                 };
                 match started.await {
                     Ok(()) => running.push((claim, name, Instant::now())),
@@ -385,8 +398,14 @@ impl MoverRun<'_> {
     }
 
     /// Creates the mover Job `name` of `claim`.
-    async fn create_job(&self, run: &str, name: &str, claim: &MoverClaim) -> Result<(), K8sError> {
-        let object = job_object(self, run, name, claim);
+    async fn create_job(
+        &self,
+        run: &str,
+        image: &str,
+        name: &str,
+        claim: &MoverClaim,
+    ) -> Result<(), K8sError> {
+        let object = job_object(self, run, image, name, claim);
         let namespace = &claim.volume.namespace;
         let typed: Job = serde_json::from_value(object).map_err(|e| {
             K8sError::api(
@@ -440,6 +459,37 @@ impl MoverRun<'_> {
     }
 }
 
+/// The image of the pod this process runs in (`POD_NAMESPACE`/`POD_NAME`):
+/// its container called `lifeboatd`, else its first.
+///
+/// Fails when either variable is missing or the pod cannot be read.
+async fn own_image(client: &kube::Client) -> Result<String, MoversError> {
+    let variable = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| MoversError::NoImage {
+                reason: format!("{name} is not set"),
+            })
+    };
+    let (namespace, name) = (variable("POD_NAMESPACE")?, variable("POD_NAME")?);
+    let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &namespace)
+        .get(&name)
+        .await
+        .map_err(|e| MoversError::NoImage {
+            reason: format!("reading its own pod {namespace}/{name}: {e}"),
+        })?;
+    let containers = pod.spec.map(|s| s.containers).unwrap_or_default();
+    containers
+        .iter()
+        .find(|c| c.name == "lifeboatd")
+        .or(containers.first())
+        .and_then(|c| c.image.clone())
+        .ok_or_else(|| MoversError::NoImage {
+            reason: format!("its pod {namespace}/{name} names no image"),
+        })
+}
+
 /// Deletes one object (its pods with it); one already gone is fine.
 async fn delete_named<T>(client: &kube::Client, namespace: &str, name: &str) -> Result<(), K8sError>
 where
@@ -488,7 +538,13 @@ fn job_name(run: &str, volume: &StoredVolume) -> String {
 }
 
 /// The Job object of one mover.
-fn job_object(movers: &MoverRun<'_>, run: &str, name: &str, claim: &MoverClaim) -> Value {
+fn job_object(
+    movers: &MoverRun<'_>,
+    run: &str,
+    image: &str,
+    name: &str,
+    claim: &MoverClaim,
+) -> Value {
     let volume = &claim.volume;
     let mut command = vec![
         "lifeboatd".to_owned(),
@@ -518,15 +574,18 @@ fn job_object(movers: &MoverRun<'_>, run: &str, name: &str, claim: &MoverClaim) 
         "tolerations": [{"operator": "Exists"}],
         "containers": [{
             "name": "mover",
-            "image": movers.settings.image,
+            "image": image,
             "command": command,
             "env": env,
-            // Root reads every file of the claim; nothing else is granted.
+            // Root reads every file of the claim. DAC_OVERRIDE, not
+            // DAC_READ_SEARCH: Pod Security `baseline` (Talos' default)
+            // allows only the former; the claim and the root filesystem
+            // are read-only, so it grants no writes.
             "securityContext": {
                 "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
                 "allowPrivilegeEscalation": false,
                 "readOnlyRootFilesystem": true,
-                "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+                "capabilities": {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]},
             },
             "volumeMounts": [
                 {"name": "secret", "mountPath": SECRET_DIR, "readOnly": true},

@@ -43,8 +43,11 @@ pub const MODE_ANNOTATION: &str = "lifeboat.dev/volume-mode";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoverSettings {
-    /// The image movers run: lifeboat's own (`ghcr.io/…/lifeboat:TAG`).
-    pub image: String,
+    /// The image movers run (`ghcr.io/…/lifeboat:TAG`); default: the image
+    /// of the pod lifeboatd runs in, found through `POD_NAMESPACE` and
+    /// `POD_NAME` (the downward API), so movers run the same version.
+    #[serde(default)]
+    pub image: Option<String>,
     /// Movers running at once in all (default 4).
     #[serde(default = "default_total")]
     pub concurrency: usize,
