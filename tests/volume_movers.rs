@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use lifeboat_tests::cli::{self, Installation, assert_same_tree, describe, write_file};
 use lifeboat_tests::kubernetes::KubeApiServer;
+use lifeboat_tests::service::Lifeboatd;
 use serde_json::{Value, json};
 
 /// The movers' image in the tests (the binaries folder stands in for it).
@@ -384,4 +385,53 @@ async fn a_killed_run_leaves_nothing_after_the_next() -> Result<()> {
         "the killed run's parts are forgotten: {jobs:?}"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_shows_every_claim_on_metrics_and_the_status_page() -> Result<()> {
+    let f = fixture().await?;
+    tokio::task::block_in_place(|| {
+        let mut service = Lifeboatd::start(&f.installation)?;
+        service.trigger("volumes")?;
+        service.wait_for("the volumes run", Duration::from_secs(120), |s| {
+            Ok(s.runs("volumes")?
+                .into_iter()
+                .find(|r| r["ended"].is_string()))
+        })?;
+        let metrics = service.get("/metrics")?.body;
+        for line in [
+            r#"lifeboat_volume_stored{job="volumes",claim="apps/cache"} 1"#,
+            r#"lifeboat_volume_stored{job="volumes",claim="apps/broken"} 0"#,
+            r#"lifeboat_volume_stored{job="volumes",claim="apps/session"} 0"#,
+            r#"lifeboat_volume_last_success_timestamp_seconds{job="volumes",claim="monitoring/prometheus-db"} "#,
+        ] {
+            ensure!(metrics.contains(line), "no {line} in\n{metrics}");
+        }
+        // The mover counted the claim's bytes: three files of fill().
+        let bytes = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"lifeboat_volume_bytes{job="volumes",claim="apps/cache"} "#)
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("no bytes of apps/cache")?;
+        ensure!(bytes > 300 * 1024, "apps/cache holds {bytes} bytes");
+        let page = service.get("/")?.body;
+        ensure!(
+            page.contains("Volumes of volumes")
+                && page.contains("apps/broken")
+                && page.contains("ReadWriteOncePod"),
+            "the status page lists the claims: {page}"
+        );
+        service.terminate()?;
+        // Kept across restarts.
+        let service = Lifeboatd::start(&f.installation)?;
+        let metrics = service.get("/metrics")?.body;
+        ensure!(
+            metrics.contains(r#"lifeboat_volume_stored{job="volumes",claim="apps/cache"} 1"#),
+            "{metrics}"
+        );
+        service.terminate()?;
+        Ok(())
+    })
 }

@@ -5,7 +5,8 @@
 //! job. Counters come from the run history's totals, so they survive
 //! restarts. Alert on `lifeboat_job_rpo_breached == 1`. When the service
 //! drills restores itself (`[drill]`), the last drill's
-//! `lifeboat_drill_*` series follow.
+//! `lifeboat_drill_*` series follow, then one `lifeboat_volume_*` series
+//! per claim of each volumes job.
 
 use axum::Router;
 use axum::extract::State;
@@ -34,6 +35,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, App
     if let Some(report) = state.service.last_drill() {
         text.push_str(&crate::drill::metrics::render(&report));
     }
+    text.push_str(&crate::daemon::claims::render(&state.service.claims()));
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

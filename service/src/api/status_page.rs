@@ -155,6 +155,10 @@ fn render(state: &AppState, overview: &Overview, runs: &[Vec<RunRecord>]) -> Str
     if let Some(report) = state.service.last_drill() {
         drill_card(&mut html, &report, now);
     }
+    let claims = state.service.claims();
+    if !claims.is_empty() {
+        claims_card(&mut html, &claims, now);
+    }
     let figures = state.service.catalog().figures();
     let config = state.service.config();
     let _ = write!(
@@ -319,6 +323,41 @@ fn task_card(html: &mut String, task: &TaskStatus, now: DateTime<Utc>) {
         let _ = write!(html, "<p><strong>{now_doing}</strong></p>");
     }
     html.push_str("</article>");
+}
+
+/// Each volumes job's claims: stored, skipped or failed with the reason,
+/// their size and when they were last stored.
+fn claims_card(html: &mut String, claims: &crate::daemon::claims::ClaimTable, now: DateTime<Utc>) {
+    for (job, claims) in claims {
+        let _ = write!(
+            html,
+            "<h2>Volumes of {}</h2><article class=\"card\"><dl>",
+            escape(job)
+        );
+        for (claim, status) in claims {
+            let class = match status.outcome {
+                crate::backup::items::Outcome::Stored => "success",
+                crate::backup::items::Outcome::Skipped => "",
+                crate::backup::items::Outcome::Failed => "failure",
+            };
+            let size = status
+                .bytes
+                .map(|b| format!(" · {}", crate::repo::snapshot::human_bytes(b)))
+                .unwrap_or_default();
+            let stored = status
+                .last_stored
+                .map(|t| format!(" · last stored {}", when(t, now)))
+                .unwrap_or_default();
+            let _ = write!(
+                html,
+                "<dt>{}</dt><dd><span class=\"{class}\">{}</span>{size}{stored}<br>{}</dd>",
+                escape(claim),
+                status.outcome.as_str(),
+                escape(&status.detail)
+            );
+        }
+        html.push_str("</dl></article>");
+    }
 }
 
 /// The last restore drill the service ran: each job's result, RTO and

@@ -2,7 +2,7 @@
 //! resource type, a hook. Skips and failures carry their reason, so nothing
 //! goes missing silently.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One thing a backup run handled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -15,10 +15,13 @@ pub struct Item {
     pub outcome: Outcome,
     /// Counts or the reason, as a sentence.
     pub detail: String,
+    /// Bytes of data it holds, where counted (a volume read by a mover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// What happened to an [`Item`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Stored in the snapshot.
@@ -53,7 +56,14 @@ impl Item {
             name: name.into(),
             outcome,
             detail: detail.into(),
+            bytes: None,
         }
+    }
+
+    /// The item holding `bytes` of data.
+    pub fn with_bytes(mut self, bytes: u64) -> Self {
+        self.bytes = Some(bytes);
+        self
     }
 
     /// Whether the service should show it among a run's warnings: every

@@ -10,6 +10,7 @@
 //! [`crate::retention`].
 
 pub mod catalog;
+pub mod claims;
 pub mod drill;
 pub mod job;
 pub mod runner;

@@ -236,6 +236,7 @@ async fn back_up(
         .ok_or_else(|| RunError::UnknownJob(name.to_owned()))?;
     let repo = service.open_repository().await?;
     let report = back_up_job(&repo, config, job, progress).await?;
+    service.record_claims(name, &report.items, report.snapshot.end_time);
     let summary = &report.snapshot.summary;
     let mut warnings = report.warnings.clone();
     warnings.extend(

@@ -129,6 +129,7 @@ pub struct Service {
     repository_ready: AtomicBool,
     repository_opening: tokio::sync::Mutex<()>,
     last_drill: Mutex<Option<DrillReport>>,
+    claims: Mutex<super::claims::ClaimTable>,
     started: DateTime<Utc>,
 }
 
@@ -141,6 +142,7 @@ impl Service {
     pub fn new(config: Config, history: History) -> Arc<Self> {
         let slots = config.service.max_concurrent_jobs.get();
         let last_drill = super::drill::load(&config.state_folder());
+        let claims = super::claims::load(&config.state_folder());
         Arc::new(Self {
             config,
             history: Arc::new(history),
@@ -152,6 +154,7 @@ impl Service {
             repository_ready: AtomicBool::new(false),
             repository_opening: tokio::sync::Mutex::new(()),
             last_drill: Mutex::new(last_drill),
+            claims: Mutex::new(claims),
             started: Utc::now(),
         })
     }
@@ -236,6 +239,27 @@ impl Service {
 
     pub(super) fn set_last_drill(&self, report: DrillReport) {
         *lock(&self.last_drill) = Some(report);
+    }
+
+    /// What each volumes job last did with each claim.
+    pub fn claims(&self) -> super::claims::ClaimTable {
+        lock(&self.claims).clone()
+    }
+
+    /// Records the volume items of `job`'s run that ended at `time`, and
+    /// keeps them in the state folder.
+    pub(super) fn record_claims(
+        &self,
+        job: &str,
+        items: &[crate::backup::items::Item],
+        time: DateTime<Utc>,
+    ) {
+        let mut claims = lock(&self.claims);
+        if super::claims::update(&mut claims, job, items, time) {
+            if let Err(e) = super::claims::save(&self.config.state_folder(), &claims) {
+                tracing::warn!("keeping the claims' status in the state folder failed: {e}");
+            }
+        }
     }
 
     /// What `name` (a job, `prune`, `check` or `drill`) is doing now.

@@ -556,23 +556,26 @@ async fn move_claims(
                     moved.job = job;
                     moved.bytes = bytes;
                 }
-                builder.record(Item::new(
-                    "volume",
-                    label,
-                    Outcome::Stored,
-                    format!(
-                        "{} by a mover on {} ({}, {}, {})",
-                        volume.host_path.display(),
-                        if volume.node.is_empty() {
-                            "any node"
-                        } else {
-                            &volume.node
-                        },
-                        volume.storage_class,
-                        volume.capacity,
-                        crate::repo::snapshot::human_bytes(bytes)
-                    ),
-                ));
+                builder.record(
+                    Item::new(
+                        "volume",
+                        label,
+                        Outcome::Stored,
+                        format!(
+                            "{} by a mover on {} ({}, {}, {})",
+                            volume.host_path.display(),
+                            if volume.node.is_empty() {
+                                "any node"
+                            } else {
+                                &volume.node
+                            },
+                            volume.storage_class,
+                            volume.capacity,
+                            crate::repo::snapshot::human_bytes(bytes)
+                        ),
+                    )
+                    .with_bytes(bytes),
+                );
                 grafts.push(Graft {
                     path: volume.host_path.clone(),
                     entry: part.entry,
