@@ -96,7 +96,7 @@ async fn fixture() -> Result<Fixture> {
     let data = tempfile::tempdir()?;
     let folder = |name: &str| data.path().join(name);
     let rwo = ["ReadWriteOnce"];
-    let mut objects: Vec<Value> = ["apps", "monitoring"]
+    let mut objects: Vec<Value> = ["apps", "monitoring", "restored"]
         .iter()
         .map(|name| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
         .collect();
@@ -346,6 +346,72 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         cli::run(&mut command)?.ok()?;
         assert_same_tree(original, &describe(&target)?)?;
     }
+
+    // Into claims of the cluster, through restore Jobs: a new claim in
+    // another namespace and storage class, the existing claim of a volume
+    // nobody uses, and never a claim a running pod uses.
+    let into_claim = |claim: &str, target: &str, extra: &[&str]| -> Result<cli::Outcome> {
+        let mut command = f.installation.restore_command(&key)?;
+        command
+            .args([
+                "latest:volumes",
+                "--pvc",
+                claim,
+                "--into-claim",
+                target,
+                "--json",
+            ])
+            .args(["--image", IMAGE])
+            .args(extra)
+            .env("KUBECONFIG", f.installation.path("kubeconfig"));
+        let outcome = tokio::task::block_in_place(|| cli::run(&mut command))?;
+        if !outcome.status.success() {
+            let last = f.server.job_runs().last().map(|r| r.output.clone());
+            eprintln!("the last Job's output: {last:?}");
+        }
+        Ok(outcome)
+    };
+    let restored = into_claim(
+        "monitoring/prometheus-db",
+        "restored/prometheus",
+        &["--storage-class", "openebs-hostpath"],
+    )?
+    .ok()?
+    .json()?;
+    ensure!(restored["created"] == true, "{restored:#}");
+    let claim = f
+        .server
+        .object("", "persistentvolumeclaims", "restored", "prometheus")
+        .context("the new claim")?;
+    ensure!(
+        claim["spec"]["storageClassName"] == "openebs-hostpath"
+            && claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+            && claim["spec"]["accessModes"] == json!(["ReadWriteOnce"]),
+        "the new claim is sized and shaped like the stored one: {claim:#}"
+    );
+    let pv = claim["spec"]["volumeName"].as_str().context("bound")?;
+    let folder = f
+        .server
+        .object("", "persistentvolumes", "", pv)
+        .and_then(|pv| pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from))
+        .context("the provisioned folder")?;
+    assert_same_tree(&originals[1].1, &describe(&folder)?)?;
+    into_claim("apps/archive", "", &[])?.ok()?;
+    assert_same_tree(&originals[2].1, &describe(&f.folders[2].1)?)?;
+    let refused = into_claim("apps/postgres-data", "", &[])?;
+    ensure!(
+        !refused.status.success() && refused.stderr.contains("in use by pod(s) apps/postgres-0"),
+        "{}",
+        refused.stderr
+    );
+    ensure!(
+        f.server
+            .objects()
+            .iter()
+            .all(|(key, object)| !(key.1 == "jobs" || key.1 == "secrets")
+                || object["metadata"]["labels"]["app.kubernetes.io/component"] != "claim-restore"),
+        "restore Jobs and Secrets are gone"
+    );
     Ok(())
 }
 

@@ -78,6 +78,9 @@ pub struct Restoring<'a> {
     pub keep_special: bool,
     /// `--json`.
     pub json: bool,
+    /// The repository's URL and S3 settings and the identity file (`-i`),
+    /// for restores run elsewhere (a restore Job).
+    pub remote: Option<(String, lifeboat::storage::S3Options, &'a Path)>,
 }
 
 impl Restoring<'_> {
@@ -154,6 +157,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         keep_special: args.keep_special,
         json: args.json,
+        remote: {
+            let (url, s3) = args.repo.location()?;
+            Some((url, s3, args.key.identity.as_path()))
+        },
     };
     let kind = &entry.snapshot.source_kind;
     refuse_foreign_flags(&args, kind, !path.is_empty())?;
@@ -199,6 +206,7 @@ pub async fn postgres_into(
         force: false,
         keep_special: false,
         json: false,
+        remote: None,
     };
     let args = postgres::PostgresArgs::into_server(url, create, pg_bin);
     postgres::run(&restoring, &args).await

@@ -21,6 +21,7 @@ use lifeboat::repo::snapshot::human_bytes;
 use lifeboat::restore::files::RestoreOptions;
 use lifeboat::restore::in_place::InPlacePolicy;
 use lifeboat::sources::volumes::Manifest;
+use lifeboat::sources::volumes::mover::restore::ClaimRestore;
 use lifeboat::sources::volumes::restore::{
     Layout, Placement, RestoreUnit, UnitReport, restore_units,
 };
@@ -52,12 +53,35 @@ pub struct VolumeArgs {
     /// (repeatable); otherwise only a volume's live PersistentVolume path is.
     #[arg(long = "allow-root", value_name = "PATH", requires = "in_place")]
     allow_roots: Vec<PathBuf>,
+    /// Volumes: fill this claim of the cluster (NAMESPACE/NAME; without a
+    /// value the --pvc itself) through a restore Job in its namespace,
+    /// making the claim when it is missing (size and access modes from the
+    /// snapshot). Cluster access from KUBECONFIG; the restore key reaches
+    /// the Job through a Secret deleted afterwards.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with = "in_place"
+    )]
+    into_claim: Option<String>,
+    /// With --into-claim: the storage class of a new claim (default the
+    /// stored one).
+    #[arg(long, requires = "into_claim")]
+    storage_class: Option<String>,
+    /// With --into-claim: lifeboat's image for the restore Job.
+    #[arg(long, env = "LIFEBOAT_IMAGE", requires = "into_claim")]
+    image: Option<String>,
+    /// With --into-claim: how long the restore Job may take.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    claim_timeout: Duration,
 }
 
 impl VolumeArgs {
     /// Whether any of these flags was given.
     pub fn given(&self) -> bool {
-        self.in_place || !self.pvcs.is_empty()
+        self.in_place || !self.pvcs.is_empty() || self.into_claim.is_some()
     }
 }
 
@@ -70,6 +94,9 @@ pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result
     }
     let (reader, entry) = (restoring.reader, restoring.entry);
     let layout = Layout::read(reader, entry.snapshot.root).await?;
+    if let Some(target) = &args.into_claim {
+        return into_claim(restoring, args, &layout, target).await;
+    }
     let selected = layout.select(&args.pvcs)?;
     let placement = if args.in_place {
         Placement::InPlace(InPlacePolicy {
@@ -133,6 +160,79 @@ pub async fn run(restoring: &Restoring<'_>, args: &VolumeArgs) -> anyhow::Result
         anyhow::bail!("{}", refused.join("; "));
     }
     Ok(())
+}
+
+/// Restores the one `--pvc` into the cluster's claim `target` (`""`: the
+/// same claim).
+async fn into_claim(
+    restoring: &Restoring<'_>,
+    args: &VolumeArgs,
+    layout: &Layout,
+    target: &str,
+) -> anyhow::Result<()> {
+    let [pvc] = args.pvcs.as_slice() else {
+        anyhow::bail!("--into-claim restores one claim: give exactly one --pvc NAMESPACE/NAME");
+    };
+    let source = layout
+        .manifest
+        .as_ref()
+        .and_then(|m| {
+            m.volumes
+                .iter()
+                .find(|v| format!("{}/{}", v.namespace, v.pvc) == *pvc)
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "snapshot {} holds no volume {pvc}",
+                restoring.entry.id.short()
+            )
+        })?;
+    let image = args.image.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "give --image (or LIFEBOAT_IMAGE): lifeboat's image, which the restore Job runs"
+        )
+    })?;
+    let (url, s3, identity) = restoring
+        .remote
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--into-claim needs the repository's location"))?;
+    let restore_key = std::fs::read(identity)
+        .map_err(|e| anyhow::anyhow!("reading the identity {}: {e}", identity.display()))?;
+    let client = lifeboat::k8s::connect(None, None).await?;
+    let target = if target.is_empty() {
+        pvc.clone()
+    } else {
+        target.to_owned()
+    };
+    eprintln!("will restore {pvc} into claim {target} through a restore Job");
+    let restored = ClaimRestore {
+        client: &client,
+        source,
+        snapshot: restoring.entry.id.to_hex(),
+        target,
+        storage_class: args.storage_class.clone(),
+        image,
+        url,
+        s3,
+        restore_key,
+        force: restoring.force,
+        timeout: args.claim_timeout,
+    }
+    .run()
+    .await?;
+    restoring.print(&restored, || {
+        format!(
+            "restored {pvc} of snapshot {} into claim {}{} with Job {}",
+            restoring.entry.id.short(),
+            restored.claim,
+            if restored.created {
+                " (made for it)"
+            } else {
+                ""
+            },
+            restored.job
+        )
+    })
 }
 
 /// Prints where each unit goes, or why it may not; returns the units to

@@ -17,7 +17,8 @@
 //!   the kubelet would, a pod fails when its node is not one the volume's
 //!   node affinity allows, or when another pod uses a ReadWriteOnce claim
 //!   on another node (Multi-Attach);
-//! - `emptyDir` volumes as a scratch folder, rewritten likewise;
+//! - `emptyDir` volumes as the host's folder at the mount path when there is
+//!   one (`/tmp`), else as a scratch folder, rewritten likewise;
 //! - a bare command name is looked up in the given binary folder, the
 //!   image's stand-in.
 //!
@@ -86,6 +87,48 @@ pub(crate) fn final_status(success: bool) -> Value {
         json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
             "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
     }
+}
+
+/// Binds a new unbound claim at `key` to a new hostPath PersistentVolume
+/// in the runner's scratch folder, as a dynamic provisioner would (only
+/// while Jobs run, since only they can use it).
+pub(crate) fn provision(state: &mut State, key: &Key) {
+    let Some(runner) = state.job_runner.clone() else {
+        return;
+    };
+    let Some(claim) = state.store.get(key).cloned() else {
+        return;
+    };
+    if claim["spec"]["volumeName"].is_string() {
+        return;
+    }
+    let name = format!("pvc-provisioned-{}-{}", key.2, key.3);
+    let folder = runner.scratch.join("provisioned").join(&name);
+    if std::fs::create_dir_all(&folder).is_err() {
+        return;
+    }
+    let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {"capacity": claim["spec"]["resources"]["requests"].clone(),
+            "accessModes": claim["spec"]["accessModes"].clone(),
+            "storageClassName": claim["spec"]["storageClassName"].clone(),
+            "hostPath": {"path": folder.display().to_string()},
+            "claimRef": {"namespace": key.2, "name": key.3}}});
+    state.store.apply(
+        (
+            String::new(),
+            "persistentvolumes".into(),
+            String::new(),
+            name.clone(),
+        ),
+        volume,
+        "provisioner",
+    );
+    let mut bound = claim;
+    bound["spec"]["volumeName"] = json!(name);
+    state.store.delete(key);
+    state.store.apply(key.clone(), bound, "provisioner");
+    state.store.set_status(key, json!({"phase": "Bound"}));
 }
 
 /// Runs the Job at `key` in the background and records the run.
@@ -424,6 +467,9 @@ fn prepare(
                 .claims
                 .push((format!("{}/{claim}", key.2), read_only));
             rewrites.push((path.to_owned(), folder.display().to_string()));
+        } else if volume.get("emptyDir").is_some() && Path::new(path).is_dir() {
+            // The host's own folder (`/tmp`) serves: paths under it in the
+            // command (the tests' repositories) stay as they are.
         } else if volume.get("emptyDir").is_some() {
             let folder = runner.scratch.join(format!("{}-{}-{name}", key.2, key.3));
             std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;

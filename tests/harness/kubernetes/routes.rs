@@ -641,7 +641,7 @@ fn scaled(state: &mut State, key: &Key, workload: &Value) {
 }
 
 /// What the cluster's controllers would do next: establish a new CRD after
-/// a delay, run a new Job to its end.
+/// a delay, run a new Job to its end, provision a new claim's volume.
 fn after_write(state: &mut State, resource: &Resource, key: &Key, written: Written) {
     if written != Written::Created {
         return;
@@ -659,6 +659,7 @@ fn after_write(state: &mut State, resource: &Resource, key: &Key, written: Writt
             let status = jobs::final_status(!state.fail_jobs);
             state.store.set_status(key, status);
         }
+        ("", "persistentvolumeclaims") => jobs::provision(state, key),
         _ => {}
     }
 }

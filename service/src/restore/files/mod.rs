@@ -219,11 +219,19 @@ pub async fn restore(
     progress: Arc<RestoreProgress>,
 ) -> Result<RestoreReport, RestoreError> {
     if !options.force && target.exists() {
-        let mut listing = std::fs::read_dir(target).map_err(RestoreError::io("listing", target))?;
-        if listing.next().is_some() {
-            return Err(RestoreError::TargetNotEmpty {
-                target: target.into(),
-            });
+        // A fresh ext4 filesystem (a new claim's volume) holds an empty
+        // `lost+found`: that counts as empty.
+        let listing = std::fs::read_dir(target).map_err(RestoreError::io("listing", target))?;
+        for entry in listing {
+            let entry = entry.map_err(RestoreError::io("listing", target))?;
+            let empty_lost_found = entry.file_name() == "lost+found"
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+                && std::fs::read_dir(entry.path()).is_ok_and(|mut d| d.next().is_none());
+            if !empty_lost_found {
+                return Err(RestoreError::TargetNotEmpty {
+                    target: target.into(),
+                });
+            }
         }
     }
     std::fs::create_dir_all(target).map_err(RestoreError::io("creating", target))?;

@@ -638,7 +638,7 @@ fn capacity(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> String {
 /// placed on a node and not finished.
 ///
 /// Fails when pods cannot be listed.
-async fn claim_users(
+pub(crate) async fn claim_users(
     client: &kube::Client,
 ) -> Result<BTreeMap<(String, String), Vec<(String, String)>>, K8sError> {
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone())
@@ -670,7 +670,7 @@ async fn claim_users(
 }
 
 /// The nodes a volume is pinned to by its node affinity on the host name.
-fn pinned_nodes(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> Vec<String> {
+pub(crate) fn pinned_nodes(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> Vec<String> {
     spec.node_affinity
         .as_ref()
         .and_then(|a| a.required.as_ref())

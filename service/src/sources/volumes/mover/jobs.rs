@@ -491,7 +491,11 @@ async fn own_image(client: &kube::Client) -> Result<String, MoversError> {
 }
 
 /// Deletes one object (its pods with it); one already gone is fine.
-async fn delete_named<T>(client: &kube::Client, namespace: &str, name: &str) -> Result<(), K8sError>
+pub(crate) async fn delete_named<T>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), K8sError>
 where
     T: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone

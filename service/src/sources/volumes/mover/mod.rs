@@ -19,6 +19,7 @@
 
 pub mod jobs;
 pub mod process;
+pub mod restore;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,376 @@
+//! Restoring a claim through a restore mover: `lifeboat restore … --pvc
+//! NS/NAME --into-claim [NS/NAME]` fills an existing claim or a new one
+//! (same or another namespace and storage class, the size and access modes
+//! from the manifest) with a Job in the claim's namespace that runs
+//! `lifeboat restore` from lifeboat's image with the claim mounted. The
+//! restore key and the storage credentials reach it through a Secret that
+//! lives as long as the restore; Job and Secret are deleted at the end,
+//! also after a failure. A claim a running pod uses is refused: stop the
+//! workload first.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use super::jobs::{RUN_LABEL, delete_named};
+use super::split_claim;
+use crate::k8s::K8sError;
+use crate::k8s::jobs::{Ending, ending};
+use crate::sources::volumes::StoredVolume;
+use crate::storage::{CREDENTIAL_VARIABLES, S3Options};
+
+/// Where the restore Job finds its Secret's files.
+const SECRET_DIR: &str = "/var/run/secrets/lifeboat";
+/// The Secret's key holding the restore identity.
+const KEY_FILE: &str = "restore.key";
+/// Where the restore Job mounts the claim.
+const CLAIM_MOUNT: &str = "/data";
+/// How often the Job is looked at.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Why a claim could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimRestoreError {
+    /// The target is not `NAMESPACE/NAME`.
+    #[error("the claim {0:?} is not NAMESPACE/NAME with Kubernetes names")]
+    Claim(String),
+    /// A running pod uses the claim.
+    #[error(
+        "claim {claim} is in use by pod(s) {}; scale its workload to zero first, or restore into a new claim",
+        pods.join(", ")
+    )]
+    InUse {
+        /// The claim.
+        claim: String,
+        /// The pods.
+        pods: Vec<String>,
+    },
+    /// The API refused something.
+    #[error(transparent)]
+    Kube(#[from] K8sError),
+    /// The restore Job failed or took too long.
+    #[error(
+        "restoring into claim {claim}: {reason}; see `kubectl -n {namespace} logs job/{job}` before it is gone, or run it again"
+    )]
+    Job {
+        /// The claim.
+        claim: String,
+        /// Its namespace.
+        namespace: String,
+        /// The Job.
+        job: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// One restore of a stored claim into a claim of the cluster.
+pub struct ClaimRestore<'a> {
+    /// The cluster.
+    pub client: &'a kube::Client,
+    /// The stored volume (from the snapshot's manifest).
+    pub source: &'a StoredVolume,
+    /// The snapshot's id.
+    pub snapshot: String,
+    /// The claim to fill (`NAMESPACE/NAME`).
+    pub target: String,
+    /// The storage class of a new claim; default the stored one.
+    pub storage_class: Option<String>,
+    /// The image the Job runs (lifeboat's).
+    pub image: String,
+    /// The repository URL and S3 settings.
+    pub url: String,
+    /// Its S3 settings.
+    pub s3: S3Options,
+    /// The restore identity file's bytes.
+    pub restore_key: Vec<u8>,
+    /// Overwrite what the claim holds.
+    pub force: bool,
+    /// How long the Job may take.
+    pub timeout: Duration,
+}
+
+/// What a claim restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClaimRestored {
+    /// The claim filled.
+    pub claim: String,
+    /// Whether it was made for the restore.
+    pub created: bool,
+    /// The restore Job.
+    pub job: String,
+    /// Where it ran, if placed on a node.
+    pub node: Option<String>,
+}
+
+impl ClaimRestore<'_> {
+    /// Makes the claim if missing, runs the restore Job and removes it and
+    /// its Secret.
+    ///
+    /// Fails when the claim is in use, the API refuses, or the Job fails.
+    pub async fn run(&self) -> Result<ClaimRestored, ClaimRestoreError> {
+        let (namespace, name) = split_claim(&self.target)
+            .ok_or_else(|| ClaimRestoreError::Claim(self.target.clone()))?;
+        let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace);
+        let existing = claims
+            .get_opt(name)
+            .await
+            .map_err(|e| K8sError::api(format!("reading claim {}", self.target), e))?;
+        let users = crate::sources::volumes::claim_users(self.client).await?;
+        let pods: Vec<(String, String)> = users
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        if !pods.is_empty() {
+            return Err(ClaimRestoreError::InUse {
+                claim: self.target.clone(),
+                pods: pods
+                    .into_iter()
+                    .map(|(pod, _)| format!("{namespace}/{pod}"))
+                    .collect(),
+            });
+        }
+        let created = existing.is_none();
+        if created {
+            let object = self.claim_object(namespace, name);
+            let typed: PersistentVolumeClaim = serde_json::from_value(object).map_err(|e| {
+                K8sError::api(
+                    format!("making claim {}", self.target),
+                    kube::Error::SerdeError(e),
+                )
+            })?;
+            claims
+                .create(&PostParams::default(), &typed)
+                .await
+                .map_err(|e| K8sError::api(format!("creating claim {}", self.target), e))?;
+        }
+        let run = format!("{:016x}", rand::random::<u64>());
+        let job = format!("lifeboat-restore-{run}");
+        let node = existing
+            .as_ref()
+            .and_then(|c| c.spec.as_ref())
+            .and_then(|s| s.volume_name.clone());
+        let pinned = match node {
+            Some(pv) => pinned_nodes(self.client, &pv).await?,
+            None => Vec::new(),
+        };
+        let result = self.run_job(namespace, name, &run, &job, &pinned).await;
+        let removed_job = delete_named::<Job>(self.client, namespace, &job).await;
+        let removed_secret = delete_named::<Secret>(self.client, namespace, &job).await;
+        result?;
+        removed_job?;
+        removed_secret?;
+        Ok(ClaimRestored {
+            claim: self.target.clone(),
+            created,
+            job: format!("{namespace}/{job}"),
+            node: pinned.first().cloned(),
+        })
+    }
+
+    async fn run_job(
+        &self,
+        namespace: &str,
+        name: &str,
+        run: &str,
+        job: &str,
+        pinned: &[String],
+    ) -> Result<(), ClaimRestoreError> {
+        let labels = json!({
+            "app.kubernetes.io/name": "lifeboat",
+            "app.kubernetes.io/component": "claim-restore",
+            RUN_LABEL: run,
+        });
+        let mut data = BTreeMap::new();
+        data.insert(
+            KEY_FILE.to_owned(),
+            k8s_openapi::ByteString(self.restore_key.clone()),
+        );
+        for variable in CREDENTIAL_VARIABLES.iter().chain(&["LIFEBOAT_PASSPHRASE"]) {
+            if let Ok(value) = std::env::var(variable) {
+                data.insert(
+                    (*variable).to_owned(),
+                    k8s_openapi::ByteString(value.into_bytes()),
+                );
+            }
+        }
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(job.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                labels: serde_json::from_value(labels.clone()).ok(),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| {
+                K8sError::api(format!("creating the restore Secret {namespace}/{job}"), e)
+            })?;
+        let object = self.job_object(namespace, name, job, &labels, pinned);
+        let typed: Job = serde_json::from_value(object).map_err(|e| {
+            K8sError::api(
+                format!("making the Job {namespace}/{job}"),
+                kube::Error::SerdeError(e),
+            )
+        })?;
+        let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
+        jobs.create(&PostParams::default(), &typed)
+            .await
+            .map_err(|e| K8sError::api(format!("creating the restore Job {namespace}/{job}"), e))?;
+        let fail = |reason: String| ClaimRestoreError::Job {
+            claim: self.target.clone(),
+            namespace: namespace.to_owned(),
+            job: job.to_owned(),
+            reason,
+        };
+        let started = Instant::now();
+        loop {
+            let current = jobs
+                .get_opt(job)
+                .await
+                .map_err(|e| K8sError::api(format!("reading Job {namespace}/{job}"), e))?
+                .ok_or_else(|| fail("its Job disappeared".into()))?;
+            match ending(&current) {
+                Some(Ending::Complete) => return Ok(()),
+                Some(Ending::Failed(reason)) => {
+                    return Err(fail(format!("its Job failed ({reason})")));
+                }
+                None if started.elapsed() > self.timeout => {
+                    return Err(fail(format!(
+                        "its Job did not finish within {}",
+                        humantime::format_duration(self.timeout)
+                    )));
+                }
+                None => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// A new claim like the stored one.
+    fn claim_object(&self, namespace: &str, name: &str) -> Value {
+        let modes = if self.source.access_modes.is_empty() {
+            vec!["ReadWriteOnce".to_owned()]
+        } else {
+            self.source.access_modes.clone()
+        };
+        let class = self
+            .storage_class
+            .clone()
+            .unwrap_or_else(|| self.source.storage_class.clone());
+        let mut spec = json!({
+            "accessModes": modes,
+            "resources": {"requests": {"storage": if self.source.capacity.is_empty() { "1Gi" } else { &self.source.capacity }}},
+        });
+        if !class.is_empty() {
+            spec["storageClassName"] = json!(class);
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace,
+                "annotations": {"lifeboat.dev/restored-from": format!("{}/{} of snapshot {}", self.source.namespace, self.source.pvc, self.snapshot)}},
+            "spec": spec,
+        })
+    }
+
+    fn job_object(
+        &self,
+        namespace: &str,
+        name: &str,
+        job: &str,
+        labels: &Value,
+        pinned: &[String],
+    ) -> Value {
+        let mut command = vec![
+            "lifeboat".to_owned(),
+            "restore".into(),
+            self.snapshot.clone(),
+            "--pvc".into(),
+            format!("{}/{}", self.source.namespace, self.source.pvc),
+            "--target".into(),
+            CLAIM_MOUNT.into(),
+        ];
+        if self.force {
+            command.push("--force".into());
+        }
+        let mut env = vec![
+            json!({"name": "LIFEBOAT_REPOSITORY", "value": self.url}),
+            json!({"name": "LIFEBOAT_IDENTITY", "value": format!("{SECRET_DIR}/{KEY_FILE}")}),
+        ];
+        if let Some(endpoint) = &self.s3.endpoint {
+            env.push(json!({"name": "LIFEBOAT_S3_ENDPOINT", "value": endpoint}));
+        }
+        if self.s3.path_style {
+            env.push(json!({"name": "LIFEBOAT_S3_PATH_STYLE", "value": "true"}));
+        }
+        for variable in CREDENTIAL_VARIABLES.iter().chain(&["LIFEBOAT_PASSPHRASE"]) {
+            env.push(json!({"name": variable, "valueFrom": {"secretKeyRef":
+                {"name": job, "key": variable, "optional": true}}}));
+        }
+        let mut pod = json!({
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{
+                "name": "restore",
+                "image": self.image,
+                "command": command,
+                "env": env,
+                // Root writes every owner and mode back; CHOWN, FOWNER and
+                // DAC_OVERRIDE are within Pod Security baseline.
+                "securityContext": {
+                    "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"]},
+                },
+                "volumeMounts": [
+                    {"name": "secret", "mountPath": SECRET_DIR, "readOnly": true},
+                    {"name": "claim", "mountPath": CLAIM_MOUNT},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }],
+            "volumes": [
+                {"name": "secret", "secret": {"secretName": job, "defaultMode": 0o400}},
+                {"name": "claim", "persistentVolumeClaim": {"claimName": name}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        });
+        if !pinned.is_empty() {
+            pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": pinned}]}]}}});
+        }
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job, "namespace": namespace, "labels": labels},
+            "spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": self.timeout.as_secs().max(1),
+                "ttlSecondsAfterFinished": 3600,
+                "template": {"metadata": {"labels": labels}, "spec": pod},
+            },
+        })
+    }
+}
+
+/// The nodes the PersistentVolume `pv` is pinned to.
+async fn pinned_nodes(client: &kube::Client, pv: &str) -> Result<Vec<String>, K8sError> {
+    let volume = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone())
+        .get_opt(pv)
+        .await
+        .map_err(|e| K8sError::api(format!("reading PersistentVolume {pv}"), e))?;
+    Ok(volume
+        .and_then(|v| v.spec)
+        .map(|s| crate::sources::volumes::pinned_nodes(&s))
+        .unwrap_or_default())
+}
