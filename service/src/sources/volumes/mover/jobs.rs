@@ -325,7 +325,11 @@ impl MoverRun<'_> {
     ) -> Option<Result<(), String>> {
         let namespace = &claim.volume.namespace;
         let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
-        let logs = format!("see `kubectl -n {namespace} logs job/{name}`");
+        // The Job goes at the end of the run, its log with it.
+        let logs = format!(
+            "its log goes with it at the end of the run: follow the next run with \
+             `kubectl -n {namespace} logs -f -l {COMPONENT_LABEL}={COMPONENT}`"
+        );
         let current = match jobs.get_opt(name).await {
             Ok(Some(job)) => job,
             Ok(None) => return Some(Err(format!("its Job {namespace}/{name} disappeared"))),

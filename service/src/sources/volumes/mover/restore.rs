@@ -54,7 +54,7 @@ pub enum ClaimRestoreError {
     Kube(#[from] K8sError),
     /// The restore Job failed or took too long.
     #[error(
-        "restoring into claim {claim}: {reason}; see `kubectl -n {namespace} logs job/{job}` before it is gone, or run it again"
+        "restoring into claim {claim}: {reason}; Job {job} is deleted with its log: run the restore again and follow it with `kubectl -n {namespace} logs -f -l app.kubernetes.io/component=claim-restore`"
     )]
     Job {
         /// The claim.
