@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use lifeboat_tests::cli::{Installation, summary};
+use lifeboat_tests::cli::{Installation, report_item, summary};
 use lifeboat_tests::kubernetes::{KubeApiServer, fixtures};
 use serde_json::Value;
 
@@ -86,17 +86,6 @@ fn yaml_files(root: &Path) -> Result<BTreeSet<String>> {
     Ok(found)
 }
 
-fn item<'a>(report: &'a Value, name: &str) -> Result<&'a Value> {
-    report["items"]
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .find(|i| i["kind"] == "resource" && i["name"] == name)
-        })
-        .with_context(|| format!("no item for {name} in {report:#}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_round_trips_as_canonical_yaml_and_unchanged_objects_deduplicate() -> Result<()>
 {
@@ -116,12 +105,12 @@ async fn every_object_round_trips_as_canonical_yaml_and_unchanged_objects_dedupl
         ("argoproj.io/applications", "stored"),
     ] {
         ensure!(
-            item(&first, name)?["outcome"] == outcome,
+            report_item(&first, "resource", name)?["outcome"] == outcome,
             "{name} should be {outcome}: {first:#}"
         );
     }
     ensure!(
-        item(&first, "configmaps")?["detail"]
+        report_item(&first, "resource", "configmaps")?["detail"]
             == "3 objects, 1 left out (see lifeboat-inventory.json)",
         "{first:#}"
     );
@@ -271,7 +260,8 @@ async fn filters_choose_namespaces_resources_and_labels() -> Result<()> {
     .await?;
     let report = tokio::task::block_in_place(|| installation.backup("objects"))?;
     ensure!(
-        item(&report, "rbac.authorization.k8s.io/roles")?["outcome"] == "skipped",
+        report_item(&report, "resource", "rbac.authorization.k8s.io/roles")?["outcome"]
+            == "skipped",
         "{report:#}"
     );
     let restored = installation.path("restored");

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use lifeboat_tests::cli::{self, Installation, assert_same_tree, describe, write_file};
+use lifeboat_tests::cli::{
+    self, Installation, assert_same_tree, describe, report_item, write_file,
+};
 use lifeboat_tests::kubernetes::KubeApiServer;
 use lifeboat_tests::service::Lifeboatd;
 use serde_json::{Value, json};
@@ -211,17 +213,6 @@ async fn fixture() -> Result<Fixture> {
     })
 }
 
-fn item<'a>(report: &'a Value, name: &str) -> Result<&'a Value> {
-    report["items"]
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .find(|i| i["kind"] == "volume" && i["name"] == name)
-        })
-        .with_context(|| format!("no volume item {name} in {report:#}"))
-}
-
 /// The job of each snapshot in the repository, oldest first.
 fn snapshot_jobs(installation: &Installation) -> Result<Vec<String>> {
     let key = installation.service_key().display().to_string();
@@ -273,7 +264,7 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         ),
         ("apps/broken", "failed", "failed"),
     ] {
-        let found = item(&report, claim)?;
+        let found = report_item(&report, "volume", claim)?;
         ensure!(
             found["outcome"] == outcome
                 && found["detail"].as_str().is_some_and(|d| d.contains(reason)),
@@ -437,7 +428,7 @@ async fn a_killed_run_leaves_nothing_after_the_next() -> Result<()> {
     let report =
         tokio::task::block_in_place(|| f.installation.start_backup("volumes")?.wait())?.json()?;
     ensure!(
-        item(&report, "apps/cache")?["outcome"] == "stored",
+        report_item(&report, "volume", "apps/cache")?["outcome"] == "stored",
         "{report:#}"
     );
     ensure!(

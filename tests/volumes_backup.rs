@@ -9,20 +9,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 
-use lifeboat_tests::cli::{Installation, describe, summary, write_file};
+use lifeboat_tests::cli::{Installation, describe, report_item, summary, write_file};
 use lifeboat_tests::kubernetes::fixtures;
 use serde_json::Value;
-
-fn item<'a>(report: &'a Value, kind: &str, name: &str) -> Result<&'a Value> {
-    report["items"]
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .find(|i| i["kind"] == kind && i["name"] == name)
-        })
-        .with_context(|| format!("no {kind} item {name} in {report:#}"))
-}
 
 /// The lines of `path` (none if it does not exist).
 fn lines(path: &Path) -> Vec<String> {
@@ -55,7 +44,7 @@ async fn volumes_on_this_node_round_trip_and_every_other_claim_is_explained() ->
         ("apps/uploads", "skipped", "not bound"),
         ("apps/thumbnails", "skipped", "opted out"),
     ] {
-        let found = item(&first, "volume", claim)?;
+        let found = report_item(&first, "volume", claim)?;
         ensure!(
             found["outcome"] == outcome
                 && found["detail"].as_str().is_some_and(|d| d.contains(reason)),
@@ -183,7 +172,7 @@ command = ["sh", "-c", "echo post-local >> {log} && rm {marker}"]
         "post thaw",
     ] {
         ensure!(
-            item(&report, "hook", name)?["outcome"] == "stored",
+            report_item(&report, "hook", name)?["outcome"] == "stored",
             "{report:#}"
         );
     }
@@ -283,7 +272,7 @@ command = ["sh", "-c", "echo next >> {log}"]
         ),
     )?;
     let report = tokio::task::block_in_place(|| installation.backup("appdata"))?;
-    let optional = item(&report, "hook", "pre optional")?;
+    let optional = report_item(&report, "hook", "pre optional")?;
     ensure!(
         optional["outcome"] == "failed"
             && optional["detail"]

@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use lifeboat::k8s::jobs::{Ending, ending};
 use lifeboat::restore::in_place::check_host_path;
 use lifeboat::sources::volumes::Manifest;
-use lifeboat::storage::CREDENTIAL_VARIABLES;
+use lifeboat::sources::volumes::mover::pod::{RESTORE_VARIABLES, SECRET_DIR};
 use serde_json::{Value, json};
 
 use crate::kubernetes::{KubernetesError, api};
@@ -27,17 +27,8 @@ use crate::spec::DataSpec;
 const MANAGER: &str = "lifeboat-rebuild";
 /// The Secret holding the restore key and repository credentials.
 pub const SECRET: &str = "lifeboat-rebuild-restore";
-/// Where the Job's container finds the Secret's files.
-const KEY_DIR: &str = "/var/run/secrets/lifeboat";
 /// The Secret's key holding the restore key.
 const KEY_FILE: &str = "restore.key";
-/// Environment variables copied from the rebuild into the Secret when set:
-/// the repository's credentials and endpoint, the restore key's
-/// passphrase.
-const FROM_ENVIRONMENT: [&str; 7] = {
-    let [a, b, c, d, e, f] = CREDENTIAL_VARIABLES;
-    [a, b, c, d, e, f, "LIFEBOAT_PASSPHRASE"]
-};
 /// One restore Job: the PVCs of one snapshot on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreJob {
@@ -204,7 +195,7 @@ pub fn job_object(
     }
     let mut env = vec![
         json!({"name": "LIFEBOAT_REPOSITORY", "value": repository.url}),
-        json!({"name": "LIFEBOAT_IDENTITY", "value": format!("{KEY_DIR}/{KEY_FILE}")}),
+        json!({"name": "LIFEBOAT_IDENTITY", "value": format!("{SECRET_DIR}/{KEY_FILE}")}),
     ];
     if let Some(endpoint) = &repository.s3_endpoint {
         env.push(json!({"name": "LIFEBOAT_S3_ENDPOINT", "value": endpoint}));
@@ -212,11 +203,12 @@ pub fn job_object(
     if repository.s3_path_style {
         env.push(json!({"name": "LIFEBOAT_S3_PATH_STYLE", "value": "true"}));
     }
-    for name in FROM_ENVIRONMENT {
+    for name in RESTORE_VARIABLES {
         env.push(json!({"name": name, "valueFrom": {"secretKeyRef":
             {"name": SECRET, "key": name, "optional": true}}}));
     }
-    let mut mounts = vec![json!({"name": "restore-key", "mountPath": KEY_DIR, "readOnly": true})];
+    let mut mounts =
+        vec![json!({"name": "restore-key", "mountPath": SECRET_DIR, "readOnly": true})];
     let mut volumes = vec![
         json!({"name": "restore-key", "secret": {"secretName": SECRET, "defaultMode": 0o400}}),
     ];
@@ -282,7 +274,7 @@ pub async fn ensure_secret(
         KEY_FILE.to_owned(),
         k8s_openapi::ByteString(restore_key.to_vec()),
     );
-    for name in FROM_ENVIRONMENT {
+    for name in RESTORE_VARIABLES {
         if let Ok(value) = std::env::var(name) {
             data.insert(name.to_owned(), k8s_openapi::ByteString(value.into_bytes()));
         }

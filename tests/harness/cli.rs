@@ -362,3 +362,18 @@ pub fn summary(report: &Value, field: &str) -> Result<u64> {
         .as_u64()
         .with_context(|| format!("no summary.{field} in the backup report {report:#}"))
 }
+
+/// The item of kind `kind` (`volume`, `resource`, …) named `name` in a
+/// `lifeboatd run --json` report.
+///
+/// Fails when the report has no such item.
+pub fn report_item<'a>(report: &'a Value, kind: &str, name: &str) -> Result<&'a Value> {
+    report["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["kind"] == kind && i["name"] == name)
+        })
+        .with_context(|| format!("no {kind} item {name} in the backup report {report:#}"))
+}

@@ -52,6 +52,10 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 path: graft.path.display().to_string(),
                 reason: reason.to_owned(),
             };
+            if !graft.path.has_root() {
+                return Err(bad("a graft's path must be absolute"));
+            }
+            // The first component is the root.
             let names: Vec<Vec<u8>> = graft
                 .path
                 .components()
@@ -61,9 +65,6 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                     _ => Err(bad("a graft's path must be absolute and normalised")),
                 })
                 .collect::<Result<_, _>>()?;
-            if !graft.path.has_root() {
-                return Err(bad("a graft's path must be absolute"));
-            }
             let Some((last, parents)) = names.split_last() else {
                 return Err(bad("nothing can be grafted at the root"));
             };

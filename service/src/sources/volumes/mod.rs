@@ -7,7 +7,9 @@
 //! is stored at its absolute host path, as a directory job stores folders.
 //! A claim whose data this node cannot reach (CSI, NFS, another node, not
 //! bound) is reported as skipped with the reason; a claim opted out with
-//! the annotation or label `lifeboat.dev/exclude: "true"` too.
+//! the annotation or label `lifeboat.dev/exclude: "true"` too. With a
+//! `movers` table every bound claim — hostPath, local, CSI or NFS, on any
+//! node — is read by a mover Job instead ([`mover`]).
 //!
 //! The root file `lifeboat-volumes.json` (restore key only) describes each
 //! stored volume — namespace, claim, volume, storage class, capacity,
@@ -17,6 +19,7 @@
 //! Pods that mount a stored claim may declare hooks in annotations
 //! ([`crate::hooks::annotations`]); they run around the data read.
 
+pub mod cluster;
 pub mod drill;
 pub mod mover;
 pub mod restore;
@@ -33,20 +36,19 @@ use super::kubernetes::filter::EXCLUDE_LABEL;
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::documents::Documents;
 use crate::backup::files::Folder;
-use crate::backup::graft::Graft;
 use crate::backup::items::{Item, Outcome};
 use crate::backup::{BackupError, SnapshotBuilder};
 use crate::hooks::{HookRunner, Phase, annotations};
 use crate::k8s::{K8sError, connect};
 use crate::repo::RepoError;
-use mover::jobs::{MoverClaim, MoverRun, Placement};
+use cluster::{capacity, claim_users, pinned_nodes, storage_class, unreachable_reason};
+use mover::graft::move_claims;
+use mover::jobs::{MoverClaim, MoverRun};
+use mover::pod::Placement;
 use mover::{MODE_ANNOTATION, Mode, MoverSettings};
 
 /// The snapshot's manifest file.
 pub const MANIFEST_FILE: &str = "lifeboat-volumes.json";
-
-/// The node label PersistentVolumes are pinned with.
-const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Settings of a volumes source.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -525,80 +527,6 @@ impl VolumesSource {
     }
 }
 
-/// Runs the movers of `claims` and grafts what they stored into the
-/// snapshot, recording each claim; returns how many failed.
-///
-/// Fails when the movers cannot be run at all or the grafts not stored.
-async fn move_claims(
-    movers: &MoverRun<'_>,
-    builder: &mut SnapshotBuilder,
-    manifest: &mut Manifest,
-    claims: Vec<MoverClaim>,
-) -> Result<u64, SourceError> {
-    if claims.is_empty() {
-        movers
-            .forget_parts(|_| true)
-            .await
-            .map_err(BackupError::from)?;
-        return Ok(0);
-    }
-    let outcomes = movers.run(claims).await?;
-    let mut grafts = Vec::new();
-    let mut failed = 0;
-    for outcome in outcomes {
-        let mut volume = outcome.claim.volume;
-        let label = format!("{}/{}", volume.namespace, volume.pvc);
-        let job = format!("{}/{}", volume.namespace, outcome.job);
-        match outcome.result {
-            Ok(part) => {
-                let bytes = part.snapshot.summary.bytes_total;
-                if let Some(moved) = volume.mover.as_mut() {
-                    moved.job = job;
-                    moved.bytes = bytes;
-                }
-                builder.record(
-                    Item::new(
-                        "volume",
-                        label,
-                        Outcome::Stored,
-                        format!(
-                            "{} by a mover on {} ({}, {}, {})",
-                            volume.host_path.display(),
-                            if volume.node.is_empty() {
-                                "any node"
-                            } else {
-                                &volume.node
-                            },
-                            volume.storage_class,
-                            volume.capacity,
-                            crate::repo::snapshot::human_bytes(bytes)
-                        ),
-                    )
-                    .with_bytes(bytes),
-                );
-                grafts.push(Graft {
-                    path: volume.host_path.clone(),
-                    entry: part.entry,
-                    from: (part.id, part.snapshot),
-                });
-                manifest.volumes.push(volume);
-            }
-            Err(reason) => {
-                failed += 1;
-                builder.record(Item::new("volume", label, Outcome::Failed, reason.clone()));
-                manifest.skipped.push(SkippedVolume {
-                    namespace: volume.namespace,
-                    pvc: volume.pvc,
-                    pv: volume.pv,
-                    reason,
-                });
-            }
-        }
-    }
-    builder.add_grafts(grafts).await?;
-    Ok(failed)
-}
-
 /// Stores the manifest as a root file.
 async fn write_manifest(
     builder: &mut SnapshotBuilder,
@@ -614,88 +542,4 @@ async fn write_manifest(
     documents.insert(&[MANIFEST_FILE], json, 0)?;
     builder.add_documents(documents).await?;
     Ok(())
-}
-
-/// The claim's storage class (`""` if none).
-fn storage_class(claim: &PersistentVolumeClaim) -> String {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
-}
-
-/// The volume's capacity (`10Gi`, `""` if none).
-fn capacity(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> String {
-    spec.capacity
-        .as_ref()
-        .and_then(|c| c.get("storage"))
-        .map(|q| q.0.clone())
-        .unwrap_or_default()
-}
-
-/// The pods (name, node) that use each claim (namespace, name), of pods
-/// placed on a node and not finished.
-///
-/// Fails when pods cannot be listed.
-pub(crate) async fn claim_users(
-    client: &kube::Client,
-) -> Result<BTreeMap<(String, String), Vec<(String, String)>>, K8sError> {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| K8sError::api("listing pods", e))?;
-    let mut users: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
-    for pod in pods.items {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) {
-            continue;
-        }
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let Some(spec) = pod.spec else { continue };
-        let Some(node) = spec.node_name.clone() else {
-            continue;
-        };
-        for volume in spec.volumes.into_iter().flatten() {
-            if let Some(claim) = volume.persistent_volume_claim {
-                users
-                    .entry((namespace.clone(), claim.claim_name))
-                    .or_default()
-                    .push((name.clone(), node.clone()));
-            }
-        }
-    }
-    Ok(users)
-}
-
-/// The nodes a volume is pinned to by its node affinity on the host name.
-pub(crate) fn pinned_nodes(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> Vec<String> {
-    spec.node_affinity
-        .as_ref()
-        .and_then(|a| a.required.as_ref())
-        .map(|r| &r.node_selector_terms)
-        .into_iter()
-        .flatten()
-        .flat_map(|term| term.match_expressions.iter().flatten())
-        .filter(|e| e.key == HOSTNAME_LABEL && e.operator == "In")
-        .flat_map(|e| e.values.iter().flatten().cloned())
-        .collect()
-}
-
-/// Why a volume that is not a host folder cannot be read here.
-fn unreachable_reason(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> String {
-    if let Some(csi) = &spec.csi {
-        return format!(
-            "it is a CSI volume ({}) whose data is not a folder on this node; back it up where it is stored",
-            csi.driver
-        );
-    }
-    if let Some(nfs) = &spec.nfs {
-        return format!(
-            "it is an NFS volume ({}:{}); back it up on the NFS server (a directory job there)",
-            nfs.server, nfs.path
-        );
-    }
-    "its volume type is not a host folder (only hostPath and local volumes are read)".into()
 }

@@ -5,13 +5,14 @@
 //! run deletes what a killed one left.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 
+use super::pod::{CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret};
 use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
 use crate::k8s::K8sError;
 use crate::k8s::jobs::{Ending, ending};
@@ -32,16 +33,10 @@ const COMPONENT: &str = "volume-mover";
 pub const RUN_LABEL: &str = "lifeboat.dev/run";
 /// The label holding (a hash of) the volumes job.
 pub const SOURCE_LABEL: &str = "lifeboat.dev/volumes-job";
-/// Where a mover finds its Secret's files.
-const SECRET_DIR: &str = "/var/run/secrets/lifeboat";
 /// The Secret's key holding the service identity.
 const IDENTITY_FILE: &str = "service.key";
 /// The Secret's key holding the [`MoverSpec`].
 const SPEC_FILE: &str = "spec.json";
-/// Where a mover mounts its claim.
-const CLAIM_MOUNT: &str = "/data";
-/// How often running movers are looked at.
-const POLL: Duration = Duration::from_millis(500);
 
 /// Why the movers could not be run at all (one mover's failure is its
 /// claim's outcome, not this).
@@ -70,28 +65,6 @@ pub enum MoversError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Where a mover must run so it can mount its claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Placement {
-    /// On the node of the pod using the claim (its volume is attached there).
-    Node(String),
-    /// On one of the nodes the volume's node affinity names.
-    Pinned(Vec<String>),
-    /// Wherever the scheduler puts it.
-    Anywhere,
-}
-
-impl Placement {
-    /// The node key the per-node limit counts under, if any.
-    fn node_key(&self) -> Option<String> {
-        match self {
-            Self::Node(node) => Some(node.clone()),
-            Self::Pinned(nodes) => Some(nodes.join(",")),
-            Self::Anywhere => None,
-        }
-    }
 }
 
 /// One claim to move.
@@ -292,7 +265,9 @@ impl MoverRun<'_> {
                             .await?;
                         secrets.insert(namespace.clone());
                     }
-                    self.create_job(run, image, &name, &claim).await
+                    self.claim_job(run, image, &name, &claim)
+                        .create(self.client, "the mover Job")
+                        .await
                 };
                 match started.await {
                     Ok(()) => running.push((claim, name, Instant::now())),
@@ -370,58 +345,57 @@ impl MoverRun<'_> {
         identity: &[u8],
         spec: &[u8],
     ) -> Result<(), K8sError> {
-        let mut data = BTreeMap::new();
-        data.insert(
-            IDENTITY_FILE.to_owned(),
-            k8s_openapi::ByteString(identity.to_vec()),
-        );
-        data.insert(SPEC_FILE.to_owned(), k8s_openapi::ByteString(spec.to_vec()));
-        for name in CREDENTIAL_VARIABLES {
-            if let Ok(value) = std::env::var(name) {
-                data.insert(name.to_owned(), k8s_openapi::ByteString(value.into_bytes()));
-            }
-        }
-        let name = secret_name(run);
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.to_owned()),
-                labels: serde_json::from_value(self.labels(run)).ok(),
-                ..Default::default()
-            },
-            data: Some(data),
-            ..Default::default()
-        };
-        Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &secret)
-            .await
-            .map_err(|e| {
-                K8sError::api(format!("creating the movers' Secret {namespace}/{name}"), e)
-            })?;
-        Ok(())
+        create_secret(
+            self.client,
+            (namespace, &secret_name(run)),
+            &self.labels(run),
+            &[(IDENTITY_FILE, identity), (SPEC_FILE, spec)],
+            &CREDENTIAL_VARIABLES,
+            "the movers' Secret",
+        )
+        .await
     }
 
-    /// Creates the mover Job `name` of `claim`.
-    async fn create_job(
-        &self,
-        run: &str,
-        image: &str,
-        name: &str,
-        claim: &MoverClaim,
-    ) -> Result<(), K8sError> {
-        let object = job_object(self, run, image, name, claim);
-        let namespace = &claim.volume.namespace;
-        let typed: Job = serde_json::from_value(object).map_err(|e| {
-            K8sError::api(
-                format!("making the Job {namespace}/{name}"),
-                kube::Error::SerdeError(e),
-            )
-        })?;
-        Api::<Job>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &typed)
-            .await
-            .map_err(|e| K8sError::api(format!("creating the mover Job {namespace}/{name}"), e))?;
-        Ok(())
+    /// The Job of the mover `name` of `claim`.
+    fn claim_job(&self, run: &str, image: &str, name: &str, claim: &MoverClaim) -> ClaimJob {
+        let volume = &claim.volume;
+        let mut command = vec![
+            "lifeboatd".to_owned(),
+            "mover".into(),
+            "--spec".into(),
+            format!("{SECRET_DIR}/{SPEC_FILE}"),
+            "--identity".into(),
+            format!("{SECRET_DIR}/{IDENTITY_FILE}"),
+            "--claim".into(),
+            claim_label(volume),
+            "--folder".into(),
+            CLAIM_MOUNT.into(),
+        ];
+        for pattern in self.exclude {
+            command.extend(["--exclude".into(), pattern.clone()]);
+        }
+        ClaimJob {
+            name: name.to_owned(),
+            namespace: volume.namespace.clone(),
+            claim: volume.pvc.clone(),
+            read_only: true,
+            labels: self.labels(run),
+            annotations: json!({"lifeboat.dev/volumes-job": self.job,
+                "lifeboat.dev/claim": claim_label(volume)}),
+            container: "mover",
+            image: image.to_owned(),
+            command,
+            env: Vec::new(),
+            secret: secret_name(run),
+            variables: &CREDENTIAL_VARIABLES,
+            // Root reads every file of the claim. DAC_OVERRIDE, not
+            // DAC_READ_SEARCH: Pod Security `baseline` (Talos' default)
+            // allows only the former; the claim and the root filesystem
+            // are read-only, so it grants no writes.
+            capabilities: &["DAC_OVERRIDE"],
+            placement: claim.placement.clone(),
+            timeout: self.settings.timeout,
+        }
     }
 
     /// Deletes the movers and Secrets of this volumes job whose run
@@ -543,93 +517,4 @@ fn secret_name(run: &str) -> String {
 fn job_name(run: &str, volume: &StoredVolume) -> String {
     let claim = blake3::hash(claim_label(volume).as_bytes()).to_hex();
     format!("lifeboat-mover-{run}-{}", &claim[..12])
-}
-
-/// The Job object of one mover.
-fn job_object(
-    movers: &MoverRun<'_>,
-    run: &str,
-    image: &str,
-    name: &str,
-    claim: &MoverClaim,
-) -> Value {
-    let volume = &claim.volume;
-    let mut command = vec![
-        "lifeboatd".to_owned(),
-        "mover".into(),
-        "--spec".into(),
-        format!("{SECRET_DIR}/{SPEC_FILE}"),
-        "--identity".into(),
-        format!("{SECRET_DIR}/{IDENTITY_FILE}"),
-        "--claim".into(),
-        claim_label(volume),
-        "--folder".into(),
-        CLAIM_MOUNT.into(),
-    ];
-    for pattern in movers.exclude {
-        command.extend(["--exclude".into(), pattern.clone()]);
-    }
-    let secret = secret_name(run);
-    let mut env = Vec::new();
-    for variable in CREDENTIAL_VARIABLES {
-        env.push(json!({"name": variable, "valueFrom": {"secretKeyRef":
-            {"name": secret, "key": variable, "optional": true}}}));
-    }
-    let labels = movers.labels(run);
-    let mut pod = json!({
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": false,
-        "tolerations": [{"operator": "Exists"}],
-        "containers": [{
-            "name": "mover",
-            "image": image,
-            "command": command,
-            "env": env,
-            // Root reads every file of the claim. DAC_OVERRIDE, not
-            // DAC_READ_SEARCH: Pod Security `baseline` (Talos' default)
-            // allows only the former; the claim and the root filesystem
-            // are read-only, so it grants no writes.
-            "securityContext": {
-                "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
-                "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true,
-                "capabilities": {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]},
-            },
-            "volumeMounts": [
-                {"name": "secret", "mountPath": SECRET_DIR, "readOnly": true},
-                {"name": "claim", "mountPath": CLAIM_MOUNT, "readOnly": true},
-                {"name": "tmp", "mountPath": "/tmp"},
-            ],
-        }],
-        "volumes": [
-            {"name": "secret", "secret": {"secretName": secret, "defaultMode": 0o400}},
-            {"name": "claim", "persistentVolumeClaim": {"claimName": volume.pvc, "readOnly": true}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
-    });
-    match &claim.placement {
-        Placement::Node(node) => pod["nodeName"] = json!(node),
-        Placement::Pinned(nodes) => {
-            pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-                {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}]}}});
-        }
-        Placement::Anywhere => {}
-    }
-    json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": volume.namespace,
-            "labels": labels,
-            "annotations": {"lifeboat.dev/volumes-job": movers.job, "lifeboat.dev/claim": claim_label(volume)},
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": movers.settings.timeout.as_secs().max(1),
-            "ttlSecondsAfterFinished": 3600,
-            "template": {"metadata": {"labels": labels}, "spec": pod},
-        },
-    })
 }

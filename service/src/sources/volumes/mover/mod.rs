@@ -17,7 +17,9 @@
 //! once that snapshot is stored. Parts left by a killed run are forgotten
 //! by the next.
 
+pub mod graft;
 pub mod jobs;
+pub mod pod;
 pub mod process;
 pub mod restore;
 

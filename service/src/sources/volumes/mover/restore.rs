@@ -8,7 +8,6 @@
 //! also after a failure. A claim a running pod uses is refused: stop the
 //! workload first.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
@@ -17,20 +16,17 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use super::jobs::{RUN_LABEL, delete_named};
+use super::pod::{
+    CLAIM_MOUNT, ClaimJob, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR, create_secret,
+};
 use super::split_claim;
 use crate::k8s::K8sError;
 use crate::k8s::jobs::{Ending, ending};
 use crate::sources::volumes::StoredVolume;
-use crate::storage::{CREDENTIAL_VARIABLES, S3Options};
+use crate::storage::S3Options;
 
-/// Where the restore Job finds its Secret's files.
-const SECRET_DIR: &str = "/var/run/secrets/lifeboat";
 /// The Secret's key holding the restore identity.
 const KEY_FILE: &str = "restore.key";
-/// Where the restore Job mounts the claim.
-const CLAIM_MOUNT: &str = "/data";
-/// How often the Job is looked at.
-const POLL: Duration = Duration::from_millis(500);
 
 /// Why a claim could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +116,7 @@ impl ClaimRestore<'_> {
             .get_opt(name)
             .await
             .map_err(|e| K8sError::api(format!("reading claim {}", self.target), e))?;
-        let users = crate::sources::volumes::claim_users(self.client).await?;
+        let users = crate::sources::volumes::cluster::claim_users(self.client).await?;
         let pods: Vec<(String, String)> = users
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
@@ -185,52 +181,25 @@ impl ClaimRestore<'_> {
             "app.kubernetes.io/component": "claim-restore",
             RUN_LABEL: run,
         });
-        let mut data = BTreeMap::new();
-        data.insert(
-            KEY_FILE.to_owned(),
-            k8s_openapi::ByteString(self.restore_key.clone()),
-        );
-        for variable in CREDENTIAL_VARIABLES.iter().chain(&["LIFEBOAT_PASSPHRASE"]) {
-            if let Ok(value) = std::env::var(variable) {
-                data.insert(
-                    (*variable).to_owned(),
-                    k8s_openapi::ByteString(value.into_bytes()),
-                );
-            }
-        }
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(job.to_owned()),
-                namespace: Some(namespace.to_owned()),
-                labels: serde_json::from_value(labels.clone()).ok(),
-                ..Default::default()
-            },
-            data: Some(data),
-            ..Default::default()
-        };
-        Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &secret)
-            .await
-            .map_err(|e| {
-                K8sError::api(format!("creating the restore Secret {namespace}/{job}"), e)
-            })?;
-        let object = self.job_object(namespace, name, job, &labels, pinned);
-        let typed: Job = serde_json::from_value(object).map_err(|e| {
-            K8sError::api(
-                format!("making the Job {namespace}/{job}"),
-                kube::Error::SerdeError(e),
-            )
-        })?;
-        let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
-        jobs.create(&PostParams::default(), &typed)
-            .await
-            .map_err(|e| K8sError::api(format!("creating the restore Job {namespace}/{job}"), e))?;
+        create_secret(
+            self.client,
+            (namespace, job),
+            &labels,
+            &[(KEY_FILE, &self.restore_key)],
+            &RESTORE_VARIABLES,
+            "the restore Secret",
+        )
+        .await?;
+        self.claim_job(namespace, name, job, labels, pinned)
+            .create(self.client, "the restore Job")
+            .await?;
         let fail = |reason: String| ClaimRestoreError::Job {
             claim: self.target.clone(),
             namespace: namespace.to_owned(),
             job: job.to_owned(),
             reason,
         };
+        let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
         let started = Instant::now();
         loop {
             let current = jobs
@@ -281,14 +250,15 @@ impl ClaimRestore<'_> {
         })
     }
 
-    fn job_object(
+    /// The restore Job `job` filling the claim `namespace/name`.
+    fn claim_job(
         &self,
         namespace: &str,
         name: &str,
         job: &str,
-        labels: &Value,
+        labels: Value,
         pinned: &[String],
-    ) -> Value {
+    ) -> ClaimJob {
         let mut command = vec![
             "lifeboat".to_owned(),
             "restore".into(),
@@ -311,55 +281,25 @@ impl ClaimRestore<'_> {
         if self.s3.path_style {
             env.push(json!({"name": "LIFEBOAT_S3_PATH_STYLE", "value": "true"}));
         }
-        for variable in CREDENTIAL_VARIABLES.iter().chain(&["LIFEBOAT_PASSPHRASE"]) {
-            env.push(json!({"name": variable, "valueFrom": {"secretKeyRef":
-                {"name": job, "key": variable, "optional": true}}}));
+        ClaimJob {
+            name: job.to_owned(),
+            namespace: namespace.to_owned(),
+            claim: name.to_owned(),
+            read_only: false,
+            labels,
+            annotations: json!({}),
+            container: "restore",
+            image: self.image.clone(),
+            command,
+            env,
+            secret: job.to_owned(),
+            variables: &RESTORE_VARIABLES,
+            // Root writes every owner and mode back; CHOWN, FOWNER,
+            // DAC_OVERRIDE and FSETID are within Pod Security baseline.
+            capabilities: &["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"],
+            placement: Placement::pinned(pinned.to_vec()),
+            timeout: self.timeout,
         }
-        let mut pod = json!({
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [{
-                "name": "restore",
-                "image": self.image,
-                "command": command,
-                "env": env,
-                // Root writes every owner and mode back; CHOWN, FOWNER and
-                // DAC_OVERRIDE are within Pod Security baseline.
-                "securityContext": {
-                    "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE", "FSETID"]},
-                },
-                "volumeMounts": [
-                    {"name": "secret", "mountPath": SECRET_DIR, "readOnly": true},
-                    {"name": "claim", "mountPath": CLAIM_MOUNT},
-                    {"name": "tmp", "mountPath": "/tmp"},
-                ],
-            }],
-            "volumes": [
-                {"name": "secret", "secret": {"secretName": job, "defaultMode": 0o400}},
-                {"name": "claim", "persistentVolumeClaim": {"claimName": name}},
-                {"name": "tmp", "emptyDir": {}},
-            ],
-        });
-        if !pinned.is_empty() {
-            pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-                {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": pinned}]}]}}});
-        }
-        json!({
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": job, "namespace": namespace, "labels": labels},
-            "spec": {
-                "backoffLimit": 0,
-                "activeDeadlineSeconds": self.timeout.as_secs().max(1),
-                "ttlSecondsAfterFinished": 3600,
-                "template": {"metadata": {"labels": labels}, "spec": pod},
-            },
-        })
     }
 }
 
@@ -371,6 +311,6 @@ async fn pinned_nodes(client: &kube::Client, pv: &str) -> Result<Vec<String>, K8
         .map_err(|e| K8sError::api(format!("reading PersistentVolume {pv}"), e))?;
     Ok(volume
         .and_then(|v| v.spec)
-        .map(|s| crate::sources::volumes::pinned_nodes(&s))
+        .map(|s| crate::sources::volumes::cluster::pinned_nodes(&s))
         .unwrap_or_default())
 }
