@@ -90,7 +90,8 @@ fn kustomizations_render_into_strict_kubernetes_types() -> Result<()> {
             find(&documents, "ClusterRole", &binding.role_ref.name)?;
         }
         // Least privilege: reading everything; exec in pods only through the
-        // pod-exec component; the movers' Jobs and Secrets; nothing else.
+        // pod-exec component; the movers' Jobs, Secrets, temporary claims
+        // and VolumeSnapshots; nothing else.
         for role in of_kind(&documents, "rbac.authorization.k8s.io/v1", "ClusterRole") {
             let role: ClusterRole = round_trip(role)?;
             for rule in role.rules.unwrap_or_default() {
@@ -106,7 +107,9 @@ fn kustomizations_render_into_strict_kubernetes_types() -> Result<()> {
                         .all(|v| ["create", "get"].contains(&v.as_str()));
                 let groups = rule.api_groups.clone().unwrap_or_default();
                 let movers = (groups == ["batch"] && resources == ["jobs"]
-                    || groups == [""] && resources == ["secrets"])
+                    || groups == [""] && resources == ["secrets"]
+                    || groups == [""] && resources == ["persistentvolumeclaims"]
+                    || groups == ["snapshot.storage.k8s.io"] && resources == ["volumesnapshots"])
                     && rule
                         .verbs
                         .iter()

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, ensure};
 use lifeboat_tests::cli::{
     self, Installation, assert_same_tree, describe, report_item, write_file,
 };
-use lifeboat_tests::kubernetes::KubeApiServer;
+use lifeboat_tests::kubernetes::{KubeApiServer, snapshots};
 use lifeboat_tests::service::Lifeboatd;
 use serde_json::{Value, json};
 
@@ -83,9 +83,11 @@ fn fill(folder: &Path, seed: u8) -> Result<()> {
 }
 
 /// A three-node cluster: claims on hostPath (w1, in use), CSI Mayastor
-/// (in use on w2), local (pinned to w3, unused), CSI ZFS (unused,
-/// anywhere), a ReadWriteOncePod claim in use, one opted out by mode, and
-/// one whose folder is gone (its mover fails).
+/// with snapshots (in use on w2), local (pinned to w3, unused), CSI ZFS
+/// without snapshots (unused, anywhere), a ReadWriteOncePod Mayastor claim
+/// in use (read from its snapshot) and a ZFS one (skipped), one opted out
+/// by mode, one asking for a snapshot its driver cannot take, and one
+/// whose folder is gone (its mover fails).
 struct Fixture {
     server: KubeApiServer,
     installation: Installation,
@@ -102,6 +104,12 @@ async fn fixture() -> Result<Fixture> {
         .iter()
         .map(|name| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
         .collect();
+    // Mayastor has a VolumeSnapshotClass, ZFS none.
+    objects.extend(snapshots::crds());
+    objects.push(snapshots::class(
+        "mayastor-snapshots",
+        "io.openebs.csi-mayastor",
+    ));
     objects.extend([
         pv(
             "pv-postgres",
@@ -165,6 +173,33 @@ async fn fixture() -> Result<Fixture> {
         ),
         pod("apps", "web-0", "w1", "session"),
         pv(
+            "pv-tokens",
+            "openebs-zfs",
+            json!({"csi": {"driver": "zfs.csi.openebs.io", "volumeHandle": "zfs-tokens"}}),
+            &[],
+            &["ReadWriteOncePod"],
+        ),
+        pvc(
+            "apps",
+            "tokens",
+            "pv-tokens",
+            "openebs-zfs",
+            &["ReadWriteOncePod"],
+        ),
+        pod("apps", "auth-0", "w3", "tokens"),
+        pv(
+            "pv-logs",
+            "openebs-zfs",
+            json!({"csi": {"driver": "zfs.csi.openebs.io", "volumeHandle": "zfs-logs"}}),
+            &[],
+            &rwo,
+        ),
+        {
+            let mut claim = pvc("apps", "logs", "pv-logs", "openebs-zfs", &rwo);
+            claim["metadata"]["annotations"] = json!({"lifeboat.dev/volume-mode": "snapshot"});
+            claim
+        },
+        pv(
             "pv-scratch",
             "openebs-hostpath",
             json!({"hostPath": {"path": folder("w2/scratch").display().to_string()}}),
@@ -190,6 +225,7 @@ async fn fixture() -> Result<Fixture> {
         ("monitoring/prometheus-db", folder("mayastor/1")),
         ("apps/archive", folder("w3/archive")),
         ("apps/cache", folder("zfs/cache")),
+        ("apps/session", folder("mayastor/2")),
     ];
     for (i, (_, path)) in folders.iter().enumerate() {
         fill(path, i as u8 + 1)?;
@@ -198,6 +234,9 @@ async fn fixture() -> Result<Fixture> {
     let server = KubeApiServer::start(objects).await?;
     server.set_csi_folder("mayastor-1", &folder("mayastor/1"));
     server.set_csi_folder("zfs-cache", &folder("zfs/cache"));
+    server.set_csi_folder("mayastor-2", &folder("mayastor/2"));
+    std::fs::create_dir_all(folder("zfs/logs"))?;
+    server.set_csi_folder("zfs-logs", &folder("zfs/logs"));
     server.run_jobs(cli::binaries()?, &folder("kubelet"));
     let installation = Installation::local()?;
     server.write_kubeconfig(&installation.path("kubeconfig"))?;
@@ -228,13 +267,20 @@ fn snapshot_jobs(installation: &Installation) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Mover Jobs and Secrets the server still holds.
+/// Mover Jobs, Secrets, VolumeSnapshots and temporary claims the server
+/// still holds.
 fn leftovers(server: &KubeApiServer) -> Vec<String> {
     server
         .objects()
         .into_iter()
         .filter(|(key, object)| {
-            (key.1 == "jobs" || key.1 == "secrets")
+            [
+                "jobs",
+                "secrets",
+                "volumesnapshots",
+                "persistentvolumeclaims",
+            ]
+            .contains(&key.1.as_str())
                 && object["metadata"]["labels"]["app.kubernetes.io/component"] == "volume-mover"
         })
         .map(|(key, _)| format!("{} {}/{}", key.1, key.2, key.3))
@@ -249,13 +295,27 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
     let report = report.json()?;
     for (claim, outcome, reason) in [
         ("apps/postgres-data", "stored", "by a mover on w1"),
-        ("monitoring/prometheus-db", "stored", "by a mover on w2"),
+        (
+            "monitoring/prometheus-db",
+            "stored",
+            "from a VolumeSnapshot by a mover on any node",
+        ),
         ("apps/archive", "stored", "by a mover on w3"),
         ("apps/cache", "stored", "by a mover on any node"),
         (
             "apps/session",
+            "stored",
+            "from a VolumeSnapshot by a mover on any node",
+        ),
+        (
+            "apps/tokens",
             "skipped",
-            "ReadWriteOncePod and pod apps/web-0 uses it",
+            "ReadWriteOncePod and pod apps/auth-0 uses it",
+        ),
+        (
+            "apps/logs",
+            "failed",
+            "no VolumeSnapshotClass names its CSI driver zfs.csi.openebs.io",
         ),
         (
             "apps/scratch",
@@ -283,8 +343,37 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
     };
     let postgres = run_of("apps/postgres-data")?;
     ensure!(postgres.node.as_deref() == Some("w1"), "{postgres:#?}");
-    let prometheus = run_of("monitoring/prometheus-db")?;
-    ensure!(prometheus.node.as_deref() == Some("w2"), "{prometheus:#?}");
+    // Mayastor claims are read from their snapshots, through claims made
+    // from them, not from the running volumes.
+    for claim in ["monitoring/prometheus-db", "apps/session"] {
+        ensure!(
+            runs.iter()
+                .all(|r| r.claims.iter().all(|(c, _)| c != claim)),
+            "no mover mounts the running {claim}: {runs:#?}"
+        );
+    }
+    let prometheus = runs
+        .iter()
+        .find(|r| r.namespace == "monitoring")
+        .context("the prometheus mover")?;
+    ensure!(
+        prometheus.node.is_none()
+            && prometheus.claims[0]
+                .0
+                .starts_with("monitoring/lifeboat-snapshot-"),
+        "{prometheus:#?}"
+    );
+    let snapshotted: Vec<_> = f
+        .server
+        .writes()
+        .into_iter()
+        .filter(|w| w.verb == "create" && w.resource == "volumesnapshots" && w.status == 201)
+        .map(|w| w.namespace)
+        .collect();
+    ensure!(
+        snapshotted == ["apps", "monitoring"] || snapshotted == ["monitoring", "apps"],
+        "one VolumeSnapshot per Mayastor claim: {snapshotted:?}"
+    );
     let archive = run_of("apps/archive")?;
     ensure!(
         archive.node.is_none() && archive.affinity == ["w3"],
@@ -301,7 +390,7 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         );
     }
     ensure!(
-        runs.iter().filter(|r| r.exit_code == Some(0)).count() == 4,
+        runs.iter().filter(|r| r.exit_code == Some(0)).count() == 5,
         "{runs:#?}"
     );
     ensure!(
@@ -459,7 +548,7 @@ async fn the_service_shows_every_claim_on_metrics_and_the_status_page() -> Resul
         for line in [
             r#"lifeboat_volume_stored{job="volumes",claim="apps/cache"} 1"#,
             r#"lifeboat_volume_stored{job="volumes",claim="apps/broken"} 0"#,
-            r#"lifeboat_volume_stored{job="volumes",claim="apps/session"} 0"#,
+            r#"lifeboat_volume_stored{job="volumes",claim="apps/tokens"} 0"#,
             r#"lifeboat_volume_last_success_timestamp_seconds{job="volumes",claim="monitoring/prometheus-db"} "#,
         ] {
             ensure!(metrics.contains(line), "no {line} in\n{metrics}");

@@ -91,7 +91,8 @@ pub(crate) fn final_status(success: bool) -> Value {
 
 /// Binds a new unbound claim at `key` to a new hostPath PersistentVolume
 /// in the runner's scratch folder, as a dynamic provisioner would (only
-/// while Jobs run, since only they can use it).
+/// while Jobs run, since only they can use it), filled from the
+/// VolumeSnapshot its `dataSource` names.
 pub(crate) fn provision(state: &mut State, key: &Key) {
     let Some(runner) = state.job_runner.clone() else {
         return;
@@ -107,6 +108,7 @@ pub(crate) fn provision(state: &mut State, key: &Key) {
     if std::fs::create_dir_all(&folder).is_err() {
         return;
     }
+    super::snapshots::fill_from_source(state, &claim, &key.2, &folder);
     let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": name},
         "spec": {"capacity": claim["spec"]["resources"]["requests"].clone(),

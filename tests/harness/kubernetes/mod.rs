@@ -23,6 +23,7 @@ pub mod exec;
 pub mod fixtures;
 mod jobs;
 mod routes;
+pub mod snapshots;
 pub mod store;
 
 use std::collections::HashMap;
@@ -100,6 +101,8 @@ pub(crate) struct State {
     pub(crate) unready: u32,
     /// The folders of CSI volumes, by volume handle.
     pub(crate) csi_folders: HashMap<String, PathBuf>,
+    /// The copies VolumeSnapshots hold, by (namespace, name).
+    pub(crate) snapshot_folders: HashMap<(String, String), PathBuf>,
     /// CRDs created through the API and when they become established.
     pub(crate) pending_establish: Vec<(Instant, Key)>,
 }
@@ -157,6 +160,7 @@ impl KubeApiServer {
             job_runs: Vec::new(),
             unready: 0,
             csi_folders: HashMap::new(),
+            snapshot_folders: HashMap::new(),
             pending_establish: Vec::new(),
         }));
         let server = {

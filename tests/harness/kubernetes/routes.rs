@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::catalog::{self, Resource};
 use super::store::{Key, Selector, Written};
 use super::{State, TOKEN, Write};
-use super::{exec, jobs};
+use super::{exec, jobs, snapshots};
 
 type SharedState = Arc<Mutex<State>>;
 
@@ -641,7 +641,8 @@ fn scaled(state: &mut State, key: &Key, workload: &Value) {
 }
 
 /// What the cluster's controllers would do next: establish a new CRD after
-/// a delay, run a new Job to its end, provision a new claim's volume.
+/// a delay, run a new Job to its end, provision a new claim's volume, take
+/// a new VolumeSnapshot.
 fn after_write(state: &mut State, resource: &Resource, key: &Key, written: Written) {
     if written != Written::Created {
         return;
@@ -660,6 +661,7 @@ fn after_write(state: &mut State, resource: &Resource, key: &Key, written: Writt
             state.store.set_status(key, status);
         }
         ("", "persistentvolumeclaims") => jobs::provision(state, key),
+        ("snapshot.storage.k8s.io", "volumesnapshots") => snapshots::take(state, key),
         _ => {}
     }
 }

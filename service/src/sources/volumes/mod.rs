@@ -151,6 +151,15 @@ pub struct Manifest {
     pub skipped: Vec<SkippedVolume>,
 }
 
+/// What the movers' decisions look at: the volumes by name, the pods
+/// (name, node) using each claim, the VolumeSnapshotClass of each CSI
+/// driver that has one.
+struct ClusterView<'a> {
+    volumes: &'a BTreeMap<String, PersistentVolume>,
+    users: &'a BTreeMap<(String, String), Vec<(String, String)>>,
+    snapshot_classes: &'a BTreeMap<String, String>,
+}
+
 /// What became of one claim.
 enum Decision {
     Store(StoredVolume),
@@ -198,9 +207,12 @@ impl VolumesSource {
                 .into_iter()
                 .filter_map(|pv| pv.metadata.name.clone().map(|name| (name, pv)))
                 .collect();
-        let users = match &self.movers {
-            Some(_) => claim_users(&client).await?,
-            None => BTreeMap::new(),
+        let (users, snapshot_classes) = match &self.movers {
+            Some(_) => (
+                claim_users(&client).await?,
+                mover::snapshot::classes(&client).await?,
+            ),
+            None => (BTreeMap::new(), BTreeMap::new()),
         };
         let node = self.node_name();
         let mut manifest = Manifest::default();
@@ -216,7 +228,14 @@ impl VolumesSource {
                 .and_then(|s| s.volume_name.clone())
                 .unwrap_or_default();
             let decision = match &self.movers {
-                Some(settings) => self.decide_mover(claim, &volumes, &users, settings),
+                Some(settings) => {
+                    let cluster = ClusterView {
+                        volumes: &volumes,
+                        users: &users,
+                        snapshot_classes: &snapshot_classes,
+                    };
+                    self.decide_mover(claim, &cluster, settings)
+                }
                 None => self.decide(claim, &volumes, &node),
             };
             match decision {
@@ -281,6 +300,7 @@ impl VolumesSource {
             (Vec::new(), Vec::new())
         };
         let mut items = Vec::new();
+        let mut post_ran = false;
         let pre_result = runner.run_phase(Phase::Pre, &pre, &mut items).await;
         let stored = match (pre_result, &self.movers) {
             (Err(e), _) => Err(SourceError::Hook(e)),
@@ -295,12 +315,18 @@ impl VolumesSource {
                     repository: &context.repository,
                     exclude: &self.exclude,
                 };
-                move_claims(&movers, builder, &mut manifest, to_move)
+                let released = async {
+                    runner.run_phase(Phase::Post, &post, &mut items).await.ok();
+                    post_ran = true;
+                };
+                move_claims(&movers, builder, &mut manifest, to_move, released)
                     .await
                     .map(|failures| failed += failures)
             }
         };
-        runner.run_phase(Phase::Post, &post, &mut items).await.ok();
+        if !post_ran {
+            runner.run_phase(Phase::Post, &post, &mut items).await.ok();
+        }
         for item in items {
             builder.record(item);
         }
@@ -336,16 +362,14 @@ impl VolumesSource {
         Ok(())
     }
 
-    /// Whether and how `claim` is read by a mover, given the pods using
-    /// each claim.
+    /// Whether and how `claim` is read by a mover.
     fn decide_mover(
         &self,
         claim: &PersistentVolumeClaim,
-        volumes: &BTreeMap<String, PersistentVolume>,
-        users: &BTreeMap<(String, String), Vec<(String, String)>>,
+        cluster: &ClusterView<'_>,
         settings: &MoverSettings,
     ) -> Decision {
-        let (pv_name, pv_spec) = match self.admit(claim, volumes) {
+        let (pv_name, pv_spec) = match self.admit(claim, cluster.volumes) {
             Ok(found) => found,
             Err(reason) => return Decision::Skip(reason),
         };
@@ -357,27 +381,46 @@ impl VolumesSource {
             .annotations
             .as_ref()
             .and_then(|a| a.get(MODE_ANNOTATION));
-        let mode = match annotated {
+        let driver = pv_spec.csi.as_ref().map(|c| c.driver.as_str());
+        let snapshot_class = driver
+            .and_then(|d| cluster.snapshot_classes.get(d))
+            .cloned();
+        let chosen = match annotated {
             Some(text) => match Mode::parse(text) {
-                Some(mode) => mode,
+                Some(mode) => Some(mode),
                 None => {
                     return Decision::Fail(format!(
-                        "its annotation {MODE_ANNOTATION}: {text:?} is not \"live\" or \"skip\""
+                        "its annotation {MODE_ANNOTATION}: {text:?} is not \"snapshot\", \"live\" or \"skip\""
                     ));
                 }
             },
-            None => settings.modes.get(&class).copied().unwrap_or(Mode::Live),
+            None => settings.modes.get(&class).copied(),
         };
-        if mode == Mode::Skip {
-            let by = if annotated.is_some() {
-                format!("its annotation {MODE_ANNOTATION}")
-            } else {
-                format!("the movers' mode for storage class {class:?}")
-            };
-            return Decision::Skip(format!("{by} is \"skip\""));
-        }
+        let by = if annotated.is_some() {
+            format!("its annotation {MODE_ANNOTATION}")
+        } else {
+            format!("the movers' mode for storage class {class:?}")
+        };
+        let mode = match (chosen, &snapshot_class) {
+            (Some(Mode::Skip), _) => return Decision::Skip(format!("{by} is \"skip\"")),
+            (Some(Mode::Snapshot), None) => {
+                return Decision::Fail(match driver {
+                    Some(driver) => format!(
+                        "{by} is \"snapshot\" but no VolumeSnapshotClass names its CSI driver {driver}; \
+                         install the CSI snapshot controller and a class for it, or choose \"live\""
+                    ),
+                    None => format!(
+                        "{by} is \"snapshot\" but it is not a CSI volume, which alone can be snapshotted; choose \"live\""
+                    ),
+                });
+            }
+            (Some(mode), _) => mode,
+            (None, Some(_)) => Mode::Snapshot,
+            (None, None) => Mode::Live,
+        };
         let access_modes = pv_spec.access_modes.clone().unwrap_or_default();
-        let used_by = users
+        let used_by = cluster
+            .users
             .get(&(namespace.clone(), name.clone()))
             .cloned()
             .unwrap_or_default();
@@ -387,17 +430,20 @@ impl VolumesSource {
                 .as_ref()
                 .and_then(|s| s.access_modes.as_ref())
                 .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOncePod"));
-        if let (true, Some((pod, _))) = (once_pod, used_by.first()) {
+        if let (true, Some((pod, _)), Mode::Live) = (once_pod, used_by.first(), mode) {
             return Decision::Skip(format!(
                 "it is ReadWriteOncePod and pod {namespace}/{pod} uses it, so no mover can mount it live; \
                  back it up from inside that pod or stop it for the run"
             ));
         }
         let pinned = pinned_nodes(pv_spec);
-        let placement = match used_by.first() {
-            Some((_, node)) => Placement::Node(node.clone()),
-            None if !pinned.is_empty() => Placement::Pinned(pinned.clone()),
-            None => Placement::Anywhere,
+        // A claim made from a snapshot is a new volume, placed by its
+        // provisioner where the mover lands.
+        let placement = match (mode, used_by.first()) {
+            (Mode::Snapshot, _) => Placement::Anywhere,
+            (_, Some((_, node))) => Placement::Node(node.clone()),
+            (_, None) if !pinned.is_empty() => Placement::Pinned(pinned.clone()),
+            (_, None) => Placement::Anywhere,
         };
         let node = match &placement {
             Placement::Node(node) => node.clone(),
@@ -420,6 +466,7 @@ impl VolumesSource {
                 }),
             },
             placement,
+            snapshot_class: snapshot_class.filter(|_| mode == Mode::Snapshot),
         })
     }
 

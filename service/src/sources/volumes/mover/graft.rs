@@ -2,6 +2,7 @@
 //! run result and the manifest, and each stored part grafted into the
 //! run's snapshot at its claim's path.
 
+use super::Mode;
 use super::jobs::{MoverClaim, MoverRun};
 use crate::backup::graft::Graft;
 use crate::backup::items::{Item, Outcome};
@@ -10,7 +11,8 @@ use crate::sources::SourceError;
 use crate::sources::volumes::{Manifest, SkippedVolume};
 
 /// Runs the movers of `claims` and grafts what they stored into the
-/// snapshot, recording each claim; returns how many failed.
+/// snapshot, recording each claim; returns how many failed. `released`
+/// (the pods' post hooks) is awaited once nothing needs the pods quiet.
 ///
 /// Fails when the movers cannot be run at all or the grafts not stored.
 pub(crate) async fn move_claims(
@@ -18,15 +20,17 @@ pub(crate) async fn move_claims(
     builder: &mut SnapshotBuilder,
     manifest: &mut Manifest,
     claims: Vec<MoverClaim>,
+    released: impl std::future::Future<Output = ()>,
 ) -> Result<u64, SourceError> {
     if claims.is_empty() {
+        released.await;
         movers
             .forget_parts(|_| true)
             .await
             .map_err(BackupError::from)?;
         return Ok(0);
     }
-    let outcomes = movers.run(claims).await?;
+    let outcomes = movers.run(claims, released).await?;
     let mut grafts = Vec::new();
     let mut failed = 0;
     for outcome in outcomes {
@@ -46,8 +50,12 @@ pub(crate) async fn move_claims(
                         label,
                         Outcome::Stored,
                         format!(
-                            "{} by a mover on {} ({}, {}, {})",
+                            "{}{} by a mover on {} ({}, {}, {})",
                             volume.host_path.display(),
+                            match volume.mover.as_ref().map(|m| m.mode) {
+                                Some(Mode::Snapshot) => " from a VolumeSnapshot",
+                                _ => "",
+                            },
                             if volume.node.is_empty() {
                                 "any node"
                             } else {

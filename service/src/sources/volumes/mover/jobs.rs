@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 
+use super::cleanup::delete_runs;
 use super::pod::{CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret};
+use super::snapshot::{self, SnapshotRequest};
 use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
 use crate::k8s::K8sError;
 use crate::k8s::jobs::{Ending, ending};
@@ -74,6 +76,8 @@ pub struct MoverClaim {
     pub volume: StoredVolume,
     /// Where its mover runs.
     pub placement: Placement,
+    /// The VolumeSnapshotClass it is read through, in snapshot mode.
+    pub snapshot_class: Option<String>,
 }
 
 /// A mover's stored part.
@@ -115,22 +119,59 @@ pub struct MoverRun<'a> {
 }
 
 impl MoverRun<'_> {
-    /// Removes what earlier runs left, moves every claim and removes this
-    /// run's Jobs and Secrets again, also when moving failed.
+    /// Removes what earlier runs left, snapshots the claims in snapshot
+    /// mode, moves the live claims, awaits `released` (the pods' post
+    /// hooks: nothing needs them quiet any more), moves the snapshots and
+    /// removes this run's objects again, also when moving failed.
+    /// `released` is awaited exactly once, whatever happens.
     ///
     /// Fails when the Secret's contents cannot be made, the API refuses a
     /// listing or delete, or the parts cannot be listed.
-    pub async fn run(&self, claims: Vec<MoverClaim>) -> Result<Vec<MoverOutcome>, MoversError> {
-        let image = match &self.settings.image {
-            Some(image) => image.clone(),
-            None => own_image(self.client).await?,
-        };
+    pub async fn run(
+        &self,
+        claims: Vec<MoverClaim>,
+        released: impl std::future::Future<Output = ()>,
+    ) -> Result<Vec<MoverOutcome>, MoversError> {
         let run = format!("{:016x}", rand::random::<u64>());
-        self.remove_objects(|object_run| object_run != run).await?;
-        self.forget_parts(|_| true).await?;
-        let moved = self.move_claims(&run, &image, claims).await;
+        let begun = self.begin(&run).await;
+        let image = match begun {
+            Ok(image) => image,
+            Err(e) => {
+                released.await;
+                return Err(e);
+            }
+        };
+        let (snapshotted, live): (Vec<MoverClaim>, Vec<MoverClaim>) =
+            claims.into_iter().partition(|c| c.snapshot_class.is_some());
+        let requests: Vec<SnapshotRequest> = snapshotted
+            .iter()
+            .map(|claim| self.snapshot_request(&run, claim))
+            .collect();
+        let taken = snapshot::take_all(self.client, &requests, &self.labels(&run)).await;
+        // Namespaces whose Secret this run made.
+        let mut secrets = BTreeSet::new();
+        let live_moved = self.move_claims(&run, &image, live, &mut secrets).await;
+        released.await;
+        let mut ready = Vec::new();
+        let mut ended = Vec::new();
+        for ((claim, request), outcome) in snapshotted.into_iter().zip(requests).zip(taken) {
+            match outcome {
+                Ok(()) => ready.push(claim),
+                Err(reason) => ended.push((claim, request.name, Err(reason))),
+            }
+        }
+        let moved = match live_moved {
+            Ok(live) => self
+                .move_claims(&run, &image, ready, &mut secrets)
+                .await
+                .map(|snapshots| {
+                    ended.extend(live);
+                    ended.extend(snapshots);
+                }),
+            Err(e) => Err(e),
+        };
         let removed = self.remove_objects(|object_run| object_run == run).await;
-        let ended = moved?;
+        moved?;
         removed?;
         let mut parts = self.parts(&run).await?;
         Ok(ended
@@ -144,6 +185,29 @@ impl MoverRun<'_> {
                 MoverOutcome { claim, job, result }
             })
             .collect())
+    }
+
+    /// The image, once what earlier runs left is removed and forgotten.
+    async fn begin(&self, run: &str) -> Result<String, MoversError> {
+        let image = match &self.settings.image {
+            Some(image) => image.clone(),
+            None => own_image(self.client).await?,
+        };
+        self.remove_objects(|object_run| object_run != run).await?;
+        self.forget_parts(|_| true).await?;
+        Ok(image)
+    }
+
+    fn snapshot_request(&self, run: &str, claim: &MoverClaim) -> SnapshotRequest {
+        let volume = &claim.volume;
+        SnapshotRequest {
+            namespace: volume.namespace.clone(),
+            claim: volume.pvc.clone(),
+            class: claim.snapshot_class.clone().unwrap_or_default(),
+            storage_class: volume.storage_class.clone(),
+            capacity: volume.capacity.clone(),
+            name: snapshot_name(run, volume),
+        }
     }
 
     /// Forgets part snapshots of this job whose run `doomed` accepts; a
@@ -198,13 +262,18 @@ impl MoverRun<'_> {
         Ok(parts)
     }
 
-    /// Starts and watches the movers within the limits.
+    /// Starts and watches the movers within the limits, making the run's
+    /// Secret in each namespace not in `secrets` yet.
     async fn move_claims(
         &self,
         run: &str,
         image: &str,
         claims: Vec<MoverClaim>,
+        secrets: &mut BTreeSet<String>,
     ) -> Result<Vec<(MoverClaim, String, Result<(), String>)>, MoversError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
         let identity = std::fs::read(&self.repository.service_identity).map_err(|source| {
             MoversError::Identity {
                 path: self.repository.service_identity.clone(),
@@ -234,7 +303,6 @@ impl MoverRun<'_> {
             what: "the mover spec",
             source,
         })?;
-        let mut secrets = BTreeSet::new();
         let mut pending: VecDeque<MoverClaim> = claims.into();
         let mut running: Vec<(MoverClaim, String, Instant)> = Vec::new();
         let mut outcomes = Vec::new();
@@ -377,7 +445,10 @@ impl MoverRun<'_> {
         ClaimJob {
             name: name.to_owned(),
             namespace: volume.namespace.clone(),
-            claim: volume.pvc.clone(),
+            claim: match claim.snapshot_class {
+                Some(_) => snapshot_name(run, volume),
+                None => volume.pvc.clone(),
+            },
             read_only: true,
             labels: self.labels(run),
             annotations: json!({"lifeboat.dev/volumes-job": self.job,
@@ -406,33 +477,24 @@ impl MoverRun<'_> {
             source_label(self.job)
         );
         let params = ListParams::default().labels(&selector);
-        let jobs = Api::<Job>::all(self.client.clone())
-            .list(&params)
-            .await
-            .map_err(|e| K8sError::api("listing mover Jobs", e))?;
-        for job in jobs.items {
-            let (Some(namespace), Some(name)) = (job.metadata.namespace, job.metadata.name) else {
-                continue;
-            };
-            let run = job.metadata.labels.and_then(|mut l| l.remove(RUN_LABEL));
-            if doomed(run.as_deref().unwrap_or_default()) {
-                delete_named::<Job>(self.client, &namespace, &name).await?;
-            }
-        }
-        let secrets = Api::<Secret>::all(self.client.clone())
-            .list(&params)
-            .await
-            .map_err(|e| K8sError::api("listing mover Secrets", e))?;
-        for secret in secrets.items {
-            let (Some(namespace), Some(name)) = (secret.metadata.namespace, secret.metadata.name)
-            else {
-                continue;
-            };
-            let run = secret.metadata.labels.and_then(|mut l| l.remove(RUN_LABEL));
-            if doomed(run.as_deref().unwrap_or_default()) {
-                delete_named::<Secret>(self.client, &namespace, &name).await?;
-            }
-        }
+        let client = self.client;
+        delete_runs(
+            &Api::<Job>::all(client.clone()),
+            |namespace| Api::namespaced(client.clone(), namespace),
+            (&params, RUN_LABEL),
+            &doomed,
+            "mover Jobs",
+        )
+        .await?;
+        snapshot::remove(client, &params, RUN_LABEL, &doomed).await?;
+        delete_runs(
+            &Api::<Secret>::all(client.clone()),
+            |namespace| Api::namespaced(client.clone(), namespace),
+            (&params, RUN_LABEL),
+            &doomed,
+            "mover Secrets",
+        )
+        .await?;
         Ok(())
     }
 }
@@ -468,33 +530,6 @@ async fn own_image(client: &kube::Client) -> Result<String, MoversError> {
         })
 }
 
-/// Deletes one object (its pods with it); one already gone is fine.
-pub(crate) async fn delete_named<T>(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<(), K8sError>
-where
-    T: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    T::DynamicType: Default,
-{
-    let kind = T::kind(&T::DynamicType::default()).into_owned();
-    match Api::<T>::namespaced(client.clone(), namespace)
-        .delete(name, &DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(K8sError::api(
-            format!("deleting the {kind} {namespace}/{name}"),
-            e,
-        )),
-    }
-}
-
 /// The part metadata of a snapshot, if it has readable part metadata.
 fn part_of(snapshot: &Snapshot) -> Option<Part> {
     serde_json::from_value(snapshot.metadata.get(PART_KEY)?.clone()).ok()
@@ -515,6 +550,15 @@ fn secret_name(run: &str) -> String {
 
 /// `lifeboat-mover-RUN-HASH`: unique per claim, a valid DNS label.
 fn job_name(run: &str, volume: &StoredVolume) -> String {
-    let claim = blake3::hash(claim_label(volume).as_bytes()).to_hex();
-    format!("lifeboat-mover-{run}-{}", &claim[..12])
+    format!("lifeboat-mover-{run}-{}", claim_hash(volume))
+}
+
+/// `lifeboat-snapshot-RUN-HASH`: the VolumeSnapshot and temporary claim of
+/// a claim in snapshot mode.
+fn snapshot_name(run: &str, volume: &StoredVolume) -> String {
+    format!("lifeboat-snapshot-{run}-{}", claim_hash(volume))
+}
+
+fn claim_hash(volume: &StoredVolume) -> String {
+    blake3::hash(claim_label(volume).as_bytes()).to_hex()[..12].to_owned()
 }

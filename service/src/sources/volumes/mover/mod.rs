@@ -17,11 +17,13 @@
 //! once that snapshot is stored. Parts left by a killed run are forgotten
 //! by the next.
 
+mod cleanup;
 pub mod graft;
 pub mod jobs;
 pub mod pod;
 pub mod process;
 pub mod restore;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,16 +63,21 @@ pub struct MoverSettings {
     /// fails (default 6h).
     #[serde(default = "default_timeout", with = "crate::field::duration")]
     pub timeout: Duration,
-    /// The mode per storage class; a class not listed is `live`.
+    /// The mode per storage class; a class not listed is read from a
+    /// snapshot where its driver has a VolumeSnapshotClass, else live.
     #[serde(default)]
     pub modes: BTreeMap<String, Mode>,
 }
 
-/// How a claim is read.
+/// How a claim is read; a claim whose class names none is read from a
+/// snapshot when its CSI driver has a VolumeSnapshotClass, else live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// The running volume, with the pods' annotation hooks around the run.
+    /// A VolumeSnapshot of the claim, through a temporary claim made from
+    /// it: point-in-time consistent, the pods' hooks around the snapshot.
+    Snapshot,
+    /// The running volume, with the pods' annotation hooks around the read.
     Live,
     /// Not at all.
     Skip,
@@ -80,6 +87,7 @@ impl Mode {
     /// Its name in configs, annotations and the manifest.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Snapshot => "snapshot",
             Self::Live => "live",
             Self::Skip => "skip",
         }
@@ -88,6 +96,7 @@ impl Mode {
     /// Parses an annotation value.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
+            "snapshot" => Some(Self::Snapshot),
             "live" => Some(Self::Live),
             "skip" => Some(Self::Skip),
             _ => None,

@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use super::jobs::{RUN_LABEL, delete_named};
+use super::cleanup::delete_named;
+use super::jobs::RUN_LABEL;
 use super::pod::{
     CLAIM_MOUNT, ClaimJob, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR, create_secret,
 };
