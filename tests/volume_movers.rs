@@ -534,6 +534,53 @@ async fn a_killed_run_leaves_nothing_after_the_next() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_that_cannot_start_fails_its_claim_with_the_reason_and_the_others_go_on()
+-> Result<()> {
+    let f = fixture().await?;
+    // w3 is not ready: the archive's mover, pinned there, stays Pending.
+    f.server.set_node_not_ready("w3");
+    let source = format!(
+        r#"{{ kind = "volumes", kubeconfig = "kubeconfig", movers = {{ image = "{IMAGE}", start_timeout = "2s", timeout = "2m" }} }}"#
+    );
+    f.installation.write_config(&[], &[("volumes", &source)])?;
+    let report =
+        tokio::task::block_in_place(|| f.installation.start_backup("volumes")?.wait())?.json()?;
+    let archive = report_item(&report, "volume", "apps/archive")?;
+    ensure!(
+        archive["outcome"] == "failed"
+            && archive["detail"].as_str().is_some_and(|d| {
+                d.contains("did not start within 2s")
+                    && d.contains("cannot be scheduled")
+                    && d.contains("not-ready")
+            }),
+        "{archive:#}"
+    );
+    for claim in [
+        "apps/postgres-data",
+        "apps/cache",
+        "monitoring/prometheus-db",
+    ] {
+        ensure!(
+            report_item(&report, "volume", claim)?["outcome"] == "stored",
+            "{claim} goes on: {report:#}"
+        );
+    }
+    ensure!(
+        leftovers(&f.server).is_empty(),
+        "left behind: {:?}",
+        leftovers(&f.server)
+    );
+    ensure!(
+        f.server
+            .objects()
+            .iter()
+            .all(|(key, _)| key.1 != "pods" || !key.3.starts_with("lifeboat-mover-")),
+        "the movers' pods go with their Jobs"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_shows_every_claim_on_metrics_and_the_status_page() -> Result<()> {
     let f = fixture().await?;
     tokio::task::block_in_place(|| {

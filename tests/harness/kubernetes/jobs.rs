@@ -22,8 +22,11 @@
 //! - a bare command name is looked up in the given binary folder, the
 //!   image's stand-in.
 //!
-//! Deleting a running Job kills its process, as the garbage collector
-//! deleting its pod would.
+//! Each Job gets a pod object labelled `job-name`, Running while its
+//! process runs and Succeeded or Failed after; a pod that can only go to a
+//! node marked not ready stays Pending and unschedulable, and its process
+//! never starts. Deleting a Job deletes its pod and kills its process, as
+//! the garbage collector would.
 //!
 //! [`KubeApiServer::run_jobs`]: super::KubeApiServer::run_jobs
 //! [`KubeApiServer::set_csi_folder`]: super::KubeApiServer::set_csi_folder
@@ -133,6 +136,52 @@ pub(crate) fn provision(state: &mut State, key: &Key) {
     state.store.set_status(key, json!({"phase": "Bound"}));
 }
 
+/// The pod the Job controller makes for the Job at `key`, labelled
+/// `job-name`: Running, or Pending and unschedulable when it can only go to
+/// a node that is not ready. Gives whether its container may run.
+pub(crate) fn make_pod(state: &mut State, key: &Key) -> bool {
+    let Some(job) = state.store.get(key).cloned() else {
+        return false;
+    };
+    let pod = &job["spec"]["template"]["spec"];
+    let node = pod["nodeName"].as_str().map(str::to_owned);
+    let allowed = affinity_nodes(pod);
+    let only = node.or_else(|| (allowed.len() == 1).then(|| allowed[0].clone()));
+    let unready = only.filter(|n| state.unready_nodes.contains(n));
+    let status = match &unready {
+        Some(node) => json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable",
+            "message": format!("0/3 nodes are available: 1 node(s) had untolerated taint {{node.kubernetes.io/not-ready: }} ({node})")}]}),
+        None => json!({"phase": "Running"}),
+    };
+    let name = format!("{}-pod", key.3);
+    let object = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": key.2,
+            "labels": {"job-name": key.3, "batch.kubernetes.io/job-name": key.3}},
+        "spec": {"nodeName": pod["nodeName"].clone(),
+            "containers": [{"name": pod["containers"][0]["name"].clone(),
+                "image": pod["containers"][0]["image"].clone()}]}});
+    let pod_key = (String::new(), "pods".to_owned(), key.2.clone(), name);
+    state.store.apply(pod_key.clone(), object, "job-controller");
+    state.store.set_status(&pod_key, status);
+    unready.is_none()
+}
+
+/// Deletes the pods of the Job at `key`, as the garbage collector would.
+pub(crate) fn collect_pods(state: &mut State, key: &Key) {
+    let pods: Vec<Key> = state
+        .store
+        .all()
+        .filter(|(k, pod)| {
+            k.1 == "pods" && k.2 == key.2 && pod["metadata"]["labels"]["job-name"] == key.3.as_str()
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for pod in pods {
+        state.store.delete(&pod);
+    }
+}
+
 /// Runs the Job at `key` in the background and records the run.
 pub(crate) fn spawn(state: Arc<Mutex<State>>, key: Key) {
     tokio::spawn(async move {
@@ -156,9 +205,18 @@ pub(crate) fn spawn(state: Arc<Mutex<State>>, key: Key) {
         };
         let run = run(&job, &key, &runner, &cluster, state.clone()).await;
         let mut guard = lock();
-        guard
-            .store
-            .set_status(&key, final_status(run.exit_code == Some(0)));
+        let success = run.exit_code == Some(0);
+        guard.store.set_status(&key, final_status(success));
+        let pod = (
+            String::new(),
+            "pods".to_owned(),
+            key.2.clone(),
+            format!("{}-pod", key.3),
+        );
+        if guard.store.get(&pod).is_some() {
+            let phase = if success { "Succeeded" } else { "Failed" };
+            guard.store.set_status(&pod, json!({"phase": phase}));
+        }
         guard.job_runs.push(run);
     });
 }

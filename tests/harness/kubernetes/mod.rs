@@ -101,6 +101,9 @@ pub(crate) struct State {
     pub(crate) unready: u32,
     /// The folders of CSI volumes, by volume handle.
     pub(crate) csi_folders: HashMap<String, PathBuf>,
+    /// Nodes that are not ready: a Job's pod that can only go there stays
+    /// Pending, unschedulable.
+    pub(crate) unready_nodes: Vec<String>,
     /// The copies VolumeSnapshots hold, by (namespace, name).
     pub(crate) snapshot_folders: HashMap<(String, String), PathBuf>,
     /// CRDs created through the API and when they become established.
@@ -160,6 +163,7 @@ impl KubeApiServer {
             job_runs: Vec::new(),
             unready: 0,
             csi_folders: HashMap::new(),
+            unready_nodes: Vec::new(),
             snapshot_folders: HashMap::new(),
             pending_establish: Vec::new(),
         }));
@@ -231,6 +235,13 @@ impl KubeApiServer {
             bin_dir: bin_dir.to_owned(),
             scratch: scratch.to_owned(),
         });
+    }
+
+    /// Marks `node` not ready: a Job's pod placed on it (by `nodeName` or a
+    /// required node affinity naming only it) stays Pending, unschedulable,
+    /// and its container never runs.
+    pub fn set_node_not_ready(&self, node: &str) {
+        self.state().unready_nodes.push(node.to_owned());
     }
 
     /// Makes a Job that mounts a claim bound to the CSI volume `handle`

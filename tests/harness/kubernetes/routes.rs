@@ -654,7 +654,9 @@ fn after_write(state: &mut State, resource: &Resource, key: &Key, written: Writt
         }
         ("batch", "jobs") if state.job_runner.is_some() && !state.fail_jobs => {
             state.store.set_status(key, jobs::active_status());
-            state.started_jobs.push(key.clone());
+            if jobs::make_pod(state, key) {
+                state.started_jobs.push(key.clone());
+            }
         }
         ("batch", "jobs") => {
             let status = jobs::final_status(!state.fail_jobs);
@@ -687,6 +689,9 @@ fn delete(
         Some(object) => {
             if !dry_run {
                 state.store.delete(&key);
+                if key.0 == "batch" && key.1 == "jobs" {
+                    jobs::collect_pods(state, &key);
+                }
             }
             axum::Json(served_object(resource, &object)).into_response()
         }

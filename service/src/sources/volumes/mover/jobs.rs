@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 
 use super::cleanup::delete_runs;
-use super::pod::{CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret};
+use super::pod::{CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret, not_started};
 use super::snapshot::{self, SnapshotRequest};
 use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
 use crate::k8s::K8sError;
@@ -304,7 +304,8 @@ impl MoverRun<'_> {
             source,
         })?;
         let mut pending: VecDeque<MoverClaim> = claims.into();
-        let mut running: Vec<(MoverClaim, String, Instant)> = Vec::new();
+        // Each running mover, when it was made and whether its pod started.
+        let mut running: Vec<(MoverClaim, String, Instant, bool)> = Vec::new();
         let mut outcomes = Vec::new();
         let total = self.settings.concurrency.max(1);
         let per_node = self.settings.per_node.max(1);
@@ -338,7 +339,7 @@ impl MoverRun<'_> {
                         .await
                 };
                 match started.await {
-                    Ok(()) => running.push((claim, name, Instant::now())),
+                    Ok(()) => running.push((claim, name, Instant::now(), false)),
                     Err(e) => outcomes.push((claim, name, Err(crate::errors::describe(&e)))),
                 }
             }
@@ -347,9 +348,9 @@ impl MoverRun<'_> {
             }
             tokio::time::sleep(POLL).await;
             let mut still = Vec::new();
-            for (claim, name, started) in running {
-                match self.watch(&claim, &name, started).await {
-                    None => still.push((claim, name, started)),
+            for (claim, name, made, mut started) in running {
+                match self.watch(&claim, &name, made, &mut started).await {
+                    None => still.push((claim, name, made, started)),
                     Some(ended) => outcomes.push((claim, name, ended)),
                 }
             }
@@ -357,14 +358,16 @@ impl MoverRun<'_> {
         }
     }
 
-    /// Whether the mover `name` of `claim` ended: `None` while it runs,
-    /// else whether it completed or why it failed. A mover past its
-    /// timeout is deleted.
+    /// Whether the mover `name` of `claim`, made at `made`, ended: `None`
+    /// while it runs, else whether it completed or why it failed. A mover
+    /// whose pod has not started within the start timeout (`started`
+    /// records that it did) or that runs past its timeout is deleted.
     async fn watch(
         &self,
         claim: &MoverClaim,
         name: &str,
-        started: Instant,
+        made: Instant,
+        started: &mut bool,
     ) -> Option<Result<(), String>> {
         let namespace = &claim.volume.namespace;
         let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
@@ -383,14 +386,28 @@ impl MoverRun<'_> {
             Some(Ending::Failed(reason)) => Some(Err(format!(
                 "its mover {namespace}/{name} failed ({reason}); {logs}"
             ))),
-            None if started.elapsed() > self.settings.timeout => {
-                if let Err(e) = jobs.delete(name, &DeleteParams::background()).await {
-                    tracing::warn!("stopping the mover {namespace}/{name}: {e}");
-                }
+            None if made.elapsed() > self.settings.timeout => {
+                stop(&jobs, namespace, name).await;
                 Some(Err(format!(
                     "its mover {namespace}/{name} did not finish within {} (the movers' timeout); {logs}",
                     humantime::format_duration(self.settings.timeout)
                 )))
+            }
+            None if !*started && made.elapsed() > self.settings.start_timeout => {
+                match not_started(self.client, namespace, name).await {
+                    Ok(None) => {
+                        *started = true;
+                        None
+                    }
+                    Ok(Some(reason)) => {
+                        stop(&jobs, namespace, name).await;
+                        Some(Err(format!(
+                            "its mover {namespace}/{name} did not start within {} (the movers' start_timeout): {reason}",
+                            humantime::format_duration(self.settings.start_timeout)
+                        )))
+                    }
+                    Err(e) => Some(Err(crate::errors::describe(&e))),
+                }
             }
             None => None,
         }
@@ -496,6 +513,13 @@ impl MoverRun<'_> {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Deletes a mover that overran (its pod with it).
+async fn stop(jobs: &Api<Job>, namespace: &str, name: &str) {
+    if let Err(e) = jobs.delete(name, &DeleteParams::background()).await {
+        tracing::warn!("stopping the mover {namespace}/{name}: {e}");
     }
 }
 

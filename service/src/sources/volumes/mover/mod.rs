@@ -63,6 +63,10 @@ pub struct MoverSettings {
     /// fails (default 6h).
     #[serde(default = "default_timeout", with = "crate::field::duration")]
     pub timeout: Duration,
+    /// How long a mover's pod may take to start (be scheduled, pull its
+    /// image) before its claim fails with the pod's reason (default 5m).
+    #[serde(default = "default_start_timeout", with = "crate::field::duration")]
+    pub start_timeout: Duration,
     /// The mode per storage class; a class not listed is read from a
     /// snapshot where its driver has a VolumeSnapshotClass, else live.
     #[serde(default)]
@@ -110,6 +114,10 @@ fn default_total() -> usize {
 
 fn default_per_node() -> usize {
     1
+}
+
+fn default_start_timeout() -> Duration {
+    pod::START_WITHIN
 }
 
 fn default_timeout() -> Duration {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::k8s::K8sError;
@@ -22,6 +22,8 @@ pub const SECRET_DIR: &str = "/var/run/secrets/lifeboat";
 pub const CLAIM_MOUNT: &str = "/data";
 /// How often a running claim Job is looked at.
 pub const POLL: Duration = Duration::from_millis(500);
+/// How long a claim Job's pod may take to start by default.
+pub const START_WITHIN: Duration = Duration::from_secs(5 * 60);
 
 /// The environment a process that restores needs from the one that starts
 /// it: the storage credentials and the restore key's passphrase.
@@ -217,4 +219,121 @@ pub async fn create_secret(
         .await
         .map_err(|e| K8sError::api(format!("creating {what} {namespace}/{name}"), e))?;
     Ok(())
+}
+
+/// Why the pod of Job `namespace/job` is not running yet, or `None` once
+/// one is running or has run.
+///
+/// Fails when the API refuses to list pods.
+pub async fn not_started(
+    client: &kube::Client,
+    namespace: &str,
+    job: &str,
+) -> Result<Option<String>, K8sError> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .map_err(|e| K8sError::api(format!("listing the pods of Job {namespace}/{job}"), e))?
+        .items;
+    let phase = |pod: &Pod| pod.status.as_ref().and_then(|s| s.phase.clone());
+    if pods
+        .iter()
+        .any(|p| phase(p).is_some_and(|p| p != "Pending"))
+    {
+        return Ok(None);
+    }
+    if let Some(pod) = pods.first() {
+        return Ok(Some(pending_reason(pod)));
+    }
+    // No pod: the Job controller's events say why (admission, quota).
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={job}")))
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default();
+    let refused = events
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(job))
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.message.clone())
+        .next_back();
+    Ok(Some(match refused {
+        Some(message) => format!("the Job made no pod: {message}"),
+        None => "the Job made no pod (Pod Security admission or a quota may refuse it)".into(),
+    }))
+}
+
+/// Why a Pending pod is not running: a container's waiting reason (an
+/// image that cannot be pulled), else why it is not scheduled (no ready
+/// node it may go to).
+pub fn pending_reason(pod: &Pod) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref();
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find(|w| w.reason.as_deref() != Some("ContainerCreating"));
+    if let Some(waiting) = waiting {
+        return format!(
+            "its pod {name} waits: {} {}",
+            waiting.reason.as_deref().unwrap_or("waiting"),
+            waiting.message.as_deref().unwrap_or_default()
+        )
+        .trim_end()
+        .to_owned();
+    }
+    let unscheduled = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    match unscheduled {
+        Some(condition) => format!(
+            "its pod {name} cannot be scheduled: {}",
+            condition
+                .message
+                .as_deref()
+                .or(condition.reason.as_deref())
+                .unwrap_or("no reason given")
+        ),
+        None => format!("its pod {name} is still Pending"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "m-1"}, "status": status}))
+            .expect("a pod")
+    }
+
+    #[test]
+    fn a_pending_pod_says_why() {
+        let pulling = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": "mover",
+            "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff",
+                "message": "Back-off pulling image \"ghcr.io/x/lifeboat:v9\""}}}]}),
+        );
+        assert_eq!(
+            pending_reason(&pulling),
+            "its pod m-1 waits: ImagePullBackOff Back-off pulling image \"ghcr.io/x/lifeboat:v9\""
+        );
+        let unscheduled = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable", "message": "0/5 nodes are available"}]}),
+        );
+        assert_eq!(
+            pending_reason(&unscheduled),
+            "its pod m-1 cannot be scheduled: 0/5 nodes are available"
+        );
+        assert_eq!(
+            pending_reason(&pod(json!({"phase": "Pending"}))),
+            "its pod m-1 is still Pending"
+        );
+    }
 }

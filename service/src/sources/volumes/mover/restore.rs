@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::cleanup::delete_named;
 use super::jobs::RUN_LABEL;
 use super::pod::{
-    CLAIM_MOUNT, ClaimJob, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR, create_secret,
+    CLAIM_MOUNT, ClaimJob, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR, START_WITHIN,
+    create_secret, not_started,
 };
 use super::split_claim;
 use crate::k8s::K8sError;
@@ -201,7 +202,8 @@ impl ClaimRestore<'_> {
             reason,
         };
         let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
-        let started = Instant::now();
+        let made = Instant::now();
+        let mut started = false;
         loop {
             let current = jobs
                 .get_opt(job)
@@ -213,11 +215,22 @@ impl ClaimRestore<'_> {
                 Some(Ending::Failed(reason)) => {
                     return Err(fail(format!("its Job failed ({reason})")));
                 }
-                None if started.elapsed() > self.timeout => {
+                None if made.elapsed() > self.timeout => {
                     return Err(fail(format!(
                         "its Job did not finish within {}",
                         humantime::format_duration(self.timeout)
                     )));
+                }
+                None if !started && made.elapsed() > START_WITHIN => {
+                    match not_started(self.client, namespace, job).await? {
+                        None => started = true,
+                        Some(reason) => {
+                            return Err(fail(format!(
+                                "its Job did not start within {}: {reason}",
+                                humantime::format_duration(START_WITHIN)
+                            )));
+                        }
+                    }
                 }
                 None => tokio::time::sleep(POLL).await,
             }
