@@ -430,26 +430,8 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
     // Into claims of the cluster, through restore Jobs: a new claim in
     // another namespace and storage class, the existing claim of a volume
     // nobody uses, and never a claim a running pod uses.
-    let into_claim = |claim: &str, target: &str, extra: &[&str]| -> Result<cli::Outcome> {
-        let mut command = f.installation.restore_command(&key)?;
-        command
-            .args([
-                "latest:volumes",
-                "--pvc",
-                claim,
-                "--into-claim",
-                target,
-                "--json",
-            ])
-            .args(["--image", IMAGE])
-            .args(extra)
-            .env("KUBECONFIG", f.installation.path("kubeconfig"));
-        let outcome = tokio::task::block_in_place(|| cli::run(&mut command))?;
-        if !outcome.status.success() {
-            let last = f.server.job_runs().last().map(|r| r.output.clone());
-            eprintln!("the last Job's output: {last:?}");
-        }
-        Ok(outcome)
+    let into_claim = |claim: &str, target: &str, extra: &[&str]| {
+        restore_into_claim(&f, &key, claim, target, extra)
     };
     let restored = into_claim(
         "monitoring/prometheus-db",
@@ -491,6 +473,133 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
             .all(|(key, object)| !(key.1 == "jobs" || key.1 == "secrets")
                 || object["metadata"]["labels"]["app.kubernetes.io/component"] != "claim-restore"),
         "restore Jobs and Secrets are gone"
+    );
+    Ok(())
+}
+
+/// `lifeboat restore latest:volumes --pvc CLAIM --into-claim TARGET`
+/// with lifeboat's image and the fixture's kubeconfig.
+fn restore_into_claim(
+    f: &Fixture,
+    key: &Path,
+    claim: &str,
+    target: &str,
+    extra: &[&str],
+) -> Result<cli::Outcome> {
+    let mut command = f.installation.restore_command(key)?;
+    command
+        .args([
+            "latest:volumes",
+            "--pvc",
+            claim,
+            "--into-claim",
+            target,
+            "--json",
+        ])
+        .args(["--image", IMAGE])
+        .args(extra)
+        .env("KUBECONFIG", f.installation.path("kubeconfig"));
+    let outcome = tokio::task::block_in_place(|| cli::run(&mut command))?;
+    if !outcome.status.success() {
+        let last = f.server.job_runs().last().map(|r| r.output.clone());
+        eprintln!("the last Job's output: {last:?}");
+    }
+    Ok(outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_in_use_is_restored_with_its_statefulset_and_flux_stopped_around_it() -> Result<()>
+{
+    let f = fixture().await?;
+    tokio::task::block_in_place(|| f.installation.start_backup("volumes")?.wait())?;
+    let original = describe(&f.folders[2].1)?;
+    std::fs::remove_dir_all(&f.folders[2].1)?;
+    // The archive is now used by a StatefulSet that Flux's `apps`
+    // Kustomization manages.
+    f.server.load(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+    )?;
+    f.server
+        .load(json!({"apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "kustomizations.kustomize.toolkit.fluxcd.io"},
+        "spec": {"group": "kustomize.toolkit.fluxcd.io", "scope": "Namespaced",
+            "names": {"plural": "kustomizations", "kind": "Kustomization"},
+            "versions": [{"name": "v1", "served": true, "storage": true}]}}))?;
+    f.server.load(
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "apps", "namespace": "flux-system"},
+        "spec": {"interval": "10m", "path": "./apps", "suspend": false}}),
+    )?;
+    f.server
+        .load(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "archive-db", "namespace": "apps",
+            "labels": {"kustomize.toolkit.fluxcd.io/name": "apps",
+                "kustomize.toolkit.fluxcd.io/namespace": "flux-system"}},
+        "spec": {"replicas": 2, "serviceName": "archive-db",
+            "selector": {"matchLabels": {"app": "archive-db"}},
+            "template": {"metadata": {"labels": {"app": "archive-db"}},
+                "spec": {"containers": [{"name": "db", "image": "db"}]}}}}))?;
+    let mut pod = pod("apps", "archive-db-0", "w3", "archive");
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "name": "archive-db", "uid": "u-1", "controller": true}]);
+    f.server.load(pod)?;
+
+    let key = f.installation.restore_key();
+    let refused = restore_into_claim(&f, &key, "apps/archive", "", &["--no-stop"])?;
+    ensure!(
+        !refused.status.success()
+            && refused
+                .stderr
+                .contains("in use by pod(s) apps/archive-db-0"),
+        "{}",
+        refused.stderr
+    );
+    let restored = restore_into_claim(&f, &key, "apps/archive", "", &[])?
+        .ok()?
+        .json()?;
+    ensure!(
+        restored["stopped"] == json!(["StatefulSet apps/archive-db (2)"])
+            && restored["suspended"] == json!(["Kustomization flux-system/apps"]),
+        "{restored:#}"
+    );
+    assert_same_tree(&original, &describe(&f.folders[2].1)?)?;
+    // Scaled to zero, then back to two; Flux suspended, then resumed.
+    let patches: Vec<String> = f
+        .server
+        .writes()
+        .into_iter()
+        .filter(|w| w.verb == "patch")
+        .map(|w| format!("{} {}/{}", w.resource, w.namespace, w.name))
+        .collect();
+    ensure!(
+        patches
+            == [
+                "kustomizations flux-system/apps",
+                "statefulsets apps/archive-db",
+                "statefulsets apps/archive-db",
+                "kustomizations flux-system/apps",
+            ],
+        "{patches:?}"
+    );
+    let set = f
+        .server
+        .object("apps", "statefulsets", "apps", "archive-db")
+        .context("the StatefulSet")?;
+    ensure!(set["spec"]["replicas"] == 2, "{set:#}");
+    let flux = f
+        .server
+        .object(
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "apps",
+        )
+        .context("the Kustomization")?;
+    ensure!(
+        flux["spec"]["suspend"] == false
+            && flux["metadata"]["annotations"]["lifeboat.dev/suspended-from"].is_null(),
+        "{flux:#}"
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lifeboat::k8s::K8sError;
+use lifeboat::k8s::workloads::WorkloadsError;
 use lifeboat::restore::in_place::HostPathError;
 
 /// What went wrong talking to the Kubernetes API, or with what the steps
@@ -67,17 +68,10 @@ pub enum KubernetesError {
         /// The bootstrap node's Talos endpoint.
         endpoint: String,
     },
-    /// Pods still use the volumes after their workloads were stopped.
-    #[error(
-        "pods still use the volumes after {wait}: {}; stop them by hand and resume",
-        pods.join(", ")
-    )]
-    PodsRunning {
-        /// How long it was waited for.
-        wait: String,
-        /// The pods (`NAMESPACE/NAME`).
-        pods: Vec<String>,
-    },
+    /// The workloads using the volumes could not be found, stopped or
+    /// started.
+    #[error("{0}; resume the rebuild once fixed")]
+    Workloads(#[from] WorkloadsError),
     /// A snapshot's host path is not one a Job may mount.
     #[error("snapshot {snapshot}, volume {volume}")]
     HostPath {

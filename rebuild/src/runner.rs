@@ -25,8 +25,9 @@ use crate::kubernetes::{self, KubernetesError};
 use crate::plan::{STOPPED_FILE, Step};
 use crate::spec::ClusterSpec;
 use crate::talos::{self, Nodes};
-use crate::workloads::{self, Stopped};
+use crate::workloads as record;
 use crate::{RebuildOptions, RepositoryLocation, Restores, data};
+use lifeboat::k8s::workloads::{self, WorkloadsError};
 
 /// The folder of the work folder the talos-config snapshot goes to.
 const TALOS_CONFIG_DIR: &str = "talos-config";
@@ -320,17 +321,19 @@ impl<'a> Runner<'a> {
         }
         let client = self.kube().await?;
         let record = self.work.join(STOPPED_FILE);
-        let stopped = match Stopped::load(&record)? {
+        let stopped = match record::load(&record)? {
             Some(earlier) => earlier,
             None => {
-                let found = workloads::find(&client, &claims).await?;
-                found.save(&record)?;
+                let found = workloads::find(&client, &claims).await.map_err(stopping)?;
+                record::save(&found, &record)?;
                 found
             }
         };
         let mut suspended = String::new();
         if self.spec.data.suspend_gitops {
-            let named = workloads::managers(&client, &stopped).await?;
+            let named = workloads::managers(&client, &stopped)
+                .await
+                .map_err(stopping)?;
             let results = lifeboat::k8s::gitops::suspend(&client, named)
                 .await
                 .map_err(|source| KubernetesError::GitOps {
@@ -340,22 +343,27 @@ impl<'a> Runner<'a> {
             suspended = gitops_outcome(&results, "suspending")?;
         }
         for workload in &stopped.workloads {
-            workloads::scale(&client, workload, 0).await?;
+            workloads::scale(&client, workload, 0)
+                .await
+                .map_err(stopping)?;
         }
         workloads::wait_until_stopped(&client, &claims, &stopped.unmanaged, self.spec.data.wait)
-            .await?;
+            .await
+            .map_err(stopping)?;
         Ok(format!("{suspended}stopped {}", stopped.describe()))
     }
 
     /// Scales the stopped workloads back to their replicas.
     async fn start_workloads(&self) -> Result<String, RebuildError> {
         let record = self.work.join(STOPPED_FILE);
-        let Some(stopped) = Stopped::load(&record)? else {
+        let Some(stopped) = record::load(&record)? else {
             return Ok("nothing was stopped".into());
         };
         let client = self.kube().await?;
         for workload in &stopped.workloads {
-            workloads::scale(&client, workload, workload.replicas).await?;
+            workloads::scale(&client, workload, workload.replicas)
+                .await
+                .map_err(stopping)?;
         }
         let mut resumed = String::new();
         if self.spec.data.suspend_gitops {
@@ -526,4 +534,9 @@ fn gitops_outcome(results: &[ManagerResult], doing: &str) -> Result<String, Kube
         };
         format!("{verb} {}; ", changed.join(", "))
     })
+}
+
+/// A failure finding, stopping or starting the volumes' workloads.
+fn stopping(error: impl Into<WorkloadsError>) -> KubernetesError {
+    KubernetesError::Workloads(error.into())
 }

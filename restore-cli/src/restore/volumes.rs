@@ -73,6 +73,11 @@ pub struct VolumeArgs {
     /// With --into-claim: lifeboat's image for the restore Job.
     #[arg(long, env = "LIFEBOAT_IMAGE", requires = "into_claim")]
     image: Option<String>,
+    /// With --into-claim: refuse a claim a running pod uses instead of
+    /// scaling its Deployment or StatefulSet to zero around the restore
+    /// (its Flux or Argo CD manager suspended meanwhile).
+    #[arg(long, requires = "into_claim")]
+    pub no_stop: bool,
     /// With --into-claim: how long the restore Job may take.
     #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
     claim_timeout: Duration,
@@ -217,11 +222,12 @@ async fn into_claim(
         restore_key,
         force: restoring.force,
         timeout: args.claim_timeout,
+        stop_workloads: !args.no_stop,
     }
     .run()
     .await?;
     restoring.print(&restored, || {
-        format!(
+        let mut line = format!(
             "restored {pvc} of snapshot {} into claim {}{} with Job {}",
             restoring.entry.id.short(),
             restored.claim,
@@ -231,7 +237,20 @@ async fn into_claim(
                 ""
             },
             restored.job
-        )
+        );
+        if !restored.stopped.is_empty() {
+            line.push_str(&format!(
+                "; stopped and started again: {}",
+                restored.stopped.join(", ")
+            ));
+        }
+        if !restored.suspended.is_empty() {
+            line.push_str(&format!(
+                "; suspended and resumed: {}",
+                restored.suspended.join(", ")
+            ));
+        }
+        line
     })
 }
 

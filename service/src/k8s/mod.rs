@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod exec;
 pub mod gitops;
 pub mod jobs;
+pub mod workloads;
 
 use std::path::{Path, PathBuf};
 

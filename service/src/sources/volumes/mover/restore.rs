@@ -5,8 +5,10 @@
 //! `lifeboat restore` from lifeboat's image with the claim mounted. The
 //! restore key and the storage credentials reach it through a Secret that
 //! lives as long as the restore; Job and Secret are deleted at the end,
-//! also after a failure. A claim a running pod uses is refused: stop the
-//! workload first.
+//! also after a failure. The Deployments and StatefulSets whose pods use
+//! the claim are scaled to zero around the restore, their Flux and Argo
+//! CD managers suspended meanwhile, and both put back afterwards, also
+//! after a failure; a pod no workload runs makes the restore refuse.
 
 use std::time::{Duration, Instant};
 
@@ -23,12 +25,16 @@ use super::pod::{
 };
 use super::split_claim;
 use crate::k8s::K8sError;
+use crate::k8s::gitops::{self, Action, ManagerResult};
 use crate::k8s::jobs::{Ending, ending};
+use crate::k8s::workloads::{self, Stopped, Workload, WorkloadsError};
 use crate::sources::volumes::StoredVolume;
 use crate::storage::S3Options;
 
 /// The Secret's key holding the restore identity.
 const KEY_FILE: &str = "restore.key";
+/// How long the stopped workloads' pods may take to go.
+const STOP_WITHIN: Duration = Duration::from_secs(5 * 60);
 
 /// Why a claim could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +42,9 @@ pub enum ClaimRestoreError {
     /// The target is not `NAMESPACE/NAME`.
     #[error("the claim {0:?} is not NAMESPACE/NAME with Kubernetes names")]
     Claim(String),
-    /// A running pod uses the claim.
+    /// A running pod uses the claim and stopping workloads is off.
     #[error(
-        "claim {claim} is in use by pod(s) {}; scale its workload to zero first, or restore into a new claim",
+        "claim {claim} is in use by pod(s) {}; leave out --no-stop to stop its workloads around the restore, or restore into a new claim",
         pods.join(", ")
     )]
     InUse {
@@ -46,6 +52,49 @@ pub enum ClaimRestoreError {
         claim: String,
         /// The pods.
         pods: Vec<String>,
+    },
+    /// A pod no Deployment or StatefulSet runs uses the claim.
+    #[error(
+        "claim {claim} is in use by pod(s) {} that no Deployment or StatefulSet runs, so lifeboat cannot stop them; delete them first, or restore into a new claim",
+        pods.join(", ")
+    )]
+    Unmanaged {
+        /// The claim.
+        claim: String,
+        /// The pods.
+        pods: Vec<String>,
+    },
+    /// The workloads could not be stopped, or pods stayed.
+    #[error("stopping the workloads using claim {claim}: {source}")]
+    Stop {
+        /// The claim.
+        claim: String,
+        /// Why.
+        #[source]
+        source: WorkloadsError,
+    },
+    /// A GitOps manager of the workloads could not be suspended or resumed.
+    #[error(
+        "{action} {manager}: {reason}; set its field back and remove the annotation lifeboat.dev/suspended-from by hand if it stays suspended"
+    )]
+    GitOps {
+        /// Suspending or resuming.
+        action: &'static str,
+        /// The manager.
+        manager: String,
+        /// The server's answer.
+        reason: String,
+    },
+    /// The stopped workloads could not be started again.
+    #[error(
+        "the restore ran, but starting {workloads} again failed: {source}; scale them back by hand"
+    )]
+    Start {
+        /// The workloads with their replicas.
+        workloads: String,
+        /// Why.
+        #[source]
+        source: K8sError,
     },
     /// The API refused something.
     #[error(transparent)]
@@ -90,6 +139,10 @@ pub struct ClaimRestore<'a> {
     pub force: bool,
     /// How long the Job may take.
     pub timeout: Duration,
+    /// Stop the Deployments and StatefulSets using the claim around the
+    /// restore (and suspend their GitOps managers); else refuse a claim
+    /// in use.
+    pub stop_workloads: bool,
 }
 
 /// What a claim restore did.
@@ -103,35 +156,140 @@ pub struct ClaimRestored {
     pub job: String,
     /// Where it ran, if placed on a node.
     pub node: Option<String>,
+    /// The workloads stopped around it and started again.
+    pub stopped: Vec<String>,
+    /// The GitOps managers suspended around it and resumed.
+    pub suspended: Vec<String>,
 }
 
 impl ClaimRestore<'_> {
-    /// Makes the claim if missing, runs the restore Job and removes it and
-    /// its Secret.
+    /// Stops the workloads using the claim (suspending their GitOps
+    /// managers), makes the claim if missing, runs the restore Job, removes
+    /// it and its Secret, and starts the workloads again — also when the
+    /// restore failed.
     ///
-    /// Fails when the claim is in use, the API refuses, or the Job fails.
+    /// Fails when the claim is in use and cannot be freed, the API
+    /// refuses, or the Job fails.
     pub async fn run(&self) -> Result<ClaimRestored, ClaimRestoreError> {
         let (namespace, name) = split_claim(&self.target)
             .ok_or_else(|| ClaimRestoreError::Claim(self.target.clone()))?;
+        let (stopped, suspended) = self.stop_users(namespace, name).await?;
+        let filled = self.fill(namespace, name).await;
+        let started = self.start_users(&stopped, &suspended).await;
+        let mut restored = filled?;
+        started?;
+        restored.stopped = stopped.workloads.iter().map(describe).collect();
+        restored.suspended = suspended;
+        Ok(restored)
+    }
+
+    /// Frees the claim: nothing when no pod uses it, else its workloads
+    /// stopped (given back with the managers suspended).
+    async fn stop_users(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Stopped, Vec<String>), ClaimRestoreError> {
+        let claim = [(namespace.to_owned(), name.to_owned())];
+        let users = crate::sources::volumes::cluster::claim_users(self.client).await?;
+        let pods: Vec<String> = users
+            .get(&claim[0])
+            .into_iter()
+            .flatten()
+            .map(|(pod, _)| format!("{namespace}/{pod}"))
+            .collect();
+        if pods.is_empty() {
+            return Ok((Stopped::default(), Vec::new()));
+        }
+        if !self.stop_workloads {
+            return Err(ClaimRestoreError::InUse {
+                claim: self.target.clone(),
+                pods,
+            });
+        }
+        let found = workloads::find(self.client, &claim).await?;
+        if !found.unmanaged.is_empty() {
+            return Err(ClaimRestoreError::Unmanaged {
+                claim: self.target.clone(),
+                pods: found.unmanaged,
+            });
+        }
+        let named = workloads::managers(self.client, &found).await?;
+        let results = gitops::suspend(self.client, named).await?;
+        let suspended = changed(&results, Action::Suspended);
+        if let Some(failed) = results.iter().find(|r| r.action == Action::Failed) {
+            let error = ClaimRestoreError::GitOps {
+                action: "suspending",
+                manager: failed.manager.clone(),
+                reason: failed.reason.clone(),
+            };
+            self.start_users(&Stopped::default(), &suspended).await?;
+            return Err(error);
+        }
+        let mut stopping = Ok(());
+        for workload in &found.workloads {
+            stopping = workloads::scale(self.client, workload, 0)
+                .await
+                .map_err(WorkloadsError::from);
+            if stopping.is_err() {
+                break;
+            }
+        }
+        if stopping.is_ok() {
+            stopping = workloads::wait_until_stopped(self.client, &claim, &[], STOP_WITHIN).await;
+        }
+        if let Err(source) = stopping {
+            self.start_users(&found, &suspended).await?;
+            return Err(ClaimRestoreError::Stop {
+                claim: self.target.clone(),
+                source,
+            });
+        }
+        Ok((found, suspended))
+    }
+
+    /// Scales `stopped` back and resumes the managers lifeboat suspended
+    /// when it suspended any.
+    async fn start_users(
+        &self,
+        stopped: &Stopped,
+        suspended: &[String],
+    ) -> Result<(), ClaimRestoreError> {
+        for workload in &stopped.workloads {
+            workloads::scale(self.client, workload, workload.replicas)
+                .await
+                .map_err(|source| ClaimRestoreError::Start {
+                    workloads: stopped
+                        .workloads
+                        .iter()
+                        .map(describe)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source,
+                })?;
+        }
+        if suspended.is_empty() {
+            return Ok(());
+        }
+        let results = gitops::resume(self.client).await?;
+        match results.iter().find(|r| r.action == Action::Failed) {
+            Some(failed) => Err(ClaimRestoreError::GitOps {
+                action: "resuming",
+                manager: failed.manager.clone(),
+                reason: failed.reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the claim if missing and fills it through the restore Job,
+    /// which is removed with its Secret.
+    async fn fill(&self, namespace: &str, name: &str) -> Result<ClaimRestored, ClaimRestoreError> {
         let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace);
         let existing = claims
             .get_opt(name)
             .await
             .map_err(|e| K8sError::api(format!("reading claim {}", self.target), e))?;
-        let users = crate::sources::volumes::cluster::claim_users(self.client).await?;
-        let pods: Vec<(String, String)> = users
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
-            .unwrap_or_default();
-        if !pods.is_empty() {
-            return Err(ClaimRestoreError::InUse {
-                claim: self.target.clone(),
-                pods: pods
-                    .into_iter()
-                    .map(|(pod, _)| format!("{namespace}/{pod}"))
-                    .collect(),
-            });
-        }
         let created = existing.is_none();
         if created {
             let object = self.claim_object(namespace, name);
@@ -167,6 +325,8 @@ impl ClaimRestore<'_> {
             created,
             job: format!("{namespace}/{job}"),
             node: pinned.first().cloned(),
+            stopped: Vec::new(),
+            suspended: Vec::new(),
         })
     }
 
@@ -327,4 +487,21 @@ async fn pinned_nodes(client: &kube::Client, pv: &str) -> Result<Vec<String>, K8
         .and_then(|v| v.spec)
         .map(|s| crate::sources::volumes::cluster::pinned_nodes(&s))
         .unwrap_or_default())
+}
+
+/// `StatefulSet apps/db (1)`.
+fn describe(workload: &Workload) -> String {
+    format!(
+        "{:?} {}/{} ({})",
+        workload.kind, workload.namespace, workload.name, workload.replicas
+    )
+}
+
+/// The managers whose result is `action`.
+fn changed(results: &[ManagerResult], action: Action) -> Vec<String> {
+    results
+        .iter()
+        .filter(|r| r.action == action)
+        .map(|r| r.manager.clone())
+        .collect()
 }
