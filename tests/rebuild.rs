@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use lifeboat_tests::cli::{self, Installation, Outcome, assert_same_tree, describe};
+use lifeboat_tests::cli::{self, Installation, Outcome, assert_same_tree, describe, write_file};
 use lifeboat_tests::kubernetes::fixtures;
 use lifeboat_tests::postgres::PostgresServer;
 use lifeboat_tests::talos::{Role, TalosApiServer, TalosPki, real_etcd_snapshot};
@@ -106,6 +106,15 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         "{{ kind = \"volumes\", kubeconfig = \"kubeconfig\", node = {:?} }}",
         fixtures::NODE
     );
+    // The NFS claim apps/media is read by a mover (its CSI volume's folder
+    // registered with the server, which runs the mover Jobs).
+    let media = dir.path().join("nfs/media");
+    write_file(&media.join("films/list.txt"), b"one\ntwo\n")?;
+    write_file(&media.join("photos/2026/a.jpg"), &[7u8; 50_000])?;
+    kube.set_csi_folder("unraid.tailnet.ts.net#mnt/user/k8s#media", &media);
+    kube.run_jobs(cli::binaries()?, &dir.path().join("kubelet"));
+    let claims_source = "{ kind = \"volumes\", kubeconfig = \"kubeconfig\", storage_classes = [\"nfs\"], \
+         movers = { image = \"ghcr.io/example/lifeboat:test\", timeout = \"1m\" } }";
     let postgres_source = format!(
         "{{ kind = \"postgres\", dsn = {:?}, databases = [\"shop\"], password_file = \"pg.pass\", pg_dump = {:?} }}",
         postgres.superuser_dsn("postgres"),
@@ -117,10 +126,11 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
             ("talos-config", &talos_source),
             ("etcd", &etcd_source),
             ("volumes", &volumes_source),
+            ("claims", claims_source),
             ("databases", &postgres_source),
         ],
     )?;
-    for job in ["talos-config", "etcd", "volumes", "databases"] {
+    for job in ["talos-config", "etcd", "volumes", "claims", "databases"] {
         install.backup(job)?;
     }
 
@@ -138,6 +148,9 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     for (path, _) in &originals {
         std::fs::remove_dir_all(path)?;
     }
+    let media_before = describe(&media)?;
+    std::fs::remove_dir_all(&media)?;
+    std::fs::create_dir_all(&media)?;
     postgres.psql("postgres", "DROP DATABASE shop")?;
 
     // The rebuilt control plane hands out the kubeconfig of the API server,
@@ -145,8 +158,9 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
     // first.
     let kubeconfig = install.path("kubeconfig");
     cp.set_kubeconfig(&std::fs::read_to_string(&kubeconfig)?);
-    kube.run_jobs(cli::binaries()?, &dir.path().join("kubelet"));
     kube.set_unready(3);
+    let backup_writes = kube.writes().len();
+    let backup_runs = kube.job_runs().len();
     // Grafana's pod runs under a Deployment's ReplicaSet; Postgres' under
     // its StatefulSet. Both come back with etcd and must be stopped while
     // their volumes are restored.
@@ -187,7 +201,7 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
             "[libvirt]\nuri = \"test:///default\"\ndisk_dir = {disks:?}\niso = \"/isos/metal-amd64.iso\"\n\
              [backups]\nrepository = {repo:?}\nidentity = {key:?}\n\
              [talos]\nmaintenance_pin = {pin:?}\nwait = \"60s\"\n\
-             [data]\nvolumes = [\"latest:volumes\"]\nimage = \"ghcr.io/example/lifeboat:test\"\nwait = \"60s\"\n\
+             [data]\nvolumes = [\"latest:volumes\", \"latest:claims\"]\nimage = \"ghcr.io/example/lifeboat:test\"\nwait = \"60s\"\n\
              [[data.postgres]]\nsnapshot = \"latest:databases\"\nurl = {pg:?}\npg_bin = {pg_bin:?}\n\
              [[node]]\nname = \"cp1\"\nrole = \"controlplane\"\nmac = \"52:54:00:6c:00:01\"\nmaintenance_address = {cp:?}\nendpoint = {cp:?}\npatches = [{cp_patch:?}]\n\
              [[node]]\nname = \"w1\"\nrole = \"worker\"\nmac = \"52:54:00:6c:00:02\"\nmaintenance_address = {w:?}\nendpoint = {w:?}\npatches = [{w_patch:?}]\n",
@@ -235,7 +249,7 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         );
     }
     ensure!(
-        !work.exists() && cp.calls().is_empty() && kube.writes().is_empty(),
+        !work.exists() && cp.calls().is_empty() && kube.writes().len() == backup_writes,
         "--plan changed something"
     );
 
@@ -353,9 +367,12 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
 
     // One Job on the volumes' node, host paths mounted read-write, ran the
     // real restore; the data equals the original; the Secret is gone.
-    let runs = kube.job_runs();
-    ensure!(runs.len() == 1, "{runs:#?}");
-    let run = &runs[0];
+    let runs = kube.job_runs()[backup_runs..].to_vec();
+    ensure!(runs.len() == 2, "{runs:#?}");
+    let run = runs
+        .iter()
+        .find(|r| r.namespace == "lifeboat")
+        .context("the host folders' Job")?;
     ensure!(run.exit_code == Some(0), "{}", run.output);
     ensure!(run.node.as_deref() == Some(fixtures::NODE), "{run:#?}");
     ensure!(run.image == "ghcr.io/example/lifeboat:test");
@@ -370,6 +387,19 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
         );
         assert_same_tree(before, &describe(path)?)?;
     }
+    // The mover's claim came back through a restore Job in its namespace
+    // that mounted the claim itself.
+    let claim_run = runs
+        .iter()
+        .find(|r| r.namespace == "apps")
+        .context("the claim's restore Job")?;
+    ensure!(
+        claim_run.exit_code == Some(0)
+            && claim_run.claims == [("apps/media".to_owned(), false)]
+            && claim_run.host_paths.is_empty(),
+        "{claim_run:#?}"
+    );
+    assert_same_tree(&media_before, &describe(&media)?)?;
     let deleted = kube.writes().into_iter().any(|w| {
         w.verb == "delete" && w.resource == "secrets" && w.name == "lifeboat-rebuild-restore"
     });
@@ -453,6 +483,7 @@ async fn rebuilds_on_the_libvirt_test_driver_and_resumes_at_the_failed_step() ->
                 "kubernetes-api",
                 "stop-workloads",
                 "volumes:latest:volumes",
+                "volumes:latest:claims",
                 "remove-restore-secret",
                 "start-workloads",
                 "postgres:latest:databases"

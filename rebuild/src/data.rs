@@ -51,9 +51,12 @@ pub struct JobRepository {
     pub s3_path_style: bool,
 }
 
-/// The Jobs restoring the snapshot `snapshot_id` whose manifest is
-/// `manifest`: one per node, a volume pinned to no node going with the
-/// others (the node the snapshot was taken on).
+/// The Jobs restoring the host folders of the snapshot `snapshot_id`
+/// whose manifest is `manifest`: one per node, a volume pinned to no node
+/// going with the others (the node the snapshot was taken on). Volumes
+/// read by movers go back into their claims instead ([`ClaimRestore`]).
+///
+/// [`ClaimRestore`]: lifeboat::sources::volumes::mover::restore::ClaimRestore
 ///
 /// Fails when a volume's node cannot be told.
 pub fn plan_jobs(
@@ -62,19 +65,7 @@ pub fn plan_jobs(
 ) -> Result<Vec<RestoreJob>, KubernetesError> {
     let mut by_node: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut unpinned = Vec::new();
-    let moved: Vec<String> = manifest
-        .volumes
-        .iter()
-        .filter(|v| v.mover.is_some())
-        .map(|v| format!("{}/{}", v.namespace, v.pvc))
-        .collect();
-    if !moved.is_empty() {
-        return Err(KubernetesError::MovedVolumes {
-            snapshot: snapshot_id.to_owned(),
-            claims: moved,
-        });
-    }
-    for volume in &manifest.volumes {
+    for volume in manifest.volumes.iter().filter(|v| v.mover.is_none()) {
         let entry = (
             format!("{}/{}", volume.namespace, volume.pvc),
             volume.host_path.display().to_string(),

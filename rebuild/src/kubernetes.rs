@@ -96,16 +96,16 @@ pub enum KubernetesError {
         /// How many nodes the others are on.
         nodes: usize,
     },
-    /// Volumes read by movers have no host folder to restore into.
+    /// A volume read by a mover could not be put back into its claim.
     #[error(
-        "snapshot {snapshot} holds {} read by volume movers, which the rebuild cannot put back yet; restore each with `lifeboat restore {snapshot} --pvc NAMESPACE/NAME --target DIR` and copy it into its claim",
-        claims.join(", ")
+        "snapshot {snapshot}: {source}; when the claim's volume is gone with the old cluster (a Mayastor or ZFS pool on new disks), delete the claim and its PersistentVolume and resume: the rebuild makes the claim anew"
     )]
-    MovedVolumes {
+    Claim {
         /// The snapshot id.
         snapshot: String,
-        /// The claims.
-        claims: Vec<String>,
+        /// Why.
+        #[source]
+        source: Box<lifeboat::sources::volumes::mover::restore::ClaimRestoreError>,
     },
     /// The live PersistentVolume keeps its data elsewhere.
     #[error(

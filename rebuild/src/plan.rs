@@ -230,7 +230,7 @@ fn describe_volumes(spec: &ClusterSpec, what: &str) -> String {
     let yaml = serde_yaml_ng::to_string(&job).unwrap_or_else(|e| format!("({e})"));
     format!(
         "restore {what}: read its manifest; Kubernetes API: server-side apply Namespace {ns} (label pod-security.kubernetes.io/enforce=privileged: the Jobs mount host folders) and Secret {ns}/{secret} (the restore key; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL(_S3), AWS_REGION and LIFEBOAT_PASSPHRASE as set here), \
-         then for each node of the manifest POST a batch/v1 Job in {ns} and wait until it is Complete (at most {wait}); a Job that failed earlier is deleted and made again:\n{yaml}",
+         then for each node of the manifest POST a batch/v1 Job in {ns} and wait until it is Complete (at most {wait}); a Job that failed earlier is deleted and made again:\n{yaml}\n         Each volume the manifest says a mover read goes back into its claim instead, as `lifeboat restore {what} --pvc NAMESPACE/NAME --into-claim` does: the claim is made from the manifest when missing (size, access modes, storage class), a Secret and a Job running `lifeboat restore … --target /data` with the claim mounted are made in its namespace, and both are deleted when it is Complete (at most {wait}).",
         ns = spec.data.namespace,
         secret = data::SECRET,
         wait = humantime::format_duration(spec.data.wait),

@@ -28,6 +28,7 @@ use crate::talos::{self, Nodes};
 use crate::workloads as record;
 use crate::{RebuildOptions, RepositoryLocation, Restores, data};
 use lifeboat::k8s::workloads::{self, WorkloadsError};
+use lifeboat::sources::volumes::mover::restore::ClaimRestore;
 
 /// The folder of the work folder the talos-config snapshot goes to.
 const TALOS_CONFIG_DIR: &str = "talos-config";
@@ -253,11 +254,13 @@ impl<'a> Runner<'a> {
         Ok(kubernetes::connect(&path, self.spec.kubernetes.context.as_deref()).await?)
     }
 
-    /// Restores the volumes snapshot `what` by a Job per node.
+    /// Restores the volumes snapshot `what`: host folders by a Job per
+    /// node, claims read by movers by a restore Job per claim.
     async fn restore_volumes(&mut self, what: &str) -> Result<String, RebuildError> {
         let spec = self.spec.clone();
         let image = spec.data.image.clone().ok_or(RebuildError::NoImage)?;
         let location = self.location()?;
+        let s3 = location.s3.clone();
         let repository = data::JobRepository {
             url: job_repository_url(&location.url)?,
             s3_endpoint: location.s3.endpoint.clone(),
@@ -266,12 +269,52 @@ impl<'a> Runner<'a> {
         let key_file = self.key()?.to_owned();
         let (id, manifest) = self.volume_manifest(what).await?;
         let jobs = data::plan_jobs(&id, &manifest)?;
-        if jobs.is_empty() {
+        let moved: Vec<_> = manifest
+            .volumes
+            .iter()
+            .filter(|v| v.mover.is_some())
+            .collect();
+        if jobs.is_empty() && moved.is_empty() {
             return Ok(format!("{what} holds no volume data"));
         }
         let restore_key = std::fs::read(&key_file)
             .map_err(RebuildError::io("reading the restore key", &key_file))?;
         let client = self.kube().await?;
+        // Volumes read by movers go back into their claims (made anew from
+        // the manifest when missing), each through its own restore Job.
+        let mut lines = Vec::new();
+        for volume in moved {
+            let restored = ClaimRestore {
+                client: &client,
+                source: volume,
+                snapshot: id.clone(),
+                target: format!("{}/{}", volume.namespace, volume.pvc),
+                storage_class: None,
+                image: image.clone(),
+                url: repository.url.clone(),
+                s3: s3.clone(),
+                restore_key: restore_key.clone(),
+                force: spec.data.overwrite,
+                timeout: spec.data.wait,
+                // The stop step has stopped the workloads already.
+                stop_workloads: false,
+            }
+            .run()
+            .await
+            .map_err(|source| KubernetesError::Claim {
+                snapshot: id[..8].to_owned(),
+                source: Box::new(source),
+            })?;
+            lines.push(format!(
+                "claim {}{} filled by {}",
+                restored.claim,
+                if restored.created { " (made anew)" } else { "" },
+                restored.job
+            ));
+        }
+        if jobs.is_empty() {
+            return Ok(format!("snapshot {}: {}", &id[..8], lines.join("; ")));
+        }
         data::check_live_paths(&client, &manifest).await?;
         data::ensure_secret(&client, &spec.data.namespace, &restore_key).await?;
         let objects: Vec<_> = jobs
@@ -281,7 +324,8 @@ impl<'a> Runner<'a> {
                 (job, object)
             })
             .collect();
-        let lines = data::run_jobs(&client, &spec.data.namespace, &objects, spec.data.wait).await?;
+        lines
+            .extend(data::run_jobs(&client, &spec.data.namespace, &objects, spec.data.wait).await?);
         Ok(format!("snapshot {}: {}", &id[..8], lines.join("; ")))
     }
 
