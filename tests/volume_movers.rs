@@ -93,7 +93,7 @@ struct Fixture {
     installation: Installation,
     /// Claim → its data folder.
     folders: Vec<(&'static str, PathBuf)>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 async fn fixture() -> Result<Fixture> {
@@ -140,7 +140,22 @@ async fn fixture() -> Result<Fixture> {
             "openebs-mayastor",
             &rwo,
         ),
-        pod("monitoring", "prometheus-0", "w2", "prometheus-db"),
+        {
+            // Its hooks log which snapshots and movers exist when they run.
+            let mut pod = pod("monitoring", "prometheus-0", "w2", "prometheus-db");
+            let log = folder("hooks.log").display().to_string();
+            let kubelet = folder("kubelet").display().to_string();
+            let hook = |phase: &str| {
+                json!(["/bin/sh", "-c", format!(
+                    "echo {phase}: $(ls {kubelet} {kubelet}/snapshots 2>/dev/null | tr '\\n' ' ') >> {log}")])
+                .to_string()
+            };
+            pod["metadata"]["annotations"] = json!({
+                "pre.hook.backup.lifeboat.dev/command": hook("pre"),
+                "post.hook.backup.lifeboat.dev/command": hook("post"),
+            });
+            pod
+        },
         pv(
             "pv-archive",
             "local-storage",
@@ -248,7 +263,7 @@ async fn fixture() -> Result<Fixture> {
         server,
         installation,
         folders,
-        _data: data,
+        data,
     })
 }
 
@@ -397,6 +412,26 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         leftovers(&f.server).is_empty(),
         "left behind: {:?}",
         leftovers(&f.server)
+    );
+
+    // The pods' pre hooks ran before the snapshot was taken, their post
+    // hooks once it was taken and the live claims were read, before the
+    // snapshot's mover started.
+    let hooks = std::fs::read_to_string(f.data.path().join("hooks.log"))?;
+    let lines: Vec<&str> = hooks.lines().collect();
+    ensure!(
+        lines.len() == 2
+            && lines[0].starts_with("pre:")
+            && !lines[0].contains("monitoring-lifeboat-snapshot")
+            && !lines[0].contains("lifeboat-mover-"),
+        "{hooks}"
+    );
+    ensure!(
+        lines[1].starts_with("post:")
+            && lines[1].contains("monitoring-lifeboat-snapshot-")
+            && lines[1].contains("apps-lifeboat-mover-")
+            && !lines[1].contains("monitoring-lifeboat-mover-"),
+        "{hooks}"
     );
 
     // One snapshot of the job, no parts left; its manifest records the
