@@ -337,7 +337,12 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
             "skipped",
             "lifeboat.dev/volume-mode is \"skip\"",
         ),
-        ("apps/broken", "failed", "failed"),
+        // What the mover said before its Job went.
+        (
+            "apps/broken",
+            "failed",
+            "backoff limit): lifeboatd: cannot back up",
+        ),
     ] {
         let found = report_item(&report, "volume", claim)?;
         ensure!(

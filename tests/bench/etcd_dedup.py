@@ -18,13 +18,17 @@ repository did not have yet, before compression), `summary.bytes_stored`
 (the same compressed and encrypted) and the growth of the repository folder
 (`du -sb`, which adds packs' headers, the index, the tree and the snapshot
 object), each as a share of the database size that etcd reports. The
-target is at most 10 % of the database per hourly snapshot.
+target is at most 10 % of the database per hourly snapshot. It also counts
+the objects each backup adds (one PUT each, R2's class A) and, with
+--interval-minutes, what a day of snapshots at that rate adds.
 
 Usage (from the repository root, after `cargo build --release --bins`):
 
     python3 tests/bench/etcd_dedup.py                      # 25k keys, 5 rounds, 4/8/16 KiB
     python3 tests/bench/etcd_dedup.py --incompressible     # values like encrypted Secrets
     python3 tests/bench/etcd_dedup.py --keys 3000 --rounds 2   # quick check
+    python3 tests/bench/etcd_dedup.py --chunks 16 --change 0.0025 --rounds 12 --interval-minutes 15
+                                       # a 15-minute schedule: a day's storage and PUTs
 
 Only the standard library is used; etcd is driven through its JSON gateway
 (`/v3/kv/txn`, `/v3/kv/compaction`, `/v3/maintenance/status`). Results are
@@ -234,8 +238,13 @@ class Repository:
             f'source = {{ kind = "etcd", endpoints = ["{etcd_url}"] }}\n'
         )
 
+    def objects(self) -> int:
+        """Files in the repository folder: one object (one PUT) each."""
+        return sum(len(files) for _, _, files in os.walk(self.dir))
+
     def backup(self) -> dict:
         before = du(self.dir)
+        objects_before = self.objects()
         started = time.time()
         report = json.loads(
             run([str(self.bins / "lifeboatd"), "run", "--config", str(self.config), "etcd", "--json"]).stdout
@@ -249,6 +258,7 @@ class Repository:
             "bytes_added": summary["bytes_added"],
             "bytes_stored": summary["bytes_stored"],
             "repo_growth": du(self.dir) - before,
+            "objects_added": self.objects() - objects_before,
         }
 
 
@@ -263,6 +273,12 @@ def main() -> None:
     parser.add_argument("--work", help="work folder (default: a new one under /tmp)")
     parser.add_argument("--out", help="write the raw figures to this JSON file")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--interval-minutes",
+        type=int,
+        default=60,
+        help="the schedule one round stands for; the day's cost is extrapolated from it",
+    )
     parser.add_argument(
         "--incompressible",
         action="store_true",
@@ -347,6 +363,21 @@ def main() -> None:
         print(
             f"| {kib} KiB | {chunks} | {first['bytes_stored'] / MIB:.1f} MiB of {first['db_size'] / MIB:.1f} MiB "
             f"| {share('bytes_added')} | {share('bytes_stored')} | {share('repo_growth')} | {seconds:.1f} |"
+        )
+    per_day = 24 * 60 // max(1, args.interval_minutes)
+    print(
+        f"\nA day at one snapshot every {args.interval_minutes} min ({per_day} snapshots), "
+        "from the median snapshot after the first; objects are PUTs (R2 class A), "
+        "kept for as long as the retention keeps the snapshots:\n"
+    )
+    print("| page chunk | repo growth per day | objects (PUTs) per snapshot | PUTs per day |")
+    print("|---|---|---|---|")
+    for kib, rows in results["chunks"].items():
+        later = rows[1:] or rows
+        growth = statistics.median(r["repo_growth"] for r in later)
+        objects = statistics.median(r["objects_added"] for r in later)
+        print(
+            f"| {kib} KiB | {per_day * growth / MIB:.0f} MiB | {objects:g} | {per_day * objects:.0f} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

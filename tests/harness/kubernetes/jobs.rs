@@ -167,6 +167,55 @@ pub(crate) fn make_pod(state: &mut State, key: &Key) -> bool {
     unready.is_none()
 }
 
+/// `GET …/pods/NAME/log`: what the process of the pod's Job printed, once
+/// it ended (`tailLines` honoured), as the kubelet serves a container log.
+pub(crate) async fn log(
+    axum::extract::State(state): axum::extract::State<Arc<Mutex<State>>>,
+    axum::extract::Path((namespace, pod)): axum::extract::Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if !super::routes::authorized(&headers) {
+        return super::routes::failure(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+        );
+    }
+    let state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (
+        String::new(),
+        "pods".to_owned(),
+        namespace.clone(),
+        pod.clone(),
+    );
+    let Some(object) = state.store.get(&key) else {
+        return super::routes::failure(
+            axum::http::StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pods {pod:?} not found"),
+        );
+    };
+    let job = object["metadata"]["labels"]["job-name"]
+        .as_str()
+        .unwrap_or_default();
+    let output = state
+        .job_runs
+        .iter()
+        .rev()
+        .find(|r| r.namespace == namespace && r.name == job)
+        .map(|r| r.output.clone())
+        .unwrap_or_default();
+    let tail = super::routes::query_pairs(query.as_deref())
+        .into_iter()
+        .find(|(name, _)| name == "tailLines")
+        .and_then(|(_, value)| value.parse::<usize>().ok());
+    let lines: Vec<&str> = output.lines().collect();
+    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    lines[start..].join("\n").into_response()
+}
+
 /// Deletes the pods of the Job at `key`, as the garbage collector would.
 pub(crate) fn collect_pods(state: &mut State, key: &Key) {
     let pods: Vec<Key> = state

@@ -25,6 +25,10 @@ pub(crate) fn router(state: SharedState) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{pod}/exec",
             any(exec::handle),
         )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{pod}/log",
+            any(jobs::log),
+        )
         .fallback(handle)
         .with_state(state)
 }

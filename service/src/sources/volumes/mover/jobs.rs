@@ -13,7 +13,9 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 
 use super::cleanup::delete_runs;
-use super::pod::{CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret, not_started};
+use super::pod::{
+    CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret, log_tail, not_started,
+};
 use super::snapshot::{self, SnapshotRequest};
 use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
 use crate::k8s::K8sError;
@@ -383,9 +385,15 @@ impl MoverRun<'_> {
         };
         match ending(&current) {
             Some(Ending::Complete) => Some(Ok(())),
-            Some(Ending::Failed(reason)) => Some(Err(format!(
-                "its mover {namespace}/{name} failed ({reason}); {logs}"
-            ))),
+            Some(Ending::Failed(reason)) => {
+                let said = match log_tail(self.client, namespace, name).await {
+                    Some(tail) => format!(": {tail}"),
+                    None => String::new(),
+                };
+                Some(Err(format!(
+                    "its mover {namespace}/{name} failed ({reason}){said}; {logs}"
+                )))
+            }
             None if made.elapsed() > self.settings.timeout => {
                 stop(&jobs, namespace, name).await;
                 Some(Err(format!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::k8s::K8sError;
@@ -22,6 +22,10 @@ pub const SECRET_DIR: &str = "/var/run/secrets/lifeboat";
 pub const CLAIM_MOUNT: &str = "/data";
 /// How often a running claim Job is looked at.
 pub const POLL: Duration = Duration::from_millis(500);
+/// At most this many lines of a failed Job's log are kept.
+pub const LOG_LINES: i64 = 10;
+/// At most this many bytes of a failed Job's log are kept.
+pub const LOG_BYTES: i64 = 2048;
 /// How long a claim Job's pod may take to start by default.
 pub const START_WITHIN: Duration = Duration::from_secs(5 * 60);
 
@@ -261,6 +265,41 @@ pub async fn not_started(
         Some(message) => format!("the Job made no pod: {message}"),
         None => "the Job made no pod (Pod Security admission or a quota may refuse it)".into(),
     }))
+}
+
+/// The last lines of the log of Job `namespace/job`'s pod (at most
+/// [`LOG_LINES`] lines and [`LOG_BYTES`] bytes, control characters
+/// dropped, lines joined by ` / `), or `None` when there is none or it
+/// cannot be read: what a failed Job said before it goes with its log.
+pub async fn log_tail(client: &kube::Client, namespace: &str, job: &str) -> Option<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .ok()?;
+    let name = listed.items.first()?.metadata.name.clone()?;
+    let params = LogParams {
+        tail_lines: Some(LOG_LINES),
+        limit_bytes: Some(LOG_BYTES),
+        ..LogParams::default()
+    };
+    let log = pods.logs(&name, &params).await.ok()?;
+    let lines: Vec<String> = log
+        .lines()
+        .map(|line| line.chars().filter(|c| !c.is_control()).collect::<String>())
+        .map(|line| line.trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect();
+    let start = lines.len().saturating_sub(LOG_LINES as usize);
+    let mut tail = lines[start..].join(" / ");
+    if tail.len() > LOG_BYTES as usize {
+        let mut cut = tail.len() - LOG_BYTES as usize;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+    (!tail.is_empty()).then_some(tail)
 }
 
 /// Why a Pending pod is not running: a container's waiting reason (an

@@ -21,7 +21,7 @@ use super::cleanup::delete_named;
 use super::jobs::RUN_LABEL;
 use super::pod::{
     CLAIM_MOUNT, ClaimJob, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR, START_WITHIN,
-    create_secret, not_started,
+    create_secret, log_tail, not_started,
 };
 use super::split_claim;
 use crate::k8s::K8sError;
@@ -373,7 +373,11 @@ impl ClaimRestore<'_> {
             match ending(&current) {
                 Some(Ending::Complete) => return Ok(()),
                 Some(Ending::Failed(reason)) => {
-                    return Err(fail(format!("its Job failed ({reason})")));
+                    let said = match log_tail(self.client, namespace, job).await {
+                        Some(tail) => format!(": {tail}"),
+                        None => String::new(),
+                    };
+                    return Err(fail(format!("its Job failed ({reason}){said}")));
                 }
                 None if made.elapsed() > self.timeout => {
                     return Err(fail(format!(
