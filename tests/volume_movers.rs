@@ -467,9 +467,10 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         assert_same_tree(original, &describe(&target)?)?;
     }
 
-    // Into claims of the cluster, through restore Jobs: a new claim in
-    // another namespace and storage class, the existing claim of a volume
-    // nobody uses, and never a claim a running pod uses.
+    // Into claims of the cluster, through restore Jobs: each into a new
+    // claim in another namespace (one in another storage class), the
+    // existing claim of a volume nobody uses, and never a claim a pod no
+    // workload runs uses.
     let into_claim = |claim: &str, target: &str, extra: &[&str]| {
         restore_into_claim(&f, &key, claim, target, extra)
     };
@@ -498,6 +499,25 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         .and_then(|pv| pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from))
         .context("the provisioned folder")?;
     assert_same_tree(&originals[1].1, &describe(&folder)?)?;
+    // Every other stored claim, each into a new claim of its class there.
+    for (claim, original) in &originals {
+        if *claim == "monitoring/prometheus-db" {
+            continue;
+        }
+        let name = claim.replace('/', "-");
+        let restored = into_claim(claim, &format!("restored/{name}"), &[])?
+            .ok()?
+            .json()?;
+        ensure!(restored["created"] == true, "{restored:#}");
+        let folder = f
+            .server
+            .object("", "persistentvolumeclaims", "restored", &name)
+            .and_then(|c| c["spec"]["volumeName"].as_str().map(str::to_owned))
+            .and_then(|pv| f.server.object("", "persistentvolumes", "", &pv))
+            .and_then(|pv| pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from))
+            .with_context(|| format!("the folder provisioned for {claim}"))?;
+        assert_same_tree(original, &describe(&folder)?)?;
+    }
     into_claim("apps/archive", "", &[])?.ok()?;
     assert_same_tree(&originals[2].1, &describe(&f.folders[2].1)?)?;
     let refused = into_claim("apps/postgres-data", "", &[])?;
