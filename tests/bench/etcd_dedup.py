@@ -343,8 +343,8 @@ def main() -> None:
         f"per round, {args.rounds} rounds\n"
     )
     print(
-        "| page chunk | chunks per snapshot | first backup stored | hourly new chunks (uncompressed): median (max) "
-        "| hourly stored: median (max) | hourly repo growth: median (max) | s per backup |"
+        "| page chunk | chunks per snapshot | first backup stored | new chunks per later snapshot (uncompressed): median (max) "
+        "| stored per later snapshot: median (max) | repo growth per later snapshot: median (max) | s per backup |"
     )
     print("|---|---|---|---|---|---|---|")
     for kib, rows in results["chunks"].items():
