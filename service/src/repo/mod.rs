@@ -238,6 +238,7 @@ impl Repository {
             index: Arc::new(index),
             index_problems,
             tree_entry_limit: reader::MAX_TREE_ENTRIES,
+            snapshot_cache: Default::default(),
         })
     }
 
@@ -485,6 +486,33 @@ mod tests {
         );
         // A reloaded backup no longer finds the blob and stores it anew.
         assert!(!backup.reload().await?.index().contains(&blob));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_read_once_per_unlocking_and_forgotten_ones_drop_out()
+    -> anyhow::Result<()> {
+        let f = TestRepo::new().await?;
+        let repo = f.as_service().await?;
+        let blob = store_blob(&repo, pattern(1, 5_000)).await?;
+        let first = repo.save_snapshot(&snapshot_of(blob)).await?;
+        let second = repo.save_snapshot(&snapshot_of(blob)).await?;
+        let listed = |entries: Vec<snapshot::SnapshotEntry>| -> Vec<id::SnapshotId> {
+            entries.into_iter().map(|e| e.id).collect()
+        };
+        let before = listed(repo.snapshots().await?);
+        assert_eq!(before.len(), 2);
+        // Damaged behind the store's back after it was read: the listing
+        // of this unlocking (and its clones) does not read it again; a new
+        // unlocking does, and skips it.
+        f.damage(&first.key(), |bytes| bytes.truncate(10))?;
+        let clone = repo.clone();
+        assert_eq!(listed(clone.snapshots().await?), before);
+        let (_, problems) = f.as_service().await?.read_snapshots().await?;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // Forgotten: gone from the listing, cache or not.
+        f.store().delete(&second.key()).await?;
+        assert_eq!(listed(repo.snapshots().await?), vec![first]);
         Ok(())
     }
 

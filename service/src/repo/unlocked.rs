@@ -1,7 +1,10 @@
 //! [`UnlockedRepository`]: a repository whose keys and index are loaded,
 //! with the key's role in its type.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use futures_util::StreamExt as _;
 
 use super::id::{self, BlobId, SnapshotId};
 use super::index::{self, Index};
@@ -26,7 +29,16 @@ pub struct UnlockedRepository<K: KeyRole = keys::ServiceIdentity> {
     pub(super) index: Arc<Index>,
     pub(super) index_problems: IndexProblems,
     pub(super) tree_entry_limit: u64,
+    /// Snapshots read so far, by id: a snapshot object never changes and
+    /// its name binds its content, so one read serves every later listing.
+    pub(super) snapshot_cache: SnapshotCache,
 }
+
+/// Decrypted snapshots by id, shared by the clones of one unlocking.
+pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Snapshot>>>;
+
+/// Snapshot objects fetched at once when listing.
+const SNAPSHOT_READS: usize = 16;
 
 impl<K: KeyRole> UnlockedRepository<K> {
     /// Index objects that could not be read when unlocking, with the reason.
@@ -225,23 +237,43 @@ impl<K: KeyRole> UnlockedRepository<K> {
         &self,
     ) -> Result<(Vec<SnapshotEntry>, Vec<(String, String)>), RepoError> {
         let listed = self.repo.store.list("snapshots/").await?;
-        let mut entries = Vec::with_capacity(listed.len());
+        let reads: Vec<_> = futures_util::stream::iter(listed)
+            .map(|object| async move {
+                let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
+                    Ok(id) => match self.cached_snapshot(id) {
+                        Some(snapshot) => Ok((id, snapshot)),
+                        None => self.read_snapshot(id).await.map(|snapshot| (id, snapshot)),
+                    },
+                    Err(e) => Err(e),
+                };
+                (object.key, read)
+            })
+            .buffered(SNAPSHOT_READS)
+            .collect()
+            .await;
+        let mut entries = Vec::with_capacity(reads.len());
         let mut problems = Vec::new();
-        for object in listed {
-            let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
-                Ok(id) => self.read_snapshot(id).await.map(|snapshot| (id, snapshot)),
-                Err(e) => Err(e),
-            };
+        for (key, read) in reads {
             match read {
                 Ok((id, snapshot)) => entries.push(SnapshotEntry { id, snapshot }),
                 // Forgotten, or withdrawn by its backup, since the listing.
                 Err(RepoError::Storage(StorageError::NotFound { .. })) => {}
                 Err(RepoError::Storage(e)) => return Err(e.into()),
-                Err(e) => problems.push((object.key, e.to_string())),
+                Err(e) => problems.push((key, e.to_string())),
             }
         }
         entries.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        if let Ok(mut cache) = self.snapshot_cache.lock() {
+            // Only what the store still lists: forgotten snapshots go.
+            cache.clear();
+            cache.extend(entries.iter().map(|e| (e.id, e.snapshot.clone())));
+        }
         Ok((entries, problems))
+    }
+
+    /// The snapshot `id` if an earlier listing read it.
+    fn cached_snapshot(&self, id: SnapshotId) -> Option<Snapshot> {
+        self.snapshot_cache.lock().ok()?.get(&id).cloned()
     }
 
     /// Reads one snapshot.
@@ -311,6 +343,7 @@ impl UnlockedRepository<AnyIdentity> {
             index: self.index,
             index_problems: self.index_problems,
             tree_entry_limit: self.tree_entry_limit,
+            snapshot_cache: self.snapshot_cache,
         })
     }
 }
