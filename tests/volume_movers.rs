@@ -341,7 +341,7 @@ async fn every_claim_on_every_node_is_moved_and_restores_into_a_new_place() -> R
         (
             "apps/broken",
             "failed",
-            "backoff limit): lifeboatd: cannot back up",
+            "backoff limit): lifeboatd: cannot read the claim's mount",
         ),
     ] {
         let found = report_item(&report, "volume", claim)?;

@@ -68,9 +68,29 @@ pub enum MoverError {
         /// The pinned id.
         pinned: String,
     },
+    /// The claim's mount cannot be read.
+    #[error(
+        "cannot read the claim's mount {path}: {source}; look at the volume's PersistentVolume and its node (is its data still there?)"
+    )]
+    Mount {
+        /// The mount, or the folder under it that could not be read.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading or storing the claim failed.
     #[error(transparent)]
-    Backup(#[from] BackupError),
+    Backup(BackupError),
+}
+
+impl From<BackupError> for MoverError {
+    fn from(error: BackupError) -> Self {
+        match error {
+            BackupError::Unreadable { path, source } => Self::Mount { path, source },
+            other => Self::Backup(other),
+        }
+    }
 }
 
 /// Stores the claim of `task` as a part snapshot and returns its id.
