@@ -30,7 +30,7 @@ where
 {
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) if not_found(&e) => Ok(()),
         Err(e) => Err(K8sError::api(format!("deleting {what}"), e)),
     }
 }
@@ -55,7 +55,7 @@ where
     let listed = match all.list(params).await {
         Ok(listed) => listed.items,
         // A kind the cluster does not serve (no snapshot CRDs) has none.
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(e) if not_found(&e) => return Ok(()),
         Err(e) => return Err(K8sError::api(format!("listing {what}"), e)),
     };
     for object in listed {
@@ -70,4 +70,9 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether the API answered 404: no such object, or no such kind served.
+pub(super) fn not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
 }

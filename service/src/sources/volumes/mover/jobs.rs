@@ -5,7 +5,6 @@
 //! run deletes what a killed one left.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Instant;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -14,12 +13,11 @@ use serde_json::{Value, json};
 
 use super::cleanup::delete_runs;
 use super::pod::{
-    CLAIM_MOUNT, ClaimJob, POLL, Placement, SECRET_DIR, create_secret, log_tail, not_started,
+    CLAIM_MOUNT, ClaimJob, JobState, JobWatch, POLL, Placement, SECRET_DIR, create_secret,
 };
 use super::snapshot::{self, SnapshotRequest};
 use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
 use crate::k8s::K8sError;
-use crate::k8s::jobs::{Ending, ending};
 use crate::repo::id::SnapshotId;
 use crate::repo::prune::forget;
 use crate::repo::snapshot::Snapshot;
@@ -69,6 +67,13 @@ pub enum MoversError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The contents of a run's Secret, and the namespaces it was made in.
+struct RunSecret {
+    identity: Vec<u8>,
+    spec: Vec<u8>,
+    made_in: BTreeSet<String>,
 }
 
 /// One claim to move.
@@ -136,8 +141,8 @@ impl MoverRun<'_> {
     ) -> Result<Vec<MoverOutcome>, MoversError> {
         let run = format!("{:016x}", rand::random::<u64>());
         let begun = self.begin(&run).await;
-        let image = match begun {
-            Ok(image) => image,
+        let (image, mut secret) = match begun {
+            Ok(begun) => begun,
             Err(e) => {
                 released.await;
                 return Err(e);
@@ -150,9 +155,7 @@ impl MoverRun<'_> {
             .map(|claim| self.snapshot_request(&run, claim))
             .collect();
         let taken = snapshot::take_all(self.client, &requests, &self.labels(&run)).await;
-        // Namespaces whose Secret this run made.
-        let mut secrets = BTreeSet::new();
-        let live_moved = self.move_claims(&run, &image, live, &mut secrets).await;
+        let live_moved = self.move_claims(&run, &image, live, &mut secret).await;
         released.await;
         let mut ready = Vec::new();
         let mut ended = Vec::new();
@@ -164,7 +167,7 @@ impl MoverRun<'_> {
         }
         let moved = match live_moved {
             Ok(live) => self
-                .move_claims(&run, &image, ready, &mut secrets)
+                .move_claims(&run, &image, ready, &mut secret)
                 .await
                 .map(|snapshots| {
                     ended.extend(live);
@@ -189,15 +192,55 @@ impl MoverRun<'_> {
             .collect())
     }
 
-    /// The image, once what earlier runs left is removed and forgotten.
-    async fn begin(&self, run: &str) -> Result<String, MoversError> {
+    /// The image and the run's Secret contents, once what earlier runs
+    /// left is removed and forgotten.
+    async fn begin(&self, run: &str) -> Result<(String, RunSecret), MoversError> {
         let image = match &self.settings.image {
             Some(image) => image.clone(),
             None => own_image(self.client).await?,
         };
+        let secret = self.run_secret(run)?;
         self.remove_objects(|object_run| object_run != run).await?;
         self.forget_parts(|_| true).await?;
-        Ok(image)
+        Ok((image, secret))
+    }
+
+    /// What the run's Secret holds: the service identity and the spec.
+    fn run_secret(&self, run: &str) -> Result<RunSecret, MoversError> {
+        let identity = std::fs::read(&self.repository.service_identity).map_err(|source| {
+            MoversError::Identity {
+                path: self.repository.service_identity.clone(),
+                source,
+            }
+        })?;
+        let spec = MoverSpec {
+            url: self.repository.url.clone(),
+            s3: self.repository.s3.clone(),
+            pin: RepositoryPin {
+                url: self.repository.url.clone(),
+                fingerprint: self.repo.fingerprint().clone(),
+                restore_recipients: self
+                    .repo
+                    .repository()
+                    .recipients()
+                    .restore
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                pinned: chrono::Utc::now(),
+            },
+            job: self.job.to_owned(),
+            run: run.to_owned(),
+        };
+        let spec = serde_json::to_vec(&spec).map_err(|source| RepoError::Encode {
+            what: "the mover spec",
+            source,
+        })?;
+        Ok(RunSecret {
+            identity,
+            spec,
+            made_in: BTreeSet::new(),
+        })
     }
 
     fn snapshot_request(&self, run: &str, claim: &MoverClaim) -> SnapshotRequest {
@@ -265,49 +308,16 @@ impl MoverRun<'_> {
     }
 
     /// Starts and watches the movers within the limits, making the run's
-    /// Secret in each namespace not in `secrets` yet.
+    /// Secret in each namespace it is not in yet.
     async fn move_claims(
         &self,
         run: &str,
         image: &str,
         claims: Vec<MoverClaim>,
-        secrets: &mut BTreeSet<String>,
+        secret: &mut RunSecret,
     ) -> Result<Vec<(MoverClaim, String, Result<(), String>)>, MoversError> {
-        if claims.is_empty() {
-            return Ok(Vec::new());
-        }
-        let identity = std::fs::read(&self.repository.service_identity).map_err(|source| {
-            MoversError::Identity {
-                path: self.repository.service_identity.clone(),
-                source,
-            }
-        })?;
-        let spec = MoverSpec {
-            url: self.repository.url.clone(),
-            s3: self.repository.s3.clone(),
-            pin: RepositoryPin {
-                url: self.repository.url.clone(),
-                fingerprint: self.repo.fingerprint().clone(),
-                restore_recipients: self
-                    .repo
-                    .repository()
-                    .recipients()
-                    .restore
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                pinned: chrono::Utc::now(),
-            },
-            job: self.job.to_owned(),
-            run: run.to_owned(),
-        };
-        let spec = serde_json::to_vec(&spec).map_err(|source| RepoError::Encode {
-            what: "the mover spec",
-            source,
-        })?;
         let mut pending: VecDeque<MoverClaim> = claims.into();
-        // Each running mover, when it was made and whether its pod started.
-        let mut running: Vec<(MoverClaim, String, Instant, bool)> = Vec::new();
+        let mut running: Vec<(MoverClaim, JobWatch)> = Vec::new();
         let mut outcomes = Vec::new();
         let total = self.settings.concurrency.max(1);
         let per_node = self.settings.per_node.max(1);
@@ -317,7 +327,7 @@ impl MoverRun<'_> {
                     key.as_ref().is_some_and(|key| {
                         running
                             .iter()
-                            .filter(|(c, ..)| c.placement.node_key().as_ref() == Some(key))
+                            .filter(|(c, _)| c.placement.node_key().as_ref() == Some(key))
                             .count()
                             >= per_node
                     })
@@ -331,17 +341,20 @@ impl MoverRun<'_> {
                 let namespace = claim.volume.namespace.clone();
                 let name = job_name(run, &claim.volume);
                 let started = async {
-                    if !secrets.contains(&namespace) {
-                        self.create_secret(run, &namespace, &identity, &spec)
+                    if !secret.made_in.contains(&namespace) {
+                        self.create_secret(run, &namespace, &secret.identity, &secret.spec)
                             .await?;
-                        secrets.insert(namespace.clone());
+                        secret.made_in.insert(namespace.clone());
                     }
                     self.claim_job(run, image, &name, &claim)
                         .create(self.client, "the mover Job")
                         .await
                 };
                 match started.await {
-                    Ok(()) => running.push((claim, name, Instant::now(), false)),
+                    Ok(()) => {
+                        let watch = JobWatch::new(&namespace, &name);
+                        running.push((claim, watch));
+                    }
                     Err(e) => outcomes.push((claim, name, Err(crate::errors::describe(&e)))),
                 }
             }
@@ -350,74 +363,62 @@ impl MoverRun<'_> {
             }
             tokio::time::sleep(POLL).await;
             let mut still = Vec::new();
-            for (claim, name, made, mut started) in running {
-                match self.watch(&claim, &name, made, &mut started).await {
-                    None => still.push((claim, name, made, started)),
-                    Some(ended) => outcomes.push((claim, name, ended)),
+            for (claim, mut watch) in running {
+                match self.watch(&mut watch).await {
+                    None => still.push((claim, watch)),
+                    Some(ended) => outcomes.push((claim, watch.name, ended)),
                 }
             }
             running = still;
         }
     }
 
-    /// Whether the mover `name` of `claim`, made at `made`, ended: `None`
-    /// while it runs, else whether it completed or why it failed. A mover
-    /// whose pod has not started within the start timeout (`started`
-    /// records that it did) or that runs past its timeout is deleted.
-    async fn watch(
-        &self,
-        claim: &MoverClaim,
-        name: &str,
-        made: Instant,
-        started: &mut bool,
-    ) -> Option<Result<(), String>> {
-        let namespace = &claim.volume.namespace;
-        let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
+    /// Whether the mover `watch` follows ended: `None` while it runs, else
+    /// whether it completed or why it failed. A mover whose pod has not
+    /// started within the start timeout or that runs past its timeout is
+    /// deleted.
+    async fn watch(&self, watch: &mut JobWatch) -> Option<Result<(), String>> {
+        let settings = self.settings;
+        let state = watch
+            .look(self.client, settings.start_timeout, settings.timeout)
+            .await;
+        let (namespace, name) = (&watch.namespace, &watch.name);
         // The Job goes at the end of the run, its log with it.
         let logs = format!(
             "its log goes with it at the end of the run: follow the next run with \
              `kubectl -n {namespace} logs -f -l {COMPONENT_LABEL}={COMPONENT}`"
         );
-        let current = match jobs.get_opt(name).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return Some(Err(format!("its Job {namespace}/{name} disappeared"))),
-            Err(e) => return Some(Err(format!("reading its Job {namespace}/{name}: {e}"))),
+        let stop = || async {
+            let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
+            if let Err(e) = jobs.delete(name, &DeleteParams::background()).await {
+                tracing::warn!("stopping the mover {namespace}/{name}: {e}");
+            }
         };
-        match ending(&current) {
-            Some(Ending::Complete) => Some(Ok(())),
-            Some(Ending::Failed(reason)) => {
-                let said = match log_tail(self.client, namespace, name).await {
-                    Some(tail) => format!(": {tail}"),
-                    None => String::new(),
-                };
+        match state {
+            Ok(JobState::Running) => None,
+            Ok(JobState::Complete) => Some(Ok(())),
+            Ok(JobState::Failed { reason, log }) => {
+                let said = log.map(|tail| format!(": {tail}")).unwrap_or_default();
                 Some(Err(format!(
                     "its mover {namespace}/{name} failed ({reason}){said}; {logs}"
                 )))
             }
-            None if made.elapsed() > self.settings.timeout => {
-                stop(&jobs, namespace, name).await;
+            Ok(JobState::Overran) => {
+                stop().await;
                 Some(Err(format!(
                     "its mover {namespace}/{name} did not finish within {} (the movers' timeout); {logs}",
-                    humantime::format_duration(self.settings.timeout)
+                    humantime::format_duration(settings.timeout)
                 )))
             }
-            None if !*started && made.elapsed() > self.settings.start_timeout => {
-                match not_started(self.client, namespace, name).await {
-                    Ok(None) => {
-                        *started = true;
-                        None
-                    }
-                    Ok(Some(reason)) => {
-                        stop(&jobs, namespace, name).await;
-                        Some(Err(format!(
-                            "its mover {namespace}/{name} did not start within {} (the movers' start_timeout): {reason}",
-                            humantime::format_duration(self.settings.start_timeout)
-                        )))
-                    }
-                    Err(e) => Some(Err(crate::errors::describe(&e))),
-                }
+            Ok(JobState::NotStarted(reason)) => {
+                stop().await;
+                Some(Err(format!(
+                    "its mover {namespace}/{name} did not start within {} (the movers' start_timeout): {reason}",
+                    humantime::format_duration(settings.start_timeout)
+                )))
             }
-            None => None,
+            Ok(JobState::Gone) => Some(Err(format!("its Job {namespace}/{name} disappeared"))),
+            Err(e) => Some(Err(crate::errors::describe(&e))),
         }
     }
 
@@ -521,13 +522,6 @@ impl MoverRun<'_> {
         )
         .await?;
         Ok(())
-    }
-}
-
-/// Deletes a mover that overran (its pod with it).
-async fn stop(jobs: &Api<Job>, namespace: &str, name: &str) {
-    if let Err(e) = jobs.delete(name, &DeleteParams::background()).await {
-        tracing::warn!("stopping the mover {namespace}/{name}: {e}");
     }
 }
 

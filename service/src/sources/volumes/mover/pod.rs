@@ -6,7 +6,7 @@
 //! the claim's volume can be mounted.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
@@ -14,6 +14,7 @@ use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::k8s::K8sError;
+use crate::k8s::jobs::{Ending, ending};
 use crate::storage::CREDENTIAL_VARIABLES;
 
 /// Where a claim Job finds its Secret's files.
@@ -225,20 +226,115 @@ pub async fn create_secret(
     Ok(())
 }
 
+/// Where a claim Job stands, as [`JobWatch::look`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Its pod has not ended yet.
+    Running,
+    /// It completed.
+    Complete,
+    /// It failed: the Job's reason and the end of its pod's log.
+    Failed {
+        /// The Job condition's reason and message.
+        reason: String,
+        /// The last lines of its pod's log, if it could be read.
+        log: Option<String>,
+    },
+    /// It ran past its timeout.
+    Overran,
+    /// Its pod did not start within the start timeout: why.
+    NotStarted(String),
+    /// It is gone.
+    Gone,
+}
+
+/// One claim Job being watched: when it was made and whether its pod was
+/// seen started (after that, the start timeout no longer applies).
+#[derive(Debug, Clone)]
+pub struct JobWatch {
+    /// The Job's namespace.
+    pub namespace: String,
+    /// The Job.
+    pub name: String,
+    made: Instant,
+    started: bool,
+}
+
+impl JobWatch {
+    /// Watches the Job `namespace/name`, made now.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            made: Instant::now(),
+            started: false,
+        }
+    }
+
+    /// Looks at the Job once: past `timeout` it has overrun; past
+    /// `start_within` without a started pod, it did not start.
+    ///
+    /// Fails when the API refuses to read the Job or list its pods.
+    pub async fn look(
+        &mut self,
+        client: &kube::Client,
+        start_within: Duration,
+        timeout: Duration,
+    ) -> Result<JobState, K8sError> {
+        let (namespace, name) = (&self.namespace, &self.name);
+        let current = Api::<Job>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| K8sError::api(format!("reading Job {namespace}/{name}"), e))?;
+        let Some(current) = current else {
+            return Ok(JobState::Gone);
+        };
+        Ok(match ending(&current) {
+            Some(Ending::Complete) => JobState::Complete,
+            Some(Ending::Failed(reason)) => JobState::Failed {
+                reason,
+                log: log_tail(client, namespace, name).await,
+            },
+            None if self.made.elapsed() > timeout => JobState::Overran,
+            None if !self.started && self.made.elapsed() > start_within => {
+                match not_started(client, namespace, name).await? {
+                    None => {
+                        self.started = true;
+                        JobState::Running
+                    }
+                    Some(reason) => JobState::NotStarted(reason),
+                }
+            }
+            None => JobState::Running,
+        })
+    }
+}
+
+/// The pods of Job `namespace/job` (labelled `job-name` by the Job
+/// controller).
+async fn job_pods(
+    client: &kube::Client,
+    namespace: &str,
+    job: &str,
+) -> Result<Vec<Pod>, kube::Error> {
+    Ok(Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await?
+        .items)
+}
+
 /// Why the pod of Job `namespace/job` is not running yet, or `None` once
 /// one is running or has run.
 ///
 /// Fails when the API refuses to list pods.
-pub async fn not_started(
+async fn not_started(
     client: &kube::Client,
     namespace: &str,
     job: &str,
 ) -> Result<Option<String>, K8sError> {
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
+    let pods = job_pods(client, namespace, job)
         .await
-        .map_err(|e| K8sError::api(format!("listing the pods of Job {namespace}/{job}"), e))?
-        .items;
+        .map_err(|e| K8sError::api(format!("listing the pods of Job {namespace}/{job}"), e))?;
     let phase = |pod: &Pod| pod.status.as_ref().and_then(|s| s.phase.clone());
     if pods
         .iter()
@@ -271,19 +367,18 @@ pub async fn not_started(
 /// [`LOG_LINES`] lines and [`LOG_BYTES`] bytes, control characters
 /// dropped, lines joined by ` / `), or `None` when there is none or it
 /// cannot be read: what a failed Job said before it goes with its log.
-pub async fn log_tail(client: &kube::Client, namespace: &str, job: &str) -> Option<String> {
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await
-        .ok()?;
-    let name = listed.items.first()?.metadata.name.clone()?;
+async fn log_tail(client: &kube::Client, namespace: &str, job: &str) -> Option<String> {
+    let listed = job_pods(client, namespace, job).await.ok()?;
+    let name = listed.first()?.metadata.name.clone()?;
     let params = LogParams {
         tail_lines: Some(LOG_LINES),
         limit_bytes: Some(LOG_BYTES),
         ..LogParams::default()
     };
-    let log = pods.logs(&name, &params).await.ok()?;
+    let log = Api::<Pod>::namespaced(client.clone(), namespace)
+        .logs(&name, &params)
+        .await
+        .ok()?;
     let lines: Vec<String> = log
         .lines()
         .map(|line| line.chars().filter(|c| !c.is_control()).collect::<String>())
@@ -305,7 +400,7 @@ pub async fn log_tail(client: &kube::Client, namespace: &str, job: &str) -> Opti
 /// Why a Pending pod is not running: a container's waiting reason (an
 /// image that cannot be pulled), else why it is not scheduled (no ready
 /// node it may go to).
-pub fn pending_reason(pod: &Pod) -> String {
+fn pending_reason(pod: &Pod) -> String {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let status = pod.status.as_ref();
     let waiting = status

@@ -10,7 +10,7 @@
 //! CD managers suspended meanwhile, and both put back afterwards, also
 //! after a failure; a pod no workload runs makes the restore refuse.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
@@ -20,13 +20,12 @@ use serde_json::{Value, json};
 use super::cleanup::delete_named;
 use super::jobs::RUN_LABEL;
 use super::pod::{
-    CLAIM_MOUNT, ClaimJob, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR, START_WITHIN,
-    create_secret, log_tail, not_started,
+    CLAIM_MOUNT, ClaimJob, JobState, JobWatch, POLL, Placement, RESTORE_VARIABLES, SECRET_DIR,
+    START_WITHIN, create_secret,
 };
 use super::split_claim;
 use crate::k8s::K8sError;
 use crate::k8s::gitops::{self, Action, ManagerResult};
-use crate::k8s::jobs::{Ending, ending};
 use crate::k8s::workloads::{self, Stopped, Workload, WorkloadsError};
 use crate::sources::volumes::StoredVolume;
 use crate::storage::S3Options;
@@ -361,42 +360,28 @@ impl ClaimRestore<'_> {
             job: job.to_owned(),
             reason,
         };
-        let jobs = Api::<Job>::namespaced(self.client.clone(), namespace);
-        let made = Instant::now();
-        let mut started = false;
+        let mut watch = JobWatch::new(namespace, job);
         loop {
-            let current = jobs
-                .get_opt(job)
-                .await
-                .map_err(|e| K8sError::api(format!("reading Job {namespace}/{job}"), e))?
-                .ok_or_else(|| fail("its Job disappeared".into()))?;
-            match ending(&current) {
-                Some(Ending::Complete) => return Ok(()),
-                Some(Ending::Failed(reason)) => {
-                    let said = match log_tail(self.client, namespace, job).await {
-                        Some(tail) => format!(": {tail}"),
-                        None => String::new(),
-                    };
+            match watch.look(self.client, START_WITHIN, self.timeout).await? {
+                JobState::Running => tokio::time::sleep(POLL).await,
+                JobState::Complete => return Ok(()),
+                JobState::Failed { reason, log } => {
+                    let said = log.map(|tail| format!(": {tail}")).unwrap_or_default();
                     return Err(fail(format!("its Job failed ({reason}){said}")));
                 }
-                None if made.elapsed() > self.timeout => {
+                JobState::Overran => {
                     return Err(fail(format!(
                         "its Job did not finish within {}",
                         humantime::format_duration(self.timeout)
                     )));
                 }
-                None if !started && made.elapsed() > START_WITHIN => {
-                    match not_started(self.client, namespace, job).await? {
-                        None => started = true,
-                        Some(reason) => {
-                            return Err(fail(format!(
-                                "its Job did not start within {}: {reason}",
-                                humantime::format_duration(START_WITHIN)
-                            )));
-                        }
-                    }
+                JobState::NotStarted(reason) => {
+                    return Err(fail(format!(
+                        "its Job did not start within {}: {reason}",
+                        humantime::format_duration(START_WITHIN)
+                    )));
                 }
-                None => tokio::time::sleep(POLL).await,
+                JobState::Gone => return Err(fail("its Job disappeared".into())),
             }
         }
     }

@@ -13,7 +13,7 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
-use super::cleanup::delete_runs;
+use super::cleanup::{delete_runs, not_found};
 use super::pod::POLL;
 use crate::k8s::K8sError;
 
@@ -42,12 +42,6 @@ fn snapshots(client: &kube::Client, namespace: Option<&str>) -> Api<DynamicObjec
     }
 }
 
-/// Whether an API error says the snapshot API is not served (no snapshot
-/// controller's CRDs in the cluster).
-fn not_served(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
-}
-
 /// The VolumeSnapshotClass to use per CSI driver: the driver's default
 /// class, else its first by name. Empty when the cluster serves no
 /// snapshot API.
@@ -60,7 +54,8 @@ pub async fn classes(client: &kube::Client) -> Result<BTreeMap<String, String>, 
     );
     let list = match api.list(&ListParams::default()).await {
         Ok(list) => list.items,
-        Err(e) if not_served(&e) => return Ok(BTreeMap::new()),
+        // No snapshot controller's CRDs: no snapshot API.
+        Err(e) if not_found(&e) => return Ok(BTreeMap::new()),
         Err(e) => return Err(K8sError::api("listing VolumeSnapshotClasses", e)),
     };
     let mut chosen: BTreeMap<String, (bool, String)> = BTreeMap::new();
