@@ -339,7 +339,7 @@ impl<'a> Runner<'a> {
         if entry.snapshot.source_kind != SourceKind::Volumes {
             return Err(RebuildError::NotVolumes {
                 what: what.to_owned(),
-                kind: entry.snapshot.source_kind,
+                kind: entry.snapshot.source_kind.clone(),
             });
         }
         let reader = repo.reader();

@@ -23,7 +23,7 @@ pub struct Graft {
     pub entry: Node,
     /// The snapshot it comes from: its references and summary join this
     /// snapshot's, and it is forgotten once this snapshot is stored.
-    pub from: (SnapshotId, Snapshot),
+    pub from: (SnapshotId, std::sync::Arc<Snapshot>),
 }
 
 /// Directories between the root and the grafts.

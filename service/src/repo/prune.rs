@@ -197,7 +197,7 @@ pub(crate) async fn used_blobs(
     }
     let mut used = HashSet::new();
     for entry in snapshots {
-        used.extend(entry.snapshot.references);
+        used.extend(entry.snapshot.references.iter().copied());
     }
     Ok(used)
 }

@@ -157,7 +157,7 @@ pub struct SnapshotEntry {
     /// Its id.
     pub id: SnapshotId,
     /// Its contents.
-    pub snapshot: Snapshot,
+    pub snapshot: std::sync::Arc<Snapshot>,
 }
 
 /// A byte count for people: `1.5 MiB`.

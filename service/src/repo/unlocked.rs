@@ -34,8 +34,9 @@ pub struct UnlockedRepository<K: KeyRole = keys::ServiceIdentity> {
     pub(super) snapshot_cache: SnapshotCache,
 }
 
-/// Decrypted snapshots by id, shared by the clones of one unlocking.
-pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Snapshot>>>;
+/// Decrypted snapshots by id, shared by the clones of one unlocking and
+/// with the listings handed out (no copy of their reference lists).
+pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Arc<Snapshot>>>>;
 
 /// Snapshot objects fetched at once when listing.
 const SNAPSHOT_READS: usize = 16;
@@ -242,7 +243,10 @@ impl<K: KeyRole> UnlockedRepository<K> {
                 let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
                     Ok(id) => match self.cached_snapshot(id) {
                         Some(snapshot) => Ok((id, snapshot)),
-                        None => self.read_snapshot(id).await.map(|snapshot| (id, snapshot)),
+                        None => self
+                            .read_snapshot(id)
+                            .await
+                            .map(|snapshot| (id, Arc::new(snapshot))),
                     },
                     Err(e) => Err(e),
                 };
@@ -272,7 +276,7 @@ impl<K: KeyRole> UnlockedRepository<K> {
     }
 
     /// The snapshot `id` if an earlier listing read it.
-    fn cached_snapshot(&self, id: SnapshotId) -> Option<Snapshot> {
+    fn cached_snapshot(&self, id: SnapshotId) -> Option<Arc<Snapshot>> {
         self.snapshot_cache.lock().ok()?.get(&id).cloned()
     }
 

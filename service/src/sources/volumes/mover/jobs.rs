@@ -93,7 +93,7 @@ pub struct StoredPart {
     /// The part snapshot.
     pub id: SnapshotId,
     /// Its contents (references and summary).
-    pub snapshot: Snapshot,
+    pub snapshot: std::sync::Arc<Snapshot>,
     /// The claim folder's entry.
     pub entry: Node,
 }
