@@ -93,6 +93,12 @@ enum Command {
         /// A glob pattern to leave out (repeatable).
         #[arg(long)]
         exclude: Vec<String>,
+        /// The claim's cache key file, from the run's Secret.
+        #[arg(long)]
+        cache_key: Option<PathBuf>,
+        /// The cache object the claim's last mover left.
+        #[arg(long, requires = "cache_key")]
+        cache: Option<String>,
     },
 }
 
@@ -151,6 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             claim,
             folder,
             exclude,
+            cache_key,
+            cache,
         } => {
             let task = MoverTask {
                 spec,
@@ -158,6 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 claim,
                 folder,
                 exclude,
+                cache_key,
+                cache,
             };
             let id = lifeboat::sources::volumes::mover::process::run(&task).await?;
             println!("{id}");

@@ -60,10 +60,11 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         state_dir: Option<&Path>,
     ) -> Result<(), BackupError> {
         let prepared = prepare(folders)?;
-        let entries = self
-            .archive(state_dir, move |archiver| {
-                archiver.archive_layout(&prepared, Path::new("/"))
-            })
+        let (entries, _) = self
+            .archive(
+                CacheUse::State(state_dir.map(Path::to_path_buf)),
+                move |archiver| archiver.archive_layout(&prepared, Path::new("/")),
+            )
             .await?;
         for node in entries {
             self.add_entry(node)?;
@@ -73,9 +74,11 @@ impl<K: KeyRole> SnapshotBuilder<K> {
 
     /// Backs up `folder` as if it were at `snapshot_path` — a top-level
     /// entry named by its last component, whose hard links name paths
-    /// under `snapshot_path` — and returns that entry. A volume mover uses
-    /// it: the claim is mounted anywhere, and its entry is grafted into
-    /// the run's snapshot at `snapshot_path`.
+    /// under `snapshot_path` — and returns that entry with what this backup
+    /// learnt of its files. A volume mover uses it: the claim is mounted
+    /// anywhere, its entry is grafted into the run's snapshot at
+    /// `snapshot_path`, and `known` (what the last backup learnt) comes
+    /// from and goes back to the mover's cache in the repository.
     ///
     /// Fails as [`Self::add_folders`], and when `snapshot_path` is not
     /// absolute or has no last component.
@@ -83,8 +86,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         &mut self,
         folder: &Folder,
         snapshot_path: &Path,
-        state_dir: Option<&Path>,
-    ) -> Result<Node, BackupError> {
+        known: KnownFiles,
+    ) -> Result<(Node, Learnt), BackupError> {
         let fail = |reason: &str| BackupError::Source {
             path: folder.path.display().to_string(),
             reason: reason.to_owned(),
@@ -95,8 +98,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         };
         let (path, excludes) = checked(folder)?;
         let snapshot_path = snapshot_path.as_os_str().as_bytes().to_vec();
-        let node = self
-            .archive(state_dir, move |archiver| {
+        let (mut entries, learnt) = self
+            .archive(CacheUse::Given(known), move |archiver| {
                 let meta = std::fs::metadata(&path).map_err(|source| BackupError::Unreadable {
                     path: path.display().to_string(),
                     source,
@@ -112,74 +115,101 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 node.subtree = Some(archiver.archive_dir(&place)?);
                 Ok(vec![node])
             })
-            .await?
-            .pop()
-            .ok_or_else(|| fail("it has no name"))?;
+            .await?;
+        let node = entries.pop().ok_or_else(|| fail("it has no name"))?;
         self.add_entry(node.clone())?;
-        Ok(node)
+        Ok((node, learnt))
     }
 
     /// Runs `work` with an archiver on the blocking pool, the file cache
-    /// of `state_dir` loaded before and replaced after, and adds its
-    /// counts, references and warnings to this snapshot.
+    /// `cache` says loaded before and (for the state's) replaced after,
+    /// and adds its counts, references and warnings to this snapshot.
+    /// Returns the entries, and what it learnt of the files when the
+    /// cache was given (empty when the state's cache kept it).
     async fn archive(
         &mut self,
-        state_dir: Option<&Path>,
+        cache: CacheUse,
         work: impl FnOnce(&Archiver) -> Result<Vec<Node>, BackupError> + Send + 'static,
-    ) -> Result<Vec<Node>, BackupError> {
+    ) -> Result<(Vec<Node>, Learnt), BackupError> {
         let repo_id = self.repo.repository().config().id.clone();
         let job = self.job.clone();
         let writer = self.writer.clone();
         let chunking = self.repo.repository().config().file_chunking;
         let progress = self.progress.clone();
-        let state_dir = state_dir.map(Path::to_path_buf);
-        let (entries, summary, references, warnings) = tokio::task::spawn_blocking(move || {
-            let mut cache = state_dir.as_deref().and_then(|dir| {
-                FileCache::open(dir)
-                    .inspect_err(|e| tracing::warn!("working without the file cache: {e}"))
-                    .ok()
-            });
-            let known = cache
-                .as_ref()
-                .and_then(|c| {
-                    c.load(&repo_id, &job)
-                        .inspect_err(|e| tracing::warn!("{e}"))
-                        .ok()
-                })
-                .unwrap_or_default();
-            let archiver = Archiver {
-                writer,
-                chunking,
-                known,
-                progress,
-                fresh: Mutex::default(),
-                counts: Counts::default(),
-                warnings: Mutex::default(),
-                hardlinks: Mutex::default(),
-                references: Mutex::default(),
-            };
-            let entries = work(&archiver)?;
-            if let Some(cache) = cache.as_mut() {
-                let fresh = archiver.fresh.into_inner().unwrap_or_default();
-                if let Err(e) = cache.replace(&repo_id, &job, &fresh) {
-                    tracing::warn!("{e}");
+        let (entries, learnt, summary, references, warnings) =
+            tokio::task::spawn_blocking(move || {
+                let (mut state, known) = match cache {
+                    CacheUse::Given(known) => (None, known),
+                    CacheUse::State(dir) => {
+                        let state = dir.as_deref().and_then(|dir| {
+                            FileCache::open(dir)
+                                .inspect_err(|e| {
+                                    tracing::warn!("working without the file cache: {e}")
+                                })
+                                .ok()
+                        });
+                        let known = state
+                            .as_ref()
+                            .and_then(|c| {
+                                c.load(&repo_id, &job)
+                                    .inspect_err(|e| tracing::warn!("{e}"))
+                                    .ok()
+                            })
+                            .unwrap_or_default();
+                        (state, known)
+                    }
+                };
+                let archiver = Archiver {
+                    writer,
+                    chunking,
+                    known,
+                    progress,
+                    fresh: Mutex::default(),
+                    counts: Counts::default(),
+                    warnings: Mutex::default(),
+                    hardlinks: Mutex::default(),
+                    references: Mutex::default(),
+                };
+                let entries = work(&archiver)?;
+                let mut learnt = archiver.fresh.into_inner().unwrap_or_default();
+                if let Some(state) = state.as_mut() {
+                    if let Err(e) = state.replace(&repo_id, &job, &learnt) {
+                        tracing::warn!("{e}");
+                    }
+                    learnt = Vec::new();
                 }
-            }
-            Ok::<_, BackupError>((
-                entries,
-                archiver.counts.summary(),
-                archiver.references.into_inner().unwrap_or_default(),
-                archiver.warnings.into_inner().unwrap_or_default(),
-            ))
-        })
-        .await
-        .map_err(WorkerError::stopped("reading files"))
-        .map_err(RepoError::from)??;
+                Ok::<_, BackupError>((
+                    entries,
+                    learnt,
+                    archiver.counts.summary(),
+                    archiver.references.into_inner().unwrap_or_default(),
+                    archiver.warnings.into_inner().unwrap_or_default(),
+                ))
+            })
+            .await
+            .map_err(WorkerError::stopped("reading files"))
+            .map_err(RepoError::from)??;
         add_summary(&mut self.summary, &summary);
         self.references.extend(references);
         self.warnings.extend(warnings);
-        Ok(entries)
+        Ok((entries, learnt))
     }
+}
+
+/// What a backup knew of files (by path) from the last backup of the
+/// same files: those unchanged since are not read again.
+pub type KnownFiles = HashMap<Vec<u8>, CachedFile>;
+
+/// What a backup learnt of the files it stored (path and what it knows),
+/// for the next.
+pub type Learnt = Vec<(Vec<u8>, CachedFile)>;
+
+/// Where a backup's file cache comes from and goes to.
+enum CacheUse {
+    /// The file cache in this state folder, if any.
+    State(Option<PathBuf>),
+    /// Given by the caller, who keeps what is learnt.
+    Given(KnownFiles),
 }
 
 /// The folders arranged by path: each name is a folder to archive or an
@@ -333,9 +363,9 @@ impl Counts {
 struct Archiver {
     writer: Arc<BlobWriter>,
     chunking: Chunking,
-    known: HashMap<Vec<u8>, CachedFile>,
+    known: KnownFiles,
     progress: Arc<Progress>,
-    fresh: Mutex<Vec<(Vec<u8>, CachedFile)>>,
+    fresh: Mutex<Learnt>,
     counts: Counts,
     warnings: Mutex<Vec<String>>,
     hardlinks: Mutex<HashMap<(u64, u64), RawName>>,

@@ -1,8 +1,10 @@
 //! The file-metadata cache: lets a backup skip reading files whose size,
 //! modification time, change time and inode are unchanged since the last
-//! backup of the same job into the same repository.
+//! backup of the same job into the same repository. For claims read by
+//! volume movers, whose caches are objects in the repository, it records
+//! which object is each claim's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
@@ -10,7 +12,8 @@ use rusqlite::{Connection, params};
 use crate::repo::id::BlobId;
 
 /// Migrations, applied in order; the database's `user_version` counts them.
-const MIGRATIONS: &[&str] = &["CREATE TABLE files (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE files (
         repository TEXT NOT NULL,
         job TEXT NOT NULL,
         path BLOB NOT NULL,
@@ -20,7 +23,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE files (
         inode INTEGER NOT NULL,
         content BLOB NOT NULL,
         PRIMARY KEY (repository, job, path)
-    ) WITHOUT ROWID"];
+    ) WITHOUT ROWID",
+    "CREATE TABLE mover_caches (
+        repository TEXT NOT NULL,
+        job TEXT NOT NULL,
+        claim TEXT NOT NULL,
+        object TEXT NOT NULL,
+        PRIMARY KEY (repository, job, claim)
+    ) WITHOUT ROWID",
+];
 
 /// A cache failure. The backup goes on without the cache.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +142,80 @@ impl FileCache {
         job: &str,
         files: &[(Vec<u8>, CachedFile)],
     ) -> Result<(), StateError> {
+        self.replace_rows("files", (repository, job), |transaction| {
+            let mut insert = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO files \
+                 (repository, job, path, size, mtime_ns, ctime_ns, inode, content) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (file_path, file) in files {
+                let content: Vec<u8> = file.content.iter().flat_map(|id| *id.as_bytes()).collect();
+                insert.execute(params![
+                    repository,
+                    job,
+                    file_path,
+                    file.size as i64,
+                    file.mtime_ns,
+                    file.ctime_ns,
+                    file.inode as i64,
+                    content
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The cache object of each claim of volumes job `job`.
+    ///
+    /// Fails when the database cannot be read.
+    pub fn mover_caches(
+        &self,
+        repository: &str,
+        job: &str,
+    ) -> Result<BTreeMap<String, String>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT claim, object FROM mover_caches WHERE repository = ?1 AND job = ?2",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = statement
+            .query_map(params![repository, job], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(|e| self.fail(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+    }
+
+    /// Replaces the cache objects of volumes job `job` with `objects`
+    /// (claim → object).
+    ///
+    /// Fails when the database cannot be written.
+    pub fn replace_mover_caches(
+        &mut self,
+        repository: &str,
+        job: &str,
+        objects: &BTreeMap<String, String>,
+    ) -> Result<(), StateError> {
+        self.replace_rows("mover_caches", (repository, job), |transaction| {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO mover_caches (repository, job, claim, object) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (claim, object) in objects {
+                insert.execute(params![repository, job, claim, object])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// In one transaction, deletes the rows of `table` of one repository
+    /// and job and lets `insert` write their replacements.
+    fn replace_rows(
+        &mut self,
+        table: &str,
+        (repository, job): (&str, &str),
+        insert: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), StateError> {
         let path = self.path.clone();
         let fail = |source| StateError {
             path: path.clone(),
@@ -139,34 +224,11 @@ impl FileCache {
         let transaction = self.connection.transaction().map_err(fail)?;
         transaction
             .execute(
-                "DELETE FROM files WHERE repository = ?1 AND job = ?2",
+                &format!("DELETE FROM {table} WHERE repository = ?1 AND job = ?2"),
                 params![repository, job],
             )
             .map_err(fail)?;
-        {
-            let mut insert = transaction
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO files \
-                     (repository, job, path, size, mtime_ns, ctime_ns, inode, content) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(fail)?;
-            for (file_path, file) in files {
-                let content: Vec<u8> = file.content.iter().flat_map(|id| *id.as_bytes()).collect();
-                insert
-                    .execute(params![
-                        repository,
-                        job,
-                        file_path,
-                        file.size as i64,
-                        file.mtime_ns,
-                        file.ctime_ns,
-                        file.inode as i64,
-                        content
-                    ])
-                    .map_err(fail)?;
-            }
-        }
+        insert(&transaction).map_err(fail)?;
         transaction.commit().map_err(fail)
     }
 }
@@ -194,6 +256,20 @@ mod tests {
         assert!(cache.load("repo", "other")?.is_empty());
         cache.replace("repo", "job", &[])?;
         assert!(cache.load("repo", "job")?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn mover_cache_objects_are_kept_per_job_and_replaced_whole() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let objects: BTreeMap<String, String> =
+            [("apps/a".to_owned(), "caches/x/1".to_owned())].into();
+        FileCache::open(dir.path())?.replace_mover_caches("repo", "volumes", &objects)?;
+        let mut cache = FileCache::open(dir.path())?;
+        assert_eq!(cache.mover_caches("repo", "volumes")?, objects);
+        assert!(cache.mover_caches("repo", "other")?.is_empty());
+        cache.replace_mover_caches("repo", "volumes", &BTreeMap::new())?;
+        assert!(cache.mover_caches("repo", "volumes")?.is_empty());
         Ok(())
     }
 }

@@ -314,6 +314,7 @@ impl VolumesSource {
                     repo: &repo,
                     repository: &context.repository,
                     exclude: &self.exclude,
+                    state_dir: context.state_dir.as_deref(),
                 };
                 let released = async {
                     runner.run_phase(Phase::Post, &post, &mut items).await.ok();

@@ -50,7 +50,7 @@ pub(crate) async fn move_claims(
                         label,
                         Outcome::Stored,
                         format!(
-                            "{}{} by a mover on {} ({}, {}, {})",
+                            "{}{} by a mover on {} ({}, {}, {}, {} read)",
                             volume.host_path.display(),
                             match volume.mover.as_ref().map(|m| m.mode) {
                                 Some(Mode::Snapshot) => " from a VolumeSnapshot",
@@ -63,7 +63,8 @@ pub(crate) async fn move_claims(
                             },
                             volume.storage_class,
                             volume.capacity,
-                            crate::repo::snapshot::human_bytes(bytes)
+                            crate::repo::snapshot::human_bytes(bytes),
+                            crate::repo::snapshot::human_bytes(part.snapshot.summary.bytes_read)
                         ),
                     )
                     .with_bytes(bytes),

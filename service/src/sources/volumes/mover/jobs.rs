@@ -5,18 +5,21 @@
 //! run deletes what a killed one left.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use super::cleanup::delete_runs;
+use super::ledger::CacheLedger;
 use super::pod::{
     CLAIM_MOUNT, ClaimJob, JobState, JobWatch, POLL, Placement, SECRET_DIR, create_secret,
 };
 use super::snapshot::{self, SnapshotRequest};
-use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, part_job};
+use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, job_label, part_job};
 use crate::k8s::K8sError;
 use crate::repo::id::SnapshotId;
 use crate::repo::prune::forget;
@@ -73,6 +76,8 @@ pub enum MoversError {
 struct RunSecret {
     identity: Vec<u8>,
     spec: Vec<u8>,
+    /// Each namespace's claims' cache key files.
+    cache_keys: BTreeMap<String, Vec<(String, Zeroizing<String>)>>,
     made_in: BTreeSet<String>,
 }
 
@@ -96,6 +101,8 @@ pub struct StoredPart {
     pub snapshot: std::sync::Arc<Snapshot>,
     /// The claim folder's entry.
     pub entry: Node,
+    /// The cache object its mover left, if any.
+    pub cache: Option<String>,
 }
 
 /// What became of one claim's mover.
@@ -123,13 +130,16 @@ pub struct MoverRun<'a> {
     pub repository: &'a RepositoryAccess,
     /// Glob patterns left out of every claim.
     pub exclude: &'a [String],
+    /// lifeboatd's state folder, where the movers' caches are recorded.
+    pub state_dir: Option<&'a Path>,
 }
 
 impl MoverRun<'_> {
     /// Removes what earlier runs left, snapshots the claims in snapshot
     /// mode, moves the live claims, awaits `released` (the pods' post
     /// hooks: nothing needs them quiet any more), moves the snapshots and
-    /// removes this run's objects again, also when moving failed.
+    /// removes this run's objects again, also when moving failed; then
+    /// records the caches the movers left.
     /// `released` is awaited exactly once, whatever happens.
     ///
     /// Fails when the Secret's contents cannot be made, the API refuses a
@@ -140,7 +150,10 @@ impl MoverRun<'_> {
         released: impl std::future::Future<Output = ()>,
     ) -> Result<Vec<MoverOutcome>, MoversError> {
         let run = format!("{:016x}", rand::random::<u64>());
-        let begun = self.begin(&run).await;
+        let repository = &self.repo.repository().config().id;
+        let mut ledger = CacheLedger::open(self.state_dir, repository, self.job);
+        let moved_claims: Vec<String> = claims.iter().map(|c| claim_label(&c.volume)).collect();
+        let begun = self.begin(&run, &claims, ledger.as_ref()).await;
         let (image, mut secret) = match begun {
             Ok(begun) => begun,
             Err(e) => {
@@ -155,7 +168,10 @@ impl MoverRun<'_> {
             .map(|claim| self.snapshot_request(&run, claim))
             .collect();
         let taken = snapshot::take_all(self.client, &requests, &self.labels(&run)).await;
-        let live_moved = self.move_claims(&run, &image, live, &mut secret).await;
+        let ledger_now = ledger.as_ref();
+        let live_moved = self
+            .move_claims(&run, &image, live, &mut secret, ledger_now)
+            .await;
         released.await;
         let mut ready = Vec::new();
         let mut ended = Vec::new();
@@ -167,7 +183,7 @@ impl MoverRun<'_> {
         }
         let moved = match live_moved {
             Ok(live) => self
-                .move_claims(&run, &image, ready, &mut secret)
+                .move_claims(&run, &image, ready, &mut secret, ledger_now)
                 .await
                 .map(|snapshots| {
                     ended.extend(live);
@@ -179,6 +195,15 @@ impl MoverRun<'_> {
         moved?;
         removed?;
         let mut parts = self.parts(&run).await?;
+        if let Some(ledger) = ledger.as_mut() {
+            let left = parts
+                .iter()
+                .filter_map(|(claim, part)| Some((claim.clone(), part.cache.clone()?)))
+                .collect();
+            ledger
+                .settle(self.repo.repository().store(), &moved_claims, left)
+                .await;
+        }
         Ok(ended
             .into_iter()
             .map(|(claim, job, ended)| {
@@ -194,19 +219,43 @@ impl MoverRun<'_> {
 
     /// The image and the run's Secret contents, once what earlier runs
     /// left is removed and forgotten.
-    async fn begin(&self, run: &str) -> Result<(String, RunSecret), MoversError> {
+    async fn begin(
+        &self,
+        run: &str,
+        claims: &[MoverClaim],
+        ledger: Option<&CacheLedger>,
+    ) -> Result<(String, RunSecret), MoversError> {
         let image = match &self.settings.image {
             Some(image) => image.clone(),
             None => own_image(self.client).await?,
         };
-        let secret = self.run_secret(run)?;
+        let secret = self.run_secret(run, claims, ledger)?;
         self.remove_objects(|object_run| object_run != run).await?;
         self.forget_parts(|_| true).await?;
+        if let Some(ledger) = ledger {
+            ledger.sweep(self.repo.repository().store()).await;
+        }
         Ok((image, secret))
     }
 
-    /// What the run's Secret holds: the service identity and the spec.
-    fn run_secret(&self, run: &str) -> Result<RunSecret, MoversError> {
+    /// What the run's Secret holds: the service identity, the spec and
+    /// the claims' cache keys.
+    fn run_secret(
+        &self,
+        run: &str,
+        claims: &[MoverClaim],
+        ledger: Option<&CacheLedger>,
+    ) -> Result<RunSecret, MoversError> {
+        let mut cache_keys: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        if let Some(ledger) = ledger {
+            for claim in claims {
+                let key = ledger.key(&claim_label(&claim.volume)).to_hex();
+                cache_keys
+                    .entry(claim.volume.namespace.clone())
+                    .or_default()
+                    .push((cache_key_file(&claim.volume), key));
+            }
+        }
         let identity = std::fs::read(&self.repository.service_identity).map_err(|source| {
             MoversError::Identity {
                 path: self.repository.service_identity.clone(),
@@ -239,6 +288,7 @@ impl MoverRun<'_> {
         Ok(RunSecret {
             identity,
             spec,
+            cache_keys,
             made_in: BTreeSet::new(),
         })
     }
@@ -298,6 +348,7 @@ impl MoverRun<'_> {
                         id: entry.id,
                         snapshot: entry.snapshot,
                         entry: part.entry,
+                        cache: part.cache,
                     },
                 );
             } else {
@@ -315,6 +366,7 @@ impl MoverRun<'_> {
         image: &str,
         claims: Vec<MoverClaim>,
         secret: &mut RunSecret,
+        ledger: Option<&CacheLedger>,
     ) -> Result<Vec<(MoverClaim, String, Result<(), String>)>, MoversError> {
         let mut pending: VecDeque<MoverClaim> = claims.into();
         let mut running: Vec<(MoverClaim, JobWatch)> = Vec::new();
@@ -342,11 +394,10 @@ impl MoverRun<'_> {
                 let name = job_name(run, &claim.volume);
                 let started = async {
                     if !secret.made_in.contains(&namespace) {
-                        self.create_secret(run, &namespace, &secret.identity, &secret.spec)
-                            .await?;
+                        self.create_secret(run, &namespace, secret).await?;
                         secret.made_in.insert(namespace.clone());
                     }
-                    self.claim_job(run, image, &name, &claim)
+                    self.claim_job(run, image, &name, &claim, ledger)
                         .create(self.client, "the mover Job")
                         .await
                 };
@@ -427,23 +478,30 @@ impl MoverRun<'_> {
             "app.kubernetes.io/name": "lifeboat",
             COMPONENT_LABEL: COMPONENT,
             RUN_LABEL: run,
-            SOURCE_LABEL: source_label(self.job),
+            SOURCE_LABEL: job_label(self.job),
         })
     }
 
-    /// Creates the run's Secret in `namespace`.
+    /// Creates the run's Secret in `namespace`, with the keys of that
+    /// namespace's claims' caches.
     async fn create_secret(
         &self,
         run: &str,
         namespace: &str,
-        identity: &[u8],
-        spec: &[u8],
+        secret: &RunSecret,
     ) -> Result<(), K8sError> {
+        let mut files = vec![
+            (IDENTITY_FILE, secret.identity.as_slice()),
+            (SPEC_FILE, secret.spec.as_slice()),
+        ];
+        for (file, key) in secret.cache_keys.get(namespace).into_iter().flatten() {
+            files.push((file.as_str(), key.as_bytes()));
+        }
         create_secret(
             self.client,
             (namespace, &secret_name(run)),
             &self.labels(run),
-            &[(IDENTITY_FILE, identity), (SPEC_FILE, spec)],
+            &files,
             &CREDENTIAL_VARIABLES,
             "the movers' Secret",
         )
@@ -451,7 +509,14 @@ impl MoverRun<'_> {
     }
 
     /// The Job of the mover `name` of `claim`.
-    fn claim_job(&self, run: &str, image: &str, name: &str, claim: &MoverClaim) -> ClaimJob {
+    fn claim_job(
+        &self,
+        run: &str,
+        image: &str,
+        name: &str,
+        claim: &MoverClaim,
+        ledger: Option<&CacheLedger>,
+    ) -> ClaimJob {
         let volume = &claim.volume;
         let mut command = vec![
             "lifeboatd".to_owned(),
@@ -467,6 +532,13 @@ impl MoverRun<'_> {
         ];
         for pattern in self.exclude {
             command.extend(["--exclude".into(), pattern.clone()]);
+        }
+        if let Some(ledger) = ledger {
+            let key_file = format!("{SECRET_DIR}/{}", cache_key_file(volume));
+            command.extend(["--cache-key".into(), key_file]);
+            if let Some(object) = ledger.object(&claim_label(volume)) {
+                command.extend(["--cache".into(), object.to_owned()]);
+            }
         }
         ClaimJob {
             name: name.to_owned(),
@@ -500,7 +572,7 @@ impl MoverRun<'_> {
     async fn remove_objects(&self, doomed: impl Fn(&str) -> bool) -> Result<(), K8sError> {
         let selector = format!(
             "{COMPONENT_LABEL}={COMPONENT},{SOURCE_LABEL}={}",
-            source_label(self.job)
+            job_label(self.job)
         );
         let params = ListParams::default().labels(&selector);
         let client = self.client;
@@ -565,11 +637,6 @@ fn claim_label(volume: &StoredVolume) -> String {
     format!("{}/{}", volume.namespace, volume.pvc)
 }
 
-/// A label value for job names of any spelling: 16 hex digits of BLAKE3.
-fn source_label(job: &str) -> String {
-    blake3::hash(job.as_bytes()).to_hex()[..16].to_owned()
-}
-
 fn secret_name(run: &str) -> String {
     format!("lifeboat-mover-{run}")
 }
@@ -583,6 +650,11 @@ fn job_name(run: &str, volume: &StoredVolume) -> String {
 /// a claim in snapshot mode.
 fn snapshot_name(run: &str, volume: &StoredVolume) -> String {
     format!("lifeboat-snapshot-{run}-{}", claim_hash(volume))
+}
+
+/// The run Secret's file holding `volume`'s cache key.
+fn cache_key_file(volume: &StoredVolume) -> String {
+    format!("cache-{}.key", claim_hash(volume))
 }
 
 fn claim_hash(volume: &StoredVolume) -> String {

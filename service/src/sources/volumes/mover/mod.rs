@@ -17,9 +17,11 @@
 //! once that snapshot is stored. Parts left by a killed run are forgotten
 //! by the next.
 
+pub mod cache;
 mod cleanup;
 pub mod graft;
 pub mod jobs;
+mod ledger;
 pub mod pod;
 pub mod process;
 pub mod restore;
@@ -162,6 +164,15 @@ pub struct Part {
     pub claim: String,
     /// The claim folder's entry, to graft into the run's snapshot.
     pub entry: Node,
+    /// The cache object the mover left for the next (see [`cache`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+}
+
+/// A volumes job's name as a label value and object key part, whatever
+/// its spelling: 16 hex digits of its BLAKE3.
+pub fn job_label(job: &str) -> String {
+    blake3::hash(job.as_bytes()).to_hex()[..16].to_owned()
 }
 
 /// The job name of a volumes job's parts.

@@ -1,9 +1,11 @@
 //! What `lifeboatd mover` does inside its Job: opens the repository it was
 //! told of with the service key, checks it is the pinned one, stores the
-//! mounted claim as a part snapshot and prints the part's id.
+//! mounted claim as a part snapshot — reading only the files its cache
+//! does not know unchanged — leaves a new cache, and prints the part's id.
 
 use std::path::{Path, PathBuf};
 
+use super::cache::{self, CacheKey};
 use super::{MoverSpec, PART_KEY, Part, part_job, snapshot_path, split_claim};
 use crate::backup::files::Folder;
 use crate::backup::{BackupError, SnapshotBuilder};
@@ -29,6 +31,11 @@ pub struct MoverTask {
     pub folder: PathBuf,
     /// Glob patterns left out.
     pub exclude: Vec<String>,
+    /// The claim's cache key file (from the run's Secret), if lifeboatd
+    /// keeps a cache for it.
+    pub cache_key: Option<PathBuf>,
+    /// The claim's cache object the last mover left, if any.
+    pub cache: Option<String>,
 }
 
 /// Why a mover failed.
@@ -122,13 +129,35 @@ pub async fn run(task: &MoverTask) -> Result<SnapshotId, MoverError> {
         path: task.folder.clone(),
         exclude: task.exclude.clone(),
     };
-    let entry = builder
-        .add_folder_as(&folder, &snapshot_path(namespace, name), None)
+    let key = task.cache_key.as_deref().and_then(|path| {
+        CacheKey::from_file(path)
+            .inspect_err(|e| tracing::warn!("reading every file: {e}"))
+            .ok()
+    });
+    let known = match (&key, &task.cache) {
+        (Some(key), Some(object)) if cache::is_cache_of(&spec.job, object) => {
+            cache::load(repo.repository().store(), object, key)
+                .await
+                .inspect_err(|e| tracing::warn!("reading every file: {e}"))
+                .unwrap_or_default()
+        }
+        _ => Default::default(),
+    };
+    let (entry, learnt) = builder
+        .add_folder_as(&folder, &snapshot_path(namespace, name), known)
         .await?;
+    let cache = match &key {
+        Some(key) => cache::save(repo.repository().store(), &spec.job, learnt, key)
+            .await
+            .inspect_err(|e| tracing::warn!("the next mover reads every file: {e}"))
+            .ok(),
+        None => None,
+    };
     let part = Part {
         run: spec.run,
         claim: task.claim.clone(),
         entry,
+        cache,
     };
     let metadata = serde_json::json!({ PART_KEY: part });
     let report = builder.commit(metadata).await?;
