@@ -26,6 +26,11 @@ pub struct RepoArgs {
     /// Take the repository (URL and S3 settings) from this lifeboat.toml.
     #[arg(long, env = "LIFEBOAT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Read the config's `[[mirror]]` of this name instead of the
+    /// repository: the same repository, kept by lifeboatd's mirror task
+    /// (the fast path when the primary is slow or gone).
+    #[arg(long, requires = "config", conflicts_with = "repo")]
+    pub mirror: Option<String>,
     /// S3 endpoint URL (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
     #[arg(long, env = "LIFEBOAT_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
@@ -38,18 +43,39 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    /// The URL and S3 settings, from flags over the config file.
+    /// The URL and S3 settings, from flags over the config file (its
+    /// mirror with `--mirror`).
     pub fn location(&self) -> anyhow::Result<(String, S3Options)> {
         let from_config = match &self.config {
-            Some(path) => Some(Config::load(path)?.repository),
+            Some(path) => {
+                let config = Config::load(path)?;
+                match &self.mirror {
+                    Some(name) => {
+                        let mirror = config
+                            .mirrors
+                            .iter()
+                            .find(|m| m.name == *name)
+                            .with_context(|| {
+                                let names: Vec<&str> =
+                                    config.mirrors.iter().map(|m| m.name.as_str()).collect();
+                                format!(
+                                    "{} has no [[mirror]] called {name:?}; it has {names:?}",
+                                    path.display()
+                                )
+                            })?;
+                        Some((mirror.url.clone(), mirror.s3.clone()))
+                    }
+                    None => Some((config.repository.url, config.repository.s3)),
+                }
+            }
             None => None,
         };
         let url = self
             .repo
             .clone()
-            .or_else(|| from_config.as_ref().map(|r| r.url.clone()))
+            .or_else(|| from_config.as_ref().map(|(url, _)| url.clone()))
             .context("give the repository with --repo URL or --config FILE")?;
-        let mut s3 = from_config.map(|r| r.s3).unwrap_or_default();
+        let mut s3 = from_config.map(|(_, s3)| s3).unwrap_or_default();
         if self.s3_endpoint.is_some() {
             s3.endpoint.clone_from(&self.s3_endpoint);
         }

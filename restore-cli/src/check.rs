@@ -2,6 +2,7 @@
 
 use clap::Args;
 use lifeboat::repo::check::{ReadData, check};
+use lifeboat::repo::mirror::{Comparison, compare};
 
 use crate::args::{KeyArgs, RepoArgs};
 use crate::exit::ProblemsFound;
@@ -19,9 +20,27 @@ pub struct CheckArgs {
     /// Download and verify this percentage of packs, picked at random.
     #[arg(long, value_name = "PERCENT")]
     read_data_subset: Option<f64>,
+    /// With `--mirror`: also compare the mirror's objects with the
+    /// repository's (the config's primary), and fail where they differ.
+    #[arg(long, requires = "mirror")]
+    against_primary: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Compares the mirror `repo` (opened through `--mirror`) with the
+/// config's primary repository.
+async fn compare_with_primary(
+    args: &RepoArgs,
+    mirror: &lifeboat::repo::UnlockedRepository<impl lifeboat::repo::keys::KeyRole>,
+) -> anyhow::Result<Comparison> {
+    let primary_args = RepoArgs {
+        mirror: None,
+        ..args.clone()
+    };
+    let primary = primary_args.open().await?;
+    Ok(compare(primary.store(), mirror.repository().store()).await?)
 }
 
 /// Runs `lifeboat check`; fails (exit 1) when anything is wrong.
@@ -41,6 +60,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         );
     }
     let report = check(&repo, read_data).await?;
+    let comparison = match args.against_primary {
+        true => Some(compare_with_primary(&args.repo, &repo).await?),
+        false => None,
+    };
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
@@ -58,6 +81,24 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             for affected in &problem.affects {
                 crate::outln!("  affects {affected}")?;
             }
+        }
+    }
+    if let Some(comparison) = &comparison {
+        if !args.json {
+            crate::outln!(
+                "against the primary: {} object(s) the mirror still lacks (the mirror task copies them), \
+                 {} it keeps that the primary deleted (until their grace period ends), {} that differ",
+                comparison.missing.len(),
+                comparison.extra.len(),
+                comparison.differing.len()
+            )?;
+        }
+        if !comparison.differing.is_empty() {
+            return Err(ProblemsFound(format!(
+                "the mirror and the primary hold different objects under the same names: {}",
+                comparison.differing.join(", ")
+            ))
+            .into());
         }
     }
     if report.is_ok() {

@@ -125,6 +125,7 @@ impl Restores for Cli {
         let repo = RepoArgs {
             repo: Some(location.url.clone()),
             config: None,
+            mirror: None,
             s3_endpoint: location.s3.endpoint.clone(),
             s3_region: location.s3.region.clone(),
             s3_path_style: location.s3.path_style,

@@ -6,7 +6,7 @@
 //! - `GET /api/v1/jobs/{name}/runs?limit=N`, `GET /api/v1/runs?job=NAME&limit=N`:
 //!   runs, newest first (default 50, at most 1000);
 //! - `POST /api/v1/jobs/{name}/run`: queue a run now (of a job, or of the
-//!   `prune`, `check` or `drill` task when configured); 202 when queued,
+//!   `prune`, `check`, `drill` or `mirror` task when configured); 202 when queued,
 //!   409 while one is queued or running, 503 during shutdown;
 //! - `GET /api/v1/tasks`: the prune and check tasks.
 
@@ -122,6 +122,9 @@ async fn trigger(
         "prune" if config.prune.is_some() => (Work::Prune, "/api/v1/runs?job=prune".to_owned()),
         "check" if config.check.is_some() => (Work::Check, "/api/v1/runs?job=check".to_owned()),
         "drill" if config.drill.is_some() => (Work::Drill, "/api/v1/runs?job=drill".to_owned()),
+        "mirror" if !config.mirrors.is_empty() => {
+            (Work::Mirror, "/api/v1/runs?job=mirror".to_owned())
+        }
         _ => (
             Work::Backup(name.clone()),
             format!("/api/v1/jobs/{name}/runs"),

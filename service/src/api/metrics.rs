@@ -6,7 +6,8 @@
 //! restarts. Alert on `lifeboat_job_rpo_breached == 1`. When the service
 //! drills restores itself (`[drill]`), the last drill's
 //! `lifeboat_drill_*` series follow, then one `lifeboat_volume_*` series
-//! per claim of each volumes job.
+//! per claim of each volumes job, then one `lifeboat_mirror_*` series per
+//! mirror (alert on `lifeboat_mirror_lag_seconds`).
 
 use axum::Router;
 use axum::extract::State;
@@ -36,6 +37,8 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, App
         text.push_str(&crate::drill::metrics::render(&report));
     }
     text.push_str(&crate::daemon::claims::render(&state.service.claims()));
+    let mirrors = crate::daemon::mirror::load(&state.service.config().state_folder());
+    text.push_str(&crate::daemon::mirror::render(&mirrors, chrono::Utc::now()));
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -159,8 +159,12 @@ fn render(state: &AppState, overview: &Overview, runs: &[Vec<RunRecord>]) -> Str
     if !claims.is_empty() {
         claims_card(&mut html, &claims, now);
     }
-    let figures = state.service.catalog().figures();
     let config = state.service.config();
+    if config.mirrors.iter().any(|m| m.enabled) {
+        let mirrors = crate::daemon::mirror::load(&config.state_folder());
+        mirrors_card(&mut html, config, &mirrors, now);
+    }
+    let figures = state.service.catalog().figures();
     let _ = write!(
         html,
         "<h2>Repository</h2><div class=\"card\"><dl><dt>Location</dt><dd>{}</dd>",
@@ -358,6 +362,55 @@ fn claims_card(html: &mut String, claims: &crate::daemon::claims::ClaimTable, no
         }
         html.push_str("</dl></article>");
     }
+}
+
+/// Each mirror: how far behind it is, what it still lacks, what it
+/// keeps that the repository deleted, and why its last sync failed.
+fn mirrors_card(
+    html: &mut String,
+    config: &crate::config::Config,
+    table: &crate::daemon::mirror::MirrorTable,
+    now: DateTime<Utc>,
+) {
+    html.push_str("<h2>Mirrors</h2><article class=\"card\"><dl>");
+    for task in config.mirrors.iter().filter(|m| m.enabled) {
+        let status = table.get(&task.name).cloned().unwrap_or_default();
+        let (class, state) = match (&status.last_error, &status.last_report) {
+            (Some(_), _) => ("failure", "unreachable"),
+            (None, Some(report)) if !report.complete() => ("failure", "behind"),
+            (None, Some(_)) => ("success", "in step"),
+            (None, None) => ("", "not synced yet"),
+        };
+        let lag = status
+            .lag(now)
+            .map(|d| format!(" · lag {}", short_duration(d.num_seconds())))
+            .unwrap_or_default();
+        let mut detail = String::new();
+        if let Some(report) = &status.last_report {
+            let _ = write!(
+                detail,
+                "{} object(s) pending ({}), {} kept until their grace period ends",
+                report.pending,
+                human_bytes(report.pending_bytes),
+                status.gone.len()
+            );
+        }
+        if let Some(error) = &status.last_error {
+            detail = error.clone();
+        }
+        let synced = status
+            .last_sync
+            .map(|t| format!(" · synced {}", when(t, now)))
+            .unwrap_or_default();
+        let _ = write!(
+            html,
+            "<dt>{} ({})</dt><dd><span class=\"{class}\">{state}</span>{lag}{synced}<br>{}</dd>",
+            escape(&task.name),
+            escape(&task.url),
+            escape(&detail)
+        );
+    }
+    html.push_str("</dl></article>");
 }
 
 /// The last restore drill the service ran: each job's result, RTO and

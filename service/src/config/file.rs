@@ -10,7 +10,9 @@ use serde::Deserialize;
 use super::ConfigError;
 use super::cron::Timezone;
 use super::job::{self, JobConfig, Origin};
-use super::service::{CheckTask, DrillTask, PruneTask, RESERVED_NAMES, ServiceSettings};
+use super::service::{
+    CheckTask, DrillTask, MirrorTask, PruneTask, RESERVED_NAMES, ServiceSettings,
+};
 use crate::drill::DrillJob;
 use crate::storage::S3Options;
 
@@ -35,6 +37,9 @@ pub struct Config {
     /// The drill task, if lifeboatd drills restores itself.
     #[serde(default)]
     pub drill: Option<DrillTask>,
+    /// Mirrors that get a copy of every object.
+    #[serde(default, rename = "mirror")]
+    pub mirrors: Vec<MirrorTask>,
     /// The jobs.
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
@@ -83,12 +88,54 @@ impl Config {
         config.resolve(base);
         job::locate_jobs(text, path, &mut config.jobs);
         config.check_job_names()?;
+        config.check_mirrors().map_err(invalid)?;
         if let Some(drill) = &config.drill {
             config
                 .drill_jobs(&drill.jobs, path)
                 .map_err(|e| invalid(format!("[drill] jobs: {e}")))?;
         }
         Ok(config)
+    }
+
+    /// Checks that mirrors have distinct names of letters, digits, `-`
+    /// and `_`, and none is the repository itself.
+    fn check_mirrors(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for mirror in &self.mirrors {
+            let name = &mirror.name;
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "[[mirror]] name {name:?}: use letters, digits, `-` and `_`"
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(format!("two [[mirror]] tables are called {name:?}"));
+            }
+            if mirror.url == self.repository.url {
+                return Err(format!(
+                    "[[mirror]] {name} is the repository itself ({}); give it another location",
+                    mirror.url
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The grace an object gone from the primary keeps on `mirror`.
+    pub fn mirror_grace(&self, mirror: &MirrorTask) -> Duration {
+        mirror
+            .grace
+            .or(self.prune.as_ref().map(|p| p.grace))
+            .unwrap_or(Duration::from_secs(24 * 3600))
+    }
+
+    /// The enabled mirror called `name`.
+    pub fn mirror(&self, name: &str) -> Option<&MirrorTask> {
+        self.mirrors.iter().find(|m| m.enabled && m.name == name)
     }
 
     /// The jobs `names` (all when empty) with their RPOs, to drill.
@@ -129,6 +176,12 @@ impl Config {
         let url = &mut self.repository.url;
         if !url.contains("://") && Path::new(url.as_str()).is_relative() {
             *url = base.join(&*url).display().to_string();
+        }
+        for mirror in &mut self.mirrors {
+            let url = &mut mirror.url;
+            if !url.contains("://") && Path::new(url.as_str()).is_relative() {
+                *url = base.join(&*url).display().to_string();
+            }
         }
         let state = self.state_dir.get_or_insert_with(|| PathBuf::from("state"));
         absolute(state);

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::cron::{CronSchedule, Timezone};
 use crate::field::{duration, optional_duration};
+use crate::storage::S3Options;
 
 /// The `[service]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -186,5 +187,53 @@ fn default_drill_schedule() -> CronSchedule {
         .expect("the default drill schedule is a valid cron expression")
 }
 
+/// A `[[mirror]]` table: a second store (a folder on Unraid, another
+/// bucket) that the `mirror` task keeps a copy of every object in, with
+/// the service key's rights only (objects are copied as they are).
+///
+/// ```toml
+/// [[mirror]]
+/// name = "unraid"                          # default "mirror"
+/// url = "/mnt/user/backups/lifeboat"       # or s3://BUCKET/PREFIX with `s3`
+/// schedule = "0 */15 * * * *"              # default; it also runs after each backup and prune
+/// grace = "24h"                            # default: the prune task's grace, else 24h
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorTask {
+    /// Its name in metrics, on the status page and in `--mirror NAME`.
+    #[serde(default = "default_mirror_name")]
+    pub name: String,
+    /// `s3://bucket/prefix`, `file:///path` or a path.
+    pub url: String,
+    /// S3 connection settings.
+    #[serde(default)]
+    pub s3: S3Options,
+    /// When the mirror task runs besides after every backup and prune
+    /// (cron with seconds; default every 15 minutes).
+    #[serde(default = "default_mirror_schedule")]
+    pub schedule: CronSchedule,
+    /// The schedule's time zone (default: the service's).
+    #[serde(default)]
+    pub timezone: Option<Timezone>,
+    /// How long an object gone from the primary stays on the mirror
+    /// (default: the prune task's grace, else 24 h).
+    #[serde(default, with = "optional_duration")]
+    pub grace: Option<Duration>,
+    /// Whether it is kept.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_mirror_name() -> String {
+    "mirror".into()
+}
+
+fn default_mirror_schedule() -> CronSchedule {
+    "0 */15 * * * *"
+        .parse()
+        .expect("the default mirror schedule is a valid cron expression")
+}
+
 /// Names of the service's own tasks, which jobs cannot take.
-pub const RESERVED_NAMES: [&str; 3] = ["prune", "check", "drill"];
+pub const RESERVED_NAMES: [&str; 4] = ["prune", "check", "drill", "mirror"];

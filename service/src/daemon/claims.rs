@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::items::{Item, Outcome};
+use crate::state::json_file;
 use crate::text::prometheus::Exposition;
 
 /// The file in the state folder.
@@ -33,28 +34,14 @@ pub type ClaimTable = BTreeMap<String, BTreeMap<String, ClaimStatus>>;
 
 /// The table kept in `state`; empty when there is none or it is unreadable.
 pub fn load(state: &Path) -> ClaimTable {
-    let path = state.join(CLAIMS_FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
-        return ClaimTable::new();
-    };
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        tracing::warn!(
-            "ignoring {} ({e}); the next volumes run replaces it",
-            path.display()
-        );
-        ClaimTable::new()
-    })
+    json_file::load(state, CLAIMS_FILE, "the next volumes run replaces it")
 }
 
 /// Writes `table` into `state` (a whole new file, renamed into place).
 ///
 /// Fails when the file cannot be written.
 pub fn save(state: &Path, table: &ClaimTable) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(state)?;
-    let partial = state.join(format!("{CLAIMS_FILE}.partial"));
-    std::fs::write(&partial, json)?;
-    std::fs::rename(&partial, state.join(CLAIMS_FILE))
+    json_file::save(state, CLAIMS_FILE, table)
 }
 
 /// Replaces `job`'s claims with the volume items of a run that ended at

@@ -4,7 +4,8 @@
 //!   global limit) and what one run of a job, prune or check does;
 //!   [`service`]: the running service's state and shutdown; [`scheduler`]: cron entries and runs made up at
 //!   start; [`catalog`]: the repository as the service sees it;
-//!   [`status`]: job status and the RPO watch.
+//!   [`status`]: job status and the RPO watch; [`mirror`]: the mirror
+//!   task's syncs and their state.
 //!
 //! What it reads is in [`crate::config`]; which snapshots it keeps is in
 //! [`crate::retention`].
@@ -13,6 +14,7 @@ pub mod catalog;
 pub mod claims;
 pub mod drill;
 pub mod job;
+pub mod mirror;
 pub mod runner;
 pub mod scheduler;
 pub mod service;

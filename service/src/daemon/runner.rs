@@ -62,6 +62,9 @@ pub enum RunError {
     /// A task ran without its table in the configuration.
     #[error("{0} is not configured; add a [{0}] table")]
     NotConfigured(&'static str),
+    /// A mirror could not be synced, or lacks objects.
+    #[error("{}", .0.join(" | "))]
+    Mirror(Vec<String>),
 }
 
 /// Why a run was not started.
@@ -97,7 +100,7 @@ impl Service {
                     .ok_or_else(|| Refusal::UnknownJob(name.clone()))?;
                 job.jitter.filter(|_| trigger == Trigger::Schedule)
             }
-            Work::Prune | Work::Check | Work::Drill => None,
+            Work::Prune | Work::Check | Work::Drill | Work::Mirror => None,
         };
         let mut runs = lock(&self.runs);
         if self.is_stopping() {
@@ -183,6 +186,7 @@ async fn run(service: &Arc<Service>, work: &Work, trigger: Trigger, progress: Ar
         Work::Prune => prune_once(service).await,
         Work::Check => check_once(service).await,
         Work::Drill => drill_once(service).await,
+        Work::Mirror => mirror_once(service).await,
     };
     let ended = Utc::now();
     let seconds = (ended - started).num_milliseconds() as f64 / 1000.0;
@@ -199,6 +203,9 @@ async fn run(service: &Arc<Service>, work: &Work, trigger: Trigger, progress: Ar
             );
             if let Some(warnings) = &figures.warnings {
                 tracing::warn!(job = work.name(), "run finished with warnings:\n{warnings}");
+            }
+            if matches!(work, Work::Backup(_) | Work::Prune) {
+                mirror_soon(service);
             }
             (RunResult::Success, figures)
         }
@@ -345,6 +352,48 @@ async fn drill_once(service: &Service) -> Result<RunFigures, RunError> {
     }
     Ok(RunFigures {
         details: serde_json::to_string(&report).ok(),
+        ..RunFigures::default()
+    })
+}
+
+/// Queues a mirror run after a backup or prune changed the repository,
+/// when mirrors are configured; one already queued or running will see
+/// the change, or the next will.
+fn mirror_soon(service: &Arc<Service>) {
+    if service.config().mirrors.iter().any(|m| m.enabled) {
+        match service.request(Work::Mirror, Trigger::Schedule) {
+            Ok(()) | Err(Refusal::Busy(_) | Refusal::Stopping) => {}
+            Err(e) => tracing::warn!("the mirrors are not synced now: {e}"),
+        }
+    }
+}
+
+/// One sync of every mirror.
+async fn mirror_once(service: &Service) -> Result<RunFigures, RunError> {
+    let config = service.config();
+    if !config.mirrors.iter().any(|m| m.enabled) {
+        return Err(RunError::NotConfigured("[mirror]"));
+    }
+    let repo = service.open_repository().await?;
+    let (table, failures) = super::mirror::sync_all(config, repo.repository().store()).await;
+    for (name, status) in &table {
+        if let Some(report) = &status.last_report {
+            tracing::info!(
+                mirror = %name,
+                "mirror: {} objects ({} bytes) copied, {} deleted, {} waiting out the grace period, {} pending",
+                report.copied,
+                report.copied_bytes,
+                report.deleted,
+                report.awaiting_deletion,
+                report.pending
+            );
+        }
+    }
+    if !failures.is_empty() {
+        return Err(RunError::Mirror(failures));
+    }
+    Ok(RunFigures {
+        details: Some(details("the mirror reports", &table)?),
         ..RunFigures::default()
     })
 }

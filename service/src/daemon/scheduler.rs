@@ -63,7 +63,16 @@ fn entries(config: &Config) -> Vec<Entry> {
         schedule: t.schedule.clone(),
         timezone: zone(t.timezone),
     });
-    jobs.chain(prune).chain(check).chain(drill).collect()
+    let mirror = config.mirrors.iter().filter(|m| m.enabled).map(|m| Entry {
+        work: Work::Mirror,
+        schedule: m.schedule.clone(),
+        timezone: zone(m.timezone),
+    });
+    jobs.chain(prune)
+        .chain(check)
+        .chain(drill)
+        .chain(mirror)
+        .collect()
 }
 
 /// A zone's offset from UTC now, in seconds.

@@ -36,6 +36,8 @@ pub enum Work {
     Check,
     /// Drill restores with the restore key.
     Drill,
+    /// Copy new objects to the mirrors.
+    Mirror,
 }
 
 impl Work {
@@ -46,16 +48,18 @@ impl Work {
             Self::Prune => "prune",
             Self::Check => "check",
             Self::Drill => "drill",
+            Self::Mirror => "mirror",
         }
     }
 
-    /// `backup`, `prune`, `check` or `drill`.
+    /// `backup`, `prune`, `check`, `drill` or `mirror`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Backup(_) => "backup",
             Self::Prune => "prune",
             Self::Check => "check",
             Self::Drill => "drill",
+            Self::Mirror => "mirror",
         }
     }
 }

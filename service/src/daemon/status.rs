@@ -266,7 +266,15 @@ impl Service {
             .drill
             .as_ref()
             .map(|t| ("drill", &t.schedule, t.timezone, t.enabled));
-        for (name, schedule, timezone, enabled) in prune.into_iter().chain(check).chain(drill) {
+        // The mirror task runs on every mirror's schedule; the first's is shown.
+        let mirror = config
+            .mirrors
+            .iter()
+            .find(|m| m.enabled)
+            .map(|t| ("mirror", &t.schedule, t.timezone, t.enabled));
+        for (name, schedule, timezone, enabled) in
+            prune.into_iter().chain(check).chain(drill).chain(mirror)
+        {
             let timezone = timezone.unwrap_or(config.service.timezone);
             tasks.push(TaskStatus {
                 name,

@@ -18,6 +18,7 @@ pub mod index;
 pub mod keys;
 mod load;
 pub(crate) mod meta;
+pub mod mirror;
 pub mod pack;
 mod plan;
 pub mod prune;

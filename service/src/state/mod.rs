@@ -8,6 +8,7 @@
 mod database;
 mod file_cache;
 pub mod history;
+pub mod json_file;
 pub mod pin;
 
 pub use file_cache::{CachedFile, FileCache, StateError};
