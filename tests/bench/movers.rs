@@ -3,8 +3,11 @@
 //! into a fresh local repository by `lifeboatd run volumes`, once read by
 //! lifeboatd itself and once through one mover Job per claim run by the
 //! Kubernetes test server as local processes (the real `lifeboatd mover`).
+//! Each path then backs the unchanged claims up again, where the file
+//! caches (lifeboatd's own, the movers' in the repository) spare reading.
 //! Reports the median wall time, lifeboatd's peak RSS and the largest
-//! mover's peak RSS, alternating the two paths in each repetition.
+//! mover's peak RSS of both backups, alternating the two paths in each
+//! repetition.
 //!
 //!     cargo bench -p lifeboat-tests --bench movers
 //!     LIFEBOAT_BENCH_CLAIMS=4 LIFEBOAT_BENCH_MIB=16 LIFEBOAT_BENCH_REPS=1 cargo bench -p lifeboat-tests --bench movers
@@ -90,9 +93,12 @@ struct Figures {
     seconds: f64,
     rss_kib: u64,
     mover_rss_kib: Option<u64>,
+    bytes_read: u64,
 }
 
-async fn back_up(data: &Path, claims: usize, movers: bool) -> Result<Figures> {
+/// Backs the claims up twice into a new repository, `movers` or not, and
+/// returns the figures of the first backup and of the no-change second.
+async fn back_up(data: &Path, claims: usize, movers: bool) -> Result<[Figures; 2]> {
     let server = KubeApiServer::start(objects(data, claims)).await?;
     let installation = Installation::local()?;
     let bin = measuring_bin_dir(installation.root())?;
@@ -105,6 +111,29 @@ async fn back_up(data: &Path, claims: usize, movers: bool) -> Result<Figures> {
         format!(r#"{{ kind = "volumes", kubeconfig = "kubeconfig", node = "{NODE}" }}"#)
     };
     installation.write_config(&[], &[("volumes", &source)])?;
+    let first = run_once(&installation, &bin, claims, movers)?;
+    let second = run_once(&installation, &bin, claims, movers)?;
+    // What a no-change run reads is the manifest it writes itself.
+    ensure!(
+        second.bytes_read < 64 * 1024,
+        "the no-change backup read {} bytes of the claims",
+        second.bytes_read
+    );
+    Ok([first, second])
+}
+
+/// One `lifeboatd run volumes`, timed.
+fn run_once(
+    installation: &Installation,
+    bin: &Path,
+    claims: usize,
+    movers: bool,
+) -> Result<Figures> {
+    let rss_dir = bin.join("rss");
+    if rss_dir.exists() {
+        std::fs::remove_dir_all(&rss_dir)?;
+        std::fs::create_dir_all(&rss_dir)?;
+    }
     let lifeboatd = installation.command("lifeboatd")?;
     let time_file = installation.path("time.txt");
     let mut command = Command::new("/usr/bin/time");
@@ -138,7 +167,7 @@ async fn back_up(data: &Path, claims: usize, movers: bool) -> Result<Figures> {
         .next()
         .and_then(|s| s.parse().ok())
         .context("no RSS")?;
-    let mover_rss_kib = std::fs::read_dir(bin.join("rss"))?
+    let mover_rss_kib = std::fs::read_dir(&rss_dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|t| t.trim().parse::<u64>().ok())
@@ -148,10 +177,14 @@ async fn back_up(data: &Path, claims: usize, movers: bool) -> Result<Figures> {
         "movers ran: {}",
         mover_rss_kib.is_some()
     );
+    let bytes_read = report["summary"]["bytes_read"]
+        .as_u64()
+        .context("no bytes_read in the report")?;
     Ok(Figures {
         seconds,
         rss_kib,
         mover_rss_kib,
+        bytes_read,
     })
 }
 
@@ -168,27 +201,27 @@ async fn main() -> Result<()> {
     let data = tempfile::tempdir()?;
     fill(data.path(), claims, mib)?;
     println!(
-        "{claims} claims of {mib} MiB, {reps} repetition(s), first backup into a new local repository"
+        "{claims} claims of {mib} MiB, {reps} repetition(s): a first backup into a new local repository, then a no-change one"
     );
-    let (mut in_process, mut through_movers) = (Vec::new(), Vec::new());
+    // [path][backup]: path 0 in-process, 1 movers; backup 0 first, 1 no-change.
+    let mut figures: [[Vec<Figures>; 2]; 2] = Default::default();
     for rep in 0..reps {
         for movers in [rep % 2 == 1, rep % 2 == 0] {
-            let figures = back_up(data.path(), claims, movers).await?;
-            println!(
-                "  rep {rep} {:>10}: {:.2} s, lifeboatd {} MiB{}",
-                if movers { "movers" } else { "in-process" },
-                figures.seconds,
-                figures.rss_kib / 1024,
-                figures
-                    .mover_rss_kib
-                    .map(|k| format!(", largest mover {} MiB", k / 1024))
-                    .unwrap_or_default()
-            );
-            if movers {
-                through_movers.push(figures);
-            } else {
-                in_process.push(figures);
+            let [first, second] = back_up(data.path(), claims, movers).await?;
+            for (backup, f) in [("first", &first), ("no-change", &second)] {
+                println!(
+                    "  rep {rep} {:>10} {backup:>9}: {:.2} s, lifeboatd {} MiB{}",
+                    if movers { "movers" } else { "in-process" },
+                    f.seconds,
+                    f.rss_kib / 1024,
+                    f.mover_rss_kib
+                        .map(|k| format!(", largest mover {} MiB", k / 1024))
+                        .unwrap_or_default()
+                );
             }
+            let path = &mut figures[usize::from(movers)];
+            path[0].push(first);
+            path[1].push(second);
         }
     }
     let summary = |figures: &[Figures]| {
@@ -200,17 +233,19 @@ async fn main() -> Result<()> {
             .collect();
         (median(&mut seconds), median(&mut rss), median(&mut mover))
     };
-    let (a_s, a_rss, _) = summary(&in_process);
-    let (b_s, b_rss, b_mover) = summary(&through_movers);
     let total = (claims * mib) as f64;
-    println!(
-        "median      in-process: {a_s:.2} s ({:.0} MiB/s), lifeboatd {a_rss:.0} MiB",
-        total / a_s
-    );
-    println!(
-        "median          movers: {b_s:.2} s ({:.0} MiB/s), lifeboatd {b_rss:.0} MiB, largest mover {b_mover:.0} MiB",
-        total / b_s
-    );
-    println!("movers / in-process time: {:.2}×", b_s / a_s);
+    for (backup, name) in ["first", "no-change"].iter().enumerate() {
+        let (a_s, a_rss, _) = summary(&figures[0][backup]);
+        let (b_s, b_rss, b_mover) = summary(&figures[1][backup]);
+        println!(
+            "median {name:>9}  in-process: {a_s:.2} s ({:.0} MiB/s), lifeboatd {a_rss:.0} MiB",
+            total / a_s
+        );
+        println!(
+            "median {name:>9}      movers: {b_s:.2} s ({:.0} MiB/s), lifeboatd {b_rss:.0} MiB, largest mover {b_mover:.0} MiB",
+            total / b_s
+        );
+        println!("{name} backup, movers / in-process time: {:.2}×", b_s / a_s);
+    }
     Ok(())
 }
