@@ -12,6 +12,10 @@ CPU, peak RSS):
   4. restoring one file        (`lifeboat restore SNAP:PATH` / `restic restore --include`)
   5. full restore              (checked: the same number of files and bytes,
                                 and a sample of files compared byte for byte)
+  6. check and prune           (the repository holds about a million blobs:
+                                what the index costs the maintenance tasks;
+                                lifeboat's with the service key, as lifeboatd
+                                runs them)
 
 The tools alternate which goes first in each repetition. Medians and the
 ratios lifeboat/restic are printed as a markdown table.
@@ -101,6 +105,11 @@ def run_lifeboat(tool: Lifeboat, repo: Path, data: Path, work: Path, expected, s
     steps["full restore"], restored = tool.restore(repo, data, target)
     check_restore(data, restored, expected, seed)
     shutil.rmtree(target, ignore_errors=True)
+    service_key = tool.restore_key.with_name("service.key")
+    steps["check"] = tool.runner.run("lifeboat-check", [
+        tool.bin, "check", "-r", str(repo), "-i", str(service_key)], tool.env)
+    steps["prune"] = tool.runner.run("lifeboat-prune", [
+        tool.bin, "prune", "-r", str(repo), "-i", str(service_key)], tool.env)
     return steps
 
 
@@ -121,6 +130,8 @@ def run_restic(tool: Restic, repo: Path, data: Path, work: Path, expected, seed:
     steps["full restore"], restored = tool.restore(repo, data, target)
     check_restore(data, restored, expected, seed)
     shutil.rmtree(target, ignore_errors=True)
+    steps["check"] = tool.runner.run("restic-check", base + ["check"], tool.env)
+    steps["prune"] = tool.runner.run("restic-prune", base + ["prune"], tool.env)
     return steps
 
 
@@ -165,7 +176,8 @@ def main() -> int:
           f"{lifeboat.version()}, {restic.version()}\n")
     print("| step | lifeboat | restic | ratio | lifeboat RSS | restic RSS |")
     print("|---|---|---|---|---|---|")
-    for step in ["first backup", "no-change backup", "ls one folder", "restore one file", "full restore"]:
+    for step in ["first backup", "no-change backup", "ls one folder", "restore one file", "full restore",
+                 "check", "prune"]:
         a = median([r[step]["wall"] for r in results["lifeboat"]])
         b = median([r[step]["wall"] for r in results["restic"]])
         ra = median([r[step]["rss_kib"] for r in results["lifeboat"]]) / 1024
