@@ -136,7 +136,7 @@ pub async fn check(
     report.packs = index.packs().count();
     let mut pack_blobs: HashMap<PackId, Vec<BlobId>> = HashMap::new();
     for (id, location) in index.blobs() {
-        pack_blobs.entry(location.pack).or_default().push(*id);
+        pack_blobs.entry(location.pack).or_default().push(id);
     }
     let affected_blobs = |blobs: &[BlobId]| -> Vec<String> {
         let mut list: Vec<String> = blobs

@@ -136,10 +136,27 @@ pub struct PackInfo {
     pub blobs: u32,
 }
 
+/// A blob's entry as the index holds it in memory: its pack by number,
+/// and its place without the id (the key) — 24 bytes, where a
+/// [`BlobLocation`] takes 88. A million blobs are the whole index of a
+/// terabyte; every byte here is a megabyte of every process's memory.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    pack: u32,
+    length: u32,
+    raw_length: u32,
+    kind: BlobKind,
+    compressed: bool,
+}
+
 /// Every blob and pack of the repository, from all index objects.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    blobs: HashMap<BlobId, BlobLocation>,
+    blobs: HashMap<BlobId, Entry>,
+    /// The packs by number, as [`Entry::pack`] names them.
+    pack_ids: Vec<PackId>,
+    pack_numbers: HashMap<PackId, u32>,
     packs: HashMap<PackId, PackInfo>,
     pack_blobs: HashMap<PackId, Vec<BlobId>>,
     files: HashMap<IndexId, Vec<PackId>>,
@@ -168,17 +185,46 @@ impl Index {
         );
         self.pack_blobs
             .insert(pack.id, pack.blobs.iter().map(|b| b.id).collect());
+        let number = match self.pack_numbers.get(&pack.id) {
+            Some(number) => *number,
+            None => {
+                let number = u32::try_from(self.pack_ids.len()).unwrap_or(u32::MAX);
+                self.pack_ids.push(pack.id);
+                self.pack_numbers.insert(pack.id, number);
+                number
+            }
+        };
+        self.blobs.reserve(pack.blobs.len());
         for blob in &pack.blobs {
-            self.blobs.entry(blob.id).or_insert(BlobLocation {
-                pack: pack.id,
-                blob: blob.as_packed(),
+            self.blobs.entry(blob.id).or_insert(Entry {
+                offset: blob.offset,
+                pack: number,
+                length: blob.length,
+                raw_length: blob.raw_length,
+                kind: blob.kind,
+                compressed: blob.compressed,
             });
         }
     }
 
+    /// The location `entry` of blob `id` stands for.
+    fn location(&self, id: BlobId, entry: &Entry) -> Option<BlobLocation> {
+        Some(BlobLocation {
+            pack: *self.pack_ids.get(entry.pack as usize)?,
+            blob: PackedBlob {
+                id,
+                kind: entry.kind,
+                compressed: entry.compressed,
+                offset: entry.offset,
+                length: entry.length,
+                raw_length: entry.raw_length,
+            },
+        })
+    }
+
     /// Where `id` is stored, if anywhere.
-    pub fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
+        self.location(*id, self.blobs.get(id)?)
     }
 
     /// Whether `id` is stored.
@@ -189,8 +235,7 @@ impl Index {
     /// Whether a new backup may reuse the stored `id`: it is stored in a
     /// pack that no prune plan is about to delete.
     pub fn reusable(&self, id: &BlobId) -> bool {
-        self.blobs
-            .get(id)
+        self.get(id)
             .is_some_and(|location| !self.doomed.contains(&location.pack))
     }
 
@@ -220,8 +265,10 @@ impl Index {
     }
 
     /// Every blob.
-    pub fn blobs(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
-        self.blobs.iter()
+    pub fn blobs(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
+        self.blobs
+            .iter()
+            .filter_map(|(id, entry)| Some((*id, self.location(*id, entry)?)))
     }
 
     /// Number of distinct blobs.

@@ -347,6 +347,15 @@ mod tests {
         Ok(key)
     }
 
+    /// A sync with no grace period, now.
+    async fn sync_now(
+        primary: &Arc<dyn ObjectStore>,
+        mirror: &Arc<dyn ObjectStore>,
+        gone: &mut GoneSince,
+    ) -> Result<SyncReport, MirrorError> {
+        sync(primary, mirror, gone, chrono::Duration::zero(), Utc::now()).await
+    }
+
     async fn repository(store: &Arc<dyn ObjectStore>) -> anyhow::Result<()> {
         store
             .put_new(CONFIG_KEY, Bytes::from_static(b"{config}"))
@@ -407,14 +416,7 @@ mod tests {
             .put_new(&bad, Bytes::from_static(b"flipped"))
             .await?;
         let mut gone = GoneSince::new();
-        let report = sync(
-            &primary,
-            &mirror,
-            &mut gone,
-            chrono::Duration::zero(),
-            Utc::now(),
-        )
-        .await?;
+        let report = sync_now(&primary, &mirror, &mut gone).await?;
         assert_eq!(report.pending, 1);
         assert!(
             report.failures[0].contains("does not hash to its name"),
@@ -428,14 +430,7 @@ mod tests {
             compare(&primary, &mirror).await?.differing,
             vec![good.clone()]
         );
-        sync(
-            &primary,
-            &mirror,
-            &mut gone,
-            chrono::Duration::zero(),
-            Utc::now(),
-        )
-        .await?;
+        sync_now(&primary, &mirror, &mut gone).await?;
         assert_eq!(
             mirror.get(&good).await?,
             Bytes::from_static(b"index object")
@@ -454,14 +449,7 @@ mod tests {
             .await?;
         let stranger = put_named(&mirror, "data/", b"theirs").await?;
         let mut gone = GoneSince::new();
-        let refused = sync(
-            &primary,
-            &mirror,
-            &mut gone,
-            chrono::Duration::zero(),
-            Utc::now(),
-        )
-        .await;
+        let refused = sync_now(&primary, &mirror, &mut gone).await;
         assert!(
             matches!(
                 refused,

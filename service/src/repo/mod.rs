@@ -708,7 +708,7 @@ mod tests {
         let reader = f.as_restore().await?.reader();
         let located: Vec<_> = ids
             .iter()
-            .map(|id| reader.index().get(id).copied())
+            .map(|id| reader.index().get(id))
             .collect::<Option<_>>()
             .ok_or_else(|| anyhow::anyhow!("a saved blob is in no index"))?;
         let pack = located[0].pack;

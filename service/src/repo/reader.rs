@@ -141,7 +141,7 @@ impl BlobReader {
     }
 
     fn locate(&self, id: &BlobId) -> Result<(BlobLocation, PackInfo), RepoError> {
-        let location = *self
+        let location = self
             .index
             .get(id)
             .ok_or(RepoError::MissingBlob { id: *id })?;

@@ -474,7 +474,7 @@ mod tests {
 
         let reloaded = repo.as_service().await?;
         for (id, kind) in [(data, BlobKind::Data), (tree, BlobKind::Tree)] {
-            let location = reloaded.index().get(&id).copied();
+            let location = reloaded.index().get(&id);
             assert_eq!(location.map(|l| l.blob.kind), Some(kind));
             assert!(reloaded.index().reusable(&id));
         }

@@ -113,12 +113,10 @@ async fn a_flipped_byte_is_found_by_reading_data_and_only_its_file_is_named() ->
     let b = restore
         .index()
         .get(&written.files["b.bin"])
-        .copied()
         .ok_or_else(|| anyhow::anyhow!("b.bin is in no index"))?;
     let a = restore
         .index()
         .get(&written.files["a.bin"])
-        .copied()
         .ok_or_else(|| anyhow::anyhow!("a.bin is in no index"))?;
     let info = *restore
         .index()

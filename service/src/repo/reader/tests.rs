@@ -104,7 +104,7 @@ async fn a_flipped_byte_in_a_pack_fails_the_read_naming_the_pack() -> anyhow::Re
     let restore = repo.as_restore().await?;
     let big = written.files["etc/deep/big.bin"];
     let located = |id: &BlobId| {
-        let location = restore.index().get(id).copied();
+        let location = restore.index().get(id);
         let info = location.and_then(|l| restore.index().pack(&l.pack).copied());
         location
             .zip(info)
