@@ -143,6 +143,8 @@ def main() -> int:
     parser.add_argument("--bin-dir", type=Path, default=Path("target/release"))
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--tools", default="lifeboat,restic",
+                        help="which tools to run (lifeboat alone for a quick look; the table needs both)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lifeboat-million-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,9 @@ def main() -> int:
     restic = Restic(runner, work)
     results = {"lifeboat": [], "restic": []}
     for rep in range(args.reps):
-        order = [("lifeboat", run_lifeboat, lifeboat), ("restic", run_restic, restic)]
+        order = [(name, run, tool) for name, run, tool in
+                 [("lifeboat", run_lifeboat, lifeboat), ("restic", run_restic, restic)]
+                 if name in args.tools.split(",")]
         if rep % 2:
             order.reverse()
         for name, run, tool in order:
@@ -172,6 +176,8 @@ def main() -> int:
             results[name].append(steps)
             tool.cleanup()
             shutil.rmtree(repo, ignore_errors=True)
+    if len(order) < 2:
+        return 0
     print(f"\n{expected[0]} files ({expected[1] / 2**20:.0f} MiB), {args.reps} repetition(s); "
           f"{lifeboat.version()}, {restic.version()}\n")
     print("| step | lifeboat | restic | ratio | lifeboat RSS | restic RSS |")
