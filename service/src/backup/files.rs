@@ -162,7 +162,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 let archiver = Archiver {
                     writer,
                     chunking,
-                    known,
+                    known: Mutex::new(known),
                     progress,
                     fresh: Mutex::default(),
                     counts: Counts::default(),
@@ -363,7 +363,10 @@ impl Counts {
 struct Archiver {
     writer: Arc<BlobWriter>,
     chunking: Chunking,
-    known: KnownFiles,
+    /// What the last backup knew; each file's entry is taken out as the
+    /// file is met, so that it and its successor in `fresh` are not both
+    /// held (a million files are hundreds of megabytes of entries).
+    known: Mutex<KnownFiles>,
     progress: Arc<Progress>,
     fresh: Mutex<Learnt>,
     counts: Counts,
@@ -575,7 +578,16 @@ impl Archiver {
             inode: meta.ino(),
             content: Vec::new(),
         };
-        let cached = self.known.get(key).filter(|c| {
+        let taken = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|mut known| known.remove_entry(key));
+        let (path, cached) = match taken {
+            Some((path, cached)) => (path, Some(cached)),
+            None => (key.to_vec(), None),
+        };
+        let cached = cached.filter(|c| {
             c.size == now.size
                 && c.mtime_ns == now.mtime_ns
                 && c.ctime_ns == now.ctime_ns
@@ -583,7 +595,7 @@ impl Archiver {
                 && c.content.iter().all(|id| self.writer.has(id))
         });
         let content = match cached {
-            Some(cached) => cached.content.clone(),
+            Some(cached) => cached.content,
             None => match self.read_file(&place.path, meta) {
                 Ok(content) => content,
                 Err(ReadFailure::Repo(e)) => return Err(e),
@@ -599,7 +611,7 @@ impl Archiver {
         }
         if let Ok(mut fresh) = self.fresh.lock() {
             fresh.push((
-                key.to_vec(),
+                path,
                 CachedFile {
                     content: content.clone(),
                     ..now
