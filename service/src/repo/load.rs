@@ -14,6 +14,13 @@ use crate::storage::{ObjectStore, StorageError};
 /// was being read (a prune replaced it).
 const INDEX_RELOADS: usize = 5;
 
+/// Index objects fetched at once (each an answer's latency on S3).
+const INDEX_FETCHES: usize = 8;
+
+/// Index objects decoded at once: each holds its whole JSON while it is
+/// parsed, tens of megabytes for an index object of a big backup.
+const INDEX_DECODES: usize = 2;
+
 /// Reads the prune plans, then every index object, and marks the packs the
 /// plans name as not to be reused. Plans come first: a plan is deleted only
 /// after its packs and the index objects listing them, so an index read
@@ -60,16 +67,20 @@ async fn load_index(
     let mut problems = Vec::new();
     let mut pending = tokio::task::JoinSet::new();
     let mut objects = listed.into_iter();
+    let decodes = Arc::new(tokio::sync::Semaphore::new(INDEX_DECODES));
     loop {
-        while pending.len() < 8 {
+        while pending.len() < INDEX_FETCHES {
             let Some(object) = objects.next() else { break };
             let (store, identity) = (store.clone(), identity.clone());
+            let decodes = decodes.clone();
             pending.spawn(async move {
                 let key = object.key.clone();
                 let read = async move {
                     let id = object_id::<IndexId>(&object.key, "index/")?;
                     let cipher = store.get(&object.key).await?;
                     meta::verify_name(&object.key, id.as_bytes(), &cipher)?;
+                    // Never closed: no permit would only mean no limit.
+                    let _decoding = decodes.acquire_owned().await.ok();
                     let file: IndexFile = tokio::task::spawn_blocking(move || {
                         meta::open(&cipher, keys::sealed::Role::age_identities(&identity))
                             .map_err(|e| e.at(&object.key))
