@@ -80,30 +80,52 @@ pub(crate) fn open<'a, T: MetaObject>(
 }
 
 /// Decompresses (at most `T::MAX_PLAIN` bytes), parses and validates the
-/// plaintext of a metadata object.
+/// plaintext of a metadata object. The JSON is parsed as it is
+/// decompressed, never held whole: an index object of a million blobs is
+/// hundreds of megabytes of JSON.
 pub(crate) fn parse<T: MetaObject>(packed: &[u8]) -> Result<T, MetaError> {
-    let json = decompress(packed, T::MAX_PLAIN)?;
-    let value: T =
-        serde_json::from_slice(&json).map_err(|e| MetaError::Decode(DecodeError::Json(e)))?;
+    let broken = |e: std::io::Error| MetaError::Decode(DecodeError::Read(e));
+    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(broken)?;
+    let mut json = Bounded {
+        inner: decoder,
+        left: T::MAX_PLAIN as u64,
+        exceeded: false,
+    };
+    let parsed = serde_json::from_reader::<_, T>(std::io::BufReader::new(&mut json));
+    if json.exceeded {
+        return Err(MetaError::Format(format!(
+            "it decompresses to more than {} bytes",
+            T::MAX_PLAIN
+        )));
+    }
+    let value = parsed.map_err(|e| MetaError::Decode(DecodeError::Json(e)))?;
     value.validate().map_err(MetaError::Format)?;
     Ok(value)
 }
 
-/// Decompresses zstd frames, refusing more than `max` bytes of output.
-fn decompress(packed: &[u8], max: usize) -> Result<Vec<u8>, MetaError> {
-    let broken = |e: std::io::Error| MetaError::Decode(DecodeError::Read(e));
-    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(broken)?;
-    let mut json = Vec::new();
-    decoder
-        .take(max as u64 + 1)
-        .read_to_end(&mut json)
-        .map_err(broken)?;
-    if json.len() > max {
-        return Err(MetaError::Format(format!(
-            "it decompresses to more than {max} bytes"
-        )));
+/// A reader that fails once more than `left` bytes were read from `inner`.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        match self.left.checked_sub(read as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(read)
+            }
+            None => {
+                self.exceeded = true;
+                Err(std::io::Error::other(
+                    "the plaintext is larger than allowed",
+                ))
+            }
+        }
     }
-    Ok(json)
 }
 
 /// Checks that an object's bytes hash to the id in its name.
