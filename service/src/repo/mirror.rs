@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{CONFIG_KEY, KEYS_KEY};
 use super::id::content_hash;
+use super::put::{put_content_named, put_fixed};
 use crate::storage::{ObjectInfo, ObjectStore, StorageError};
 
 /// The prefixes of the objects a mirror copies, in the order copied.
@@ -132,8 +133,9 @@ pub async fn sync(
                 });
             }
         } else {
-            match mirror.put_new(key, ours).await {
-                Ok(()) | Err(StorageError::AlreadyExists { .. }) => {
+            // Only our own bytes count as a create whose answer was lost.
+            match put_fixed(mirror.as_ref(), key, ours).await {
+                Ok(()) => {
                     report.copied += 1;
                     report.copied_bytes += object.size;
                 }
@@ -184,7 +186,7 @@ pub async fn sync(
     let grace_ends = |since: &DateTime<Utc>| *since + grace <= now;
     let stale: BTreeSet<&String> = target
         .keys()
-        .filter(|key| COPIED.iter().any(|p| key.starts_with(p)) && !source.contains_key(*key))
+        .filter(|key| copied(key) && !source.contains_key(*key))
         .collect();
     gone.retain(|key, _| stale.contains(key));
     for key in stale {
@@ -207,6 +209,12 @@ pub async fn sync(
         }
     }
     Ok(report)
+}
+
+/// Whether a mirror copies (and deletes) the object `key` as the
+/// primary's contents change: packs, indexes, plans and snapshots.
+fn copied(key: &str) -> bool {
+    COPIED.iter().any(|prefix| key.starts_with(prefix))
 }
 
 /// Every object of `store`, by key.
@@ -249,10 +257,9 @@ async fn copy(
             .await
             .map_err(|e| e.to_string())?;
     }
-    match mirror.put_new(&object.key, bytes).await {
-        Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
+    put_content_named(mirror.as_ref(), &object.key, bytes)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// How a mirror and its primary differ.
@@ -284,9 +291,7 @@ pub async fn compare(
 ) -> Result<Comparison, StorageError> {
     let source = listing(primary).await?;
     let target = listing(mirror).await?;
-    let counted = |key: &str| {
-        key == CONFIG_KEY || key == KEYS_KEY || COPIED.iter().any(|p| key.starts_with(p))
-    };
+    let counted = |key: &str| key == CONFIG_KEY || key == KEYS_KEY || copied(key);
     let sizes = |list: &BTreeMap<String, ObjectInfo>| -> HashMap<String, u64> {
         list.values()
             .filter(|o| counted(&o.key))

@@ -22,7 +22,7 @@ pub mod mirror;
 pub mod pack;
 mod plan;
 pub mod prune;
-mod put;
+pub(crate) mod put;
 pub mod reader;
 pub mod repack;
 pub mod snapshot;

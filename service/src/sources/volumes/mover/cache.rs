@@ -27,8 +27,10 @@ use bytes::Bytes;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::backup::files::{KnownFiles, Learnt};
+use crate::repo::RepoError;
 use crate::repo::crypt::{self, CryptError};
 use crate::repo::id::{BlobId, content_hash};
+use crate::repo::put::put_content_named;
 use crate::state::CachedFile;
 use crate::storage::{ObjectStore, StorageError};
 
@@ -60,6 +62,9 @@ pub enum CacheError {
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The object could not be stored as its name says.
+    #[error(transparent)]
+    Stored(#[from] RepoError),
     /// The object is not a cache this key opens.
     #[error("the mover cache {key} does not open: {source}")]
     Crypt {
@@ -216,11 +221,8 @@ pub async fn save(
             reason: format!("encoding stopped: {e}"),
         })??;
     let object = format!("{}{}", job_prefix(job), hex::encode(content_hash(&sealed)));
-    match store.put_new(&object, Bytes::from(sealed)).await {
-        // Content-named: the same bytes are already there.
-        Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(object),
-        Err(e) => Err(e.into()),
-    }
+    put_content_named(store.as_ref(), &object, Bytes::from(sealed)).await?;
+    Ok(object)
 }
 
 /// Reads the cache `object` with `key`.

@@ -72,9 +72,8 @@ impl CacheLedger {
                 return;
             }
         };
-        let named: Vec<&String> = self.objects.values().collect();
         for object in listed {
-            if !named.contains(&&object.key) {
+            if !self.objects.values().any(|named| *named == object.key) {
                 delete(store, &object.key).await;
             }
         }
