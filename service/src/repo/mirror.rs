@@ -34,6 +34,11 @@ const COPIED: [&str; 4] = ["data/", "index/", "prune/", "snapshots/"];
 /// Objects copied at once.
 const COPIES_IN_FLIGHT: usize = 4;
 
+/// The largest object copied: larger than any lifeboat writes (packs are
+/// at most 128 MiB, metadata at most 1 GiB of JSON before compression), so
+/// a larger one is planted, and is not read into memory.
+const MAX_COPIED: u64 = 1 << 30;
+
 /// Failures listed in a report; the rest are counted.
 const FAILURES_LISTED: usize = 10;
 
@@ -238,6 +243,13 @@ async fn copy(
     object: &ObjectInfo,
     replace: bool,
 ) -> Result<(), String> {
+    if object.size > MAX_COPIED {
+        return Err(format!(
+            "on the primary it has {} bytes, more than any object lifeboat writes, so it was \
+             not copied; run `lifeboat check` on the primary",
+            object.size
+        ));
+    }
     let bytes = primary.get(&object.key).await.map_err(|e| e.to_string())?;
     let named = object.key.rsplit('/').next().unwrap_or_default();
     if hex::encode(content_hash(&bytes)) != named {
@@ -428,6 +440,21 @@ mod tests {
             "{report:?}"
         );
         assert!(mirror.size(&bad).await.is_err());
+        // An object larger than any lifeboat writes is not read at all (a
+        // sparse file: its size costs no disk).
+        let huge = format!("data/ab/{}", "ab".repeat(32));
+        std::fs::create_dir_all(a.path().join("data/ab"))?;
+        std::fs::File::create(a.path().join(&huge))?.set_len(MAX_COPIED + 1)?;
+        let report = sync_now(&primary, &mirror, &mut gone).await?;
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.starts_with(&huge) && f.contains("more than any object")),
+            "{report:?}"
+        );
+        assert!(mirror.size(&huge).await.is_err());
+        primary.delete(&huge).await?;
         // A copy cut short on the mirror is replaced.
         mirror.delete(&good).await?;
         mirror.put_new(&good, Bytes::from_static(b"index")).await?;
