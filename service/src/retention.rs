@@ -115,6 +115,44 @@ impl RetentionPolicy {
         }
         decisions
     }
+
+    /// Decides for snapshots of which only some can be restored alone
+    /// (`anchors`: a WAL archive's base backups), given by time and
+    /// whether each is one: the policy decides among the anchors, and every
+    /// other snapshot is kept from the oldest kept anchor on (`"needed"`),
+    /// since an anchor is restored with all that follows it. With no anchor
+    /// yet, everything is kept.
+    pub fn apply_anchored(&self, snapshots: &[(DateTime<Utc>, bool)]) -> Vec<Decision> {
+        let anchors: Vec<DateTime<Utc>> = snapshots
+            .iter()
+            .filter(|(_, anchor)| *anchor)
+            .map(|(time, _)| *time)
+            .collect();
+        let decisions = self.apply(&anchors);
+        let oldest_kept = anchors
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| !d.kept_by.is_empty())
+            .map(|(time, _)| *time)
+            .min();
+        let mut decided = decisions.into_iter();
+        snapshots
+            .iter()
+            .map(|&(time, anchor)| {
+                if anchor {
+                    return decided.next().unwrap_or(Decision {
+                        time,
+                        kept_by: Vec::new(),
+                    });
+                }
+                let needed = oldest_kept.is_none_or(|oldest| time >= oldest);
+                Decision {
+                    time,
+                    kept_by: if needed { vec!["needed"] } else { Vec::new() },
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +169,32 @@ mod tests {
             .iter()
             .map(|h| now - chrono::Duration::hours(*h))
             .collect()
+    }
+
+    #[test]
+    fn wal_between_kept_base_backups_is_kept_and_older_wal_goes() {
+        let policy = RetentionPolicy {
+            keep_last: 2,
+            ..RetentionPolicy::default()
+        };
+        // Base backups 30, 20 and 10 hours ago, WAL between and after.
+        let times = hours_ago(&[31, 30, 25, 20, 15, 10, 5, 1]);
+        let anchors = [false, true, false, true, false, true, false, false];
+        let snapshots: Vec<_> = times.iter().copied().zip(anchors).collect();
+        let kept: Vec<bool> = policy
+            .apply_anchored(&snapshots)
+            .iter()
+            .map(|d| !d.kept_by.is_empty())
+            .collect();
+        assert_eq!(kept, [false, false, false, true, true, true, true, true]);
+        let no_base: Vec<_> = times.iter().map(|t| (*t, false)).collect();
+        assert!(
+            policy
+                .apply_anchored(&no_base)
+                .iter()
+                .all(|d| !d.kept_by.is_empty()),
+            "WAL without a base backup yet is kept"
+        );
     }
 
     fn kept(policy: &RetentionPolicy, times: &[DateTime<Utc>]) -> Vec<bool> {

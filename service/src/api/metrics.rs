@@ -7,7 +7,8 @@
 //! drills restores itself (`[drill]`), the last drill's
 //! `lifeboat_drill_*` series follow, then one `lifeboat_volume_*` series
 //! per claim of each volumes job, then one `lifeboat_mirror_*` series per
-//! mirror (alert on `lifeboat_mirror_lag_seconds`).
+//! mirror (alert on `lifeboat_mirror_lag_seconds`), then
+//! `lifeboat_wal_receiver_up` per WAL archiving job.
 
 use axum::Router;
 use axum::extract::State;
@@ -39,6 +40,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, App
     text.push_str(&crate::daemon::claims::render(&state.service.claims()));
     let mirrors = crate::daemon::mirror::load(&state.service.config().state_folder());
     text.push_str(&crate::daemon::mirror::render(&mirrors, chrono::Utc::now()));
+    text.push_str(&crate::daemon::wal::render(state.service.wal_receivers()));
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

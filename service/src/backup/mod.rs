@@ -160,6 +160,11 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         self
     }
 
+    /// When the backup started: the snapshot's time.
+    pub fn started(&self) -> DateTime<Utc> {
+        self.start
+    }
+
     /// The job the snapshot is of.
     pub fn job(&self) -> &str {
         &self.job

@@ -34,6 +34,9 @@ pub struct SnapshotInfo {
     pub end_time: DateTime<Utc>,
     /// Counts and sizes.
     pub summary: Summary,
+    /// Whether it can be restored without the job's other snapshots
+    /// ([`crate::sources::restorable_alone`]).
+    pub restorable_alone: bool,
 }
 
 /// Totals of the repository as listed.
@@ -94,6 +97,7 @@ impl Catalog {
                     };
                     SnapshotInfo {
                         id,
+                        restorable_alone: crate::sources::restorable_alone(&snapshot),
                         job: snapshot.job,
                         source_kind: snapshot.source_kind,
                         host: snapshot.host,

@@ -5,7 +5,8 @@
 //!   [`service`]: the running service's state and shutdown; [`scheduler`]: cron entries and runs made up at
 //!   start; [`catalog`]: the repository as the service sees it;
 //!   [`status`]: job status and the RPO watch; [`mirror`]: the mirror
-//!   task's syncs and their state.
+//!   task's syncs and their state; [`wal`]: the WAL receivers of
+//!   `postgres-wal` jobs.
 //!
 //! What it reads is in [`crate::config`]; which snapshots it keeps is in
 //! [`crate::retention`].
@@ -19,6 +20,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod service;
 pub mod status;
+pub mod wal;
 
 pub use job::{JobError, back_up_job, run_job};
 pub use runner::Refusal;

@@ -290,10 +290,13 @@ async fn apply_retention(
     let mut catalog = service.catalog();
     catalog.refresh(repo).await?;
     let snapshots = catalog.snapshots(Some(job));
-    let times: Vec<_> = snapshots.iter().map(|s| s.time).collect();
+    let times: Vec<_> = snapshots
+        .iter()
+        .map(|s| (s.time, s.restorable_alone))
+        .collect();
     let doomed: Vec<_> = snapshots
         .iter()
-        .zip(policy.apply(&times))
+        .zip(policy.apply_anchored(&times))
         .filter(|(_, decision)| decision.kept_by.is_empty())
         .map(|(snapshot, _)| snapshot.id)
         .collect();

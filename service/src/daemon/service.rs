@@ -134,6 +134,7 @@ pub struct Service {
     repository_opening: tokio::sync::Mutex<()>,
     last_drill: Mutex<Option<DrillReport>>,
     claims: Mutex<super::claims::ClaimTable>,
+    pub(super) wal_receivers: super::wal::Receivers,
     started: DateTime<Utc>,
 }
 
@@ -147,6 +148,7 @@ impl Service {
         let slots = config.service.max_concurrent_jobs.get();
         let last_drill = super::drill::load(&config.state_folder());
         let claims = super::claims::load(&config.state_folder());
+        let wal_receivers = super::wal::table(&config);
         Arc::new(Self {
             config,
             history: Arc::new(history),
@@ -159,6 +161,7 @@ impl Service {
             repository_opening: tokio::sync::Mutex::new(()),
             last_drill: Mutex::new(last_drill),
             claims: Mutex::new(claims),
+            wal_receivers,
             started: Utc::now(),
         })
     }
@@ -166,6 +169,11 @@ impl Service {
     /// The configuration it runs.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The WAL receivers' states, by job.
+    pub fn wal_receivers(&self) -> &super::wal::Receivers {
+        &self.wal_receivers
     }
 
     /// When it started.

@@ -66,6 +66,9 @@ pub struct JobRun<'a> {
     pub reader: &'a BlobReader,
     /// The snapshot drilled.
     pub entry: &'a SnapshotEntry,
+    /// Every snapshot of the repository (a point-in-time recovery needs
+    /// the job's others).
+    pub snapshots: &'a [SnapshotEntry],
     /// This job's scratch folder.
     pub scratch: PathBuf,
     /// The drill's settings.
@@ -217,6 +220,7 @@ pub fn prepare<'a>(
     let mut run = JobRun {
         reader,
         entry,
+        snapshots,
         scratch,
         settings,
         report,

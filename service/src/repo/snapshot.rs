@@ -54,6 +54,8 @@ pub enum SourceKind {
     Kubernetes,
     /// `postgres`: PostgreSQL dumps.
     Postgres,
+    /// `postgres-wal`: PostgreSQL WAL and base backups.
+    PostgresWal,
     /// `talos-config`: the files a Talos rebuild needs.
     TalosConfig,
     /// `talos-etcd`: an etcd snapshot through the Talos API.
@@ -66,11 +68,12 @@ pub enum SourceKind {
 
 impl SourceKind {
     /// Every kind this version knows.
-    pub const KNOWN: [SourceKind; 7] = [
+    pub const KNOWN: [SourceKind; 8] = [
         Self::Directory,
         Self::Etcd,
         Self::Kubernetes,
         Self::Postgres,
+        Self::PostgresWal,
         Self::TalosConfig,
         Self::TalosEtcd,
         Self::Volumes,
@@ -83,6 +86,7 @@ impl SourceKind {
             Self::Etcd => "etcd",
             Self::Kubernetes => "kubernetes",
             Self::Postgres => "postgres",
+            Self::PostgresWal => "postgres-wal",
             Self::TalosConfig => "talos-config",
             Self::TalosEtcd => "talos-etcd",
             Self::Volumes => "volumes",

@@ -11,6 +11,7 @@
 //! | `etcd` | [`etcd`] | itself |
 //! | `kubernetes` | [`kubernetes`] | itself |
 //! | `postgres` | [`postgres`] | itself |
+//! | `postgres-wal` | [`postgres_wal`] | itself (point-in-time recovery) |
 //! | `talos-config` | [`talos_config`] | itself |
 //! | `talos-etcd` | [`talos_etcd`] | [`etcd`] (the same `etcd.db` layout) |
 //! | `volumes` | [`volumes`] | itself |
@@ -23,6 +24,7 @@ pub mod directory;
 pub mod etcd;
 pub mod kubernetes;
 pub mod postgres;
+pub mod postgres_wal;
 pub mod talos_config;
 pub mod talos_etcd;
 pub mod volumes;
@@ -52,6 +54,8 @@ pub enum SourceConfig {
     Kubernetes(kubernetes::KubernetesSource),
     /// PostgreSQL databases as `pg_dump` dumps, with row counts.
     Postgres(postgres::PostgresSource),
+    /// PostgreSQL WAL, received continuously, and base backups.
+    PostgresWal(postgres_wal::PostgresWalSource),
     /// The files a Talos cluster rebuild needs (secrets bundle, machine
     /// configs, talosconfig).
     TalosConfig(talos_config::TalosConfigSource),
@@ -83,6 +87,9 @@ pub enum SourceError {
     /// A PostgreSQL dump failed.
     #[error(transparent)]
     Postgres(#[from] postgres::PostgresError),
+    /// WAL archiving failed.
+    #[error(transparent)]
+    PostgresWal(#[from] postgres_wal::WalError),
     /// Labelled containers could not be backed up.
     #[error(transparent)]
     Containers(#[from] directory::containers::ContainersError),
@@ -115,6 +122,7 @@ impl SourceConfig {
             Self::Etcd(_) => SourceKind::Etcd,
             Self::Kubernetes(_) => SourceKind::Kubernetes,
             Self::Postgres(_) => SourceKind::Postgres,
+            Self::PostgresWal(_) => SourceKind::PostgresWal,
             Self::TalosConfig(_) => SourceKind::TalosConfig,
             Self::TalosEtcd(_) => SourceKind::TalosEtcd,
             Self::Volumes(_) => SourceKind::Volumes,
@@ -138,6 +146,7 @@ impl SourceConfig {
             Self::Etcd(source) => source.resolve_paths(base),
             Self::Kubernetes(source) => source.resolve_paths(base),
             Self::Postgres(source) => source.resolve_paths(base),
+            Self::PostgresWal(source) => source.resolve_paths(base),
             Self::TalosConfig(source) => source.resolve_paths(base),
             Self::TalosEtcd(source) => source.resolve_paths(base),
             Self::Volumes(source) => source.resolve_paths(base),
@@ -159,10 +168,23 @@ impl SourceConfig {
             Self::Etcd(source) => source.back_up(builder, context).await,
             Self::Kubernetes(source) => source.back_up(builder, context).await,
             Self::Postgres(source) => source.back_up(builder, context).await,
+            Self::PostgresWal(source) => source.back_up(builder, context).await,
             Self::TalosConfig(source) => source.back_up(builder, context).await,
             Self::TalosEtcd(source) => source.back_up(builder, context).await,
             Self::Volumes(source) => source.back_up(builder, context).await,
         }
+    }
+}
+
+/// Whether `snapshot` can be restored on its own: every kind's can, but a
+/// WAL archive's only where it holds a base backup (the others extend an
+/// earlier one). Retention counts only these
+/// ([`crate::retention::RetentionPolicy::apply_anchored`]).
+pub fn restorable_alone(snapshot: &crate::repo::snapshot::Snapshot) -> bool {
+    match snapshot.source_kind {
+        SourceKind::PostgresWal => postgres_wal::WalMetadata::of(snapshot)
+            .is_none_or(|metadata| metadata.base_backup.is_some()),
+        _ => true,
     }
 }
 
@@ -207,6 +229,7 @@ pub async fn drill_job(
         SourceKind::Etcd | SourceKind::TalosEtcd => etcd::drill::verify(&mut run).await,
         SourceKind::Kubernetes => kubernetes::drill::verify(&mut run).await,
         SourceKind::Postgres => postgres::drill::verify(&mut run).await,
+        SourceKind::PostgresWal => postgres_wal::drill::verify(&mut run).await,
         SourceKind::TalosConfig => talos_config::drill::verify(&mut run).await,
         SourceKind::Other(name) => {
             let reason = format!("not verified: lifeboat cannot drill snapshots of kind {name:?}");

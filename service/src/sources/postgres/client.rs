@@ -66,6 +66,7 @@ pub(crate) struct ClientCommand {
     args: Vec<Argument>,
     env: Vec<(&'static str, Zeroizing<String>)>,
     stdin: bool,
+    holding: Option<std::fs::File>,
 }
 
 /// One argument of a [`ClientCommand`].
@@ -100,6 +101,7 @@ impl ClientCommand {
             args: Vec::new(),
             env: Vec::new(),
             stdin: false,
+            holding: None,
         }
     }
 
@@ -125,6 +127,15 @@ impl ClientCommand {
     /// Gives the program a stdin to write to ([`Client::stdin`]).
     pub fn stdin_piped(&mut self) -> &mut Self {
         self.stdin = true;
+        self
+    }
+
+    /// Gives the program `lock` (an open file holding a `flock`) as its
+    /// stdin, so that the lock is held as long as the program runs, even
+    /// if lifeboat dies first. Only for programs that never read stdin,
+    /// run here.
+    pub fn holding(&mut self, lock: std::fs::File) -> &mut Self {
+        self.holding = Some(lock);
         self
     }
 
@@ -182,10 +193,15 @@ impl ClientCommand {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(self.args_for(false))
-            .stdin(if self.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+            .stdin(match &self.holding {
+                Some(lock) => {
+                    Stdio::from(lock.try_clone().map_err(|cause| PostgresError::Spawn {
+                        program: self.program.clone(),
+                        cause,
+                    })?)
+                }
+                None if self.stdin => Stdio::piped(),
+                None => Stdio::null(),
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -208,6 +224,12 @@ impl ClientCommand {
     }
 
     async fn start_in(&self, docker: &Docker, container: &str) -> Result<Client, PostgresError> {
+        if self.holding.is_some() {
+            return Err(PostgresError::Unexpected {
+                what: format!("{} in container {container}", self.program.display()),
+                output: "a program holding a local lock runs only here".into(),
+            });
+        }
         let mut cmd = vec![self.program.to_string_lossy().into_owned()];
         for arg in self.args_for(true) {
             cmd.push(arg.into_string().map_err(|arg| PostgresError::Unexpected {

@@ -1,0 +1,509 @@
+//! `kind = "postgres-wal"`: continuous WAL archiving and base backups of a
+//! PostgreSQL server, for point-in-time recovery ([`pitr`]).
+//!
+//! ```toml
+//! [[job]]
+//! name = "db-wal"
+//! schedule = "0 * * * * *"          # how often the WAL is stored: the RPO
+//! rpo = "5m"
+//! source = { kind = "postgres-wal", dsn = "postgresql://archiver@db:5432/postgres",
+//!            password_file = "/config/archiver.pass" }
+//! ```
+//!
+//! The role needs `REPLICATION` (and `LOGIN`), and the server
+//! `wal_level = replica` (the default) and a free `max_wal_senders` slot.
+//!
+//! - **Receiving.** lifeboatd keeps `pg_receivewal` running for the job
+//!   ([`receiver`]): it holds a replication connection open and writes the
+//!   WAL into the job's spool in the state folder as the server writes it,
+//!   restarting it when it stops (a server restart, a network cut) and
+//!   resuming after the newest segment it has — so a restart of the
+//!   server, of lifeboatd or of both loses nothing the server still has.
+//!   Without the receiver (`lifeboatd run`), each run catches up itself:
+//!   `pg_receivewal --endpos` up to the server's current position. A
+//!   replication slot (`slot = "lifeboat"`) makes the server keep the WAL
+//!   the archiver has not received yet, however long it is away — at the
+//!   price that a receiver gone for good fills the server's disk: drop the
+//!   slot (`SELECT pg_drop_replication_slot('lifeboat')`) when you remove
+//!   the job. Without a slot, WAL the server recycled while no receiver
+//!   ran is lost: the run says so and takes a new base backup at once.
+//! - **Storing.** Each run stores the spool's WAL files — complete
+//!   segments, the segment being written (`.partial`, so the RPO is the
+//!   job's schedule, not a segment's fill time) and timeline history files
+//!   — as files at the snapshot's root, deduplicated and encrypted like
+//!   everything else. A segment leaves the spool only once a committed
+//!   snapshot holds it ([`spool`]).
+//! - **Base backups.** A run takes one (`pg_basebackup`, plain format,
+//!   without WAL) when the job's newest is older than `base_backup_every`
+//!   (default 24 h), and stores it as the folder `base`.
+//!
+//! Retention counts only the snapshots that hold a base backup, and keeps
+//! every WAL snapshot from the oldest kept base backup on: each kept base
+//! backup can be rolled forward to any later point.
+//!
+//! The snapshot metadata (service key) holds no names: see [`WalMetadata`].
+
+pub mod drill;
+pub mod names;
+pub mod pitr;
+pub mod receiver;
+pub(crate) mod server;
+pub mod spool;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use self::names::WalFile;
+use self::server::{BaseBackupRange, Receive, ServerWal, WalTools, base_backup, receive};
+use self::spool::{Journal, Spool, WriterLock};
+use super::postgres::client::ClientHost;
+use super::postgres::connection::{Connection, Hint};
+use super::postgres::{PostgresError, PostgresSource};
+use super::{SourceContext, SourceError, SourceKind, resolve};
+use crate::backup::files::Folder;
+use crate::backup::stream::StreamChunking;
+use crate::backup::SnapshotBuilder;
+use crate::repo::snapshot::Snapshot;
+
+/// The snapshot folder holding a base backup.
+pub const BASE_FOLDER: &str = "base";
+
+/// Settings of a WAL archiving source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresWalSource {
+    /// A libpq connection string without a password, of a role with
+    /// `REPLICATION`. Empty: libpq's `PG*` variables.
+    #[serde(default)]
+    pub dsn: String,
+    /// A file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable of lifeboatd holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The folder of `pg_receivewal`, `pg_basebackup` and `psql` (of the
+    /// server's major version or newer); default: from `PATH`.
+    #[serde(default)]
+    pub bin: Option<PathBuf>,
+    /// How old the newest base backup may get before a run takes a new
+    /// one (e.g. "24h", "7d").
+    #[serde(default = "default_base_backup_every", with = "crate::field::duration")]
+    pub base_backup_every: Duration,
+    /// A replication slot to stream from, created if missing.
+    #[serde(default)]
+    pub slot: Option<String>,
+}
+
+fn default_base_backup_every() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// What a WAL snapshot's metadata says (readable with the service key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalMetadata {
+    /// The cluster (`pg_control_system().system_identifier`): WAL of
+    /// another cluster is never mixed in.
+    pub system_identifier: String,
+    /// The server's `server_version_num`.
+    pub server_version_num: u32,
+    /// Complete segments stored.
+    pub segments: u64,
+    /// Whether the segment being written was stored too.
+    pub partial: bool,
+    /// The oldest and newest segment file stored, if any.
+    pub first_segment: Option<String>,
+    /// The newest segment stored (complete or partial).
+    pub last_segment: Option<String>,
+    /// The server's position when the run began: the WAL up to here is
+    /// stored, unless the receiver was behind.
+    pub server_lsn: names::Lsn,
+    /// The base backup this snapshot holds, if any.
+    pub base_backup: Option<BaseBackupRange>,
+    /// Who received the WAL: `"receiver"` (lifeboatd's) or `"run"`.
+    pub received_by: String,
+}
+
+impl WalMetadata {
+    /// The metadata of a snapshot of this kind, if it reads as such.
+    pub fn of(snapshot: &Snapshot) -> Option<Self> {
+        (snapshot.source_kind == SourceKind::PostgresWal)
+            .then(|| serde_json::from_value(snapshot.metadata.clone()).ok())
+            .flatten()
+    }
+}
+
+/// Why WAL could not be archived.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Connection settings, password or client programs.
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    /// lifeboatd runs without a state folder.
+    #[error(
+        "a postgres-wal job needs lifeboat's state folder for its WAL spool; \
+         run it under lifeboatd with state_dir set"
+    )]
+    NoStateFolder,
+    /// The spool cannot be used.
+    #[error("the WAL spool {path} cannot be used: {source}; check the state folder's disk and permissions")]
+    Spool {
+        /// The folder or file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The server's WAL position could not be read.
+    #[error("cannot read the server's WAL position: {message}{hint}")]
+    Server {
+        /// psql's error text.
+        message: String,
+        /// The fix, when known.
+        hint: Hint,
+    },
+    /// The server's segments are not 16 MiB.
+    #[error(
+        "the server's WAL segments are {segment_size} bytes; lifeboat archives 16 MiB segments \
+         (initdb's default) only"
+    )]
+    SegmentSize {
+        /// `wal_segment_size`.
+        segment_size: u64,
+    },
+    /// `pg_receivewal` failed.
+    #[error("pg_receivewal failed: {message}{hint}")]
+    Receive {
+        /// Its error text.
+        message: String,
+        /// The fix, when known.
+        hint: Hint,
+    },
+    /// The server recycled WAL that was never received.
+    #[error(
+        "the server no longer has WAL the archive needs ({message}): point-in-time recovery into \
+         the time since the last stored segment is impossible; a new base backup is taken. \
+         To prevent it, set slot = \"lifeboat\" in the job (the server then keeps the WAL until \
+         it is received) or raise wal_keep_size"
+    )]
+    Removed {
+        /// pg_receivewal's error text.
+        message: String,
+    },
+    /// `pg_basebackup` failed.
+    #[error("pg_basebackup failed: {message}{hint}")]
+    BaseBackup {
+        /// Its error text.
+        message: String,
+        /// The fix, when known.
+        hint: Hint,
+    },
+    /// A client program printed something lifeboat does not understand.
+    #[error("unexpected output from PostgreSQL ({what}): {output:?}")]
+    Unexpected {
+        /// What was being read.
+        what: String,
+        /// The start of the output.
+        output: String,
+    },
+}
+
+impl WalError {
+    fn spool(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Spool {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+impl PostgresWalSource {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        for path in [&mut self.password_file, &mut self.bin].into_iter().flatten() {
+            resolve(path, base);
+        }
+    }
+
+    /// The client programs.
+    pub(crate) fn tools(&self) -> WalTools {
+        WalTools::new(self.bin.as_deref())
+    }
+
+    /// Checks the connection settings and reads the password.
+    ///
+    /// Fails as [`Connection::new`] does.
+    pub(crate) fn connect(&self) -> Result<Connection, PostgresError> {
+        let settings = PostgresSource {
+            dsn: self.dsn.clone(),
+            databases: Vec::new(),
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+            pg_dump: PathBuf::from("pg_dump"),
+            globals: super::postgres::Globals::Skip,
+            container: None,
+            user: None,
+            docker_socket: crate::docker::default_socket(),
+        };
+        Connection::new(&settings, &self.dsn, ClientHost::Local)
+    }
+
+    /// Stores the spool's WAL, after catching up when no receiver runs,
+    /// and a base backup when one is due; returns the metadata.
+    pub(crate) async fn back_up(
+        &self,
+        builder: &mut SnapshotBuilder,
+        context: &SourceContext,
+    ) -> Result<serde_json::Value, SourceError> {
+        let state = context.state_dir.as_deref().ok_or(WalError::NoStateFolder)?;
+        let (connection, tools) = (self.connect()?, self.tools());
+        let server = server::server_wal(&connection, &tools).await?;
+        let spool = Spool::open(state, builder.job()).map_err(WalError::spool(state))?;
+        let job = builder.job().to_owned();
+        let history = JobHistory::read(builder, &job, &server.system_identifier).await;
+        self.settle_spool(&spool, &server, &history, builder)?;
+
+        let lock = spool.try_lock().map_err(WalError::spool(spool.dir()))?;
+        let mut base_due = history.base_backup_older_than(self.base_backup_every);
+        let mut stored = Stored::default();
+        if let Some(lock) = &lock
+            && let Err(e) = self.catch_up(&connection, &tools, &spool, lock, &server).await
+        {
+            let WalError::Removed { .. } = e else {
+                return Err(e.into());
+            };
+            // What arrived before the gap is kept; then a new start.
+            builder.warn(e.to_string());
+            stored = store_wal(builder, &spool).await?;
+            spool
+                .restart_for(&server.system_identifier)
+                .map_err(WalError::spool(spool.dir()))?;
+            self.catch_up(&connection, &tools, &spool, lock, &server)
+                .await?;
+            base_due = true;
+        }
+        let base = if base_due {
+            let range = self.store_base_backup(builder, &connection, &tools, &spool).await?;
+            if let Some(lock) = &lock {
+                // The WAL through the backup's end, so that it is usable now.
+                let now = server::server_wal(&connection, &tools).await?;
+                self.catch_up(&connection, &tools, &spool, lock, &now).await?;
+            }
+            Some(range)
+        } else {
+            None
+        };
+        stored.add(store_wal(builder, &spool).await?);
+        spool
+            .write_journal(&Journal {
+                job,
+                snapshot_time: builder.started(),
+                segments: stored.complete.clone(),
+            })
+            .map_err(WalError::spool(spool.dir()))?;
+        let metadata = WalMetadata {
+            system_identifier: server.system_identifier,
+            server_version_num: server.version_num,
+            segments: stored.complete.len() as u64,
+            partial: stored.partial,
+            first_segment: stored.first,
+            last_segment: stored.last,
+            server_lsn: server.current,
+            base_backup: base,
+            received_by: if lock.is_some() { "run" } else { "receiver" }.into(),
+        };
+        let metadata = serde_json::to_value(&metadata).map_err(|e| WalError::Unexpected {
+            what: "encoding the metadata".into(),
+            output: e.to_string(),
+        })?;
+        Ok(metadata)
+    }
+
+    /// Starts the spool over for a new cluster, and deletes the segments
+    /// the last run stored once its snapshot is known to be committed.
+    fn settle_spool(
+        &self,
+        spool: &Spool,
+        server: &ServerWal,
+        history: &JobHistory,
+        builder: &mut SnapshotBuilder,
+    ) -> Result<(), WalError> {
+        let recorded = spool
+            .system_identifier()
+            .map_err(WalError::spool(spool.dir()))?;
+        if recorded.as_deref() != Some(server.system_identifier.as_str()) {
+            if let Some(other) = recorded {
+                builder.warn(format!(
+                    "the server is another PostgreSQL cluster than before (system identifier \
+                     {} instead of {other}): archiving starts over with a new base backup",
+                    server.system_identifier
+                ));
+            }
+            spool
+                .restart_for(&server.system_identifier)
+                .map_err(WalError::spool(spool.dir()))?;
+            return Ok(());
+        }
+        if let Some(journal) = spool.journal()
+            && history.committed.contains(&journal.snapshot_time)
+        {
+            spool
+                .forget_stored(&journal)
+                .map_err(WalError::spool(spool.dir()))?;
+        }
+        Ok(())
+    }
+
+    /// Receives the WAL up to `server.current`, creating the slot first
+    /// when one is configured.
+    async fn catch_up(
+        &self,
+        connection: &Connection,
+        tools: &WalTools,
+        spool: &Spool,
+        lock: &WriterLock,
+        server: &ServerWal,
+    ) -> Result<(), WalError> {
+        let slot = self.slot.as_deref();
+        if slot.is_some() {
+            receive(connection, tools, spool, lock, slot, Receive::CreateSlot).await?;
+        }
+        let until = Receive::Until(server.current);
+        receive(connection, tools, spool, lock, slot, until).await
+    }
+
+    /// Takes a base backup into the spool and stores it as [`BASE_FOLDER`].
+    async fn store_base_backup(
+        &self,
+        builder: &mut SnapshotBuilder,
+        connection: &Connection,
+        tools: &WalTools,
+        spool: &Spool,
+    ) -> Result<BaseBackupRange, SourceError> {
+        let dir = spool
+            .fresh_base_backup_dir()
+            .map_err(WalError::spool(spool.dir()))?;
+        tracing::info!("postgres-wal: taking a base backup");
+        let range = base_backup(connection, tools, &dir).await;
+        let stored = match range {
+            Ok(range) => {
+                let folder = Folder {
+                    path: dir.clone(),
+                    exclude: Vec::new(),
+                };
+                let place = Path::new("/").join(BASE_FOLDER);
+                builder
+                    .add_folder_as(&folder, &place, Default::default())
+                    .await
+                    .map(|_| range)
+                    .map_err(SourceError::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        spool
+            .remove_base_backup_dir()
+            .map_err(WalError::spool(spool.dir()))?;
+        stored
+    }
+}
+
+/// What the repository holds of the job, for this cluster.
+struct JobHistory {
+    /// Times of the job's committed snapshots.
+    committed: Vec<chrono::DateTime<chrono::Utc>>,
+    /// When the newest base backup of this cluster was taken.
+    newest_base: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl JobHistory {
+    /// Reads it; a listing that fails counts as an empty history (the
+    /// spool then keeps its segments, and a base backup is taken).
+    async fn read(builder: &SnapshotBuilder, job: &str, system_identifier: &str) -> Self {
+        let snapshots = match builder.repository().snapshots().await {
+            Ok(snapshots) => snapshots,
+            Err(e) => {
+                tracing::warn!("postgres-wal: cannot list the job's snapshots: {e}");
+                Vec::new()
+            }
+        };
+        let ours = snapshots.iter().filter(|e| e.snapshot.job == job);
+        let mut history = Self {
+            committed: Vec::new(),
+            newest_base: None,
+        };
+        for entry in ours {
+            history.committed.push(entry.snapshot.time);
+            let metadata = WalMetadata::of(&entry.snapshot);
+            if let Some(m) = metadata
+                && m.system_identifier == system_identifier
+                && m.base_backup.is_some()
+            {
+                history.newest_base = history.newest_base.max(Some(entry.snapshot.time));
+            }
+        }
+        history
+    }
+
+    fn base_backup_older_than(&self, every: Duration) -> bool {
+        let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+        self.newest_base
+            .is_none_or(|time| chrono::Utc::now() - time >= every)
+    }
+}
+
+/// What a run stored of the spool.
+#[derive(Debug, Default)]
+struct Stored {
+    complete: Vec<String>,
+    partial: bool,
+    first: Option<String>,
+    last: Option<String>,
+}
+
+impl Stored {
+    /// Adds what a later pass stored.
+    fn add(&mut self, later: Stored) {
+        self.complete.extend(later.complete);
+        self.partial |= later.partial;
+        if self.first.is_none() {
+            self.first = later.first;
+        }
+        if later.last.is_some() {
+            self.last = later.last;
+        }
+    }
+}
+
+/// Stores every WAL file of the spool at the snapshot's root.
+async fn store_wal(builder: &mut SnapshotBuilder, spool: &Spool) -> Result<Stored, SourceError> {
+    let mut stored = Stored::default();
+    for found in spool.files().map_err(WalError::spool(spool.dir()))? {
+        let (file, input) = match tokio::fs::File::open(&found.path).await {
+            Ok(input) => (found.file, input),
+            // Completed and renamed since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let WalFile::Partial(segment) = found.file else {
+                    continue;
+                };
+                let complete = spool.dir().join(segment.name());
+                match tokio::fs::File::open(&complete).await {
+                    Ok(input) => (WalFile::Segment(segment), input),
+                    Err(e) => return Err(WalError::spool(&complete)(e).into()),
+                }
+            }
+            Err(e) => return Err(WalError::spool(&found.path)(e).into()),
+        };
+        let name = file.name();
+        builder
+            .add_stream(&name, input, StreamChunking::Content)
+            .await?;
+        match file {
+            WalFile::Segment(_) => stored.complete.push(name.clone()),
+            WalFile::Partial(_) => stored.partial = true,
+            WalFile::History(_) => continue,
+        }
+        stored.first.get_or_insert_with(|| name.clone());
+        stored.last = Some(name);
+    }
+    Ok(stored)
+}

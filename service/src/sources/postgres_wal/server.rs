@@ -1,0 +1,231 @@
+//! What the archiver asks of the server, through PostgreSQL's own client
+//! programs: where its WAL stands (`psql`), the WAL itself
+//! (`pg_receivewal`) and base backups (`pg_basebackup`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::WalError;
+use super::names::{Lsn, SEGMENT_SIZE};
+use super::spool::{Spool, WriterLock};
+use crate::sources::postgres::client::StderrText;
+use crate::sources::postgres::connection::{Connection, hint};
+
+/// The client programs, from one folder or `PATH`.
+#[derive(Debug, Clone)]
+pub struct WalTools {
+    /// `psql`.
+    pub psql: PathBuf,
+    /// `pg_receivewal`.
+    pub pg_receivewal: PathBuf,
+    /// `pg_basebackup`.
+    pub pg_basebackup: PathBuf,
+}
+
+impl WalTools {
+    /// The programs in `bin`, or on `PATH`.
+    pub fn new(bin: Option<&Path>) -> Self {
+        let program = |name: &str| bin.map_or_else(|| PathBuf::from(name), |dir| dir.join(name));
+        Self {
+            psql: program("psql"),
+            pg_receivewal: program("pg_receivewal"),
+            pg_basebackup: program("pg_basebackup"),
+        }
+    }
+}
+
+/// Where the server's WAL stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerWal {
+    /// `pg_control_system().system_identifier`: which cluster this is.
+    pub system_identifier: String,
+    /// `pg_current_wal_lsn()`: written so far.
+    pub current: Lsn,
+    /// `server_version_num`.
+    pub version_num: u32,
+}
+
+/// Reads where the server's WAL stands.
+///
+/// Fails when psql cannot connect, the server is a standby, or its WAL
+/// segments are not of the size lifeboat archives.
+pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<ServerWal, WalError> {
+    const QUERY: &str = "SELECT system_identifier, pg_current_wal_lsn(), \
+        current_setting('server_version_num'), \
+        (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') \
+        FROM pg_control_system()";
+    let mut command = connection.command(&tools.psql);
+    command
+        .args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+        .args(connection.server_argument())
+        .args(["-c", QUERY]);
+    let output = connection.start(&command).await?.output().await?;
+    if !output.exit.success {
+        let message = StderrText::from_bytes(&output.stderr).0;
+        return Err(WalError::Server {
+            hint: hint(&message, connection.password_origin()),
+            message,
+        });
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let unexpected = || WalError::Unexpected {
+        what: "the server's WAL position".into(),
+        output: text.chars().take(200).collect(),
+    };
+    let fields: Vec<&str> = text.trim().split('|').collect();
+    let [system_identifier, current, version, segment_size] = fields[..] else {
+        return Err(unexpected());
+    };
+    let segment_size: u64 = segment_size.parse().map_err(|_| unexpected())?;
+    if segment_size != SEGMENT_SIZE {
+        return Err(WalError::SegmentSize { segment_size });
+    }
+    if system_identifier.is_empty() || !system_identifier.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(unexpected());
+    }
+    Ok(ServerWal {
+        system_identifier: system_identifier.to_owned(),
+        current: current.parse().map_err(|_| unexpected())?,
+        version_num: version.parse().map_err(|_| unexpected())?,
+    })
+}
+
+/// How `pg_receivewal` runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Receive {
+    /// Until the server has sent `Lsn`, then exit (a run catching up).
+    Until(Lsn),
+    /// Until the connection ends (the daemon's receiver).
+    Streaming,
+    /// Creates the replication slot (if missing) and exits.
+    CreateSlot,
+}
+
+/// Runs `pg_receivewal` into `spool`, holding `lock` as long as it runs;
+/// `slot` is the replication slot to stream from, if any.
+///
+/// Fails when it cannot start, or exits with an error (which names the
+/// missing WAL when the server has already removed it).
+pub async fn receive(
+    connection: &Connection,
+    tools: &WalTools,
+    spool: &Spool,
+    lock: &WriterLock,
+    slot: Option<&str>,
+    how: Receive,
+) -> Result<(), WalError> {
+    let mut command = connection.command(&tools.pg_receivewal);
+    command
+        .arg("--directory")
+        .arg(spool.dir())
+        .args(["--no-loop", "--no-password", "--status-interval=10"])
+        .args(connection.server_argument())
+        .holding(lock.share().map_err(|source| WalError::Spool {
+            path: spool.dir().to_owned(),
+            source,
+        })?);
+    match how {
+        Receive::Until(end) => {
+            command.arg(format!("--endpos={end}"));
+        }
+        Receive::Streaming => {}
+        Receive::CreateSlot => {
+            command.args(["--create-slot", "--if-not-exists"]);
+        }
+    }
+    if let Some(slot) = slot {
+        command.arg(format!("--slot={slot}"));
+    }
+    let output = connection.start(&command).await?.output().await?;
+    if output.exit.success {
+        return Ok(());
+    }
+    let message = StderrText::from_bytes(&output.stderr).0;
+    if message.contains("has already been removed") {
+        return Err(WalError::Removed { message });
+    }
+    Err(WalError::Receive {
+        hint: hint(&message, connection.password_origin()),
+        message,
+    })
+}
+
+/// One base backup's place in the WAL, from its `backup_manifest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct BaseBackupRange {
+    /// The timeline it was taken on.
+    pub timeline: u32,
+    /// Where recovery from it starts.
+    pub start_lsn: Lsn,
+    /// Where it becomes consistent: the WAL up to here is needed.
+    pub end_lsn: Lsn,
+}
+
+/// Takes a base backup (plain format, without WAL: the archive has it)
+/// into `dir`, and reads its WAL range.
+///
+/// Fails when pg_basebackup fails, or the backup has no manifest (a
+/// server older than PostgreSQL 13).
+pub async fn base_backup(
+    connection: &Connection,
+    tools: &WalTools,
+    dir: &Path,
+) -> Result<BaseBackupRange, WalError> {
+    let mut command = connection.command(&tools.pg_basebackup);
+    command
+        .arg("--pgdata")
+        .arg(dir)
+        .args([
+            "--format=plain",
+            "--wal-method=none",
+            "--checkpoint=fast",
+            "--no-sync",
+            "--no-password",
+        ])
+        .args(connection.server_argument());
+    let output = connection.start(&command).await?.output().await?;
+    if !output.exit.success {
+        let message = StderrText::from_bytes(&output.stderr).0;
+        return Err(WalError::BaseBackup {
+            hint: hint(&message, connection.password_origin()),
+            message,
+        });
+    }
+    read_manifest(&dir.join("backup_manifest"))
+}
+
+/// The WAL range of a `backup_manifest` (PostgreSQL 13 and newer).
+fn read_manifest(path: &Path) -> Result<BaseBackupRange, WalError> {
+    #[derive(Deserialize)]
+    struct Manifest {
+        #[serde(rename = "WAL-Ranges")]
+        wal_ranges: Vec<Range>,
+    }
+    #[derive(Deserialize)]
+    struct Range {
+        #[serde(rename = "Timeline")]
+        timeline: u32,
+        #[serde(rename = "Start-LSN")]
+        start: Lsn,
+        #[serde(rename = "End-LSN")]
+        end: Lsn,
+    }
+    let unexpected = |output: String| WalError::Unexpected {
+        what: format!("the base backup's manifest {}", path.display()),
+        output,
+    };
+    let file = std::fs::File::open(path).map_err(|e| unexpected(e.to_string()))?;
+    let manifest: Manifest = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| unexpected(e.to_string()))?;
+    // A backup taken on one timeline has one range; the newest one's is
+    // where it ends.
+    match (manifest.wal_ranges.first(), manifest.wal_ranges.last()) {
+        (Some(first), Some(last)) => Ok(BaseBackupRange {
+            timeline: last.timeline,
+            start_lsn: first.start,
+            end_lsn: last.end,
+        }),
+        _ => Err(unexpected("no WAL-Ranges".into())),
+    }
+}
