@@ -37,6 +37,9 @@ pub struct PostgresServer {
     password: String,
     /// When running as root: the user the server runs as, for `setpriv`.
     run_as: Option<(u32, u32)>,
+    /// The data directory.
+    data: PathBuf,
+    /// The socket and the log (and, for a cluster made here, the data).
     dir: TempDir,
 }
 
@@ -78,58 +81,109 @@ impl PostgresServer {
         std::fs::remove_file(&pwfile)?;
 
         let port = free_port()?;
-        let postgres = bin.join("postgres");
-        let mut args: Vec<String> = Vec::new();
-        let program = match run_as {
-            Some((uid, gid)) => {
-                args.extend(setpriv_args(uid, gid));
-                args.push(postgres.display().to_string());
-                PathBuf::from("setpriv")
-            }
-            None => postgres.clone(),
-        };
-        args.extend(["-D".into(), data.display().to_string()]);
-        args.extend(["-p".into(), port.to_string()]);
-        args.extend(["-k".into(), dir.path().display().to_string()]);
-        for setting in [
-            "listen_addresses=127.0.0.1",
-            "fsync=off",
-            "full_page_writes=off",
-            "synchronous_commit=off",
-            "max_connections=40",
-        ] {
-            args.extend(["-c".into(), setting.into()]);
-        }
-        let process = ServerProcess::spawn(
-            "postgres",
-            &program,
-            &args,
-            &[],
-            &dir.path().join("postgres.log"),
-        )?;
+        let process = spawn_server(&bin, run_as, &data, dir.path(), port)?;
         let mut server = Self {
             process,
             bin,
             port,
             password,
             run_as,
+            data,
             dir,
         };
-        let probe_dsn = server.superuser_dsn("postgres");
-        let psql = server.bin("psql");
-        let password = server.password.clone();
-        server
-            .process
-            .wait_until("accepting connections", Duration::from_secs(60), || {
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts another server on `data` (a data directory restored from
+    /// this one's backups: the same roles and passwords), on a new port,
+    /// and waits until it has finished recovery and takes connections.
+    ///
+    /// Fails with the server's log when it does not get there.
+    pub async fn start_restored(&self, data: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("lifeboat-pg").tempdir()?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(data)
+                .status()?;
+            ensure!(status.success(), "chown -R {}", data.display());
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let port = free_port()?;
+        let process = spawn_server(&self.bin, self.run_as, data, dir.path(), port)?;
+        let mut server = Self {
+            process,
+            bin: self.bin.clone(),
+            port,
+            password: self.password.clone(),
+            run_as: self.run_as,
+            data: data.to_owned(),
+            dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Crashes the server (`SIGQUIT` to the postmaster: every process
+    /// exits at once, without a checkpoint, as `pg_ctl stop -m immediate`)
+    /// and starts it again on the same port; it recovers from its WAL.
+    ///
+    /// Fails when it does not come back.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .context("reading postmaster.pid")?;
+        let pid = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let status = Command::new("kill").args(["-QUIT", &pid]).status()?;
+        ensure!(status.success(), "kill -QUIT {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.process.check_running().is_ok() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "postgres did not stop on SIGQUIT"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.process = spawn_server(
+            &self.bin,
+            self.run_as,
+            &self.data,
+            self.dir.path(),
+            self.port,
+        )?;
+        self.wait_ready().await
+    }
+
+    /// Waits until the server takes connections and is out of recovery.
+    async fn wait_ready(&mut self) -> Result<()> {
+        let probe_dsn = self.superuser_dsn("postgres");
+        let psql = self.bin("psql");
+        let password = self.password.clone();
+        self.process
+            .wait_until("accepting connections", Duration::from_secs(120), || {
                 let mut command = Command::new(&psql);
                 command
-                    .args(["-X", "-A", "-t", "-w", "-c", "SELECT 1"])
+                    .args([
+                        "-X",
+                        "-A",
+                        "-t",
+                        "-w",
+                        "-c",
+                        "SELECT NOT pg_is_in_recovery()",
+                    ])
                     .arg(format!("--dbname={probe_dsn}"))
                     .env("PGPASSWORD", &password);
                 async move {
                     let output = command.output()?;
                     ensure!(
-                        output.status.success(),
+                        output.status.success() && output.stdout.starts_with(b"t"),
                         "{}",
                         String::from_utf8_lossy(&output.stderr)
                     );
@@ -137,7 +191,7 @@ impl PostgresServer {
                 }
             })
             .await?;
-        Ok(server)
+        Ok(())
     }
 
     /// The folder of the server's programs (`pg_dump`, `pg_restore`, …).
@@ -166,7 +220,7 @@ impl PostgresServer {
     ///
     /// Fails when the file cannot be written or the server not reloaded.
     pub fn trust(&self, role: &str) -> Result<()> {
-        let hba = self.dir.path().join("data/pg_hba.conf");
+        let hba = self.data.join("pg_hba.conf");
         let rules = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
         std::fs::write(&hba, format!("host all {role} 127.0.0.1/32 trust\n{rules}"))
             .context("writing pg_hba.conf")?;
@@ -283,6 +337,40 @@ impl PostgresServer {
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
     }
+}
+
+/// Starts `postgres` on `data`, its socket in `dir` and its log in
+/// `dir/postgres.log`, as `run_as` when given.
+fn spawn_server(
+    bin: &Path,
+    run_as: Option<(u32, u32)>,
+    data: &Path,
+    dir: &Path,
+    port: u16,
+) -> Result<ServerProcess> {
+    let postgres = bin.join("postgres");
+    let mut args: Vec<String> = Vec::new();
+    let program = match run_as {
+        Some((uid, gid)) => {
+            args.extend(setpriv_args(uid, gid));
+            args.push(postgres.display().to_string());
+            PathBuf::from("setpriv")
+        }
+        None => postgres.clone(),
+    };
+    args.extend(["-D".into(), data.display().to_string()]);
+    args.extend(["-p".into(), port.to_string()]);
+    args.extend(["-k".into(), dir.display().to_string()]);
+    for setting in [
+        "listen_addresses=127.0.0.1",
+        "fsync=off",
+        "full_page_writes=off",
+        "synchronous_commit=off",
+        "max_connections=40",
+    ] {
+        args.extend(["-c".into(), setting.into()]);
+    }
+    ServerProcess::spawn("postgres", &program, &args, &[], &dir.join("postgres.log"))
 }
 
 /// `/usr/lib/postgresql/<newest>/bin`, the folder with `initdb`.

@@ -4,13 +4,15 @@
 //! `SNAPSHOT:PATH` always restores the files at PATH ([`files`]). A whole
 //! snapshot is restored the way its kind needs: volumes and directories
 //! ([`volumes`]), etcd ([`etcd`]), PostgreSQL ([`postgres`]), Talos
-//! configuration ([`talos_config`]), Kubernetes objects ([`kubernetes`]);
+//! configuration ([`talos_config`]), Kubernetes objects ([`kubernetes`]),
+//! a WAL archive recovered to a point in time ([`postgres_wal`]);
 //! any other kind as plain files.
 
 mod etcd;
 mod files;
 mod kubernetes;
 mod postgres;
+mod postgres_wal;
 mod talos_config;
 mod volumes;
 
@@ -62,6 +64,8 @@ pub struct RestoreArgs {
     postgres: postgres::PostgresArgs,
     #[command(flatten)]
     kubernetes: kubernetes::KubernetesArgs,
+    #[command(flatten)]
+    pitr: postgres_wal::PitrArgs,
 }
 
 /// What every kind's restore gets.
@@ -78,12 +82,19 @@ pub struct Restoring<'a> {
     pub keep_special: bool,
     /// `--json`.
     pub json: bool,
+    /// The repository, for kinds that restore from several snapshots.
+    pub repo: &'a UnlockedRepository<RestoreIdentity>,
     /// The repository's URL and S3 settings and the identity file (`-i`),
     /// for restores run elsewhere (a restore Job).
     pub remote: Option<(String, lifeboat::storage::S3Options, &'a Path)>,
 }
 
 impl Restoring<'_> {
+    /// Every snapshot of the repository.
+    pub async fn snapshots(&self) -> anyhow::Result<Vec<SnapshotEntry>> {
+        Ok(self.repo.snapshots().await?)
+    }
+
     /// `--target`, or an error saying the kind needs it.
     pub fn target(&self, why: &str) -> anyhow::Result<&Path> {
         self.target
@@ -157,6 +168,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         keep_special: args.keep_special,
         json: args.json,
+        repo: &repo,
         remote: {
             let (url, s3) = args.repo.location()?;
             Some((url, s3, args.key.identity.as_path()))
@@ -173,6 +185,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
         SourceKind::Etcd | SourceKind::TalosEtcd => etcd::run(&restoring, &args.etcd).await,
         SourceKind::Postgres => postgres::run(&restoring, &args.postgres).await,
+        SourceKind::PostgresWal => postgres_wal::run(&restoring, &args.pitr).await,
         SourceKind::TalosConfig => talos_config::run(&restoring).await,
         SourceKind::Kubernetes => kubernetes::run(&restoring, &args.kubernetes).await,
         SourceKind::Other(_) => files::run(&restoring, "").await,
@@ -206,6 +219,7 @@ pub async fn postgres_into(
         force: false,
         keep_special: false,
         json: false,
+        repo,
         remote: None,
     };
     let args = postgres::PostgresArgs::into_server(url, create, pg_bin);
@@ -220,7 +234,7 @@ fn refuse_foreign_flags(
     kind: &SourceKind,
     with_path: bool,
 ) -> anyhow::Result<()> {
-    let groups: [(bool, &str, &[SourceKind]); 4] = [
+    let groups: [(bool, &str, &[SourceKind]); 5] = [
         (
             args.volumes.given(),
             "--in-place/--pvc",
@@ -241,6 +255,7 @@ fn refuse_foreign_flags(
             "--apply",
             &[SourceKind::Kubernetes],
         ),
+        (args.pitr.given(), "--pitr", &[SourceKind::PostgresWal]),
     ];
     for (given, flags, kinds) in groups {
         if given && with_path {

@@ -105,7 +105,7 @@ pub async fn serve(
     );
     let service = Service::new(config, history);
     let scheduler = Scheduler::start(&service).await?;
-    crate::daemon::wal::start(&service);
+    service.start_wal_receivers();
     tokio::spawn(watch_rpo(service.clone()));
     tokio::spawn(warm_up(service.clone()));
     let addr = listener.local_addr().unwrap_or(listen);

@@ -164,6 +164,10 @@ fn render(state: &AppState, overview: &Overview, runs: &[Vec<RunRecord>]) -> Str
         let mirrors = crate::daemon::mirror::load(&config.state_folder());
         mirrors_card(&mut html, config, &mirrors, now);
     }
+    let receivers = crate::daemon::wal::states(state.service.wal_receivers());
+    if !receivers.is_empty() {
+        receivers_card(&mut html, &receivers, now);
+    }
     let figures = state.service.catalog().figures();
     let _ = write!(
         html,
@@ -408,6 +412,37 @@ fn mirrors_card(
             escape(&task.name),
             escape(&task.url),
             escape(&detail)
+        );
+    }
+    html.push_str("</dl></article>");
+}
+
+/// Each WAL receiver: streaming or not, since when, and why it stopped.
+/// How old the stored WAL is shows on the job's own card (its RPO).
+fn receivers_card(
+    html: &mut String,
+    receivers: &std::collections::BTreeMap<
+        String,
+        crate::sources::postgres_wal::receiver::ReceiverState,
+    >,
+    now: DateTime<Utc>,
+) {
+    html.push_str("<h2>WAL receivers</h2><article class=\"card\"><dl>");
+    for (job, receiver) in receivers {
+        let (class, state) = if receiver.streaming {
+            ("success", "streaming")
+        } else {
+            ("failure", "not streaming")
+        };
+        let since = receiver
+            .since
+            .map(|t| format!(" since {}", when(t, now)))
+            .unwrap_or_default();
+        let _ = write!(
+            html,
+            "<dt>{}</dt><dd><span class=\"{class}\">{state}</span>{since}<br>{}</dd>",
+            escape(job),
+            escape(receiver.last_error.as_deref().unwrap_or_default())
         );
     }
     html.push_str("</dl></article>");

@@ -171,6 +171,12 @@ impl Service {
         &self.config
     }
 
+    /// Starts the WAL receivers of the `postgres-wal` jobs; they stop
+    /// when the service does.
+    pub fn start_wal_receivers(&self) {
+        super::wal::start(&self.config, &self.wal_receivers, &self.stopping);
+    }
+
     /// The WAL receivers' states, by job.
     pub fn wal_receivers(&self) -> &super::wal::Receivers {
         &self.wal_receivers

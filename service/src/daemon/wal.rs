@@ -3,9 +3,10 @@
 //! and what they report to `/metrics` and the status page.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 
-use super::Service;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::sources::SourceConfig;
 use crate::sources::postgres_wal::receiver::{self, ReceiverState, SharedState};
@@ -24,12 +25,12 @@ pub(super) fn table(config: &Config) -> Receivers {
         .collect()
 }
 
-/// Starts the receivers; they stop when the service does.
-pub fn start(service: &Arc<Service>) {
-    let config = service.config();
+/// Starts the receivers of `receivers` (made by [`table`] from `config`);
+/// they stop when `stop` is cancelled.
+pub(super) fn start(config: &Config, receivers: &Receivers, stop: &CancellationToken) {
     for job in &config.jobs {
         let (SourceConfig::PostgresWal(source), Some(state)) =
-            (&job.source, service.wal_receivers.get(&job.name))
+            (&job.source, receivers.get(&job.name))
         else {
             continue;
         };
@@ -38,7 +39,7 @@ pub fn start(service: &Arc<Service>) {
             job.name.clone(),
             config.state_folder(),
             state.clone(),
-            service.stopping.child_token(),
+            stop.child_token(),
         ));
     }
 }
@@ -64,7 +65,7 @@ pub fn render(receivers: &Receivers) -> String {
     out.family(
         name,
         "gauge",
-        "Whether the job's pg_receivewal is streaming WAL into its spool (1) or not (0); \
+        "Whether a pg_receivewal is streaming WAL into the job's spool (1) or not (0); \
          the job's RPO alert covers WAL that is not stored.",
     );
     for (job, state) in states(receivers) {

@@ -7,8 +7,9 @@
 //!
 //! The scratch server trusts local connections (its own `hba_file`) and is
 //! reached as `PGUSER` (default `postgres`), a role the cluster has. Run
-//! as root, it runs as the `postgres` system user, as PostgreSQL refuses
-//! root.
+//! as root, it runs as the `postgres` system user (PostgreSQL refuses
+//! root), with its data directory in the system's temporary folder, where
+//! that user can reach it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -67,7 +68,16 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
         plan.files.len(),
         plan.last_segment.name()
     ));
-    let data = run.scratch.join("data");
+    let scratch = run.scratch.clone();
+    let place = run
+        .step("make the scratch server's folder", async {
+            ScratchPlace::new(&scratch)
+        })
+        .await;
+    let Some(place) = place else {
+        return;
+    };
+    let data = place.data.clone();
     let written = run
         .step("restore the base backup and the WAL", async {
             pitr::write(reader, &plan, &data, Arc::default()).await
@@ -80,7 +90,7 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let log = run.scratch.join("postgres.log");
     let server = run
         .step("start PostgreSQL and recover", async {
-            ScratchServer::start(bin.as_deref(), &data, &log).await
+            ScratchServer::start(bin.as_deref(), &place, &log).await
         })
         .await;
     let Some(mut server) = server else {
@@ -110,7 +120,9 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
         })
         .await
         .unwrap_or_default();
-    let target = run.step("connect", PgTarget::new(&dsn, bin.as_deref())).await;
+    let target = run
+        .step("connect", PgTarget::new(&dsn, bin.as_deref()))
+        .await;
     if let Some(target) = target {
         let mut totals = (0, 0);
         for database in databases.lines().filter(|d| !d.is_empty()) {
@@ -129,6 +141,49 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     server.stop().await;
 }
 
+/// Where the scratch server lives: a folder of its own in the system's
+/// temporary folder for its socket (whose path must stay under 108 bytes)
+/// and `hba_file`, and its data directory — there too when running as
+/// root, so that the `postgres` user can reach it, else in the drill's
+/// scratch folder. The folder is removed on drop.
+struct ScratchPlace {
+    socket_dir: PathBuf,
+    data: PathBuf,
+    server_user: Option<nix::unistd::User>,
+}
+
+impl ScratchPlace {
+    fn new(scratch: &Path) -> Result<Self, ScratchServerError> {
+        let server_user = if nix::unistd::geteuid().is_root() {
+            let user = nix::unistd::User::from_name("postgres").ok().flatten();
+            Some(user.ok_or(ScratchServerError::NoServerUser)?)
+        } else {
+            None
+        };
+        let socket_dir =
+            std::env::temp_dir().join(format!("lifeboat-pitr-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir(&socket_dir).map_err(|source| ScratchServerError::Io {
+            what: format!("making {}", socket_dir.display()),
+            source,
+        })?;
+        let data = match server_user {
+            Some(_) => socket_dir.join("data"),
+            None => scratch.join("data"),
+        };
+        Ok(Self {
+            socket_dir,
+            data,
+            server_user,
+        })
+    }
+}
+
+impl Drop for ScratchPlace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}
+
 /// A PostgreSQL server on a restored data directory, on its own socket.
 struct ScratchServer {
     child: tokio::process::Child,
@@ -139,23 +194,26 @@ struct ScratchServer {
 }
 
 impl ScratchServer {
-    /// Starts `postgres` on `data` and waits until recovery has ended.
-    async fn start(bin: Option<&Path>, data: &Path, log: &Path) -> Result<Self, ScratchServerError> {
+    /// Starts `postgres` on the place's data and waits until recovery has ended.
+    async fn start(
+        bin: Option<&Path>,
+        place: &ScratchPlace,
+        log: &Path,
+    ) -> Result<Self, ScratchServerError> {
         let io = |what: &str| {
             let what = what.to_owned();
             move |source| ScratchServerError::Io { what, source }
         };
         let program = |name: &str| bin.map_or_else(|| PathBuf::from(name), |dir| dir.join(name));
-        // A socket path must stay short (108 bytes): a folder of its own in /tmp.
-        let socket_dir = std::env::temp_dir().join(format!("lifeboat-pitr-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir(&socket_dir).map_err(io("making the socket folder"))?;
+        let socket_dir = place.socket_dir.clone();
         let hba = socket_dir.join("hba.conf");
-        std::fs::write(&hba, "local all all trust\n").map_err(io("writing the drill's hba_file"))?;
+        std::fs::write(&hba, "local all all trust\n")
+            .map_err(io("writing the drill's hba_file"))?;
         let log_file = std::fs::File::create(log).map_err(io("creating the server log"))?;
         let mut command = tokio::process::Command::new(program("postgres"));
         command
             .arg("-D")
-            .arg(data)
+            .arg(&place.data)
             .args(["-p", "5432", "-k"])
             .arg(&socket_dir)
             .args(["-c", "listen_addresses=", "-c", "archive_mode=off"])
@@ -165,14 +223,9 @@ impl ScratchServer {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
-        if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .ok_or(ScratchServerError::NoServerUser)?;
-            for path in [data, socket_dir.as_path(), hba.as_path(), log] {
-                chown_all(path, user.uid, user.gid).map_err(io("handing the data to postgres"))?;
-            }
+        if let Some(user) = &place.server_user {
+            chown_all(&socket_dir, user.uid, user.gid)
+                .map_err(io("handing the data to postgres"))?;
             command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         }
         let child = command.spawn().map_err(io("starting postgres"))?;
@@ -239,7 +292,7 @@ impl ScratchServer {
         }
     }
 
-    /// Stops the server (fast shutdown, then a kill) and removes the socket folder.
+    /// Stops the server (fast shutdown, then a kill).
     async fn stop(&mut self) {
         let pid = self.child.id().and_then(|pid| i32::try_from(pid).ok());
         if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
@@ -252,7 +305,6 @@ impl ScratchServer {
         {
             let _ = self.child.kill().await;
         }
-        let _ = std::fs::remove_dir_all(&self.socket_dir);
     }
 }
 

@@ -62,9 +62,9 @@ use super::postgres::client::ClientHost;
 use super::postgres::connection::{Connection, Hint};
 use super::postgres::{PostgresError, PostgresSource};
 use super::{SourceContext, SourceError, SourceKind, resolve};
+use crate::backup::SnapshotBuilder;
 use crate::backup::files::Folder;
 use crate::backup::stream::StreamChunking;
-use crate::backup::SnapshotBuilder;
 use crate::repo::snapshot::Snapshot;
 
 /// The snapshot folder holding a base backup.
@@ -148,7 +148,9 @@ pub enum WalError {
     )]
     NoStateFolder,
     /// The spool cannot be used.
-    #[error("the WAL spool {path} cannot be used: {source}; check the state folder's disk and permissions")]
+    #[error(
+        "the WAL spool {path} cannot be used: {source}; check the state folder's disk and permissions"
+    )]
     Spool {
         /// The folder or file.
         path: PathBuf,
@@ -220,7 +222,10 @@ impl WalError {
 
 impl PostgresWalSource {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        for path in [&mut self.password_file, &mut self.bin].into_iter().flatten() {
+        for path in [&mut self.password_file, &mut self.bin]
+            .into_iter()
+            .flatten()
+        {
             resolve(path, base);
         }
     }
@@ -255,7 +260,10 @@ impl PostgresWalSource {
         builder: &mut SnapshotBuilder,
         context: &SourceContext,
     ) -> Result<serde_json::Value, SourceError> {
-        let state = context.state_dir.as_deref().ok_or(WalError::NoStateFolder)?;
+        let state = context
+            .state_dir
+            .as_deref()
+            .ok_or(WalError::NoStateFolder)?;
         let (connection, tools) = (self.connect()?, self.tools());
         let server = server::server_wal(&connection, &tools).await?;
         let spool = Spool::open(state, builder.job()).map_err(WalError::spool(state))?;
@@ -266,28 +274,33 @@ impl PostgresWalSource {
         let lock = spool.try_lock().map_err(WalError::spool(spool.dir()))?;
         let mut base_due = history.base_backup_older_than(self.base_backup_every);
         let mut stored = Stored::default();
+        let received = Received {
+            connection: &connection,
+            tools: &tools,
+            spool: &spool,
+            system_identifier: &server.system_identifier,
+        };
         if let Some(lock) = &lock
-            && let Err(e) = self.catch_up(&connection, &tools, &spool, lock, &server).await
+            && self
+                .catch_up_or_restart(builder, &received, lock, &mut stored, Gap::Archive)
+                .await?
         {
-            let WalError::Removed { .. } = e else {
-                return Err(e.into());
-            };
-            // What arrived before the gap is kept; then a new start.
-            builder.warn(e.to_string());
-            stored = store_wal(builder, &spool).await?;
-            spool
-                .restart_for(&server.system_identifier)
-                .map_err(WalError::spool(spool.dir()))?;
-            self.catch_up(&connection, &tools, &spool, lock, &server)
-                .await?;
             base_due = true;
         }
         let base = if base_due {
-            let range = self.store_base_backup(builder, &connection, &tools, &spool).await?;
+            let range = self
+                .store_base_backup(builder, &connection, &tools, &spool)
+                .await?;
             if let Some(lock) = &lock {
-                // The WAL through the backup's end, so that it is usable now.
-                let now = server::server_wal(&connection, &tools).await?;
-                self.catch_up(&connection, &tools, &spool, lock, &now).await?;
+                // The base backup began with a segment switch and a
+                // checkpoint, which may have recycled the segment the
+                // spool resumes in; the backup holds its own WAL.
+                let gap = match history.newest_base {
+                    Some(_) => Gap::BeforeBaseBackup,
+                    None => Gap::None,
+                };
+                self.catch_up_or_restart(builder, &received, lock, &mut stored, gap)
+                    .await?;
             }
             Some(range)
         } else {
@@ -354,22 +367,66 @@ impl PostgresWalSource {
         Ok(())
     }
 
-    /// Receives the WAL up to `server.current`, creating the slot first
-    /// when one is configured.
-    async fn catch_up(
+    /// Receives the WAL up to the server's position now, creating the slot
+    /// first when one is configured. When the server no longer has the
+    /// segment the spool resumes in, stores what the spool holds, starts it
+    /// over at the server's position (warning of the `gap` it leaves) and
+    /// returns true: a base backup is then due.
+    async fn catch_up_or_restart(
         &self,
-        connection: &Connection,
-        tools: &WalTools,
-        spool: &Spool,
+        builder: &mut SnapshotBuilder,
+        received: &Received<'_>,
         lock: &WriterLock,
-        server: &ServerWal,
-    ) -> Result<(), WalError> {
+        stored: &mut Stored,
+        gap: Gap,
+    ) -> Result<bool, SourceError> {
+        match self.catch_up(received, lock).await {
+            Ok(()) => return Ok(false),
+            Err(WalError::Removed { message }) => match gap {
+                Gap::Archive => builder.warn(WalError::Removed { message }.to_string()),
+                Gap::BeforeBaseBackup => builder.warn(format!(
+                    "the server recycled the WAL just before this run's base backup before it \
+                     was received ({message}): earlier base backups cannot be rolled forward \
+                     past it. Run lifeboatd serve, whose receiver streams the WAL as it is \
+                     written, or set slot = \"lifeboat\" in the job"
+                )),
+                Gap::None => {}
+            },
+            Err(e) => return Err(e.into()),
+        }
+        stored.add(store_wal(builder, received.spool).await?);
+        received
+            .spool
+            .restart_for(received.system_identifier)
+            .map_err(WalError::spool(received.spool.dir()))?;
+        self.catch_up(received, lock).await?;
+        Ok(true)
+    }
+
+    /// Receives the WAL up to the server's position now.
+    async fn catch_up(&self, received: &Received<'_>, lock: &WriterLock) -> Result<(), WalError> {
+        let (connection, tools, spool) = (received.connection, received.tools, received.spool);
         let slot = self.slot.as_deref();
         if slot.is_some() {
             receive(connection, tools, spool, lock, slot, Receive::CreateSlot).await?;
         }
-        let until = Receive::Until(server.current);
-        receive(connection, tools, spool, lock, slot, until).await
+        let now = server::server_wal(connection, tools).await?;
+        let start = spool
+            .resume_position(now.current)
+            .map_err(WalError::spool(spool.dir()))?;
+        if slot.is_none() && now.current <= start {
+            // Nothing new: pg_receivewal would wait for WAL to come.
+            return Ok(());
+        }
+        receive(
+            connection,
+            tools,
+            spool,
+            lock,
+            slot,
+            Receive::Until(now.current),
+        )
+        .await
     }
 
     /// Takes a base backup into the spool and stores it as [`BASE_FOLDER`].
@@ -405,6 +462,27 @@ impl PostgresWalSource {
             .map_err(WalError::spool(spool.dir()))?;
         stored
     }
+}
+
+/// What WAL the server recycling a segment before it was received costs,
+/// for the run's warning.
+#[derive(Debug, Clone, Copy)]
+enum Gap {
+    /// WAL of the archive: recovery cannot cross it.
+    Archive,
+    /// The WAL before this run's base backup, which holds its own: only
+    /// earlier base backups are cut short.
+    BeforeBaseBackup,
+    /// Nothing: there is no earlier base backup.
+    None,
+}
+
+/// Where a run receives WAL from and into.
+struct Received<'a> {
+    connection: &'a Connection,
+    tools: &'a WalTools,
+    spool: &'a Spool,
+    system_identifier: &'a str,
 }
 
 /// What the repository holds of the job, for this cluster.

@@ -108,8 +108,13 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     let text = text.replacen(' ', "T", 1);
     let with_minutes = {
         let tail = text.get(text.len().saturating_sub(3)..).unwrap_or_default();
-        let short_offset = tail.starts_with(['+', '-']) && tail[1..].bytes().all(|b| b.is_ascii_digit());
-        if short_offset { format!("{text}:00") } else { text.clone() }
+        let short_offset =
+            tail.starts_with(['+', '-']) && tail[1..].bytes().all(|b| b.is_ascii_digit());
+        if short_offset {
+            format!("{text}:00")
+        } else {
+            text.clone()
+        }
     };
     DateTime::parse_from_rfc3339(&with_minutes)
         .ok()
@@ -120,13 +125,17 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 #[derive(Debug, thiserror::Error)]
 pub enum PitrError {
     /// The snapshot named is not of a `postgres-wal` job.
-    #[error("snapshot {id} is not a WAL archive snapshot (kind postgres-wal); name one of the WAL archiving job's snapshots, e.g. latest:JOB")]
+    #[error(
+        "snapshot {id} is not a WAL archive snapshot (kind postgres-wal); name one of the WAL archiving job's snapshots, e.g. latest:JOB"
+    )]
     NotWal {
         /// The snapshot.
         id: String,
     },
     /// No base backup can reach the target.
-    #[error("no base backup of job {job} can be rolled forward to {target}{oldest}; choose a later target")]
+    #[error(
+        "no base backup of job {job} can be rolled forward to {target}{oldest}; choose a later target"
+    )]
     NoBaseBackup {
         /// The job.
         job: String,
@@ -149,7 +158,9 @@ pub enum PitrError {
         base: String,
     },
     /// The archive ends before the target or the base backup's end.
-    #[error("the archive of job {job} ends at segment {last}, before {what}; wait for the next run, or choose an earlier target")]
+    #[error(
+        "the archive of job {job} ends at segment {last}, before {what}; wait for the next run, or choose an earlier target"
+    )]
     EndsTooSoon {
         /// The job.
         job: String,
@@ -167,7 +178,9 @@ pub enum PitrError {
         source: std::io::Error,
     },
     /// Something in the data directory is not what a base backup holds.
-    #[error("{path} in the restored base backup is {what}, not a plain {expected}; the snapshot is damaged or forged")]
+    #[error(
+        "{path} in the restored base backup is {what}, not a plain {expected}; the snapshot is damaged or forged"
+    )]
     Unsafe {
         /// The path.
         path: PathBuf,
@@ -267,7 +280,10 @@ pub async fn plan(
     for (entry, _) in wal {
         let tree = reader.read_tree(&entry.snapshot.root).await?;
         for node in &tree.entries {
-            let Some(file) = std::str::from_utf8(&node.name.0).ok().and_then(WalFile::parse) else {
+            let Some(file) = std::str::from_utf8(&node.name.0)
+                .ok()
+                .and_then(WalFile::parse)
+            else {
                 continue;
             };
             let plausible = node.kind == NodeKind::File
@@ -299,15 +315,53 @@ pub async fn plan(
         }
     }
     let files: Vec<PlannedFile> = best.into_values().collect();
-    let last_segment = check_continuity(&job, &archive[base_at].0.id, base_range, &files, target)?;
+    let base = archive[base_at].0;
+    let mut segments = base_segments(reader, base).await?;
+    segments.extend(files.iter().filter_map(|f| f.stored.segment()));
+    segments.sort_by_key(|s| (s.number, s.timeline));
+    let last_segment = check_continuity(&job, &base.id, base_range, &segments, target)?;
     Ok(Plan {
         job,
         target: target.clone(),
-        base: archive[base_at].0.clone(),
+        base: base.clone(),
         base_range,
         files,
         last_segment,
     })
+}
+
+/// The complete segments a base backup holds in its own `pg_wal` (the
+/// WAL from its start to its end).
+async fn base_segments(
+    reader: &BlobReader,
+    base: &SnapshotEntry,
+) -> Result<Vec<Segment>, PitrError> {
+    let root = reader.read_tree(&base.snapshot.root).await?;
+    let mut tree = root;
+    for folder in [BASE_FOLDER, "pg_wal"] {
+        let subtree = tree
+            .get(folder.as_bytes())
+            .filter(|node| node.kind == NodeKind::Dir)
+            .and_then(|node| node.subtree);
+        let Some(subtree) = subtree else {
+            return Ok(Vec::new());
+        };
+        tree = reader.read_tree(&subtree).await?;
+    }
+    Ok(tree
+        .entries
+        .iter()
+        .filter(|node| node.kind == NodeKind::File && node.size == SEGMENT_SIZE)
+        .filter_map(|node| {
+            match std::str::from_utf8(&node.name.0)
+                .ok()
+                .and_then(WalFile::parse)
+            {
+                Some(WalFile::Segment(segment)) => Some(segment),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 /// The index in `archive` of the base backup to start from.
@@ -326,24 +380,23 @@ fn choose_base(
     };
     let chosen = match target {
         Target::Name(_) => bases.next(),
-        _ => bases.filter(fits).last(),
+        _ => bases.rfind(fits),
     };
     chosen.map(|(at, _, range)| (at, range))
 }
 
 /// Checks that every segment from the base backup's start to the last one
-/// needed is there; returns the last one.
+/// needed is among `segments` (by number); returns the last one.
 fn check_continuity(
     job: &str,
     base: &SnapshotId,
     range: BaseBackupRange,
-    files: &[PlannedFile],
+    segments: &[Segment],
     target: &Target,
 ) -> Result<Segment, PitrError> {
-    let segments: Vec<Segment> = files.iter().filter_map(|f| f.stored.segment()).collect();
     let mut expected = range.start_lsn.segment();
     let mut timeline = range.timeline;
-    for segment in &segments {
+    for segment in segments {
         if segment.number > expected {
             break;
         }
@@ -357,7 +410,10 @@ fn check_continuity(
         last,
         what,
     };
-    let Some(reached) = expected.checked_sub(1).filter(|n| *n >= range.start_lsn.segment()) else {
+    let Some(reached) = expected
+        .checked_sub(1)
+        .filter(|n| *n >= range.start_lsn.segment())
+    else {
         return Err(ends_too_soon(
             "(none)".into(),
             format!("the start of base backup {}", base.short()),
@@ -388,7 +444,11 @@ fn check_continuity(
     if range.end_lsn.segment() > reached {
         return Err(ends_too_soon(
             last.name(),
-            format!("the end of base backup {} ({})", base.short(), range.end_lsn),
+            format!(
+                "the end of base backup {} ({})",
+                base.short(),
+                range.end_lsn
+            ),
         ));
     }
     if let Target::Lsn(lsn) = target
@@ -463,7 +523,10 @@ pub async fn write(
         }
     }
     write_new(&dir.join("recovery.signal"), b"")?;
-    append(&dir.join("postgresql.auto.conf"), recovery_settings(&plan.target).as_bytes())?;
+    append(
+        &dir.join("postgresql.auto.conf"),
+        recovery_settings(&plan.target).as_bytes(),
+    )?;
     let standby = dir.join("standby.signal");
     if std::fs::symlink_metadata(&standby).is_ok() {
         std::fs::remove_file(&standby).map_err(|source| PitrError::Write {
@@ -502,7 +565,10 @@ pub fn recovery_settings(target: &Target) -> String {
             "recovery_target_time = {}",
             quoted(&time.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
         )),
-        Target::Lsn(lsn) => Some(format!("recovery_target_lsn = {}", quoted(&lsn.to_string()))),
+        Target::Lsn(lsn) => Some(format!(
+            "recovery_target_lsn = {}",
+            quoted(&lsn.to_string())
+        )),
         Target::Name(name) => Some(format!("recovery_target_name = {}", quoted(name))),
     };
     if let Some(line) = line {
@@ -518,14 +584,19 @@ fn plain_dir(path: &Path) -> Result<(), PitrError> {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(meta) => Err(PitrError::Unsafe {
             path: path.to_owned(),
-            what: if meta.is_symlink() { "a symbolic link" } else { "not a folder" },
+            what: if meta.is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a folder"
+            },
             expected: "folder",
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(path)
-            .map_err(|source| PitrError::Write {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(path).map_err(|source| PitrError::Write {
                 path: path.to_owned(),
                 source,
-            }),
+            })
+        }
         Err(source) => Err(PitrError::Write {
             path: path.to_owned(),
             source,
@@ -535,12 +606,20 @@ fn plain_dir(path: &Path) -> Result<(), PitrError> {
 
 /// Creates `path` holding `bytes`; it must not exist.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), PitrError> {
-    open_plain(path, std::fs::OpenOptions::new().write(true).create_new(true), bytes)
+    open_plain(
+        path,
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        bytes,
+    )
 }
 
 /// Appends `bytes` to `path`, creating it; never through a link.
 fn append(path: &Path, bytes: &[u8]) -> Result<(), PitrError> {
-    open_plain(path, std::fs::OpenOptions::new().append(true).create(true), bytes)
+    open_plain(
+        path,
+        std::fs::OpenOptions::new().append(true).create(true),
+        bytes,
+    )
 }
 
 fn open_plain(
@@ -582,7 +661,10 @@ mod tests {
     fn targets_read_as_operators_write_them() {
         assert_eq!("latest".parse(), Ok(Target::Latest));
         assert_eq!("0/3000028".parse(), Ok(Target::Lsn(Lsn(0x300_0028))));
-        assert_eq!("name:before-upgrade".parse(), Ok(Target::Name("before-upgrade".into())));
+        assert_eq!(
+            "name:before-upgrade".parse(),
+            Ok(Target::Name("before-upgrade".into()))
+        );
         let time = DateTime::parse_from_rfc3339("2026-12-06T21:29:21.515146Z")
             .map(|t| t.with_timezone(&Utc))
             .expect("a time");
@@ -603,10 +685,11 @@ mod tests {
         let settings = recovery_settings(&Target::Name("it's".into()));
         assert!(settings.contains("recovery_target_name = 'it''s'\n"));
         assert!(settings.contains("restore_command = 'false'"));
-        assert!(!recovery_settings(&Target::Latest).contains("recovery_target_time"));
+        assert!(!recovery_settings(&Target::Latest).contains("recovery_target_time ="));
         let time = "2026-12-06T21:29:21.5Z".parse().expect("a time");
         assert!(
-            recovery_settings(&time).contains("recovery_target_time = '2026-12-06 21:29:21.500000+00'")
+            recovery_settings(&time)
+                .contains("recovery_target_time = '2026-12-06 21:29:21.500000+00'")
         );
     }
 }

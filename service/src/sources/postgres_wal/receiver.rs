@@ -29,7 +29,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// What one job's receiver is doing, for `/metrics` and the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReceiverState {
-    /// Whether `pg_receivewal` is streaming now.
+    /// Whether a `pg_receivewal` is streaming into the spool now (this
+    /// receiver's, or one another process started).
     pub streaming: bool,
     /// Since when it has been (or stopped being) streaming.
     pub since: Option<DateTime<Utc>>,
@@ -61,7 +62,10 @@ pub async fn run(
                 backoff = FIRST_BACKOFF;
             }
             Err(e) => {
-                tracing::warn!(job, "WAL receiver stopped: {e}; trying again in {backoff:?}");
+                tracing::warn!(
+                    job,
+                    "WAL receiver stopped: {e}; trying again in {backoff:?}"
+                );
                 set(&state, false, Some(e.to_string()));
             }
         }
@@ -99,11 +103,22 @@ async fn stream_once(
         ));
     }
     let Some(lock) = spool.try_lock().map_err(WalError::spool(spool.dir()))? else {
+        // A run catching up, or the pg_receivewal of a lifeboatd that was
+        // killed: the WAL is being received all the same.
+        set(state, true, None);
         return Ok(Ended::Waiting("another pg_receivewal writes the spool"));
     };
     let slot = source.slot.as_deref();
     if slot.is_some() {
-        receive(&connection, &tools, &spool, &lock, slot, Receive::CreateSlot).await?;
+        receive(
+            &connection,
+            &tools,
+            &spool,
+            &lock,
+            slot,
+            Receive::CreateSlot,
+        )
+        .await?;
     }
     tracing::info!(job, "WAL receiver streaming from {}", server.current);
     set(state, true, None);

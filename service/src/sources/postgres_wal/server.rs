@@ -10,7 +10,7 @@ use super::WalError;
 use super::names::{Lsn, SEGMENT_SIZE};
 use super::spool::{Spool, WriterLock};
 use crate::sources::postgres::client::StderrText;
-use crate::sources::postgres::connection::{Connection, hint};
+use crate::sources::postgres::connection::{Connection, Hint, hint};
 
 /// The client programs, from one folder or `PATH`.
 #[derive(Debug, Clone)]
@@ -40,7 +40,8 @@ impl WalTools {
 pub struct ServerWal {
     /// `pg_control_system().system_identifier`: which cluster this is.
     pub system_identifier: String,
-    /// `pg_current_wal_lsn()`: written so far.
+    /// `pg_current_wal_flush_lsn()`: flushed so far, which is what a
+    /// replication connection is sent.
     pub current: Lsn,
     /// `server_version_num`.
     pub version_num: u32,
@@ -51,7 +52,7 @@ pub struct ServerWal {
 /// Fails when psql cannot connect, the server is a standby, or its WAL
 /// segments are not of the size lifeboat archives.
 pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<ServerWal, WalError> {
-    const QUERY: &str = "SELECT system_identifier, pg_current_wal_lsn(), \
+    const QUERY: &str = "SELECT system_identifier, pg_current_wal_flush_lsn(), \
         current_setting('server_version_num'), \
         (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') \
         FROM pg_control_system()";
@@ -90,6 +91,9 @@ pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<Ser
         version_num: version.parse().map_err(|_| unexpected())?,
     })
 }
+
+/// How long a run's catch-up may take.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// How `pg_receivewal` runs.
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +141,21 @@ pub async fn receive(
     if let Some(slot) = slot {
         command.arg(format!("--slot={slot}"));
     }
-    let output = connection.start(&command).await?.output().await?;
+    let running = connection.start(&command).await?.output();
+    let output = match how {
+        // A backstop: the position it waits for was flushed already, so
+        // it arrives at once unless the connection hangs.
+        Receive::Until(end) => tokio::time::timeout(CATCH_UP_TIMEOUT, running)
+            .await
+            .map_err(|_| WalError::Receive {
+                message: format!(
+                    "it did not reach {end} within {} minutes",
+                    CATCH_UP_TIMEOUT.as_secs() / 60
+                ),
+                hint: Hint(String::new()),
+            })??,
+        Receive::Streaming | Receive::CreateSlot => running.await?,
+    };
     if output.exit.success {
         return Ok(());
     }
@@ -162,8 +180,10 @@ pub struct BaseBackupRange {
     pub end_lsn: Lsn,
 }
 
-/// Takes a base backup (plain format, without WAL: the archive has it)
-/// into `dir`, and reads its WAL range.
+/// Takes a base backup (plain format, with the WAL from its start to its
+/// end in its `pg_wal`, so that it is usable even where the archive
+/// missed the segment switch it begins with) into `dir`, and reads its
+/// WAL range.
 ///
 /// Fails when pg_basebackup fails, or the backup has no manifest (a
 /// server older than PostgreSQL 13).
@@ -178,7 +198,7 @@ pub async fn base_backup(
         .arg(dir)
         .args([
             "--format=plain",
-            "--wal-method=none",
+            "--wal-method=stream",
             "--checkpoint=fast",
             "--no-sync",
             "--no-password",

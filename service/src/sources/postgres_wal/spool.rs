@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::names::{SEGMENT_SIZE, WalFile};
+use super::names::{Lsn, SEGMENT_SIZE, WalFile};
 
 /// The lock file's name.
 const LOCK: &str = ".lock";
@@ -130,6 +130,18 @@ impl Spool {
         }
         files.sort_by_key(|f| order(&f.file));
         Ok(files)
+    }
+
+    /// Where `pg_receivewal` starts streaming into this spool: after the
+    /// newest complete segment, at the start of a partial one, or (empty)
+    /// at the start of the segment holding `server`, the server's position.
+    pub fn resume_position(&self, server: Lsn) -> io::Result<Lsn> {
+        let newest = self.files()?.into_iter().rev().find_map(|f| match f.file {
+            WalFile::Segment(s) => Some(Lsn((s.number + 1) * SEGMENT_SIZE)),
+            WalFile::Partial(s) => Some(Lsn(s.number * SEGMENT_SIZE)),
+            WalFile::History(_) => None,
+        });
+        Ok(newest.unwrap_or(Lsn(server.segment() * SEGMENT_SIZE)))
     }
 
     /// The cluster the spool holds WAL of, if recorded.

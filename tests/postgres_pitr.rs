@@ -1,0 +1,334 @@
+//! Point-in-time recovery against a real PostgreSQL server: lifeboatd
+//! archives the WAL (its receiver streaming with `pg_receivewal` from a
+//! replication slot, a run every two seconds storing it, base backups
+//! every 20 s) while a writer
+//! commits one row per transaction; the server is crashed (`SIGQUIT`, as
+//! `pg_ctl stop -m immediate`) and lifeboatd is killed (`SIGKILL`, its
+//! `pg_receivewal` left running) at random moments, and both come back.
+//! Then `lifeboat restore --pitr` rebuilds a data directory for three
+//! points in time and for `latest`; each, started as a server, must hold
+//! exactly the rows committed before its point. The drill of the archive
+//! passes; with the snapshots holding one segment deleted, the drill and
+//! the restore fail and name that segment.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use lifeboat_tests::cli::{Installation, run};
+use lifeboat_tests::postgres::PostgresServer;
+use lifeboat_tests::service::{Lifeboatd, write_service_config};
+use rand::Rng;
+use serde_json::Value;
+
+/// The archiving role's password.
+const ARCHIVER_PASSWORD: &str = "wal-archiver-pass";
+/// The job.
+const JOB: &str = "db-wal";
+/// Rows written in all.
+const ROWS: u64 = 420;
+
+/// Inserts row `id` in its own transaction (committed before psql
+/// returns, even with the harness's `synchronous_commit=off`) and returns
+/// the server's clock right after the commit.
+fn insert(server: &PostgresServer, id: u64) -> Result<String> {
+    let output = server
+        .client("psql")
+        .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!("--dbname={}", server.superuser_dsn("app")))
+        .args(["-c", "SET synchronous_commit = on"])
+        .args([
+            "-c",
+            &format!("INSERT INTO events VALUES ({id}, clock_timestamp())"),
+        ])
+        .args(["-c", "SELECT clock_timestamp()"])
+        .output()
+        .context("running psql")?;
+    ensure!(
+        output.status.success(),
+        "insert {id}: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log_tail()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The job's snapshots (`lifeboat snapshots --json`, service key), oldest first.
+fn snapshots(installation: &Installation) -> Result<Vec<Value>> {
+    let key = installation.service_key().display().to_string();
+    let list = installation
+        .lifeboat_repo("snapshots", &["-i", key.as_str(), "--job", JOB, "--json"])?
+        .ok()?
+        .json()?;
+    Ok(list.as_array().cloned().unwrap_or_default())
+}
+
+/// Restores the archive to `target` into `dir`; returns the outcome.
+fn restore_pitr(
+    installation: &Installation,
+    target: &str,
+    dir: &Path,
+) -> Result<lifeboat_tests::cli::Outcome> {
+    let mut command = installation.restore_command(&installation.restore_key())?;
+    command
+        .arg(format!("latest:{JOB}"))
+        .arg("--pitr")
+        .arg(target)
+        .arg("--target")
+        .arg(dir)
+        .arg("--json");
+    run(&mut command)
+}
+
+/// `(count, max id)` of the events a restored data directory holds.
+async fn restored_rows(server: &PostgresServer, dir: &Path) -> Result<(u64, u64)> {
+    let restored = server.start_restored(dir).await?;
+    let text = restored.psql(
+        "app",
+        "SELECT count(*) || ' ' || coalesce(max(id), 0) FROM events",
+    )?;
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(count)), Some(Ok(max))) => Ok((count, max)),
+        _ => bail!("unexpected count: {text:?}"),
+    }
+}
+
+#[tokio::test]
+async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() -> Result<()> {
+    let mut server = PostgresServer::start().await?;
+    let installation = Installation::local()?;
+    server.create_role("archiver", ARCHIVER_PASSWORD, "REPLICATION")?;
+    server.psql("postgres", "CREATE DATABASE app")?;
+    server.psql(
+        "app",
+        "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL)",
+    )?;
+    std::fs::write(installation.path("archiver.pass"), ARCHIVER_PASSWORD)?;
+    write_service_config(
+        &installation,
+        &format!(
+            "[[job]]\nname = \"{JOB}\"\nschedule = \"*/2 * * * * *\"\nrpo = \"1m\"\n\
+             source = {{ kind = \"postgres-wal\", dsn = {:?}, password_file = \"archiver.pass\", \
+             bin = {:?}, base_backup_every = \"20s\", slot = \"lifeboat\" }}\n",
+            server.dsn("archiver", "postgres"),
+            server.bin_dir().display().to_string(),
+        ),
+    )?;
+    let mut service = Lifeboatd::start(&installation)?;
+    service.wait_for("the first snapshot", Duration::from_secs(60), |_| {
+        Ok((!snapshots(&installation)?.is_empty()).then_some(()))
+    })?;
+
+    // Crashes and kills at random moments, targets at fixed rows.
+    let mut rng = rand::thread_rng();
+    let crashes = [rng.gen_range(60..120), rng.gen_range(260..300)];
+    let kills = [rng.gen_range(130..200), rng.gen_range(310..360)];
+    let target_rows = [100_u64, 250, 390];
+    let mut targets = BTreeMap::new();
+    let mut last_commit = String::new();
+    for id in 1..=ROWS {
+        last_commit = insert(&server, id)?;
+        if target_rows.contains(&id) {
+            targets.insert(id, last_commit.clone());
+            // Commits after a target are a second later: no clock tie.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        if crashes.contains(&id) {
+            server.crash_and_restart().await?;
+        }
+        if kills.contains(&id) {
+            drop(service);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..2000))).await;
+            service = Lifeboatd::start(&installation)?;
+        }
+        if id % 97 == 0 {
+            // A checkpoint lets the server recycle WAL the archive must
+            // already have.
+            server.psql("postgres", "SELECT pg_switch_wal(); CHECKPOINT")?;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..25))).await;
+    }
+    // A few complete segments after the last base backup, for the gap
+    // (and a second table of 4 rows, which the drill counts too).
+    server.psql("postgres", "CREATE TABLE filler (n int)")?;
+    for n in 0..4 {
+        server.psql(
+            "postgres",
+            &format!("INSERT INTO filler VALUES ({n}); SELECT pg_switch_wal()"),
+        )?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let done = chrono::Utc::now();
+    let metrics = service.get("/metrics")?.body;
+    ensure!(
+        metrics.contains(&format!("lifeboat_wal_receiver_up{{job=\"{JOB}\"}} 1")),
+        "the receiver streams:\n{metrics}\n--- log ---\n{}",
+        service.log()
+    );
+    service.wait_for(
+        "a run after the last commit",
+        Duration::from_secs(60),
+        |_| {
+            let newest = snapshots(&installation)?.last().cloned();
+            let time = newest
+                .and_then(|s| s["time"].as_str().map(str::to_owned))
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
+            Ok(time
+                .filter(|t| *t > done + chrono::Duration::seconds(1))
+                .map(|_| ()))
+        },
+    )?;
+    let exit = service.terminate()?;
+    ensure!(
+        exit.status.success(),
+        "lifeboatd stops cleanly:\n{}",
+        exit.log
+    );
+    let all = snapshots(&installation)?;
+    let bases = all
+        .iter()
+        .filter(|s| !s["metadata"]["base_backup"].is_null())
+        .count();
+    ensure!(
+        bases >= 2,
+        "base backups every 20 s: {bases} in {} snapshots",
+        all.len()
+    );
+
+    let scratch = tempfile::tempdir()?;
+    for (rows, time) in &targets {
+        let dir = scratch.path().join(format!("at-{rows}"));
+        let outcome = restore_pitr(&installation, time, &dir)?
+            .ok()
+            .with_context(|| archive_summary(&all))?;
+        let restored = restored_rows(&server, &dir)
+            .await
+            .with_context(|| outcome.stdout.clone())?;
+        ensure!(
+            restored == (*rows, *rows),
+            "recovered to {time}: expected exactly rows 1..={rows}, found (count, max) {restored:?}\n{}",
+            outcome.stdout
+        );
+    }
+    let latest = scratch.path().join("latest");
+    restore_pitr(&installation, "latest", &latest)?.ok()?;
+    ensure!(
+        restored_rows(&server, &latest).await? == (ROWS, ROWS),
+        "latest holds every committed row (last commit {last_commit})"
+    );
+
+    // The drill recovers the archive's end and reads every table.
+    let mut drill = installation.drill_command()?;
+    drill
+        .args(["--job", JOB, "--json", "--pg-bin"])
+        .arg(server.bin_dir());
+    let report: Value = run(&mut drill)?.ok()?.json()?;
+    let steps = report["jobs"][0]["steps"].to_string();
+    ensure!(
+        steps.contains(&format!("2 tables, {} rows", ROWS + 4)),
+        "the drill recovers every row and reads it: {report:#}"
+    );
+
+    // One segment lost from the archive: the drill and the restore name it.
+    let missing = lose_a_segment(&installation, &all)?;
+    let mut drill = installation.drill_command()?;
+    drill
+        .args(["--job", JOB, "--json", "--pg-bin"])
+        .arg(server.bin_dir());
+    let failed = run(&mut drill)?.failed()?;
+    ensure!(
+        failed.stdout.contains(&missing),
+        "the drill names the missing segment {missing}:\n{}",
+        failed.stdout
+    );
+    let refused = restore_pitr(&installation, "latest", &scratch.path().join("gap"))?.failed()?;
+    ensure!(
+        refused.stderr.contains(&missing),
+        "the restore names the missing segment {missing}:\n{}",
+        refused.stderr
+    );
+    Ok(())
+}
+
+/// What each snapshot of the archive holds, for failure messages.
+fn archive_summary(all: &[Value]) -> String {
+    all.iter()
+        .map(|s| {
+            let m = &s["metadata"];
+            format!(
+                "{} {} {}..{} ({} complete, partial {}) base {} by {}",
+                s["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .get(..8)
+                    .unwrap_or_default(),
+                s["time"],
+                m["first_segment"],
+                m["last_segment"],
+                m["segments"],
+                m["partial"],
+                m["base_backup"],
+                m["received_by"],
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Deletes every snapshot object holding some complete segment after the
+/// newest base backup's end (none holding a base backup), and returns
+/// the segment's name.
+fn lose_a_segment(installation: &Installation, all: &[Value]) -> Result<String> {
+    let restore_key = installation.restore_key().display().to_string();
+    let newest_base = all
+        .iter()
+        .rposition(|s| !s["metadata"]["base_backup"].is_null())
+        .context("no base backup")?;
+    let end_lsn = all[newest_base]["metadata"]["base_backup"]["end_lsn"]
+        .as_str()
+        .context("end_lsn")?;
+    let base_end_segment = lsn_segment(end_lsn)?;
+    let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for snapshot in &all[newest_base + 1..] {
+        let id = snapshot["id"].as_str().context("snapshot id")?;
+        let listing = installation
+            .lifeboat_repo("ls", &["-i", restore_key.as_str(), id, "--json"])?
+            .ok()?;
+        for line in listing.stdout.lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let name = entry["path"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            let after_base = name.len() == 24
+                && u64::from_str_radix(&name[16..], 16).is_ok_and(|n| n > base_end_segment);
+            if after_base {
+                holders
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(id.to_owned());
+            }
+        }
+    }
+    // Not the newest segment: something must follow the gap.
+    let (segment, ids) = holders.iter().rev().nth(1).with_context(|| {
+        format!("no two complete segments after the newest base backup: {holders:?}")
+    })?;
+    let repo = installation.repo_dir()?;
+    for id in ids {
+        std::fs::remove_file(repo.join("snapshots").join(id))
+            .with_context(|| format!("deleting snapshot {id}"))?;
+    }
+    Ok(segment.clone())
+}
+
+/// The segment number (low part; the test's WAL stays under 4 GiB) of an LSN.
+fn lsn_segment(lsn: &str) -> Result<u64> {
+    let (high, low) = lsn.split_once('/').context("an LSN")?;
+    ensure!(u64::from_str_radix(high, 16)? == 0, "a small LSN");
+    Ok(u64::from_str_radix(low, 16)? / (16 * 1024 * 1024))
+}
