@@ -26,6 +26,8 @@ use serde_json::Value;
 const ARCHIVER_PASSWORD: &str = "wal-archiver-pass";
 /// The job.
 const JOB: &str = "db-wal";
+/// The job's replication slot setting.
+const SLOT: &str = ", slot = \"lifeboat\"";
 /// Rows written in all.
 const ROWS: u64 = 420;
 
@@ -81,10 +83,34 @@ fn restore_pitr(
     run(&mut command)
 }
 
+/// Writes the configuration: the WAL job archiving `server` (a run every
+/// two seconds, a base backup every `base_every`, a slot).
+fn write_job(
+    installation: &Installation,
+    server: &PostgresServer,
+    base_every: &str,
+    slot: &str,
+) -> Result<()> {
+    write_service_config(
+        installation,
+        &format!(
+            "[[job]]\nname = \"{JOB}\"\nschedule = \"*/2 * * * * *\"\nrpo = \"1m\"\n\
+             source = {{ kind = \"postgres-wal\", dsn = {:?}, password_file = \"archiver.pass\", \
+             bin = {:?}, base_backup_every = {base_every:?}{slot} }}\n",
+            server.dsn("archiver", "postgres"),
+            server.bin_dir().display().to_string(),
+        ),
+    )
+}
+
 /// `(count, max id)` of the events a restored data directory holds.
 async fn restored_rows(server: &PostgresServer, dir: &Path) -> Result<(u64, u64)> {
-    let restored = server.start_restored(dir).await?;
-    let text = restored.psql(
+    promoted_rows(&server.start_restored(dir).await?)
+}
+
+/// `(count, max id)` of the events `server` holds.
+fn promoted_rows(server: &PostgresServer) -> Result<(u64, u64)> {
+    let text = server.psql(
         "app",
         "SELECT count(*) || ' ' || coalesce(max(id), 0) FROM events",
     )?;
@@ -106,16 +132,7 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
         "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL)",
     )?;
     std::fs::write(installation.path("archiver.pass"), ARCHIVER_PASSWORD)?;
-    write_service_config(
-        &installation,
-        &format!(
-            "[[job]]\nname = \"{JOB}\"\nschedule = \"*/2 * * * * *\"\nrpo = \"1m\"\n\
-             source = {{ kind = \"postgres-wal\", dsn = {:?}, password_file = \"archiver.pass\", \
-             bin = {:?}, base_backup_every = \"20s\", slot = \"lifeboat\" }}\n",
-            server.dsn("archiver", "postgres"),
-            server.bin_dir().display().to_string(),
-        ),
-    )?;
+    write_job(&installation, &server, "20s", SLOT)?;
     let mut service = Lifeboatd::start(&installation)?;
     service.wait_for("the first snapshot", Duration::from_secs(60), |_| {
         Ok((!snapshots(&installation)?.is_empty()).then_some(()))
@@ -150,14 +167,12 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..25))).await;
     }
-    // A few complete segments after the last base backup, for the gap
-    // (and a second table of 4 rows, which the drill counts too).
+    // A few complete segments (and a second table, 4 rows now and 3 more
+    // later, which the drill counts too).
     server.psql("postgres", "CREATE TABLE filler (n int)")?;
     for n in 0..4 {
-        server.psql(
-            "postgres",
-            &format!("INSERT INTO filler VALUES ({n}); SELECT pg_switch_wal()"),
-        )?;
+        server.psql("postgres", &format!("INSERT INTO filler VALUES ({n})"))?;
+        server.psql("postgres", "SELECT pg_switch_wal()")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let done = chrono::Utc::now();
@@ -186,6 +201,11 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
         "lifeboatd stops cleanly:\n{}",
         exit.log
     );
+    // A last run without the service: it catches up to the server's
+    // position and takes no base backup, so the archive ends where the
+    // spool does (a server restored from it continues that timeline).
+    write_job(&installation, &server, "1h", SLOT)?;
+    installation.backup(JOB)?;
     let all = snapshots(&installation)?;
     let bases = all
         .iter()
@@ -214,10 +234,66 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
     }
     let latest = scratch.path().join("latest");
     restore_pitr(&installation, "latest", &latest)?.ok()?;
+    let promoted = server.start_restored(&latest).await?;
     ensure!(
-        restored_rows(&server, &latest).await? == (ROWS, ROWS),
+        promoted_rows(&promoted)? == (ROWS, ROWS),
         "latest holds every committed row (last commit {last_commit})"
     );
+
+    // The restored server is the same cluster on a new timeline: archiving
+    // it follows the switch, and the next recovery replays across it.
+    drop(server);
+    let server = promoted;
+    write_job(&installation, &server, "1h", "")?;
+    server.psql(
+        "app",
+        &format!(
+            "INSERT INTO events SELECT g, now() FROM generate_series({}, {}) g",
+            ROWS + 1,
+            ROWS + 30
+        ),
+    )?;
+    server.psql("postgres", "SELECT pg_switch_wal()")?;
+    let report = installation
+        .backup(JOB)
+        .with_context(|| server.log_tail())?;
+    // pg_receivewal follows the switch from the spool's position; where
+    // the server refuses that position (seen here when the archive ends in
+    // a completed segment), the run says so and starts the new timeline's
+    // archive with a base backup. Either way nothing is lost from here on.
+    let warnings = report["warnings"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        warnings
+            .iter()
+            .all(|w| w.as_str().is_some_and(|w| w.contains("timeline forked"))),
+        "archiving the promoted server: {report:#}"
+    );
+    let metadata = installation.latest_metadata(JOB)?;
+    ensure!(
+        metadata["last_segment"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("00000002")),
+        "the archive holds timeline 2: {metadata:#}"
+    );
+    // Three more runs, each after a completed segment: a segment leaves
+    // the spool once a later one is there and a committed snapshot holds
+    // it, so the last run lacks the first's, and the gap made below has
+    // WAL after it.
+    for n in 4..7 {
+        // Two transactions: the switch flushes the committed row.
+        server.psql("postgres", &format!("INSERT INTO filler VALUES ({n})"))?;
+        server.psql("postgres", "SELECT pg_switch_wal()")?;
+        installation
+            .backup(JOB)
+            .with_context(|| server.log_tail())?;
+    }
+    let across = scratch.path().join("across");
+    restore_pitr(&installation, "latest", &across)?.ok()?;
+    ensure!(
+        restored_rows(&server, &across).await? == (ROWS + 30, ROWS + 30),
+        "recovery replays across the timeline switch"
+    );
+    let rows = ROWS + 30;
 
     // The drill recovers the archive's end and reads every table.
     let mut drill = installation.drill_command()?;
@@ -227,11 +303,12 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
     let report: Value = run(&mut drill)?.ok()?.json()?;
     let steps = report["jobs"][0]["steps"].to_string();
     ensure!(
-        steps.contains(&format!("2 tables, {} rows", ROWS + 4)),
+        steps.contains(&format!("2 tables, {} rows", rows + 7)),
         "the drill recovers every row and reads it: {report:#}"
     );
 
     // One segment lost from the archive: the drill and the restore name it.
+    let all = snapshots(&installation)?;
     let missing = lose_a_segment(&installation, &all)?;
     let mut drill = installation.drill_command()?;
     drill
@@ -277,9 +354,10 @@ fn archive_summary(all: &[Value]) -> String {
         .join("\n")
 }
 
-/// Deletes every snapshot object holding some complete segment after the
-/// newest base backup's end (none holding a base backup), and returns
-/// the segment's name.
+/// Deletes every snapshot object holding the newest complete segment after
+/// the newest base backup's end that the newest snapshot (which holds
+/// later WAL) does not hold, and returns the first segment left without
+/// a holder.
 fn lose_a_segment(installation: &Installation, all: &[Value]) -> Result<String> {
     let restore_key = installation.restore_key().display().to_string();
     let newest_base = all
@@ -290,7 +368,11 @@ fn lose_a_segment(installation: &Installation, all: &[Value]) -> Result<String> 
         .as_str()
         .context("end_lsn")?;
     let base_end_segment = lsn_segment(end_lsn)?;
-    let mut holders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let newest = all
+        .last()
+        .and_then(|s| s["id"].as_str())
+        .context("no snapshot")?;
+    let mut holders: BTreeMap<u64, (String, Vec<String>)> = BTreeMap::new();
     for snapshot in &all[newest_base + 1..] {
         let id = snapshot["id"].as_str().context("snapshot id")?;
         let listing = installation
@@ -304,26 +386,36 @@ fn lose_a_segment(installation: &Installation, all: &[Value]) -> Result<String> 
                 .as_str()
                 .unwrap_or_default()
                 .trim_start_matches('/');
-            let after_base = name.len() == 24
-                && u64::from_str_radix(&name[16..], 16).is_ok_and(|n| n > base_end_segment);
-            if after_base {
-                holders
-                    .entry(name.to_owned())
-                    .or_default()
-                    .push(id.to_owned());
+            let number = (name.len() == 24)
+                .then(|| u64::from_str_radix(&name[16..], 16).ok())
+                .flatten()
+                .filter(|n| *n > base_end_segment);
+            if let Some(number) = number {
+                let held = holders
+                    .entry(number)
+                    .or_insert_with(|| (name.to_owned(), Vec::new()));
+                held.1.push(id.to_owned());
             }
         }
     }
-    // Not the newest segment: something must follow the gap.
-    let (segment, ids) = holders.iter().rev().nth(1).with_context(|| {
-        format!("no two complete segments after the newest base backup: {holders:?}")
-    })?;
+    let (_, doomed) = holders
+        .values()
+        .rev()
+        .find(|(_, ids)| !ids.iter().any(|id| id == newest))
+        .with_context(|| format!("no segment the newest snapshot lacks: {holders:?}"))?;
     let repo = installation.repo_dir()?;
-    for id in ids {
+    for id in doomed {
         std::fs::remove_file(repo.join("snapshots").join(id))
             .with_context(|| format!("deleting snapshot {id}"))?;
     }
-    Ok(segment.clone())
+    // Those snapshots may have held older segments alone too: recovery
+    // stops at the first segment left without a holder.
+    let lost = holders
+        .values()
+        .find(|(_, ids)| ids.iter().all(|id| doomed.contains(id)))
+        .map(|(name, _)| name.clone())
+        .context("no segment lost")?;
+    Ok(lost)
 }
 
 /// The segment number (low part; the test's WAL stays under 4 GiB) of an LSN.

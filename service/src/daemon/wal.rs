@@ -55,12 +55,10 @@ pub fn states(receivers: &Receivers) -> BTreeMap<String, ReceiverState> {
         .collect()
 }
 
-/// `lifeboat_wal_receiver_up{job}`: 1 while `pg_receivewal` streams.
+/// `lifeboat_wal_receiver_up{job}`: 1 while a `pg_receivewal` streams
+/// (the family is always described, so alerts on it always resolve).
 pub fn render(receivers: &Receivers) -> String {
     let mut out = Exposition(String::new());
-    if receivers.is_empty() {
-        return out.0;
-    }
     let name = "lifeboat_wal_receiver_up";
     out.family(
         name,

@@ -380,9 +380,20 @@ impl PostgresWalSource {
         stored: &mut Stored,
         gap: Gap,
     ) -> Result<bool, SourceError> {
-        match self.catch_up(received, lock).await {
+        let failed = match self.catch_up(received, lock).await {
             Ok(()) => return Ok(false),
-            Err(WalError::Removed { message }) => match gap {
+            Err(e) => e,
+        };
+        match failed {
+            WalError::Receive { message, .. } if self.forked(received).await? => {
+                builder.warn(format!(
+                    "the server's timeline forked from the archived one before the WAL the \
+                     spool holds (it was restored to an earlier point and promoted; \
+                     pg_receivewal: {message}): archiving starts over on its timeline with a \
+                     new base backup"
+                ));
+            }
+            WalError::Removed { message } => match gap {
                 Gap::Archive => builder.warn(WalError::Removed { message }.to_string()),
                 Gap::BeforeBaseBackup => builder.warn(format!(
                     "the server recycled the WAL just before this run's base backup before it \
@@ -392,7 +403,7 @@ impl PostgresWalSource {
                 )),
                 Gap::None => {}
             },
-            Err(e) => return Err(e.into()),
+            e => return Err(e.into()),
         }
         stored.add(store_wal(builder, received.spool).await?);
         received
@@ -401,6 +412,17 @@ impl PostgresWalSource {
             .map_err(WalError::spool(received.spool.dir()))?;
         self.catch_up(received, lock).await?;
         Ok(true)
+    }
+
+    /// Whether the server writes a newer timeline than the spool's newest
+    /// segment: streaming failed because its history forked before it.
+    async fn forked(&self, received: &Received<'_>) -> Result<bool, WalError> {
+        let server = server::server_wal(received.connection, received.tools).await?;
+        let spool = received
+            .spool
+            .newest_timeline()
+            .map_err(WalError::spool(received.spool.dir()))?;
+        Ok(spool.is_some_and(|timeline| timeline < server.timeline))
     }
 
     /// Receives the WAL up to the server's position now.
@@ -414,19 +436,23 @@ impl PostgresWalSource {
         let start = spool
             .resume_position(now.current)
             .map_err(WalError::spool(spool.dir()))?;
-        if slot.is_none() && now.current <= start {
-            // Nothing new: pg_receivewal would wait for WAL to come.
-            return Ok(());
+        if now.current <= start {
+            // Nothing new (a slot resumes no earlier than the spool's
+            // position or the server's segment): pg_receivewal would wait
+            // for WAL to come. The next run starts here.
+            let here = names::Segment {
+                timeline: now.timeline,
+                number: now.current.segment(),
+            };
+            return spool.anchor(here).map_err(WalError::spool(spool.dir()));
         }
-        receive(
-            connection,
-            tools,
-            spool,
-            lock,
-            slot,
-            Receive::Until(now.current),
-        )
-        .await
+        // pg_receivewal does not stop when the position it is asked for is
+        // exactly a segment's end; the byte before it ends that segment too.
+        let end = match now.current.0 % names::SEGMENT_SIZE {
+            0 => names::Lsn(now.current.0 - 1),
+            _ => now.current,
+        };
+        receive(connection, tools, spool, lock, slot, Receive::Until(end)).await
     }
 
     /// Takes a base backup into the spool and stores it as [`BASE_FOLDER`].
@@ -538,6 +564,14 @@ struct Stored {
     last: Option<String>,
 }
 
+/// Whether `path` is an anchor ([`Spool::anchor`]): a `.partial` file no
+/// byte was ever written to (no disk blocks).
+fn is_anchor(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.extension().is_some_and(|e| e == "partial")
+        && std::fs::metadata(path).is_ok_and(|m| m.blocks() == 0)
+}
+
 impl Stored {
     /// Adds what a later pass stored.
     fn add(&mut self, later: Stored) {
@@ -556,6 +590,9 @@ impl Stored {
 async fn store_wal(builder: &mut SnapshotBuilder, spool: &Spool) -> Result<Stored, SourceError> {
     let mut stored = Stored::default();
     for found in spool.files().map_err(WalError::spool(spool.dir()))? {
+        if is_anchor(&found.path) {
+            continue;
+        }
         let (file, input) = match tokio::fs::File::open(&found.path).await {
             Ok(input) => (found.file, input),
             // Completed and renamed since the listing.

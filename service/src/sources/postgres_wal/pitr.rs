@@ -195,6 +195,16 @@ pub enum PitrError {
     /// Restoring files failed.
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// The newest timeline's history file is missing or damaged.
+    #[error(
+        "the WAL archive's timeline history {file} cannot be used: {problem}; recovery cannot follow the timeline switch. Choose a target before it"
+    )]
+    BadHistory {
+        /// The history file's name.
+        file: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// One WAL file to write, and the snapshot it comes from.
@@ -277,6 +287,7 @@ pub async fn plan(
     }
     let first = base_range.start_lsn.segment();
     let mut best: BTreeMap<(u8, u64, u32), PlannedFile> = BTreeMap::new();
+    let mut histories: BTreeMap<u32, crate::repo::tree::Node> = BTreeMap::new();
     for (entry, _) in wal {
         let tree = reader.read_tree(&entry.snapshot.root).await?;
         for node in &tree.entries {
@@ -298,6 +309,9 @@ pub async fn plan(
             if !plausible || file.segment().is_some_and(|s| s.number < first) {
                 continue;
             }
+            if let WalFile::History(timeline) = file {
+                histories.insert(timeline, node.clone());
+            }
             let replaces = match best.get(&key) {
                 None => true,
                 // A complete copy stays; a later partial one is longer.
@@ -318,8 +332,19 @@ pub async fn plan(
     let base = archive[base_at].0;
     let mut segments = base_segments(reader, base).await?;
     segments.extend(files.iter().filter_map(|f| f.stored.segment()));
-    segments.sort_by_key(|s| (s.number, s.timeline));
-    let last_segment = check_continuity(&job, &base.id, base_range, &segments, target)?;
+    let newest = segments
+        .iter()
+        .map(|s| s.timeline)
+        .max()
+        .unwrap_or(base_range.timeline);
+    let timelines = TimelineHistory::read(reader, &histories, newest, base_range.timeline).await?;
+    let check = Continuity {
+        job: &job,
+        base: &base.id,
+        range: base_range,
+        timelines: &timelines,
+    };
+    let last_segment = check.run(&segments, target)?;
     Ok(Plan {
         job,
         target: target.clone(),
@@ -385,78 +410,165 @@ fn choose_base(
     chosen.map(|(at, _, range)| (at, range))
 }
 
-/// Checks that every segment from the base backup's start to the last one
-/// needed is among `segments` (by number); returns the last one.
-fn check_continuity(
-    job: &str,
-    base: &SnapshotId,
-    range: BaseBackupRange,
-    segments: &[Segment],
-    target: &Target,
-) -> Result<Segment, PitrError> {
-    let mut expected = range.start_lsn.segment();
-    let mut timeline = range.timeline;
-    for segment in segments {
-        if segment.number > expected {
-            break;
-        }
-        if segment.number == expected {
-            expected += 1;
-        }
-        timeline = timeline.max(segment.timeline);
-    }
-    let ends_too_soon = |last: String, what: String| PitrError::EndsTooSoon {
-        job: job.to_owned(),
-        last,
-        what,
-    };
-    let Some(reached) = expected
-        .checked_sub(1)
-        .filter(|n| *n >= range.start_lsn.segment())
-    else {
-        return Err(ends_too_soon(
-            "(none)".into(),
-            format!("the start of base backup {}", base.short()),
-        ));
-    };
-    let last = Segment {
-        timeline,
-        number: reached,
-    };
-    if let Some(later) = segments.iter().find(|s| s.number > expected) {
-        // A hole with WAL after it: name the first missing segment.
-        let missing = Segment {
-            timeline,
-            number: expected,
-        };
-        let needed = match target {
-            Target::Lsn(lsn) => lsn.segment() >= expected,
-            _ => later.number > expected,
-        };
-        if needed {
-            return Err(PitrError::MissingSegment {
-                job: job.to_owned(),
-                segment: missing.name(),
-                base: base.short(),
+/// Which timeline the recovery follows where: the newest timeline's
+/// history file lists each ancestor and where the next one branched off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineHistory {
+    /// The timeline recovery ends on.
+    pub newest: u32,
+    /// Its ancestors, oldest first, each with the position where it ended.
+    pub ancestors: Vec<(u32, Lsn)>,
+}
+
+impl TimelineHistory {
+    /// Reads the history file of `newest` (none needed when it is the base
+    /// backup's own timeline).
+    ///
+    /// Fails when it is missing, unreadable, or not a history file.
+    async fn read(
+        reader: &BlobReader,
+        histories: &BTreeMap<u32, crate::repo::tree::Node>,
+        newest: u32,
+        base_timeline: u32,
+    ) -> Result<Self, PitrError> {
+        let history = || WalFile::History(newest).name();
+        if newest <= base_timeline {
+            return Ok(Self {
+                newest,
+                ancestors: Vec::new(),
             });
         }
+        let node = histories
+            .get(&newest)
+            .ok_or_else(|| PitrError::BadHistory {
+                file: history(),
+                problem: "it is not in the archive".into(),
+            })?;
+        let text = crate::restore::contents::read_small(reader, node).await?;
+        Self::parse(newest, &String::from_utf8_lossy(&text)).map_err(|problem| {
+            PitrError::BadHistory {
+                file: history(),
+                problem,
+            }
+        })
     }
-    if range.end_lsn.segment() > reached {
-        return Err(ends_too_soon(
-            last.name(),
-            format!(
-                "the end of base backup {} ({})",
-                base.short(),
-                range.end_lsn
-            ),
-        ));
+
+    /// Parses a history file's lines (`parent<TAB>switch LSN<TAB>reason`).
+    pub fn parse(newest: u32, text: &str) -> Result<Self, String> {
+        let mut ancestors = Vec::new();
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let mut fields = line.split_whitespace();
+            let parsed = match (fields.next(), fields.next()) {
+                (Some(timeline), Some(lsn)) => {
+                    timeline.parse::<u32>().ok().zip(lsn.parse::<Lsn>().ok())
+                }
+                _ => None,
+            };
+            let Some((timeline, switch)) = parsed else {
+                return Err(format!(
+                    "the line {:?} is not `timeline<TAB>LSN`",
+                    line.chars().take(80).collect::<String>()
+                ));
+            };
+            let ordered = ancestors
+                .last()
+                .is_none_or(|&(t, l): &(u32, Lsn)| timeline > t && switch >= l);
+            if !ordered || timeline >= newest {
+                return Err(format!("the line {line:?} does not continue the history"));
+            }
+            ancestors.push((timeline, switch));
+        }
+        Ok(Self { newest, ancestors })
     }
-    if let Target::Lsn(lsn) = target
-        && lsn.segment() > reached
-    {
-        return Err(ends_too_soon(last.name(), format!("{lsn}")));
+
+    /// The timeline whose file of segment `number` recovery reads: the one
+    /// that was current at the segment's last byte.
+    pub fn timeline_of(&self, number: u64) -> u32 {
+        let last_byte = Lsn((number + 1) * SEGMENT_SIZE - 1);
+        self.ancestors
+            .iter()
+            .find(|(_, switch)| last_byte < *switch)
+            .map_or(self.newest, |(timeline, _)| *timeline)
     }
-    Ok(last)
+}
+
+/// Checks that the archive holds every segment a recovery reads.
+struct Continuity<'a> {
+    job: &'a str,
+    base: &'a SnapshotId,
+    range: BaseBackupRange,
+    timelines: &'a TimelineHistory,
+}
+
+impl Continuity<'_> {
+    /// Checks that every segment from the base backup's start to the last
+    /// one needed is among `segments`, on the timeline recovery reads it
+    /// from; returns the last one.
+    fn run(&self, segments: &[Segment], target: &Target) -> Result<Segment, PitrError> {
+        let present: std::collections::HashSet<(u32, u64)> =
+            segments.iter().map(|s| (s.timeline, s.number)).collect();
+        let ends_too_soon = |last: String, what: String| PitrError::EndsTooSoon {
+            job: self.job.to_owned(),
+            last,
+            what,
+        };
+        let newest = self.timelines.newest;
+        let last_needed = match target {
+            Target::Lsn(lsn) => lsn.segment(),
+            _ => segments
+                .iter()
+                .filter(|s| s.timeline == newest)
+                .map(|s| s.number)
+                .max()
+                .unwrap_or_default(),
+        };
+        let start = self.range.start_lsn.segment();
+        let at = |number: u64| Segment {
+            timeline: self.timelines.timeline_of(number),
+            number,
+        };
+        let mut reached = None;
+        for number in start..=last_needed.max(start) {
+            let segment = at(number);
+            if !present.contains(&(segment.timeline, number)) {
+                if number > last_needed || segments.iter().all(|s| s.number <= number) {
+                    break;
+                }
+                return Err(PitrError::MissingSegment {
+                    job: self.job.to_owned(),
+                    segment: segment.name(),
+                    base: self.base.short(),
+                });
+            }
+            reached = Some(segment);
+        }
+        let Some(last) = reached else {
+            return Err(ends_too_soon(
+                "(none)".into(),
+                format!("the start of base backup {}", self.base.short()),
+            ));
+        };
+        if self.range.end_lsn.segment() > last.number {
+            return Err(ends_too_soon(
+                last.name(),
+                format!(
+                    "the end of base backup {} ({})",
+                    self.base.short(),
+                    self.range.end_lsn
+                ),
+            ));
+        }
+        if let Target::Lsn(lsn) = target
+            && lsn.segment() > last.number
+        {
+            return Err(ends_too_soon(last.name(), format!("{lsn}")));
+        }
+        Ok(last)
+    }
 }
 
 /// What [`write`] wrote.
@@ -677,6 +789,28 @@ mod tests {
         }
         for bad in ["", "yesterday", "2026-12-06 21:29:21", "name:", "0/zz"] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_history_says_which_timeline_holds_each_segment() {
+        let text =
+            "1\t0/F000100\tno recovery target specified\n\n2\t0/13000000\tat restore point\n";
+        let history = TimelineHistory::parse(3, text).expect("a history");
+        assert_eq!(
+            history.ancestors,
+            [(1, Lsn(0xF00_0100)), (2, Lsn(0x1300_0000))]
+        );
+        assert_eq!(history.timeline_of(0xE), 1);
+        assert_eq!(
+            history.timeline_of(0xF),
+            2,
+            "the switch segment is the new timeline's"
+        );
+        assert_eq!(history.timeline_of(0x12), 2);
+        assert_eq!(history.timeline_of(0x13), 3);
+        for bad in ["x\t0/1", "2\t0/1\n1\t0/2", "3\t0/1", "1"] {
+            assert!(TimelineHistory::parse(3, bad).is_err(), "{bad:?}");
         }
     }
 

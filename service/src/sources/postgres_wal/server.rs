@@ -45,6 +45,8 @@ pub struct ServerWal {
     pub current: Lsn,
     /// `server_version_num`.
     pub version_num: u32,
+    /// The timeline of its last checkpoint: the one it writes.
+    pub timeline: u32,
 }
 
 /// Reads where the server's WAL stands.
@@ -54,7 +56,8 @@ pub struct ServerWal {
 pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<ServerWal, WalError> {
     const QUERY: &str = "SELECT system_identifier, pg_current_wal_flush_lsn(), \
         current_setting('server_version_num'), \
-        (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') \
+        (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
+        (SELECT timeline_id FROM pg_control_checkpoint()) \
         FROM pg_control_system()";
     let mut command = connection.command(&tools.psql);
     command
@@ -75,7 +78,7 @@ pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<Ser
         output: text.chars().take(200).collect(),
     };
     let fields: Vec<&str> = text.trim().split('|').collect();
-    let [system_identifier, current, version, segment_size] = fields[..] else {
+    let [system_identifier, current, version, segment_size, timeline] = fields[..] else {
         return Err(unexpected());
     };
     let segment_size: u64 = segment_size.parse().map_err(|_| unexpected())?;
@@ -89,6 +92,7 @@ pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<Ser
         system_identifier: system_identifier.to_owned(),
         current: current.parse().map_err(|_| unexpected())?,
         version_num: version.parse().map_err(|_| unexpected())?,
+        timeline: timeline.parse().map_err(|_| unexpected())?,
     })
 }
 

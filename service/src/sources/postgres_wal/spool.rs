@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::names::{Lsn, SEGMENT_SIZE, WalFile};
+use super::names::{Lsn, SEGMENT_SIZE, Segment, WalFile};
 
 /// The lock file's name.
 const LOCK: &str = ".lock";
@@ -142,6 +142,35 @@ impl Spool {
             WalFile::History(_) => None,
         });
         Ok(newest.unwrap_or(Lsn(server.segment() * SEGMENT_SIZE)))
+    }
+
+    /// Marks where the next `pg_receivewal` starts when the spool holds no
+    /// WAL yet: an empty (sparse) `.partial` file of `segment`, which it
+    /// takes as the segment it was writing. Without it, it would start at
+    /// the server's position of that later moment, and what the server
+    /// wrote in between would never be received.
+    pub fn anchor(&self, segment: Segment) -> io::Result<()> {
+        if self.files()?.iter().any(|f| f.file.segment().is_some()) {
+            return Ok(());
+        }
+        let path = self.dir.join(WalFile::Partial(segment).name());
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_len(SEGMENT_SIZE)
+    }
+
+    /// The timeline of the newest segment in the spool, if any.
+    pub fn newest_timeline(&self) -> io::Result<Option<u32>> {
+        Ok(self
+            .files()?
+            .iter()
+            .rev()
+            .find_map(|f| f.file.segment())
+            .map(|s| s.timeline))
     }
 
     /// The cluster the spool holds WAL of, if recorded.
@@ -270,6 +299,28 @@ mod tests {
         assert_eq!(spool.forget_stored(&journal)?, 2);
         let left: Vec<String> = spool.files()?.iter().map(|f| f.file.name()).collect();
         assert_eq!(left, [segment(3).name()], "the newest stays for resuming");
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_spool_is_anchored_where_receiving_resumes() -> io::Result<()> {
+        let state = tempfile::tempdir()?;
+        let spool = Spool::open(state.path(), "db")?;
+        let at = Segment {
+            timeline: 2,
+            number: 7,
+        };
+        spool.anchor(at)?;
+        assert_eq!(
+            spool.resume_position(Lsn(9 * SEGMENT_SIZE))?,
+            Lsn(7 * SEGMENT_SIZE)
+        );
+        spool.anchor(Segment { number: 9, ..at })?;
+        assert_eq!(
+            spool.files()?.len(),
+            1,
+            "a spool with WAL is not anchored again"
+        );
         Ok(())
     }
 
