@@ -433,18 +433,20 @@ impl PostgresWalSource {
             receive(connection, tools, spool, lock, slot, Receive::CreateSlot).await?;
         }
         let now = server::server_wal(connection, tools).await?;
+        // An empty spool starts at the server's segment now: left to
+        // itself, pg_receivewal would start at the server's position when
+        // it connects, which may already be past the end it is given.
+        let here = names::Segment {
+            timeline: now.timeline,
+            number: now.current.segment(),
+        };
+        spool.anchor(here).map_err(WalError::spool(spool.dir()))?;
         let start = spool
             .resume_position(now.current)
             .map_err(WalError::spool(spool.dir()))?;
         if now.current <= start {
-            // Nothing new (a slot resumes no earlier than the spool's
-            // position or the server's segment): pg_receivewal would wait
-            // for WAL to come. The next run starts here.
-            let here = names::Segment {
-                timeline: now.timeline,
-                number: now.current.segment(),
-            };
-            return spool.anchor(here).map_err(WalError::spool(spool.dir()));
+            // Nothing new: pg_receivewal would wait for WAL to come.
+            return Ok(());
         }
         // pg_receivewal does not stop when the position it is asked for is
         // exactly a segment's end; the byte before it ends that segment too.
