@@ -6,8 +6,7 @@
 //! name = "db-wal"
 //! schedule = "0 * * * * *"          # how often the WAL is stored: the RPO
 //! rpo = "5m"
-//! source = { kind = "postgres-wal", dsn = "postgresql://archiver@db:5432/postgres",
-//!            password_file = "/config/archiver.pass" }
+//! source = { kind = "postgres-wal", dsn = "postgresql://archiver@db:5432/postgres", password_file = "/config/archiver.pass" }
 //! ```
 //!
 //! The role needs `REPLICATION` (and `LOGIN`), and the server
