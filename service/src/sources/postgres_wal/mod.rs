@@ -385,6 +385,9 @@ impl PostgresWalSource {
         };
         match failed {
             WalError::Receive { message, .. } if self.forked(received).await? => {
+                if self.resume_on_new_timeline(received, lock).await? {
+                    return Ok(false);
+                }
                 builder.warn(format!(
                     "the server's timeline forked from the archived one before the WAL the \
                      spool holds (it was restored to an earlier point and promoted; \
@@ -411,6 +414,43 @@ impl PostgresWalSource {
             .map_err(WalError::spool(received.spool.dir()))?;
         self.catch_up(received, lock).await?;
         Ok(true)
+    }
+
+    /// Where the spool ends with a complete segment exactly at the point
+    /// the server's new timeline branched off, the server refuses to stream
+    /// the old timeline from there (it has nothing to send on it). Resumes
+    /// on the new timeline at the next segment instead; returns whether
+    /// that caught up (the anchor is removed again if not).
+    async fn resume_on_new_timeline(
+        &self,
+        received: &Received<'_>,
+        lock: &WriterLock,
+    ) -> Result<bool, WalError> {
+        let spool = received.spool;
+        let Some(complete) = spool
+            .newest_complete()
+            .map_err(WalError::spool(spool.dir()))?
+        else {
+            return Ok(false);
+        };
+        let server = server::server_wal(received.connection, received.tools).await?;
+        let next = names::Segment {
+            timeline: server.timeline,
+            number: complete.number + 1,
+        };
+        spool
+            .resume_at(next)
+            .map_err(WalError::spool(spool.dir()))?;
+        match self.catch_up(received, lock).await {
+            Ok(()) => Ok(true),
+            Err(_) => {
+                let anchor = spool.dir().join(WalFile::Partial(next).name());
+                if is_anchor(&anchor) {
+                    std::fs::remove_file(&anchor).map_err(WalError::spool(&anchor))?;
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Whether the server writes a newer timeline than the spool's newest

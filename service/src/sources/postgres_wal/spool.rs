@@ -153,6 +153,27 @@ impl Spool {
         if self.files()?.iter().any(|f| f.file.segment().is_some()) {
             return Ok(());
         }
+        self.resume_at(segment)
+    }
+
+    /// The newest complete segment, if the newest WAL file is one.
+    pub fn newest_complete(&self) -> io::Result<Option<Segment>> {
+        Ok(
+            match self
+                .files()?
+                .iter()
+                .rev()
+                .find_map(|f| f.file.segment().map(|_| f.file))
+            {
+                Some(WalFile::Segment(segment)) => Some(segment),
+                _ => None,
+            },
+        )
+    }
+
+    /// Makes `pg_receivewal` resume at the start of `segment` (an empty
+    /// `.partial` file of it, newer than every other file).
+    pub fn resume_at(&self, segment: Segment) -> io::Result<()> {
         let path = self.dir.join(WalFile::Partial(segment).name());
         let file = OpenOptions::new()
             .create(true)
