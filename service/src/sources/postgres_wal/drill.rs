@@ -20,6 +20,7 @@ use super::names::{Lsn, SEGMENT_SIZE};
 use super::pitr::{self, Target};
 use crate::drill::JobRun;
 use crate::sources::postgres::restore::{PgTarget, PostgresRestoreError};
+use crate::sources::postgres::session::PSQL_FLAGS;
 
 /// How long recovery may take before the drill gives up.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -265,7 +266,7 @@ impl ScratchServer {
     /// The one-line answer of `sql` in the `postgres` database.
     async fn query(&self, sql: &str) -> Result<String, ScratchServerError> {
         let output = tokio::process::Command::new(&self.psql)
-            .args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+            .args(PSQL_FLAGS)
             .arg(format!("--dbname={}", self.dsn("postgres")))
             .args(["-c", sql])
             .stdin(Stdio::null())

@@ -43,27 +43,30 @@
 //! The snapshot metadata (service key) holds no names: see [`WalMetadata`].
 
 pub mod drill;
+mod history;
 pub mod names;
 pub mod pitr;
 pub mod receiver;
 pub(crate) mod server;
 pub mod spool;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::history::JobHistory;
 use self::names::WalFile;
 use self::server::{BaseBackupRange, Receive, ServerWal, WalTools, base_backup, receive};
 use self::spool::{Journal, Spool, WriterLock};
+use self::store::{Stored, is_anchor, store_wal};
 use super::postgres::client::ClientHost;
 use super::postgres::connection::{Connection, Hint};
 use super::postgres::{PostgresError, PostgresSource};
 use super::{SourceContext, SourceError, SourceKind, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::files::Folder;
-use crate::backup::stream::StreamChunking;
 use crate::repo::snapshot::Snapshot;
 
 /// The snapshot folder holding a base backup.
@@ -550,116 +553,4 @@ struct Received<'a> {
     tools: &'a WalTools,
     spool: &'a Spool,
     system_identifier: &'a str,
-}
-
-/// What the repository holds of the job, for this cluster.
-struct JobHistory {
-    /// Times of the job's committed snapshots.
-    committed: Vec<chrono::DateTime<chrono::Utc>>,
-    /// When the newest base backup of this cluster was taken.
-    newest_base: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl JobHistory {
-    /// Reads it; a listing that fails counts as an empty history (the
-    /// spool then keeps its segments, and a base backup is taken).
-    async fn read(builder: &SnapshotBuilder, job: &str, system_identifier: &str) -> Self {
-        let snapshots = match builder.repository().snapshots().await {
-            Ok(snapshots) => snapshots,
-            Err(e) => {
-                tracing::warn!("postgres-wal: cannot list the job's snapshots: {e}");
-                Vec::new()
-            }
-        };
-        let ours = snapshots.iter().filter(|e| e.snapshot.job == job);
-        let mut history = Self {
-            committed: Vec::new(),
-            newest_base: None,
-        };
-        for entry in ours {
-            history.committed.push(entry.snapshot.time);
-            let metadata = WalMetadata::of(&entry.snapshot);
-            if let Some(m) = metadata
-                && m.system_identifier == system_identifier
-                && m.base_backup.is_some()
-            {
-                history.newest_base = history.newest_base.max(Some(entry.snapshot.time));
-            }
-        }
-        history
-    }
-
-    fn base_backup_older_than(&self, every: Duration) -> bool {
-        let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
-        self.newest_base
-            .is_none_or(|time| chrono::Utc::now() - time >= every)
-    }
-}
-
-/// What a run stored of the spool.
-#[derive(Debug, Default)]
-struct Stored {
-    complete: Vec<String>,
-    partial: bool,
-    first: Option<String>,
-    last: Option<String>,
-}
-
-/// Whether `path` is an anchor ([`Spool::anchor`]): a `.partial` file no
-/// byte was ever written to (no disk blocks).
-fn is_anchor(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    path.extension().is_some_and(|e| e == "partial")
-        && std::fs::metadata(path).is_ok_and(|m| m.blocks() == 0)
-}
-
-impl Stored {
-    /// Adds what a later pass stored.
-    fn add(&mut self, later: Stored) {
-        self.complete.extend(later.complete);
-        self.partial |= later.partial;
-        if self.first.is_none() {
-            self.first = later.first;
-        }
-        if later.last.is_some() {
-            self.last = later.last;
-        }
-    }
-}
-
-/// Stores every WAL file of the spool at the snapshot's root.
-async fn store_wal(builder: &mut SnapshotBuilder, spool: &Spool) -> Result<Stored, SourceError> {
-    let mut stored = Stored::default();
-    for found in spool.files().map_err(WalError::spool(spool.dir()))? {
-        if is_anchor(&found.path) {
-            continue;
-        }
-        let (file, input) = match tokio::fs::File::open(&found.path).await {
-            Ok(input) => (found.file, input),
-            // Completed and renamed since the listing.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let WalFile::Partial(segment) = found.file else {
-                    continue;
-                };
-                let complete = spool.dir().join(segment.name());
-                match tokio::fs::File::open(&complete).await {
-                    Ok(input) => (WalFile::Segment(segment), input),
-                    Err(e) => return Err(WalError::spool(&complete)(e).into()),
-                }
-            }
-            Err(e) => return Err(WalError::spool(&found.path)(e).into()),
-        };
-        let name = file.name();
-        builder
-            .add_stream(&name, input, StreamChunking::Content)
-            .await?;
-        match file {
-            WalFile::Segment(_) => stored.complete.push(name.clone()),
-            WalFile::Partial(_) => stored.partial = true,
-            WalFile::History(_) => continue,
-        }
-        stored.first.get_or_insert_with(|| name.clone());
-        stored.last = Some(name);
-    }
-    Ok(stored)
 }

@@ -11,6 +11,7 @@ use super::names::{Lsn, SEGMENT_SIZE};
 use super::spool::{Spool, WriterLock};
 use crate::sources::postgres::client::StderrText;
 use crate::sources::postgres::connection::{Connection, Hint, hint};
+use crate::sources::postgres::session::PSQL_FLAGS;
 
 /// The client programs, from one folder or `PATH`.
 #[derive(Debug, Clone)]
@@ -61,7 +62,7 @@ pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<Ser
         FROM pg_control_system()";
     let mut command = connection.command(&tools.psql);
     command
-        .args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+        .args(PSQL_FLAGS)
         .args(connection.server_argument())
         .args(["-c", QUERY]);
     let output = connection.start(&command).await?.output().await?;

@@ -22,17 +22,18 @@
 //! The snapshots are untrusted: every WAL file name is parsed, sizes are
 //! checked, and the recovery files are written without following links.
 
+mod timeline;
+mod write;
+
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
+pub use self::timeline::TimelineHistory;
+pub use self::write::{Written, recovery_settings, write};
 use super::names::{Lsn, SEGMENT_SIZE, Segment, WalFile};
 use super::server::BaseBackupRange;
 use super::{BASE_FOLDER, WalMetadata};
@@ -42,7 +43,6 @@ use crate::repo::reader::BlobReader;
 use crate::repo::snapshot::SnapshotEntry;
 use crate::repo::tree::NodeKind;
 use crate::restore::RestoreError;
-use crate::restore::files::{RestoreOptions, RestoreProgress, restore};
 
 /// A history file is a few lines per timeline switch.
 const MAX_HISTORY_BYTES: u64 = 1024 * 1024;
@@ -410,92 +410,6 @@ fn choose_base(
     chosen.map(|(at, _, range)| (at, range))
 }
 
-/// Which timeline the recovery follows where: the newest timeline's
-/// history file lists each ancestor and where the next one branched off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimelineHistory {
-    /// The timeline recovery ends on.
-    pub newest: u32,
-    /// Its ancestors, oldest first, each with the position where it ended.
-    pub ancestors: Vec<(u32, Lsn)>,
-}
-
-impl TimelineHistory {
-    /// Reads the history file of `newest` (none needed when it is the base
-    /// backup's own timeline).
-    ///
-    /// Fails when it is missing, unreadable, or not a history file.
-    async fn read(
-        reader: &BlobReader,
-        histories: &BTreeMap<u32, crate::repo::tree::Node>,
-        newest: u32,
-        base_timeline: u32,
-    ) -> Result<Self, PitrError> {
-        let history = || WalFile::History(newest).name();
-        if newest <= base_timeline {
-            return Ok(Self {
-                newest,
-                ancestors: Vec::new(),
-            });
-        }
-        let node = histories
-            .get(&newest)
-            .ok_or_else(|| PitrError::BadHistory {
-                file: history(),
-                problem: "it is not in the archive".into(),
-            })?;
-        let text = crate::restore::contents::read_small(reader, node).await?;
-        Self::parse(newest, &String::from_utf8_lossy(&text)).map_err(|problem| {
-            PitrError::BadHistory {
-                file: history(),
-                problem,
-            }
-        })
-    }
-
-    /// Parses a history file's lines (`parent<TAB>switch LSN<TAB>reason`).
-    pub fn parse(newest: u32, text: &str) -> Result<Self, String> {
-        let mut ancestors = Vec::new();
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let mut fields = line.split_whitespace();
-            let parsed = match (fields.next(), fields.next()) {
-                (Some(timeline), Some(lsn)) => {
-                    timeline.parse::<u32>().ok().zip(lsn.parse::<Lsn>().ok())
-                }
-                _ => None,
-            };
-            let Some((timeline, switch)) = parsed else {
-                return Err(format!(
-                    "the line {:?} is not `timeline<TAB>LSN`",
-                    line.chars().take(80).collect::<String>()
-                ));
-            };
-            let ordered = ancestors
-                .last()
-                .is_none_or(|&(t, l): &(u32, Lsn)| timeline > t && switch >= l);
-            if !ordered || timeline >= newest {
-                return Err(format!("the line {line:?} does not continue the history"));
-            }
-            ancestors.push((timeline, switch));
-        }
-        Ok(Self { newest, ancestors })
-    }
-
-    /// The timeline whose file of segment `number` recovery reads: the one
-    /// that was current at the segment's last byte.
-    pub fn timeline_of(&self, number: u64) -> u32 {
-        let last_byte = Lsn((number + 1) * SEGMENT_SIZE - 1);
-        self.ancestors
-            .iter()
-            .find(|(_, switch)| last_byte < *switch)
-            .map_or(self.newest, |(timeline, _)| *timeline)
-    }
-}
-
 /// Checks that the archive holds every segment a recovery reads.
 struct Continuity<'a> {
     job: &'a str,
@@ -571,200 +485,6 @@ impl Continuity<'_> {
     }
 }
 
-/// What [`write`] wrote.
-#[derive(Debug, Clone, Serialize)]
-pub struct Written {
-    /// The data directory.
-    pub data_dir: PathBuf,
-    /// The base backup's snapshot.
-    pub base_snapshot: String,
-    /// When that backup ended.
-    pub base_time: DateTime<Utc>,
-    /// The target, as written.
-    pub target: String,
-    /// WAL files written.
-    pub wal_files: usize,
-    /// The last segment.
-    pub last_segment: String,
-}
-
-/// Writes the data directory of `plan` into `dir` (new or empty).
-///
-/// Fails when `dir` is not empty, the repository fails, or the base backup
-/// holds links where the recovery files go.
-pub async fn write(
-    reader: &BlobReader,
-    plan: &Plan,
-    dir: &Path,
-    progress: Arc<RestoreProgress>,
-) -> Result<Written, PitrError> {
-    let fresh = RestoreOptions {
-        force: false,
-        keep_special: false,
-    };
-    restore(
-        reader,
-        plan.base.snapshot.root,
-        BASE_FOLDER,
-        dir,
-        &fresh,
-        progress.clone(),
-    )
-    .await?;
-    let wal_dir = dir.join("pg_wal");
-    plain_dir(&wal_dir)?;
-    let replace = RestoreOptions {
-        force: true,
-        keep_special: false,
-    };
-    for file in &plan.files {
-        let name = file.stored.name();
-        restore(
-            reader,
-            file.snapshot.snapshot.root,
-            &name,
-            &wal_dir,
-            &replace,
-            progress.clone(),
-        )
-        .await?;
-        let written = file.written_as();
-        if written != name {
-            let (from, to) = (wal_dir.join(&name), wal_dir.join(&written));
-            std::fs::rename(&from, &to).map_err(|source| PitrError::Write { path: to, source })?;
-        }
-    }
-    write_new(&dir.join("recovery.signal"), b"")?;
-    append(
-        &dir.join("postgresql.auto.conf"),
-        recovery_settings(&plan.target).as_bytes(),
-    )?;
-    let standby = dir.join("standby.signal");
-    if std::fs::symlink_metadata(&standby).is_ok() {
-        std::fs::remove_file(&standby).map_err(|source| PitrError::Write {
-            path: standby,
-            source,
-        })?;
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
-        PitrError::Write {
-            path: dir.to_owned(),
-            source,
-        }
-    })?;
-    Ok(Written {
-        data_dir: dir.to_owned(),
-        base_snapshot: plan.base.id.to_hex(),
-        base_time: plan.base.snapshot.end_time,
-        target: plan.target.to_string(),
-        wal_files: plan.files.len(),
-        last_segment: plan.last_segment.name(),
-    })
-}
-
-/// The lines appended to `postgresql.auto.conf` (later settings win).
-pub fn recovery_settings(target: &Target) -> String {
-    let mut settings = String::from(
-        "\n# Written by lifeboat restore --pitr: the archived WAL is in pg_wal.\n\
-         restore_command = 'false'\n\
-         recovery_target_timeline = 'latest'\n\
-         recovery_target_action = 'promote'\n",
-    );
-    let quoted = |value: &str| format!("'{}'", value.replace('\'', "''"));
-    let line = match target {
-        Target::Latest => None,
-        Target::Time(time) => Some(format!(
-            "recovery_target_time = {}",
-            quoted(&time.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
-        )),
-        Target::Lsn(lsn) => Some(format!(
-            "recovery_target_lsn = {}",
-            quoted(&lsn.to_string())
-        )),
-        Target::Name(name) => Some(format!("recovery_target_name = {}", quoted(name))),
-    };
-    if let Some(line) = line {
-        settings.push_str(&line);
-        settings.push('\n');
-    }
-    settings
-}
-
-/// Fails unless `path` is a folder, not a link to one.
-fn plain_dir(path: &Path) -> Result<(), PitrError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(meta) => Err(PitrError::Unsafe {
-            path: path.to_owned(),
-            what: if meta.is_symlink() {
-                "a symbolic link"
-            } else {
-                "not a folder"
-            },
-            expected: "folder",
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(path).map_err(|source| PitrError::Write {
-                path: path.to_owned(),
-                source,
-            })
-        }
-        Err(source) => Err(PitrError::Write {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Creates `path` holding `bytes`; it must not exist.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), PitrError> {
-    open_plain(
-        path,
-        std::fs::OpenOptions::new().write(true).create_new(true),
-        bytes,
-    )
-}
-
-/// Appends `bytes` to `path`, creating it; never through a link.
-fn append(path: &Path, bytes: &[u8]) -> Result<(), PitrError> {
-    open_plain(
-        path,
-        std::fs::OpenOptions::new().append(true).create(true),
-        bytes,
-    )
-}
-
-fn open_plain(
-    path: &Path,
-    options: &mut std::fs::OpenOptions,
-    bytes: &[u8],
-) -> Result<(), PitrError> {
-    let failed = |source| PitrError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = options
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => PitrError::Unsafe {
-                path: path.to_owned(),
-                what: "a symbolic link",
-                expected: "file",
-            },
-            _ => failed(e),
-        })?;
-    if !file.metadata().map_err(failed)?.is_file() {
-        return Err(PitrError::Unsafe {
-            path: path.to_owned(),
-            what: "not a file",
-            expected: "file",
-        });
-    }
-    file.write_all(bytes).map_err(failed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,40 +510,5 @@ mod tests {
         for bad in ["", "yesterday", "2026-12-06 21:29:21", "name:", "0/zz"] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn the_history_says_which_timeline_holds_each_segment() {
-        let text =
-            "1\t0/F000100\tno recovery target specified\n\n2\t0/13000000\tat restore point\n";
-        let history = TimelineHistory::parse(3, text).expect("a history");
-        assert_eq!(
-            history.ancestors,
-            [(1, Lsn(0xF00_0100)), (2, Lsn(0x1300_0000))]
-        );
-        assert_eq!(history.timeline_of(0xE), 1);
-        assert_eq!(
-            history.timeline_of(0xF),
-            2,
-            "the switch segment is the new timeline's"
-        );
-        assert_eq!(history.timeline_of(0x12), 2);
-        assert_eq!(history.timeline_of(0x13), 3);
-        for bad in ["x\t0/1", "2\t0/1\n1\t0/2", "3\t0/1", "1"] {
-            assert!(TimelineHistory::parse(3, bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn settings_quote_what_they_hold() {
-        let settings = recovery_settings(&Target::Name("it's".into()));
-        assert!(settings.contains("recovery_target_name = 'it''s'\n"));
-        assert!(settings.contains("restore_command = 'false'"));
-        assert!(!recovery_settings(&Target::Latest).contains("recovery_target_time ="));
-        let time = "2026-12-06T21:29:21.5Z".parse().expect("a time");
-        assert!(
-            recovery_settings(&time)
-                .contains("recovery_target_time = '2026-12-06 21:29:21.500000+00'")
-        );
     }
 }
