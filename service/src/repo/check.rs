@@ -134,10 +134,8 @@ pub async fn check(
 
     let stored = super::prune::stored_packs(&store).await?;
     report.packs = index.packs().count();
-    let mut pack_blobs: HashMap<PackId, Vec<BlobId>> = HashMap::new();
-    for (id, location) in index.blobs() {
-        pack_blobs.entry(location.pack).or_default().push(id);
-    }
+    // The blobs a damaged pack takes with it: those read from it.
+    let pack_blobs = |pack: &PackId| -> Vec<BlobId> { index.blobs_read_from(pack).collect() };
     let affected_blobs = |blobs: &[BlobId]| -> Vec<String> {
         let mut list: Vec<String> = blobs
             .iter()
@@ -149,7 +147,7 @@ pub async fn check(
         list.dedup();
         list
     };
-    let affected = |pack: &PackId| affected_blobs(pack_blobs.get(pack).map_or(&[], Vec::as_slice));
+    let affected = |pack: &PackId| affected_blobs(&pack_blobs(pack));
     let mut to_read = Vec::new();
     for (pack, info) in index.packs() {
         match stored.get(pack) {
@@ -184,20 +182,14 @@ pub async fn check(
         };
         // With the restore key, find which blobs the damage reaches: every
         // blob outside the damaged age segments still reads.
+        let listed = pack_blobs(&pack);
         let damaged = match &reader {
-            Some(reader) => {
-                damaged_blobs(
-                    reader,
-                    &pack,
-                    pack_blobs.get(&pack).map_or(&[], Vec::as_slice),
-                )
-                .await
-            }
+            Some(reader) => damaged_blobs(reader, &pack, &listed).await,
             None => None,
         };
         match damaged {
             Some(blobs) if !blobs.is_empty() => {
-                let total = pack_blobs.get(&pack).map_or(0, Vec::len);
+                let total = listed.len();
                 let message = format!(
                     "{message} ({} of its {total} blobs are unreadable)",
                     blobs.len()

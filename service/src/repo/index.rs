@@ -12,6 +12,9 @@
 //! readers can trust them before allocating or seeking.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::{HashTable, hash_table};
 
 use serde::{Deserialize, Serialize};
 
@@ -136,29 +139,52 @@ pub struct PackInfo {
     pub blobs: u32,
 }
 
-/// A blob's entry as the index holds it in memory: its pack by number,
-/// and its place without the id (the key) — 24 bytes, where a
-/// [`BlobLocation`] takes 88. A million blobs are the whole index of a
-/// terabyte; every byte here is a megabyte of every process's memory.
+/// A blob's entry as the index holds it in memory: its id, its pack by
+/// number and its place — 56 bytes, where a [`BlobLocation`] takes 88.
+/// A million blobs are the whole index of a terabyte; every byte here is a
+/// megabyte of every process's memory.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    id: BlobId,
     offset: u64,
     pack: u32,
     length: u32,
     raw_length: u32,
     kind: BlobKind,
     compressed: bool,
+    /// Whether this is the blob's first entry, the one [`Index::get`]
+    /// gives; later entries are copies in other packs.
+    first: bool,
+}
+
+/// A pack as the index holds it: what is known of it, and where its
+/// entries lie in [`Index::entries`]. A pack listed again with more blobs
+/// gets a continuation record for them.
+#[derive(Debug, Clone, Copy)]
+struct PackEntry {
+    id: PackId,
+    info: PackInfo,
+    first_entry: usize,
+    /// The record holding what a later listing of the pack added.
+    more: Option<u32>,
+    /// Whether this record continues an earlier one of the same pack.
+    continues: bool,
 }
 
 /// Every blob and pack of the repository, from all index objects.
+///
+/// The entries of all packs lie in one array, pack after pack, and a hash
+/// table of positions in it finds a blob by id: about 61 bytes a blob,
+/// where a map from id to place takes twice as many (and twice that again
+/// while it grows). The table's hasher is seeded at random, so ids a
+/// hostile index chooses cannot make lookups collide.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    blobs: HashMap<BlobId, Entry>,
-    /// The packs by number, as [`Entry::pack`] names them.
-    pack_ids: Vec<PackId>,
+    entries: Vec<Entry>,
+    by_id: HashTable<u32>,
+    hasher: RandomState,
+    packs: Vec<PackEntry>,
     pack_numbers: HashMap<PackId, u32>,
-    packs: HashMap<PackId, PackInfo>,
-    pack_blobs: HashMap<PackId, Vec<BlobId>>,
     files: HashMap<IndexId, Vec<PackId>>,
     doomed: HashSet<PackId>,
 }
@@ -173,63 +199,133 @@ impl Index {
         }
     }
 
-    /// Adds one pack's entries.
+    /// Adds one pack's entries. A pack listed again (by another index
+    /// object) keeps what it was first listed with, and gains the blobs the
+    /// new listing adds.
     pub fn add_pack(&mut self, pack: &IndexedPack) {
-        self.packs.insert(
-            pack.id,
-            PackInfo {
+        let known = self.pack_numbers.get(&pack.id).copied();
+        let listed: HashSet<BlobId> = match known {
+            Some(number) => self
+                .chain(number)
+                .flat_map(|n| self.record_entries(n))
+                .map(|e| e.id)
+                .collect(),
+            None => HashSet::new(),
+        };
+        let blobs: Vec<&IndexedBlob> = pack
+            .blobs
+            .iter()
+            .filter(|b| !listed.contains(&b.id))
+            .collect();
+        if known.is_some() && blobs.is_empty() {
+            return;
+        }
+        // Positions are u32: four billion entries would take 224 GB here
+        // before this refuses to add more.
+        let (Ok(number), Ok(_)) = (
+            u32::try_from(self.packs.len()),
+            u32::try_from(self.entries.len() + blobs.len()),
+        ) else {
+            return;
+        };
+        let count = u32::try_from(blobs.len()).unwrap_or(u32::MAX);
+        match known {
+            Some(first) => {
+                let last = self.chain(first).last().unwrap_or(first as usize);
+                self.packs[last].more = Some(number);
+                let info = &mut self.packs[first as usize].info;
+                info.blobs = info.blobs.saturating_add(count);
+            }
+            None => {
+                self.pack_numbers.insert(pack.id, number);
+            }
+        }
+        self.packs.push(PackEntry {
+            id: pack.id,
+            info: PackInfo {
                 size: pack.size,
                 payload_offset: pack.payload_offset,
-                blobs: u32::try_from(pack.blobs.len()).unwrap_or(u32::MAX),
+                blobs: count,
             },
-        );
-        self.pack_blobs
-            .insert(pack.id, pack.blobs.iter().map(|b| b.id).collect());
-        let number = match self.pack_numbers.get(&pack.id) {
-            Some(number) => *number,
-            None => {
-                let number = u32::try_from(self.pack_ids.len()).unwrap_or(u32::MAX);
-                self.pack_ids.push(pack.id);
-                self.pack_numbers.insert(pack.id, number);
-                number
-            }
-        };
-        self.blobs.reserve(pack.blobs.len());
-        for blob in &pack.blobs {
-            self.blobs.entry(blob.id).or_insert(Entry {
+            first_entry: self.entries.len(),
+            more: None,
+            continues: known.is_some(),
+        });
+        self.entries.reserve(blobs.len());
+        self.by_id.reserve(blobs.len(), |&position| {
+            self.hasher.hash_one(self.entries[position as usize].id)
+        });
+        for blob in blobs {
+            let position = self.entries.len() as u32;
+            let hash = self.hasher.hash_one(blob.id);
+            let entries = &self.entries;
+            let first = match self.by_id.entry(
+                hash,
+                |&p| entries[p as usize].id == blob.id,
+                |&p| self.hasher.hash_one(entries[p as usize].id),
+            ) {
+                hash_table::Entry::Occupied(_) => false,
+                hash_table::Entry::Vacant(slot) => {
+                    slot.insert(position);
+                    true
+                }
+            };
+            self.entries.push(Entry {
+                id: blob.id,
                 offset: blob.offset,
                 pack: number,
                 length: blob.length,
                 raw_length: blob.raw_length,
                 kind: blob.kind,
                 compressed: blob.compressed,
+                first,
             });
         }
     }
 
-    /// The location `entry` of blob `id` stands for.
-    fn location(&self, id: BlobId, entry: &Entry) -> Option<BlobLocation> {
-        Some(BlobLocation {
-            pack: *self.pack_ids.get(entry.pack as usize)?,
+    /// The records of the pack whose first record is `number`.
+    fn chain(&self, number: u32) -> impl Iterator<Item = usize> + '_ {
+        std::iter::successors(Some(number as usize), |&n| {
+            self.packs.get(n)?.more.map(|m| m as usize)
+        })
+    }
+
+    /// The location `entry` stands for.
+    fn location(&self, entry: &Entry) -> BlobLocation {
+        BlobLocation {
+            pack: self.packs[entry.pack as usize].id,
             blob: PackedBlob {
-                id,
+                id: entry.id,
                 kind: entry.kind,
                 compressed: entry.compressed,
                 offset: entry.offset,
                 length: entry.length,
                 raw_length: entry.raw_length,
             },
-        })
+        }
+    }
+
+    /// The position of `id`'s first entry.
+    fn position(&self, id: &BlobId) -> Option<usize> {
+        let position = self.by_id.find(self.hasher.hash_one(id), |&p| {
+            self.entries[p as usize].id == *id
+        })?;
+        Some(*position as usize)
+    }
+
+    /// The first entry of `id`.
+    fn entry(&self, id: &BlobId) -> Option<&Entry> {
+        Some(&self.entries[self.position(id)?])
     }
 
     /// Where `id` is stored, if anywhere.
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.location(*id, self.blobs.get(id)?)
+        self.entry(id).map(|entry| self.location(entry))
     }
 
     /// Whether `id` is stored.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.entry(id).is_some()
     }
 
     /// Whether a new backup may reuse the stored `id`: it is stored in a
@@ -244,9 +340,38 @@ impl Index {
         self.doomed.extend(packs);
     }
 
-    /// The blobs a pack holds.
-    pub fn pack_blobs(&self, id: &PackId) -> &[BlobId] {
-        self.pack_blobs.get(id).map_or(&[], Vec::as_slice)
+    /// The entries of the record numbered `number`.
+    fn record_entries(&self, number: usize) -> &[Entry] {
+        let Some(pack) = self.packs.get(number) else {
+            return &[];
+        };
+        let end = self
+            .packs
+            .get(number + 1)
+            .map_or(self.entries.len(), |next| next.first_entry);
+        &self.entries[pack.first_entry..end]
+    }
+
+    /// The entries listed for pack `id`.
+    fn pack_entries(&self, id: &PackId) -> impl Iterator<Item = &Entry> + '_ {
+        let first = self.pack_numbers.get(id).copied();
+        first
+            .into_iter()
+            .flat_map(|number| self.chain(number))
+            .flat_map(|n| self.record_entries(n))
+    }
+
+    /// The blobs a pack holds, as its index objects list them.
+    pub fn pack_blobs(&self, id: &PackId) -> impl Iterator<Item = BlobId> + '_ {
+        self.pack_entries(id).map(|entry| entry.id)
+    }
+
+    /// The blobs a pack holds that are read from it: those stored in no
+    /// pack added before it.
+    pub fn blobs_read_from(&self, id: &PackId) -> impl Iterator<Item = BlobId> + '_ {
+        self.pack_entries(id)
+            .filter(|entry| entry.first)
+            .map(|entry| entry.id)
     }
 
     /// The packs an index object lists.
@@ -256,24 +381,70 @@ impl Index {
 
     /// What is known of a pack.
     pub fn pack(&self, id: &PackId) -> Option<&PackInfo> {
-        self.packs.get(id)
+        let number = *self.pack_numbers.get(id)?;
+        Some(&self.packs.get(number as usize)?.info)
     }
 
     /// Every pack.
     pub fn packs(&self) -> impl Iterator<Item = (&PackId, &PackInfo)> {
-        self.packs.iter()
+        self.packs
+            .iter()
+            .filter(|pack| !pack.continues)
+            .map(|pack| (&pack.id, &pack.info))
     }
 
-    /// Every blob.
+    /// Every blob, where it is read from.
     pub fn blobs(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
-        self.blobs
+        self.entries
             .iter()
-            .filter_map(|(id, entry)| Some((*id, self.location(*id, entry)?)))
+            .filter(|entry| entry.first)
+            .map(|entry| (entry.id, self.location(entry)))
     }
 
     /// Number of distinct blobs.
     pub fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.by_id.len()
+    }
+}
+
+/// A set of blobs the index knows, one bit each: a million used blobs in
+/// 125 KB, where a hash set of their ids takes 64 MB.
+#[derive(Debug, Clone)]
+pub struct BlobSet<'a> {
+    index: &'a Index,
+    bits: Vec<u64>,
+}
+
+impl<'a> BlobSet<'a> {
+    /// An empty set of `index`'s blobs.
+    pub fn new(index: &'a Index) -> Self {
+        Self {
+            index,
+            bits: vec![0; index.entries.len().div_ceil(64)],
+        }
+    }
+
+    /// Where `id`'s bit is, if the index knows it.
+    fn bit(&self, id: &BlobId) -> Option<(usize, u64)> {
+        let position = self.index.position(id)?;
+        Some((position / 64, 1 << (position % 64)))
+    }
+
+    /// Adds `id`; returns whether it was new. A blob the index does not
+    /// know is not added.
+    pub fn insert(&mut self, id: &BlobId) -> bool {
+        let Some((word, mask)) = self.bit(id) else {
+            return false;
+        };
+        let new = self.bits[word] & mask == 0;
+        self.bits[word] |= mask;
+        new
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.bit(id)
+            .is_some_and(|(word, mask)| self.bits[word] & mask != 0)
     }
 }
 
@@ -306,5 +477,135 @@ mod tests {
         assert!(file(100, 200, 0, 0).validate().is_err());
         assert!(file(u64::MAX, 0, u64::MAX, 5).validate().is_err());
         assert!(file(u64::MAX, 0, 0, u32::MAX).validate().is_err());
+    }
+
+    fn pack(pack: u8, blobs: &[u8]) -> IndexedPack {
+        IndexedPack {
+            id: PackId::from_bytes([pack; 32]),
+            size: 1 << 20,
+            payload_offset: 0,
+            blobs: blobs
+                .iter()
+                .enumerate()
+                .map(|(n, b)| IndexedBlob {
+                    id: BlobId::from_bytes([*b; 32]),
+                    kind: BlobKind::Data,
+                    compressed: false,
+                    offset: n as u64 * 100,
+                    length: 100,
+                    raw_length: 100,
+                })
+                .collect(),
+        }
+    }
+
+    fn blob(n: u8) -> BlobId {
+        BlobId::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn a_blob_stored_twice_is_read_from_the_pack_added_first() {
+        let mut index = Index::default();
+        index.add_pack(&pack(1, &[10, 11]));
+        index.add_pack(&pack(2, &[11, 12]));
+        let first = PackId::from_bytes([1; 32]);
+        let second = PackId::from_bytes([2; 32]);
+        assert_eq!(index.blob_count(), 3);
+        assert_eq!(index.get(&blob(11)).map(|l| l.pack), Some(first));
+        assert_eq!(index.get(&blob(11)).map(|l| l.blob.offset), Some(100));
+        assert_eq!(index.get(&blob(12)).map(|l| l.pack), Some(second));
+        assert_eq!(index.get(&blob(12)).map(|l| l.blob.offset), Some(100));
+        assert!(index.get(&blob(13)).is_none());
+        assert_eq!(
+            index.pack_blobs(&second).collect::<Vec<_>>(),
+            [blob(11), blob(12)]
+        );
+        assert_eq!(
+            index.blobs_read_from(&second).collect::<Vec<_>>(),
+            [blob(12)]
+        );
+        let mut listed: Vec<_> = index.blobs().map(|(id, l)| (id, l.pack)).collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [(blob(10), first), (blob(11), first), (blob(12), second)]
+        );
+        assert_eq!(index.pack(&second).map(|p| p.blobs), Some(2));
+    }
+
+    #[test]
+    fn a_pack_listed_again_gains_only_the_blobs_it_did_not_list() {
+        let mut index = Index::default();
+        index.add_pack(&pack(1, &[10, 11]));
+        index.add_pack(&pack(2, &[12]));
+        index.add_pack(&pack(1, &[11, 20]));
+        index.add_pack(&pack(1, &[10, 11, 20]));
+        index.add_pack(&pack(1, &[12, 21]));
+        let id = PackId::from_bytes([1; 32]);
+        let listed = index.pack_blobs(&id).collect::<Vec<_>>();
+        assert_eq!(listed, [blob(10), blob(11), blob(20), blob(12), blob(21)]);
+        assert_eq!(index.packs().count(), 2);
+        assert_eq!(index.pack(&id).map(|p| p.blobs), Some(5));
+        assert_eq!(index.get(&blob(11)).map(|l| l.blob.offset), Some(100));
+        assert_eq!(index.get(&blob(20)).map(|l| l.blob.offset), Some(100));
+        assert_eq!(
+            index.get(&blob(12)).map(|l| l.pack),
+            Some(PackId::from_bytes([2; 32]))
+        );
+        assert_eq!(index.get(&blob(21)).map(|l| l.pack), Some(id));
+        assert_eq!(index.blobs_read_from(&id).count(), 4);
+        assert_eq!(index.blob_count(), 5);
+    }
+
+    #[test]
+    fn every_blob_is_found_after_the_table_grows() {
+        let mut index = Index::default();
+        let mut ids = Vec::new();
+        for p in 0..64u32 {
+            let blobs: Vec<IndexedBlob> = (0..200u32)
+                .map(|n| {
+                    let id =
+                        BlobId::from_bytes(*blake3::hash(&(p * 1000 + n).to_le_bytes()).as_bytes());
+                    ids.push((id, p));
+                    IndexedBlob {
+                        id,
+                        kind: BlobKind::Tree,
+                        compressed: true,
+                        offset: u64::from(n),
+                        length: 1,
+                        raw_length: 2,
+                    }
+                })
+                .collect();
+            let mut bytes = [0; 32];
+            bytes[..4].copy_from_slice(&p.to_le_bytes());
+            index.add_pack(&IndexedPack {
+                id: PackId::from_bytes(bytes),
+                size: 1000,
+                payload_offset: 0,
+                blobs,
+            });
+        }
+        assert_eq!(index.blob_count(), ids.len());
+        for (id, p) in ids {
+            let location = index.get(&id).expect("indexed blob found");
+            assert_eq!(location.pack.as_bytes()[..4], p.to_le_bytes());
+            assert_eq!(location.blob.kind, BlobKind::Tree);
+        }
+    }
+
+    #[test]
+    fn a_blob_set_holds_only_known_blobs() {
+        let mut index = Index::default();
+        index.add_pack(&pack(1, &[10, 11]));
+        index.add_pack(&pack(2, &[11, 12]));
+        let mut set = BlobSet::new(&index);
+        assert!(set.insert(&blob(11)));
+        assert!(!set.insert(&blob(11)));
+        assert!(!set.insert(&blob(99)));
+        assert!(set.contains(&blob(11)));
+        assert!(!set.contains(&blob(10)));
+        assert!(!set.contains(&blob(12)));
+        assert!(!set.contains(&blob(99)));
     }
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::id::{BlobId, PackId, SnapshotId, content_hash};
-use super::index::IndexFile;
+use super::id::{PackId, SnapshotId, content_hash};
+use super::index::{BlobSet, IndexFile};
 use super::keys::KeyRole;
 use super::plan::read_all_plans;
 pub use super::plan::{PLAN_PREFIX, PrunePlan};
@@ -95,26 +95,24 @@ pub async fn prune(
         .flat_map(|(_, plan)| plan.packs.iter().copied())
         .collect();
     // Each used blob is kept in one pack, preferably one no plan names, so
-    // that a copy stored again by a later backup lets its doomed twin go.
-    let mut keeper: HashMap<BlobId, PackId> = HashMap::new();
-    for pack in stored.keys().filter(|p| index.pack(p).is_some()) {
-        for blob in index
-            .pack_blobs(pack)
-            .iter()
-            .filter(|b| used_blobs.contains(b))
-        {
-            let candidate = (planned.contains(pack), *pack);
-            keeper
-                .entry(*blob)
-                .and_modify(|best| {
-                    if candidate < (planned.contains(best), *best) {
-                        *best = *pack;
-                    }
-                })
-                .or_insert(*pack);
+    // that a copy stored again by a later backup lets its doomed twin go:
+    // packs are visited in that order of preference, and each used blob is
+    // kept in the first that holds it.
+    let mut candidates: Vec<(bool, PackId)> = stored
+        .keys()
+        .filter(|p| index.pack(p).is_some())
+        .map(|p| (planned.contains(p), *p))
+        .collect();
+    candidates.sort_unstable();
+    let mut kept = BlobSet::new(index);
+    let mut used_packs: HashSet<PackId> = HashSet::new();
+    for (_, pack) in candidates {
+        for blob in index.pack_blobs(&pack) {
+            if used_blobs.contains(&blob) && kept.insert(&blob) {
+                used_packs.insert(pack);
+            }
         }
     }
-    let used_packs: HashSet<PackId> = keeper.into_values().collect();
     let unused = |pack: &PackId| !used_packs.contains(pack);
     let mut report = PruneReport {
         packs_stored: stored.len(),
@@ -182,12 +180,13 @@ pub(crate) fn require_whole_index(
     }
 }
 
-/// Every blob some snapshot references.
+/// Every indexed blob some snapshot references (a referenced blob no index
+/// lists has no pack to keep).
 ///
 /// Fails when a snapshot is unreadable.
-pub(crate) async fn used_blobs(
-    repo: &UnlockedRepository<impl KeyRole>,
-) -> Result<HashSet<BlobId>, RepoError> {
+pub(crate) async fn used_blobs<'a>(
+    repo: &'a UnlockedRepository<impl KeyRole>,
+) -> Result<BlobSet<'a>, RepoError> {
     let (snapshots, problems) = repo.read_snapshots().await?;
     if let Some((key, problem)) = problems.into_iter().next() {
         return Err(RepoError::Damaged {
@@ -195,9 +194,11 @@ pub(crate) async fn used_blobs(
             reason: format!("{problem}; prune refuses to run while a snapshot is unreadable"),
         });
     }
-    let mut used = HashSet::new();
+    let mut used = BlobSet::new(repo.index());
     for entry in snapshots {
-        used.extend(entry.snapshot.references.iter().copied());
+        for blob in &entry.snapshot.references {
+            used.insert(blob);
+        }
     }
     Ok(used)
 }

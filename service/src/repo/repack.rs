@@ -55,13 +55,11 @@ pub async fn repack(
         if planned.contains(pack) {
             continue;
         }
-        let blobs = index.pack_blobs(pack);
         let length = |b: &BlobId| index.get(b).map_or(0, |l| u64::from(l.blob.length));
-        let total: u64 = blobs.iter().map(length).sum();
-        let kept: Vec<BlobId> = blobs
-            .iter()
-            .filter(|b| used.contains(*b))
-            .copied()
+        let total: u64 = index.pack_blobs(pack).map(|b| length(&b)).sum();
+        let kept: Vec<BlobId> = index
+            .pack_blobs(pack)
+            .filter(|b| used.contains(b))
             .collect();
         let kept_bytes: u64 = kept.iter().map(length).sum();
         let unused = total - kept_bytes.min(total);
