@@ -115,6 +115,50 @@ fn hard_links_archived_in_parallel_stay_one_file() -> Result<()> {
     Ok(())
 }
 
+/// A tree of 18,000 files is restored (and drilled) in batches of 16,384
+/// files: hard links whose first name lies in the first batch and whose
+/// other names lie in the last, and folders whose times are set after
+/// every batch, must still come back as they were.
+#[test]
+fn a_tree_of_many_restore_batches_comes_back_whole() -> Result<()> {
+    let installation = Installation::local()?;
+    let src = installation.path("src");
+    let mut rng = Rng::new(0x5eed_0018);
+    for folder in 0..18 {
+        let dir = src.join(format!("d{folder:02}"));
+        std::fs::create_dir_all(&dir)?;
+        for file in 0..1000 {
+            let size = 1 + (folder * 1000 + file) % 97;
+            write_file(&dir.join(format!("f{file:04}")), &rng.bytes(size))?;
+        }
+    }
+    for (first, other) in [("d00/f0000", "d17/link-a"), ("d09/f0500", "d17/link-b")] {
+        std::fs::hard_link(src.join(first), src.join(other))?;
+    }
+    set_fixed_times(&src)?;
+    installation.write_config(
+        &[],
+        &[("many", r#"{ kind = "directory", paths = ["src"] }"#)],
+    )?;
+    installation.backup("many")?;
+    let expected = describe(&src)?;
+    restore_and_compare(&installation, &src, "many", &expected)?;
+
+    let outcome = installation
+        .drill_command()?
+        .args(["--job", "many", "--report", "drill.json"])
+        .output()?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(installation.path("drill.json"))?)?;
+    ensure!(outcome.status.success(), "the drill passes: {report:#}");
+    let notes = report.to_string();
+    ensure!(
+        notes.matches("18000 files, ").count() == 2 && notes.contains("bytes hashed"),
+        "the drill restored the 18,000 files and hashed every one: {report:#}"
+    );
+    Ok(())
+}
+
 /// Backs up, restores and compares; then the cached and the changed run.
 fn round_trip(installation: &Installation) -> Result<()> {
     let src = installation.path("src");

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rustix::fs::{self as fs, AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
@@ -48,7 +48,7 @@ const DIRECTORY: OFlags = OFlags::RDONLY
 pub(super) struct Dirs {
     root: Arc<OwnedFd>,
     /// The parent and name of each directory; the root's entry is unused.
-    parents: Vec<(DirId, Vec<u8>)>,
+    parents: RwLock<Vec<(DirId, Vec<u8>)>>,
     cache: Mutex<DirCache>,
 }
 
@@ -59,7 +59,7 @@ impl Dirs {
         let root = fs::open(path, DIRECTORY.difference(OFlags::NOFOLLOW), Mode::empty())?;
         Ok(Self {
             root: Arc::new(root),
-            parents: vec![(ROOT, Vec::new())],
+            parents: RwLock::new(vec![(ROOT, Vec::new())]),
             cache: Mutex::new(DirCache::new()),
         })
     }
@@ -67,6 +67,7 @@ impl Dirs {
     /// The descriptor of directory `id`, from the cache or opened again
     /// from the nearest cached ancestor down.
     pub(super) fn open(&self, id: DirId) -> std::io::Result<Arc<OwnedFd>> {
+        let parents = self.parents.read().unwrap_or_else(PoisonError::into_inner);
         let mut chain = Vec::new();
         let mut at = id;
         let mut fd = loop {
@@ -77,12 +78,12 @@ impl Dirs {
                 break fd;
             }
             chain.push(at);
-            at = self.parents[at].0;
+            at = parents[at].0;
         };
         while let Some(child) = chain.pop() {
             let opened = Arc::new(fs::openat(
                 &*fd,
-                &self.parents[child].1[..],
+                &parents[child].1[..],
                 DIRECTORY,
                 Mode::empty(),
             )?);
@@ -110,12 +111,7 @@ impl Dirs {
     /// metadata is set), or enters an existing one that opens as a
     /// directory without following a link. With `replace`, a non-directory
     /// in the way is unlinked first; without, it is an error.
-    pub(super) fn make(
-        &mut self,
-        parent: DirId,
-        name: &[u8],
-        replace: bool,
-    ) -> std::io::Result<DirId> {
+    pub(super) fn make(&self, parent: DirId, name: &[u8], replace: bool) -> std::io::Result<DirId> {
         let parent_fd = self.open(parent)?;
         let fd = match fs::mkdirat(&*parent_fd, name, Mode::RWXU) {
             Ok(()) | Err(Errno::EXIST) => {
@@ -131,8 +127,10 @@ impl Dirs {
             }
             Err(e) => return Err(e.into()),
         };
-        let id = self.parents.len();
-        self.parents.push((parent, name.to_vec()));
+        let mut parents = self.parents.write().unwrap_or_else(PoisonError::into_inner);
+        let id = parents.len();
+        parents.push((parent, name.to_vec()));
+        drop(parents);
         self.remember(id, Arc::new(fd));
         Ok(id)
     }
@@ -427,7 +425,7 @@ mod tests {
         std::fs::create_dir_all(&outside)?;
         std::os::unix::fs::symlink(&outside, target.join("link"))?;
         std::os::unix::fs::symlink(outside.join("file"), target.join("dangling"))?;
-        let mut dirs = Dirs::open_target(&target)?;
+        let dirs = Dirs::open_target(&target)?;
 
         let refused = dirs.make(ROOT, b"link", false).err().map(|e| e.kind());
         assert_eq!(refused, Some(std::io::ErrorKind::AlreadyExists));

@@ -43,7 +43,7 @@ struct PackOutcome {
 /// How long one pack waited for its store's first answer, and how long it
 /// took to decode and write after that.
 #[derive(Clone, Copy, Default)]
-struct Pace {
+pub(super) struct Pace {
     answer: Duration,
     decode: Duration,
 }
@@ -80,6 +80,7 @@ pub(super) async fn fetch_data(
     outputs: &Arc<Outputs>,
     slots: &Arc<HashMap<BlobId, Vec<Slot>>>,
     progress: &Arc<RestoreProgress>,
+    pace: &mut Pace,
 ) -> Result<Vec<(String, String)>, RestoreError> {
     let mut by_pack: HashMap<PackId, Vec<BlobId>> = HashMap::new();
     for blob in slots.keys() {
@@ -89,7 +90,6 @@ pub(super) async fn fetch_data(
     }
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let decoding = Arc::new(Semaphore::new(decoders));
-    let mut pace = Pace::default();
     let mut failed = Vec::new();
     let mut running = JoinSet::new();
     let mut packs = by_pack.into_iter();
@@ -112,7 +112,7 @@ pub(super) async fn fetch_data(
         };
         let outcome = done.map_err(WorkerError::stopped("restoring a pack"))??;
         if let Some(sample) = outcome.pace {
-            pace = pace.blend(sample);
+            *pace = pace.blend(sample);
         }
         for (blob, cause) in outcome.failed {
             for slot in slots.get(&blob).into_iter().flatten() {

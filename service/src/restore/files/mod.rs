@@ -1,9 +1,10 @@
 //! Restoring trees into a directory.
 //!
-//! First the trees are read and every directory and special file is laid
-//! out below the target ([`super::place`]: through directory descriptors,
-//! never following a link), regular files are planned at their final size.
-//! Then data is fetched pack by pack, a few packs at a time: a pack whose
+//! A batch at a time (a few thousand files), the trees are read and every
+//! directory and special file is laid out below the target
+//! ([`super::place`]: through directory descriptors, never following a
+//! link), regular files are planned at their final size, and then the
+//! batch's data is fetched pack by pack, a few packs at a time: a pack whose
 //! needed blobs make up much of it is downloaded whole and decrypted as its
 //! blobs are read, otherwise each blob is fetched with a ranged GET. Each
 //! blob is verified and written at its offsets in every file that uses it.
@@ -25,11 +26,12 @@
 mod fetch;
 mod plan;
 
-use fetch::fetch_data;
-use plan::plan_tree;
+use fetch::{Pace, fetch_data};
+use plan::{lay_out_entries, plan_batch};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -101,7 +103,7 @@ impl PlannedFile {
 /// its last slot (or its creator when it has none), through the descriptor
 /// that wrote it.
 struct Outputs {
-    dirs: Dirs,
+    dirs: Arc<Dirs>,
     files: Vec<PlannedFile>,
     /// Per file, what failed in creating or settling it, if anything.
     created: Vec<OnceLock<Result<(), (&'static str, Errno)>>>,
@@ -169,6 +171,18 @@ struct Settle {
 }
 
 impl Settle {
+    /// Sets the entry's owner, mode and times by its name in its directory.
+    fn settle_by_name(&self, dirs: &Dirs, as_root: bool) -> Result<(), RestoreError> {
+        dirs.set_metadata(
+            self.dir,
+            Some(&self.node.name.0),
+            &self.node,
+            self.mode,
+            as_root,
+        )
+        .map_err(|e| self.io_error(e))
+    }
+
     fn io_error(&self, source: std::io::Error) -> RestoreError {
         RestoreError::Io {
             action: "setting metadata of",
@@ -178,9 +192,22 @@ impl Settle {
     }
 }
 
+/// Files planned at once at most: a batch is laid out, then its data is
+/// fetched and written, then the next is laid out, so a restore's memory
+/// does not grow with the number of files.
+const BATCH_FILES: usize = 16_384;
+/// Blob slots planned at once at most (about 16 GiB of data at the
+/// default chunk size).
+const BATCH_SLOTS: usize = 16_384;
+
 struct Plan {
-    dirs: Dirs,
+    dirs: Arc<Dirs>,
+    /// The files of the batch.
     files: Vec<PlannedFile>,
+    /// Where each blob of the batch goes.
+    slots: HashMap<BlobId, Vec<Slot>>,
+    /// How many slots `slots` holds.
+    slot_count: usize,
     /// Special files, to settle at the end.
     settle: Vec<Settle>,
     /// Directories in the order they were made (parents first).
@@ -189,21 +216,79 @@ struct Plan {
     symlinks: Vec<(DirId, Node, String)>,
     /// Hard links: directory, name, snapshot path of the first name, shown path.
     hardlinks: Vec<(DirId, Vec<u8>, Vec<u8>, String)>,
-    slots: HashMap<BlobId, Vec<Slot>>,
-    /// Snapshot path → planned file, for hard links.
-    restored: HashMap<Vec<u8>, usize>,
+    /// The directories made, by snapshot path, for hard links.
+    dir_paths: HashMap<Vec<u8>, DirId>,
+    /// The snapshot paths of the regular files restored, hashed (8 bytes a
+    /// file, with a seed chosen at random): for hard links.
+    restored: HashSet<u64>,
+    path_hasher: RandomState,
     /// Whether existing files of the same names are replaced (`--force`).
     replace: bool,
     /// Whether setuid/setgid and devices are kept.
     keep_special: bool,
+    /// The user running the restore, and whether some entry is owned by
+    /// another.
+    me: u32,
+    foreign_owner: bool,
     /// Entries not restored (snapshot path, cause): data missing from every
     /// index, or refused as unsafe.
     failed: Vec<(String, String)>,
     report: RestoreReport,
 }
 
+impl Plan {
+    fn new(dirs: Dirs, options: &RestoreOptions) -> Self {
+        Self {
+            dirs: Arc::new(dirs),
+            files: Vec::new(),
+            slots: HashMap::new(),
+            slot_count: 0,
+            settle: Vec::new(),
+            dir_metadata: Vec::new(),
+            symlinks: Vec::new(),
+            hardlinks: Vec::new(),
+            dir_paths: HashMap::new(),
+            restored: HashSet::new(),
+            path_hasher: RandomState::new(),
+            replace: options.force,
+            keep_special: options.keep_special,
+            me: nix::unistd::getuid().as_raw(),
+            foreign_owner: false,
+            failed: Vec::new(),
+            report: RestoreReport::default(),
+        }
+    }
+
+    fn batch_full(&self) -> bool {
+        self.files.len() >= BATCH_FILES || self.slot_count >= BATCH_SLOTS
+    }
+
+    /// Records that the regular file at `snapshot_path` is restored.
+    fn note_restored(&mut self, snapshot_path: &[u8]) {
+        self.restored
+            .insert(self.path_hasher.hash_one(snapshot_path));
+    }
+
+    /// The directory and name of the restored regular file at
+    /// `snapshot_path`, if this restore made it.
+    fn restored_file<'a>(&self, snapshot_path: &'a [u8]) -> Option<(DirId, &'a [u8])> {
+        if !self
+            .restored
+            .contains(&self.path_hasher.hash_one(snapshot_path))
+        {
+            return None;
+        }
+        let at = snapshot_path.iter().rposition(|&b| b == b'/')?;
+        let dir = *self.dir_paths.get(&snapshot_path[..at])?;
+        Some((dir, &snapshot_path[at + 1..]))
+    }
+}
+
 /// Restores the snapshot tree `root`, or its entry at `path` (`/`-separated
 /// snapshot path; empty for all), into `target`.
+///
+/// Directories are laid out and files planned a batch at a time, and each
+/// batch's data is fetched and written before the next is planned.
 ///
 /// Fails when the path is not in the snapshot, the target is not empty
 /// (without `force`), or the target cannot be written. Entries whose data
@@ -238,66 +323,58 @@ pub async fn restore(
     let dirs = Dirs::open_target(target).map_err(RestoreError::io("opening", target))?;
 
     let (start, snapshot_prefix) = locate(reader, root, path).await?;
-    let mut plan = Plan {
-        dirs,
-        files: Vec::new(),
-        settle: Vec::new(),
-        dir_metadata: Vec::new(),
-        symlinks: Vec::new(),
-        hardlinks: Vec::new(),
-        slots: HashMap::new(),
-        restored: HashMap::new(),
-        replace: options.force,
-        keep_special: options.keep_special,
-        failed: Vec::new(),
-        report: RestoreReport::default(),
-    };
-    match start {
-        Start::Tree(tree) => plan_tree(reader, tree, ROOT, &snapshot_prefix, &mut plan).await?,
+    let (tree, snapshot_dir) = match start {
+        Start::Tree(tree) => (tree, snapshot_prefix),
         Start::Node(node) => {
-            let dir = Tree {
-                entries: vec![node],
-            };
             let parent = snapshot_prefix
                 .iter()
                 .rposition(|&b| b == b'/')
                 .map_or(&[][..], |at| &snapshot_prefix[..at]);
-            plan_tree(reader, dir, ROOT, parent, &mut plan).await?;
+            let tree = Tree {
+                entries: vec![node],
+            };
+            (tree, parent.to_vec())
+        }
+    };
+    let mut plan = Plan::new(dirs, options);
+    plan.dir_paths.insert(snapshot_dir.clone(), ROOT);
+    let mut queue = lay_out_entries(reader, tree, ROOT, &snapshot_dir, &mut plan);
+    let as_root = nix::unistd::geteuid().is_root();
+    let mut pace = Pace::default();
+    let mut failed = Vec::new();
+    loop {
+        plan_batch(reader, &mut queue, &mut plan).await?;
+        progress
+            .bytes_total
+            .store(plan.report.bytes, Ordering::Relaxed);
+        failed.append(&mut write_batch(reader, &mut plan, &mut pace, &progress, as_root).await?);
+        if queue.is_empty() {
+            break;
         }
     }
-    progress
-        .bytes_total
-        .store(plan.report.bytes, Ordering::Relaxed);
+    finish(plan, failed, as_root)
+}
 
-    let Plan {
-        dirs,
-        files,
-        settle,
-        dir_metadata,
-        symlinks,
-        hardlinks,
-        slots,
-        restored,
-        failed: mut refused,
-        mut report,
-        ..
-    } = plan;
+/// Creates the batch's files, fetches and writes their data, and settles
+/// those whose data did not all arrive; returns what failed.
+async fn write_batch(
+    reader: &BlobReader,
+    plan: &mut Plan,
+    pace: &mut Pace,
+    progress: &Arc<RestoreProgress>,
+    as_root: bool,
+) -> Result<Vec<(String, String)>, RestoreError> {
+    let files = std::mem::take(&mut plan.files);
+    let slots = std::mem::take(&mut plan.slots);
+    plan.slot_count = 0;
     let mut slot_counts = vec![0; files.len()];
     for slot in slots.values().flatten() {
         slot_counts[slot.file] += 1;
     }
-    let as_root = nix::unistd::geteuid().is_root();
-    let me = nix::unistd::getuid().as_raw();
-    let foreign = |entry: &Settle| entry.node.uid != me;
-    if !as_root && (files.iter().any(|f| foreign(&f.entry)) || settle.iter().any(foreign)) {
-        report
-            .warnings
-            .push("owners were not restored: run as root to restore them".into());
-    }
     let outputs = Arc::new(Outputs {
         created: files.iter().map(|_| OnceLock::new()).collect(),
         unwritten: slot_counts.into_iter().map(AtomicUsize::new).collect(),
-        dirs,
+        dirs: plan.dirs.clone(),
         files,
         as_root,
     });
@@ -313,26 +390,13 @@ pub async fn restore(
         })
     };
     let slots = Arc::new(slots);
-    let (fetched, created) =
-        tokio::join!(fetch_data(reader, &outputs, &slots, &progress), creating);
+    let (fetched, created) = tokio::join!(
+        fetch_data(reader, &outputs, &slots, progress, pace),
+        creating
+    );
     created.map_err(WorkerError::stopped("creating the restored files"))??;
-    let mut failed = fetched?;
-    failed.append(&mut refused);
+    let failed = fetched?;
 
-    let dirs = &outputs.dirs;
-    for (dir, name, link, shown) in &hardlinks {
-        let Some(&first) = restored.get(link) else {
-            report.warnings.push(format!(
-                "{shown}: its hard-link target {} is outside what was restored",
-                String::from_utf8_lossy(link)
-            ));
-            continue;
-        };
-        let first = &outputs.files[first];
-        if let Err(e) = dirs.hard_link((first.entry.dir, first.name()), *dir, name) {
-            failed.push((shown.clone(), format!("cannot link it: {e}")));
-        }
-    }
     // Files whose data did not all arrive are settled as they are.
     let unfinished = outputs
         .files
@@ -340,17 +404,43 @@ pub async fn restore(
         .zip(&outputs.unwritten)
         .filter(|(_, unwritten)| unwritten.load(Ordering::Acquire) > 0)
         .map(|(file, _)| &file.entry);
-    for entry in unfinished.chain(&settle) {
-        dirs.set_metadata(
-            entry.dir,
-            Some(&entry.node.name.0),
-            &entry.node,
-            entry.mode,
-            as_root,
-        )
-        .map_err(|e| entry.io_error(e))?;
+    for entry in unfinished {
+        entry.settle_by_name(&outputs.dirs, as_root)?;
     }
-    for (dir, node, shown) in &symlinks {
+    Ok(failed)
+}
+
+/// Makes the hard links, settles special files, makes the symlinks and
+/// sets the directories' metadata, deepest first.
+fn finish(
+    mut plan: Plan,
+    mut failed: Vec<(String, String)>,
+    as_root: bool,
+) -> Result<RestoreReport, RestoreError> {
+    let mut report = std::mem::take(&mut plan.report);
+    failed.append(&mut plan.failed);
+    if !as_root && plan.foreign_owner {
+        report
+            .warnings
+            .push("owners were not restored: run as root to restore them".into());
+    }
+    let dirs = &plan.dirs;
+    for (dir, name, link, shown) in &plan.hardlinks {
+        let Some(first) = plan.restored_file(link) else {
+            report.warnings.push(format!(
+                "{shown}: its hard-link target {} is outside what was restored",
+                String::from_utf8_lossy(link)
+            ));
+            continue;
+        };
+        if let Err(e) = dirs.hard_link(first, *dir, name) {
+            failed.push((shown.clone(), format!("cannot link it: {e}")));
+        }
+    }
+    for entry in &plan.settle {
+        entry.settle_by_name(dirs, as_root)?;
+    }
+    for (dir, node, shown) in &plan.symlinks {
         let target = node
             .target
             .as_ref()
@@ -360,7 +450,7 @@ pub async fn restore(
             failed.push((shown.clone(), format!("cannot make the symlink: {e}")));
         }
     }
-    for entry in dir_metadata.iter().rev() {
+    for entry in plan.dir_metadata.iter().rev() {
         dirs.set_metadata(entry.dir, None, &entry.node, entry.mode, as_root)
             .map_err(|e| entry.io_error(e))?;
     }

@@ -16,33 +16,37 @@ use crate::restore::place::DirId;
 /// The setuid and setgid bits.
 const SETID_BITS: u32 = 0o6000;
 
-/// Lays out a tree and everything below it in directory `dir`.
-pub(super) async fn plan_tree(
+/// A directory still to lay out: its tree, the directory made for it, and
+/// its snapshot path.
+pub(super) type Subdir = (BlobId, DirId, Vec<u8>);
+
+/// Lays out directories from `queue`, depth first, until the plan holds a
+/// full batch of files or the queue is empty.
+pub(super) async fn plan_batch(
     reader: &BlobReader,
-    tree: Tree,
-    dir: DirId,
-    snapshot_dir: &[u8],
+    queue: &mut Vec<Subdir>,
     plan: &mut Plan,
 ) -> Result<(), RestoreError> {
-    let mut queue = vec![(tree, dir, snapshot_dir.to_owned())];
-    while let Some((tree, dir, snapshot_dir)) = queue.pop() {
-        for (sub, sub_dir, snapshot_path) in lay_out_entries(reader, tree, dir, &snapshot_dir, plan)
-        {
-            queue.push((reader.read_tree(&sub).await?, sub_dir, snapshot_path));
-        }
+    while !plan.batch_full() {
+        let Some((sub, dir, snapshot_dir)) = queue.pop() else {
+            break;
+        };
+        let tree = reader.read_tree(&sub).await?;
+        let subdirs = lay_out_entries(reader, tree, dir, &snapshot_dir, plan);
+        queue.extend(subdirs);
     }
     Ok(())
 }
 
 /// Creates one directory's entries; returns its subdirectories to descend.
 /// An entry that cannot be placed safely is refused (in `plan.failed`).
-fn lay_out_entries(
+pub(super) fn lay_out_entries(
     reader: &BlobReader,
     tree: Tree,
     dir: DirId,
     snapshot_dir: &[u8],
     plan: &mut Plan,
-) -> Vec<(BlobId, DirId, Vec<u8>)> {
+) -> Vec<Subdir> {
     let mut subdirs = Vec::new();
     let mut seen = HashSet::new();
     for node in tree.entries {
@@ -83,6 +87,7 @@ fn lay_out_entries(
                     }
                 };
                 plan.report.dirs += 1;
+                plan.dir_paths.insert(snapshot_path.clone(), sub_dir);
                 if let Some(sub) = node.subtree {
                     subdirs.push((sub, sub_dir, snapshot_path));
                 }
@@ -113,9 +118,11 @@ fn lay_out_entries(
                         file: index,
                         offset,
                     });
+                    plan.slot_count += 1;
                     offset += u64::from(location.blob.raw_length);
                 }
-                plan.restored.insert(snapshot_path, index);
+                plan.note_restored(&snapshot_path);
+                plan.foreign_owner |= node.uid != plan.me;
                 plan.report.files += 1;
                 plan.report.bytes += node.size;
                 let mode = allowed_mode(plan, &node, &shown);
@@ -166,6 +173,7 @@ fn lay_out_entries(
                     continue;
                 }
                 plan.report.others += 1;
+                plan.foreign_owner |= node.uid != plan.me;
                 let mode = allowed_mode(plan, &node, &shown);
                 plan.settle.push(Settle {
                     dir,
