@@ -59,6 +59,9 @@ const MERGE_GAP: u64 = 256 << 10;
 /// delay is paid once per few runs rather than once per run.
 const RUNS_IN_FLIGHT: usize = 8;
 
+/// A partly fetched pack opened for decryption.
+type PackStream = age::stream::StreamReader<BufReader<SparseObject>>;
+
 /// Recently read packs' plaintexts, oldest first.
 #[derive(Default)]
 struct PackCache {
@@ -178,7 +181,7 @@ impl BlobReader {
             }
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.decrypt_one(&key, object, &blob))
+        tokio::task::spawn_blocking(move || this.decrypt_at(&key, &object, &mut None, &blob))
             .await
             .map_err(WorkerError::stopped("decrypting a blob"))?
     }
@@ -270,9 +273,19 @@ impl BlobReader {
         }
         let this = self.clone();
         let decoded = tokio::task::spawn_blocking(move || {
+            // One age reader for all of them, in the order they lie, so
+            // each segment is decrypted once; after a blob fails, the next
+            // opens the pack afresh.
+            let mut reader = None;
             wanted
                 .into_iter()
-                .map(|blob| (blob.id, this.decrypt_one(&key, object.clone(), &blob)))
+                .map(|blob| {
+                    let read = this.decrypt_at(&key, &object, &mut reader, &blob);
+                    if read.is_err() {
+                        reader = None;
+                    }
+                    (blob.id, read)
+                })
                 .collect::<Vec<_>>()
         })
         .await
@@ -281,31 +294,44 @@ impl BlobReader {
         Ok(results)
     }
 
-    /// Decrypts and verifies one blob out of a partly fetched pack.
-    fn decrypt_one(
+    /// Decrypts and verifies one blob out of a partly fetched pack, through
+    /// `reader` (opened on `object` when `None`) and its plaintext position;
+    /// blobs must come in the order of their offsets.
+    fn decrypt_at(
         &self,
         key: &str,
-        object: SparseObject,
+        object: &SparseObject,
+        reader: &mut Option<(PackStream, u64)>,
         blob: &PackedBlob,
     ) -> Result<Vec<u8>, RepoError> {
-        let mut reader = crypt::open(self.identity.age_identities(), object).map_err(|source| {
-            RepoError::Crypt {
-                key: key.into(),
-                source,
+        let (stream, position) = match reader {
+            Some(open) => open,
+            None => {
+                let stream = crypt::open(self.identity.age_identities(), object.clone()).map_err(
+                    |source| RepoError::Crypt {
+                        key: key.into(),
+                        source,
+                    },
+                )?;
+                reader.insert((stream, 0))
             }
-        })?;
+        };
         let damaged = |e: std::io::Error| RepoError::Undecodable {
             key: key.into(),
             source: e.into(),
         };
-        if blob.offset < SEGMENT_PLAIN {
-            std::io::copy(&mut (&mut reader).take(blob.offset), &mut std::io::sink())
-                .map_err(damaged)?;
+        if blob.offset < SEGMENT_PLAIN && *position <= blob.offset {
+            std::io::copy(
+                &mut (&mut *stream).take(blob.offset - *position),
+                &mut std::io::sink(),
+            )
+            .map_err(damaged)?;
         } else {
-            reader.seek(SeekFrom::Start(blob.offset)).map_err(damaged)?;
+            stream.seek(SeekFrom::Start(blob.offset)).map_err(damaged)?;
         }
         let mut stored = vec![0; blob.length as usize];
-        reader.read_exact(&mut stored).map_err(damaged)?;
+        stream.read_exact(&mut stored).map_err(damaged)?;
+        *position = blob.offset + u64::from(blob.length);
         self.decode(key, &stored, blob)
     }
 
