@@ -146,6 +146,19 @@ pub async fn receive(
     if let Some(slot) = slot {
         command.arg(format!("--slot={slot}"));
     }
+    if let Receive::Until(end) = how {
+        // Names where a run waits, should the server never send `end`.
+        let newest = spool
+            .files()
+            .ok()
+            .and_then(|files| files.last().map(|f| f.file.name()));
+        tracing::info!(
+            spool = %spool.dir().display(),
+            newest = newest.as_deref().unwrap_or("none"),
+            "postgres-wal: receiving WAL up to {end}"
+        );
+    }
+    let started = std::time::Instant::now();
     let running = connection.start(&command).await?.output();
     let output = match how {
         // A backstop: the position it waits for was flushed already, so
@@ -161,6 +174,10 @@ pub async fn receive(
             })??,
         Receive::Streaming | Receive::CreateSlot => running.await?,
     };
+    tracing::debug!(
+        "postgres-wal: pg_receivewal ended after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if output.exit.success {
         return Ok(());
     }
