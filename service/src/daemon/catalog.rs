@@ -89,7 +89,7 @@ impl Catalog {
             let info = match self.snapshots.remove(&id) {
                 Some(known) => known,
                 None => {
-                    let snapshot = match repo.read_snapshot(id).await {
+                    let snapshot = match repo.read_snapshot_header(id).await {
                         Ok(snapshot) => snapshot,
                         // Forgotten since the listing, by a concurrent run.
                         Err(RepoError::Storage(StorageError::NotFound { .. })) => continue,

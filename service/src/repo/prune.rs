@@ -24,7 +24,7 @@ use super::keys::KeyRole;
 use super::plan::read_all_plans;
 pub use super::plan::{PLAN_PREFIX, PrunePlan};
 use super::{RepoError, UnlockedRepository, meta};
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, StorageError};
 
 /// How to prune.
 #[derive(Debug, Clone, Copy)]
@@ -194,9 +194,16 @@ pub(crate) async fn used_blobs<'a>(
             reason: format!("{problem}; prune refuses to run while a snapshot is unreadable"),
         });
     }
+    // One snapshot at a time: a reference list can name a million blobs.
     let mut used = BlobSet::new(repo.index());
     for entry in snapshots {
-        for blob in &entry.snapshot.references {
+        let snapshot = match repo.read_snapshot(entry.id).await {
+            Ok(snapshot) => snapshot,
+            // Forgotten, or withdrawn by its backup, since the listing.
+            Err(RepoError::Storage(StorageError::NotFound { .. })) => continue,
+            Err(e) => return Err(e),
+        };
+        for blob in &snapshot.references {
             used.insert(blob);
         }
     }

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use super::id::{BlobId, SnapshotId};
 
-/// The plaintext of a snapshot object.
+/// The plaintext of a snapshot object: with its reference list (`R` a
+/// `Vec<BlobId>`, the default) as written and as prune and check read it,
+/// or without it ([`SnapshotHeader`]) as listings read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Snapshot {
+pub struct Snapshot<R = Vec<BlobId>> {
     /// The job that made it.
     pub job: String,
     /// The kind of source it was taken from.
@@ -33,10 +35,44 @@ pub struct Snapshot {
     #[serde(default)]
     pub metadata: serde_json::Value,
     /// Every blob (trees and data) the snapshot references, sorted.
-    pub references: Vec<BlobId>,
+    pub references: R,
 }
 
 impl super::meta::MetaObject for Snapshot {}
+
+/// A snapshot as a listing reads it: everything but the reference list,
+/// which can name a million blobs (32 MB) and which only prune and check
+/// need. They read each snapshot whole, one at a time.
+pub type SnapshotHeader = Snapshot<Unread>;
+
+impl super::meta::MetaObject for SnapshotHeader {}
+
+/// A reference list skipped unread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unread;
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Unread)
+    }
+}
+
+impl Snapshot {
+    /// Everything but the reference list.
+    pub fn header(&self) -> SnapshotHeader {
+        Snapshot {
+            job: self.job.clone(),
+            source_kind: self.source_kind.clone(),
+            host: self.host.clone(),
+            time: self.time,
+            end_time: self.end_time,
+            root: self.root,
+            summary: self.summary.clone(),
+            metadata: self.metadata.clone(),
+            references: Unread,
+        }
+    }
+}
 
 /// The kind of source a snapshot was taken from, stored as its name
 /// (`directory`, `etcd`, …). Each kind decides the layout of its snapshots'
@@ -155,13 +191,13 @@ pub struct Summary {
     pub packs_added: u64,
 }
 
-/// A snapshot with its id.
+/// A listed snapshot with its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotEntry {
     /// Its id.
     pub id: SnapshotId,
-    /// Its contents.
-    pub snapshot: std::sync::Arc<Snapshot>,
+    /// Its contents but the reference list.
+    pub snapshot: std::sync::Arc<SnapshotHeader>,
 }
 
 /// A byte count for people: `1.5 MiB`.

@@ -10,7 +10,7 @@ use super::id::{self, BlobId, SnapshotId};
 use super::index::{self, Index};
 use super::keys::{self, AnyIdentity, ChunkIdKey, KeyRole, RestoreIdentity};
 use super::load::{IndexProblems, load_index_and_plans};
-use super::snapshot::{Snapshot, SnapshotEntry};
+use super::snapshot::{Snapshot, SnapshotEntry, SnapshotHeader};
 use super::{Fingerprint, RepoError, Repository, meta, object_id, plan, put, reader, writer};
 use crate::storage::StorageError;
 
@@ -36,7 +36,7 @@ pub struct UnlockedRepository<K: KeyRole = keys::ServiceIdentity> {
 
 /// Decrypted snapshots by id, shared by the clones of one unlocking and
 /// with the listings handed out (no copy of their reference lists).
-pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Arc<Snapshot>>>>;
+pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Arc<SnapshotHeader>>>>;
 
 /// Snapshot objects fetched at once when listing.
 const SNAPSHOT_READS: usize = 16;
@@ -244,7 +244,7 @@ impl<K: KeyRole> UnlockedRepository<K> {
                     Ok(id) => match self.cached_snapshot(id) {
                         Some(snapshot) => Ok((id, snapshot)),
                         None => self
-                            .read_snapshot(id)
+                            .read_snapshot_header(id)
                             .await
                             .map(|snapshot| (id, Arc::new(snapshot))),
                     },
@@ -276,7 +276,7 @@ impl<K: KeyRole> UnlockedRepository<K> {
     }
 
     /// The snapshot `id` if an earlier listing read it.
-    fn cached_snapshot(&self, id: SnapshotId) -> Option<Arc<Snapshot>> {
+    fn cached_snapshot(&self, id: SnapshotId) -> Option<Arc<SnapshotHeader>> {
         self.snapshot_cache.lock().ok()?.get(&id).cloned()
     }
 
@@ -284,6 +284,18 @@ impl<K: KeyRole> UnlockedRepository<K> {
     ///
     /// Fails when it is missing, damaged or not readable with this key.
     pub async fn read_snapshot(&self, id: SnapshotId) -> Result<Snapshot, RepoError> {
+        self.read_snapshot_as(id).await
+    }
+
+    /// Reads one snapshot without its reference list.
+    ///
+    /// Fails as [`UnlockedRepository::read_snapshot`] does.
+    pub async fn read_snapshot_header(&self, id: SnapshotId) -> Result<SnapshotHeader, RepoError> {
+        self.read_snapshot_as(id).await
+    }
+
+    /// Reads one snapshot whole or without its reference list.
+    async fn read_snapshot_as<T: meta::MetaObject>(&self, id: SnapshotId) -> Result<T, RepoError> {
         let key = id.key();
         let cipher = self.repo.store.get(&key).await?;
         meta::verify_name(&key, id.as_bytes(), &cipher)?;

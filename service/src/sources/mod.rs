@@ -180,7 +180,7 @@ impl SourceConfig {
 /// WAL archive's only where it holds a base backup (the others extend an
 /// earlier one). Retention counts only these
 /// ([`crate::retention::RetentionPolicy::apply_anchored`]).
-pub fn restorable_alone(snapshot: &crate::repo::snapshot::Snapshot) -> bool {
+pub fn restorable_alone<R>(snapshot: &crate::repo::snapshot::Snapshot<R>) -> bool {
     match snapshot.source_kind {
         SourceKind::PostgresWal => postgres_wal::WalMetadata::of(snapshot)
             .is_none_or(|metadata| metadata.base_backup.is_some()),

@@ -130,7 +130,7 @@ pub struct WalMetadata {
 
 impl WalMetadata {
     /// The metadata of a snapshot of this kind, if it reads as such.
-    pub fn of(snapshot: &Snapshot) -> Option<Self> {
+    pub fn of<R>(snapshot: &Snapshot<R>) -> Option<Self> {
         (snapshot.source_kind == SourceKind::PostgresWal)
             .then(|| serde_json::from_value(snapshot.metadata.clone()).ok())
             .flatten()

@@ -342,11 +342,13 @@ impl MoverRun<'_> {
                 && super::split_claim(&part.claim)
                     .is_some_and(|(_, name)| part.entry.name.0 == name.as_bytes());
             if valid {
+                // Grafting needs the part's reference list.
+                let snapshot = std::sync::Arc::new(self.repo.read_snapshot(entry.id).await?);
                 parts.insert(
                     part.claim.clone(),
                     StoredPart {
                         id: entry.id,
-                        snapshot: entry.snapshot,
+                        snapshot,
                         entry: part.entry,
                         cache: part.cache,
                     },
@@ -629,7 +631,7 @@ async fn own_image(client: &kube::Client) -> Result<String, MoversError> {
 }
 
 /// The part metadata of a snapshot, if it has readable part metadata.
-fn part_of(snapshot: &Snapshot) -> Option<Part> {
+fn part_of<R>(snapshot: &Snapshot<R>) -> Option<Part> {
     serde_json::from_value(snapshot.metadata.get(PART_KEY)?.clone()).ok()
 }
 
