@@ -138,7 +138,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         let progress = self.progress.clone();
         let (entries, learnt, summary, references, warnings) =
             tokio::task::spawn_blocking(move || {
-                let (mut state, known) = match cache {
+                let (state, known) = match cache {
                     CacheUse::Given(known) => (None, known),
                     CacheUse::State(dir) => {
                         let state = dir.as_deref().and_then(|dir| {
@@ -164,6 +164,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                     chunking,
                     known: Mutex::new(known),
                     progress,
+                    staging: state.map(Mutex::new),
                     fresh: Mutex::default(),
                     counts: Counts::default(),
                     warnings: Mutex::default(),
@@ -172,7 +173,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 };
                 let entries = work(&archiver)?;
                 let mut learnt = archiver.fresh.into_inner().unwrap_or_default();
-                if let Some(state) = state.as_mut() {
+                let state = archiver.staging.and_then(|state| state.into_inner().ok());
+                if let Some(mut state) = state {
                     if let Err(e) = state.replace(&repo_id, &job, &learnt) {
                         tracing::warn!("{e}");
                     }
@@ -368,6 +370,10 @@ struct Archiver {
     /// held (a million files are hundreds of megabytes of entries).
     known: Mutex<KnownFiles>,
     progress: Arc<Progress>,
+    /// The state's file cache, which takes what is learnt a few thousand
+    /// files at a time; `None` when the caller keeps it.
+    staging: Option<Mutex<FileCache>>,
+    /// What was learnt and not yet staged.
     fresh: Mutex<Learnt>,
     counts: Counts,
     warnings: Mutex<Vec<String>>,
@@ -383,7 +389,24 @@ struct Place<'a> {
     excludes: &'a Excludes,
 }
 
+/// Entries learnt that are handed to the state's file cache at once.
+const STAGED_AT_ONCE: usize = 8192;
+
 impl Archiver {
+    /// Hands `learnt` to the state's file cache. A failure costs only time:
+    /// the files it leaves out are read again by the next backup.
+    fn stage(&self, learnt: &[(Vec<u8>, CachedFile)]) {
+        let Some(staging) = &self.staging else {
+            return;
+        };
+        let mut cache = staging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = cache.stage(learnt) {
+            tracing::warn!("{e}");
+        }
+    }
+
     fn warn(&self, path: &Path, what: &str) {
         bump(&self.counts.skipped, 1);
         let message = format!("skipped {}: {what}", path.display());
@@ -609,7 +632,7 @@ impl Archiver {
         if let Ok(mut references) = self.references.lock() {
             references.extend(content.iter().copied());
         }
-        if let Ok(mut fresh) = self.fresh.lock() {
+        let full = self.fresh.lock().ok().and_then(|mut fresh| {
             fresh.push((
                 path,
                 CachedFile {
@@ -617,6 +640,11 @@ impl Archiver {
                     ..now
                 },
             ));
+            let full = self.staging.is_some() && fresh.len() >= STAGED_AT_ONCE;
+            full.then(|| std::mem::take(&mut *fresh))
+        });
+        if let Some(learnt) = full {
+            self.stage(&learnt);
         }
         Ok(Some(content))
     }

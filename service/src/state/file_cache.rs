@@ -133,7 +133,59 @@ impl FileCache {
         rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
     }
 
-    /// Replaces the cached files of one job with `files`.
+    /// Sets aside what a backup learnt of some of its files, in a
+    /// temporary table of this connection, so that a backup of a million
+    /// files need not hold them all until it ends;
+    /// [`FileCache::replace`] then makes them the job's cache.
+    ///
+    /// Fails when the database cannot be written.
+    pub fn stage(&mut self, files: &[(Vec<u8>, CachedFile)]) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let fail = |source| StateError {
+            path: path.clone(),
+            source,
+        };
+        self.connection
+            .execute(
+                "CREATE TEMP TABLE IF NOT EXISTS staged (
+                    path BLOB PRIMARY KEY,
+                    size INTEGER NOT NULL,
+                    mtime_ns INTEGER NOT NULL,
+                    ctime_ns INTEGER NOT NULL,
+                    inode INTEGER NOT NULL,
+                    content BLOB NOT NULL
+                ) WITHOUT ROWID",
+                [],
+            )
+            .map_err(fail)?;
+        let transaction = self.connection.transaction().map_err(fail)?;
+        {
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO temp.staged \
+                     (path, size, mtime_ns, ctime_ns, inode, content) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(fail)?;
+            for (file_path, file) in files {
+                let content: Vec<u8> = file.content.iter().flat_map(|id| *id.as_bytes()).collect();
+                insert
+                    .execute(params![
+                        file_path,
+                        file.size as i64,
+                        file.mtime_ns,
+                        file.ctime_ns,
+                        file.inode as i64,
+                        content
+                    ])
+                    .map_err(fail)?;
+            }
+        }
+        transaction.commit().map_err(fail)
+    }
+
+    /// Replaces the cached files of one job with those staged and `files`,
+    /// and empties the stage.
     ///
     /// Fails when the database cannot be written.
     pub fn replace(
@@ -142,25 +194,15 @@ impl FileCache {
         job: &str,
         files: &[(Vec<u8>, CachedFile)],
     ) -> Result<(), StateError> {
+        self.stage(files)?;
         self.replace_rows("files", (repository, job), |transaction| {
-            let mut insert = transaction.prepare_cached(
+            transaction.execute(
                 "INSERT OR REPLACE INTO files \
                  (repository, job, path, size, mtime_ns, ctime_ns, inode, content) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 SELECT ?1, ?2, path, size, mtime_ns, ctime_ns, inode, content FROM temp.staged",
+                params![repository, job],
             )?;
-            for (file_path, file) in files {
-                let content: Vec<u8> = file.content.iter().flat_map(|id| *id.as_bytes()).collect();
-                insert.execute(params![
-                    repository,
-                    job,
-                    file_path,
-                    file.size as i64,
-                    file.mtime_ns,
-                    file.ctime_ns,
-                    file.inode as i64,
-                    content
-                ])?;
-            }
+            transaction.execute("DELETE FROM temp.staged", [])?;
             Ok(())
         })
     }
@@ -256,6 +298,42 @@ mod tests {
         assert!(cache.load("repo", "other")?.is_empty());
         cache.replace("repo", "job", &[])?;
         assert!(cache.load("repo", "job")?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn staged_entries_join_the_next_replace_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = |size| CachedFile {
+            size,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: 3,
+            content: vec![BlobId::from_bytes([7; 32]); 2],
+        };
+        let mut cache = FileCache::open(dir.path())?;
+        cache.replace("repo", "job", &[(b"/old".to_vec(), file(1))])?;
+        cache.stage(&[(b"/a".to_vec(), file(2)), (b"/b".to_vec(), file(3))])?;
+        cache.stage(&[(b"/a".to_vec(), file(4))])?;
+        assert_eq!(
+            cache.load("repo", "job")?.len(),
+            1,
+            "staged is not yet the cache"
+        );
+        cache.replace("repo", "job", &[(b"/c".to_vec(), file(5))])?;
+        let loaded = cache.load("repo", "job")?;
+        let sizes: BTreeMap<&[u8], u64> =
+            loaded.iter().map(|(p, f)| (p.as_slice(), f.size)).collect();
+        assert_eq!(
+            sizes,
+            BTreeMap::from([(&b"/a"[..], 4), (&b"/b"[..], 3), (&b"/c"[..], 5)])
+        );
+        assert_eq!(loaded[b"/a".as_slice()].content.len(), 2);
+        cache.replace("repo", "other", &[])?;
+        assert!(
+            cache.load("repo", "other")?.is_empty(),
+            "the stage was emptied"
+        );
         Ok(())
     }
 
