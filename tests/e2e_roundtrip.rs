@@ -116,10 +116,9 @@ fn hard_links_archived_in_parallel_stay_one_file() -> Result<()> {
 }
 
 /// A tree of 18,000 files goes to the file cache 8,192 files at a time,
-/// and is restored and drilled in batches of 16,384: hard links whose
-/// first name lies in one batch and other names in another, and folders
-/// whose times are set after every batch, must still come back as they
-/// were.
+/// and the drill reads it back in batches of 16,384; hard links whose
+/// names lie far apart and every folder's time still come back. (The
+/// restore's own batches, of 65,536 files, are crossed in a unit test.)
 #[test]
 fn a_tree_of_many_restore_batches_comes_back_whole() -> Result<()> {
     let installation = Installation::local()?;

@@ -27,7 +27,7 @@ pub mod reader;
 pub mod repack;
 pub mod snapshot;
 #[cfg(test)]
-mod test_fixture;
+pub(crate) mod test_fixture;
 pub mod tree;
 mod unlocked;
 pub mod writer;
