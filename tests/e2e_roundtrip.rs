@@ -118,7 +118,7 @@ fn hard_links_archived_in_parallel_stay_one_file() -> Result<()> {
 /// A tree of 18,000 files goes to the file cache 8,192 files at a time,
 /// and the drill reads it back in batches of 16,384; hard links whose
 /// names lie far apart and every folder's time still come back. (The
-/// restore's own batches, of 65,536 files, are crossed in a unit test.)
+/// restore's own batches, of 262,144 files, are crossed in a unit test.)
 #[test]
 fn a_tree_of_many_restore_batches_comes_back_whole() -> Result<()> {
     let installation = Installation::local()?;
