@@ -204,14 +204,7 @@ impl Index {
     /// new listing adds.
     pub fn add_pack(&mut self, pack: &IndexedPack) {
         let known = self.pack_numbers.get(&pack.id).copied();
-        let listed: HashSet<BlobId> = match known {
-            Some(number) => self
-                .chain(number)
-                .flat_map(|n| self.record_entries(n))
-                .map(|e| e.id)
-                .collect(),
-            None => HashSet::new(),
-        };
+        let listed: HashSet<BlobId> = self.pack_blobs(&pack.id).collect();
         let blobs: Vec<&IndexedBlob> = pack
             .blobs
             .iter()

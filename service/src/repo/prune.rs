@@ -23,7 +23,7 @@ use super::index::{BlobSet, IndexFile};
 use super::keys::KeyRole;
 use super::plan::read_all_plans;
 pub use super::plan::{PLAN_PREFIX, PrunePlan};
-use super::{RepoError, UnlockedRepository, meta};
+use super::{RepoError, UnlockedRepository, meta, object_id};
 use crate::storage::{ObjectStore, StorageError};
 
 /// How to prune.
@@ -187,21 +187,27 @@ pub(crate) fn require_whole_index(
 pub(crate) async fn used_blobs<'a>(
     repo: &'a UnlockedRepository<impl KeyRole>,
 ) -> Result<BlobSet<'a>, RepoError> {
-    let (snapshots, problems) = repo.read_snapshots().await?;
-    if let Some((key, problem)) = problems.into_iter().next() {
-        return Err(RepoError::Damaged {
-            key,
-            reason: format!("{problem}; prune refuses to run while a snapshot is unreadable"),
-        });
-    }
-    // One snapshot at a time: a reference list can name a million blobs.
+    // Each snapshot read whole once, one at a time: a reference list can
+    // name a million blobs.
     let mut used = BlobSet::new(repo.index());
-    for entry in snapshots {
-        let snapshot = match repo.read_snapshot(entry.id).await {
+    for object in repo.repository().store().list("snapshots/").await? {
+        let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
+            Ok(id) => repo.read_snapshot(id).await,
+            Err(e) => Err(e),
+        };
+        let snapshot = match read {
             Ok(snapshot) => snapshot,
             // Forgotten, or withdrawn by its backup, since the listing.
             Err(RepoError::Storage(StorageError::NotFound { .. })) => continue,
-            Err(e) => return Err(e),
+            Err(RepoError::Storage(e)) => return Err(e.into()),
+            Err(problem) => {
+                return Err(RepoError::Damaged {
+                    key: object.key,
+                    reason: format!(
+                        "{problem}; prune refuses to run while a snapshot is unreadable"
+                    ),
+                });
+            }
         };
         for blob in &snapshot.references {
             used.insert(blob);

@@ -57,23 +57,6 @@ impl<'de> Deserialize<'de> for Unread {
     }
 }
 
-impl Snapshot {
-    /// Everything but the reference list.
-    pub fn header(&self) -> SnapshotHeader {
-        Snapshot {
-            job: self.job.clone(),
-            source_kind: self.source_kind.clone(),
-            host: self.host.clone(),
-            time: self.time,
-            end_time: self.end_time,
-            root: self.root,
-            summary: self.summary.clone(),
-            metadata: self.metadata.clone(),
-            references: Unread,
-        }
-    }
-}
-
 /// The kind of source a snapshot was taken from, stored as its name
 /// (`directory`, `etcd`, …). Each kind decides the layout of its snapshots'
 /// trees; the repository itself treats every kind alike. A name this

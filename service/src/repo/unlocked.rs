@@ -34,8 +34,8 @@ pub struct UnlockedRepository<K: KeyRole = keys::ServiceIdentity> {
     pub(super) snapshot_cache: SnapshotCache,
 }
 
-/// Decrypted snapshots by id, shared by the clones of one unlocking and
-/// with the listings handed out (no copy of their reference lists).
+/// Decrypted snapshots without their reference lists, by id, shared by
+/// the clones of one unlocking and with the listings handed out.
 pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Arc<SnapshotHeader>>>>;
 
 /// Snapshot objects fetched at once when listing.

@@ -1,6 +1,6 @@
 //! Restoring trees into a directory.
 //!
-//! A batch at a time (a few thousand files), the trees are read and every
+//! A batch at a time (at most 262,144 files), the trees are read and every
 //! directory and special file is laid out below the target
 //! ([`super::place`]: through directory descriptors, never following a
 //! link), regular files are planned at their final size, and then the
@@ -321,15 +321,7 @@ pub async fn restore(
     options: &RestoreOptions,
     progress: Arc<RestoreProgress>,
 ) -> Result<RestoreReport, RestoreError> {
-    let at = Destination { target, options };
-    restore_in_batches(reader, root, path, at, progress, BATCH).await
-}
-
-/// Where a restore writes, and how.
-#[derive(Clone, Copy)]
-struct Destination<'a> {
-    target: &'a Path,
-    options: &'a RestoreOptions,
+    restore_in_batches(reader, root, path, target, options, progress, BATCH).await
 }
 
 /// [`restore`] with batches of at most `limits`.
@@ -337,7 +329,8 @@ async fn restore_in_batches(
     reader: &BlobReader,
     root: BlobId,
     path: &str,
-    Destination { target, options }: Destination<'_>,
+    target: &Path,
+    options: &RestoreOptions,
     progress: Arc<RestoreProgress>,
     limits: BatchLimits,
 ) -> Result<RestoreReport, RestoreError> {

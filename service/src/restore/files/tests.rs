@@ -20,14 +20,12 @@ async fn a_tree_restored_in_many_small_batches_comes_back_whole() -> anyhow::Res
     let unlocked = repo.as_restore().await?;
     let target = tempfile::tempdir()?;
     let out = target.path().join("out");
-    let at = Destination {
-        target: &out,
-        options: &RestoreOptions::default(),
-    };
     let limits = BatchLimits { files: 7, slots: 5 };
+    let options = RestoreOptions::default();
     let root = written.snapshot.root;
+    let reader = unlocked.reader();
     let report =
-        restore_in_batches(&unlocked.reader(), root, "", at, Arc::default(), limits).await?;
+        restore_in_batches(&reader, root, "", &out, &options, Arc::default(), limits).await?;
     assert_eq!(report.files, 120);
     assert_eq!(report.dirs, 5 + 15);
     for (path, data) in &files {
