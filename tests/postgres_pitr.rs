@@ -6,8 +6,13 @@
 //! `pg_ctl stop -m immediate`) and lifeboatd is killed (`SIGKILL`, its
 //! `pg_receivewal` left running) at random moments, and both come back.
 //! Then `lifeboat restore --pitr` rebuilds a data directory for three
-//! points in time and for `latest`; each, started as a server, must hold
-//! exactly the rows committed before its point. The drill of the archive
+//! points in time, a named restore point and `latest`; each, started as a
+//! server, must hold exactly the rows committed before its point. The
+//! server restored to `latest` is promoted (while the old one went on a
+//! little, so that the archive holds WAL past the fork) and archived on:
+//! the archive follows its timeline switch without a gap or a new base
+//! backup, and a recovery replays across the switch, without the rows of
+//! the abandoned branch. The drill of the archive
 //! passes; with the snapshots holding one segment deleted, the drill and
 //! the restore fail and name that segment.
 
@@ -30,6 +35,10 @@ const JOB: &str = "db-wal";
 const SLOT: &str = ", slot = \"lifeboat\"";
 /// Rows written in all.
 const ROWS: u64 = 420;
+/// The rows committed before the named restore point.
+const NAMED_ROWS: u64 = 250;
+/// The restore point's name.
+const RESTORE_POINT: &str = "before-the-upgrade";
 
 /// Inserts row `id` in its own transaction (committed before psql
 /// returns, even with the harness's `synchronous_commit=off`) and returns
@@ -149,6 +158,12 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
         last_commit = insert(&server, id)?;
         if target_rows.contains(&id) {
             targets.insert(id, last_commit.clone());
+            if id == NAMED_ROWS {
+                server.psql(
+                    "postgres",
+                    &format!("SELECT pg_create_restore_point('{RESTORE_POINT}')"),
+                )?;
+            }
             // Commits after a target are a second later: no clock tie.
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
@@ -232,8 +247,23 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
             outcome.stdout
         );
     }
+    let named = scratch.path().join("named");
+    let outcome = restore_pitr(&installation, &format!("name:{RESTORE_POINT}"), &named)?.ok()?;
+    ensure!(
+        restored_rows(&server, &named).await? == (NAMED_ROWS, NAMED_ROWS),
+        "recovered to the restore point made after row {NAMED_ROWS}:\n{}",
+        outcome.stdout
+    );
     let latest = scratch.path().join("latest");
     restore_pitr(&installation, "latest", &latest)?.ok()?;
+    // The old server goes on a little and the spool receives it: the
+    // restored server forks before the end of the spool's WAL, as after a
+    // recovery to an earlier point.
+    server.psql(
+        "app",
+        "INSERT INTO events SELECT g, now() FROM generate_series(10001, 10005) g",
+    )?;
+    installation.backup(JOB)?;
     let promoted = server.start_restored(&latest).await?;
     ensure!(
         promoted_rows(&promoted)? == (ROWS, ROWS),
@@ -257,24 +287,23 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
     let report = installation
         .backup(JOB)
         .with_context(|| server.log_tail())?;
-    // pg_receivewal follows the switch from the spool's position (or, the
-    // archive ending in a complete segment right at the branch point,
-    // resumes on the new timeline). Where the server still refuses it (seen
-    // now and then here), the run says so and starts the new timeline's
-    // archive with a base backup; nothing is lost from here on either way.
-    let warnings = report["warnings"].as_array().cloned().unwrap_or_default();
+    // The server refuses to stream the old timeline from where the spool
+    // ends, past its switch: the run reads the server's history and
+    // resumes on the new timeline where it branched off. No warning, no
+    // new base backup, no gap.
     ensure!(
-        warnings
-            .iter()
-            .all(|w| w.as_str().is_some_and(|w| w.contains("timeline forked"))),
-        "archiving the promoted server: {report:#}"
+        report["warnings"]
+            .as_array()
+            .is_none_or(|warnings| warnings.is_empty()),
+        "archiving the promoted server follows its switch: {report:#}"
     );
     let metadata = installation.latest_metadata(JOB)?;
     ensure!(
         metadata["last_segment"]
             .as_str()
-            .is_some_and(|s| s.starts_with("00000002")),
-        "the archive holds timeline 2: {metadata:#}"
+            .is_some_and(|s| s.starts_with("00000002"))
+            && metadata["base_backup"].is_null(),
+        "the archive holds timeline 2, continuing from the old base backups: {metadata:#}"
     );
     // Three more runs, each after a completed segment: a segment leaves
     // the spool once a later one is there and a committed snapshot holds

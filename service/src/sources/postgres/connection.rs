@@ -130,7 +130,16 @@ impl Connection {
 
     /// The `--dbname=` argument for `database` on the dsn's server.
     pub fn database_argument(&self, database: &str) -> String {
-        format!("--dbname={}", with_database(&self.dsn, database))
+        format!("--dbname={}", with_setting(&self.dsn, "dbname", database))
+    }
+
+    /// The `--dbname=` argument for a physical replication connection to
+    /// the dsn's server (which takes replication commands, not SQL).
+    pub fn replication_argument(&self) -> String {
+        format!(
+            "--dbname={}",
+            with_setting(&self.dsn, "replication", "true")
+        )
     }
 
     /// A command for `program` with the password in its environment (no
@@ -216,20 +225,20 @@ fn dsn_has_password(dsn: &str) -> bool {
         .any(|word| word == "password")
 }
 
-/// `dsn` with its database replaced by `database`. libpq takes the last
-/// value of a repeated setting, so a URI gets a `dbname` query parameter
-/// and a `key=value` string a trailing `dbname='…'`.
-fn with_database(dsn: &str, database: &str) -> String {
+/// `dsn` with its setting `key` (a libpq keyword) set to `value`. libpq
+/// takes the last value of a repeated setting, so a URI gets a query
+/// parameter and a `key=value` string a trailing `key='…'`.
+fn with_setting(dsn: &str, key: &str, value: &str) -> String {
     let lower = dsn.to_ascii_lowercase();
     if lower.starts_with("postgresql://") || lower.starts_with("postgres://") {
         let separator = if dsn.contains('?') { '&' } else { '?' };
-        return format!("{dsn}{separator}dbname={}", percent_encode(database));
+        return format!("{dsn}{separator}{key}={}", percent_encode(value));
     }
-    let quoted = quote_value(database);
+    let quoted = quote_value(value);
     if dsn.is_empty() {
-        format!("dbname={quoted}")
+        format!("{key}={quoted}")
     } else {
-        format!("{dsn} dbname={quoted}")
+        format!("{dsn} {key}={quoted}")
     }
 }
 
@@ -348,20 +357,28 @@ mod tests {
     }
 
     #[test]
-    fn the_database_is_set_last() {
+    fn a_setting_is_set_last() {
         assert_eq!(
-            with_database("postgresql://backup@db:5432/postgres", "gitea"),
+            with_setting("postgresql://backup@db:5432/postgres", "dbname", "gitea"),
             "postgresql://backup@db:5432/postgres?dbname=gitea"
         );
         assert_eq!(
-            with_database("postgresql://db/postgres?sslmode=require", "a b/ä"),
+            with_setting(
+                "postgresql://db/postgres?sslmode=require",
+                "dbname",
+                "a b/ä"
+            ),
             "postgresql://db/postgres?sslmode=require&dbname=a%20b%2F%C3%A4"
         );
         assert_eq!(
-            with_database("host=db dbname=postgres", "it's"),
+            with_setting("host=db dbname=postgres", "dbname", "it's"),
             "host=db dbname=postgres dbname='it\\'s'"
         );
-        assert_eq!(with_database("", "x"), "dbname='x'");
+        assert_eq!(with_setting("", "dbname", "x"), "dbname='x'");
+        assert_eq!(
+            with_setting("postgresql://db/postgres", "replication", "true"),
+            "postgresql://db/postgres?replication=true"
+        );
     }
 
     #[test]

@@ -308,7 +308,7 @@ impl PostgresWalSource {
         } else {
             None
         };
-        stored.add(store_wal(builder, &spool).await?);
+        stored.add(store_wal(builder, &spool, |_| true).await?);
         spool
             .write_journal(&Journal {
                 job,
@@ -388,7 +388,7 @@ impl PostgresWalSource {
         };
         match failed {
             WalError::Receive { message, .. } if self.forked(received).await? => {
-                if self.resume_on_new_timeline(received, lock).await? {
+                if self.follow_switch(builder, received, lock, stored).await? {
                     return Ok(false);
                 }
                 builder.warn(format!(
@@ -410,7 +410,7 @@ impl PostgresWalSource {
             },
             e => return Err(e.into()),
         }
-        stored.add(store_wal(builder, received.spool).await?);
+        stored.add(store_wal(builder, received.spool, |_| true).await?);
         received
             .spool
             .restart_for(received.system_identifier)
@@ -419,33 +419,55 @@ impl PostgresWalSource {
         Ok(true)
     }
 
-    /// Where the spool ends with a complete segment exactly at the point
-    /// the server's new timeline branched off, the server refuses to stream
-    /// the old timeline from there (it has nothing to send on it). Resumes
-    /// on the new timeline at the next segment instead; returns whether
-    /// that caught up (the anchor is removed again if not).
-    async fn resume_on_new_timeline(
+    /// The server was promoted onto a new timeline at or before the end of
+    /// the spool's WAL, so it refuses to stream the spool's timeline from
+    /// there. Its history file says where that timeline ended: resumes on
+    /// the next timeline at the segment holding the switch (whose file
+    /// begins with the old timeline's WAL up to it), so the archive goes on
+    /// without a gap. The spool's files of older timelines from that
+    /// segment on (WAL the server's history left behind) are stored in this
+    /// run first and then leave the spool. Returns whether that caught up
+    /// (the anchor is removed again if not).
+    async fn follow_switch(
         &self,
+        builder: &mut SnapshotBuilder,
         received: &Received<'_>,
         lock: &WriterLock,
-    ) -> Result<bool, WalError> {
+        stored: &mut Stored,
+    ) -> Result<bool, SourceError> {
         let spool = received.spool;
-        let Some(complete) = spool
-            .newest_complete()
+        let server = server::server_wal(received.connection, received.tools).await?;
+        let Some(ours) = spool
+            .newest_timeline()
             .map_err(WalError::spool(spool.dir()))?
         else {
             return Ok(false);
         };
-        let server = server::server_wal(received.connection, received.tools).await?;
-        let next = names::Segment {
-            timeline: server.timeline,
-            number: complete.number + 1,
+        let history =
+            server::timeline_history(received.connection, received.tools, server.timeline).await?;
+        let Some(next) = history.branch_segment(ours) else {
+            return Ok(false);
         };
+        let left_behind = |file: &WalFile| {
+            file.segment()
+                .is_some_and(|s| s.timeline < next.timeline && s.number >= next.number)
+        };
+        stored.add(store_wal(builder, spool, left_behind).await?);
+        spool
+            .remove(left_behind)
+            .map_err(WalError::spool(spool.dir()))?;
         spool
             .resume_at(next)
             .map_err(WalError::spool(spool.dir()))?;
         match self.catch_up(received, lock).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                tracing::info!(
+                    "postgres-wal: followed the server onto timeline {} at {}",
+                    next.timeline,
+                    next.name()
+                );
+                Ok(true)
+            }
             Err(_) => {
                 let anchor = spool.dir().join(WalFile::Partial(next).name());
                 if is_anchor(&anchor) {

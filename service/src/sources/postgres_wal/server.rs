@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::WalError;
 use super::names::{Lsn, SEGMENT_SIZE};
+use super::pitr::TimelineHistory;
 use super::spool::{Spool, WriterLock};
 use crate::sources::postgres::client::StderrText;
 use crate::sources::postgres::connection::{Connection, Hint, hint};
@@ -95,6 +96,43 @@ pub async fn server_wal(connection: &Connection, tools: &WalTools) -> Result<Ser
         version_num: version.parse().map_err(|_| unexpected())?,
         timeline: timeline.parse().map_err(|_| unexpected())?,
     })
+}
+
+/// The server's history of `timeline`: where each of its ancestors ended
+/// (`TIMELINE_HISTORY` on a replication connection; timeline 1 has none).
+///
+/// Fails when psql cannot run the command, or the history does not read
+/// as one.
+pub async fn timeline_history(
+    connection: &Connection,
+    tools: &WalTools,
+    timeline: u32,
+) -> Result<TimelineHistory, WalError> {
+    if timeline <= 1 {
+        return Ok(TimelineHistory {
+            newest: timeline,
+            ancestors: Vec::new(),
+        });
+    }
+    let mut command = connection.command(&tools.psql);
+    command
+        .args(PSQL_FLAGS)
+        .arg(connection.replication_argument())
+        .args(["-c", &format!("TIMELINE_HISTORY {timeline}")]);
+    let output = connection.start(&command).await?.output().await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let unexpected = |problem: String| WalError::Unexpected {
+        what: format!("the server's history of timeline {timeline}: {problem}"),
+        output: text.chars().take(200).collect(),
+    };
+    if !output.exit.success {
+        return Err(unexpected(StderrText::from_bytes(&output.stderr).0));
+    }
+    // One row: the file's name, then its content (which may hold `|`).
+    let (_, content) = text
+        .split_once('|')
+        .ok_or_else(|| unexpected("no content".into()))?;
+    TimelineHistory::parse(timeline, content).map_err(unexpected)
 }
 
 /// How long a run's catch-up may take.

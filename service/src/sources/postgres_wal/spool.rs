@@ -156,21 +156,6 @@ impl Spool {
         self.resume_at(segment)
     }
 
-    /// The newest complete segment, if the newest WAL file is one.
-    pub fn newest_complete(&self) -> io::Result<Option<Segment>> {
-        Ok(
-            match self
-                .files()?
-                .iter()
-                .rev()
-                .find_map(|f| f.file.segment().map(|_| f.file))
-            {
-                Some(WalFile::Segment(segment)) => Some(segment),
-                _ => None,
-            },
-        )
-    }
-
     /// Makes `pg_receivewal` resume at the start of `segment` (an empty
     /// `.partial` file of it, newer than every other file).
     pub fn resume_at(&self, segment: Segment) -> io::Result<()> {
@@ -182,6 +167,16 @@ impl Spool {
             .mode(0o600)
             .open(path)?;
         file.set_len(SEGMENT_SIZE)
+    }
+
+    /// Removes the WAL files that are `unwanted`.
+    pub fn remove(&self, unwanted: impl Fn(&WalFile) -> bool) -> io::Result<()> {
+        for file in self.files()? {
+            if unwanted(&file.file) {
+                remove_if_present(&file.path)?;
+            }
+        }
+        Ok(())
     }
 
     /// The timeline of the newest segment in the spool, if any.
@@ -207,9 +202,7 @@ impl Spool {
     /// files and journal are deleted (whatever of them was stored is in
     /// the repository).
     pub fn restart_for(&self, system_identifier: &str) -> io::Result<()> {
-        for file in self.files()? {
-            remove_if_present(&file.path)?;
-        }
+        self.remove(|_| true)?;
         remove_if_present(&self.dir.join(JOURNAL))?;
         std::fs::write(self.dir.join(SYSTEM_IDENTIFIER), system_identifier)
     }

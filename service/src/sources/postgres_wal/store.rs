@@ -40,14 +40,15 @@ impl Stored {
     }
 }
 
-/// Stores every WAL file of the spool at the snapshot's root.
+/// Stores the spool's WAL files that are `wanted` at the snapshot's root.
 pub(super) async fn store_wal(
     builder: &mut SnapshotBuilder,
     spool: &Spool,
+    wanted: impl Fn(&WalFile) -> bool,
 ) -> Result<Stored, SourceError> {
     let mut stored = Stored::default();
     for found in spool.files().map_err(WalError::spool(spool.dir()))? {
-        if is_anchor(&found.path) {
+        if !wanted(&found.file) || is_anchor(&found.path) {
             continue;
         }
         let (file, input) = match tokio::fs::File::open(&found.path).await {

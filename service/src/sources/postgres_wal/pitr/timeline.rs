@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::PitrError;
 use crate::repo::reader::BlobReader;
 use crate::repo::tree::Node;
-use crate::sources::postgres_wal::names::{Lsn, SEGMENT_SIZE, WalFile};
+use crate::sources::postgres_wal::names::{Lsn, SEGMENT_SIZE, Segment, WalFile};
 
 /// Which timeline the recovery follows where: the newest timeline's
 /// history file lists each ancestor and where the next one branched off.
@@ -83,6 +83,18 @@ impl TimelineHistory {
         Ok(Self { newest, ancestors })
     }
 
+    /// Where the timeline after `ancestor` begins: its file of the segment
+    /// holding the switch, which starts with `ancestor`'s WAL up to it.
+    /// None when `ancestor` is not one of this history's.
+    pub fn branch_segment(&self, ancestor: u32) -> Option<Segment> {
+        let at = self.ancestors.iter().position(|&(t, _)| t == ancestor)?;
+        let next = self.ancestors.get(at + 1).map_or(self.newest, |&(t, _)| t);
+        Some(Segment {
+            timeline: next,
+            number: self.ancestors[at].1.segment(),
+        })
+    }
+
     /// The timeline whose file of segment `number` recovery reads: the one
     /// that was current at the segment's last byte.
     pub fn timeline_of(&self, number: u64) -> u32 {
@@ -115,6 +127,10 @@ mod tests {
         );
         assert_eq!(history.timeline_of(0x12), 2);
         assert_eq!(history.timeline_of(0x13), 3);
+        let segment = |timeline, number| Some(Segment { timeline, number });
+        assert_eq!(history.branch_segment(1), segment(2, 0xF));
+        assert_eq!(history.branch_segment(2), segment(3, 0x13));
+        assert_eq!(history.branch_segment(3), None, "the newest has no end");
         for bad in ["x\t0/1", "2\t0/1\n1\t0/2", "3\t0/1", "1"] {
             assert!(TimelineHistory::parse(3, bad).is_err(), "{bad:?}");
         }
