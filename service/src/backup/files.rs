@@ -33,7 +33,7 @@ use crate::repo::keys::KeyRole;
 use crate::repo::snapshot::Summary;
 use crate::repo::tree::{Node, NodeKind, RawName, Tree};
 use crate::repo::writer::BlobWriter;
-use crate::state::{CachedFile, FileCache};
+use crate::state::{CachedFile, FileCache, KnownFiles};
 
 /// One folder to back up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 let archiver = Archiver {
                     writer,
                     chunking,
-                    known: Mutex::new(known),
+                    known,
                     progress,
                     staging: state.map(Mutex::new),
                     fresh: Mutex::default(),
@@ -197,10 +197,6 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         Ok((entries, learnt))
     }
 }
-
-/// What a backup knew of files (by path) from the last backup of the
-/// same files: those unchanged since are not read again.
-pub type KnownFiles = HashMap<Vec<u8>, CachedFile>;
 
 /// What a backup learnt of the files it stored (path and what it knows),
 /// for the next.
@@ -365,10 +361,8 @@ impl Counts {
 struct Archiver {
     writer: Arc<BlobWriter>,
     chunking: Chunking,
-    /// What the last backup knew; each file's entry is taken out as the
-    /// file is met, so that it and its successor in `fresh` are not both
-    /// held (a million files are hundreds of megabytes of entries).
-    known: Mutex<KnownFiles>,
+    /// What the last backup knew of the files.
+    known: KnownFiles,
     progress: Arc<Progress>,
     /// The state's file cache, which takes what is learnt a few thousand
     /// files at a time; `None` when the caller keeps it.
@@ -601,16 +595,7 @@ impl Archiver {
             inode: meta.ino(),
             content: Vec::new(),
         };
-        let taken = self
-            .known
-            .lock()
-            .ok()
-            .and_then(|mut known| known.remove_entry(key));
-        let (path, cached) = match taken {
-            Some((path, cached)) => (path, Some(cached)),
-            None => (key.to_vec(), None),
-        };
-        let cached = cached.filter(|c| {
+        let cached = self.known.get(key).filter(|c| {
             c.size == now.size
                 && c.mtime_ns == now.mtime_ns
                 && c.ctime_ns == now.ctime_ns
@@ -618,7 +603,7 @@ impl Archiver {
                 && c.content.iter().all(|id| self.writer.has(id))
         });
         let content = match cached {
-            Some(cached) => cached.content,
+            Some(cached) => cached.content.to_vec(),
             None => match self.read_file(&place.path, meta) {
                 Ok(content) => content,
                 Err(ReadFailure::Repo(e)) => return Err(e),
@@ -634,7 +619,7 @@ impl Archiver {
         }
         let full = self.fresh.lock().ok().and_then(|mut fresh| {
             fresh.push((
-                path,
+                key.to_vec(),
                 CachedFile {
                     content: content.clone(),
                     ..now

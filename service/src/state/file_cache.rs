@@ -4,11 +4,12 @@
 //! volume movers, whose caches are objects in the repository, it records
 //! which object is each claim's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
+use super::{CachedFile, KnownFiles};
 use crate::repo::id::BlobId;
 
 /// Migrations, applied in order; the database's `user_version` counts them.
@@ -42,21 +43,6 @@ pub struct StateError {
     /// SQLite's error.
     #[source]
     pub source: rusqlite::Error,
-}
-
-/// What was known of a file when it was last backed up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedFile {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i64,
-    /// Status change time, nanoseconds since the epoch.
-    pub ctime_ns: i64,
-    /// Inode number.
-    pub inode: u64,
-    /// Its data blobs, in order.
-    pub content: Vec<BlobId>,
 }
 
 /// The cache database.
@@ -100,11 +86,7 @@ impl FileCache {
     /// Every cached file of one job in one repository, by path.
     ///
     /// Fails when the database cannot be read.
-    pub fn load(
-        &self,
-        repository: &str,
-        job: &str,
-    ) -> Result<HashMap<Vec<u8>, CachedFile>, StateError> {
+    pub fn load(&self, repository: &str, job: &str) -> Result<KnownFiles, StateError> {
         let mut statement = self
             .connection
             .prepare_cached(
@@ -112,25 +94,32 @@ impl FileCache {
                  WHERE repository = ?1 AND job = ?2",
             )
             .map_err(|e| self.fail(e))?;
-        let rows = statement
-            .query_map(params![repository, job], |row| {
-                let content: Vec<u8> = row.get(5)?;
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    CachedFile {
-                        size: row.get::<_, i64>(1)? as u64,
-                        mtime_ns: row.get(2)?,
-                        ctime_ns: row.get(3)?,
-                        inode: row.get::<_, i64>(4)? as u64,
-                        content: content
-                            .chunks_exact(32)
-                            .filter_map(|id| id.try_into().ok().map(BlobId::from_bytes))
-                            .collect(),
-                    },
-                ))
-            })
+        let mut rows = statement
+            .query(params![repository, job])
             .map_err(|e| self.fail(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.fail(e))
+        let mut known = KnownFiles::default();
+        while let Some(row) = rows.next().map_err(|e| self.fail(e))? {
+            let read = |row: &rusqlite::Row<'_>| {
+                let content = row.get_ref(5)?.as_blob()?;
+                Ok::<_, rusqlite::Error>(CachedFile {
+                    size: row.get::<_, i64>(1)? as u64,
+                    mtime_ns: row.get(2)?,
+                    ctime_ns: row.get(3)?,
+                    inode: row.get::<_, i64>(4)? as u64,
+                    content: content
+                        .chunks_exact(32)
+                        .filter_map(|id| id.try_into().ok().map(BlobId::from_bytes))
+                        .collect(),
+                })
+            };
+            let file = read(row).map_err(|e| self.fail(e))?;
+            let path = row
+                .get_ref(0)
+                .and_then(|path| Ok(path.as_blob()?))
+                .map_err(|e| self.fail(e))?;
+            known.insert(path, &file);
+        }
+        Ok(known)
     }
 
     /// Sets aside what a backup learnt of some of its files, in a
@@ -292,8 +281,8 @@ mod tests {
         FileCache::open(dir.path())?.replace("repo", "job", &[(b"/a".to_vec(), file.clone())])?;
         let mut cache = FileCache::open(dir.path())?;
         assert_eq!(
-            cache.load("repo", "job")?.get(b"/a".as_slice()),
-            Some(&file)
+            cache.load("repo", "job")?.get(b"/a").map(|f| f.cached()),
+            Some(file)
         );
         assert!(cache.load("repo", "other")?.is_empty());
         cache.replace("repo", "job", &[])?;
@@ -322,13 +311,13 @@ mod tests {
         );
         cache.replace("repo", "job", &[(b"/c".to_vec(), file(5))])?;
         let loaded = cache.load("repo", "job")?;
-        let sizes: BTreeMap<&[u8], u64> =
-            loaded.iter().map(|(p, f)| (p.as_slice(), f.size)).collect();
+        let size = |path: &[u8]| loaded.get(path).map(|f| f.size);
         assert_eq!(
-            sizes,
-            BTreeMap::from([(&b"/a"[..], 4), (&b"/b"[..], 3), (&b"/c"[..], 5)])
+            (size(b"/a"), size(b"/b"), size(b"/c"), size(b"/old")),
+            (Some(4), Some(3), Some(5), None)
         );
-        assert_eq!(loaded[b"/a".as_slice()].content.len(), 2);
+        assert_eq!(loaded.len(), 3);
+        assert_eq!(loaded.get(b"/a").map(|f| f.content.len()), Some(2));
         cache.replace("repo", "other", &[])?;
         assert!(
             cache.load("repo", "other")?.is_empty(),

@@ -9,7 +9,9 @@ mod database;
 mod file_cache;
 pub mod history;
 pub mod json_file;
+mod known_files;
 pub mod pin;
 
-pub use file_cache::{CachedFile, FileCache, StateError};
+pub use file_cache::{FileCache, StateError};
 pub use history::{History, HistoryError, RunFigures, RunRecord, RunResult};
+pub use known_files::{CachedFile, KnownFile, KnownFiles};

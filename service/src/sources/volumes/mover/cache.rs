@@ -26,12 +26,12 @@ use age::secrecy::SecretString;
 use bytes::Bytes;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::backup::files::{KnownFiles, Learnt};
+use crate::backup::files::Learnt;
 use crate::repo::RepoError;
 use crate::repo::crypt::{self, CryptError};
 use crate::repo::id::{BlobId, content_hash};
 use crate::repo::put::put_content_named;
-use crate::state::CachedFile;
+use crate::state::{CachedFile, KnownFiles};
 use crate::storage::{ObjectStore, StorageError};
 
 /// Where the caches of all jobs are in the store.
@@ -325,7 +325,7 @@ fn read_records(input: impl Read) -> io::Result<KnownFiles> {
     if magic != MAGIC {
         return Err(io::Error::other("it is not a mover cache of this version"));
     }
-    let mut files = KnownFiles::new();
+    let mut files = KnownFiles::default();
     loop {
         let mut word = [0u8; 4];
         match input.read(&mut word[..1])? {
@@ -352,8 +352,8 @@ fn read_records(input: impl Read) -> io::Result<KnownFiles> {
             content.push(BlobId::from_bytes(id));
         }
         files.insert(
-            path,
-            CachedFile {
+            &path,
+            &CachedFile {
                 size: u64::from_le_bytes(field(0)),
                 mtime_ns: i64::from_le_bytes(field(8)),
                 ctime_ns: i64::from_le_bytes(field(16)),
@@ -398,7 +398,7 @@ mod tests {
         let opened = open(&sealed, key(1).passphrase(), "c")?;
         assert_eq!(opened.len(), files.len());
         for (path, file) in &files {
-            assert_eq!(opened.get(path), Some(file));
+            assert_eq!(opened.get(path).map(|f| f.cached()).as_ref(), Some(file));
         }
         assert!(matches!(
             open(&sealed, key(2).passphrase(), "c"),
