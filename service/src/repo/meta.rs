@@ -60,14 +60,22 @@ pub(crate) trait MetaObject: DeserializeOwned {
     }
 }
 
-/// Serializes, compresses and encrypts `value`.
+/// Serializes, compresses and encrypts `value`, streaming: only the
+/// ciphertext is held whole (a snapshot of a million blobs is 67 MB of
+/// JSON, which compresses to about half).
 pub(crate) fn seal<'a, T: Serialize>(
     value: &T,
     recipients: impl Iterator<Item = &'a dyn age::Recipient>,
 ) -> Result<Vec<u8>, CryptError> {
-    let json = serde_json::to_vec(value).map_err(CryptError::Serialize)?;
-    let packed = zstd::bulk::compress(&json, 3).map_err(CryptError::Compress)?;
-    crypt::encrypt(recipients, &packed)
+    let sealed = crypt::encrypt_to(recipients, Vec::new())?;
+    let compressor = zstd::Encoder::new(sealed, 3).map_err(CryptError::Compress)?;
+    let mut json = std::io::BufWriter::with_capacity(64 * 1024, compressor);
+    serde_json::to_writer(&mut json, value).map_err(CryptError::Serialize)?;
+    let compressor = json
+        .into_inner()
+        .map_err(|e| CryptError::Compress(e.into_error()))?;
+    let sealed = compressor.finish().map_err(CryptError::Compress)?;
+    sealed.finish().map_err(CryptError::EncryptStream)
 }
 
 /// Decrypts, decompresses, parses and validates a metadata object.
