@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use lifeboat::backup::SnapshotBuilder;
-use lifeboat::backup::files::Folder;
+use lifeboat::backup::folders::Folder;
 use lifeboat::backup::stream::StreamChunking;
 use lifeboat::drill::{DrillJob, DrillSettings};
 use lifeboat::sources::drill_job;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lifeboat::backup::SnapshotBuilder;
-use lifeboat::backup::files::Folder;
+use lifeboat::backup::folders::Folder;
 use lifeboat::backup::stream::StreamChunking;
 use lifeboat::sources::etcd::restore::{Member, ThrowawayEtcd};
 use lifeboat::sources::volumes::MANIFEST_FILE;

@@ -8,6 +8,7 @@
 
 pub mod documents;
 pub mod files;
+pub mod folders;
 pub mod graft;
 pub mod items;
 pub mod stream;

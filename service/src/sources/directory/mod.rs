@@ -11,7 +11,7 @@ use serde::Deserialize;
 use self::containers::ContainerSelection;
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::SnapshotBuilder;
-use crate::backup::files::Folder;
+use crate::backup::folders::Folder;
 
 /// Settings of a directory source.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

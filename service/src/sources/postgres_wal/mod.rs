@@ -66,7 +66,7 @@ use super::postgres::connection::{Connection, Hint};
 use super::postgres::{PostgresError, PostgresSource};
 use super::{SourceContext, SourceError, SourceKind, resolve};
 use crate::backup::SnapshotBuilder;
-use crate::backup::files::Folder;
+use crate::backup::folders::Folder;
 use crate::repo::snapshot::Snapshot;
 
 /// The snapshot folder holding a base backup.

@@ -45,7 +45,7 @@ pub use live::{LiveConfig, MACHINE_CONFIG_PATH};
 use self::classify::{Excludes, inspect_dir};
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::SnapshotBuilder;
-use crate::backup::files::Folder;
+use crate::backup::folders::Folder;
 use crate::backup::stream::StreamChunking;
 
 /// Settings of a Talos configuration source.

@@ -35,7 +35,7 @@ use serde_json::Value;
 use super::kubernetes::filter::EXCLUDE_LABEL;
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::documents::Documents;
-use crate::backup::files::Folder;
+use crate::backup::folders::Folder;
 use crate::backup::items::{Item, Outcome};
 use crate::backup::{BackupError, SnapshotBuilder};
 use crate::hooks::{HookRunner, Phase, annotations};

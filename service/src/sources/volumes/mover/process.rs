@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::cache::{self, CacheKey};
 use super::{MoverSpec, PART_KEY, Part, part_job, snapshot_path, split_claim};
-use crate::backup::files::Folder;
+use crate::backup::folders::Folder;
 use crate::backup::{BackupError, SnapshotBuilder};
 use crate::repo::id::SnapshotId;
 use crate::repo::keys::{KeyError, ServiceIdentity};
