@@ -4,6 +4,7 @@
 
 use super::Mode;
 use super::jobs::{MoverClaim, MoverRun};
+use super::parts::forget_parts;
 use crate::backup::graft::Graft;
 use crate::backup::items::{Item, Outcome};
 use crate::backup::{BackupError, SnapshotBuilder};
@@ -24,8 +25,7 @@ pub(crate) async fn move_claims(
 ) -> Result<u64, SourceError> {
     if claims.is_empty() {
         released.await;
-        movers
-            .forget_parts(|_| true)
+        forget_parts(movers.repo, movers.job, |_| true)
             .await
             .map_err(BackupError::from)?;
         return Ok(0);

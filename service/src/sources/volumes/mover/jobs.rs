@@ -15,16 +15,13 @@ use zeroize::Zeroizing;
 
 use super::cleanup::delete_runs;
 use super::ledger::CacheLedger;
+use super::parts::{StoredPart, forget_parts, stored_parts};
 use super::pod::{
     CLAIM_MOUNT, ClaimJob, JobState, JobWatch, POLL, Placement, SECRET_DIR, create_secret,
 };
 use super::snapshot::{self, SnapshotRequest};
-use super::{MoverSettings, MoverSpec, PART_KEY, Part, RepositoryAccess, job_label, part_job};
+use super::{MoverSettings, MoverSpec, RepositoryAccess, job_label};
 use crate::k8s::K8sError;
-use crate::repo::id::SnapshotId;
-use crate::repo::prune::forget;
-use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::{Node, NodeKind};
 use crate::repo::{RepoError, UnlockedRepository};
 use crate::sources::volumes::StoredVolume;
 use crate::state::pin::RepositoryPin;
@@ -90,19 +87,6 @@ pub struct MoverClaim {
     pub placement: Placement,
     /// The VolumeSnapshotClass it is read through, in snapshot mode.
     pub snapshot_class: Option<String>,
-}
-
-/// A mover's stored part.
-#[derive(Debug, Clone)]
-pub struct StoredPart {
-    /// The part snapshot.
-    pub id: SnapshotId,
-    /// Its contents (references and summary).
-    pub snapshot: std::sync::Arc<Snapshot>,
-    /// The claim folder's entry.
-    pub entry: Node,
-    /// The cache object its mover left, if any.
-    pub cache: Option<String>,
 }
 
 /// What became of one claim's mover.
@@ -194,7 +178,7 @@ impl MoverRun<'_> {
         let removed = self.remove_objects(|object_run| object_run == run).await;
         moved?;
         removed?;
-        let mut parts = self.parts(&run).await?;
+        let mut parts = stored_parts(self.repo, self.job, &run).await?;
         if let Some(ledger) = ledger.as_mut() {
             let left = parts
                 .iter()
@@ -231,7 +215,7 @@ impl MoverRun<'_> {
         };
         let secret = self.run_secret(run, claims, ledger)?;
         self.remove_objects(|object_run| object_run != run).await?;
-        self.forget_parts(|_| true).await?;
+        forget_parts(self.repo, self.job, |_| true).await?;
         if let Some(ledger) = ledger {
             ledger.sweep(self.repo.repository().store()).await;
         }
@@ -303,61 +287,6 @@ impl MoverRun<'_> {
             capacity: volume.capacity.clone(),
             name: snapshot_name(run, volume),
         }
-    }
-
-    /// Forgets part snapshots of this job whose run `doomed` accepts; a
-    /// part without readable part metadata counts as run `""`.
-    ///
-    /// Fails when the repository fails.
-    pub async fn forget_parts(&self, doomed: impl Fn(&str) -> bool) -> Result<(), RepoError> {
-        let job = part_job(self.job);
-        let ids: Vec<SnapshotId> = self
-            .repo
-            .snapshots()
-            .await?
-            .into_iter()
-            .filter(|entry| entry.snapshot.job == job)
-            .filter(|entry| doomed(&part_of(&entry.snapshot).map(|p| p.run).unwrap_or_default()))
-            .map(|entry| entry.id)
-            .collect();
-        if !ids.is_empty() {
-            tracing::info!(job = %self.job, "forgetting {} mover part(s)", ids.len());
-        }
-        forget(self.repo, &ids).await
-    }
-
-    /// The parts run `run` stored, by claim.
-    async fn parts(&self, run: &str) -> Result<BTreeMap<String, StoredPart>, RepoError> {
-        let job = part_job(self.job);
-        let mut parts = BTreeMap::new();
-        for entry in self.repo.snapshots().await? {
-            if entry.snapshot.job != job {
-                continue;
-            }
-            let Some(part) = part_of(&entry.snapshot).filter(|p| p.run == run) else {
-                continue;
-            };
-            let valid = part.entry.kind == NodeKind::Dir
-                && part.entry.subtree.is_some()
-                && super::split_claim(&part.claim)
-                    .is_some_and(|(_, name)| part.entry.name.0 == name.as_bytes());
-            if valid {
-                // Grafting needs the part's reference list.
-                let snapshot = std::sync::Arc::new(self.repo.read_snapshot(entry.id).await?);
-                parts.insert(
-                    part.claim.clone(),
-                    StoredPart {
-                        id: entry.id,
-                        snapshot,
-                        entry: part.entry,
-                        cache: part.cache,
-                    },
-                );
-            } else {
-                tracing::warn!(snapshot = %entry.id, "ignoring a mover part whose entry is not its claim's folder");
-            }
-        }
-        Ok(parts)
     }
 
     /// Starts and watches the movers within the limits, making the run's
@@ -628,11 +557,6 @@ async fn own_image(client: &kube::Client) -> Result<String, MoversError> {
         .ok_or_else(|| MoversError::NoImage {
             reason: format!("its pod {namespace}/{name} names no image"),
         })
-}
-
-/// The part metadata of a snapshot, if it has readable part metadata.
-fn part_of<R>(snapshot: &Snapshot<R>) -> Option<Part> {
-    serde_json::from_value(snapshot.metadata.get(PART_KEY)?.clone()).ok()
 }
 
 fn claim_label(volume: &StoredVolume) -> String {

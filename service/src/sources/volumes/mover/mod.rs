@@ -22,6 +22,7 @@ mod cleanup;
 pub mod graft;
 pub mod jobs;
 mod ledger;
+pub mod parts;
 pub mod pod;
 pub mod process;
 pub mod restore;
