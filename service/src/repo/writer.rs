@@ -193,14 +193,6 @@ impl BlobWriter {
             let mut slot = shared.open_packs[usize::from(kind.code())]
                 .lock()
                 .map_err(|_| poisoned())?;
-            // A blob that would take the pack past the room of its buffer
-            // goes into the next pack: a pack buffer is never grown, nor
-            // kept grown in the budget's pool.
-            let overflowing = slot.as_ref().is_some_and(|pack| {
-                pack.builder.len() > 0
-                    && pack.builder.len() + stored.len() as u64 > shared.pack_room()
-            });
-            let before = if overflowing { slot.take() } else { None };
             let pack = match &mut *slot {
                 Some(pack) => pack,
                 None => slot.insert(shared.open_pack(kind)?),
@@ -211,18 +203,17 @@ impl BlobWriter {
                 *slot = None;
                 return Err(encrypt_failed(e));
             }
-            let filled = if pack.builder.len() >= shared.pack_size {
+            Ok(if pack.builder.len() >= shared.pack_size {
                 slot.take()
             } else {
                 None
-            };
-            Ok([before, filled])
+            })
         })?;
         shared.blobs_added.fetch_add(1, Ordering::Relaxed);
         shared
             .bytes_added
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
-        for full in full.into_iter().flatten() {
+        if let Some(full) = full {
             self.send(full)?;
         }
         Ok((id, true))
@@ -276,13 +267,6 @@ impl BlobWriter {
 }
 
 impl Shared {
-    /// Bytes of blobs a pack may hold: its target size, and room for the
-    /// blob that fills it (a pack is sealed once it reaches the target).
-    /// Its buffer has room for this and the pack's blob table.
-    fn pack_room(&self) -> u64 {
-        self.pack_size + self.pack_size / 16
-    }
-
     /// Opens a pack for `kind` once the budget allows it, encrypted to the
     /// restore key from its first byte. A data pack is built in a buffer
     /// from the budget's pool with room for a full pack, so that it is not
@@ -539,21 +523,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pack_is_sealed_at_its_size_and_never_past_its_room() -> anyhow::Result<()> {
+    async fn a_pack_is_sealed_once_it_holds_the_pack_size() -> anyhow::Result<()> {
         let options = InitOptions {
             pack_size: 1 << 20,
             ..InitOptions::default()
         };
         let repo = TestRepo::with_options(&options).await?;
         let service = repo.as_service().await?;
-        // Random blobs are stored raw. Three are 900,000 bytes; a fourth
-        // would take the pack past its room (1 MiB and a sixteenth), so it
-        // opens the next pack, which the fifth leaves short of 1 MiB.
+        // Random blobs are stored raw: four of them pass 1 MiB.
         let blobs: Vec<Vec<u8>> = (0..5).map(|_| random(300_000)).collect();
         let (_, stats) = store_blobs(&service, BlobKind::Data, blobs).await?;
         let mut counts: Vec<usize> = stats.packs.iter().map(|p| p.blobs.len()).collect();
         counts.sort();
-        assert_eq!(counts, [2, 3]);
+        assert_eq!(counts, [1, 4]);
         assert!(
             stats
                 .packs
@@ -570,12 +552,6 @@ mod tests {
         assert_eq!(stored, stats.bytes_stored);
         assert!(stats.bytes_stored > 5 * 300_000, "{}", stats.bytes_stored);
         assert_eq!(stats.indexes.len(), 1);
-        // Three blobs of 350,000 reach 1 MiB: sealed then, not at the room.
-        let blobs: Vec<Vec<u8>> = (0..4).map(|_| random(350_000)).collect();
-        let (_, filled) = store_blobs(&service, BlobKind::Data, blobs).await?;
-        let mut counts: Vec<usize> = filled.packs.iter().map(|p| p.blobs.len()).collect();
-        counts.sort();
-        assert_eq!(counts, [1, 3]);
         Ok(())
     }
 
