@@ -221,6 +221,21 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
     // spool does (a server restored from it continues that timeline).
     write_job(&installation, &server, "1h", SLOT)?;
     installation.backup(JOB)?;
+    // Runs that add only to the segment being written replace the run
+    // before them when it held nothing else: the archive keeps about a
+    // snapshot per completed segment, not one per run. (The checkpoint
+    // writes into a new segment; the first run stores its start and the
+    // segment before, the second the start alone.)
+    server.psql("postgres", "CHECKPOINT")?;
+    installation.backup(JOB)?;
+    installation.backup(JOB)?;
+    let before = snapshots(&installation)?.len();
+    installation.backup(JOB)?;
+    let after = snapshots(&installation)?.len();
+    ensure!(
+        after == before,
+        "a run storing only the grown partial segment replaces the one before: {before} snapshots, then {after}"
+    );
     let all = snapshots(&installation)?;
     let bases = all
         .iter()

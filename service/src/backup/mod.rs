@@ -182,6 +182,12 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         self.warnings.push(warning.into());
     }
 
+    /// Forgets snapshot `id` once this one is committed: everything it
+    /// holds is in this one too.
+    pub fn supersede(&mut self, id: SnapshotId) {
+        self.superseded.push(id);
+    }
+
     /// Records what happened to one volume, resource type or hook.
     pub fn record(&mut self, item: items::Item) {
         self.items.push(item);
@@ -258,11 +264,11 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 source,
             });
         }
-        // What the grafts came from is in this snapshot now; one left
-        // behind is only clutter, which the next run forgets.
+        // What the grafts came from (or a snapshot this one replaces) is
+        // in this snapshot now; one left behind is only clutter.
         if let Err(e) = crate::repo::prune::forget(&self.repo, &self.superseded).await {
             self.warnings.push(format!(
-                "the snapshot is stored, but forgetting the {} snapshot(s) grafted into it failed: {e}",
+                "the snapshot is stored, but forgetting the {} snapshot(s) it replaces failed: {e}",
                 self.superseded.len()
             ));
         }

@@ -31,7 +31,9 @@
 //!   job's schedule, not a segment's fill time) and timeline history files
 //!   — as files at the snapshot's root, deduplicated and encrypted like
 //!   everything else. A segment leaves the spool only once a committed
-//!   snapshot holds it ([`spool`]).
+//!   snapshot holds it ([`spool`]). A run that adds only to the segment
+//!   being written replaces the job's previous snapshot when that held
+//!   nothing else (see `history.rs`).
 //! - **Base backups.** A run takes one (`pg_basebackup`, plain format,
 //!   without WAL) when the job's newest is older than `base_backup_every`
 //!   (default 24 h), and stores it as the folder `base`.
@@ -309,6 +311,9 @@ impl PostgresWalSource {
             None
         };
         stored.add(store_wal(builder, &spool, |_| true).await?);
+        if let Some(redundant) = history.replaced_by(&stored) {
+            builder.supersede(redundant);
+        }
         spool
             .write_journal(&Journal {
                 job,
