@@ -469,3 +469,57 @@ fn lsn_segment(lsn: &str) -> Result<u64> {
     ensure!(u64::from_str_radix(high, 16)? == 0, "a small LSN");
     Ok(u64::from_str_radix(low, 16)? / (16 * 1024 * 1024))
 }
+
+/// A run without the service against a server that writes nothing: it
+/// catches up to the server's position and ends, rather than waiting for
+/// WAL past it (pg_receivewal stops only once it has received WAL beyond
+/// the position it is given, and an idle server may write none for
+/// minutes).
+#[tokio::test]
+async fn a_run_against_an_idle_server_ends() -> Result<()> {
+    let server = PostgresServer::start().await?;
+    let installation = Installation::local()?;
+    server.create_role("archiver", ARCHIVER_PASSWORD, "REPLICATION")?;
+    std::fs::write(installation.path("archiver.pass"), ARCHIVER_PASSWORD)?;
+    write_job(&installation, &server, "1h", "")?;
+    // The first run takes the base backup. Then WAL the archive lacks; the
+    // background writer's last record follows it within 15 s.
+    installation.backup(JOB)?;
+    server.psql("postgres", "CREATE TABLE written_after (n int)")?;
+    let position = || server.psql("postgres", "SELECT pg_current_wal_flush_lsn()");
+    // Idle: no WAL for longer than the background writer's 15 s.
+    let (mut last, mut since) = (position()?, std::time::Instant::now());
+    let waiting = std::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(17) {
+        ensure!(
+            waiting.elapsed() < Duration::from_secs(90),
+            "the server kept writing WAL"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = position()?;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
+    let idle = last.trim().to_owned();
+    let mut running = installation.start_backup(JOB)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while running.is_running()? {
+        if std::time::Instant::now() > deadline {
+            let outcome = running.kill()?;
+            bail!(
+                "a run against an idle server still waits after 30 s:\n{}",
+                outcome.stderr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.wait()?.ok()?;
+    let metadata = installation.latest_metadata(JOB)?;
+    ensure!(
+        metadata["server_lsn"].as_str() == Some(idle.as_str())
+            && metadata["last_segment"].is_string(),
+        "the run stored the WAL up to the idle server's position {idle}: {metadata:#}"
+    );
+    Ok(())
+}

@@ -517,12 +517,11 @@ impl PostgresWalSource {
             // Nothing new: pg_receivewal would wait for WAL to come.
             return Ok(());
         }
-        // pg_receivewal does not stop when the position it is asked for is
-        // exactly a segment's end; the byte before it ends that segment too.
-        let end = match now.current.0 % names::SEGMENT_SIZE {
-            0 => names::Lsn(now.current.0 - 1),
-            _ => now.current,
-        };
+        // pg_receivewal stops once it has received WAL past the position it
+        // is given, so it gets the byte before the server's: asked for the
+        // server's own position, it would wait for the next WAL record,
+        // which an idle server may not write for minutes.
+        let end = names::Lsn(now.current.0 - 1);
         receive(connection, tools, spool, lock, slot, Receive::Until(end)).await
     }
 
