@@ -391,9 +391,16 @@ impl PostgresWalSource {
             Ok(()) => return Ok(false),
             Err(e) => e,
         };
-        match failed {
-            WalError::Receive { message, .. } if self.forked(received).await? => {
-                if self.follow_switch(builder, received, lock, stored).await? {
+        let fork = match &failed {
+            WalError::Receive { .. } => fork(received).await?,
+            _ => None,
+        };
+        match (failed, fork) {
+            (WalError::Receive { message, .. }, Some(fork)) => {
+                if self
+                    .follow_switch(builder, received, lock, stored, fork)
+                    .await?
+                {
                     return Ok(false);
                 }
                 builder.warn(format!(
@@ -403,7 +410,7 @@ impl PostgresWalSource {
                      new base backup"
                 ));
             }
-            WalError::Removed { message } => match gap {
+            (WalError::Removed { message }, _) => match gap {
                 Gap::Archive => builder.warn(WalError::Removed { message }.to_string()),
                 Gap::BeforeBaseBackup => builder.warn(format!(
                     "the server recycled the WAL just before this run's base backup before it \
@@ -413,7 +420,7 @@ impl PostgresWalSource {
                 )),
                 Gap::None => {}
             },
-            e => return Err(e.into()),
+            (e, _) => return Err(e.into()),
         }
         stored.add(store_wal(builder, received.spool, |_| true).await?);
         received
@@ -439,18 +446,12 @@ impl PostgresWalSource {
         received: &Received<'_>,
         lock: &WriterLock,
         stored: &mut Stored,
+        fork: Fork,
     ) -> Result<bool, SourceError> {
         let spool = received.spool;
-        let server = server::server_wal(received.connection, received.tools).await?;
-        let Some(ours) = spool
-            .newest_timeline()
-            .map_err(WalError::spool(spool.dir()))?
-        else {
-            return Ok(false);
-        };
         let history =
-            server::timeline_history(received.connection, received.tools, server.timeline).await?;
-        let Some(next) = history.branch_segment(ours) else {
+            server::timeline_history(received.connection, received.tools, fork.server).await?;
+        let Some(next) = history.branch_segment(fork.spool) else {
             return Ok(false);
         };
         let left_behind = |file: &WalFile| {
@@ -481,17 +482,6 @@ impl PostgresWalSource {
                 Ok(false)
             }
         }
-    }
-
-    /// Whether the server writes a newer timeline than the spool's newest
-    /// segment: streaming failed because its history forked before it.
-    async fn forked(&self, received: &Received<'_>) -> Result<bool, WalError> {
-        let server = server::server_wal(received.connection, received.tools).await?;
-        let spool = received
-            .spool
-            .newest_timeline()
-            .map_err(WalError::spool(received.spool.dir()))?;
-        Ok(spool.is_some_and(|timeline| timeline < server.timeline))
     }
 
     /// Receives the WAL up to the server's position now.
@@ -558,6 +548,32 @@ impl PostgresWalSource {
             .map_err(WalError::spool(spool.dir()))?;
         stored
     }
+}
+
+/// The timelines of a server that writes a newer one than the spool's
+/// newest segment: streaming failed because its history forked before it.
+#[derive(Debug, Clone, Copy)]
+struct Fork {
+    /// The timeline of the spool's newest segment.
+    spool: u32,
+    /// The timeline the server writes.
+    server: u32,
+}
+
+/// The fork between the spool and the server, if the server writes a
+/// newer timeline than the spool's newest segment.
+async fn fork(received: &Received<'_>) -> Result<Option<Fork>, WalError> {
+    let server = server::server_wal(received.connection, received.tools).await?;
+    let spool = received
+        .spool
+        .newest_timeline()
+        .map_err(WalError::spool(received.spool.dir()))?;
+    Ok(spool
+        .filter(|&timeline| timeline < server.timeline)
+        .map(|spool| Fork {
+            spool,
+            server: server.timeline,
+        }))
 }
 
 /// What WAL the server recycling a segment before it was received costs,
