@@ -59,6 +59,7 @@ pub struct KnownFile<'a> {
     pub content: &'a [BlobId],
 }
 
+#[cfg(test)]
 impl KnownFile<'_> {
     /// An owned copy.
     pub fn cached(&self) -> CachedFile {
@@ -138,11 +139,13 @@ impl KnownFiles {
     }
 
     /// How many files are known.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_path.len()
     }
 
     /// Whether no file is known.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_path.is_empty()
     }
