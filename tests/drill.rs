@@ -203,8 +203,13 @@ async fn every_kind_drills_clean_and_the_reports_say_so() -> Result<()> {
             job["failures"].as_array().is_some_and(Vec::is_empty)
                 && job["rto_seconds"].as_f64().is_some_and(|s| s > 0.0)
                 && job["rpo_seconds"].as_f64().is_some_and(|s| s >= 0.0)
-                && job["rpo_breached"] == false,
-            "{name} passed with measured RTO and RPO: {job:#}"
+                && job["rpo_breached"] == false
+                // lifeboat's own memory: more than its code, less than a
+                // restore's budget (a few small files here).
+                && job["peak_rss_bytes"]
+                    .as_u64()
+                    .is_some_and(|b| (4 << 20..100 << 20).contains(&b)),
+            "{name} passed with measured RTO, RPO and memory: {job:#}"
         );
     }
     let steps = |job: &str| -> String { jobs[job]["steps"].to_string() };
@@ -442,6 +447,7 @@ async fn volumes_verify_and_a_kubernetes_snapshot_without_inventory_fails() -> R
         rto_target: None,
         etcd_wait: Duration::from_secs(30),
         kube_dry_run: None,
+        measure_memory: false,
     };
     let job = |name: &str| DrillJob {
         name: name.into(),

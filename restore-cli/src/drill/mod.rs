@@ -102,10 +102,15 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         rto_target,
         etcd_wait: args.etcd_wait,
         kube_dry_run: args.kube_dry_run.clone(),
+        measure_memory: true,
     };
     let report = drill_jobs(&reader, &snapshots, &jobs, &settings, |report| {
+        let memory = report
+            .peak_rss_bytes
+            .map(|bytes| format!(", at most {} MiB resident", bytes >> 20))
+            .unwrap_or_default();
         eprintln!(
-            "{}: {} in {:.1} s",
+            "{}: {} in {:.1} s{memory}",
             report.job,
             if report.passed() { "passed" } else { "FAILED" },
             report.rto_seconds

@@ -118,6 +118,7 @@ pub(crate) async fn run(config: &Config, task: &DrillTask) -> Result<DrillReport
         rto_target: config.service.rto,
         etcd_wait: ETCD_WAIT,
         kube_dry_run: None,
+        measure_memory: false,
     };
     let reader = repo.reader();
     // The drill's futures are not `Send` for every lifetime (rustc cannot

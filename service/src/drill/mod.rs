@@ -11,6 +11,7 @@
 
 pub mod files;
 pub mod junit;
+mod memory;
 pub mod metrics;
 pub mod report;
 
@@ -47,6 +48,11 @@ pub struct DrillSettings {
     /// A kubeconfig of an API server to dry-run Kubernetes objects
     /// against (server-side, nothing is changed).
     pub kube_dry_run: Option<PathBuf>,
+    /// Measure each job's peak resident memory of this process
+    /// ([`JobReport::peak_rss_bytes`]). It resets the process's
+    /// high-water mark, so only where nothing else runs in the process
+    /// (`lifeboat drill`), not in the service.
+    pub measure_memory: bool,
 }
 
 /// One job to drill.
@@ -77,6 +83,8 @@ pub struct JobRun<'a> {
     pub report: JobReport,
     /// When the drill started.
     started: Instant,
+    /// Whether this process's memory high-water mark was reset for it.
+    measuring_memory: bool,
 }
 
 impl JobRun<'_> {
@@ -133,6 +141,9 @@ impl JobRun<'_> {
         let _ = std::fs::remove_dir_all(&self.scratch);
         let mut report = self.report;
         report.rto_seconds = self.started.elapsed().as_secs_f64();
+        if self.measuring_memory {
+            report.peak_rss_bytes = memory::peak_bytes();
+        }
         let over = self
             .settings
             .rto_target
@@ -194,6 +205,7 @@ pub fn prepare<'a>(
     settings: &'a DrillSettings,
     now: DateTime<Utc>,
 ) -> Prepared<'a> {
+    let measuring_memory = settings.measure_memory && memory::reset_peak();
     let started = Instant::now();
     let mut report = JobReport::new(&job.name, job.rpo);
     let Some(entry) = snapshots.iter().rev().find(|e| e.snapshot.job == job.name) else {
@@ -225,6 +237,7 @@ pub fn prepare<'a>(
         settings,
         report,
         started,
+        measuring_memory,
     };
     let created = std::fs::create_dir_all(&run.scratch);
     match run.record("prepare scratch", Instant::now(), created) {

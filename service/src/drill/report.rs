@@ -42,6 +42,11 @@ pub struct JobReport {
     pub rto_seconds: f64,
     /// Whether the wall time exceeds the RTO target.
     pub rto_breached: bool,
+    /// lifeboat's own peak resident memory during the job's drill, in
+    /// bytes, when measured; the programs it starts (etcd, postgres,
+    /// pg_restore) are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     /// The steps, in order.
     pub steps: Vec<StepReport>,
     /// Why the job failed; empty when it passed.
@@ -61,6 +66,7 @@ impl JobReport {
             rpo_breached: false,
             rto_seconds: 0.0,
             rto_breached: false,
+            peak_rss_bytes: None,
             steps: Vec::new(),
             failures: Vec::new(),
         }
@@ -116,8 +122,8 @@ impl DrillReport {
     /// A table for people: one line per job, then the failures.
     pub fn table(&self) -> String {
         let mut lines = vec![format!(
-            "{:<20} {:<13} {:<8} {:>10} {:>10} {:>10}  {}",
-            "JOB", "KIND", "SNAPSHOT", "RPO", "RPO AGE", "RTO", "RESULT"
+            "{:<20} {:<13} {:<8} {:>10} {:>10} {:>10} {:>8}  {}",
+            "JOB", "KIND", "SNAPSHOT", "RPO", "RPO AGE", "RTO", "MEMORY", "RESULT"
         )];
         for job in &self.jobs {
             let snapshot = job
@@ -125,13 +131,15 @@ impl DrillReport {
                 .as_deref()
                 .map_or("-", |s| &s[..s.len().min(8)]);
             lines.push(format!(
-                "{:<20} {:<13} {:<8} {:>10} {:>10} {:>10}  {}",
+                "{:<20} {:<13} {:<8} {:>10} {:>10} {:>10} {:>8}  {}",
                 job.job,
                 job.kind.as_ref().map_or("-", |kind| kind.name()),
                 snapshot,
                 seconds(Some(job.rpo_target_seconds)),
                 seconds(job.rpo_seconds),
                 seconds(Some(job.rto_seconds)),
+                job.peak_rss_bytes
+                    .map_or("-".into(), |bytes| format!("{} MiB", bytes >> 20)),
                 if job.passed() { "PASS" } else { "FAIL" }
             ));
         }
@@ -139,6 +147,13 @@ impl DrillReport {
             .rto_target_seconds
             .map(|t| format!(" (RTO target {} per job)", seconds(Some(t))))
             .unwrap_or_default();
+        if self.jobs.iter().any(|j| j.peak_rss_bytes.is_some()) {
+            lines.push(
+                "MEMORY: lifeboat's own peak resident memory in the job's drill \
+                 (etcd, postgres and pg_restore not counted)"
+                    .into(),
+            );
+        }
         lines.push(format!(
             "{} of {} job(s) passed; total {:.1} s{target}",
             self.jobs.iter().filter(|j| j.passed()).count(),
