@@ -720,7 +720,7 @@ mod tests {
         // Whole: every blob, in pack order, whatever order they were asked in.
         let cipher = reader.fetch_pack(&pack).await?;
         let asked: Vec<_> = located.iter().rev().map(|l| l.blob).collect();
-        let mut stream = reader.stream_pack(&pack, &cipher[..], asked.clone());
+        let mut stream = reader.stream_pack(&pack, &cipher[..], asked.clone(), Default::default());
         let mut read = Vec::new();
         while let Some((id, plain)) = stream.next_blob() {
             assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
@@ -737,7 +737,7 @@ mod tests {
             Box::new((&cipher[..cut]).chain(FailingRead(Some(broken)))) as Box<dyn Read>,
             Box::new(&cipher[..cut]),
         ] {
-            let mut stream = reader.stream_pack(&pack, body, asked.clone());
+            let mut stream = reader.stream_pack(&pack, body, asked.clone(), Default::default());
             let mut read = Vec::new();
             while let Some((id, plain)) = stream.next_blob() {
                 assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");
@@ -766,7 +766,7 @@ mod tests {
         let segment_plain = segment * SEGMENT_PLAIN..(segment + 1) * SEGMENT_PLAIN;
         let mut damaged = cipher.to_vec();
         damaged[(info.payload_offset + segment * SEGMENT_CIPHER + 100) as usize] ^= 4;
-        let mut stream = reader.stream_pack(&pack, &damaged[..], asked);
+        let mut stream = reader.stream_pack(&pack, &damaged[..], asked, Default::default());
         let mut read = Vec::new();
         while let Some((id, plain)) = stream.next_blob() {
             assert_eq!(plain?, plain_of(&id).as_slice(), "blob {id}");

@@ -432,13 +432,15 @@ impl BlobReader {
 
     /// Reads `blobs` out of a whole pack one at a time, in pack order, as
     /// its bytes `cipher` arrive (blocking): only a segment and one blob are
-    /// held, and no plaintext copy of the pack is made. A pack that does not
-    /// open yields no blobs.
+    /// held, in `buffers` (given back by [`PackBlobs::into_buffers`], for
+    /// the next pack), and no plaintext copy of the pack is made. A pack
+    /// that does not open yields no blobs.
     pub fn stream_pack<R: Read>(
         &self,
         pack: &PackId,
         cipher: R,
         mut blobs: Vec<PackedBlob>,
+        buffers: BlobBuffers,
     ) -> PackBlobs<'_, R> {
         blobs.sort_by_key(|b| b.offset);
         let stream = crypt::open(self.identity.age_identities(), cipher).ok();
@@ -449,8 +451,7 @@ impl BlobReader {
             blobs,
             next: 0,
             position: 0,
-            stored: Vec::new(),
-            plain: Vec::new(),
+            buffers,
         }
     }
 
@@ -483,6 +484,15 @@ pub struct PackBlobs<'a, R: Read> {
     blobs: Vec<PackedBlob>,
     next: usize,
     position: u64,
+    buffers: BlobBuffers,
+}
+
+/// The buffers one blob is read and decompressed in. Reused from pack to
+/// pack, they are allocated once per decoder rather than once per pack,
+/// on whichever thread decodes it (each of which the allocator would keep
+/// memory for).
+#[derive(Debug, Default)]
+pub struct BlobBuffers {
     stored: Vec<u8>,
     plain: Vec<u8>,
 }
@@ -506,19 +516,15 @@ impl<R: Read> PackBlobs<'_, R> {
             self.stream = None;
             return None;
         }
-        self.stored.resize(blob.length as usize, 0);
-        if stream.read_exact(&mut self.stored).is_err() {
+        let BlobBuffers { stored, plain } = &mut self.buffers;
+        stored.resize(blob.length as usize, 0);
+        if stream.read_exact(stored).is_err() {
             self.stream = None;
             return None;
         }
         self.next += 1;
         self.position = blob.offset + u64::from(blob.length);
-        let decoded = blob::decode_in(
-            &self.stored,
-            blob.compressed,
-            blob.raw_length as usize,
-            &mut self.plain,
-        );
+        let decoded = blob::decode_in(stored, blob.compressed, blob.raw_length as usize, plain);
         let result = match decoded {
             Some(plain) if self.reader.matches(plain, &blob) => Ok(plain),
             _ => Err(mismatch(&self.key, &blob)),
@@ -530,6 +536,11 @@ impl<R: Read> PackBlobs<'_, R> {
     /// after the damage, to be read blob by blob instead.
     pub fn unread(&self) -> Vec<BlobId> {
         self.blobs[self.next..].iter().map(|b| b.id).collect()
+    }
+
+    /// The buffers, for the next pack.
+    pub fn into_buffers(self) -> BlobBuffers {
+        self.buffers
     }
 }
 

@@ -12,18 +12,18 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
 use super::{Outputs, RestoreProgress, Slot};
 use crate::errors::WorkerError;
 use crate::repo::id::{BlobId, PackId};
 use crate::repo::pack::PackedBlob;
-use crate::repo::reader::BlobReader;
+use crate::repo::reader::{BlobBuffers, BlobReader};
 use crate::restore::RestoreError;
 use crate::storage::ObjectReader;
 
@@ -89,7 +89,10 @@ pub(super) async fn fetch_data(
         }
     }
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-    let decoding = Arc::new(Semaphore::new(decoders));
+    let decoding = Arc::new(Decoders {
+        free: Semaphore::new(decoders),
+        buffers: Mutex::default(),
+    });
     let mut failed = Vec::new();
     let mut running = JoinSet::new();
     let mut packs = by_pack.into_iter();
@@ -123,6 +126,39 @@ pub(super) async fn fetch_data(
     Ok(failed)
 }
 
+/// The packs decoded at once, each decoder with its blob buffers kept from
+/// pack to pack.
+struct Decoders {
+    free: Semaphore,
+    buffers: Mutex<Vec<BlobBuffers>>,
+}
+
+impl Decoders {
+    /// Waits for a free decoder.
+    async fn acquire(&self) -> Result<SemaphorePermit<'_>, RestoreError> {
+        Ok(self
+            .free
+            .acquire()
+            .await
+            .map_err(WorkerError::poisoned("the restore's decoders"))?)
+    }
+
+    /// Buffers a decoder gave back, or new ones.
+    fn take_buffers(&self) -> BlobBuffers {
+        self.buffers
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, buffers: BlobBuffers) {
+        if let Ok(mut kept) = self.buffers.lock() {
+            kept.push(buffers);
+        }
+    }
+}
+
 /// What restoring one pack's blobs needs.
 #[derive(Clone)]
 struct PackWork {
@@ -139,7 +175,7 @@ impl PackWork {
         self,
         pack: PackId,
         blobs: Vec<BlobId>,
-        decoding: &Semaphore,
+        decoding: &Decoders,
     ) -> Result<PackOutcome, RestoreError> {
         let index = self.reader.index();
         let wanted: Vec<PackedBlob> = blobs
@@ -149,14 +185,8 @@ impl PackWork {
             .collect();
         let needed: u64 = wanted.iter().map(|b| u64::from(b.length)).sum();
         let size = index.pack(&pack).map_or(0, |p| p.size);
-        let decoder = || async {
-            decoding
-                .acquire()
-                .await
-                .map_err(WorkerError::poisoned("the restore's decoders"))
-        };
         if needed * 4 < size {
-            let _decoder = decoder().await?;
+            let _decoder = decoding.acquire().await?;
             let failed = self.read_blob_by_blob(pack, blobs).await?;
             return Ok(PackOutcome { failed, pace: None });
         }
@@ -169,13 +199,16 @@ impl PackWork {
             }
         };
         let answer = asked.elapsed();
-        let _decoder = decoder().await?;
+        let _decoder = decoding.acquire().await?;
         let started = Instant::now();
         let work = self.clone();
-        let (mut failed, unread) =
-            tokio::task::spawn_blocking(move || work.stream_pack(pack, body, wanted))
+        let buffers = decoding.take_buffers();
+        let (streamed, buffers) =
+            tokio::task::spawn_blocking(move || work.stream_pack(pack, body, wanted, buffers))
                 .await
-                .map_err(WorkerError::stopped("streaming a pack"))??;
+                .map_err(WorkerError::stopped("streaming a pack"))?;
+        decoding.give_back(buffers);
+        let (mut failed, unread) = streamed?;
         let pace = Pace {
             answer,
             decode: started.elapsed(),
@@ -194,21 +227,28 @@ impl PackWork {
     /// held. A damaged 64 KiB segment or a cut transfer stops the stream:
     /// the blobs from there on are returned unread, to be read blob by blob,
     /// which saves every blob outside the damage.
+    /// `buffers` are given back with the outcome.
     fn stream_pack(
         &self,
         pack: PackId,
         body: ObjectReader,
         wanted: Vec<PackedBlob>,
-    ) -> Result<(BlobFailures, Vec<BlobId>), RestoreError> {
-        let mut stream = self.reader.stream_pack(&pack, body, wanted);
+        buffers: BlobBuffers,
+    ) -> (Result<(BlobFailures, Vec<BlobId>), RestoreError>, BlobBuffers) {
+        let mut stream = self.reader.stream_pack(&pack, body, wanted, buffers);
         let mut failed = Vec::new();
+        let mut written = Ok(());
         while let Some((blob, data)) = stream.next_blob() {
             match data {
-                Ok(data) => self.write_slots(&blob, data)?,
+                Ok(data) => written = self.write_slots(&blob, data),
                 Err(e) => failed.push((blob, e.to_string())),
             }
+            if written.is_err() {
+                break;
+            }
         }
-        Ok((failed, stream.unread()))
+        let outcome = written.map(|()| (failed, stream.unread()));
+        (outcome, stream.into_buffers())
     }
 
     /// Restores blobs of one pack with ranged GETs of the segments that

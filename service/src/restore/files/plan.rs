@@ -49,7 +49,7 @@ pub(super) fn lay_out_entries(
 ) -> Vec<Subdir> {
     let mut subdirs = Vec::new();
     let mut seen = HashSet::new();
-    for node in tree.entries {
+    for mut node in tree.entries {
         let name = node.name.0.clone();
         if name.is_empty()
             || name.contains(&b'/')
@@ -106,7 +106,10 @@ pub(super) fn lay_out_entries(
                 }
                 let index = plan.files.len();
                 let mut offset = 0;
-                for blob in &node.content {
+                // The slots say where each blob goes: the plan keeps the
+                // node for its metadata only.
+                let content = std::mem::take(&mut node.content);
+                for blob in &content {
                     let Some(location) = reader.index().get(blob) else {
                         plan.failed.push((
                             shown.clone(),
