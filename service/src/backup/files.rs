@@ -12,7 +12,6 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::Metadata;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -509,7 +508,7 @@ impl Archiver {
     /// FIFO), and must still be the file the walk saw: one swapped for a
     /// link or another file in between is not read through.
     fn read_file(&self, path: &Path, walked: &Metadata) -> Result<Vec<BlobId>, ReadFailure> {
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
@@ -519,7 +518,6 @@ impl Archiver {
                 "it was replaced by another file or a link while the backup ran",
             )));
         }
-        let size = walked.len();
         let mut content = Vec::new();
         let mut store = |chunk: &[u8]| -> Result<(), ReadFailure> {
             let (id, _) = self.writer.save(BlobKind::Data, chunk)?;
@@ -527,13 +525,10 @@ impl Archiver {
             bump(&self.counts.bytes_read, chunk.len() as u64);
             Ok(())
         };
-        if size <= self.chunking.max_chunk() as u64 {
-            let mut data = Vec::with_capacity(size as usize + 1);
-            file.read_to_end(&mut data)?;
-            self.chunking.split_bytes(&data, &mut store)?;
-        } else {
-            self.chunking.split(file, &mut store)?;
-        }
+        // Read into the thread's chunking window whatever the file's size:
+        // a buffer per file would be allocated and freed as often as files
+        // are read, and kept by the allocator at the largest file's size.
+        self.chunking.split(file, &mut store)?;
         bump(&self.counts.files_read, 1);
         Ok(content)
     }
