@@ -147,9 +147,11 @@ thread_local! {
 }
 
 /// Cuts `input` with FastCDC in `window`, holding at most `max` bytes of it:
-/// the window is filled, its first chunk cut off and handed to `each`, the
-/// rest moved to its front and filled again (the cuts of
-/// [`Chunking::split_bytes`] on the same bytes). Returns the bytes read.
+/// while the input lasts, the window is filled, its first chunk cut off and
+/// handed to `each`, the rest moved to its front and filled again; once the
+/// input has ended, what the window holds is cut in place (a file smaller
+/// than the window is never moved). The cuts are those of
+/// [`Chunking::split_bytes`] on the same bytes. Returns the bytes read.
 fn split_window<R: Read, E: From<io::Error>>(
     window: &mut Vec<u8>,
     mut input: R,
@@ -160,9 +162,14 @@ fn split_window<R: Read, E: From<io::Error>>(
     window.resize(max, 0);
     let (mut held, mut total) = (0, 0u64);
     loop {
-        held += read_full(&mut input, &mut window[held..max])?;
-        if held == 0 {
-            return Ok(total);
+        let read = read_full(&mut input, &mut window[held..max])?;
+        let ended = held + read < max;
+        held += read;
+        if ended {
+            for chunk in fastcdc::v2020::FastCDC::new(&window[..held], min, avg, max) {
+                each(&window[chunk.offset..chunk.offset + chunk.length])?;
+            }
+            return Ok(total + held as u64);
         }
         let (_, end) = fastcdc::v2020::FastCDC::new(&window[..held], min, avg, max).cut(0, held);
         each(&window[..end])?;
@@ -256,6 +263,20 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(trickled, chunks);
+
+        // Inputs shorter than the window, as long as it, and one byte
+        // longer: cut in place, at the same points.
+        for length in [0, 5_000, 50_000, 65_536, 65_537] {
+            let part = &data[..length];
+            let mut whole = Vec::new();
+            small
+                .split_bytes(part, |c| {
+                    whole.push(c.to_vec());
+                    Ok::<_, io::Error>(())
+                })
+                .unwrap_or_default();
+            assert_eq!(cut(small, part), whole, "{length} bytes");
+        }
 
         let fixed = cut(Chunking::Fixed { size: 4096 }, &data);
         assert!(fixed.iter().rev().skip(1).all(|c| c.len() == 4096));
