@@ -8,8 +8,8 @@
 //! cannot be stored (sockets, unreadable files) are skipped with a warning
 //! naming them; they never fail the backup.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +27,7 @@ use crate::repo::RepoError;
 use crate::repo::blob::BlobKind;
 use crate::repo::chunker::Chunking;
 use crate::repo::id::BlobId;
+use crate::repo::id_set::IdSet;
 use crate::repo::keys::KeyRole;
 use crate::repo::snapshot::Summary;
 use crate::repo::tree::{Node, NodeKind, RawName, Tree};
@@ -178,7 +179,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             .map_err(WorkerError::stopped("reading files"))
             .map_err(RepoError::from)??;
         add_summary(&mut self.summary, &summary);
-        self.references.extend(references);
+        self.references.extend(references.into_sorted());
         self.warnings.extend(warnings);
         Ok((entries, learnt))
     }
@@ -239,7 +240,7 @@ struct Archiver {
     counts: Counts,
     warnings: Mutex<Vec<String>>,
     hardlinks: Mutex<HashMap<(u64, u64), RawName>>,
-    references: Mutex<BTreeSet<BlobId>>,
+    references: Mutex<IdSet>,
 }
 
 /// Where an entry is: on disk, and in the snapshot.

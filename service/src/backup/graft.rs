@@ -10,6 +10,7 @@ use super::{BackupError, SnapshotBuilder, add_summary, save_tree};
 use crate::errors::WorkerError;
 use crate::repo::RepoError;
 use crate::repo::id::{BlobId, SnapshotId};
+use crate::repo::id_set::IdSet;
 use crate::repo::keys::KeyRole;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Node, NodeKind, Tree};
@@ -130,9 +131,9 @@ fn store_level(
                 let mut tree = Tree {
                     entries: store_level(writer, inner, now, trees)?,
                 };
-                let mut saved = std::collections::BTreeSet::new();
+                let mut saved = IdSet::default();
                 let (id, _) = save_tree(writer, &mut tree, &mut saved)?;
-                trees.extend(saved);
+                trees.extend(saved.into_sorted());
                 let mut node = Node::new(&name, NodeKind::Dir, 0o755, now);
                 node.subtree = Some(id);
                 Ok(node)

@@ -13,7 +13,6 @@ pub mod graft;
 pub mod items;
 pub mod stream;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,6 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::errors::WorkerError;
 use crate::repo::blob::BlobKind;
 use crate::repo::id::{BlobId, SnapshotId};
+use crate::repo::id_set::IdSet;
 use crate::repo::index::IndexedPack;
 use crate::repo::keys::{KeyRole, ServiceIdentity};
 use crate::repo::snapshot::{Snapshot, SourceKind, Summary};
@@ -125,7 +125,7 @@ pub struct SnapshotBuilder<K: KeyRole = ServiceIdentity> {
     start: DateTime<Utc>,
     entries: Vec<Node>,
     summary: Summary,
-    references: BTreeSet<BlobId>,
+    references: IdSet,
     warnings: Vec<String>,
     items: Vec<items::Item>,
     progress: Arc<Progress>,
@@ -147,7 +147,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             start: Utc::now(),
             entries: Vec::new(),
             summary: Summary::default(),
-            references: BTreeSet::new(),
+            references: IdSet::default(),
             warnings: Vec::new(),
             items: Vec::new(),
             progress: Arc::default(),
@@ -244,7 +244,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             root: root_id,
             summary: self.summary,
             metadata,
-            references: self.references.into_iter().collect(),
+            references: self.references.into_sorted(),
         };
         let id = self.repo.save_snapshot(&snapshot).await?;
         if let Err(source) = self
@@ -286,7 +286,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
 fn save_tree(
     writer: &BlobWriter,
     tree: &mut Tree,
-    references: &mut BTreeSet<BlobId>,
+    references: &mut IdSet,
 ) -> Result<(BlobId, bool), RepoError> {
     let bytes = tree.to_bytes().map_err(|source| RepoError::Encode {
         what: "a tree",

@@ -14,6 +14,7 @@ pub mod config;
 pub(crate) mod crypt;
 mod error;
 pub mod id;
+pub(crate) mod id_set;
 pub mod index;
 pub mod keys;
 mod load;

@@ -9,7 +9,6 @@
 //! writes an index object after every few packs and at the end, always
 //! after the packs it lists are stored.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +22,7 @@ use super::budget::{PackBudget, Permit};
 use super::config::RepoConfig;
 use super::crypt;
 use super::id::{BlobId, IndexId, PackId, content_hash};
+use super::id_set::IdSet;
 use super::index::{Index, IndexFile, IndexedBlob, IndexedPack};
 use super::keys::{ChunkIdKey, Recipients};
 use super::meta;
@@ -83,7 +83,9 @@ struct Shared {
     index: Arc<Index>,
     level: i32,
     pack_size: u64,
-    pending: Mutex<HashSet<BlobId>>,
+    /// The blobs this writer stored (or is storing): the index does not
+    /// know them yet.
+    pending: Mutex<IdSet>,
     budget: Arc<PackBudget>,
     /// The pack being filled for each blob kind: trees get packs of their
     /// own, so that walking trees reads a few small packs.
@@ -125,7 +127,7 @@ impl BlobWriter {
                 index,
                 level: config.compression_level,
                 pack_size,
-                pending: Mutex::new(HashSet::new()),
+                pending: Mutex::default(),
                 budget: PackBudget::new(PACKS_IN_MEMORY),
                 open_packs: [Mutex::default(), Mutex::default()],
                 blobs_added: AtomicU64::new(0),

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -234,7 +234,10 @@ impl PackWork {
         body: ObjectReader,
         wanted: Vec<PackedBlob>,
         buffers: BlobBuffers,
-    ) -> (Result<(BlobFailures, Vec<BlobId>), RestoreError>, BlobBuffers) {
+    ) -> (
+        Result<(BlobFailures, Vec<BlobId>), RestoreError>,
+        BlobBuffers,
+    ) {
         let mut stream = self.reader.stream_pack(&pack, body, wanted, buffers);
         let mut failed = Vec::new();
         let mut written = Ok(());
