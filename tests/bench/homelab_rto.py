@@ -296,6 +296,9 @@ def render(results: dict, sizes: dict, args) -> str:
         "| step | wall | peak RSS |",
         "|---|---|---|",
     ]
+    # The drill's peak RSS from /usr/bin/time is the largest of lifeboat and
+    # the etcd, postgres and pg_restore it starts; the report's
+    # peak_rss_bytes is lifeboat's own, per job.
     for job in ("etcd", "volumes", "postgres"):
         r = results[f"backup-{job}"]
         lines.append(f"| backup {job} | {fmt_s(r['wall'])} | {r['rss_kib'] / 1024:.0f} MiB |")
@@ -305,11 +308,13 @@ def render(results: dict, sizes: dict, args) -> str:
         r = results[f"drill-{condition}"]
         jobs = {j["job"]: j for j in r["report"]["jobs"]}
         per_job = ", ".join(f"{name} {fmt_s(j['rto_seconds'])}"
+                            + (f" at {j['peak_rss_bytes'] / MIB:.0f} MiB"
+                               if j.get("peak_rss_bytes") else "")
                             + ("" if not j["failures"] else " FAILED")
                             for name, j in jobs.items())
         requests = f", {r['requests']} requests" if r["requests"] is not None else ""
         lines.append(f"| **drill from {condition}** ({per_job}{requests}) | "
-                     f"**{fmt_s(r['wall'])}** | {r['rss_kib'] / 1024:.0f} MiB |")
+                     f"**{fmt_s(r['wall'])}** | {r['rss_kib'] / 1024:.0f} MiB (any process) |")
     return "\n".join(lines) + "\n"
 
 
