@@ -209,6 +209,18 @@ mod tests {
         chunks
     }
 
+    /// The chunks [`Chunking::split_bytes`] cuts `data` into.
+    fn cut_in_memory(chunking: Chunking, data: &[u8]) -> Vec<Vec<u8>> {
+        let mut chunks = Vec::new();
+        chunking
+            .split_bytes(data, |c| {
+                chunks.push(c.to_vec());
+                Ok::<_, io::Error>(())
+            })
+            .unwrap_or_default();
+        chunks
+    }
+
     /// Gives at most 1,000 bytes per read.
     struct Trickle<'a>(&'a [u8]);
 
@@ -243,14 +255,7 @@ mod tests {
             chunks.len()
         );
 
-        let mut in_memory = Vec::new();
-        small
-            .split_bytes(&data, |c| {
-                in_memory.push(c.to_vec());
-                Ok::<_, io::Error>(())
-            })
-            .unwrap_or_default();
-        assert_eq!(in_memory, chunks);
+        assert_eq!(cut_in_memory(small, &data), chunks);
 
         // Short reads, and a second stream in the same thread's window, cut
         // the same way.
@@ -268,14 +273,11 @@ mod tests {
         // longer: cut in place, at the same points.
         for length in [0, 5_000, 50_000, 65_536, 65_537] {
             let part = &data[..length];
-            let mut whole = Vec::new();
-            small
-                .split_bytes(part, |c| {
-                    whole.push(c.to_vec());
-                    Ok::<_, io::Error>(())
-                })
-                .unwrap_or_default();
-            assert_eq!(cut(small, part), whole, "{length} bytes");
+            assert_eq!(
+                cut(small, part),
+                cut_in_memory(small, part),
+                "{length} bytes"
+            );
         }
 
         let fixed = cut(Chunking::Fixed { size: 4096 }, &data);
