@@ -179,7 +179,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             .map_err(WorkerError::stopped("reading files"))
             .map_err(RepoError::from)??;
         add_summary(&mut self.summary, &summary);
-        self.references.extend(references.into_sorted());
+        self.references.absorb(references);
         self.warnings.extend(warnings);
         Ok((entries, learnt))
     }

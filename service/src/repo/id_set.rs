@@ -47,6 +47,15 @@ impl IdSet {
             .is_some()
     }
 
+    /// Adds every id of `other`, taking it whole when this set is empty.
+    pub(crate) fn absorb(&mut self, other: IdSet) {
+        if self.ids.is_empty() {
+            *self = other;
+        } else {
+            self.extend(other.ids);
+        }
+    }
+
     /// The ids, sorted.
     pub(crate) fn into_sorted(self) -> Vec<BlobId> {
         let Self { mut ids, .. } = self;
@@ -88,6 +97,14 @@ mod tests {
         let mut expected = ids.clone();
         expected.push(stranger);
         expected.sort();
-        assert_eq!(set.into_sorted(), expected);
+        let mut empty = IdSet::default();
+        empty.absorb(set);
+        let mut more = IdSet::default();
+        more.insert(ids[1]);
+        more.insert(BlobId::from_bytes([9; 32]));
+        empty.absorb(more);
+        expected.push(BlobId::from_bytes([9; 32]));
+        expected.sort();
+        assert_eq!(empty.into_sorted(), expected);
     }
 }
