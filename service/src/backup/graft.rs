@@ -9,7 +9,7 @@ use std::path::Component;
 use super::{BackupError, SnapshotBuilder, add_summary, save_tree};
 use crate::errors::WorkerError;
 use crate::repo::RepoError;
-use crate::repo::id::{BlobId, SnapshotId};
+use crate::repo::id::SnapshotId;
 use crate::repo::id_set::IdSet;
 use crate::repo::keys::KeyRole;
 use crate::repo::snapshot::Snapshot;
@@ -101,13 +101,13 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         let writer = self.writer.clone();
         let now = chrono::Utc::now().timestamp();
         let (nodes, trees) = tokio::task::spawn_blocking(move || {
-            let mut trees = Vec::new();
+            let mut trees = IdSet::default();
             store_level(&writer, root, now, &mut trees).map(|nodes| (nodes, trees))
         })
         .await
         .map_err(WorkerError::stopped("storing grafted directories"))
         .map_err(RepoError::from)??;
-        self.references.extend(trees);
+        self.references.absorb(trees);
         for node in nodes {
             self.add_entry(node)?;
         }
@@ -115,12 +115,13 @@ impl<K: KeyRole> SnapshotBuilder<K> {
     }
 }
 
-/// The nodes of `level`, storing the trees of its directories.
+/// The nodes of `level`, storing the trees of its directories and noting
+/// their ids in `trees`.
 fn store_level(
     writer: &crate::repo::writer::BlobWriter,
     level: Level,
     now: i64,
-    trees: &mut Vec<BlobId>,
+    trees: &mut IdSet,
 ) -> Result<Vec<Node>, RepoError> {
     level
         .children
@@ -131,9 +132,7 @@ fn store_level(
                 let mut tree = Tree {
                     entries: store_level(writer, inner, now, trees)?,
                 };
-                let mut saved = IdSet::default();
-                let (id, _) = save_tree(writer, &mut tree, &mut saved)?;
-                trees.extend(saved.into_sorted());
+                let (id, _) = save_tree(writer, &mut tree, trees)?;
                 let mut node = Node::new(&name, NodeKind::Dir, 0o755, now);
                 node.subtree = Some(id);
                 Ok(node)
