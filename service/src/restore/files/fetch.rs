@@ -240,18 +240,20 @@ impl PackWork {
     ) {
         let mut stream = self.reader.stream_pack(&pack, body, wanted, buffers);
         let mut failed = Vec::new();
-        let mut written = Ok(());
         while let Some((blob, data)) = stream.next_blob() {
-            match data {
-                Ok(data) => written = self.write_slots(&blob, data),
-                Err(e) => failed.push((blob, e.to_string())),
-            }
-            if written.is_err() {
-                break;
+            let written = match data {
+                Ok(data) => self.write_slots(&blob, data),
+                Err(e) => {
+                    failed.push((blob, e.to_string()));
+                    Ok(())
+                }
+            };
+            if let Err(e) = written {
+                return (Err(e), stream.into_buffers());
             }
         }
-        let outcome = written.map(|()| (failed, stream.unread()));
-        (outcome, stream.into_buffers())
+        let unread = stream.unread();
+        (Ok((failed, unread)), stream.into_buffers())
     }
 
     /// Restores blobs of one pack with ranged GETs of the segments that
