@@ -198,14 +198,19 @@ mod tests {
     use super::*;
 
     fn cut(chunking: Chunking, data: &[u8]) -> Vec<Vec<u8>> {
+        cut_stream(chunking, data, data.len())
+    }
+
+    /// The chunks [`Chunking::split`] cuts `input`, of `length` bytes, into.
+    fn cut_stream(chunking: Chunking, input: impl Read, length: usize) -> Vec<Vec<u8>> {
         let mut chunks = Vec::new();
         let total = chunking
-            .split(data, |c| {
+            .split(input, |c| {
                 chunks.push(c.to_vec());
                 Ok::<_, io::Error>(())
             })
             .unwrap_or_default();
-        assert_eq!(total, data.len() as u64);
+        assert_eq!(total, length as u64);
         chunks
     }
 
@@ -259,14 +264,7 @@ mod tests {
 
         // Short reads, and a second stream in the same thread's window, cut
         // the same way.
-        let trickle = Trickle(&data[..]);
-        let mut trickled = Vec::new();
-        small
-            .split(trickle, |c| {
-                trickled.push(c.to_vec());
-                Ok::<_, io::Error>(())
-            })
-            .unwrap_or_default();
+        let trickled = cut_stream(small, Trickle(&data[..]), data.len());
         assert_eq!(trickled, chunks);
 
         // Inputs shorter than the window, as long as it, and one byte
