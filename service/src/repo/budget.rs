@@ -85,7 +85,7 @@ impl Permit {
             .or_else(|| self.budget.lock().buffers.pop())
             .unwrap_or_default();
         buffer.clear();
-        buffer.reserve(room);
+        buffer.reserve_exact(room);
         buffer
     }
 

@@ -131,6 +131,18 @@ impl<W: Write> PackBuilder<W> {
         self.written
     }
 
+    /// Whether no blob has been added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// The plaintext's length once a blob of `stored` bytes is added and
+    /// the table written.
+    pub(crate) fn plain_len_with(&self, stored: usize) -> u64 {
+        let entries = (self.blobs.len() + 1) * ENTRY_LEN + TRAILER_LEN;
+        self.written + (stored + entries) as u64
+    }
+
     /// Writes the blob table and trailer, and returns the body and the blobs
     /// it holds.
     ///

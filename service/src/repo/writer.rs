@@ -10,7 +10,7 @@
 //! after the packs it lists are stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -192,9 +192,7 @@ impl BlobWriter {
             }
         }
         let full = blob::encode_with(plain, shared.level, |stored, compressed| {
-            let mut slot = shared.open_packs[usize::from(kind.code())]
-                .lock()
-                .map_err(|_| poisoned())?;
+            let mut slot = self.slot_with_room(kind, stored.len())?;
             let pack = match &mut *slot {
                 Some(pack) => pack,
                 None => slot.insert(shared.open_pack(kind)?),
@@ -219,6 +217,34 @@ impl BlobWriter {
             self.send(full)?;
         }
         Ok((id, true))
+    }
+
+    /// The open pack of `kind`, locked, once it has room for a blob of
+    /// `stored` bytes: a data pack that would outgrow its buffer is sealed
+    /// and sent first (before a new one takes a place in the budget), so
+    /// that pack buffers keep the size they were made with.
+    fn slot_with_room(
+        &self,
+        kind: BlobKind,
+        stored: usize,
+    ) -> Result<MutexGuard<'_, Option<OpenPack>>, RepoError> {
+        let shared = &self.shared;
+        loop {
+            let mut slot = shared.open_packs[usize::from(kind.code())]
+                .lock()
+                .map_err(|_| poisoned())?;
+            let outgrown = kind == BlobKind::Data
+                && slot.as_ref().is_some_and(|pack| {
+                    !pack.builder.is_empty()
+                        && pack.builder.plain_len_with(stored) > shared.pack_room()
+                });
+            let early = if outgrown { slot.take() } else { None };
+            let Some(early) = early else {
+                return Ok(slot);
+            };
+            drop(slot);
+            self.send(early)?;
+        }
     }
 
     fn send(&self, pack: OpenPack) -> Result<(), RepoError> {
@@ -269,6 +295,13 @@ impl BlobWriter {
 }
 
 impl Shared {
+    /// The most plaintext a data pack holds, blob table included: its
+    /// buffer is made for this much, with an eighth above the pack size for
+    /// the blob that crosses it.
+    fn pack_room(&self) -> u64 {
+        self.pack_size + self.pack_size / 8
+    }
+
     /// Opens a pack for `kind` once the budget allows it, encrypted to the
     /// restore key from its first byte. A data pack is built in a buffer
     /// from the budget's pool with room for a full pack, so that it is not
@@ -277,7 +310,7 @@ impl Shared {
         let mut permit = self.budget.acquire();
         let buffer = match kind {
             BlobKind::Data => permit.buffer(crypt::cipher_len(
-                usize::try_from(self.pack_size + self.pack_size / 8).unwrap_or(0),
+                usize::try_from(self.pack_room()).unwrap_or(0),
             )),
             BlobKind::Tree => Vec::new(),
         };
@@ -533,7 +566,7 @@ mod tests {
         let repo = TestRepo::with_options(&options).await?;
         let service = repo.as_service().await?;
         // Random blobs are stored raw: four of them pass 1 MiB.
-        let blobs: Vec<Vec<u8>> = (0..5).map(|_| random(300_000)).collect();
+        let blobs: Vec<Vec<u8>> = (0..5).map(|_| random(270_000)).collect();
         let (_, stats) = store_blobs(&service, BlobKind::Data, blobs).await?;
         let mut counts: Vec<usize> = stats.packs.iter().map(|p| p.blobs.len()).collect();
         counts.sort();
@@ -552,8 +585,36 @@ mod tests {
             .map(|o| o.size)
             .sum();
         assert_eq!(stored, stats.bytes_stored);
-        assert!(stats.bytes_stored > 5 * 300_000, "{}", stats.bytes_stored);
+        assert!(stats.bytes_stored > 5 * 270_000, "{}", stats.bytes_stored);
         assert_eq!(stats.indexes.len(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pack_is_sealed_before_a_blob_that_would_outgrow_its_buffer() -> anyhow::Result<()> {
+        let options = InitOptions {
+            pack_size: 1 << 20,
+            ..InitOptions::default()
+        };
+        let repo = TestRepo::with_options(&options).await?;
+        let service = repo.as_service().await?;
+        // Three raw blobs hold 900,000 bytes, under the pack size; a fourth
+        // would pass the buffer's 1 MiB + 128 KiB, so it opens the next pack.
+        let blobs: Vec<Vec<u8>> = (0..5).map(|_| random(300_000)).collect();
+        let (ids, stats) = store_blobs(&service, BlobKind::Data, blobs.clone()).await?;
+        let mut counts: Vec<usize> = stats.packs.iter().map(|p| p.blobs.len()).collect();
+        counts.sort();
+        assert_eq!(counts, [2, 3]);
+        let room = crypt::cipher_len((1 << 20) + (1 << 17)) as u64;
+        assert!(
+            stats.packs.iter().all(|p| p.size <= room),
+            "{:?}",
+            stats.packs
+        );
+        let reader = repo.as_restore().await?.reader();
+        for (id, blob) in ids.iter().zip(&blobs) {
+            assert_eq!(&reader.read(id).await?, blob);
+        }
         Ok(())
     }
 
