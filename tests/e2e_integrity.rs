@@ -47,7 +47,11 @@ fn flipped_bits_are_found_and_named() -> Result<()> {
 
     damaged_pack(&installation, &src, &source)?;
 
-    let index = single(objects(&repo, "index")?, "index object")?;
+    // Small packs: the backup may write more than one index object.
+    let index = objects(&repo, "index")?
+        .into_iter()
+        .next()
+        .context("no index object")?;
     flip_bit(&index, len(&index)? / 2, 5)?;
     for key in [&restore_key, &service_key] {
         let report = failed_check(&installation, key)?;
