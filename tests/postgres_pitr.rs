@@ -93,19 +93,20 @@ fn restore_pitr(
 }
 
 /// Writes the configuration: the WAL job archiving `server` (a run every
-/// two seconds, a base backup every `base_every`, a slot).
+/// two seconds, a base backup every `base_every`, and the `extra` source
+/// settings).
 fn write_job(
     installation: &Installation,
     server: &PostgresServer,
     base_every: &str,
-    slot: &str,
+    extra: &str,
 ) -> Result<()> {
     write_service_config(
         installation,
         &format!(
             "[[job]]\nname = \"{JOB}\"\nschedule = \"*/2 * * * * *\"\nrpo = \"1m\"\n\
              source = {{ kind = \"postgres-wal\", dsn = {:?}, password_file = \"archiver.pass\", \
-             bin = {:?}, base_backup_every = {base_every:?}{slot} }}\n",
+             bin = {:?}, base_backup_every = {base_every:?}{extra} }}\n",
             server.dsn("archiver", "postgres"),
             server.bin_dir().display().to_string(),
         ),
@@ -340,7 +341,46 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
     );
     let rows = ROWS + 30;
 
-    // The drill recovers the archive's end and reads every table.
+    // A census, taken while a writer commits fifty rows a second
+    // (the role may now make restore points and read every table), then
+    // ten more rows the census does not count.
+    server.psql(
+        "postgres",
+        "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO archiver; \
+         GRANT pg_read_all_data TO archiver",
+    )?;
+    server.psql("app", "CREATE TABLE busy (n bigint)")?;
+    write_job(&installation, &server, "1h", ", census_every = \"1h\"")?;
+    let report = {
+        let writer = BusyWriter::start(&server);
+        let report = installation.backup(JOB);
+        ensure!(writer.stop()? > 0, "the writer committed during the census");
+        report?
+    };
+    ensure!(
+        report["warnings"]
+            .as_array()
+            .is_none_or(|warnings| warnings.is_empty())
+            && !installation.latest_metadata(JOB)?["census"].is_null(),
+        "the run takes a census: {report:#}"
+    );
+    server.psql(
+        "app",
+        &format!(
+            "INSERT INTO events SELECT g, now() FROM generate_series({}, {}) g",
+            rows + 1,
+            rows + 10
+        ),
+    )?;
+    server.psql("postgres", "SELECT pg_switch_wal()")?;
+    installation.backup(JOB)?;
+    let busy: u64 = server
+        .psql("app", "SELECT count(*) FROM busy")?
+        .trim()
+        .parse()?;
+
+    // The drill recovers to the census and finds every table as counted
+    // then, goes on to the archive's end and reads every table.
     let mut drill = installation.drill_command()?;
     drill
         .args(["--job", JOB, "--json", "--pg-bin"])
@@ -348,7 +388,13 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
     let report: Value = run(&mut drill)?.ok()?.json()?;
     let steps = report["jobs"][0]["steps"].to_string();
     ensure!(
-        steps.contains(&format!("2 tables, {} rows", rows + 7)),
+        steps.contains("compare every table with the census")
+            && steps.contains("3 tables, ")
+            && steps.contains("rows, as counted then"),
+        "the drill compares the census: {report:#}"
+    );
+    ensure!(
+        steps.contains(&format!("3 tables, {} rows", rows + 10 + 7 + busy)),
         "the drill recovers every row and reads it: {report:#}"
     );
 
@@ -372,6 +418,49 @@ async fn archived_wal_recovers_exactly_the_rows_committed_before_each_point() ->
         refused.stderr
     );
     Ok(())
+}
+
+/// Commits a row into `busy` over and over, each in its own transaction,
+/// until stopped.
+struct BusyWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl BusyWriter {
+    fn start(server: &PostgresServer) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut command = server.client("psql");
+        command
+            .args(["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+            .arg(format!("--dbname={}", server.superuser_dsn("app")))
+            .stdin(std::process::Stdio::piped());
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut psql = command.spawn().context("starting psql")?;
+            let mut input = psql.stdin.take().context("psql's stdin")?;
+            let mut written = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(input, "INSERT INTO busy VALUES ({written});")?;
+                input.flush()?;
+                written += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(input);
+            ensure!(psql.wait()?.success(), "the busy writer's psql failed");
+            Ok(written)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops it; returns how many rows it sent.
+    fn stop(self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the busy writer panicked"))?
+    }
 }
 
 /// What each snapshot of the archive holds, for failure messages.

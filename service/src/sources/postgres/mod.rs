@@ -61,7 +61,7 @@ pub use session::TableRows;
 
 use self::client::{ClientCommand, ClientHost, DumpProcess, StderrText};
 use self::connection::{Connection, Tools, file_stem, hint};
-use self::session::{Inventory, SnapshotSession};
+use self::session::{Inventory, PsqlSession};
 use super::{SourceContext, SourceError, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::stream::StreamChunking;
@@ -264,6 +264,16 @@ pub enum PostgresError {
         /// The fix, when known.
         hint: Hint,
     },
+    /// A query in a database failed.
+    #[error("a query in database {database:?} failed: {message}{hint}")]
+    Query {
+        /// The database.
+        database: String,
+        /// psql's error text.
+        message: String,
+        /// The fix, when known.
+        hint: Hint,
+    },
     /// Counting a database's rows failed.
     #[error("counting the rows of database {database:?} failed: {message}{hint}")]
     Counts {
@@ -359,7 +369,7 @@ impl PostgresSource {
         let connection = self.connect().await?;
         let tools = Tools::beside(&self.pg_dump);
         let pg_dump_version = program_version(&connection, &tools.pg_dump).await?;
-        let inventory = session::inventory(&connection, &tools).await?;
+        let inventory = session::inventory(&connection, &tools.psql).await?;
         let databases = self.selected(&inventory)?;
         if self.globals != Globals::Skip {
             self.dump_globals(builder, &connection, &tools).await?;
@@ -460,7 +470,7 @@ async fn dump_database(
     inventory: &Inventory,
     database: &str,
 ) -> Result<DatabaseFigures, SourceError> {
-    let (mut session, snapshot) = SnapshotSession::open(connection, tools, database).await?;
+    let (mut session, snapshot) = PsqlSession::open(connection, &tools.psql, database).await?;
     let mut command = connection.command(&tools.pg_dump);
     command
         .args(["--format=custom", "--compress=0", "--no-password"])

@@ -17,7 +17,7 @@ use crate::restore::RestoreError;
 use crate::restore::contents::read_small;
 use crate::sources::postgres::client::{ClientCommand, Output, StderrText};
 use crate::sources::postgres::connection::{Connection, Tools, hint};
-use crate::sources::postgres::session::{PSQL_FLAGS, SnapshotSession};
+use crate::sources::postgres::session::{PSQL_FLAGS, PsqlSession};
 use crate::sources::postgres::{
     GLOBALS_FILE, Globals, PostgresError, PostgresSource, RowCounts, TableRows,
 };
@@ -233,7 +233,7 @@ impl PgTarget {
     /// Fails when psql cannot connect or a table cannot be read.
     pub async fn count_rows(&self, database: &str) -> Result<Vec<TableRows>, PostgresRestoreError> {
         let (mut session, _) =
-            SnapshotSession::open(&self.connection, &self.tools, database).await?;
+            PsqlSession::open(&self.connection, &self.tools.psql, database).await?;
         let counts = session.count_rows().await?;
         session.close().await?;
         Ok(counts)

@@ -1,7 +1,9 @@
-//! Queries through `psql`: the server's inventory, and the session that
-//! holds a database's snapshot open while `pg_dump` runs in it.
+//! Queries through `psql`: the server's inventory, and sessions, such as
+//! the one that holds a database's snapshot open while `pg_dump` runs in
+//! it.
 //!
-//! A [`SnapshotSession`] is one `psql` process fed on stdin. It opens a
+//! A [`PsqlSession`] is one `psql` process fed on stdin, in one database.
+//! [`PsqlSession::open`] opens a
 //! `REPEATABLE READ, READ ONLY` transaction and exports its snapshot
 //! (`pg_export_snapshot()`); `pg_dump --snapshot=<id>` then dumps exactly
 //! the data this transaction sees, and the row counts taken in it match the
@@ -10,11 +12,13 @@
 //! the marker; `ON_ERROR_STOP` makes `psql` exit on any error, with the
 //! server's message on stderr.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 
 use super::client::{Client, Reader, StderrText, Writer, collect_stderr};
-use super::connection::{Connection, Tools, hint};
+use super::connection::{Connection, hint};
 use super::{Hint, PostgresError};
 
 /// `psql` flags: no psqlrc, quiet, unaligned, tuples only, never prompt,
@@ -76,9 +80,9 @@ pub struct TableRows {
 /// server, the dsn's database missing), or prints something unexpected.
 pub(crate) async fn inventory(
     connection: &Connection,
-    tools: &Tools,
+    psql: &Path,
 ) -> Result<Inventory, PostgresError> {
-    let mut command = connection.command(&tools.psql);
+    let mut command = connection.command(psql);
     command
         .args(PSQL_FLAGS)
         .args(connection.server_argument())
@@ -113,8 +117,8 @@ fn server_hint(message: &str, password_origin: &str) -> Hint {
     found
 }
 
-/// A `psql` session holding one database's exported snapshot.
-pub(crate) struct SnapshotSession {
+/// A `psql` session in one database, fed on stdin.
+pub(crate) struct PsqlSession {
     database: String,
     password_origin: String,
     client: Option<Client>,
@@ -124,9 +128,9 @@ pub(crate) struct SnapshotSession {
     marker: String,
 }
 
-impl std::fmt::Debug for SnapshotSession {
+impl std::fmt::Debug for PsqlSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotSession")
+        f.debug_struct("PsqlSession")
             .field("database", &self.database)
             .finish_non_exhaustive()
     }
@@ -139,22 +143,24 @@ struct Stopped {
     hint: Hint,
 }
 
-impl SnapshotSession {
-    /// Connects to `database`, opens the transaction and returns the
-    /// session with the exported snapshot's id.
+impl PsqlSession {
+    /// Connects to `database` (`None`: the dsn's own) and returns the
+    /// session, in no transaction.
     ///
-    /// Fails when `psql` cannot run or connect, or the server refuses the
-    /// transaction.
-    pub async fn open(
+    /// Fails when `psql` cannot run or connect.
+    pub async fn connect(
         connection: &Connection,
-        tools: &Tools,
-        database: &str,
-    ) -> Result<(Self, String), PostgresError> {
-        let mut command = connection.command(&tools.psql);
-        command
-            .args(PSQL_FLAGS)
-            .arg(connection.database_argument(database))
-            .stdin_piped();
+        psql: &Path,
+        database: Option<&str>,
+    ) -> Result<Self, PostgresError> {
+        let mut command = connection.command(psql);
+        command.args(PSQL_FLAGS);
+        match database {
+            Some(database) => command.arg(connection.database_argument(database)),
+            None => command.args(connection.server_argument()),
+        };
+        command.stdin_piped();
+        let database = database.unwrap_or("of the dsn");
         let mut client = connection.start(&command).await?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             client.stdin.take(),
@@ -175,14 +181,33 @@ impl SnapshotSession {
             stderr: Some(collect_stderr(stderr)),
             marker: format!("lifeboat-end-of-answer-{:016x}", rand::random::<u64>()),
         };
-        let lines = session
-            .ask("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();")
+        session
+            .ask("SELECT 1;")
             .await
             .map_err(|stopped| PostgresError::Connect {
                 target: format!("database {database:?}"),
                 message: stopped.message,
                 hint: stopped.hint,
             })?;
+        Ok(session)
+    }
+
+    /// Connects to `database`, opens the transaction and returns the
+    /// session with the exported snapshot's id.
+    ///
+    /// Fails when `psql` cannot run or connect, or the server refuses the
+    /// transaction.
+    pub async fn open(
+        connection: &Connection,
+        psql: &Path,
+        database: &str,
+    ) -> Result<(Self, String), PostgresError> {
+        let mut session = Self::connect(connection, psql, Some(database)).await?;
+        let lines = session
+            .query(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();",
+            )
+            .await?;
         let snapshot = match lines.as_slice() {
             [id] if is_snapshot_id(id) => id.clone(),
             _ => {
@@ -193,6 +218,17 @@ impl SnapshotSession {
             }
         };
         Ok((session, snapshot))
+    }
+
+    /// Runs `sql` (statements ending in `;`) and returns the lines printed.
+    ///
+    /// Fails when the server reports an error (which ends the session).
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<String>, PostgresError> {
+        self.ask(sql).await.map_err(|stopped| PostgresError::Query {
+            database: self.database.clone(),
+            message: stopped.message,
+            hint: stopped.hint,
+        })
     }
 
     /// Counts the rows of every table the dump holds, sorted by schema and

@@ -5,6 +5,11 @@
 //! recovery, reach the archive's last segment and let every table of
 //! every database be read to the end.
 //!
+//! When the archive holds a [`census`](super::census), recovery first
+//! pauses at its restore point, where every table must hold exactly the
+//! rows the census counted then; the server is stopped there and
+//! recovery goes on to the end when it starts again.
+//!
 //! The scratch server trusts local connections (its own `hba_file`) and is
 //! reached as `PGUSER` (default `postgres`), a role the cluster has. Run
 //! as root, it runs as the `postgres` system user (PostgreSQL refuses
@@ -16,9 +21,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::WalMetadata;
+use super::census::{self, CENSUS_FILE, Census, DatabaseCensus};
 use super::names::{Lsn, SEGMENT_SIZE};
 use super::pitr::{self, Target};
 use crate::drill::JobRun;
+use crate::repo::reader::BlobReader;
+use crate::repo::snapshot::SnapshotEntry;
+use crate::restore::contents::read_root_file;
 use crate::sources::postgres::restore::{PgTarget, PostgresRestoreError};
 use crate::sources::postgres::session::PSQL_FLAGS;
 
@@ -55,9 +65,20 @@ pub enum ScratchServerError {
 /// Restores, starts and checks.
 pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let (reader, entry, snapshots) = (run.reader, run.entry, run.snapshots);
+    let census = run
+        .step("read the newest census", async {
+            newest_census(reader, snapshots, entry).await
+        })
+        .await;
+    let Some(census) = census else {
+        return;
+    };
     let plan = run
         .step("plan the recovery to the end of the archive", async {
-            pitr::plan(reader, snapshots, entry, &Target::Latest).await
+            match &census {
+                Some(census) => pitr::plan_through(reader, snapshots, entry, census.mark.lsn).await,
+                None => pitr::plan(reader, snapshots, entry, &Target::Latest).await,
+            }
         })
         .await;
     let Some(plan) = plan else {
@@ -89,9 +110,14 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     }
     let bin = run.settings.pg_bin.clone();
     let log = run.scratch.join("postgres.log");
+    if let Some(census) = &census
+        && !compare_with_census(run, &place, &log, census).await
+    {
+        return;
+    }
     let server = run
         .step("start PostgreSQL and recover", async {
-            ScratchServer::start(bin.as_deref(), &place, &log).await
+            ScratchServer::start(bin.as_deref(), &place, &log, Ready::Promoted).await
         })
         .await;
     let Some(mut server) = server else {
@@ -112,34 +138,157 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     if let Some(at) = reached {
         run.note(format!("recovered to {at}"));
     }
-    let dsn = server.dsn("postgres");
+    if let Some(found) = count_every_table(run, &server).await {
+        let tables: usize = found.iter().map(|d| d.tables.len()).sum();
+        let rows: u64 = found.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum();
+        run.note(format!("{tables} tables, {rows} rows"));
+    }
+    server.stop().await;
+}
+
+/// The census of the newest snapshot of the job that holds one and whose
+/// WAL reaches its restore point: received by its own run, or followed
+/// by a later snapshot. `None` when there is none.
+///
+/// Fails when the census cannot be read or does not parse.
+async fn newest_census(
+    reader: &BlobReader,
+    snapshots: &[SnapshotEntry],
+    chosen: &SnapshotEntry,
+) -> Result<Option<Census>, ScratchServerError> {
+    let Some(cluster) = WalMetadata::of(&chosen.snapshot).map(|m| m.system_identifier) else {
+        return Ok(None);
+    };
+    let archive: Vec<(&SnapshotEntry, WalMetadata)> = snapshots
+        .iter()
+        .filter(|e| e.snapshot.job == chosen.snapshot.job)
+        .filter_map(|e| WalMetadata::of(&e.snapshot).map(|m| (e, m)))
+        .filter(|(_, m)| m.system_identifier == cluster)
+        .collect();
+    let newest_time = archive.iter().map(|(e, _)| e.snapshot.time).max();
+    let usable = archive
+        .iter()
+        .filter(|(e, m)| {
+            m.census.is_some()
+                && (m.received_by == "run" || newest_time.is_some_and(|t| t > e.snapshot.time))
+        })
+        .max_by_key(|(e, _)| (e.snapshot.time, e.id));
+    let Some((entry, _)) = usable else {
+        return Ok(None);
+    };
+    let damaged = |what: String| ScratchServerError::Failed {
+        what: format!(
+            "the census of snapshot {} {what}; the snapshot is damaged or forged",
+            entry.id.short()
+        ),
+        log: String::new(),
+    };
+    let root = reader
+        .read_tree(&entry.snapshot.root)
+        .await
+        .map_err(|e| damaged(format!("cannot be read ({e})")))?;
+    let bytes = read_root_file(reader, &root, CENSUS_FILE)
+        .await
+        .map_err(|e| damaged(format!("cannot be read ({e})")))?
+        .ok_or_else(|| damaged(format!("has no {CENSUS_FILE}")))?;
+    let census: Census =
+        serde_json::from_slice(&bytes).map_err(|e| damaged(format!("does not parse ({e})")))?;
+    Ok(Some(census))
+}
+
+/// Recovers to the census's restore point, pausing there, and compares
+/// every table's rows with the census; then stops the server so that
+/// recovery goes on to the end when it starts again. Returns whether the
+/// drill goes on.
+async fn compare_with_census(
+    run: &mut JobRun<'_>,
+    place: &ScratchPlace,
+    log: &Path,
+    census: &Census,
+) -> bool {
+    let bin = run.settings.pg_bin.clone();
+    let name = census.mark.restore_point.clone();
+    let server = run
+        .step(
+            &format!("recover to the census's restore point {name}"),
+            async {
+                pitr::pause_at(&place.data, &name).map_err(ScratchServerError::from)?;
+                ScratchServer::start(bin.as_deref(), place, log, Ready::Paused).await
+            },
+        )
+        .await;
+    let Some(mut server) = server else {
+        return false;
+    };
+    let found = count_every_table(run, &server).await;
+    server.stop().await;
+    let Some(found) = found else {
+        return false;
+    };
+    let time = census
+        .time
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let compared = run
+        .step(&format!("compare every table with the census of {time}"), async {
+            let differences = census::differences(census, &found);
+            if differences.is_empty() {
+                return Ok(());
+            }
+            let shown = differences.len().min(20);
+            Err(ScratchServerError::Failed {
+                what: format!(
+                    "the recovery to restore point {name} does not hold what the census counted \
+                     ({} differences)",
+                    differences.len()
+                ),
+                log: differences[..shown].join("\n"),
+            })
+        })
+        .await;
+    if compared.is_none() {
+        return false;
+    }
+    let tables: usize = found.iter().map(|d| d.tables.len()).sum();
+    let rows: u64 = found.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum();
+    run.note(format!("{tables} tables, {rows} rows, as counted then"));
+    run.step("let recovery go on to the end", async {
+        pitr::go_on(&place.data)
+    })
+    .await
+    .is_some()
+}
+
+/// Counts every table of every database of `server` (a step each), or
+/// `None` when a step failed.
+async fn count_every_table(
+    run: &mut JobRun<'_>,
+    server: &ScratchServer,
+) -> Option<Vec<DatabaseCensus>> {
+    let bin = run.settings.pg_bin.clone();
     let databases = run
         .step("list databases", async {
             server
-                .query("SELECT string_agg(datname, E'\\n') FROM pg_database WHERE datallowconn AND NOT datistemplate")
+                .query("SELECT string_agg(datname, E'\\n' ORDER BY datname) FROM pg_database WHERE datallowconn AND NOT datistemplate")
                 .await
         })
-        .await
-        .unwrap_or_default();
+        .await?;
+    let dsn = server.dsn("postgres");
     let target = run
         .step("connect", PgTarget::new(&dsn, bin.as_deref()))
-        .await;
-    if let Some(target) = target {
-        let mut totals = (0, 0);
-        for database in databases.lines().filter(|d| !d.is_empty()) {
-            let counted = run
-                .step(&format!("read every table of {database}"), async {
-                    target.count_rows(database).await
-                })
-                .await;
-            if let Some(tables) = counted {
-                totals.0 += tables.len();
-                totals.1 += tables.iter().map(|t| t.rows).sum::<u64>();
-            }
-        }
-        run.note(format!("{} tables, {} rows", totals.0, totals.1));
+        .await?;
+    let mut found = Vec::new();
+    for database in databases.lines().filter(|d| !d.is_empty()) {
+        let tables = run
+            .step(&format!("read every table of {database}"), async {
+                target.count_rows(database).await
+            })
+            .await?;
+        found.push(DatabaseCensus {
+            database: database.to_owned(),
+            tables,
+        });
     }
-    server.stop().await;
+    Some(found)
 }
 
 /// Where the scratch server lives: a folder of its own in the system's
@@ -185,6 +334,33 @@ impl Drop for ScratchPlace {
     }
 }
 
+/// What a scratch server is waited for to be.
+#[derive(Debug, Clone, Copy)]
+enum Ready {
+    /// Recovery ended and the server was promoted.
+    Promoted,
+    /// Recovery paused at its target, the server open for reading.
+    Paused,
+}
+
+impl Ready {
+    /// A query printing `t` once the server is ready.
+    fn query(self) -> &'static str {
+        match self {
+            Self::Promoted => "SELECT NOT pg_is_in_recovery()",
+            Self::Paused => "SELECT pg_is_in_recovery() AND pg_is_wal_replay_paused()",
+        }
+    }
+
+    /// What did not happen, when it is not.
+    fn missed(self) -> &'static str {
+        match self {
+            Self::Promoted => "recovery did not end",
+            Self::Paused => "recovery did not reach its target",
+        }
+    }
+}
+
 /// A PostgreSQL server on a restored data directory, on its own socket.
 struct ScratchServer {
     child: tokio::process::Child,
@@ -195,11 +371,12 @@ struct ScratchServer {
 }
 
 impl ScratchServer {
-    /// Starts `postgres` on the place's data and waits until recovery has ended.
+    /// Starts `postgres` on the place's data and waits until it is `ready`.
     async fn start(
         bin: Option<&Path>,
         place: &ScratchPlace,
         log: &Path,
+        ready: Ready,
     ) -> Result<Self, ScratchServerError> {
         let io = |what: &str| {
             let what = what.to_owned();
@@ -218,6 +395,7 @@ impl ScratchServer {
             .args(["-p", "5432", "-k"])
             .arg(&socket_dir)
             .args(["-c", "listen_addresses=", "-c", "archive_mode=off"])
+            .args(["-c", "hot_standby=on"])
             .arg("-c")
             .arg(format!("hba_file={}", hba.display()))
             .stdin(Stdio::null())
@@ -242,13 +420,13 @@ impl ScratchServer {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(server.failure(format!("postgres stopped ({status})")));
             }
-            if let Ok(answer) = server.query("SELECT pg_is_in_recovery()").await
-                && answer == "f"
+            if let Ok(answer) = server.query(ready.query()).await
+                && answer == "t"
             {
                 return Ok(server);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(server.failure("recovery did not end within 15 minutes".into()));
+                return Err(server.failure(format!("{} within 15 minutes", ready.missed())));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -305,6 +483,15 @@ impl ScratchServer {
             .is_err()
         {
             let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl From<pitr::PitrError> for ScratchServerError {
+    fn from(e: pitr::PitrError) -> Self {
+        Self::Failed {
+            what: e.to_string(),
+            log: String::new(),
         }
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct JobHistory {
     pub(super) committed: Vec<chrono::DateTime<chrono::Utc>>,
     /// When the newest base backup of this cluster was taken.
     pub(super) newest_base: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the newest census of this cluster was taken.
+    pub(super) newest_census: Option<chrono::DateTime<chrono::Utc>>,
     /// The job's newest snapshot, when it is of this cluster.
     pub(super) newest: Option<(SnapshotId, WalMetadata)>,
 }
@@ -39,6 +41,7 @@ impl JobHistory {
         let mut history = Self {
             committed: Vec::new(),
             newest_base: None,
+            newest_census: None,
             newest: None,
         };
         // Oldest first: the last one seen is the newest.
@@ -48,6 +51,9 @@ impl JobHistory {
                 .filter(|m| m.system_identifier == system_identifier);
             if metadata.as_ref().is_some_and(|m| m.base_backup.is_some()) {
                 history.newest_base = history.newest_base.max(Some(entry.snapshot.time));
+            }
+            if metadata.as_ref().is_some_and(|m| m.census.is_some()) {
+                history.newest_census = history.newest_census.max(Some(entry.snapshot.time));
             }
             history.newest = metadata.map(|m| (entry.id, m));
         }
@@ -66,6 +72,7 @@ impl JobHistory {
             return None;
         };
         let only_the_partial = newest.base_backup.is_none()
+            && newest.census.is_none()
             && newest.segments == 0
             && newest.partial
             && newest.first_segment.as_deref() == Some(held);
@@ -75,15 +82,24 @@ impl JobHistory {
     }
 
     pub(super) fn base_backup_older_than(&self, every: Duration) -> bool {
-        let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
-        self.newest_base
-            .is_none_or(|time| chrono::Utc::now() - time >= every)
+        older_than(self.newest_base, every)
     }
+
+    pub(super) fn census_older_than(&self, every: Duration) -> bool {
+        older_than(self.newest_census, every)
+    }
+}
+
+/// Whether `newest` is missing or at least `every` ago.
+fn older_than(newest: Option<chrono::DateTime<chrono::Utc>>, every: Duration) -> bool {
+    let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+    newest.is_none_or(|time| chrono::Utc::now() - time >= every)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::postgres_wal::census::CensusMark;
     use crate::sources::postgres_wal::names::Lsn;
     use crate::sources::postgres_wal::server::BaseBackupRange;
 
@@ -109,10 +125,12 @@ mod tests {
                 end_lsn: Lsn(0x600_0100),
             }),
             received_by: "run".into(),
+            census: None,
         };
         JobHistory {
             committed: Vec::new(),
             newest_base: None,
+            newest_census: None,
             newest: Some((SnapshotId::from_bytes([1; 32]), metadata)),
         }
     }
@@ -141,6 +159,14 @@ mod tests {
         assert_eq!(history(0, PARTIAL, false).replaced_by(&elsewhere), None);
         assert_eq!(history(1, PARTIAL, false).replaced_by(&grown), None);
         assert_eq!(history(0, PARTIAL, true).replaced_by(&grown), None);
+        let mut census = history(0, PARTIAL, false);
+        if let Some((_, newest)) = &mut census.newest {
+            newest.census = Some(CensusMark {
+                restore_point: "lifeboat-census-x-1".into(),
+                lsn: Lsn(0x700_0100),
+            });
+        }
+        assert_eq!(census.replaced_by(&grown), None);
         let complete = "000000010000000000000007";
         assert_eq!(history(0, complete, false).replaced_by(&completed), None);
     }

@@ -38,12 +38,17 @@
 //!   without WAL) when the job's newest is older than `base_backup_every`
 //!   (default 24 h), and stores it as the folder `base`.
 //!
+//! - **Census.** With `census_every`, a run takes a [`census`] when the
+//!   newest is older: every table's rows at a restore point, stored as
+//!   [`CENSUS_FILE`], which the drill recovers to and compares.
+//!
 //! Retention counts only the snapshots that hold a base backup, and keeps
 //! every WAL snapshot from the oldest kept base backup on: each kept base
 //! backup can be rolled forward to any later point.
 //!
 //! The snapshot metadata (service key) holds no names: see [`WalMetadata`].
 
+pub mod census;
 pub mod drill;
 mod history;
 pub mod names;
@@ -58,6 +63,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::census::{CENSUS_FILE, CensusMark};
 use self::history::JobHistory;
 use self::names::WalFile;
 use self::server::{BaseBackupRange, Receive, ServerWal, WalTools, base_backup, receive};
@@ -69,6 +75,7 @@ use super::postgres::{PostgresError, PostgresSource};
 use super::{SourceContext, SourceError, SourceKind, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::folders::Folder;
+use crate::backup::stream::StreamChunking;
 use crate::repo::snapshot::Snapshot;
 
 /// The snapshot folder holding a base backup.
@@ -99,6 +106,11 @@ pub struct PostgresWalSource {
     /// A replication slot to stream from, created if missing.
     #[serde(default)]
     pub slot: Option<String>,
+    /// How often a run takes a [`census`] (e.g. "24h"): every table's rows
+    /// at a restore point, which a drill recovers to and compares. Off
+    /// unless set; the role needs more rights for it (see [`census`]).
+    #[serde(default, with = "crate::field::optional_duration")]
+    pub census_every: Option<Duration>,
 }
 
 fn default_base_backup_every() -> Duration {
@@ -128,6 +140,9 @@ pub struct WalMetadata {
     pub base_backup: Option<BaseBackupRange>,
     /// Who received the WAL: `"receiver"` (lifeboatd's) or `"run"`.
     pub received_by: String,
+    /// The census this snapshot holds ([`CENSUS_FILE`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub census: Option<CensusMark>,
 }
 
 impl WalMetadata {
@@ -276,6 +291,13 @@ impl PostgresWalSource {
         self.settle_spool(&spool, &server, &history, builder)?;
 
         let lock = spool.try_lock().map_err(WalError::spool(spool.dir()))?;
+        // Before the catch-up, which then receives the restore point.
+        let census = match self.census_every {
+            Some(every) if history.census_older_than(every) => {
+                self.store_census(builder, &connection, &tools).await?
+            }
+            _ => None,
+        };
         let mut base_due = history.base_backup_older_than(self.base_backup_every);
         let mut stored = Stored::default();
         let received = Received {
@@ -331,6 +353,7 @@ impl PostgresWalSource {
             server_lsn: server.current,
             base_backup: base,
             received_by: if lock.is_some() { "run" } else { "receiver" }.into(),
+            census,
         };
         let metadata = serde_json::to_value(&metadata).map_err(|e| WalError::Unexpected {
             what: "encoding the metadata".into(),
@@ -513,6 +536,36 @@ impl PostgresWalSource {
         // which an idle server may not write for minutes.
         let end = names::Lsn(now.current.0 - 1);
         receive(connection, tools, spool, lock, slot, Receive::Until(end)).await
+    }
+
+    /// Takes a census and stores it as [`CENSUS_FILE`]; a census that
+    /// cannot be taken is a warning, since the WAL is archived all the same.
+    async fn store_census(
+        &self,
+        builder: &mut SnapshotBuilder,
+        connection: &Connection,
+        tools: &WalTools,
+    ) -> Result<Option<CensusMark>, SourceError> {
+        tracing::info!("postgres-wal: taking a census");
+        let census = match census::take(connection, &tools.psql).await {
+            Ok(census) => census,
+            Err(e) => {
+                builder.warn(format!("no census taken: {e}"));
+                return Ok(None);
+            }
+        };
+        let text = serde_json::to_vec_pretty(&census).map_err(|e| WalError::Unexpected {
+            what: "encoding the census".into(),
+            output: e.to_string(),
+        })?;
+        builder
+            .add_stream(
+                CENSUS_FILE,
+                std::io::Cursor::new(text),
+                StreamChunking::Content,
+            )
+            .await?;
+        Ok(Some(census.mark))
     }
 
     /// Takes a base backup into the spool and stores it as [`BASE_FOLDER`].

@@ -33,7 +33,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 
 pub use self::timeline::TimelineHistory;
-pub use self::write::{Written, recovery_settings, write};
+pub use self::write::{Written, go_on, pause_at, recovery_settings, write};
 use super::names::{Lsn, SEGMENT_SIZE, Segment, WalFile};
 use super::server::BaseBackupRange;
 use super::{BASE_FOLDER, WalMetadata};
@@ -254,6 +254,38 @@ pub async fn plan(
     chosen: &SnapshotEntry,
     target: &Target,
 ) -> Result<Plan, PitrError> {
+    plan_from(reader, snapshots, chosen, target, target).await
+}
+
+/// Plans a recovery to the archive's end from a base backup that ended
+/// by `stop`, so that recovery can first stop there (a drill's census) and
+/// then go on.
+///
+/// Fails as [`plan`] does.
+pub async fn plan_through(
+    reader: &BlobReader,
+    snapshots: &[SnapshotEntry],
+    chosen: &SnapshotEntry,
+    stop: Lsn,
+) -> Result<Plan, PitrError> {
+    plan_from(
+        reader,
+        snapshots,
+        chosen,
+        &Target::Latest,
+        &Target::Lsn(stop),
+    )
+    .await
+}
+
+/// [`plan`], with the base backup chosen for `base_for`.
+async fn plan_from(
+    reader: &BlobReader,
+    snapshots: &[SnapshotEntry],
+    chosen: &SnapshotEntry,
+    target: &Target,
+    base_for: &Target,
+) -> Result<Plan, PitrError> {
     let job = chosen.snapshot.job.clone();
     let cluster = WalMetadata::of(&chosen.snapshot)
         .ok_or_else(|| PitrError::NotWal {
@@ -267,7 +299,7 @@ pub async fn plan(
         .filter(|(_, m)| m.system_identifier == cluster)
         .collect();
     archive.sort_by_key(|(e, _)| (e.snapshot.time, e.id));
-    let (base_at, base_range) = choose_base(&archive, target).ok_or_else(|| {
+    let (base_at, base_range) = choose_base(&archive, base_for).ok_or_else(|| {
         let oldest = archive
             .iter()
             .find(|(_, m)| m.base_backup.is_some())
@@ -275,7 +307,7 @@ pub async fn plan(
             .unwrap_or_else(|| " (it has none yet)".into());
         PitrError::NoBaseBackup {
             job: job.clone(),
-            target: target.clone(),
+            target: base_for.clone(),
             oldest,
         }
     })?;

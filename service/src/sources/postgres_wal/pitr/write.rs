@@ -113,7 +113,6 @@ pub fn recovery_settings(target: &Target) -> String {
          recovery_target_timeline = 'latest'\n\
          recovery_target_action = 'promote'\n",
     );
-    let quoted = |value: &str| format!("'{}'", value.replace('\'', "''"));
     let line = match target {
         Target::Latest => None,
         Target::Time(time) => Some(format!(
@@ -131,6 +130,36 @@ pub fn recovery_settings(target: &Target) -> String {
         settings.push('\n');
     }
     settings
+}
+
+/// Makes the recovery of the data directory `dir` pause at restore point
+/// `name`, open for reading as a hot standby, instead of going on.
+///
+/// Fails when `postgresql.auto.conf` cannot be written.
+pub fn pause_at(dir: &Path, name: &str) -> Result<(), PitrError> {
+    let settings = format!(
+        "\n# Written by lifeboat drill: pause at the census.\n\
+         recovery_target_name = {}\n\
+         recovery_target_action = 'pause'\n",
+        quoted(name)
+    );
+    append(&dir.join("postgresql.auto.conf"), settings.as_bytes())
+}
+
+/// Undoes [`pause_at`]: once restarted, recovery goes on to the end of
+/// the WAL and the server is promoted.
+///
+/// Fails when `postgresql.auto.conf` cannot be written.
+pub fn go_on(dir: &Path) -> Result<(), PitrError> {
+    append(
+        &dir.join("postgresql.auto.conf"),
+        b"recovery_target_name = ''\nrecovery_target_action = 'promote'\n",
+    )
+}
+
+/// `value` as a quoted configuration value.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// Fails unless `path` is a folder, not a link to one.
