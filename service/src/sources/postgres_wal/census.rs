@@ -20,7 +20,7 @@
 //! belong to a database) and read access to every table
 //! (`pg_read_all_data`, PostgreSQL 14 and later).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -285,42 +285,48 @@ impl Visibility {
 }
 
 /// What differs between a census and the counts found: one line per
-/// table (or database) whose rows differ, is missing or is new.
+/// database or table whose rows differ, that is missing, or that is new.
 pub fn differences(census: &Census, found: &[DatabaseCensus]) -> Vec<String> {
+    type Tables<'a> = BTreeMap<(&'a str, &'a str), u64>;
+    fn tables(database: &DatabaseCensus) -> Tables<'_> {
+        database
+            .tables
+            .iter()
+            .map(|t| ((t.schema.as_str(), t.table.as_str()), t.rows))
+            .collect()
+    }
+    let then: BTreeMap<&str, Tables<'_>> = census
+        .databases
+        .iter()
+        .map(|d| (d.database.as_str(), tables(d)))
+        .collect();
+    let now: BTreeMap<&str, Tables<'_>> = found
+        .iter()
+        .map(|d| (d.database.as_str(), tables(d)))
+        .collect();
     let mut lines = Vec::new();
-    for expected in &census.databases {
-        let Some(now) = found.iter().find(|d| d.database == expected.database) else {
-            lines.push(format!("database {:?} is missing", expected.database));
+    for (database, counted) in &then {
+        let Some(present) = now.get(database) else {
+            lines.push(format!("database {database:?} is missing"));
             continue;
         };
-        let database = &expected.database;
-        for table in &expected.tables {
-            let name = format!("{}.{}", table.schema, table.table);
-            match now
-                .tables
-                .iter()
-                .find(|t| t.schema == table.schema && t.table == table.table)
-            {
-                None => lines.push(format!("{database}: table {name} is missing")),
-                Some(t) if t.rows != table.rows => lines.push(format!(
-                    "{database}: {name} has {} rows, {} at the census",
-                    t.rows, table.rows
+        for ((schema, table), rows) in counted {
+            match present.get(&(*schema, *table)) {
+                None => lines.push(format!("{database}: table {schema}.{table} is missing")),
+                Some(found) if found != rows => lines.push(format!(
+                    "{database}: {schema}.{table} has {found} rows, {rows} at the census"
                 )),
                 Some(_) => {}
             }
         }
-        for table in &now.tables {
-            let known = expected
-                .tables
-                .iter()
-                .any(|t| t.schema == table.schema && t.table == table.table);
-            if !known {
-                lines.push(format!(
-                    "{database}: table {}.{} was not there at the census",
-                    table.schema, table.table
-                ));
-            }
+        for (schema, table) in present.keys().filter(|key| !counted.contains_key(*key)) {
+            lines.push(format!(
+                "{database}: table {schema}.{table} was not there at the census"
+            ));
         }
+    }
+    for database in now.keys().filter(|d| !then.contains_key(*d)) {
+        lines.push(format!("database {database:?} was not there at the census"));
     }
     lines
 }
@@ -359,7 +365,10 @@ mod tests {
         };
         let same = census.databases.clone();
         assert!(differences(&census, &same).is_empty());
-        let found = vec![database("app", vec![table("events", 251), table("new", 0)])];
+        let found = vec![
+            database("app", vec![table("events", 251), table("new", 0)]),
+            database("later", vec![]),
+        ];
         assert_eq!(
             differences(&census, &found),
             [
@@ -367,6 +376,7 @@ mod tests {
                 "app: table public.gone is missing",
                 "app: table public.new was not there at the census",
                 "database \"other\" is missing",
+                "database \"later\" was not there at the census",
             ]
         );
     }
