@@ -73,6 +73,10 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     let Some(census) = census else {
         return;
     };
+    run.note(match &census {
+        Some(census) => format!("restore point {}", census.mark.restore_point),
+        None => "none a recovery can stop at".into(),
+    });
     let plan = run
         .step("plan the recovery to the end of the archive", async {
             match &census {
@@ -146,9 +150,10 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
     server.stop().await;
 }
 
-/// The census of the newest snapshot of the job that holds one and whose
-/// WAL reaches its restore point: received by its own run, or followed
-/// by a later snapshot. `None` when there is none.
+/// The census of the newest snapshot of the job that holds one a
+/// recovery can reach: a base backup ended before its restore point, and
+/// the WAL reaches it (received by the census's own run, or followed by a
+/// later snapshot). `None` when there is none.
 ///
 /// Fails when the census cannot be read or does not parse.
 async fn newest_census(
@@ -166,10 +171,15 @@ async fn newest_census(
         .filter(|(_, m)| m.system_identifier == cluster)
         .collect();
     let newest_time = archive.iter().map(|(e, _)| e.snapshot.time).max();
+    let based_before = |lsn: Lsn| {
+        archive
+            .iter()
+            .any(|(_, m)| m.base_backup.is_some_and(|b| b.end_lsn <= lsn))
+    };
     let usable = archive
         .iter()
         .filter(|(e, m)| {
-            m.census.is_some()
+            m.census.as_ref().is_some_and(|c| based_before(c.lsn))
                 && (m.received_by == "run" || newest_time.is_some_and(|t| t > e.snapshot.time))
         })
         .max_by_key(|(e, _)| (e.snapshot.time, e.id));
