@@ -131,11 +131,6 @@ impl<W: Write> PackBuilder<W> {
         self.written
     }
 
-    /// Whether no blob has been added.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
-    }
-
     /// The plaintext's length once a blob of `stored` bytes is added and
     /// the table written.
     pub(crate) fn plain_len_with(&self, stored: usize) -> u64 {

@@ -220,9 +220,11 @@ impl BlobWriter {
     }
 
     /// The open pack of `kind`, locked, once it has room for a blob of
-    /// `stored` bytes: a data pack that would outgrow its buffer is sealed
-    /// and sent first (before a new one takes a place in the budget), so
-    /// that pack buffers keep the size they were made with.
+    /// `stored` bytes: a data pack at least half full that the blob would
+    /// push past its buffer is sealed and sent first (before a new one
+    /// takes a place in the budget). At the default sizes (chunks of at
+    /// most half a pack) pack buffers so keep the size they were made
+    /// with, and every pack but a backup's last is at least half full.
     fn slot_with_room(
         &self,
         kind: BlobKind,
@@ -235,7 +237,7 @@ impl BlobWriter {
                 .map_err(|_| poisoned())?;
             let outgrown = kind == BlobKind::Data
                 && slot.as_ref().is_some_and(|pack| {
-                    !pack.builder.is_empty()
+                    pack.builder.len() >= shared.pack_size / 2
                         && pack.builder.plain_len_with(stored) > shared.pack_room()
                 });
             let early = if outgrown { slot.take() } else { None };
@@ -615,6 +617,15 @@ mod tests {
         for (id, blob) in ids.iter().zip(&blobs) {
             assert_eq!(&reader.read(id).await?, blob);
         }
+        // A pack under half full takes the blob all the same.
+        let (_, stats) = store_blobs(
+            &service,
+            BlobKind::Data,
+            vec![random(400_000), random(1_000_000)],
+        )
+        .await?;
+        let counts: Vec<usize> = stats.packs.iter().map(|p| p.blobs.len()).collect();
+        assert_eq!(counts, [2]);
         Ok(())
     }
 
