@@ -265,10 +265,10 @@ pub enum PostgresError {
         hint: Hint,
     },
     /// A query in a database failed.
-    #[error("a query in database {database:?} failed: {message}{hint}")]
+    #[error("a query in {target} failed: {message}{hint}")]
     Query {
-        /// The database.
-        database: String,
+        /// The database, as a message names it.
+        target: String,
         /// psql's error text.
         message: String,
         /// The fix, when known.

@@ -119,7 +119,10 @@ fn server_hint(message: &str, password_origin: &str) -> Hint {
 
 /// A `psql` session in one database, fed on stdin.
 pub(crate) struct PsqlSession {
+    /// The database (empty: the dsn's own).
     database: String,
+    /// The database, as messages name it.
+    target: String,
     password_origin: String,
     client: Option<Client>,
     stdin: Writer,
@@ -160,7 +163,11 @@ impl PsqlSession {
             None => command.args(connection.server_argument()),
         };
         command.stdin_piped();
-        let database = database.unwrap_or("of the dsn");
+        let target = database.map_or_else(
+            || "the dsn's database".to_owned(),
+            |name| format!("database {name:?}"),
+        );
+        let database = database.unwrap_or_default();
         let mut client = connection.start(&command).await?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             client.stdin.take(),
@@ -174,6 +181,7 @@ impl PsqlSession {
         };
         let mut session = Self {
             database: database.to_owned(),
+            target,
             password_origin: connection.password_origin().to_owned(),
             client: Some(client),
             stdin,
@@ -185,7 +193,7 @@ impl PsqlSession {
             .ask("SELECT 1;")
             .await
             .map_err(|stopped| PostgresError::Connect {
-                target: format!("database {database:?}"),
+                target: session.target.clone(),
                 message: stopped.message,
                 hint: stopped.hint,
             })?;
@@ -225,7 +233,7 @@ impl PsqlSession {
     /// Fails when the server reports an error (which ends the session).
     pub async fn query(&mut self, sql: &str) -> Result<Vec<String>, PostgresError> {
         self.ask(sql).await.map_err(|stopped| PostgresError::Query {
-            database: self.database.clone(),
+            target: self.target.clone(),
             message: stopped.message,
             hint: stopped.hint,
         })
