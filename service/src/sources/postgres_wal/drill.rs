@@ -21,7 +21,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::WalMetadata;
 use super::census::{self, CENSUS_FILE, Census, DatabaseCensus};
 use super::names::{Lsn, SEGMENT_SIZE};
 use super::pitr::{self, Target};
@@ -143,9 +142,7 @@ pub(crate) async fn verify(run: &mut JobRun<'_>) {
         run.note(format!("recovered to {at}"));
     }
     if let Some(found) = count_every_table(run, &server).await {
-        let tables: usize = found.iter().map(|d| d.tables.len()).sum();
-        let rows: u64 = found.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum();
-        run.note(format!("{tables} tables, {rows} rows"));
+        run.note(totals(&found));
     }
     server.stop().await;
 }
@@ -161,28 +158,19 @@ async fn newest_census(
     snapshots: &[SnapshotEntry],
     chosen: &SnapshotEntry,
 ) -> Result<Option<Census>, ScratchServerError> {
-    let Some(cluster) = WalMetadata::of(&chosen.snapshot).map(|m| m.system_identifier) else {
+    let Some(archive) = pitr::archive(snapshots, chosen) else {
         return Ok(None);
     };
-    let archive: Vec<(&SnapshotEntry, WalMetadata)> = snapshots
-        .iter()
-        .filter(|e| e.snapshot.job == chosen.snapshot.job)
-        .filter_map(|e| WalMetadata::of(&e.snapshot).map(|m| (e, m)))
-        .filter(|(_, m)| m.system_identifier == cluster)
-        .collect();
-    let newest_time = archive.iter().map(|(e, _)| e.snapshot.time).max();
+    let newest_time = archive.last().map(|(e, _)| e.snapshot.time);
     let based_before = |lsn: Lsn| {
         archive
             .iter()
             .any(|(_, m)| m.base_backup.is_some_and(|b| b.end_lsn <= lsn))
     };
-    let usable = archive
-        .iter()
-        .filter(|(e, m)| {
-            m.census.as_ref().is_some_and(|c| based_before(c.lsn))
-                && (m.received_by == "run" || newest_time.is_some_and(|t| t > e.snapshot.time))
-        })
-        .max_by_key(|(e, _)| (e.snapshot.time, e.id));
+    let usable = archive.iter().rfind(|(e, m)| {
+        m.census.as_ref().is_some_and(|c| based_before(c.lsn))
+            && (m.received_by == "run" || newest_time.is_some_and(|t| t > e.snapshot.time))
+    });
     let Some((entry, _)) = usable else {
         return Ok(None);
     };
@@ -258,14 +246,19 @@ async fn compare_with_census(
     if compared.is_none() {
         return false;
     }
-    let tables: usize = found.iter().map(|d| d.tables.len()).sum();
-    let rows: u64 = found.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum();
-    run.note(format!("{tables} tables, {rows} rows, as counted then"));
+    run.note(format!("{}, as counted then", totals(&found)));
     run.step("let recovery go on to the end", async {
         pitr::go_on(&place.data)
     })
     .await
     .is_some()
+}
+
+/// How many tables and rows `found` holds, for the report.
+fn totals(found: &[DatabaseCensus]) -> String {
+    let tables: usize = found.iter().map(|d| d.tables.len()).sum();
+    let rows: u64 = found.iter().flat_map(|d| &d.tables).map(|t| t.rows).sum();
+    format!("{tables} tables, {rows} rows")
 }
 
 /// Counts every table of every database of `server` (a step each), or

@@ -287,18 +287,9 @@ async fn plan_from(
     base_for: &Target,
 ) -> Result<Plan, PitrError> {
     let job = chosen.snapshot.job.clone();
-    let cluster = WalMetadata::of(&chosen.snapshot)
-        .ok_or_else(|| PitrError::NotWal {
-            id: chosen.id.short(),
-        })?
-        .system_identifier;
-    let mut archive: Vec<(&SnapshotEntry, WalMetadata)> = snapshots
-        .iter()
-        .filter(|e| e.snapshot.job == job)
-        .filter_map(|e| WalMetadata::of(&e.snapshot).map(|m| (e, m)))
-        .filter(|(_, m)| m.system_identifier == cluster)
-        .collect();
-    archive.sort_by_key(|(e, _)| (e.snapshot.time, e.id));
+    let archive = archive(snapshots, chosen).ok_or_else(|| PitrError::NotWal {
+        id: chosen.id.short(),
+    })?;
     let (base_at, base_range) = choose_base(&archive, base_for).ok_or_else(|| {
         let oldest = archive
             .iter()
@@ -385,6 +376,24 @@ async fn plan_from(
         files,
         last_segment,
     })
+}
+
+/// The archive `chosen` belongs to: the snapshots of its job and cluster
+/// among `snapshots`, with their metadata, oldest first. `None` when
+/// `chosen` is not a WAL snapshot.
+pub fn archive<'a>(
+    snapshots: &'a [SnapshotEntry],
+    chosen: &SnapshotEntry,
+) -> Option<Vec<(&'a SnapshotEntry, WalMetadata)>> {
+    let cluster = WalMetadata::of(&chosen.snapshot)?.system_identifier;
+    let mut archive: Vec<(&SnapshotEntry, WalMetadata)> = snapshots
+        .iter()
+        .filter(|e| e.snapshot.job == chosen.snapshot.job)
+        .filter_map(|e| WalMetadata::of(&e.snapshot).map(|m| (e, m)))
+        .filter(|(_, m)| m.system_identifier == cluster)
+        .collect();
+    archive.sort_by_key(|(e, _)| (e.snapshot.time, e.id));
+    Some(archive)
 }
 
 /// The complete segments a base backup holds in its own `pg_wal` (the
