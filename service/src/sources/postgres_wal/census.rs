@@ -27,7 +27,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::WalError;
 use super::names::Lsn;
+use crate::backup::SnapshotBuilder;
+use crate::backup::stream::StreamChunking;
+use crate::sources::SourceError;
 use crate::sources::postgres::PostgresError;
 use crate::sources::postgres::connection::Connection;
 use crate::sources::postgres::session::{self, PsqlSession, TableRows};
@@ -97,11 +101,43 @@ pub enum CensusError {
     },
 }
 
+/// Takes a census and stores it in `builder` as [`CENSUS_FILE`]; returns
+/// its mark. A census that cannot be taken is a warning, since the WAL is
+/// archived all the same.
+///
+/// Fails when the census cannot be stored.
+pub(super) async fn store(
+    builder: &mut SnapshotBuilder,
+    connection: &Connection,
+    psql: &Path,
+) -> Result<Option<CensusMark>, SourceError> {
+    tracing::info!("postgres-wal: taking a census");
+    let census = match take(connection, psql).await {
+        Ok(census) => census,
+        Err(e) => {
+            builder.warn(format!("no census taken: {e}"));
+            return Ok(None);
+        }
+    };
+    let text = serde_json::to_vec_pretty(&census).map_err(|e| WalError::Unexpected {
+        what: "encoding the census".into(),
+        output: e.to_string(),
+    })?;
+    builder
+        .add_stream(
+            CENSUS_FILE,
+            std::io::Cursor::new(text),
+            StreamChunking::Content,
+        )
+        .await?;
+    Ok(Some(census.mark))
+}
+
 /// Takes a census of every database that accepts connections.
 ///
 /// Fails when the role cannot connect, count or make a restore point, or
 /// when transactions ended during every attempt.
-pub(super) async fn take(connection: &Connection, psql: &Path) -> Result<Census, CensusError> {
+async fn take(connection: &Connection, psql: &Path) -> Result<Census, CensusError> {
     let inventory = session::inventory(connection, psql).await?;
     let databases: Vec<String> = inventory
         .databases

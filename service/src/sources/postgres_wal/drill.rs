@@ -5,7 +5,7 @@
 //! recovery, reach the archive's last segment and let every table of
 //! every database be read to the end.
 //!
-//! When the archive holds a [`census`](super::census), recovery first
+//! When the archive holds a [`census`], recovery first
 //! pauses at its restore point, where every table must hold exactly the
 //! rows the census counted then; the server is stopped there and
 //! recovery goes on to the end when it starts again.

@@ -40,7 +40,7 @@
 //!
 //! - **Census.** With `census_every`, a run takes a [`census`] when the
 //!   newest is older: every table's rows at a restore point, stored as
-//!   [`CENSUS_FILE`], which the drill recovers to and compares.
+//!   [`CENSUS_FILE`](census::CENSUS_FILE), which the drill recovers to and compares.
 //!
 //! Retention counts only the snapshots that hold a base backup, and keeps
 //! every WAL snapshot from the oldest kept base backup on: each kept base
@@ -50,6 +50,7 @@
 
 pub mod census;
 pub mod drill;
+mod error;
 mod history;
 pub mod names;
 pub mod pitr;
@@ -63,19 +64,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use self::census::{CENSUS_FILE, CensusMark};
+use self::census::CensusMark;
+pub use self::error::WalError;
 use self::history::JobHistory;
 use self::names::WalFile;
 use self::server::{BaseBackupRange, Receive, ServerWal, WalTools, base_backup, receive};
 use self::spool::{Journal, Spool, WriterLock};
 use self::store::{Stored, is_anchor, store_wal};
 use super::postgres::client::ClientHost;
-use super::postgres::connection::{Connection, Hint};
+use super::postgres::connection::Connection;
 use super::postgres::{PostgresError, PostgresSource};
 use super::{SourceContext, SourceError, SourceKind, resolve};
 use crate::backup::SnapshotBuilder;
 use crate::backup::folders::Folder;
-use crate::backup::stream::StreamChunking;
 use crate::repo::snapshot::Snapshot;
 
 /// The snapshot folder holding a base backup.
@@ -140,7 +141,7 @@ pub struct WalMetadata {
     pub base_backup: Option<BaseBackupRange>,
     /// Who received the WAL: `"receiver"` (lifeboatd's) or `"run"`.
     pub received_by: String,
-    /// The census this snapshot holds ([`CENSUS_FILE`]), if any.
+    /// The census this snapshot holds ([`CENSUS_FILE`](census::CENSUS_FILE)), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub census: Option<CensusMark>,
 }
@@ -151,91 +152,6 @@ impl WalMetadata {
         (snapshot.source_kind == SourceKind::PostgresWal)
             .then(|| serde_json::from_value(snapshot.metadata.clone()).ok())
             .flatten()
-    }
-}
-
-/// Why WAL could not be archived.
-#[derive(Debug, thiserror::Error)]
-pub enum WalError {
-    /// Connection settings, password or client programs.
-    #[error(transparent)]
-    Postgres(#[from] PostgresError),
-    /// lifeboatd runs without a state folder.
-    #[error(
-        "a postgres-wal job needs lifeboat's state folder for its WAL spool; \
-         run it under lifeboatd with state_dir set"
-    )]
-    NoStateFolder,
-    /// The spool cannot be used.
-    #[error(
-        "the WAL spool {path} cannot be used: {source}; check the state folder's disk and permissions"
-    )]
-    Spool {
-        /// The folder or file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
-    /// The server's WAL position could not be read.
-    #[error("cannot read the server's WAL position: {message}{hint}")]
-    Server {
-        /// psql's error text.
-        message: String,
-        /// The fix, when known.
-        hint: Hint,
-    },
-    /// The server's segments are not 16 MiB.
-    #[error(
-        "the server's WAL segments are {segment_size} bytes; lifeboat archives 16 MiB segments \
-         (initdb's default) only"
-    )]
-    SegmentSize {
-        /// `wal_segment_size`.
-        segment_size: u64,
-    },
-    /// `pg_receivewal` failed.
-    #[error("pg_receivewal failed: {message}{hint}")]
-    Receive {
-        /// Its error text.
-        message: String,
-        /// The fix, when known.
-        hint: Hint,
-    },
-    /// The server recycled WAL that was never received.
-    #[error(
-        "the server no longer has WAL the archive needs ({message}): point-in-time recovery into \
-         the time since the last stored segment is impossible; a new base backup is taken. \
-         To prevent it, set slot = \"lifeboat\" in the job (the server then keeps the WAL until \
-         it is received) or raise wal_keep_size"
-    )]
-    Removed {
-        /// pg_receivewal's error text.
-        message: String,
-    },
-    /// `pg_basebackup` failed.
-    #[error("pg_basebackup failed: {message}{hint}")]
-    BaseBackup {
-        /// Its error text.
-        message: String,
-        /// The fix, when known.
-        hint: Hint,
-    },
-    /// A client program printed something lifeboat does not understand.
-    #[error("unexpected output from PostgreSQL ({what}): {output:?}")]
-    Unexpected {
-        /// What was being read.
-        what: String,
-        /// The start of the output.
-        output: String,
-    },
-}
-
-impl WalError {
-    fn spool(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |source| Self::Spool {
-            path: path.to_owned(),
-            source,
-        }
     }
 }
 
@@ -294,7 +210,7 @@ impl PostgresWalSource {
         // Before the catch-up, which then receives the restore point.
         let census = match self.census_every {
             Some(every) if history.census_older_than(every) => {
-                self.store_census(builder, &connection, &tools).await?
+                census::store(builder, &connection, &tools.psql).await?
             }
             _ => None,
         };
@@ -536,36 +452,6 @@ impl PostgresWalSource {
         // which an idle server may not write for minutes.
         let end = names::Lsn(now.current.0 - 1);
         receive(connection, tools, spool, lock, slot, Receive::Until(end)).await
-    }
-
-    /// Takes a census and stores it as [`CENSUS_FILE`]; a census that
-    /// cannot be taken is a warning, since the WAL is archived all the same.
-    async fn store_census(
-        &self,
-        builder: &mut SnapshotBuilder,
-        connection: &Connection,
-        tools: &WalTools,
-    ) -> Result<Option<CensusMark>, SourceError> {
-        tracing::info!("postgres-wal: taking a census");
-        let census = match census::take(connection, &tools.psql).await {
-            Ok(census) => census,
-            Err(e) => {
-                builder.warn(format!("no census taken: {e}"));
-                return Ok(None);
-            }
-        };
-        let text = serde_json::to_vec_pretty(&census).map_err(|e| WalError::Unexpected {
-            what: "encoding the census".into(),
-            output: e.to_string(),
-        })?;
-        builder
-            .add_stream(
-                CENSUS_FILE,
-                std::io::Cursor::new(text),
-                StreamChunking::Content,
-            )
-            .await?;
-        Ok(Some(census.mark))
     }
 
     /// Takes a base backup into the spool and stores it as [`BASE_FOLDER`].
