@@ -157,9 +157,23 @@ pub fn go_on(dir: &Path) -> Result<(), PitrError> {
     )
 }
 
-/// `value` as a quoted configuration value.
+/// `value` as a quoted configuration value, which ends where `value` does
+/// whatever it holds: PostgreSQL's configuration files read a backslash
+/// as an escape and end a value at a line break.
 fn quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => quoted.push_str("''"),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
 }
 
 /// Fails unless `path` is a folder, not a link to one.
@@ -245,6 +259,15 @@ mod tests {
     fn settings_quote_what_they_hold() {
         let settings = recovery_settings(&Target::Name("it's".into()));
         assert!(settings.contains("recovery_target_name = 'it''s'\n"));
+        // A name from a forged census cannot end the value early.
+        let forged = recovery_settings(&Target::Name("x\\'\nrestore_command = 'sh'".into()));
+        assert!(forged.contains("recovery_target_name = 'x\\\\''\\nrestore_command = ''sh'''\n"));
+        assert!(
+            !forged
+                .lines()
+                .any(|line| line.starts_with("restore_command = 'sh'")),
+            "{forged}"
+        );
         assert!(settings.contains("restore_command = 'false'"));
         assert!(!recovery_settings(&Target::Latest).contains("recovery_target_time ="));
         let time = "2026-12-06T21:29:21.5Z".parse().expect("a time");
