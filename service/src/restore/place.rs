@@ -93,6 +93,24 @@ impl Dirs {
         Ok(fd)
     }
 
+    /// The path of directory `id` below the target, each name after a `/`
+    /// (empty for the target itself).
+    pub(super) fn relative_path(&self, id: DirId) -> Vec<u8> {
+        let parents = self.parents.read().unwrap_or_else(PoisonError::into_inner);
+        let mut names = Vec::new();
+        let mut at = id;
+        while at != ROOT {
+            names.push(&parents[at].1[..]);
+            at = parents[at].0;
+        }
+        let mut path = Vec::new();
+        for name in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(name);
+        }
+        path
+    }
+
     fn cached(&self, id: DirId) -> Option<Arc<OwnedFd>> {
         self.cache
             .lock()
@@ -218,7 +236,7 @@ impl Dirs {
         dir: DirId,
         name: &[u8],
         target: &[u8],
-        node: &Node,
+        stamp: &Stamp,
         as_root: bool,
     ) -> std::io::Result<()> {
         let dir_fd = self.open(dir)?;
@@ -227,35 +245,34 @@ impl Dirs {
             fs::chownat(
                 &*dir_fd,
                 name,
-                uid(node),
-                gid(node),
+                stamp.uid(),
+                stamp.gid(),
                 AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
         Ok(fs::utimensat(
             &*dir_fd,
             name,
-            &times(node),
+            &stamp.times(),
             AtFlags::SYMLINK_NOFOLLOW,
         )?)
     }
 
-    /// Sets owner (as root), permission bits `mode` and times of the
-    /// entry `name` in `dir` (for a directory: of `dir` itself when `name`
-    /// is `None`), as stored in `node`.
+    /// Sets owner (as root), permission bits and times of the `kind` entry
+    /// `name` in `dir` (for a directory: of `dir` itself when `name` is
+    /// `None`) to `stamp`.
     pub(super) fn set_metadata(
         &self,
         dir: DirId,
         name: Option<&[u8]>,
-        node: &Node,
-        mode: u32,
+        kind: NodeKind,
+        stamp: &Stamp,
         as_root: bool,
     ) -> std::io::Result<()> {
-        let fd = match (name, node.kind) {
+        let fd = match (name, kind) {
             (None, _) => self.open(dir)?,
             (Some(name), NodeKind::Chardev | NodeKind::Blockdev) => {
-                let mode = Mode::from_raw_mode(mode & 0o7777);
-                return self.set_device_metadata(dir, name, node, mode, as_root);
+                return self.set_device_metadata(dir, name, stamp, as_root);
             }
             (Some(name), kind) => {
                 // A FIFO opened for reading without blocking does not wait
@@ -278,7 +295,7 @@ impl Dirs {
                 Arc::new(fd)
             }
         };
-        set_opened_metadata(&*fd, node, mode, as_root)
+        set_opened_metadata(&*fd, stamp, as_root)
     }
 
     /// A device node cannot be opened without side effects: its owner and
@@ -288,8 +305,7 @@ impl Dirs {
         &self,
         dir: DirId,
         name: &[u8],
-        node: &Node,
-        mode: Mode,
+        stamp: &Stamp,
         as_root: bool,
     ) -> std::io::Result<()> {
         let dir_fd = self.open(dir)?;
@@ -302,35 +318,85 @@ impl Dirs {
             fs::chownat(
                 &*dir_fd,
                 name,
-                uid(node),
-                gid(node),
+                stamp.uid(),
+                stamp.gid(),
                 AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
-        fs::chmodat(&*dir_fd, name, mode, AtFlags::empty())?;
+        fs::chmodat(&*dir_fd, name, stamp.permissions(), AtFlags::empty())?;
         Ok(fs::utimensat(
             &*dir_fd,
             name,
-            &times(node),
+            &stamp.times(),
             AtFlags::SYMLINK_NOFOLLOW,
         )?)
     }
 }
 
-/// Sets owner (as root), permission bits `mode` and times of the opened
-/// entry `fd`, as stored in `node`.
+/// Sets owner (as root), permission bits and times of the opened entry
+/// `fd` to `stamp`.
 pub(super) fn set_opened_metadata(
     fd: impl AsFd,
-    node: &Node,
-    mode: u32,
+    stamp: &Stamp,
     as_root: bool,
 ) -> std::io::Result<()> {
     // The owner first: a change of owner clears setuid and setgid.
     if as_root {
-        fs::fchown(&fd, uid(node), gid(node))?;
+        fs::fchown(&fd, stamp.uid(), stamp.gid())?;
     }
-    fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
-    Ok(fs::futimens(&fd, &times(node))?)
+    fs::fchmod(&fd, stamp.permissions())?;
+    Ok(fs::futimens(&fd, &stamp.times())?)
+}
+
+/// What a restored entry is settled with: its owner, the permission bits
+/// it is allowed and its modification time (24 bytes, where its node takes
+/// about 200).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stamp {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime_nsec: u32,
+    mtime: i64,
+}
+
+impl Stamp {
+    /// `node`'s owner and time with the permission bits of `mode`.
+    pub(super) fn new(node: &Node, mode: u32) -> Self {
+        Self {
+            uid: node.uid,
+            gid: node.gid,
+            mode: mode & 0o7777,
+            mtime_nsec: node.mtime_nsec,
+            mtime: node.mtime,
+        }
+    }
+
+    /// The stored owner; `u32::MAX` (-1, "no change" to the kernel) keeps it.
+    fn uid(&self) -> Option<Uid> {
+        (self.uid != u32::MAX).then(|| Uid::from_raw(self.uid))
+    }
+
+    fn gid(&self) -> Option<Gid> {
+        (self.gid != u32::MAX).then(|| Gid::from_raw(self.gid))
+    }
+
+    fn permissions(&self) -> Mode {
+        Mode::from_raw_mode(self.mode)
+    }
+
+    /// The stored modification time, also as the access time; nanoseconds
+    /// out of range are clamped.
+    fn times(&self) -> Timestamps {
+        let at = Timespec {
+            tv_sec: self.mtime,
+            tv_nsec: self.mtime_nsec.min(999_999_999).into(),
+        };
+        Timestamps {
+            last_access: at,
+            last_modification: at,
+        }
+    }
 }
 
 /// Open directory descriptors, at most [`CACHED_DIRS`] and a quarter of the
@@ -386,28 +452,6 @@ fn in_the_way() -> std::io::Error {
         std::io::ErrorKind::AlreadyExists,
         "something else of that name is in the target (pass --force to replace it)",
     )
-}
-
-/// The stored owner; `u32::MAX` (-1, "no change" to the kernel) keeps it.
-fn uid(node: &Node) -> Option<Uid> {
-    (node.uid != u32::MAX).then(|| Uid::from_raw(node.uid))
-}
-
-fn gid(node: &Node) -> Option<Gid> {
-    (node.gid != u32::MAX).then(|| Gid::from_raw(node.gid))
-}
-
-/// The stored modification time, also as the access time; nanoseconds out
-/// of range are clamped.
-fn times(node: &Node) -> Timestamps {
-    let at = Timespec {
-        tv_sec: node.mtime,
-        tv_nsec: node.mtime_nsec.min(999_999_999).into(),
-    };
-    Timestamps {
-        last_access: at,
-        last_modification: at,
-    }
 }
 
 #[cfg(test)]

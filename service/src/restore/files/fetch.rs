@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
-use super::{Outputs, RestoreProgress, Slot};
+use super::{Outputs, RestoreProgress, Slots};
 use crate::errors::WorkerError;
 use crate::repo::id::{BlobId, PackId};
 use crate::repo::pack::PackedBlob;
@@ -78,14 +77,14 @@ impl Pace {
 pub(super) async fn fetch_data(
     reader: &BlobReader,
     outputs: &Arc<Outputs>,
-    slots: &Arc<HashMap<BlobId, Vec<Slot>>>,
+    slots: &Arc<Slots>,
     progress: &Arc<RestoreProgress>,
     pace: &mut Pace,
 ) -> Result<Vec<(String, String)>, RestoreError> {
     let mut by_pack: HashMap<PackId, Vec<BlobId>> = HashMap::new();
-    for blob in slots.keys() {
-        if let Some(location) = reader.index().get(blob) {
-            by_pack.entry(location.pack).or_default().push(*blob);
+    for blob in slots.blobs() {
+        if let Some(location) = reader.index().get(&blob) {
+            by_pack.entry(location.pack).or_default().push(blob);
         }
     }
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
@@ -118,8 +117,8 @@ pub(super) async fn fetch_data(
             *pace = pace.blend(sample);
         }
         for (blob, cause) in outcome.failed {
-            for slot in slots.get(&blob).into_iter().flatten() {
-                failed.push((outputs.files[slot.file].entry.shown.clone(), cause.clone()));
+            for slot in slots.of(&blob) {
+                failed.push((outputs.shown(slot.file), cause.clone()));
             }
         }
     }
@@ -164,7 +163,7 @@ impl Decoders {
 struct PackWork {
     reader: BlobReader,
     outputs: Arc<Outputs>,
-    slots: Arc<HashMap<BlobId, Vec<Slot>>>,
+    slots: Arc<Slots>,
     progress: Arc<RestoreProgress>,
 }
 
@@ -285,17 +284,13 @@ impl PackWork {
     /// Writes a blob's plaintext everywhere it belongs.
     fn write_slots(&self, blob: &BlobId, data: &[u8]) -> Result<(), RestoreError> {
         let (outputs, progress) = (&self.outputs, &self.progress);
-        for slot in self.slots.get(blob).into_iter().flatten() {
+        for slot in self.slots.of(blob) {
             outputs.create(slot.file)?;
             let planned = &outputs.files[slot.file];
-            let io = |source| RestoreError::Io {
-                action: "writing",
-                path: PathBuf::from(&planned.entry.shown),
-                source,
-            };
+            let io = |source| outputs.io_error(slot.file, "writing", source);
             let file = outputs
                 .dirs
-                .open_file(planned.entry.dir, planned.name())
+                .open_file(planned.dir, &planned.name)
                 .map_err(io)?;
             file.write_all_at(data, slot.offset).map_err(io)?;
             progress

@@ -11,7 +11,7 @@ use crate::repo::id::BlobId;
 use crate::repo::reader::BlobReader;
 use crate::repo::tree::{Node, NodeKind, Tree};
 use crate::restore::RestoreError;
-use crate::restore::place::DirId;
+use crate::restore::place::{DirId, Stamp};
 
 /// The setuid and setgid bits.
 const SETID_BITS: u32 = 0o6000;
@@ -49,7 +49,7 @@ pub(super) fn lay_out_entries(
 ) -> Vec<Subdir> {
     let mut subdirs = Vec::new();
     let mut seen = HashSet::new();
-    for mut node in tree.entries {
+    for node in tree.entries {
         let name = node.name.0.clone();
         if name.is_empty()
             || name.contains(&b'/')
@@ -91,13 +91,8 @@ pub(super) fn lay_out_entries(
                 if let Some(sub) = node.subtree {
                     subdirs.push((sub, sub_dir, snapshot_path));
                 }
-                let mode = node.mode & 0o7777;
-                plan.dir_metadata.push(Settle {
-                    dir: sub_dir,
-                    node,
-                    mode,
-                    shown,
-                });
+                plan.dir_metadata
+                    .push((sub_dir, Stamp::new(&node, node.mode), shown));
             }
             NodeKind::File => {
                 if let Err(e) = plan.dirs.clear(dir, &name, plan.replace) {
@@ -106,10 +101,7 @@ pub(super) fn lay_out_entries(
                 }
                 let index = plan.files.len();
                 let mut offset = 0;
-                // The slots say where each blob goes: the plan keeps the
-                // node for its metadata only.
-                let content = std::mem::take(&mut node.content);
-                for blob in &content {
+                for blob in &node.content {
                     let Some(location) = reader.index().get(blob) else {
                         plan.failed.push((
                             shown.clone(),
@@ -117,11 +109,11 @@ pub(super) fn lay_out_entries(
                         ));
                         break;
                     };
-                    plan.slots.entry(*blob).or_default().push(Slot {
+                    let slot = Slot {
                         file: index,
                         offset,
-                    });
-                    plan.slot_count += 1;
+                    };
+                    plan.slots.push((*blob, slot));
                     offset += u64::from(location.blob.raw_length);
                 }
                 plan.note_restored(&snapshot_path);
@@ -130,13 +122,10 @@ pub(super) fn lay_out_entries(
                 plan.report.bytes += node.size;
                 let mode = allowed_mode(plan, &node, &shown);
                 plan.files.push(PlannedFile {
+                    dir,
+                    name: name.into_boxed_slice(),
                     size: node.size,
-                    entry: Settle {
-                        dir,
-                        node,
-                        mode,
-                        shown,
-                    },
+                    stamp: Stamp::new(&node, mode),
                 });
             }
             NodeKind::Symlink => {
@@ -180,8 +169,9 @@ pub(super) fn lay_out_entries(
                 let mode = allowed_mode(plan, &node, &shown);
                 plan.settle.push(Settle {
                     dir,
-                    node,
-                    mode,
+                    name,
+                    kind: node.kind,
+                    stamp: Stamp::new(&node, mode),
                     shown,
                 });
             }
