@@ -279,6 +279,7 @@ mod tests {
     use crate::repo::blob::BlobKind;
     use crate::repo::id::BlobId;
     use crate::repo::keys::{RestoreIdentity, ServiceIdentity, generate_identity_file};
+    use crate::repo::reader::BlobStream;
     use crate::repo::test_fixture::{TestRepo, pattern, snapshot_of, store_blob};
     use crate::storage::LocalStore;
     use std::io::Read;

@@ -13,6 +13,10 @@
 //! snapshot whose trees repeat a subtree exponentially stops with an error
 //! instead of walking (and restoring) without end.
 
+mod many;
+
+pub use many::{FetchedBlobs, ManyBlobs};
+
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,12 +57,6 @@ pub const MAX_TREE_DEPTH: usize = 256;
 
 /// Bytes of decrypted tree packs kept in memory.
 const TREE_CACHE_BYTES: usize = 64 << 20;
-/// Needed blobs closer than this are fetched with one GET.
-const MERGE_GAP: u64 = 256 << 10;
-/// Ranged GETs of one pack in flight at once: a distant store's answer
-/// delay is paid once per few runs rather than once per run.
-const RUNS_IN_FLIGHT: usize = 8;
-
 /// A partly fetched pack opened for decryption.
 type PackStream = age::stream::StreamReader<BufReader<SparseObject>>;
 
@@ -181,9 +179,13 @@ impl BlobReader {
             }
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.decrypt_at(&key, &object, &mut None, &blob))
-            .await
-            .map_err(WorkerError::stopped("decrypting a blob"))?
+        tokio::task::spawn_blocking(move || {
+            let mut buffers = BlobBuffers::default();
+            this.read_at(&key, &object, &mut None, &blob, &mut buffers)
+                .map(<[u8]>::to_vec)
+        })
+        .await
+        .map_err(WorkerError::stopped("decrypting a blob"))?
     }
 
     /// A whole pack's plaintext, from the cache or fetched and decrypted.
@@ -203,107 +205,17 @@ impl BlobReader {
         Ok(plain)
     }
 
-    /// Reads several blobs of one pack with one ranged GET per run of
-    /// nearby blobs (a few at once), and returns each blob's plaintext or
-    /// error.
-    ///
-    /// Fails as a whole only when the pack's header cannot be fetched.
-    pub async fn read_many(
-        &self,
-        pack: &PackId,
-        blobs: &[BlobId],
-    ) -> Result<Vec<(BlobId, Result<Vec<u8>, RepoError>)>, RepoError> {
-        let Some(info) = self.index.pack(pack).copied() else {
-            return Ok(blobs
-                .iter()
-                .map(|id| (*id, Err(RepoError::MissingBlob { id: *id })))
-                .collect());
-        };
-        let mut wanted: Vec<PackedBlob> = Vec::new();
-        let mut results = Vec::new();
-        for id in blobs {
-            match self.index.get(id) {
-                Some(location) if location.pack == *pack => wanted.push(location.blob),
-                _ => results.push((*id, Err(RepoError::MissingBlob { id: *id }))),
-            }
-        }
-        wanted.sort_by_key(|b| b.offset);
-        let mut object = SparseObject::new(info.size);
-        object.hold(0, self.header(pack, &info).await?);
-        let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
-        for blob in &wanted {
-            let range = crypt::cipher_range(info.payload_offset, info.size, &blob.range());
-            match runs.last_mut() {
-                Some(last) if range.start <= last.end + MERGE_GAP => {
-                    last.end = last.end.max(range.end)
-                }
-                _ => runs.push(range),
-            }
-        }
-        if wanted
-            .iter()
-            .any(|b| b.offset % SEGMENT_PLAIN == 0 && b.offset > 0)
-        {
-            let last = last_segment(&info);
-            if !runs
-                .last()
-                .is_some_and(|run| run.start <= last.start && last.end <= run.end)
-            {
-                runs.push(last);
-            }
-        }
-        let key = pack.key();
-        runs.retain(|run| !object.holds(run));
-        let mut fetching = tokio::task::JoinSet::new();
-        let mut runs = runs.into_iter();
-        loop {
-            while fetching.len() < RUNS_IN_FLIGHT {
-                let Some(run) = runs.next() else { break };
-                let (store, key) = (self.store.clone(), key.clone());
-                fetching.spawn(async move {
-                    let start = run.start;
-                    store.get_range(&key, run).await.map(|bytes| (start, bytes))
-                });
-            }
-            let Some(fetched) = fetching.join_next().await else {
-                break;
-            };
-            let (start, bytes) = fetched.map_err(WorkerError::stopped("fetching blobs"))??;
-            object.hold(start, bytes);
-        }
-        let this = self.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
-            // One age reader for all of them, in the order they lie, so
-            // each segment is decrypted once; after a blob fails, the next
-            // opens the pack afresh.
-            let mut reader = None;
-            wanted
-                .into_iter()
-                .map(|blob| {
-                    let read = this.decrypt_at(&key, &object, &mut reader, &blob);
-                    if read.is_err() {
-                        reader = None;
-                    }
-                    (blob.id, read)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(WorkerError::stopped("decrypting blobs"))?;
-        results.extend(decoded);
-        Ok(results)
-    }
-
-    /// Decrypts and verifies one blob out of a partly fetched pack, through
-    /// `reader` (opened on `object` when `None`) and its plaintext position;
-    /// blobs must come in the order of their offsets.
-    fn decrypt_at(
+    /// Decrypts and verifies one blob out of a partly fetched pack into
+    /// `buffers`, through `reader` (opened on `object` when `None`) and its
+    /// plaintext position; blobs must come in the order of their offsets.
+    fn read_at<'b>(
         &self,
         key: &str,
         object: &SparseObject,
         reader: &mut Option<(PackStream, u64)>,
         blob: &PackedBlob,
-    ) -> Result<Vec<u8>, RepoError> {
+        buffers: &'b mut BlobBuffers,
+    ) -> Result<&'b [u8], RepoError> {
         let (stream, position) = match reader {
             Some(open) => open,
             None => {
@@ -329,10 +241,11 @@ impl BlobReader {
         } else {
             stream.seek(SeekFrom::Start(blob.offset)).map_err(damaged)?;
         }
-        let mut stored = vec![0; blob.length as usize];
-        stream.read_exact(&mut stored).map_err(damaged)?;
+        let BlobBuffers { stored, plain } = buffers;
+        stored.resize(blob.length as usize, 0);
+        stream.read_exact(stored).map_err(damaged)?;
         *position = blob.offset + u64::from(blob.length);
-        self.decode(key, &stored, blob)
+        self.decode_in(key, stored, blob, plain)
     }
 
     async fn header(&self, pack: &PackId, info: &PackInfo) -> Result<Bytes, RepoError> {
@@ -455,6 +368,21 @@ impl BlobReader {
         }
     }
 
+    /// Decodes `stored` (decompressed into `plain` when compressed) and
+    /// verifies its id.
+    fn decode_in<'b>(
+        &self,
+        key: &str,
+        stored: &'b [u8],
+        blob: &PackedBlob,
+        plain: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], RepoError> {
+        match blob::decode_in(stored, blob.compressed, blob.raw_length as usize, plain) {
+            Some(plain) if self.matches(plain, blob) => Ok(plain),
+            _ => Err(mismatch(key, blob)),
+        }
+    }
+
     fn decode(&self, key: &str, stored: &[u8], blob: &PackedBlob) -> Result<Vec<u8>, RepoError> {
         let plain = blob::decode(stored, blob.compressed, blob.raw_length as usize);
         match plain {
@@ -497,13 +425,21 @@ pub struct BlobBuffers {
     plain: Vec<u8>,
 }
 
-impl<R: Read> PackBlobs<'_, R> {
-    /// The next blob's verified plaintext, or the error naming the pack and
-    /// blob when it does not match its id. `None` when every blob was read,
-    /// or when the pack's bytes stop arriving or decrypting (a damaged
-    /// segment, a cut transfer, blobs that overlap): then
+/// Blobs decoded one at a time into reused [`BlobBuffers`].
+pub trait BlobStream {
+    /// The next blob's verified plaintext, or the error naming its pack and
+    /// the blob; `None` at the end.
+    fn next_blob(&mut self) -> Option<(BlobId, Result<&[u8], RepoError>)>;
+
+    /// The buffers, for the next pack.
+    fn into_buffers(self) -> BlobBuffers;
+}
+
+impl<R: Read> BlobStream for PackBlobs<'_, R> {
+    /// `None` also when the pack's bytes stop arriving or decrypting (a
+    /// damaged segment, a cut transfer, blobs that overlap): then
     /// [`PackBlobs::unread`] holds the rest.
-    pub fn next_blob(&mut self) -> Option<(BlobId, Result<&[u8], RepoError>)> {
+    fn next_blob(&mut self) -> Option<(BlobId, Result<&[u8], RepoError>)> {
         let stream = self.stream.as_mut()?;
         let blob = *self.blobs.get(self.next)?;
         let skipped = blob.offset.checked_sub(self.position).and_then(|gap| {
@@ -524,23 +460,22 @@ impl<R: Read> PackBlobs<'_, R> {
         }
         self.next += 1;
         self.position = blob.offset + u64::from(blob.length);
-        let decoded = blob::decode_in(stored, blob.compressed, blob.raw_length as usize, plain);
-        let result = match decoded {
-            Some(plain) if self.reader.matches(plain, &blob) => Ok(plain),
-            _ => Err(mismatch(&self.key, &blob)),
-        };
-        Some((blob.id, result))
+        Some((
+            blob.id,
+            self.reader.decode_in(&self.key, stored, &blob, plain),
+        ))
     }
 
+    fn into_buffers(self) -> BlobBuffers {
+        self.buffers
+    }
+}
+
+impl<R: Read> PackBlobs<'_, R> {
     /// The blobs not yet read: after a decryption failure, those at and
     /// after the damage, to be read blob by blob instead.
     pub fn unread(&self) -> Vec<BlobId> {
         self.blobs[self.next..].iter().map(|b| b.id).collect()
-    }
-
-    /// The buffers, for the next pack.
-    pub fn into_buffers(self) -> BlobBuffers {
-        self.buffers
     }
 }
 

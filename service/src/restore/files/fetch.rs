@@ -22,7 +22,7 @@ use super::{Outputs, RestoreProgress, Slots};
 use crate::errors::WorkerError;
 use crate::repo::id::{BlobId, PackId};
 use crate::repo::pack::PackedBlob;
-use crate::repo::reader::{BlobBuffers, BlobReader};
+use crate::repo::reader::{BlobBuffers, BlobReader, BlobStream};
 use crate::restore::RestoreError;
 use crate::storage::ObjectReader;
 
@@ -185,8 +185,10 @@ impl PackWork {
         let needed: u64 = wanted.iter().map(|b| u64::from(b.length)).sum();
         let size = index.pack(&pack).map_or(0, |p| p.size);
         if needed * 4 < size {
+            // The ranges fetched are held until decoded: fetched by a
+            // decoder, so that at most one pack's are held per decoder.
             let _decoder = decoding.acquire().await?;
-            let failed = self.read_blob_by_blob(pack, blobs).await?;
+            let failed = self.read_blob_by_blob(pack, blobs, decoding).await?;
             return Ok(PackOutcome { failed, pace: None });
         }
         let asked = Instant::now();
@@ -213,7 +215,7 @@ impl PackWork {
             decode: started.elapsed(),
         };
         if !unread.is_empty() {
-            failed.extend(self.read_blob_by_blob(pack, unread).await?);
+            failed.extend(self.read_blob_by_blob(pack, unread, decoding).await?);
         }
         Ok(PackOutcome {
             failed,
@@ -238,43 +240,45 @@ impl PackWork {
         BlobBuffers,
     ) {
         let mut stream = self.reader.stream_pack(&pack, body, wanted, buffers);
-        let mut failed = Vec::new();
-        while let Some((blob, data)) = stream.next_blob() {
-            let written = match data {
-                Ok(data) => self.write_slots(&blob, data),
-                Err(e) => {
-                    failed.push((blob, e.to_string()));
-                    Ok(())
-                }
-            };
-            if let Err(e) = written {
-                return (Err(e), stream.into_buffers());
-            }
-        }
-        let unread = stream.unread();
-        (Ok((failed, unread)), stream.into_buffers())
+        let written = self
+            .write_blobs(&mut stream)
+            .map(|failed| (failed, stream.unread()));
+        (written, stream.into_buffers())
     }
 
     /// Restores blobs of one pack with ranged GETs of the segments that
-    /// hold them; returns the blobs that failed, with the cause.
+    /// hold them, decoded with a decoder's buffers (the caller holds the
+    /// decoder); returns the blobs that failed, with the cause.
     async fn read_blob_by_blob(
         &self,
         pack: PackId,
         blobs: Vec<BlobId>,
+        decoding: &Decoders,
     ) -> Result<BlobFailures, RestoreError> {
-        let mut failed = Vec::new();
-        let read = match self.reader.read_many(&pack, &blobs).await {
-            Ok(read) => read,
+        let fetched = match self.reader.fetch_many(&pack, &blobs).await {
+            Ok(fetched) => fetched,
             Err(e) => return Ok(blobs.into_iter().map(|b| (b, e.to_string())).collect()),
         };
-        for (blob, data) in read {
+        let work = self.clone();
+        let buffers = decoding.take_buffers();
+        let (written, buffers) = tokio::task::spawn_blocking(move || {
+            let mut blobs = fetched.decode(&work.reader, buffers);
+            let written = work.write_blobs(&mut blobs);
+            (written, blobs.into_buffers())
+        })
+        .await
+        .map_err(WorkerError::stopped("writing restored data"))?;
+        decoding.give_back(buffers);
+        written
+    }
+
+    /// Writes every blob of `blobs` that reads (blocking); returns the
+    /// others, with the cause.
+    fn write_blobs(&self, blobs: &mut impl BlobStream) -> Result<BlobFailures, RestoreError> {
+        let mut failed = Vec::new();
+        while let Some((blob, data)) = blobs.next_blob() {
             match data {
-                Ok(data) => {
-                    let work = self.clone();
-                    tokio::task::spawn_blocking(move || work.write_slots(&blob, &data))
-                        .await
-                        .map_err(WorkerError::stopped("writing restored data"))??;
-                }
+                Ok(data) => self.write_slots(&blob, data)?,
                 Err(e) => failed.push((blob, e.to_string())),
             }
         }
