@@ -78,22 +78,37 @@ pub(crate) fn seal<'a, T: Serialize>(
     sealed.finish().map_err(CryptError::EncryptStream)
 }
 
-/// Decrypts, decompresses, parses and validates a metadata object.
+/// Decrypts, decompresses, parses and validates a metadata object, all
+/// streaming: besides `cipher`, only the parsed value is held (a snapshot
+/// of a million blobs is about 35 MB of ciphertext).
 pub(crate) fn open<'a, T: MetaObject>(
     cipher: &[u8],
     identities: impl Iterator<Item = &'a dyn age::Identity>,
 ) -> Result<T, MetaError> {
-    let packed = crypt::decrypt(identities, cipher).map_err(MetaError::Crypt)?;
-    parse(&packed)
+    let payload = crypt::open(identities, cipher).map_err(MetaError::Crypt)?;
+    let mut payload = Watched {
+        inner: payload,
+        error: None,
+    };
+    let parsed = parse_from::<T>(&mut payload);
+    match payload.error {
+        Some(damage) => Err(MetaError::Crypt(CryptError::DamagedPayload(damage))),
+        None => parsed,
+    }
 }
 
 /// Decompresses (at most `T::MAX_PLAIN` bytes), parses and validates the
-/// plaintext of a metadata object. The JSON is parsed as it is
-/// decompressed, never held whole: an index object of a million blobs is
-/// hundreds of megabytes of JSON.
+/// plaintext of a metadata object.
 pub(crate) fn parse<T: MetaObject>(packed: &[u8]) -> Result<T, MetaError> {
+    parse_from(packed)
+}
+
+/// [`parse`] from a reader. The JSON is parsed as it is decompressed, never
+/// held whole: an index object of a million blobs is hundreds of megabytes
+/// of JSON.
+fn parse_from<T: MetaObject>(packed: impl Read) -> Result<T, MetaError> {
     let broken = |e: std::io::Error| MetaError::Decode(DecodeError::Read(e));
-    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(broken)?;
+    let decoder = zstd::stream::read::Decoder::new(packed).map_err(broken)?;
     let mut json = Bounded {
         inner: decoder,
         left: T::MAX_PLAIN as u64,
@@ -109,6 +124,24 @@ pub(crate) fn parse<T: MetaObject>(packed: &[u8]) -> Result<T, MetaError> {
     let value = parsed.map_err(|e| MetaError::Decode(DecodeError::Json(e)))?;
     value.validate().map_err(MetaError::Format)?;
     Ok(value)
+}
+
+/// A reader that keeps the first error of `inner` (age's, for a damaged
+/// payload) and passes a copy on, so that the error can be told from the
+/// decompressor's or the parser's afterwards.
+struct Watched<R> {
+    inner: R,
+    error: Option<std::io::Error>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let passed = std::io::Error::new(e.kind(), e.to_string());
+            self.error.get_or_insert(e);
+            passed
+        })
+    }
 }
 
 /// A reader that fails once more than `left` bytes were read from `inner`.
@@ -152,7 +185,7 @@ pub(crate) fn verify_name(key: &str, id: &[u8; 32], bytes: &[u8]) -> Result<(), 
 mod tests {
     use super::*;
 
-    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[derive(Debug, serde::Deserialize, serde::Serialize, PartialEq)]
     struct Small(Vec<u8>);
 
     impl MetaObject for Small {
@@ -174,6 +207,33 @@ mod tests {
         match parse::<Small>(&bomb) {
             Err(MetaError::Format(reason)) => assert!(reason.contains("more than 1000 bytes")),
             other => anyhow::bail!("the bomb was not refused: {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_payload_is_a_decryption_error_not_a_parse_error() -> anyhow::Result<()> {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let sealed = seal(
+            &Small((0..200).collect()),
+            std::iter::once(&recipient as &dyn age::Recipient),
+        )?;
+        let identities = || std::iter::once(&identity as &dyn age::Identity);
+        assert_eq!(
+            open::<Small>(&sealed, identities()).ok(),
+            Some(Small((0..200).collect()))
+        );
+
+        let start = usize::try_from(crypt::payload_offset(&sealed).unwrap_or(0))?;
+        let mut flipped = sealed.clone();
+        flipped[start + 3] ^= 1;
+        let cut = &sealed[..sealed.len() - 1];
+        for damaged in [&flipped[..], cut] {
+            match open::<Small>(damaged, identities()) {
+                Err(MetaError::Crypt(CryptError::DamagedPayload(_))) => {}
+                other => anyhow::bail!("damage not named as such: {other:?}"),
+            }
         }
         Ok(())
     }
