@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::id::IndexId;
 use super::index::{Index, IndexFile};
 use super::keys::{self, KeyRole};
+use super::read_budget::{READ_BUDGET_BYTES, ReadBudget};
 use super::{RepoError, meta, object_id, plan};
 use crate::errors::WorkerError;
 use crate::storage::{ObjectStore, StorageError};
@@ -14,7 +15,8 @@ use crate::storage::{ObjectStore, StorageError};
 /// was being read (a prune replaced it).
 const INDEX_RELOADS: usize = 5;
 
-/// Index objects fetched at once (each an answer's latency on S3).
+/// Index objects fetched at once at most (each an answer's latency on S3);
+/// fewer when they are large ([`ReadBudget`]).
 const INDEX_FETCHES: usize = 8;
 
 /// Index objects decoded at once: each holds its whole JSON while it is
@@ -68,15 +70,17 @@ async fn load_index(
     let mut pending = tokio::task::JoinSet::new();
     let mut objects = listed.into_iter();
     let decodes = Arc::new(tokio::sync::Semaphore::new(INDEX_DECODES));
+    let budget = ReadBudget::new(READ_BUDGET_BYTES);
     loop {
         while pending.len() < INDEX_FETCHES {
             let Some(object) = objects.next() else { break };
             let (store, identity) = (store.clone(), identity.clone());
-            let decodes = decodes.clone();
+            let (decodes, budget) = (decodes.clone(), budget.clone());
             pending.spawn(async move {
                 let key = object.key.clone();
                 let read = async move {
                     let id = object_id::<IndexId>(&object.key, "index/")?;
+                    let _held = budget.hold(object.size).await;
                     let cipher = store.get(&object.key).await?;
                     meta::verify_name(&object.key, id.as_bytes(), &cipher)?;
                     // Never closed: no permit would only mean no limit.

@@ -24,6 +24,7 @@ pub mod pack;
 mod plan;
 pub mod prune;
 pub(crate) mod put;
+mod read_budget;
 pub mod reader;
 pub mod repack;
 pub mod snapshot;

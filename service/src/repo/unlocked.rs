@@ -10,6 +10,7 @@ use super::id::{self, BlobId, SnapshotId};
 use super::index::{self, Index};
 use super::keys::{self, AnyIdentity, ChunkIdKey, KeyRole, RestoreIdentity};
 use super::load::{IndexProblems, load_index_and_plans};
+use super::read_budget::{READ_BUDGET_BYTES, ReadBudget};
 use super::snapshot::{Snapshot, SnapshotEntry, SnapshotHeader};
 use super::{Fingerprint, RepoError, Repository, meta, object_id, plan, put, reader, writer};
 use crate::storage::StorageError;
@@ -38,7 +39,8 @@ pub struct UnlockedRepository<K: KeyRole = keys::ServiceIdentity> {
 /// the clones of one unlocking and with the listings handed out.
 pub(super) type SnapshotCache = Arc<std::sync::Mutex<HashMap<SnapshotId, Arc<SnapshotHeader>>>>;
 
-/// Snapshot objects fetched at once when listing.
+/// Snapshot objects fetched at once when listing, at most: fewer when
+/// they are large ([`ReadBudget`]).
 const SNAPSHOT_READS: usize = 16;
 
 impl<K: KeyRole> UnlockedRepository<K> {
@@ -238,19 +240,25 @@ impl<K: KeyRole> UnlockedRepository<K> {
         &self,
     ) -> Result<(Vec<SnapshotEntry>, Vec<(String, String)>), RepoError> {
         let listed = self.repo.store.list("snapshots/").await?;
+        let budget = ReadBudget::new(READ_BUDGET_BYTES);
         let reads: Vec<_> = futures_util::stream::iter(listed)
-            .map(|object| async move {
-                let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
-                    Ok(id) => match self.cached_snapshot(id) {
-                        Some(snapshot) => Ok((id, snapshot)),
-                        None => self
-                            .read_snapshot_header(id)
-                            .await
-                            .map(|snapshot| (id, Arc::new(snapshot))),
-                    },
-                    Err(e) => Err(e),
-                };
-                (object.key, read)
+            .map(|object| {
+                let budget = budget.clone();
+                async move {
+                    let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
+                        Ok(id) => match self.cached_snapshot(id) {
+                            Some(snapshot) => Ok((id, snapshot)),
+                            None => {
+                                let _held = budget.hold(object.size).await;
+                                self.read_snapshot_header(id)
+                                    .await
+                                    .map(|snapshot| (id, Arc::new(snapshot)))
+                            }
+                        },
+                        Err(e) => Err(e),
+                    };
+                    (object.key, read)
+                }
             })
             .buffered(SNAPSHOT_READS)
             .collect()
