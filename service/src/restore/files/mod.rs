@@ -17,11 +17,11 @@
 //! and named in [`RestoreError::Incomplete`] while the rest is restored.
 //! setuid/setgid bits and device nodes are restored only with
 //! [`RestoreOptions::keep_special`].
-
 //!
 //! This module holds the entry point, its options and report, and the
 //! plan both phases share; `plan` lays out the trees and plans which blobs
-//! go where, `fetch` fetches the packs and writes the blobs into the files.
+//! go where (`slots`), `fetch` fetches the packs and writes the blobs into
+//! the files.
 
 mod fetch;
 mod plan;
