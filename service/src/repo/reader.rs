@@ -181,8 +181,8 @@ impl BlobReader {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut buffers = BlobBuffers::default();
-            this.read_at(&key, &object, &mut None, &blob, &mut buffers)
-                .map(<[u8]>::to_vec)
+            this.read_at(&key, &object, &mut None, &blob, &mut buffers)?;
+            Ok(buffers.into_plain(&blob))
         })
         .await
         .map_err(WorkerError::stopped("decrypting a blob"))?
@@ -383,12 +383,15 @@ impl BlobReader {
         }
     }
 
+    /// [`Self::decode_in`] into a plaintext of its own.
     fn decode(&self, key: &str, stored: &[u8], blob: &PackedBlob) -> Result<Vec<u8>, RepoError> {
-        let plain = blob::decode(stored, blob.compressed, blob.raw_length as usize);
-        match plain {
-            Some(plain) if self.matches(&plain, blob) => Ok(plain),
-            _ => Err(mismatch(key, blob)),
-        }
+        let mut plain = Vec::new();
+        self.decode_in(key, stored, blob, &mut plain)?;
+        Ok(if blob.compressed {
+            plain
+        } else {
+            stored.to_vec()
+        })
     }
 
     fn matches(&self, plain: &[u8], blob: &PackedBlob) -> bool {
@@ -423,6 +426,19 @@ pub struct PackBlobs<'a, R: Read> {
 pub struct BlobBuffers {
     stored: Vec<u8>,
     plain: Vec<u8>,
+}
+
+impl BlobBuffers {
+    /// The plaintext of `blob` once it was decoded into these buffers: an
+    /// uncompressed blob is what was stored, a compressed one what it
+    /// decompressed to.
+    fn into_plain(self, blob: &PackedBlob) -> Vec<u8> {
+        if blob.compressed {
+            self.plain
+        } else {
+            self.stored
+        }
+    }
 }
 
 /// Blobs decoded one at a time into reused [`BlobBuffers`].

@@ -163,7 +163,7 @@ impl BlobReader {
     ) -> Result<Vec<(BlobId, Result<Vec<u8>, RepoError>)>, RepoError> {
         let fetched = self.fetch_many(pack, blobs).await?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let mut blobs = fetched.decode(&this, BlobBuffers::default());
             let mut read = Vec::new();
             while let Some((id, plain)) = blobs.next_blob() {
@@ -172,6 +172,7 @@ impl BlobReader {
             read
         })
         .await
-        .map_err(|e| WorkerError::stopped("decrypting blobs")(e).into())
+        .map_err(WorkerError::stopped("decrypting blobs"))?;
+        Ok(read)
     }
 }
