@@ -90,7 +90,7 @@ pub(crate) fn open<'a, T: MetaObject>(
         inner: payload,
         error: None,
     };
-    let parsed = parse_from::<T>(&mut payload);
+    let parsed = parse::<T>(&mut payload);
     match payload.error {
         Some(damage) => Err(MetaError::Crypt(CryptError::DamagedPayload(damage))),
         None => parsed,
@@ -98,15 +98,10 @@ pub(crate) fn open<'a, T: MetaObject>(
 }
 
 /// Decompresses (at most `T::MAX_PLAIN` bytes), parses and validates the
-/// plaintext of a metadata object.
-pub(crate) fn parse<T: MetaObject>(packed: &[u8]) -> Result<T, MetaError> {
-    parse_from(packed)
-}
-
-/// [`parse`] from a reader. The JSON is parsed as it is decompressed, never
-/// held whole: an index object of a million blobs is hundreds of megabytes
-/// of JSON.
-fn parse_from<T: MetaObject>(packed: impl Read) -> Result<T, MetaError> {
+/// plaintext of a metadata object. The JSON is parsed as it is
+/// decompressed, never held whole: an index object of a million blobs is
+/// hundreds of megabytes of JSON.
+pub(crate) fn parse<T: MetaObject>(packed: impl Read) -> Result<T, MetaError> {
     let broken = |e: std::io::Error| MetaError::Decode(DecodeError::Read(e));
     let decoder = zstd::stream::read::Decoder::new(packed).map_err(broken)?;
     let mut json = Bounded {
@@ -195,7 +190,7 @@ mod tests {
     #[test]
     fn decompression_stops_at_the_kind_s_largest() -> anyhow::Result<()> {
         let fits = zstd::bulk::compress(b"[1,2,3]", 3)?;
-        assert_eq!(parse::<Small>(&fits).ok(), Some(Small(vec![1, 2, 3])));
+        assert_eq!(parse::<Small>(&fits[..]).ok(), Some(Small(vec![1, 2, 3])));
         // A bomb: 64 MiB of spaces compresses to a few KiB.
         let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
         let spaces = vec![b' '; 1 << 20];
@@ -204,7 +199,7 @@ mod tests {
         }
         let bomb = encoder.finish()?;
         assert!(bomb.len() < 1 << 20);
-        match parse::<Small>(&bomb) {
+        match parse::<Small>(&bomb[..]) {
             Err(MetaError::Format(reason)) => assert!(reason.contains("more than 1000 bytes")),
             other => anyhow::bail!("the bomb was not refused: {other:?}"),
         }
