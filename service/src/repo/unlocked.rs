@@ -240,25 +240,22 @@ impl<K: KeyRole> UnlockedRepository<K> {
         &self,
     ) -> Result<(Vec<SnapshotEntry>, Vec<(String, String)>), RepoError> {
         let listed = self.repo.store.list("snapshots/").await?;
-        let budget = ReadBudget::new(READ_BUDGET_BYTES);
+        let budget = &ReadBudget::new(READ_BUDGET_BYTES);
         let reads: Vec<_> = futures_util::stream::iter(listed)
-            .map(|object| {
-                let budget = budget.clone();
-                async move {
-                    let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
-                        Ok(id) => match self.cached_snapshot(id) {
-                            Some(snapshot) => Ok((id, snapshot)),
-                            None => {
-                                let _held = budget.hold(object.size).await;
-                                self.read_snapshot_header(id)
-                                    .await
-                                    .map(|snapshot| (id, Arc::new(snapshot)))
-                            }
-                        },
-                        Err(e) => Err(e),
-                    };
-                    (object.key, read)
-                }
+            .map(|object| async move {
+                let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
+                    Ok(id) => match self.cached_snapshot(id) {
+                        Some(snapshot) => Ok((id, snapshot)),
+                        None => {
+                            let _held = budget.hold(object.size).await;
+                            self.read_snapshot_header(id)
+                                .await
+                                .map(|snapshot| (id, Arc::new(snapshot)))
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                (object.key, read)
             })
             .buffered(SNAPSHOT_READS)
             .collect()
