@@ -196,11 +196,17 @@ impl Settle {
     /// Sets the entry's owner, mode and times by its name in its directory.
     fn settle_by_name(&self, dirs: &Dirs, as_root: bool) -> Result<(), RestoreError> {
         dirs.set_metadata(self.dir, Some(&self.name), self.kind, &self.stamp, as_root)
-            .map_err(|source| RestoreError::Io {
-                action: "setting metadata of",
-                path: PathBuf::from(&self.shown),
-                source,
-            })
+            .map_err(|source| settling_failed(&self.shown, source))
+    }
+}
+
+/// The error for an entry at `shown` whose owner, mode or times could not
+/// be set.
+fn settling_failed(shown: &str, source: std::io::Error) -> RestoreError {
+    RestoreError::Io {
+        action: "setting metadata of",
+        path: PathBuf::from(shown),
+        source,
     }
 }
 
@@ -497,11 +503,7 @@ fn finish(
     }
     for (dir, stamp, shown) in plan.dir_metadata.iter().rev() {
         dirs.set_metadata(*dir, None, NodeKind::Dir, stamp, as_root)
-            .map_err(|source| RestoreError::Io {
-                action: "setting metadata of",
-                path: PathBuf::from(shown),
-                source,
-            })?;
+            .map_err(|source| settling_failed(shown, source))?;
     }
 
     if !failed.is_empty() {
