@@ -668,5 +668,67 @@ async fn a_census_is_drilled_once_a_base_backup_precedes_it() -> Result<()> {
         steps.contains("1 tables, 3 rows, as counted then") && steps.contains("1 tables, 4 rows"),
         "the drill compares the census after the base backup: {steps}"
     );
+
+    // A transaction that has written a row and stays open across a census
+    // is waited for and then left out: it commits after the restore point.
+    let open = OpenTransaction::start(&server, "postgres", "INSERT INTO counted VALUES (5)")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    installation.backup(JOB)?;
+    open.commit()?;
+    write_job(&installation, &server, "1h", ", census_every = \"1h\"")?;
+    installation.backup(JOB)?;
+    let steps = drill_steps()?;
+    ensure!(
+        steps.contains("1 tables, 4 rows, as counted then") && steps.contains("1 tables, 5 rows"),
+        "the census leaves the open transaction's row out: {steps}"
+    );
     Ok(())
+}
+
+/// A transaction that has done a statement and waits, open, to commit.
+struct OpenTransaction {
+    psql: std::process::Child,
+    input: std::process::ChildStdin,
+}
+
+impl OpenTransaction {
+    /// Opens it and runs `statement` in it; returns once the server lists
+    /// it as an idle transaction holding an id.
+    fn start(server: &PostgresServer, database: &str, statement: &str) -> Result<Self> {
+        use std::io::Write;
+        let mut psql = server
+            .client("psql")
+            .args(["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+            .arg(format!("--dbname={}", server.superuser_dsn(database)))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("starting psql")?;
+        let mut input = psql.stdin.take().context("psql's stdin")?;
+        writeln!(
+            input,
+            "SET synchronous_commit = on; SET application_name = 'held'; BEGIN; {statement};"
+        )?;
+        input.flush()?;
+        let held = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held' \
+                    AND state = 'idle in transaction' AND backend_xid IS NOT NULL";
+        for _ in 0..200 {
+            if server.psql("postgres", held)?.trim() == "1" {
+                return Ok(Self { psql, input });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("the open transaction did not start")
+    }
+
+    /// Commits it and ends the session.
+    fn commit(mut self) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.input, "COMMIT;")?;
+        drop(self.input);
+        ensure!(
+            self.psql.wait()?.success(),
+            "the open transaction's psql failed"
+        );
+        Ok(())
+    }
 }

@@ -6,14 +6,25 @@
 //! however busy the server is. One `psql` session per database opens a
 //! `REPEATABLE READ` transaction; then, in quick succession, each prints
 //! its snapshot (which fixes the commits it sees), the restore point is
-//! written, and a transaction of lifeboat's own commits (flushing the WAL
-//! through the restore point, so that every commit before it has ended)
-//! before the server's snapshot is read. If every session sees the same
-//! commits as that last snapshot, leaving lifeboat's own aside, no
-//! transaction ended between the sessions' snapshots and the restore
-//! point: what the sessions count is exactly what a recovery to the
-//! restore point holds. Otherwise the attempt is dropped and made again,
-//! a few times.
+//! written, and a transaction of lifeboat's own commits (with
+//! `remote_apply`, so the WAL is flushed, and applied on any synchronous
+//! standby, through the restore point) before the server's snapshot is
+//! read. If every session sees the same commits as that last snapshot,
+//! leaving lifeboat's own aside, no transaction ended between the
+//! sessions' snapshots and that snapshot.
+//!
+//! One kind of transaction escapes that comparison: one that wrote its
+//! commit record before the restore point but had not yet left the
+//! server's list of running transactions when the last snapshot was read.
+//! Its id is older than lifeboat's own (ids are handed out in time order),
+//! so it is among the running ones that snapshot lists. Each of those is
+//! waited for, up to two seconds: one that ends committed may have committed
+//! before the restore point, and the attempt is dropped; one that aborts
+//! does not matter; one still running after the wait has not committed
+//! before the restore point, since nothing holds a commit whose record
+//! lifeboat's own commit has flushed and applied. What the sessions count
+//! is then exactly what a recovery to the restore point holds. A dropped
+//! attempt is made again, a few times.
 //!
 //! The role needs, beyond `REPLICATION`: `EXECUTE` on
 //! `pg_create_restore_point(text)` in the dsn's database (function rights
@@ -22,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -41,6 +52,13 @@ pub const CENSUS_FILE: &str = "census.json";
 
 /// Attempts at a census while transactions keep ending.
 const ATTEMPTS: u32 = 5;
+
+/// How long a census waits for transactions that may have committed
+/// before its restore point to finish ending.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+
+/// How often their state is asked for meanwhile.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// Every table's row count at a restore point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,10 +185,11 @@ async fn take(connection: &Connection, psql: &Path) -> Result<Census, CensusErro
             time.format("%Y%m%dT%H%M%S%.3fZ")
         );
         let point = restore_point(&mut coordinator, &name).await?;
-        let _ = coordinator.close().await;
         let agreed = seen
             .iter()
-            .all(|s| s.same_commits(&point.visibility, Some(point.own_xid)));
+            .all(|s| s.same_commits(&point.visibility, Some(point.own_xid)))
+            && settled(&mut coordinator, &point).await?;
+        let _ = coordinator.close().await;
         if agreed {
             let mut counted = Vec::with_capacity(sessions.len());
             for (database, mut session) in databases.iter().zip(sessions) {
@@ -199,11 +218,70 @@ async fn take(connection: &Connection, psql: &Path) -> Result<Census, CensusErro
 }
 
 /// A session in the dsn's database, outside the counting transactions,
-/// committing synchronously.
+/// whose commits return once flushed and applied on any synchronous
+/// standby.
 async fn coordinator(connection: &Connection, psql: &Path) -> Result<PsqlSession, CensusError> {
     let mut session = PsqlSession::connect(connection, psql, None).await?;
-    session.query("SET synchronous_commit = on;").await?;
+    session
+        .query("SET synchronous_commit = remote_apply;")
+        .await?;
     Ok(session)
+}
+
+/// Whether no transaction may have committed before the restore point
+/// unseen by the server's snapshot after it: waits for the running ones
+/// older than lifeboat's own (see the module's documentation).
+async fn settled(coordinator: &mut PsqlSession, point: &RestorePoint) -> Result<bool, CensusError> {
+    let mut pending = point.visibility.older_running(point.own_xid);
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while !pending.is_empty() {
+        let list = pending
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let lines = coordinator
+            .query(&format!(
+                "SELECT coalesce(pg_xact_status(x), 'unknown') FROM unnest('{{{list}}}'::xid8[]) WITH ORDINALITY AS t(x, n) ORDER BY n;"
+            ))
+            .await?;
+        if lines.len() != pending.len() {
+            return Err(unexpected("transaction states", &lines.join("\n")));
+        }
+        let mut running = Vec::new();
+        for (xid, state) in pending.iter().zip(&lines) {
+            match XactState::parse(state) {
+                XactState::Running => running.push(*xid),
+                XactState::Aborted => {}
+                XactState::MayHaveCommitted => return Ok(false),
+            }
+        }
+        pending = running;
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+    Ok(true)
+}
+
+/// What `pg_xact_status` says of a transaction, as far as a census cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum XactState {
+    Running,
+    Aborted,
+    /// Committed, or a state the census cannot rule that out for.
+    MayHaveCommitted,
+}
+
+impl XactState {
+    fn parse(text: &str) -> Self {
+        match text.trim() {
+            "in progress" => Self::Running,
+            "aborted" => Self::Aborted,
+            _ => Self::MayHaveCommitted,
+        }
+    }
 }
 
 /// The commits `session`'s transaction sees (its first query fixes them).
@@ -303,6 +381,11 @@ impl Visibility {
                 running,
             },
         )
+    }
+
+    /// The transactions it lists as running that began before `xid`.
+    fn older_running(&self, xid: u64) -> Vec<u64> {
+        self.running.range(..xid).copied().collect()
     }
 
     fn sees(&self, xid: u64) -> bool {
@@ -432,6 +515,18 @@ mod tests {
         assert!(Visibility::parse("5:2:").is_none());
         assert!(Visibility::parse("1:2:3:4").is_none());
         assert!(!parse("1:1:").same_commits(&parse("1:9999999:"), None));
+    }
+
+    #[test]
+    fn transactions_older_than_lifeboats_own_are_the_ones_waited_for() {
+        let after = Visibility::parse("750:760:750,752,757,759").expect("a snapshot");
+        assert_eq!(after.older_running(757), [750, 752]);
+        assert_eq!(after.older_running(750), Vec::<u64>::new());
+        assert_eq!(XactState::parse("in progress"), XactState::Running);
+        assert_eq!(XactState::parse("aborted"), XactState::Aborted);
+        for state in ["committed", "unknown", "", "in"] {
+            assert_eq!(XactState::parse(state), XactState::MayHaveCommitted);
+        }
     }
 
     #[test]
