@@ -21,6 +21,7 @@ mod load;
 pub(crate) mod meta;
 pub mod mirror;
 pub mod pack;
+mod pack_file;
 mod plan;
 pub mod prune;
 pub(crate) mod put;

@@ -83,8 +83,8 @@ impl BadPack {
 }
 
 /// A pack being filled, its plaintext written to `body` as it grows: a
-/// `Vec` for the plaintext itself, or an age stream writer, so that only
-/// the ciphertext of a pack being filled is held in memory.
+/// `Vec` for the plaintext itself, or an age stream writer into the pack's
+/// staged file, so that a pack being filled is not held in memory.
 #[derive(Debug)]
 pub(crate) struct PackBuilder<W> {
     body: W,

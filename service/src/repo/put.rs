@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::RepoError;
 use super::id;
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{ObjectStore, Staged, StorageError};
 
 /// Objects below this size (index objects, snapshots, plans) found already
 /// stored are read back and hashed; larger ones (packs) are checked by size.
@@ -33,8 +33,31 @@ pub(crate) async fn put_content_named(
     data: Bytes,
 ) -> Result<(), RepoError> {
     let size = data.len() as u64;
-    let hash = id::content_hash(&data);
-    match store.put_new(key, data).await {
+    let created = store.put_new(key, data).await;
+    settle_content_named(store, key, size, created).await
+}
+
+/// [`put_content_named`] for an object staged in a file
+/// ([`ObjectStore::stage`]) of `size` bytes.
+pub(crate) async fn put_staged_content_named(
+    store: &dyn ObjectStore,
+    key: &str,
+    staged: Staged,
+    size: u64,
+) -> Result<(), RepoError> {
+    let created = store.put_staged(key, staged).await;
+    settle_content_named(store, key, size, created).await
+}
+
+/// Accepts a create that found `key` taken when the object stored there is
+/// ours: `size` bytes and, below [`VERIFY_BYTES_BELOW`], hashing to its name.
+async fn settle_content_named(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+    created: Result<(), StorageError>,
+) -> Result<(), RepoError> {
+    match created {
         Ok(()) => return Ok(()),
         Err(StorageError::AlreadyExists { .. }) => {}
         Err(other) => return Err(other.into()),
@@ -51,7 +74,8 @@ pub(crate) async fn put_content_named(
     }
     if size < VERIFY_BYTES_BELOW {
         let stored = store.get(key).await?;
-        if id::content_hash(&stored) != hash {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if hex::encode(id::content_hash(&stored)) != name {
             return Err(replaced(format!(
                 "its {size} bytes do not hash to its name"
             )));

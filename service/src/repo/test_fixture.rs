@@ -54,6 +54,26 @@ impl TestRepo {
         })
     }
 
+    /// The staged files (`.tmp-…`) left in the repository's folder.
+    pub(crate) fn staged_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        let mut folders = vec![self.dir.path().join("repo")];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(folder)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with(".tmp-"))
+                {
+                    found.push(path);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The store the repository is in.
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

@@ -2,17 +2,17 @@
 //!
 //! [`BlobWriter::save`] is synchronous and may be called from many threads
 //! at once: hashing and compression run on the caller's thread, a pack is
-//! encrypted as its blobs are added (only its ciphertext is held), and
-//! sealed packs go through a bounded channel to an async uploader that runs
-//! a few uploads at a time. A `PackBudget` bounds the packs alive at once,
-//! so memory does not grow with the data or with a slow store. The uploader
+//! encrypted as its blobs are added, straight into a file the store staged
+//! for it (a pack is never held in memory), and sealed packs go through a
+//! bounded channel to an async uploader that runs a few uploads at a time.
+//! A `PackBudget` bounds the packs alive at once, so neither memory nor
+//! staged files grow with the data or with a slow store. The uploader
 //! writes an index object after every few packs and at the end, always
 //! after the packs it lists are stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -27,9 +27,10 @@ use super::index::{Index, IndexFile, IndexedBlob, IndexedPack};
 use super::keys::{ChunkIdKey, Recipients};
 use super::meta;
 use super::pack::{PackBuilder, PackedBlob};
-use super::put::put_content_named;
+use super::pack_file::PackFile;
+use super::put::{put_content_named, put_staged_content_named};
 use crate::errors::WorkerError;
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, Staged};
 
 /// Packs uploaded at the same time: two keep a home uplink busy.
 const PARALLEL_UPLOADS: usize = 2;
@@ -40,19 +41,21 @@ const PACKS_PER_INDEX: usize = 8;
 /// Packs alive at once: one being filled per blob kind, and the uploads.
 /// A sealed pack waits in the queue only until an upload ends, and a
 /// writer waits for that before it opens another: about 3 full data packs
-/// (55 MiB at the default size) are held at most.
-const PACKS_IN_MEMORY: usize = 2 + PARALLEL_UPLOADS;
+/// (55 MiB at the default size) are staged at most.
+const PACKS_IN_FLIGHT: usize = 2 + PARALLEL_UPLOADS;
 
-/// A pack being filled: its ciphertext so far, and its place in the budget.
+/// A pack being filled: its ciphertext so far, in its staged file, and its
+/// place in the budget.
 struct OpenPack {
-    builder: PackBuilder<age::stream::StreamWriter<Vec<u8>>>,
+    builder: PackBuilder<age::stream::StreamWriter<PackFile>>,
     permit: Permit,
 }
 
 /// A pack ready for upload.
 struct SealedPack {
     id: PackId,
-    bytes: Bytes,
+    staged: Staged,
+    size: u64,
     payload_offset: u64,
     blobs: Vec<PackedBlob>,
     /// Given back when the upload ends.
@@ -78,6 +81,7 @@ pub struct WriteStats {
 type Uploaded = (Vec<IndexedPack>, Vec<IndexId>);
 
 struct Shared {
+    store: Arc<dyn ObjectStore>,
     key: ChunkIdKey,
     recipients: Recipients,
     index: Arc<Index>,
@@ -119,16 +123,17 @@ impl BlobWriter {
     ) -> Self {
         let pack_size = u64::from(config.pack_size);
         let (sender, receiver) = mpsc::channel(QUEUED_PACKS);
-        let uploader = tokio::spawn(upload_packs(store, recipients.clone(), receiver));
+        let uploader = tokio::spawn(upload_packs(store.clone(), recipients.clone(), receiver));
         Self {
             shared: Arc::new(Shared {
+                store,
                 key,
                 recipients,
                 index,
                 level: config.compression_level,
                 pack_size,
                 pending: Mutex::default(),
-                budget: PackBudget::new(PACKS_IN_MEMORY),
+                budget: PackBudget::new(PACKS_IN_FLIGHT),
                 open_packs: [Mutex::default(), Mutex::default()],
                 blobs_added: AtomicU64::new(0),
                 bytes_added: AtomicU64::new(0),
@@ -195,7 +200,7 @@ impl BlobWriter {
             let mut slot = self.slot_with_room(kind, stored.len())?;
             let pack = match &mut *slot {
                 Some(pack) => pack,
-                None => slot.insert(shared.open_pack(kind)?),
+                None => slot.insert(shared.open_pack()?),
             };
             let added = pack.builder.add(id, kind, stored, compressed, plain.len());
             if let Err(e) = added {
@@ -221,10 +226,10 @@ impl BlobWriter {
 
     /// The open pack of `kind`, locked, once it has room for a blob of
     /// `stored` bytes: a data pack at least half full that the blob would
-    /// push past its buffer is sealed and sent first (before a new one
-    /// takes a place in the budget). At the default sizes (chunks of at
-    /// most half a pack) pack buffers so keep the size they were made
-    /// with, and every pack but a backup's last is at least half full.
+    /// push past its room is sealed and sent first (before a new one takes
+    /// a place in the budget). At the default sizes (chunks of at most half
+    /// a pack) no data pack outgrows its room, and every pack but a
+    /// backup's last is at least half full.
     fn slot_with_room(
         &self,
         kind: BlobKind,
@@ -297,27 +302,20 @@ impl BlobWriter {
 }
 
 impl Shared {
-    /// The most plaintext a data pack holds, blob table included: its
-    /// buffer is made for this much, with an eighth above the pack size for
-    /// the blob that crosses it.
+    /// The most plaintext a data pack holds, blob table included: an eighth
+    /// above the pack size, for the blob that crosses it.
     fn pack_room(&self) -> u64 {
         self.pack_size + self.pack_size / 8
     }
 
-    /// Opens a pack for `kind` once the budget allows it, encrypted to the
-    /// restore key from its first byte. A data pack is built in a buffer
-    /// from the budget's pool with room for a full pack, so that it is not
-    /// copied as it grows; a tree pack, usually small, in a new one.
-    fn open_pack(&self, kind: BlobKind) -> Result<OpenPack, RepoError> {
-        let mut permit = self.budget.acquire();
-        let buffer = match kind {
-            BlobKind::Data => permit.buffer(crypt::cipher_len(
-                usize::try_from(self.pack_room()).unwrap_or(0),
-            )),
-            BlobKind::Tree => Vec::new(),
-        };
+    /// Opens a pack once the budget allows it, in a file the
+    /// store stages for it, encrypted to the restore key from its first
+    /// byte.
+    fn open_pack(&self) -> Result<OpenPack, RepoError> {
+        let permit = self.budget.acquire();
+        let file = PackFile::new(self.store.stage()?);
         let body =
-            crypt::encrypt_to(self.recipients.restore_only(), buffer).map_err(pack_crypt_failed)?;
+            crypt::encrypt_to(self.recipients.restore_only(), file).map_err(pack_crypt_failed)?;
         Ok(OpenPack {
             builder: PackBuilder::new(body),
             permit,
@@ -348,14 +346,15 @@ fn encrypt_failed(source: std::io::Error) -> RepoError {
 /// Writes a pack's table, finishes its encryption and names it.
 fn seal(pack: OpenPack) -> Result<SealedPack, RepoError> {
     let (body, blobs) = pack.builder.finish().map_err(encrypt_failed)?;
-    let cipher = body.finish().map_err(encrypt_failed)?;
-    let payload_offset = crypt::payload_offset(&cipher).ok_or_else(|| RepoError::Damaged {
+    let written = body.finish().map_err(encrypt_failed)?.finish();
+    let payload_offset = written.payload_offset.ok_or_else(|| RepoError::Damaged {
         key: "data/".into(),
         reason: "age wrote no header".into(),
     })?;
     Ok(SealedPack {
-        id: PackId::from_bytes(content_hash(&cipher)),
-        bytes: Bytes::from(cipher),
+        id: PackId::from_bytes(written.hash),
+        staged: written.staged,
+        size: written.size,
         payload_offset,
         blobs,
         permit: pack.permit,
@@ -402,17 +401,13 @@ async fn upload_packs(
 async fn upload_one(store: &dyn ObjectStore, pack: SealedPack) -> Result<IndexedPack, RepoError> {
     let SealedPack {
         id,
-        bytes,
+        staged,
+        size,
         payload_offset,
         blobs,
-        mut permit,
+        permit,
     } = pack;
-    let size = bytes.len() as u64;
-    put_content_named(store, &id.key(), bytes.clone()).await?;
-    // The store is done with its copy: the buffer serves a later pack.
-    if let Ok(buffer) = bytes.try_into_mut() {
-        permit.keep(buffer.into());
-    }
+    put_staged_content_named(store, &id.key(), staged, size).await?;
     drop(permit);
     Ok(IndexedPack {
         id,
@@ -543,6 +538,7 @@ mod tests {
         for prefix in ["data/", "index/", "snapshots/"] {
             assert!(repo.keys(prefix).await?.is_empty(), "{prefix} is empty");
         }
+        assert_eq!(repo.staged_files()?, Vec::<std::path::PathBuf>::new());
         let report = check(&repo.as_restore().await?, ReadData::All).await?;
         assert!(report.is_ok(), "{:?}", report.problems);
         assert_eq!((report.packs, report.unindexed_packs), (0, 0));
@@ -556,6 +552,7 @@ mod tests {
             "the next writer stores it anew"
         );
         assert_eq!(writer.finish().await?.packs.len(), 1);
+        assert_eq!(repo.staged_files()?, Vec::<std::path::PathBuf>::new());
         Ok(())
     }
 
@@ -593,7 +590,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pack_is_sealed_before_a_blob_that_would_outgrow_its_buffer() -> anyhow::Result<()> {
+    async fn a_pack_is_sealed_before_a_blob_that_would_outgrow_its_room() -> anyhow::Result<()> {
         let options = InitOptions {
             pack_size: 1 << 20,
             ..InitOptions::default()
@@ -601,7 +598,7 @@ mod tests {
         let repo = TestRepo::with_options(&options).await?;
         let service = repo.as_service().await?;
         // Three raw blobs hold 900,000 bytes, under the pack size; a fourth
-        // would pass the buffer's 1 MiB + 128 KiB, so it opens the next pack.
+        // would pass the room of 1 MiB + 128 KiB, so it opens the next pack.
         let blobs: Vec<Vec<u8>> = (0..5).map(|_| random(300_000)).collect();
         let (ids, stats) = store_blobs(&service, BlobKind::Data, blobs.clone()).await?;
         let mut counts: Vec<usize> = stats.packs.iter().map(|p| p.blobs.len()).collect();

@@ -1,9 +1,11 @@
 //! A repository in a local directory: the embedded default.
 //!
 //! Each object is a file under the root; the key's slashes are directories.
-//! A create writes a uniquely named temporary file, syncs it, then links it
-//! into place with `link(2)`, which fails if the name is taken: the object
-//! appears whole or not at all, and an existing one is never replaced.
+//! A create writes a uniquely named temporary file ([`Staged`]), syncs it,
+//! then links it into place with `link(2)`, which fails if the name is
+//! taken: the object appears whole or not at all, and an existing one is
+//! never replaced. A staged pack is made in the root, so that it is linked
+//! into place without a copy.
 
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -12,10 +14,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectReader, ObjectStore, StorageError};
-
-/// Prefix of temporary files; listings skip them.
-const TEMP_PREFIX: &str = ".tmp-";
+use super::staged::TEMP_PREFIX;
+use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError};
 
 /// An object store in a directory of the local file system.
 #[derive(Debug, Clone)]
@@ -49,16 +49,47 @@ impl LocalStore {
     }
 
     fn put_blocking(&self, key: &str, data: &[u8]) -> Result<(), StorageError> {
-        let target = self.path(key);
-        let dir = target.parent().unwrap_or(&self.root).to_owned();
-        std::fs::create_dir_all(&dir).map_err(|e| Self::io("creating directory", &dir, e))?;
-        let mut temp = tempfile_in(&dir)?;
-        temp.1
+        let dir = self.folder_of(key)?;
+        let mut staged =
+            Staged::create_in(&dir).map_err(|e| Self::io("creating a file in", &dir, e))?;
+        staged
             .write_all(data)
-            .and_then(|()| temp.1.sync_all())
-            .map_err(|e| Self::io("writing", &temp.0, e))?;
-        let linked = std::fs::hard_link(&temp.0, &target);
-        let _ = std::fs::remove_file(&temp.0);
+            .map_err(|e| Self::io("writing", staged.path(), e))?;
+        self.link_blocking(key, staged)
+    }
+
+    /// The folder object `key` goes in, created.
+    fn folder_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let dir = self.path(key).parent().unwrap_or(&self.root).to_owned();
+        std::fs::create_dir_all(&dir).map_err(|e| Self::io("creating directory", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Syncs `staged` and links it into place as `key`, then syncs the
+    /// folder that holds it. Where the file system cannot link across
+    /// folders (a union of disks such as Unraid's user shares may not), the
+    /// file is first copied beside its place.
+    fn link_blocking(&self, key: &str, mut staged: Staged) -> Result<(), StorageError> {
+        let target = self.path(key);
+        let dir = self.folder_of(key)?;
+        staged
+            .sync()
+            .map_err(|e| Self::io("writing", staged.path(), e))?;
+        let mut linked = std::fs::hard_link(staged.path(), &target);
+        if linked
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::CrossesDevices)
+        {
+            let mut beside =
+                Staged::create_in(&dir).map_err(|e| Self::io("creating a file in", &dir, e))?;
+            std::fs::File::open(staged.path())
+                .and_then(|mut file| std::io::copy(&mut file, &mut beside))
+                .and_then(|_| beside.sync())
+                .map_err(|e| Self::io("copying", beside.path(), e))?;
+            staged = beside;
+            linked = std::fs::hard_link(staged.path(), &target);
+        }
+        drop(staged);
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -141,23 +172,6 @@ impl LocalStore {
     }
 }
 
-/// Creates a new, uniquely named temporary file in `dir`.
-fn tempfile_in(dir: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
-    loop {
-        let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
-        let path = dir.join(name);
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(LocalStore::io("creating", &path, e)),
-        }
-    }
-}
-
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
@@ -180,6 +194,17 @@ impl ObjectStore for LocalStore {
     async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         let (store, key) = (self.clone(), key.to_owned());
         blocking(move || store.put_blocking(&key, &data)).await
+    }
+
+    fn stage(&self) -> Result<Staged, StorageError> {
+        std::fs::create_dir_all(&self.root)
+            .and_then(|()| Staged::create_in(&self.root))
+            .map_err(|e| Self::io("creating a file in", &self.root, e))
+    }
+
+    async fn put_staged(&self, key: &str, staged: Staged) -> Result<(), StorageError> {
+        let (store, key) = (self.clone(), key.to_owned());
+        blocking(move || store.link_blocking(&key, staged)).await
     }
 
     async fn size(&self, key: &str) -> Result<u64, StorageError> {
@@ -269,6 +294,64 @@ mod tests {
             store.get("config").await,
             Err(StorageError::NotFound { .. })
         ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_staged_object_is_linked_into_place_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("repo");
+        let store = LocalStore::new(root.clone());
+        let mut staged = store.stage()?;
+        staged.write_all(b"a pack")?;
+        let path = staged.path().to_owned();
+        assert!(path.starts_with(&root), "staged outside the store's folder");
+        assert!(store.list("").await?.is_empty(), "a staged file was listed");
+        store.put_staged("data/ab/ab01", staged).await?;
+        assert_eq!(
+            store.get("data/ab/ab01").await?,
+            Bytes::from_static(b"a pack")
+        );
+        assert!(!path.exists(), "the staged file was left behind");
+
+        let mut again = store.stage()?;
+        again.write_all(b"another")?;
+        let again_path = again.path().to_owned();
+        let refused = store.put_staged("data/ab/ab01", again).await;
+        assert!(matches!(refused, Err(StorageError::AlreadyExists { .. })));
+        assert!(
+            !again_path.exists(),
+            "a refused staged file was left behind"
+        );
+        assert_eq!(
+            store.get("data/ab/ab01").await?,
+            Bytes::from_static(b"a pack")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_file_staged_on_another_file_system_is_copied_into_place() -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir()?;
+        let elsewhere = tempfile::tempdir_in("/dev/shm")?;
+        anyhow::ensure!(
+            dir.path().metadata()?.dev() != elsewhere.path().metadata()?.dev(),
+            "the test needs /dev/shm on a file system of its own"
+        );
+        let store = LocalStore::new(dir.path().join("repo"));
+        let mut staged = Staged::create_in(elsewhere.path())?;
+        staged.write_all(b"a pack from afar")?;
+        store.put_staged("data/cd/cd01", staged).await?;
+        assert_eq!(
+            store.get("data/cd/cd01").await?,
+            Bytes::from_static(b"a pack from afar")
+        );
+        assert_eq!(std::fs::read_dir(elsewhere.path())?.count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("repo/data/cd"))?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(left, ["cd01"], "a copy was left beside the object");
         Ok(())
     }
 }

@@ -3,12 +3,14 @@
 //! A store moves opaque bytes under slash-separated keys (`data/ab/ab12…`,
 //! `snapshots/…`). It never sees a key or a plaintext: everything it holds is
 //! already encrypted, except the small plaintext `config` object. Objects are
-//! immutable, so the only write is [`ObjectStore::put_new`], which refuses to
-//! replace an existing object where the store can tell.
+//! immutable, so the only writes are creates ([`ObjectStore::put_new`],
+//! [`ObjectStore::put_staged`]), which refuse to replace an existing object
+//! where the store can tell.
 
 mod limits;
 mod local;
 mod s3;
+mod staged;
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -20,6 +22,7 @@ use bytes::Bytes;
 
 pub use local::LocalStore;
 pub use s3::{CREDENTIAL_VARIABLES, S3Options, S3Store};
+pub use staged::Staged;
 
 /// An object's bytes, read as they arrive rather than held whole. Its reads
 /// block: use it off the async runtime (in `spawn_blocking`). A transfer
@@ -101,6 +104,19 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// when the object exists and the store can tell; a partly written object
     /// never becomes visible.
     async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// Makes an empty file to write a new object into, for
+    /// [`ObjectStore::put_staged`]: a local store makes it beside its
+    /// objects, an S3 store in the system's temporary folder (`TMPDIR`).
+    /// Blocking: call it off the async threads.
+    ///
+    /// Fails when that folder cannot hold a new file.
+    fn stage(&self) -> Result<Staged, StorageError>;
+
+    /// Creates `key` holding the bytes of `staged`, as [`ObjectStore::put_new`]
+    /// does (a local store links the file into place, an S3 store streams it
+    /// from disk); the staged file is gone afterwards.
+    async fn put_staged(&self, key: &str, staged: Staged) -> Result<(), StorageError>;
 
     /// The size of an object in bytes, without reading it (`HeadObject` on
     /// S3). Fails with [`StorageError::NotFound`] when absent.

@@ -51,12 +51,13 @@ use aws_sdk_s3::config::{
     ResponseChecksumValidation, RuntimeComponents,
 };
 use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use bytes::Bytes;
 
 use super::limits::{
     CONNECT_TIMEOUT, INITIAL_BACKOFF, MAX_ATTEMPTS, MAX_BACKOFF, attempt_time, operation_time,
 };
-use super::{ObjectInfo, ObjectReader, ObjectStore, StorageError};
+use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError};
 
 /// Region when neither the options nor the environment name one (R2's).
 const DEFAULT_REGION: &str = "auto";
@@ -274,6 +275,38 @@ impl S3Store {
             key: key.to_owned(),
         }
     }
+
+    /// One `PutObject` of `body` (`len` bytes) with `If-None-Match: *`.
+    async fn put_body(&self, key: &str, body: ByteStream, len: u64) -> Result<(), StorageError> {
+        let attempts = Attempts::default();
+        let sized = aws_sdk_s3::config::Builder::default().timeout_config(timeouts(len));
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .if_none_match("*")
+            .body(body)
+            .customize()
+            .config_override(sized)
+            .interceptor(attempts.clone())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match status_and_code(&err) {
+                (Some(412), _)
+                | (_, Some("PreconditionFailed"))
+                | (Some(409), Some("ConditionalRequestConflict")) => {
+                    Err(StorageError::AlreadyExists {
+                        store: self.url(),
+                        key: key.to_owned(),
+                    })
+                }
+                _ => Err(self.remote("PutObject", key, &attempts, &err)),
+            },
+        }
+    }
 }
 
 /// The timeouts of a request that moves `bytes` bytes.
@@ -405,35 +438,37 @@ impl ObjectStore for S3Store {
     /// are named by their content or uniquely, so the caller may treat that
     /// as done.
     async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let attempts = Attempts::default();
-        let sized =
-            aws_sdk_s3::config::Builder::default().timeout_config(timeouts(data.len() as u64));
-        let result = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .if_none_match("*")
-            .body(data.into())
-            .customize()
-            .config_override(sized)
-            .interceptor(attempts.clone())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => match status_and_code(&err) {
-                (Some(412), _)
-                | (_, Some("PreconditionFailed"))
-                | (Some(409), Some("ConditionalRequestConflict")) => {
-                    Err(StorageError::AlreadyExists {
-                        store: self.url(),
-                        key: key.to_owned(),
-                    })
-                }
-                _ => Err(self.remote("PutObject", key, &attempts, &err)),
-            },
-        }
+        let len = data.len() as u64;
+        self.put_body(key, data.into(), len).await
+    }
+
+    fn stage(&self) -> Result<Staged, StorageError> {
+        let dir = std::env::temp_dir();
+        Staged::create_in(&dir).map_err(|source| StorageError::Io {
+            action: "creating a file to upload from in (set TMPDIR to a writable folder)",
+            path: dir,
+            source,
+        })
+    }
+
+    /// Creates `key` as [`ObjectStore::put_new`] does, streaming the body
+    /// from the staged file (again on each retry).
+    async fn put_staged(&self, key: &str, staged: Staged) -> Result<(), StorageError> {
+        let read_failed = |source| StorageError::Io {
+            action: "reading",
+            path: staged.path().to_owned(),
+            source,
+        };
+        let len = staged.size().map_err(read_failed)?;
+        let body = ByteStream::read_from()
+            .path(staged.path())
+            .length(Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| read_failed(std::io::Error::other(e)))?;
+        let put = self.put_body(key, body, len).await;
+        drop(staged);
+        put
     }
 
     async fn size(&self, key: &str) -> Result<u64, StorageError> {
