@@ -22,6 +22,7 @@ Usage (from the repository root, after `cargo build --release --bins`):
 
     python3 tests/bench/homelab_rto.py                            # 20 GiB, 2 GiB, 100 MiB
     python3 tests/bench/homelab_rto.py --volume-gib 1 --db-gib 0.2 --etcd-mib 20   # quick
+    python3 tests/bench/homelab_rto.py --image-allocator   # glibc set as in the image
 
 Needs `garage`, `etcd`, PostgreSQL's server programs (Debian's
 `postgresql`), `/usr/bin/time`, and disk for the data about three times
@@ -48,6 +49,8 @@ from distant_s3 import BUCKET, REGION, DelayProxy, Garage, free_port  # noqa: E4
 from etcd_dedup import Etcd, Values  # noqa: E402
 
 PG_PORT_USER = "postgres"
+# What deploy/Dockerfile sets for glibc's allocator (--image-allocator).
+IMAGE_ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 
 
 class Postgres:
@@ -200,6 +203,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--workdir", type=Path)
     p.add_argument("--markdown-out", type=Path)
+    p.add_argument("--image-allocator", action="store_true",
+                   help="run lifeboat with the container image's glibc allocator settings")
     args = p.parse_args()
     for program in ("garage", "etcd", "/usr/bin/time"):
         if not shutil.which(program):
@@ -233,6 +238,8 @@ def main() -> int:
         shutil.rmtree(keys, ignore_errors=True)
         keys.mkdir()
         env = {"RUST_LOG": "warn", **garage.env()}
+        if args.image_allocator:
+            env.update(IMAGE_ALLOCATOR)
         init = runner.run("init", [lifeboat, "init", "--repo", f"s3://{BUCKET}/homelab",
                                    "--s3-endpoint", f"http://127.0.0.1:{garage.port}",
                                    "--s3-region", REGION, "--s3-path-style",
@@ -288,10 +295,12 @@ def main() -> int:
 
 
 def render(results: dict, sizes: dict, args) -> str:
+    allocator = "the image's settings" if args.image_allocator else "glibc's defaults"
     lines = [
         f"Data: volumes {sizes['volumes'] / 2**30:.1f} GiB, etcd {sizes['etcd'] / MIB:.0f} MiB, "
         f"PostgreSQL database {sizes['postgres'] / 2**30:.2f} GiB on disk. Proxy: "
-        f"{args.delay_ms:g} ms before each answer, {args.cap_mbit:g} Mbit/s for all answers.",
+        f"{args.delay_ms:g} ms before each answer, {args.cap_mbit:g} Mbit/s for all answers. "
+        f"Allocator: {allocator}.",
         "",
         "| step | wall | peak RSS |",
         "|---|---|---|",
