@@ -445,7 +445,7 @@ impl ObjectStore for S3Store {
     fn stage(&self) -> Result<Staged, StorageError> {
         let dir = std::env::temp_dir();
         Staged::create_in(&dir).map_err(|source| StorageError::Io {
-            action: "creating a file to upload from in (set TMPDIR to a writable folder)",
+            action: "staging an upload (TMPDIR must name a writable folder) in",
             path: dir,
             source,
         })
