@@ -16,7 +16,7 @@ use super::snapshot::{Snapshot, Summary};
 use super::tree::{Node, NodeKind, Tree};
 use super::writer::{BlobWriter, WriteStats};
 use super::{RepoError, Repository, UnlockedRepository};
-use crate::storage::{LocalStore, ObjectStore};
+use crate::storage::{LocalStore, ObjectStore, TEMP_PREFIX};
 
 /// The modification time of every entry [`write_snapshot`] writes.
 const MTIME: i64 = 1_764_126_000;
@@ -65,7 +65,7 @@ impl TestRepo {
                     folders.push(path);
                 } else if path
                     .file_name()
-                    .is_some_and(|name| name.to_string_lossy().starts_with(".tmp-"))
+                    .is_some_and(|name| name.to_string_lossy().starts_with(TEMP_PREFIX))
                 {
                     found.push(path);
                 }

@@ -308,9 +308,8 @@ impl Shared {
         self.pack_size + self.pack_size / 8
     }
 
-    /// Opens a pack once the budget allows it, in a file the
-    /// store stages for it, encrypted to the restore key from its first
-    /// byte.
+    /// Opens a pack once the budget allows it, in a file the store stages
+    /// for it, encrypted to the restore key from its first byte.
     fn open_pack(&self) -> Result<OpenPack, RepoError> {
         let permit = self.budget.acquire();
         let file = PackFile::new(self.store.stage()?);

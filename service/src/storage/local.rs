@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::staged::TEMP_PREFIX;
-use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError};
+use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError, TEMP_PREFIX};
 
 /// An object store in a directory of the local file system.
 #[derive(Debug, Clone)]
@@ -55,7 +54,7 @@ impl LocalStore {
         staged
             .write_all(data)
             .map_err(|e| Self::io("writing", staged.path(), e))?;
-        self.link_blocking(key, staged)
+        self.link_blocking(key, &dir, staged)
     }
 
     /// The folder object `key` goes in, created.
@@ -65,13 +64,12 @@ impl LocalStore {
         Ok(dir)
     }
 
-    /// Syncs `staged` and links it into place as `key`, then syncs the
-    /// folder that holds it. Where the file system cannot link across
-    /// folders (a union of disks such as Unraid's user shares may not), the
-    /// file is first copied beside its place.
-    fn link_blocking(&self, key: &str, mut staged: Staged) -> Result<(), StorageError> {
+    /// Syncs `staged` and links it into place as `key` in `dir` (its
+    /// folder, made), then syncs `dir`. Where the file system cannot link
+    /// across folders (a union of disks such as Unraid's user shares may
+    /// not), the file is first copied beside its place.
+    fn link_blocking(&self, key: &str, dir: &Path, mut staged: Staged) -> Result<(), StorageError> {
         let target = self.path(key);
-        let dir = self.folder_of(key)?;
         staged
             .sync()
             .map_err(|e| Self::io("writing", staged.path(), e))?;
@@ -81,7 +79,7 @@ impl LocalStore {
             .is_err_and(|e| e.kind() == ErrorKind::CrossesDevices)
         {
             let mut beside =
-                Staged::create_in(&dir).map_err(|e| Self::io("creating a file in", &dir, e))?;
+                Staged::create_in(dir).map_err(|e| Self::io("creating a file in", dir, e))?;
             std::fs::File::open(staged.path())
                 .and_then(|mut file| std::io::copy(&mut file, &mut beside))
                 .and_then(|_| beside.sync())
@@ -100,9 +98,9 @@ impl LocalStore {
             }
             Err(e) => return Err(Self::io("linking", &target, e)),
         }
-        std::fs::File::open(&dir)
+        std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| Self::io("syncing directory", &dir, e))
+            .map_err(|e| Self::io("syncing directory", dir, e))
     }
 
     /// Opens the object `key` for reading, with its path for messages.
@@ -204,7 +202,11 @@ impl ObjectStore for LocalStore {
 
     async fn put_staged(&self, key: &str, staged: Staged) -> Result<(), StorageError> {
         let (store, key) = (self.clone(), key.to_owned());
-        blocking(move || store.link_blocking(&key, staged)).await
+        blocking(move || {
+            let dir = store.folder_of(&key)?;
+            store.link_blocking(&key, &dir, staged)
+        })
+        .await
     }
 
     async fn size(&self, key: &str) -> Result<u64, StorageError> {

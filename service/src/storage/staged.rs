@@ -11,7 +11,7 @@ use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 /// Prefix of staged files; local listings skip them.
-pub(super) const TEMP_PREFIX: &str = ".tmp-";
+pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
 /// A new object's bytes in a uniquely named temporary file, made by
 /// [`ObjectStore::stage`](super::ObjectStore::stage) and given to

@@ -466,9 +466,7 @@ impl ObjectStore for S3Store {
             .build()
             .await
             .map_err(|e| read_failed(std::io::Error::other(e)))?;
-        let put = self.put_body(key, body, len).await;
-        drop(staged);
-        put
+        self.put_body(key, body, len).await
     }
 
     async fn size(&self, key: &str) -> Result<u64, StorageError> {
