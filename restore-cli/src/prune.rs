@@ -218,6 +218,14 @@ pub async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
             human_bytes(r.bytes_reclaimable),
         )?;
     }
+    let leftovers = report.leftovers_removed;
+    if leftovers.files > 0 {
+        crate::outln!(
+            "{} files ({}) that interrupted backups left were removed",
+            leftovers.files,
+            human_bytes(leftovers.bytes),
+        )?;
+    }
     crate::outln!(
         "{} packs stored, {} in use; {} unused packs ({}) {verb} marked, {} marked packs ({}) {verb} deleted, {} index objects rewritten, {} plans waiting for the grace period",
         report.packs_stored,

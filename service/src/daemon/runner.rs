@@ -422,7 +422,7 @@ async fn prune_once(service: &Service) -> Result<RunFigures, RunError> {
         );
     }
     tracing::info!(
-        "prune: {} packs stored, {} in use; {} newly marked unused, {} deleted ({} bytes freed), {} plans waiting for their grace period of {}",
+        "prune: {} packs stored, {} in use; {} newly marked unused, {} deleted ({} bytes freed), {} plans waiting for their grace period of {}; {} files interrupted backups left removed",
         report.packs_stored,
         report.packs_used,
         report.packs_marked,
@@ -430,6 +430,7 @@ async fn prune_once(service: &Service) -> Result<RunFigures, RunError> {
         report.bytes_freed,
         report.plans_waiting,
         humantime::format_duration(grace),
+        report.leftovers_removed.files,
     );
     Ok(RunFigures {
         details: Some(details("the prune report", &report)?),

@@ -24,7 +24,7 @@ use super::keys::KeyRole;
 use super::plan::read_all_plans;
 pub use super::plan::{PLAN_PREFIX, PrunePlan};
 use super::{RepoError, UnlockedRepository, meta, object_id};
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{ObjectStore, StorageError, Swept};
 
 /// How to prune.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,14 @@ pub struct PruneReport {
     pub indexes_rewritten: usize,
     /// Plans still waiting for their grace period.
     pub plans_waiting: usize,
+    /// Staged files that crashed creates left in a local store, removed.
+    pub leftovers_removed: Swept,
 }
+
+/// How long a staged file must have gone unwritten before a prune sweeps
+/// it, at least (the grace period when that is longer): far beyond the
+/// time it takes to fill and create one pack.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Deletes snapshot objects.
 ///
@@ -150,6 +157,8 @@ pub async fn prune(
         return Ok(report);
     }
 
+    let leftover_age = options.grace.to_std().unwrap_or_default().max(LEFTOVER_AGE);
+    report.leftovers_removed = store.sweep_leftovers(leftover_age).await?;
     if !doomed.is_empty() {
         report.indexes_rewritten = rewrite_indexes(repo, &doomed).await?;
         for pack in &doomed {
@@ -280,6 +289,7 @@ mod tests {
     use super::*;
     use crate::repo::check::{ReadData, check};
     use crate::repo::test_fixture::{TestRepo, WrittenSnapshot, pattern, write_snapshot};
+    use crate::storage::TEMP_PREFIX;
 
     /// Deletes what is due at once: a plan is ripe as soon as it is written.
     const NOW: PruneOptions = PruneOptions {
@@ -312,6 +322,39 @@ mod tests {
         let mut keys: Vec<String> = snapshot.stats.packs.iter().map(|p| p.id.key()).collect();
         keys.sort();
         keys
+    }
+
+    #[tokio::test]
+    async fn prune_sweeps_staged_files_a_crash_left_once_they_are_old() -> anyhow::Result<()> {
+        let repo = TestRepo::new().await?;
+        old_and_kept(&repo).await?;
+        let folder = repo.objects_folder();
+        let old = folder.join(format!("{TEMP_PREFIX}00000000000000b1"));
+        let fresh = folder.join(format!("{TEMP_PREFIX}00000000000000b2"));
+        for (path, age) in [(&old, LEFTOVER_AGE * 2), (&fresh, LEFTOVER_AGE / 2)] {
+            let file = std::fs::File::create(path)?;
+            file.set_len(1000)?;
+            file.set_modified(std::time::SystemTime::now() - age)?;
+        }
+        let dry = PruneOptions {
+            dry_run: true,
+            ..NOW
+        };
+        let looked = prune(&repo.as_service().await?, &dry).await?;
+        assert_eq!(looked.leftovers_removed.files, 0);
+        assert!(old.exists(), "a dry run removed a file");
+
+        let swept = prune(&repo.as_service().await?, &NOW).await?;
+        assert_eq!(
+            (swept.leftovers_removed.files, swept.leftovers_removed.bytes),
+            (1, 1000)
+        );
+        assert_eq!(
+            repo.staged_files()?,
+            [fresh],
+            "a recent staged file was swept"
+        );
+        Ok(())
     }
 
     #[tokio::test]

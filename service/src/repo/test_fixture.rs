@@ -54,10 +54,15 @@ impl TestRepo {
         })
     }
 
+    /// The folder the repository's objects are in.
+    pub(crate) fn objects_folder(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
     /// The staged files (`.tmp-…`) left in the repository's folder.
     pub(crate) fn staged_files(&self) -> anyhow::Result<Vec<PathBuf>> {
         let mut found = Vec::new();
-        let mut folders = vec![self.dir.path().join("repo")];
+        let mut folders = vec![self.objects_folder()];
         while let Some(folder) = folders.pop() {
             for entry in std::fs::read_dir(folder)? {
                 let path = entry?.path();

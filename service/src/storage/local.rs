@@ -10,11 +10,12 @@
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError, TEMP_PREFIX};
+use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError, Swept, TEMP_PREFIX};
 
 /// An object store in a directory of the local file system.
 #[derive(Debug, Clone)]
@@ -127,8 +128,61 @@ impl LocalStore {
         let mut out = Vec::new();
         // Walk only the directory that can hold the prefix.
         let dir_part = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let start = self.root.join(dir_part);
-        let mut stack = vec![start];
+        self.walk_files(&self.root.join(dir_part), |path, meta, staged| {
+            if staged {
+                return Ok(());
+            }
+            let Ok(rel) = path.strip_prefix(&self.root) else {
+                return Ok(());
+            };
+            let key = rel
+                .to_string_lossy()
+                .replace(std::path::MAIN_SEPARATOR, "/");
+            if key.starts_with(prefix) {
+                out.push(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                });
+            }
+            Ok(())
+        })?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn sweep_blocking(&self, older_than: Duration) -> Result<Swept, StorageError> {
+        let mut swept = Swept::default();
+        let cutoff = SystemTime::now().checked_sub(older_than);
+        self.walk_files(&self.root, |path, meta, staged| {
+            let stale = meta
+                .modified()
+                .ok()
+                .zip(cutoff)
+                .is_some_and(|(modified, cutoff)| modified < cutoff);
+            if !staged || !stale {
+                return Ok(());
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    swept.files += 1;
+                    swept.bytes += meta.len();
+                    Ok(())
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Self::io("removing", path, e)),
+            }
+        })?;
+        Ok(swept)
+    }
+
+    /// Calls `visit` with every file below `start` (symlinks are not
+    /// followed), its metadata, and whether it is a staged file.
+    fn walk_files(
+        &self,
+        start: &Path,
+        mut visit: impl FnMut(&Path, &std::fs::Metadata, bool) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut stack = vec![start.to_owned()];
         while let Some(dir) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
@@ -148,25 +202,11 @@ impl LocalStore {
                     stack.push(path);
                     continue;
                 }
-                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                    continue;
-                }
-                let Ok(rel) = path.strip_prefix(&self.root) else {
-                    continue;
-                };
-                let key = rel
-                    .to_string_lossy()
-                    .replace(std::path::MAIN_SEPARATOR, "/");
-                if key.starts_with(prefix) {
-                    out.push(ObjectInfo {
-                        key,
-                        size: meta.len(),
-                    });
-                }
+                let staged = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+                visit(&path, &meta, staged)?;
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -247,6 +287,11 @@ impl ObjectStore for LocalStore {
         blocking(move || store.list_blocking(&prefix)).await
     }
 
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<Swept, StorageError> {
+        let store = self.clone();
+        blocking(move || store.sweep_blocking(older_than)).await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {
@@ -260,6 +305,53 @@ impl ObjectStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_sweep_removes_only_staged_files_long_unwritten() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = LocalStore::new(dir.path().join("repo"));
+        store
+            .put_new("data/ab/ab01", Bytes::from_static(b"object"))
+            .await?;
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let mut planted = Vec::new();
+        for (folder, name, modified) in [
+            ("", ".tmp-00000000000000a1", hour_ago),
+            ("data/ab", ".tmp-00000000000000a2", hour_ago),
+            ("data/ab", ".tmp-00000000000000a3", SystemTime::now()),
+            ("data/ab", "ab02", hour_ago),
+        ] {
+            let path = dir.path().join("repo").join(folder).join(name);
+            let file = std::fs::File::create(&path)?;
+            file.set_len(7)?;
+            file.set_modified(modified)?;
+            planted.push(path);
+        }
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside)?;
+        let outside = outside.join(".tmp-00000000000000a4");
+        std::fs::File::create(&outside)?.set_modified(hour_ago)?;
+        std::os::unix::fs::symlink(dir.path().join("outside"), dir.path().join("repo/data/cd"))?;
+
+        let swept = store.sweep_leftovers(Duration::from_secs(600)).await?;
+
+        assert_eq!(
+            swept,
+            Swept {
+                files: 2,
+                bytes: 14
+            }
+        );
+        assert!(!planted[0].exists() && !planted[1].exists());
+        assert!(planted[2].exists(), "a staged file being written was swept");
+        assert!(planted[3].exists(), "an object was swept");
+        assert!(outside.exists(), "a symlink was followed out of the store");
+        assert_eq!(
+            store.get("data/ab/ab01").await?,
+            Bytes::from_static(b"object")
+        );
+        Ok(())
+    }
 
     #[tokio::test]
     async fn create_is_exclusive_and_listing_is_sorted() -> anyhow::Result<()> {

@@ -16,9 +16,11 @@ use std::fmt::Debug;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::Serialize;
 
 pub use local::LocalStore;
 pub use s3::{CREDENTIAL_VARIABLES, S3Options, S3Store};
@@ -108,7 +110,8 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     /// Makes an empty file to write a new object into, for
     /// [`ObjectStore::put_staged`]: a local store makes it beside its
-    /// objects, an S3 store in the system's temporary folder (`TMPDIR`).
+    /// objects, an S3 store in the system's temporary folder (`TMPDIR`),
+    /// without a name there.
     /// Blocking: call it off the async threads.
     ///
     /// Fails when that folder cannot hold a new file.
@@ -139,6 +142,23 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Removes the named staged files that creates cut short by a crash left
+    /// in a local store, once last written more than `older_than` ago (so
+    /// that no create still running loses its file). An S3 store has none:
+    /// its objects appear whole, and its staged files have no name.
+    ///
+    /// Fails when a folder cannot be read or a file removed.
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<Swept, StorageError>;
+}
+
+/// What [`ObjectStore::sweep_leftovers`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// Files removed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Opens the store a repository URL names: `s3://bucket/prefix` for S3 and

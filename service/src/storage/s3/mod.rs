@@ -36,6 +36,7 @@ mod get;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -57,7 +58,7 @@ use bytes::Bytes;
 use super::limits::{
     CONNECT_TIMEOUT, INITIAL_BACKOFF, MAX_ATTEMPTS, MAX_BACKOFF, attempt_time, operation_time,
 };
-use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError};
+use super::{ObjectInfo, ObjectReader, ObjectStore, Staged, StorageError, Swept};
 
 /// Region when neither the options nor the environment name one (R2's).
 const DEFAULT_REGION: &str = "auto";
@@ -444,7 +445,7 @@ impl ObjectStore for S3Store {
 
     fn stage(&self) -> Result<Staged, StorageError> {
         let dir = std::env::temp_dir();
-        Staged::create_in(&dir).map_err(|source| StorageError::Io {
+        Staged::anonymous_in(&dir).map_err(|source| StorageError::Io {
             action: "staging an upload (TMPDIR must name a writable folder) in",
             path: dir,
             source,
@@ -571,6 +572,10 @@ impl ObjectStore for S3Store {
             Err(err) if is_missing_object(&err) => Ok(()),
             Err(err) => Err(self.remote("DeleteObject", key, &attempts, &err)),
         }
+    }
+
+    async fn sweep_leftovers(&self, _older_than: Duration) -> Result<Swept, StorageError> {
+        Ok(Swept::default())
     }
 }
 
