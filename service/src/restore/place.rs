@@ -47,8 +47,9 @@ const DIRECTORY: OFlags = OFlags::RDONLY
 /// The directories of one restore, by id, with a bounded descriptor cache.
 pub(super) struct Dirs {
     root: Arc<OwnedFd>,
-    /// The parent and name of each directory; the root's entry is unused.
-    parents: RwLock<Vec<(DirId, Vec<u8>)>>,
+    /// The parent and name of each directory, and whether this restore
+    /// made it (so it held nothing before); the root's entry is unused.
+    parents: RwLock<Vec<(DirId, Vec<u8>, bool)>>,
     cache: Mutex<DirCache>,
 }
 
@@ -59,7 +60,7 @@ impl Dirs {
         let root = fs::open(path, DIRECTORY.difference(OFlags::NOFOLLOW), Mode::empty())?;
         Ok(Self {
             root: Arc::new(root),
-            parents: RwLock::new(vec![(ROOT, Vec::new())]),
+            parents: RwLock::new(vec![(ROOT, Vec::new(), false)]),
             cache: Mutex::new(DirCache::new()),
         })
     }
@@ -111,6 +112,12 @@ impl Dirs {
         path
     }
 
+    /// Whether this restore made directory `id`.
+    fn made_here(&self, id: DirId) -> bool {
+        let parents = self.parents.read().unwrap_or_else(PoisonError::into_inner);
+        parents.get(id).is_some_and(|&(_, _, made)| made)
+    }
+
     fn cached(&self, id: DirId) -> Option<Arc<OwnedFd>> {
         self.cache
             .lock()
@@ -131,7 +138,8 @@ impl Dirs {
     /// in the way is unlinked first; without, it is an error.
     pub(super) fn make(&self, parent: DirId, name: &[u8], replace: bool) -> std::io::Result<DirId> {
         let parent_fd = self.open(parent)?;
-        let fd = match fs::mkdirat(&*parent_fd, name, Mode::RWXU) {
+        let made = fs::mkdirat(&*parent_fd, name, Mode::RWXU);
+        let fd = match made {
             Ok(()) | Err(Errno::EXIST) => {
                 match fs::openat(&*parent_fd, name, DIRECTORY, Mode::empty()) {
                     Err(Errno::LOOP | Errno::NOTDIR) if replace => {
@@ -147,7 +155,7 @@ impl Dirs {
         };
         let mut parents = self.parents.write().unwrap_or_else(PoisonError::into_inner);
         let id = parents.len();
-        parents.push((parent, name.to_vec()));
+        parents.push((parent, name.to_vec(), made.is_ok()));
         drop(parents);
         self.remember(id, Arc::new(fd));
         Ok(id)
@@ -156,7 +164,13 @@ impl Dirs {
     /// Makes room for a non-directory entry `name` in `dir`: with
     /// `replace`, unlinks a file, symlink or special file there; a
     /// directory in the way is an error either way.
+    ///
+    /// A directory this restore made holds only what it put there, each
+    /// name once, so nothing is looked up in it.
     pub(super) fn clear(&self, dir: DirId, name: &[u8], replace: bool) -> std::io::Result<()> {
+        if self.made_here(dir) {
+            return Ok(());
+        }
         let dir_fd = self.open(dir)?;
         match fs::statat(&*dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => Ok(()),
@@ -492,6 +506,30 @@ mod tests {
             .clear();
         dirs.open_file(deepest, b"leaf")?;
         assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_directory_found_in_the_target_is_searched_for_what_is_in_the_way()
+    -> anyhow::Result<()> {
+        let scratch = tempfile::tempdir()?;
+        std::fs::create_dir_all(scratch.path().join("found"))?;
+        std::fs::write(scratch.path().join("found/taken"), b"theirs")?;
+        let dirs = Dirs::open_target(scratch.path())?;
+
+        let found = dirs.make(ROOT, b"found", false)?;
+        let refused = dirs.clear(found, b"taken", false).err().map(|e| e.kind());
+        assert_eq!(refused, Some(std::io::ErrorKind::AlreadyExists));
+        dirs.clear(found, b"free", false)?;
+
+        let made = dirs.make(ROOT, b"made", false)?;
+        assert!(dirs.made_here(made) && !dirs.made_here(found) && !dirs.made_here(ROOT));
+        dirs.clear(made, b"taken", false)?;
+        dirs.create_file(made, b"taken", 1)?;
+        assert!(
+            dirs.create_file(made, b"taken", 1).is_err(),
+            "a second create of one name is refused by O_EXCL"
+        );
         Ok(())
     }
 }
