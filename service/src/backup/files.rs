@@ -123,6 +123,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         let writer = self.writer.clone();
         let chunking = self.repo.repository().config().file_chunking;
         let progress = self.progress.clone();
+        let index = self.repo.index().clone();
         let (entries, learnt, summary, references, warnings) =
             tokio::task::spawn_blocking(move || {
                 let (state, known) = match cache {
@@ -156,7 +157,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                     counts: Counts::default(),
                     warnings: Mutex::default(),
                     hardlinks: Mutex::default(),
-                    references: Mutex::default(),
+                    references: Mutex::new(IdSet::over(index)),
                 };
                 let entries = work(&archiver)?;
                 let mut learnt = archiver.fresh.into_inner().unwrap_or_default();

@@ -147,7 +147,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             start: Utc::now(),
             entries: Vec::new(),
             summary: Summary::default(),
-            references: IdSet::default(),
+            references: IdSet::over(repo.index().clone()),
             warnings: Vec::new(),
             items: Vec::new(),
             progress: Arc::default(),

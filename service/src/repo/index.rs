@@ -298,8 +298,18 @@ impl Index {
         }
     }
 
+    /// Entries, counting every copy of a blob.
+    pub(super) fn positions(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The blob of the entry at `position` (below [`Index::positions`]).
+    pub(super) fn id_at(&self, position: usize) -> Option<BlobId> {
+        self.entries.get(position).map(|entry| entry.id)
+    }
+
     /// The position of `id`'s first entry.
-    fn position(&self, id: &BlobId) -> Option<usize> {
+    pub(super) fn position(&self, id: &BlobId) -> Option<usize> {
         let position = self.by_id.find(self.hasher.hash_one(id), |&p| {
             self.entries[p as usize].id == *id
         })?;
@@ -413,7 +423,7 @@ impl<'a> BlobSet<'a> {
     pub fn new(index: &'a Index) -> Self {
         Self {
             index,
-            bits: vec![0; index.entries.len().div_ceil(64)],
+            bits: vec![0; index.positions().div_ceil(64)],
         }
     }
 
