@@ -139,7 +139,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                         let known = state
                             .as_ref()
                             .and_then(|c| {
-                                c.load(&repo_id, &job)
+                                c.load(&repo_id, &job, Some(index.clone()))
                                     .inspect_err(|e| tracing::warn!("{e}"))
                                     .ok()
                             })
@@ -472,7 +472,7 @@ impl Archiver {
                 && c.content.iter().all(|id| self.writer.has(id))
         });
         let content = match cached {
-            Some(cached) => cached.content.to_vec(),
+            Some(cached) => cached.content,
             None => match self.read_file(&place.path, meta) {
                 Ok(content) => content,
                 Err(ReadFailure::Repo(e)) => return Err(e),

@@ -144,9 +144,7 @@ impl Extend<BlobId> for IdSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::blob::BlobKind;
-    use crate::repo::id::{IndexId, PackId};
-    use crate::repo::index::{IndexFile, IndexedBlob, IndexedPack};
+    use crate::repo::test_fixture::index_of;
 
     fn id(i: u32) -> BlobId {
         BlobId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes())
@@ -154,30 +152,8 @@ mod tests {
 
     /// An index of ids 0..100, blob 7 in two packs.
     fn index() -> Arc<Index> {
-        let pack = |n: u8, ids: &[u32]| IndexedPack {
-            id: PackId::from_bytes([n; 32]),
-            size: 1 << 20,
-            payload_offset: 0,
-            blobs: ids
-                .iter()
-                .enumerate()
-                .map(|(at, &i)| IndexedBlob {
-                    id: id(i),
-                    kind: BlobKind::Data,
-                    compressed: false,
-                    offset: at as u64 * 100,
-                    length: 100,
-                    raw_length: 100,
-                })
-                .collect(),
-        };
-        let mut index = Index::default();
-        let known: Vec<u32> = (0..100).collect();
-        let file = IndexFile {
-            packs: vec![pack(1, &known), pack(2, &[7])],
-        };
-        index.add_file(IndexId::from_bytes([3; 32]), file);
-        Arc::new(index)
+        let known: Vec<BlobId> = (0..100).map(id).collect();
+        index_of(&[&known, &[id(7)]])
     }
 
     #[test]

@@ -299,17 +299,17 @@ impl Index {
     }
 
     /// Entries, counting every copy of a blob.
-    pub(super) fn positions(&self) -> usize {
+    pub(crate) fn positions(&self) -> usize {
         self.entries.len()
     }
 
     /// The blob of the entry at `position` (below [`Index::positions`]).
-    pub(super) fn id_at(&self, position: usize) -> Option<BlobId> {
+    pub(crate) fn id_at(&self, position: usize) -> Option<BlobId> {
         self.entries.get(position).map(|entry| entry.id)
     }
 
     /// The position of `id`'s first entry.
-    pub(super) fn position(&self, id: &BlobId) -> Option<usize> {
+    pub(crate) fn position(&self, id: &BlobId) -> Option<usize> {
         let position = self.by_id.find(self.hasher.hash_one(id), |&p| {
             self.entries[p as usize].id == *id
         })?;

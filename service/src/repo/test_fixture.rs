@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::blob::BlobKind;
 use super::config::InitOptions;
-use super::id::{BlobId, SnapshotId};
+use super::id::{BlobId, IndexId, PackId, SnapshotId};
+use super::index::{Index, IndexFile, IndexedBlob, IndexedPack};
 use super::keys::{KeyRole, Recipients, RestoreIdentity, ServiceIdentity, generate_identity_file};
 use super::snapshot::{Snapshot, Summary};
 use super::tree::{Node, NodeKind, Tree};
@@ -142,6 +143,34 @@ impl TestRepo {
 
 /// `len` bytes of a fixed pattern that depends on `seed` (compressible a
 /// little: zstd keeps it unless it saves 1/32).
+/// An index of `packs`, each pack's blobs as ids (100-byte data blobs).
+pub(crate) fn index_of(packs: &[&[BlobId]]) -> Arc<Index> {
+    let packs = packs
+        .iter()
+        .zip(1u8..)
+        .map(|(ids, n)| IndexedPack {
+            id: PackId::from_bytes([n; 32]),
+            size: 1 << 20,
+            payload_offset: 0,
+            blobs: ids
+                .iter()
+                .zip(0u64..)
+                .map(|(&id, at)| IndexedBlob {
+                    id,
+                    kind: BlobKind::Data,
+                    compressed: false,
+                    offset: at * 100,
+                    length: 100,
+                    raw_length: 100,
+                })
+                .collect(),
+        })
+        .collect();
+    let mut index = Index::default();
+    index.add_file(IndexId::from_bytes([0; 32]), IndexFile { packs });
+    Arc::new(index)
+}
+
 pub(crate) fn pattern(seed: u32, len: usize) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 7) as u8)

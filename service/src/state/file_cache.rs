@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
 use super::{CachedFile, KnownFiles};
 use crate::repo::id::BlobId;
+use crate::repo::index::Index;
 
 /// Migrations, applied in order; the database's `user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -83,10 +85,16 @@ impl FileCache {
         }
     }
 
-    /// Every cached file of one job in one repository, by path.
+    /// Every cached file of one job in one repository, by path; with
+    /// `index`, only those whose blobs it holds, each kept as its position.
     ///
     /// Fails when the database cannot be read.
-    pub fn load(&self, repository: &str, job: &str) -> Result<KnownFiles, StateError> {
+    pub fn load(
+        &self,
+        repository: &str,
+        job: &str,
+        index: Option<Arc<Index>>,
+    ) -> Result<KnownFiles, StateError> {
         let mut statement = self
             .connection
             .prepare_cached(
@@ -97,7 +105,7 @@ impl FileCache {
         let mut rows = statement
             .query(params![repository, job])
             .map_err(|e| self.fail(e))?;
-        let mut known = KnownFiles::default();
+        let mut known = index.map(KnownFiles::over).unwrap_or_default();
         while let Some(row) = rows.next().map_err(|e| self.fail(e))? {
             let read = |row: &rusqlite::Row<'_>| {
                 let content = row.get_ref(5)?.as_blob()?;
@@ -281,12 +289,15 @@ mod tests {
         FileCache::open(dir.path())?.replace("repo", "job", &[(b"/a".to_vec(), file.clone())])?;
         let mut cache = FileCache::open(dir.path())?;
         assert_eq!(
-            cache.load("repo", "job")?.get(b"/a").map(|f| f.cached()),
+            cache
+                .load("repo", "job", None)?
+                .get(b"/a")
+                .map(|f| f.cached()),
             Some(file)
         );
-        assert!(cache.load("repo", "other")?.is_empty());
+        assert!(cache.load("repo", "other", None)?.is_empty());
         cache.replace("repo", "job", &[])?;
-        assert!(cache.load("repo", "job")?.is_empty());
+        assert!(cache.load("repo", "job", None)?.is_empty());
         Ok(())
     }
 
@@ -305,12 +316,12 @@ mod tests {
         cache.stage(&[(b"/a".to_vec(), file(2)), (b"/b".to_vec(), file(3))])?;
         cache.stage(&[(b"/a".to_vec(), file(4))])?;
         assert_eq!(
-            cache.load("repo", "job")?.len(),
+            cache.load("repo", "job", None)?.len(),
             1,
             "staged is not yet the cache"
         );
         cache.replace("repo", "job", &[(b"/c".to_vec(), file(5))])?;
-        let loaded = cache.load("repo", "job")?;
+        let loaded = cache.load("repo", "job", None)?;
         let size = |path: &[u8]| loaded.get(path).map(|f| f.size);
         assert_eq!(
             (size(b"/a"), size(b"/b"), size(b"/c"), size(b"/old")),
@@ -320,7 +331,7 @@ mod tests {
         assert_eq!(loaded.get(b"/a").map(|f| f.content.len()), Some(2));
         cache.replace("repo", "other", &[])?;
         assert!(
-            cache.load("repo", "other")?.is_empty(),
+            cache.load("repo", "other", None)?.is_empty(),
             "the stage was emptied"
         );
         Ok(())

@@ -2,11 +2,16 @@
 //! held compactly for the length of a backup: per file a 16-byte hash of
 //! its path, its size, times and inode, and where its data blob ids lie in
 //! one list shared by all — about 63 bytes a file and 32 a blob, where a
-//! map from path to entry took about 240 bytes a small file.
+//! map from path to entry took about 240 bytes a small file. Files known
+//! [`KnownFiles::over`] a loaded index keep each blob as its 4-byte index
+//! position instead.
+
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
 use crate::repo::id::BlobId;
+use crate::repo::index::Index;
 
 /// What was known of a file when it was last backed up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +34,63 @@ pub struct KnownFiles {
     /// Positions in `files`, by the path hash.
     by_path: HashTable<u32>,
     files: Vec<Known>,
-    blobs: Vec<BlobId>,
+    blobs: BlobList,
+}
+
+/// The known files' blobs, one list for all.
+#[derive(Debug)]
+enum BlobList {
+    Ids(Vec<BlobId>),
+    /// Positions in an index.
+    Positions(Arc<Index>, Vec<u32>),
+}
+
+impl Default for BlobList {
+    fn default() -> Self {
+        Self::Ids(Vec::new())
+    }
+}
+
+impl BlobList {
+    fn len(&self) -> usize {
+        match self {
+            Self::Ids(ids) => ids.len(),
+            Self::Positions(_, positions) => positions.len(),
+        }
+    }
+
+    /// Appends `content`; fails, adding nothing, when the index lacks a
+    /// blob of it.
+    fn extend(&mut self, content: &[BlobId]) -> Result<(), ()> {
+        match self {
+            Self::Ids(ids) => ids.extend_from_slice(content),
+            Self::Positions(index, positions) => {
+                let start = positions.len();
+                for id in content {
+                    match index.position(id).and_then(|p| u32::try_from(p).ok()) {
+                        Some(position) => positions.push(position),
+                        None => {
+                            positions.truncate(start);
+                            return Err(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The blobs at `range` of the list, if it holds them.
+    fn get(&self, range: std::ops::Range<usize>) -> Option<Vec<BlobId>> {
+        match self {
+            Self::Ids(ids) => ids.get(range).map(<[BlobId]>::to_vec),
+            Self::Positions(index, positions) => positions
+                .get(range)?
+                .iter()
+                .map(|&position| index.id_at(position as usize))
+                .collect(),
+        }
+    }
 }
 
 /// One file: its path's hash, what was known of it, its blobs' place.
@@ -45,8 +106,8 @@ struct Known {
 }
 
 /// One known file, as found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownFile<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownFile {
     /// Size in bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
@@ -56,11 +117,11 @@ pub struct KnownFile<'a> {
     /// Inode number.
     pub inode: u64,
     /// Its data blobs, in order.
-    pub content: &'a [BlobId],
+    pub content: Vec<BlobId>,
 }
 
 #[cfg(test)]
-impl KnownFile<'_> {
+impl KnownFile {
     /// An owned copy.
     pub fn cached(&self) -> CachedFile {
         CachedFile {
@@ -68,12 +129,21 @@ impl KnownFile<'_> {
             mtime_ns: self.mtime_ns,
             ctime_ns: self.ctime_ns,
             inode: self.inode,
-            content: self.content.to_vec(),
+            content: self.content.clone(),
         }
     }
 }
 
 impl KnownFiles {
+    /// No files yet; their blobs will be kept as positions in `index`, and
+    /// a file with a blob `index` lacks is left out (it is read again).
+    pub fn over(index: Arc<Index>) -> Self {
+        Self {
+            blobs: BlobList::Positions(index, Vec::new()),
+            ..Self::default()
+        }
+    }
+
     /// Adds (or replaces) what is known of the file at `path`. A file
     /// whose blobs would not fit the shared list's 32-bit positions is
     /// left out: it is read again.
@@ -90,6 +160,9 @@ impl KnownFiles {
         let Ok(position) = u32::try_from(self.files.len()) else {
             return;
         };
+        if self.blobs.extend(&file.content).is_err() {
+            return;
+        }
         let known = Known {
             path_hash: path_hash(path),
             size: file.size,
@@ -99,7 +172,6 @@ impl KnownFiles {
             first_blob,
             blob_count,
         };
-        self.blobs.extend_from_slice(&file.content);
         let files = &self.files;
         let found = self
             .by_path
@@ -122,7 +194,7 @@ impl KnownFiles {
     }
 
     /// What is known of the file at `path`.
-    pub fn get(&self, path: &[u8]) -> Option<KnownFile<'_>> {
+    pub fn get(&self, path: &[u8]) -> Option<KnownFile> {
         let hash = path_hash(path);
         let at = self.by_path.find(slot_hash(&hash), |&at| {
             self.files[at as usize].path_hash == hash
@@ -192,7 +264,7 @@ mod tests {
         assert_eq!(known.len(), 5000);
         let found = known.get(b"/data/4242").expect("known");
         assert_eq!((found.size, found.inode), (4242, 4342));
-        assert_eq!(found.content, file(4242, &[0, 1]).content.as_slice());
+        assert_eq!(found.content, file(4242, &[0, 1]).content);
         assert!(known.get(b"/data/5000").is_none());
         assert!(known.get(b"/data/4242/").is_none());
 
@@ -202,5 +274,35 @@ mod tests {
         assert_eq!(found.size, 70);
         assert_eq!(found.content, [BlobId::from_bytes([9; 32])]);
         assert!(known.get(b"/data/8").is_some_and(|f| f.size == 8));
+    }
+
+    #[test]
+    fn files_over_an_index_keep_positions_and_leave_out_unknown_blobs() {
+        let ids: Vec<BlobId> = (0..8).map(|b| BlobId::from_bytes([b; 32])).collect();
+        let index = crate::repo::test_fixture::index_of(&[&ids[..5], &ids[3..4]]);
+        let mut known = KnownFiles::over(index);
+        known.insert(b"/a", &file(10, &[4, 3, 4]));
+        known.insert(b"/b", &file(20, &[]));
+        known.insert(b"/c", &file(30, &[1, 6]));
+        known.insert(b"/d", &file(40, &[0]));
+        assert_eq!(
+            known.len(),
+            3,
+            "a file with a blob the index lacks was kept"
+        );
+        assert_eq!(
+            known.get(b"/a").map(|f| f.content),
+            Some(file(10, &[4, 3, 4]).content)
+        );
+        assert_eq!(known.get(b"/b").map(|f| f.content), Some(Vec::new()));
+        assert!(known.get(b"/c").is_none());
+        assert_eq!(
+            known.get(b"/d").map(|f| (f.size, f.content)),
+            Some((40, file(40, &[0]).content))
+        );
+        match &known.blobs {
+            BlobList::Positions(_, positions) => assert_eq!(positions, &[4, 3, 4, 0]),
+            BlobList::Ids(_) => panic!("blobs kept as ids"),
+        }
     }
 }

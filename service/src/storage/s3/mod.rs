@@ -310,6 +310,17 @@ impl S3Store {
     }
 }
 
+/// A file without a name in `dir` to stage an upload in.
+///
+/// Fails, naming `TMPDIR` as the fix, when `dir` cannot hold one.
+fn stage_in(dir: &std::path::Path) -> Result<Staged, StorageError> {
+    Staged::anonymous_in(dir).map_err(|source| StorageError::Io {
+        action: "staging an upload (TMPDIR must name a writable folder) in",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
 /// The timeouts of a request that moves `bytes` bytes.
 fn timeouts(bytes: u64) -> TimeoutConfig {
     TimeoutConfig::builder()
@@ -444,19 +455,14 @@ impl ObjectStore for S3Store {
     }
 
     fn stage(&self) -> Result<Staged, StorageError> {
-        let dir = std::env::temp_dir();
-        Staged::anonymous_in(&dir).map_err(|source| StorageError::Io {
-            action: "staging an upload (TMPDIR must name a writable folder) in",
-            path: dir,
-            source,
-        })
+        stage_in(&std::env::temp_dir())
     }
 
     /// Creates `key` as [`ObjectStore::put_new`] does, streaming the body
     /// from the staged file (again on each retry).
     async fn put_staged(&self, key: &str, staged: Staged) -> Result<(), StorageError> {
         let read_failed = |source| StorageError::Io {
-            action: "reading",
+            action: "reading the upload staged in TMPDIR through",
             path: staged.path().to_owned(),
             source,
         };
@@ -582,6 +588,27 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staging_folder_that_cannot_hold_a_file_names_tmpdir() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let missing = dir.path().join("gone");
+        let message = stage_in(&missing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("TMPDIR must name a writable folder") && message.contains("gone"),
+            "{message}"
+        );
+        let staged = stage_in(dir.path())?;
+        assert_eq!(
+            std::fs::read_dir(dir.path())?.count(),
+            0,
+            "{staged:?} has a name"
+        );
+        Ok(())
+    }
 
     #[test]
     fn prefixes_and_endpoints_are_normalised() {
