@@ -481,6 +481,22 @@ mod tests {
             matches!(marked, Err(RepoError::PrunedDuringBackup { packs: 1 })),
             "{marked:?}"
         );
+        // A backup that stored the blob again in a pack of its own does not
+        // reuse the marked pack.
+        let again = index::IndexedPack {
+            id: id::PackId::from_bytes([9; 32]),
+            size: 1 << 20,
+            payload_offset: 0,
+            blobs: vec![index::IndexedBlob {
+                id: blob,
+                kind: blob::BlobKind::Data,
+                compressed: true,
+                offset: 0,
+                length: 100,
+                raw_length: 40_000,
+            }],
+        };
+        backup.confirm_references(&[blob], &[again]).await?;
         // Deleted too: the plan is gone, but the index changed.
         let report = prune(&f.as_service().await?, &now).await?;
         assert_eq!(report.packs_deleted, 1);

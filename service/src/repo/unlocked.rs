@@ -95,9 +95,13 @@ impl<K: KeyRole> UnlockedRepository<K> {
         references: &[BlobId],
         written: &[index::IndexedPack],
     ) -> Result<(), RepoError> {
+        // Only a blob the loaded index also holds can be mistaken for a
+        // reused one (it was stored again, its old pack doomed): the set of
+        // the backup's own blobs holds just those, not a million new ones.
         let own: std::collections::HashSet<BlobId> = written
             .iter()
             .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .filter(|b| self.index.contains(b))
             .collect();
         let reused: std::collections::HashSet<id::PackId> = references
             .iter()
