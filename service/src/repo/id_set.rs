@@ -18,7 +18,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use super::id::BlobId;
-use super::index::Index;
+use super::index::{BlobSet, Index};
 
 /// Blob ids, each once.
 #[derive(Debug, Default)]
@@ -26,36 +26,24 @@ pub(crate) struct IdSet {
     ids: Vec<BlobId>,
     by_id: HashTable<u32>,
     hasher: RandomState,
-    /// The index whose blobs are kept as bits, and the bits.
-    indexed: Option<(Arc<Index>, Vec<u64>)>,
+    /// The blobs of the index this set is over.
+    indexed: Option<BlobSet>,
 }
 
 impl IdSet {
     /// An empty set that keeps the blobs `index` knows as bits.
     pub(crate) fn over(index: Arc<Index>) -> Self {
-        let bits = vec![0; index.positions().div_ceil(64)];
         Self {
-            indexed: Some((index, bits)),
+            indexed: Some(BlobSet::new(index)),
             ..Self::default()
         }
-    }
-
-    /// Where `id`'s bit is, if it has one.
-    fn bit(&self, id: &BlobId) -> Option<(usize, u64)> {
-        let (index, _) = self.indexed.as_ref()?;
-        let position = index.position(id)?;
-        Some((position / 64, 1 << (position % 64)))
     }
 
     /// Adds `id`; returns whether it was not there yet. Past 2³² ids the
     /// set stops growing and calls every id new: a blob is then stored
     /// twice, never lost.
     pub(crate) fn insert(&mut self, id: BlobId) -> bool {
-        if let Some((word, mask)) = self.bit(&id)
-            && let Some((_, bits)) = self.indexed.as_mut()
-        {
-            let new = bits[word] & mask == 0;
-            bits[word] |= mask;
+        if let Some(new) = self.indexed.as_mut().and_then(|set| set.insert_known(&id)) {
             return new;
         }
         let Ok(position) = u32::try_from(self.ids.len()) else {
@@ -76,10 +64,8 @@ impl IdSet {
 
     /// Whether `id` was added.
     pub(crate) fn contains(&self, id: &BlobId) -> bool {
-        if let Some((word, mask)) = self.bit(id)
-            && let Some((_, bits)) = self.indexed.as_ref()
-        {
-            return bits[word] & mask != 0;
+        if let Some(found) = self.indexed.as_ref().and_then(|set| set.contains_known(id)) {
+            return found;
         }
         self.by_id
             .find(self.hasher.hash_one(id), |&p| self.ids[p as usize] == *id)
@@ -88,11 +74,7 @@ impl IdSet {
 
     /// Whether nothing was added.
     fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-            && self
-                .indexed
-                .as_ref()
-                .is_none_or(|(_, bits)| bits.iter().all(|&word| word == 0))
+        self.ids.is_empty() && self.indexed.as_ref().is_none_or(|set| set.len() == 0)
     }
 
     /// Adds every id of `other`, taking it whole when this set is empty
@@ -108,25 +90,14 @@ impl IdSet {
     /// The ids, in no particular order.
     fn into_ids(self) -> impl Iterator<Item = BlobId> {
         let Self { ids, indexed, .. } = self;
-        let indexed = indexed.map(|(index, bits)| {
-            bits.into_iter()
-                .enumerate()
-                .flat_map(|(word, bits)| {
-                    (0..64)
-                        .filter(move |bit| bits & (1 << bit) != 0)
-                        .map(move |bit| word * 64 + bit)
-                })
-                .filter_map(move |position| index.id_at(position))
-        });
-        ids.into_iter().chain(indexed.into_iter().flatten())
+        ids.into_iter()
+            .chain(indexed.into_iter().flat_map(BlobSet::into_ids))
     }
 
     /// The ids, sorted.
     pub(crate) fn into_sorted(self) -> Vec<BlobId> {
-        let bits = self.indexed.as_ref().map_or(0, |(_, bits)| {
-            bits.iter().map(|word| word.count_ones() as usize).sum()
-        });
-        let mut ids = Vec::with_capacity(self.ids.len() + bits);
+        let known = self.indexed.as_ref().map_or(0, BlobSet::len);
+        let mut ids = Vec::with_capacity(self.ids.len() + known);
         ids.extend(self.into_ids());
         ids.sort_unstable();
         ids

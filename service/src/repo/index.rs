@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use hashbrown::{HashTable, hash_table};
 
@@ -413,18 +414,16 @@ impl Index {
 /// A set of blobs the index knows, one bit each: a million used blobs in
 /// 125 KB, where a hash set of their ids takes 64 MB.
 #[derive(Debug, Clone)]
-pub struct BlobSet<'a> {
-    index: &'a Index,
+pub struct BlobSet {
+    index: Arc<Index>,
     bits: Vec<u64>,
 }
 
-impl<'a> BlobSet<'a> {
+impl BlobSet {
     /// An empty set of `index`'s blobs.
-    pub fn new(index: &'a Index) -> Self {
-        Self {
-            index,
-            bits: vec![0; index.positions().div_ceil(64)],
-        }
+    pub fn new(index: Arc<Index>) -> Self {
+        let bits = vec![0; index.positions().div_ceil(64)];
+        Self { index, bits }
     }
 
     /// Where `id`'s bit is, if the index knows it.
@@ -436,18 +435,49 @@ impl<'a> BlobSet<'a> {
     /// Adds `id`; returns whether it was new. A blob the index does not
     /// know is not added.
     pub fn insert(&mut self, id: &BlobId) -> bool {
-        let Some((word, mask)) = self.bit(id) else {
-            return false;
-        };
+        self.insert_known(id).unwrap_or(false)
+    }
+
+    /// Adds `id` when the index knows it, returning whether it was new;
+    /// `None` for a blob the index does not know.
+    pub(crate) fn insert_known(&mut self, id: &BlobId) -> Option<bool> {
+        let (word, mask) = self.bit(id)?;
         let new = self.bits[word] & mask == 0;
         self.bits[word] |= mask;
-        new
+        Some(new)
     }
 
     /// Whether `id` is in the set.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.bit(id)
-            .is_some_and(|(word, mask)| self.bits[word] & mask != 0)
+        self.contains_known(id).unwrap_or(false)
+    }
+
+    /// Whether `id` is in the set, or `None` when the index does not know
+    /// it.
+    pub(crate) fn contains_known(&self, id: &BlobId) -> Option<bool> {
+        let (word, mask) = self.bit(id)?;
+        Some(self.bits[word] & mask != 0)
+    }
+
+    /// How many blobs are in the set.
+    pub(crate) fn len(&self) -> usize {
+        self.bits
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum()
+    }
+
+    /// The blobs in the set, in index order.
+    pub(crate) fn into_ids(self) -> impl Iterator<Item = BlobId> {
+        let Self { index, bits } = self;
+        bits.into_iter()
+            .enumerate()
+            .flat_map(|(word, bits)| {
+                (0..64)
+                    .filter(move |bit| bits & (1 << bit) != 0)
+                    .map(move |bit| word * 64 + bit)
+            })
+            .filter_map(move |position| index.id_at(position))
     }
 }
 
@@ -602,7 +632,7 @@ mod tests {
         let mut index = Index::default();
         index.add_pack(&pack(1, &[10, 11]));
         index.add_pack(&pack(2, &[11, 12]));
-        let mut set = BlobSet::new(&index);
+        let mut set = BlobSet::new(Arc::new(index));
         assert!(set.insert(&blob(11)));
         assert!(!set.insert(&blob(11)));
         assert!(!set.insert(&blob(99)));

@@ -111,7 +111,7 @@ pub async fn prune(
         .map(|p| (planned.contains(p), *p))
         .collect();
     candidates.sort_unstable();
-    let mut kept = BlobSet::new(index);
+    let mut kept = BlobSet::new(index.clone());
     let mut used_packs: HashSet<PackId> = HashSet::new();
     for (_, pack) in candidates {
         for blob in index.pack_blobs(&pack) {
@@ -193,12 +193,12 @@ pub(crate) fn require_whole_index(
 /// lists has no pack to keep).
 ///
 /// Fails when a snapshot is unreadable.
-pub(crate) async fn used_blobs<'a>(
-    repo: &'a UnlockedRepository<impl KeyRole>,
-) -> Result<BlobSet<'a>, RepoError> {
+pub(crate) async fn used_blobs(
+    repo: &UnlockedRepository<impl KeyRole>,
+) -> Result<BlobSet, RepoError> {
     // Each snapshot read whole once, one at a time: a reference list can
     // name a million blobs.
-    let mut used = BlobSet::new(repo.index());
+    let mut used = BlobSet::new(repo.index().clone());
     for object in repo.repository().store().list("snapshots/").await? {
         let read = match object_id::<SnapshotId>(&object.key, "snapshots/") {
             Ok(id) => repo.read_snapshot(id).await,
