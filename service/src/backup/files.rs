@@ -32,7 +32,7 @@ use crate::repo::keys::KeyRole;
 use crate::repo::snapshot::Summary;
 use crate::repo::tree::{Node, NodeKind, RawName, Tree};
 use crate::repo::writer::BlobWriter;
-use crate::state::{CachedFile, FileCache, KnownFiles};
+use crate::state::{CachedFile, FileCache, FileStamp, KnownFiles};
 
 impl<K: KeyRole> SnapshotBuilder<K> {
     /// Backs up `folders` into this snapshot, using the file cache in
@@ -457,22 +457,18 @@ impl Archiver {
         place: &Place<'_>,
     ) -> Result<Option<Vec<BlobId>>, RepoError> {
         let key = place.path.as_os_str().as_bytes();
-        let now = CachedFile {
+        let now = FileStamp {
             size: meta.len(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             inode: meta.ino(),
-            content: Vec::new(),
         };
-        let cached = self.known.get(key).filter(|c| {
-            c.size == now.size
-                && c.mtime_ns == now.mtime_ns
-                && c.ctime_ns == now.ctime_ns
-                && c.inode == now.inode
-                && c.content.iter().all(|id| self.writer.has(id))
-        });
+        let cached = self
+            .known
+            .content(key, &now)
+            .filter(|content| content.iter().all(|id| self.writer.has(id)));
         let content = match cached {
-            Some(cached) => cached.content,
+            Some(cached) => cached,
             None => match self.read_file(&place.path, meta) {
                 Ok(content) => content,
                 Err(ReadFailure::Repo(e)) => return Err(e),
@@ -490,8 +486,8 @@ impl Archiver {
             fresh.push((
                 key.to_vec(),
                 CachedFile {
+                    stamp: now,
                     content: content.clone(),
-                    ..now
                 },
             ));
             let full = self.staging.is_some() && fresh.len() >= STAGED_AT_ONCE;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use super::{CachedFile, KnownFiles};
+use super::{CachedFile, FileStamp, KnownFiles, KnownFilesBuilder};
 use crate::repo::id::BlobId;
 use crate::repo::index::Index;
 
@@ -105,15 +105,17 @@ impl FileCache {
         let mut rows = statement
             .query(params![repository, job])
             .map_err(|e| self.fail(e))?;
-        let mut known = index.map(KnownFiles::over).unwrap_or_default();
+        let mut known = index.map(KnownFilesBuilder::over).unwrap_or_default();
         while let Some(row) = rows.next().map_err(|e| self.fail(e))? {
             let read = |row: &rusqlite::Row<'_>| {
                 let content = row.get_ref(5)?.as_blob()?;
                 Ok::<_, rusqlite::Error>(CachedFile {
-                    size: row.get::<_, i64>(1)? as u64,
-                    mtime_ns: row.get(2)?,
-                    ctime_ns: row.get(3)?,
-                    inode: row.get::<_, i64>(4)? as u64,
+                    stamp: FileStamp {
+                        size: row.get::<_, i64>(1)? as u64,
+                        mtime_ns: row.get(2)?,
+                        ctime_ns: row.get(3)?,
+                        inode: row.get::<_, i64>(4)? as u64,
+                    },
                     content: content
                         .chunks_exact(32)
                         .filter_map(|id| id.try_into().ok().map(BlobId::from_bytes))
@@ -127,7 +129,7 @@ impl FileCache {
                 .map_err(|e| self.fail(e))?;
             known.insert(path, &file);
         }
-        Ok(known)
+        Ok(known.build())
     }
 
     /// Sets aside what a backup learnt of some of its files, in a
@@ -169,10 +171,10 @@ impl FileCache {
                 insert
                     .execute(params![
                         file_path,
-                        file.size as i64,
-                        file.mtime_ns,
-                        file.ctime_ns,
-                        file.inode as i64,
+                        file.stamp.size as i64,
+                        file.stamp.mtime_ns,
+                        file.stamp.ctime_ns,
+                        file.stamp.inode as i64,
                         content
                     ])
                     .map_err(fail)?;
@@ -276,24 +278,27 @@ impl FileCache {
 mod tests {
     use super::*;
 
+    fn stamp(size: u64) -> FileStamp {
+        FileStamp {
+            size,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: 3,
+        }
+    }
+
     #[test]
     fn entries_survive_reopening_and_are_replaced_per_job() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let file = CachedFile {
-            size: 5,
-            mtime_ns: 1,
-            ctime_ns: 2,
-            inode: 3,
+            stamp: stamp(5),
             content: vec![BlobId::from_bytes([7; 32])],
         };
         FileCache::open(dir.path())?.replace("repo", "job", &[(b"/a".to_vec(), file.clone())])?;
         let mut cache = FileCache::open(dir.path())?;
         assert_eq!(
-            cache
-                .load("repo", "job", None)?
-                .get(b"/a")
-                .map(|f| f.cached()),
-            Some(file)
+            cache.load("repo", "job", None)?.content(b"/a", &file.stamp),
+            Some(file.content)
         );
         assert!(cache.load("repo", "other", None)?.is_empty());
         cache.replace("repo", "job", &[])?;
@@ -305,10 +310,7 @@ mod tests {
     fn staged_entries_join_the_next_replace_once() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let file = |size| CachedFile {
-            size,
-            mtime_ns: 1,
-            ctime_ns: 2,
-            inode: 3,
+            stamp: stamp(size),
             content: vec![BlobId::from_bytes([7; 32]); 2],
         };
         let mut cache = FileCache::open(dir.path())?;
@@ -322,13 +324,15 @@ mod tests {
         );
         cache.replace("repo", "job", &[(b"/c".to_vec(), file(5))])?;
         let loaded = cache.load("repo", "job", None)?;
-        let size = |path: &[u8]| loaded.get(path).map(|f| f.size);
+        let found = |path: &[u8], size| loaded.content(path, &stamp(size)).is_some();
         assert_eq!(
-            (size(b"/a"), size(b"/b"), size(b"/c"), size(b"/old")),
-            (Some(4), Some(3), Some(5), None)
+            (found(b"/a", 4), found(b"/b", 3), found(b"/c", 5)),
+            (true, true, true)
         );
+        assert!(!found(b"/a", 2), "the later stage replaces the earlier");
+        assert!(!found(b"/old", 1), "the old cache is replaced");
         assert_eq!(loaded.len(), 3);
-        assert_eq!(loaded.get(b"/a").map(|f| f.content.len()), Some(2));
+        assert_eq!(loaded.content(b"/a", &stamp(4)).map(|c| c.len()), Some(2));
         cache.replace("repo", "other", &[])?;
         assert!(
             cache.load("repo", "other", None)?.is_empty(),

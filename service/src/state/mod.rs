@@ -14,4 +14,4 @@ pub mod pin;
 
 pub use file_cache::{FileCache, StateError};
 pub use history::{History, HistoryError, RunFigures, RunRecord, RunResult};
-pub use known_files::{CachedFile, KnownFile, KnownFiles};
+pub use known_files::{CachedFile, FileStamp, KnownFiles, KnownFilesBuilder};

@@ -31,7 +31,7 @@ use crate::repo::RepoError;
 use crate::repo::crypt::{self, CryptError};
 use crate::repo::id::{BlobId, content_hash};
 use crate::repo::put::put_content_named;
-use crate::state::{CachedFile, KnownFiles};
+use crate::state::{CachedFile, FileStamp, KnownFiles, KnownFilesBuilder};
 use crate::storage::{ObjectStore, StorageError};
 
 /// Where the caches of all jobs are in the store.
@@ -286,10 +286,10 @@ fn write_records(out: &mut impl Write, learnt: &Learnt) -> io::Result<()> {
         }
         out.write_all(&path_len.to_le_bytes())?;
         out.write_all(path)?;
-        out.write_all(&file.size.to_le_bytes())?;
-        out.write_all(&file.mtime_ns.to_le_bytes())?;
-        out.write_all(&file.ctime_ns.to_le_bytes())?;
-        out.write_all(&file.inode.to_le_bytes())?;
+        out.write_all(&file.stamp.size.to_le_bytes())?;
+        out.write_all(&file.stamp.mtime_ns.to_le_bytes())?;
+        out.write_all(&file.stamp.ctime_ns.to_le_bytes())?;
+        out.write_all(&file.stamp.inode.to_le_bytes())?;
         out.write_all(&blobs.to_le_bytes())?;
         for id in &file.content {
             out.write_all(id.as_bytes())?;
@@ -325,11 +325,11 @@ fn read_records(input: impl Read) -> io::Result<KnownFiles> {
     if magic != MAGIC {
         return Err(io::Error::other("it is not a mover cache of this version"));
     }
-    let mut files = KnownFiles::default();
+    let mut files = KnownFilesBuilder::default();
     loop {
         let mut word = [0u8; 4];
         match input.read(&mut word[..1])? {
-            0 => return Ok(files),
+            0 => return Ok(files.build()),
             _ => input.read_exact(&mut word[1..])?,
         }
         let path_len = u32::from_le_bytes(word);
@@ -354,10 +354,12 @@ fn read_records(input: impl Read) -> io::Result<KnownFiles> {
         files.insert(
             &path,
             &CachedFile {
-                size: u64::from_le_bytes(field(0)),
-                mtime_ns: i64::from_le_bytes(field(8)),
-                ctime_ns: i64::from_le_bytes(field(16)),
-                inode: u64::from_le_bytes(field(24)),
+                stamp: FileStamp {
+                    size: u64::from_le_bytes(field(0)),
+                    mtime_ns: i64::from_le_bytes(field(8)),
+                    ctime_ns: i64::from_le_bytes(field(16)),
+                    inode: u64::from_le_bytes(field(24)),
+                },
                 content,
             },
         );
@@ -374,10 +376,12 @@ mod tests {
                 (
                     format!("/claim/dir/file-{i}").into_bytes(),
                     CachedFile {
-                        size: i * 7,
-                        mtime_ns: -(i as i64),
-                        ctime_ns: i as i64 * 3,
-                        inode: i + 100,
+                        stamp: FileStamp {
+                            size: i * 7,
+                            mtime_ns: -(i as i64),
+                            ctime_ns: i as i64 * 3,
+                            inode: i + 100,
+                        },
                         content: (0..i % 4)
                             .map(|b| BlobId::from_bytes([b as u8; 32]))
                             .collect(),
@@ -398,7 +402,10 @@ mod tests {
         let opened = open(&sealed, key(1).passphrase(), "c")?;
         assert_eq!(opened.len(), files.len());
         for (path, file) in &files {
-            assert_eq!(opened.get(path).map(|f| f.cached()).as_ref(), Some(file));
+            assert_eq!(
+                opened.content(path, &file.stamp).as_ref(),
+                Some(&file.content)
+            );
         }
         assert!(matches!(
             open(&sealed, key(2).passphrase(), "c"),
