@@ -22,7 +22,6 @@ use crate::errors::WorkerError;
 use crate::repo::blob::BlobKind;
 use crate::repo::id::{BlobId, SnapshotId};
 use crate::repo::id_set::IdSet;
-use crate::repo::index::IndexedPack;
 use crate::repo::keys::{KeyRole, ServiceIdentity};
 use crate::repo::snapshot::{Snapshot, SourceKind, Summary};
 use crate::repo::tree::{Node, Tree};
@@ -110,8 +109,6 @@ pub struct BackupReport {
     /// What happened to each volume, resource type or hook the source
     /// reported on.
     pub items: Vec<items::Item>,
-    /// The packs written, to add to an index kept in memory.
-    pub packs: Vec<IndexedPack>,
 }
 
 /// One snapshot being built, in a repository unlocked with a key of role
@@ -249,7 +246,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
         let id = self.repo.save_snapshot(&snapshot).await?;
         if let Err(source) = self
             .repo
-            .confirm_references(&snapshot.references, &stats.packs)
+            .confirm_references(&snapshot.references, &stats.restored)
             .await
         {
             // Withdrawn: it may point at packs a prune is deleting.
@@ -260,7 +257,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
                 .await
                 .map_err(RepoError::from)?;
             return Err(BackupError::Withdrawn {
-                written: stats.packs.iter().map(|p| p.id).collect(),
+                written: stats.packs,
                 source,
             });
         }
@@ -277,7 +274,6 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             snapshot,
             warnings: self.warnings,
             items: self.items,
-            packs: stats.packs,
         })
     }
 }

@@ -370,6 +370,21 @@ impl Index {
         self.pack_entries(id).map(|entry| entry.id)
     }
 
+    /// Pack `id` as its index objects list it, with every entry.
+    #[cfg(test)]
+    pub(crate) fn indexed_pack(&self, id: &PackId) -> Option<IndexedPack> {
+        let info = self.pack(id)?;
+        Some(IndexedPack {
+            id: *id,
+            size: info.size,
+            payload_offset: info.payload_offset,
+            blobs: self
+                .pack_entries(id)
+                .map(|entry| IndexedBlob::from(&self.location(entry).blob))
+                .collect(),
+        })
+    }
+
     /// The blobs a pack holds that are read from it: those stored in no
     /// pack added before it.
     pub fn blobs_read_from(&self, id: &PackId) -> impl Iterator<Item = BlobId> + '_ {

@@ -282,7 +282,7 @@ mod tests {
     use crate::repo::id::BlobId;
     use crate::repo::keys::{RestoreIdentity, ServiceIdentity, generate_identity_file};
     use crate::repo::reader::BlobStream;
-    use crate::repo::test_fixture::{TestRepo, pattern, snapshot_of, store_blob};
+    use crate::repo::test_fixture::{TestRepo, pattern, snapshot_of, store_blob, store_blobs};
     use crate::storage::LocalStore;
     use std::io::Read;
 
@@ -483,20 +483,16 @@ mod tests {
         );
         // A backup that stored the blob again in a pack of its own does not
         // reuse the marked pack.
-        let again = index::IndexedPack {
-            id: id::PackId::from_bytes([9; 32]),
-            size: 1 << 20,
-            payload_offset: 0,
-            blobs: vec![index::IndexedBlob {
-                id: blob,
-                kind: blob::BlobKind::Data,
-                compressed: true,
-                offset: 0,
-                length: 100,
-                raw_length: 40_000,
-            }],
-        };
-        backup.confirm_references(&[blob], &[again]).await?;
+        let later = f.as_service().await?;
+        let (ids, stats) = store_blobs(&later, BlobKind::Data, vec![pattern(3, 40_000)]).await?;
+        assert_eq!((ids, stats.blobs_added), (vec![blob], 1), "stored again");
+        assert_eq!(stats.restored, [blob]);
+        later.confirm_references(&[blob], &stats.restored).await?;
+        let reused = later.confirm_references(&[blob], &[]).await;
+        assert!(
+            matches!(reused, Err(RepoError::PrunedDuringBackup { packs: 1 })),
+            "{reused:?}"
+        );
         // Deleted too: the plan is gone, but the index changed.
         let report = prune(&f.as_service().await?, &now).await?;
         assert_eq!(report.packs_deleted, 1);
@@ -505,8 +501,9 @@ mod tests {
             matches!(deleted, Err(RepoError::PrunedDuringBackup { packs: 1 })),
             "{deleted:?}"
         );
-        // A reloaded backup no longer finds the blob and stores it anew.
-        assert!(!backup.reload().await?.index().contains(&blob));
+        // A reloaded backup finds the blob only where it was stored again.
+        let location = backup.reload().await?.index().get(&blob).map(|l| l.pack);
+        assert_eq!(location, Some(stats.packs[0]));
         Ok(())
     }
 

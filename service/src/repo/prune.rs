@@ -319,7 +319,7 @@ mod tests {
     }
 
     fn pack_keys(snapshot: &WrittenSnapshot) -> Vec<String> {
-        let mut keys: Vec<String> = snapshot.stats.packs.iter().map(|p| p.id.key()).collect();
+        let mut keys: Vec<String> = snapshot.stats.packs.iter().map(|p| p.key()).collect();
         keys.sort();
         keys
     }

@@ -212,6 +212,23 @@ pub(crate) async fn store_blobs(
     Ok((saved.into_iter().map(|(id, _)| id).collect(), stats))
 }
 
+/// The packs a writer stored, as the index objects it wrote list them.
+pub(crate) async fn written_packs(
+    repo: &TestRepo,
+    stats: &WriteStats,
+) -> anyhow::Result<Vec<IndexedPack>> {
+    let index = repo.as_service().await?.index().clone();
+    stats
+        .packs
+        .iter()
+        .map(|id| {
+            index
+                .indexed_pack(id)
+                .ok_or_else(|| anyhow::anyhow!("pack {id} is not indexed"))
+        })
+        .collect()
+}
+
 /// Stores one data blob with a writer of its own.
 pub(crate) async fn store_blob(
     repo: &UnlockedRepository<impl KeyRole>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 
 use super::id::{self, BlobId, SnapshotId};
-use super::index::{self, Index};
+use super::index::Index;
 use super::keys::{self, AnyIdentity, ChunkIdKey, KeyRole, RestoreIdentity};
 use super::load::{IndexProblems, load_index_and_plans};
 use super::read_budget::{READ_BUDGET_BYTES, ReadBudget};
@@ -78,8 +78,10 @@ impl<K: KeyRole> UnlockedRepository<K> {
     }
 
     /// Checks, once a snapshot referencing `references` is written, that no
-    /// prune running meanwhile deleted or marked a pack it reuses (one not
-    /// among `written`, the packs its own backup stored).
+    /// prune running meanwhile deleted or marked a pack it reuses: one
+    /// holding a referenced blob the loaded index knows, unless the backup
+    /// stored that blob again itself (`restored`, from its writer's
+    /// [`writer::WriteStats::restored`]).
     ///
     /// Cheap when nothing changed: one listing of `prune/` and one of
     /// `index/`. Every pack a prune deletes is named by a plan until after
@@ -93,16 +95,9 @@ impl<K: KeyRole> UnlockedRepository<K> {
     pub async fn confirm_references(
         &self,
         references: &[BlobId],
-        written: &[index::IndexedPack],
+        restored: &[BlobId],
     ) -> Result<(), RepoError> {
-        // Only a blob the loaded index also holds can be mistaken for a
-        // reused one (it was stored again, its old pack doomed): the set of
-        // the backup's own blobs holds just those, not a million new ones.
-        let own: std::collections::HashSet<BlobId> = written
-            .iter()
-            .flat_map(|p| p.blobs.iter().map(|b| b.id))
-            .filter(|b| self.index.contains(b))
-            .collect();
+        let own: std::collections::HashSet<&BlobId> = restored.iter().collect();
         let reused: std::collections::HashSet<id::PackId> = references
             .iter()
             .filter(|b| !own.contains(b))
@@ -180,14 +175,6 @@ impl<K: KeyRole> UnlockedRepository<K> {
             self.index.clone(),
         )
         .with_tree_entry_limit(self.tree_entry_limit)
-    }
-
-    /// Adds packs written since the index was loaded.
-    pub fn add_packs(&mut self, packs: &[index::IndexedPack]) {
-        let index = Arc::make_mut(&mut self.index);
-        for pack in packs {
-            index.add_pack(pack);
-        }
     }
 
     /// A writer of new blobs (needs only public keys).

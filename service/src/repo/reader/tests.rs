@@ -7,7 +7,9 @@ use super::*;
 use crate::repo::DecodeError;
 use crate::repo::blob::BlobKind;
 use crate::repo::keys::RestoreIdentity;
-use crate::repo::test_fixture::{TestRepo, pattern, random, store_blobs, write_snapshot};
+use crate::repo::test_fixture::{
+    TestRepo, pattern, random, store_blobs, write_snapshot, written_packs,
+};
 use crate::repo::tree::NodeKind;
 use crate::storage::StorageError;
 
@@ -67,7 +69,7 @@ async fn read_many_returns_each_blob_of_the_pack_and_names_the_others_missing() 
     let (ids, stats) = store_blobs(&service, BlobKind::Data, blobs.clone()).await?;
     let (elsewhere, _) = store_blobs(&service, BlobKind::Data, vec![pattern(9, 100)]).await?;
     let unknown = BlobId::from_bytes([7; 32]);
-    let pack = stats.packs[0].id;
+    let pack = stats.packs[0];
 
     let reader = repo.as_restore().await?.reader();
     let asked = [ids[2], elsewhere[0], ids[0], unknown];
@@ -144,7 +146,7 @@ async fn bytes_that_do_not_hash_to_the_blob_id_are_refused_naming_the_blob() -> 
     // An index object, as anyone holding the service key could write one,
     // that names another id for the stored bytes.
     let forged = BlobId::from_bytes([3; 32]);
-    let mut pack = stats.packs[0].clone();
+    let mut pack = written_packs(&repo, &stats).await?.remove(0);
     let mut entry = pack.blobs[0];
     assert_eq!(entry.id, ids[0]);
     entry.id = forged;
@@ -156,7 +158,7 @@ async fn bytes_that_do_not_hash_to_the_blob_id_are_refused_naming_the_blob() -> 
     let refused = reader.read(&forged).await.err();
     assert!(
         matches!(&refused, Some(RepoError::Damaged { key, reason })
-            if *key == stats.packs[0].id.key() && reason.contains(&forged.to_hex())),
+            if *key == stats.packs[0].key() && reason.contains(&forged.to_hex())),
         "{refused:?}"
     );
     assert_eq!(reader.read(&ids[0]).await?, pattern(1, 5_000));
@@ -215,7 +217,7 @@ async fn a_missing_pack_or_an_unknown_blob_is_named() -> anyhow::Result<()> {
         Err(RepoError::MissingBlob { id }) if id == unknown
     ));
 
-    let key = stats.packs[0].id.key();
+    let key = stats.packs[0].key();
     repo.store().delete(&key).await?;
     let gone = reader.read(&ids[0]).await;
     assert!(
