@@ -479,8 +479,14 @@ impl Archiver {
             },
         };
         bump(&self.progress.bytes, meta.len());
+        // A blob the writer stored is referenced through it.
+        let reused: Vec<BlobId> = content
+            .iter()
+            .filter(|id| !self.writer.stores(id))
+            .copied()
+            .collect();
         if let Ok(mut references) = self.references.lock() {
-            references.extend(content.iter().copied());
+            references.extend(reused);
         }
         let full = self.fresh.lock().ok().and_then(|mut fresh| {
             fresh.push((

@@ -241,7 +241,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             root: root_id,
             summary: self.summary,
             metadata,
-            references: self.references.into_sorted(),
+            references: self.references.into_sorted_with(stats.stored),
         };
         let id = self.repo.save_snapshot(&snapshot).await?;
         if let Err(source) = self
@@ -278,7 +278,8 @@ impl<K: KeyRole> SnapshotBuilder<K> {
     }
 }
 
-/// Stores a tree blob and notes its id among the references.
+/// Stores a tree blob and notes its id among the references, unless the
+/// writer stored it now (the snapshot references all the writer stored).
 fn save_tree(
     writer: &BlobWriter,
     tree: &mut Tree,
@@ -289,7 +290,9 @@ fn save_tree(
         source,
     })?;
     let saved = writer.save(BlobKind::Tree, &bytes)?;
-    references.insert(saved.0);
+    if !writer.stores(&saved.0) {
+        references.insert(saved.0);
+    }
     Ok(saved)
 }
 
@@ -360,6 +363,67 @@ mod tests {
         let report = builder.commit(serde_json::Value::Null).await?;
         assert!(report.snapshot.summary.packs_added >= 2);
         assert_eq!(report.snapshot.summary.bytes_total, 12 << 20);
+        Ok(())
+    }
+
+    /// Every blob the snapshot's trees reach, read with the restore key.
+    async fn reachable(
+        repo: &crate::repo::test_fixture::TestRepo,
+        root: BlobId,
+    ) -> anyhow::Result<Vec<BlobId>> {
+        let reader = repo.as_restore().await?.reader();
+        let mut found = std::collections::BTreeSet::new();
+        let mut trees = vec![root];
+        while let Some(id) = trees.pop() {
+            if !found.insert(id) {
+                continue;
+            }
+            for node in reader.read_tree(&id).await?.entries {
+                found.extend(node.content.iter().copied());
+                trees.extend(node.subtree);
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_references_exactly_what_its_trees_reach() -> anyhow::Result<()> {
+        let repo = crate::repo::test_fixture::TestRepo::new().await?;
+        let data = tempfile::tempdir()?;
+        let state = tempfile::tempdir()?;
+        std::fs::create_dir_all(data.path().join("sub/deeper"))?;
+        std::fs::write(data.path().join("a.txt"), b"alpha")?;
+        std::fs::write(
+            data.path().join("sub/b.bin"),
+            crate::repo::test_fixture::random(3 << 20),
+        )?;
+        std::fs::write(data.path().join("sub/deeper/c.txt"), b"alpha")?;
+        let folders = [folders::Folder {
+            path: data.path().to_owned(),
+            exclude: Vec::new(),
+        }];
+        let mut last = None;
+        for round in 0..3 {
+            if round == 1 {
+                std::fs::write(data.path().join("sub/new.txt"), b"new in the second")?;
+            }
+            let service = repo.as_service().await?;
+            let mut builder = SnapshotBuilder::new(&service, "files", SourceKind::Directory);
+            builder.add_folders(&folders, Some(state.path())).await?;
+            let report = builder.commit(serde_json::Value::Null).await?;
+            let snapshot = &report.snapshot;
+            assert_eq!(
+                snapshot.references,
+                reachable(&repo, snapshot.root).await?,
+                "round {round}"
+            );
+            assert!(snapshot.references.len() >= 8, "{:?}", snapshot.references);
+            if round == 2 {
+                assert_eq!(snapshot.summary.blobs_added, 0, "nothing changed");
+                assert_eq!(Some(&snapshot.references), last.as_ref());
+            }
+            last = Some(snapshot.references.clone());
+        }
         Ok(())
     }
 }

@@ -69,7 +69,10 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             },
             StreamFailure::Repo(e) => e.into(),
         })?;
-        self.references.extend(content.iter().copied());
+        // A blob the writer stored is referenced through it.
+        let writer = &self.writer;
+        self.references
+            .extend(content.iter().filter(|id| !writer.stores(id)).copied());
         let now = chrono::Utc::now();
         self.add_entry(Node {
             mtime_nsec: now.timestamp_subsec_nanos(),

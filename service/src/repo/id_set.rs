@@ -94,12 +94,28 @@ impl IdSet {
             .chain(indexed.into_iter().flat_map(BlobSet::into_ids))
     }
 
+    /// The ids, in no particular order.
+    pub(crate) fn into_vec(self) -> Vec<BlobId> {
+        match self.indexed {
+            None => self.ids,
+            Some(_) => self.into_ids().collect(),
+        }
+    }
+
     /// The ids, sorted.
+    #[cfg(test)]
     pub(crate) fn into_sorted(self) -> Vec<BlobId> {
+        self.into_sorted_with(Vec::new())
+    }
+
+    /// The ids and `more`, sorted, each once; `more`'s room is reused.
+    pub(crate) fn into_sorted_with(self, more: Vec<BlobId>) -> Vec<BlobId> {
         let known = self.indexed.as_ref().map_or(0, BlobSet::len);
-        let mut ids = Vec::with_capacity(self.ids.len() + known);
+        let mut ids = more;
+        ids.reserve_exact(self.ids.len() + known);
         ids.extend(self.into_ids());
         ids.sort_unstable();
+        ids.dedup();
         ids
     }
 }
@@ -155,7 +171,14 @@ mod tests {
         let mut empty = IdSet::over(index);
         assert!(empty.is_empty());
         empty.absorb(over);
-        assert_eq!(empty.into_sorted(), expected);
+        let mut with_more = expected.clone();
+        with_more.push(id(300));
+        with_more.sort();
+        assert_eq!(
+            empty.into_sorted_with(vec![id(300), id(5), id(150)]),
+            with_more,
+            "each id once"
+        );
     }
 
     #[test]

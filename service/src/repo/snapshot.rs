@@ -34,7 +34,9 @@ pub struct Snapshot<R = Vec<BlobId>> {
     /// Source-specific figures (JSON), e.g. an etcd revision.
     #[serde(default)]
     pub metadata: serde_json::Value,
-    /// Every blob (trees and data) the snapshot references, sorted.
+    /// Every blob (trees and data) the snapshot references, sorted; this
+    /// includes every blob its backup stored, even one no tree came to
+    /// name (the first chunks of a file that then could not be read).
     pub references: R,
 }
 

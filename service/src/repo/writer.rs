@@ -79,6 +79,9 @@ pub struct WriteStats {
     /// Blobs stored again that the loaded index already held (copies, and
     /// blobs whose packs a prune plan dooms).
     pub restored: Vec<BlobId>,
+    /// Every blob stored, in no order. A backup's snapshot references them
+    /// all, so that it need not also keep each new blob it references.
+    pub stored: Vec<BlobId>,
 }
 
 /// What the uploader stored: the packs, their bytes, and the index objects
@@ -162,7 +165,13 @@ impl BlobWriter {
 
     /// Whether a blob is already stored (outside packs doomed by prune) or queued.
     pub fn has(&self, id: &BlobId) -> bool {
-        self.shared.index.reusable(id) || self.shared.pending.lock().is_ok_and(|p| p.contains(id))
+        self.shared.index.reusable(id) || self.stores(id)
+    }
+
+    /// Whether this writer stored (or queued) the blob: it will be among
+    /// [`WriteStats::stored`].
+    pub fn stores(&self, id: &BlobId) -> bool {
+        self.shared.pending.lock().is_ok_and(|p| p.contains(id))
     }
 
     /// Stores `plain` as a blob unless it is already stored, and returns its
@@ -307,6 +316,7 @@ impl BlobWriter {
             .map_err(WorkerError::stopped("the pack uploader"))??;
         flushed?;
         let restored = std::mem::take(&mut *shared.restored.lock().map_err(|_| poisoned())?);
+        let stored = std::mem::take(&mut *shared.pending.lock().map_err(|_| poisoned())?);
         Ok(WriteStats {
             blobs_added: shared.blobs_added.load(Ordering::Relaxed),
             bytes_added: shared.bytes_added.load(Ordering::Relaxed),
@@ -314,6 +324,7 @@ impl BlobWriter {
             packs: uploaded.packs,
             indexes: uploaded.indexes,
             restored,
+            stored: stored.into_vec(),
         })
     }
 }
