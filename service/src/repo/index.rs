@@ -8,8 +8,9 @@
 //! of all index objects.
 //!
 //! An index object read back is validated ([`IndexFile::validate`]): every
-//! offset and length it gives lies within its pack's recorded size, so
-//! readers can trust them before allocating or seeking.
+//! offset and length it gives lies within its pack's recorded size, which
+//! is below [`MAX_PACK_SIZE`], so readers can trust them before allocating
+//! or seeking.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -19,9 +20,14 @@ use hashbrown::{HashTable, hash_table};
 
 use serde::{Deserialize, Serialize};
 
-use super::blob::BlobKind;
+use super::blob::{BlobKind, MAX_TREE_BLOB};
 use super::id::{BlobId, IndexId, PackId};
 use super::pack::PackedBlob;
+
+/// The largest pack an index may list: 4 GiB, so that a blob's offset in
+/// it takes 32 bits. Writers make packs of at most 128 MiB and a tree blob
+/// of at most as much again.
+pub const MAX_PACK_SIZE: u64 = u32::MAX as u64;
 
 /// One pack as an index object lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +104,12 @@ impl IndexFile {
     /// Fails with the first entry that does not fit.
     pub fn validate(&self) -> Result<(), String> {
         for pack in &self.packs {
+            if pack.size > MAX_PACK_SIZE {
+                return Err(format!(
+                    "pack {}: its size {} is beyond the {MAX_PACK_SIZE} bytes a pack may have",
+                    pack.id, pack.size
+                ));
+            }
             let payload = pack.size.checked_sub(pack.payload_offset).ok_or_else(|| {
                 format!(
                     "pack {}: its payload offset {} lies beyond its size {}",
@@ -141,21 +153,73 @@ pub struct PackInfo {
 }
 
 /// A blob's entry as the index holds it in memory: its id, its pack by
-/// number and its place — 56 bytes, where a [`BlobLocation`] takes 88.
+/// number and its place — 48 bytes, where a [`BlobLocation`] takes 88.
 /// A million blobs are the whole index of a terabyte; every byte here is a
 /// megabyte of every process's memory.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     id: BlobId,
-    offset: u64,
+    /// Below [`MAX_PACK_SIZE`].
+    offset: u32,
     pack: u32,
     length: u32,
-    raw_length: u32,
-    kind: BlobKind,
-    compressed: bool,
-    /// Whether this is the blob's first entry, the one [`Index::get`]
-    /// gives; later entries are copies in other packs.
-    first: bool,
+    /// The plaintext length in the low bits, and the three flags above.
+    raw_and_flags: u32,
+}
+
+/// The entry is of a tree blob.
+const TREE: u32 = 1 << 31;
+/// The blob is stored as a zstd frame.
+const COMPRESSED: u32 = 1 << 30;
+/// This is the blob's first entry, the one [`Index::get`] gives; later
+/// entries are copies in other packs.
+const FIRST: u32 = 1 << 29;
+/// The bits of `raw_and_flags` that hold the plaintext length.
+const RAW_LENGTH: u32 = FIRST - 1;
+const _: () = assert!(MAX_TREE_BLOB <= RAW_LENGTH && super::blob::MAX_DATA_BLOB <= RAW_LENGTH);
+
+impl Entry {
+    /// The entry of `blob` in pack number `pack`, not yet marked first, if
+    /// its offset and lengths fit (those of a validated index object do).
+    fn new(blob: &IndexedBlob, pack: u32) -> Option<Self> {
+        if blob.raw_length > RAW_LENGTH {
+            return None;
+        }
+        let mut flags = 0;
+        if blob.kind == BlobKind::Tree {
+            flags |= TREE;
+        }
+        if blob.compressed {
+            flags |= COMPRESSED;
+        }
+        Some(Self {
+            id: blob.id,
+            offset: u32::try_from(blob.offset).ok()?,
+            pack,
+            length: blob.length,
+            raw_and_flags: blob.raw_length | flags,
+        })
+    }
+
+    fn first(&self) -> bool {
+        self.raw_and_flags & FIRST != 0
+    }
+
+    /// The entry as a pack's blob table lists it.
+    fn packed(&self) -> PackedBlob {
+        PackedBlob {
+            id: self.id,
+            kind: if self.raw_and_flags & TREE != 0 {
+                BlobKind::Tree
+            } else {
+                BlobKind::Data
+            },
+            compressed: self.raw_and_flags & COMPRESSED != 0,
+            offset: u64::from(self.offset),
+            length: self.length,
+            raw_length: self.raw_and_flags & RAW_LENGTH,
+        }
+    }
 }
 
 /// A pack as the index holds it: what is known of it, and where its
@@ -202,26 +266,28 @@ impl Index {
 
     /// Adds one pack's entries. A pack listed again (by another index
     /// object) keeps what it was first listed with, and gains the blobs the
-    /// new listing adds.
+    /// new listing adds. A blob whose offset or length a validated index
+    /// object could not hold is left out.
     pub fn add_pack(&mut self, pack: &IndexedPack) {
+        let Ok(number) = u32::try_from(self.packs.len()) else {
+            return;
+        };
         let known = self.pack_numbers.get(&pack.id).copied();
         let listed: HashSet<BlobId> = self.pack_blobs(&pack.id).collect();
-        let blobs: Vec<&IndexedBlob> = pack
+        let blobs: Vec<Entry> = pack
             .blobs
             .iter()
             .filter(|b| !listed.contains(&b.id))
+            .filter_map(|b| Entry::new(b, number))
             .collect();
         if known.is_some() && blobs.is_empty() {
             return;
         }
-        // Positions are u32: four billion entries would take 224 GB here
+        // Positions are u32: four billion entries would take 192 GB here
         // before this refuses to add more.
-        let (Ok(number), Ok(_)) = (
-            u32::try_from(self.packs.len()),
-            u32::try_from(self.entries.len() + blobs.len()),
-        ) else {
+        if u32::try_from(self.entries.len() + blobs.len()).is_err() {
             return;
-        };
+        }
         let count = u32::try_from(blobs.len()).unwrap_or(u32::MAX);
         match known {
             Some(first) => {
@@ -249,31 +315,19 @@ impl Index {
         self.by_id.reserve(blobs.len(), |&position| {
             self.hasher.hash_one(self.entries[position as usize].id)
         });
-        for blob in blobs {
+        for mut blob in blobs {
             let position = self.entries.len() as u32;
             let hash = self.hasher.hash_one(blob.id);
             let entries = &self.entries;
-            let first = match self.by_id.entry(
+            if let hash_table::Entry::Vacant(slot) = self.by_id.entry(
                 hash,
                 |&p| entries[p as usize].id == blob.id,
                 |&p| self.hasher.hash_one(entries[p as usize].id),
             ) {
-                hash_table::Entry::Occupied(_) => false,
-                hash_table::Entry::Vacant(slot) => {
-                    slot.insert(position);
-                    true
-                }
-            };
-            self.entries.push(Entry {
-                id: blob.id,
-                offset: blob.offset,
-                pack: number,
-                length: blob.length,
-                raw_length: blob.raw_length,
-                kind: blob.kind,
-                compressed: blob.compressed,
-                first,
-            });
+                slot.insert(position);
+                blob.raw_and_flags |= FIRST;
+            }
+            self.entries.push(blob);
         }
     }
 
@@ -288,14 +342,7 @@ impl Index {
     fn location(&self, entry: &Entry) -> BlobLocation {
         BlobLocation {
             pack: self.packs[entry.pack as usize].id,
-            blob: PackedBlob {
-                id: entry.id,
-                kind: entry.kind,
-                compressed: entry.compressed,
-                offset: entry.offset,
-                length: entry.length,
-                raw_length: entry.raw_length,
-            },
+            blob: entry.packed(),
         }
     }
 
@@ -389,7 +436,7 @@ impl Index {
     /// pack added before it.
     pub fn blobs_read_from(&self, id: &PackId) -> impl Iterator<Item = BlobId> + '_ {
         self.pack_entries(id)
-            .filter(|entry| entry.first)
+            .filter(|entry| entry.first())
             .map(|entry| entry.id)
     }
 
@@ -416,7 +463,7 @@ impl Index {
     pub fn blobs(&self) -> impl Iterator<Item = (BlobId, BlobLocation)> + '_ {
         self.entries
             .iter()
-            .filter(|entry| entry.first)
+            .filter(|entry| entry.first())
             .map(|entry| (entry.id, self.location(entry)))
     }
 
@@ -525,6 +572,62 @@ mod tests {
         assert!(file(100, 200, 0, 0).validate().is_err());
         assert!(file(u64::MAX, 0, u64::MAX, 5).validate().is_err());
         assert!(file(u64::MAX, 0, 0, u32::MAX).validate().is_err());
+        assert!(
+            file(MAX_PACK_SIZE, 0, MAX_PACK_SIZE - 10, 10)
+                .validate()
+                .is_ok()
+        );
+        let beyond = file(MAX_PACK_SIZE + 1, 0, 0, 10).validate();
+        assert!(beyond.is_err_and(|e| e.contains("beyond")));
+    }
+
+    #[test]
+    fn an_entry_gives_back_what_was_indexed() {
+        let blobs = [
+            (BlobKind::Tree, true, MAX_PACK_SIZE - 100, 90, MAX_TREE_BLOB),
+            (BlobKind::Tree, false, 0, 7, 7),
+            (BlobKind::Data, true, 12, 0, 1),
+            (
+                BlobKind::Data,
+                false,
+                5,
+                super::super::blob::MAX_DATA_BLOB,
+                super::super::blob::MAX_DATA_BLOB,
+            ),
+        ];
+        let mut index = Index::default();
+        let indexed: Vec<IndexedBlob> = blobs
+            .iter()
+            .enumerate()
+            .map(
+                |(n, &(kind, compressed, offset, length, raw_length))| IndexedBlob {
+                    id: blob(n as u8),
+                    kind,
+                    compressed,
+                    offset,
+                    length,
+                    raw_length,
+                },
+            )
+            .collect();
+        let listed = IndexedPack {
+            id: PackId::from_bytes([1; 32]),
+            size: MAX_PACK_SIZE,
+            payload_offset: 0,
+            blobs: indexed.clone(),
+        };
+        index.add_pack(&listed);
+        for blob in &indexed {
+            assert_eq!(index.get(&blob.id).map(|l| l.blob), Some(blob.as_packed()));
+        }
+        // Entries no validated index object holds are left out.
+        let mut unfit = pack(2, &[20, 21, 22]);
+        unfit.blobs[0].offset = MAX_PACK_SIZE + 1;
+        unfit.blobs[1].raw_length = RAW_LENGTH + 1;
+        index.add_pack(&unfit);
+        assert!(!index.contains(&blob(20)) && !index.contains(&blob(21)));
+        assert!(index.contains(&blob(22)));
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
     }
 
     fn pack(pack: u8, blobs: &[u8]) -> IndexedPack {
