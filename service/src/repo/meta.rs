@@ -60,14 +60,24 @@ pub(crate) trait MetaObject: DeserializeOwned {
     }
 }
 
-/// Serializes, compresses and encrypts `value`, streaming: only the
-/// ciphertext is held whole (a snapshot of a million blobs is 67 MB of
-/// JSON, which compresses to about half).
+/// Serializes, compresses and encrypts `value`, streaming, and returns the
+/// ciphertext.
 pub(crate) fn seal<'a, T: Serialize>(
     value: &T,
     recipients: impl Iterator<Item = &'a dyn age::Recipient>,
 ) -> Result<Vec<u8>, CryptError> {
-    let sealed = crypt::encrypt_to(recipients, Vec::new())?;
+    seal_into(value, recipients, Vec::new())
+}
+
+/// Serializes, compresses and encrypts `value` into `out`, streaming:
+/// nothing is held whole (a snapshot of a million blobs is 67 MB of JSON,
+/// which compresses to about half), and returns `out`.
+pub(crate) fn seal_into<'a, T: Serialize, W: std::io::Write>(
+    value: &T,
+    recipients: impl Iterator<Item = &'a dyn age::Recipient>,
+    out: W,
+) -> Result<W, CryptError> {
+    let sealed = crypt::encrypt_to(recipients, out)?;
     let compressor = zstd::Encoder::new(sealed, 3).map_err(CryptError::Compress)?;
     let mut json = std::io::BufWriter::with_capacity(64 * 1024, compressor);
     serde_json::to_writer(&mut json, value).map_err(CryptError::Serialize)?;

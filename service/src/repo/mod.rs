@@ -515,6 +515,12 @@ mod tests {
         let blob = store_blob(&repo, pattern(1, 5_000)).await?;
         let first = repo.save_snapshot(&snapshot_of(blob)).await?;
         let second = repo.save_snapshot(&snapshot_of(blob)).await?;
+        assert_ne!(first, second, "two snapshots at two times");
+        assert_eq!(
+            f.staged_files()?,
+            Vec::<std::path::PathBuf>::new(),
+            "a staged snapshot is linked into place"
+        );
         let listed = |entries: Vec<snapshot::SnapshotEntry>| -> Vec<id::SnapshotId> {
             entries.into_iter().map(|e| e.id).collect()
         };

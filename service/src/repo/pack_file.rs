@@ -1,5 +1,6 @@
-//! A pack's ciphertext written to a staged file as it is made, and hashed
-//! on the way, so that a sealed pack is named without reading it again.
+//! A pack's ciphertext (or a large snapshot's) written to a staged file as
+//! it is made, and hashed on the way, so that it is named without reading
+//! it again.
 
 use std::io::{self, Write};
 

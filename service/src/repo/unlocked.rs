@@ -10,6 +10,7 @@ use super::id::{self, BlobId, SnapshotId};
 use super::index::Index;
 use super::keys::{self, AnyIdentity, ChunkIdKey, KeyRole, RestoreIdentity};
 use super::load::{IndexProblems, load_index_and_plans};
+use super::pack_file::PackFile;
 use super::read_budget::{READ_BUDGET_BYTES, ReadBudget};
 use super::snapshot::{Snapshot, SnapshotEntry, SnapshotHeader};
 use super::{Fingerprint, RepoError, Repository, meta, object_id, plan, put, reader, writer};
@@ -195,18 +196,27 @@ impl<K: KeyRole> UnlockedRepository<K> {
         self
     }
 
-    /// Writes a snapshot object: the last step of a backup.
+    /// Writes a snapshot object: the last step of a backup. It is sealed
+    /// into a file the store stages, not into memory: the references of a
+    /// million blobs are some 35 MB of ciphertext.
     ///
     /// Fails when the store cannot be written.
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
-        let cipher = meta::seal(snapshot, self.repo.recipients.both()).map_err(|source| {
-            RepoError::Crypt {
+        let staged = PackFile::new(self.repo.store.stage()?);
+        let written = meta::seal_into(snapshot, self.repo.recipients.both(), staged)
+            .map_err(|source| RepoError::Crypt {
                 key: "snapshots/".into(),
                 source,
-            }
-        })?;
-        let id = SnapshotId::from_bytes(id::content_hash(&cipher));
-        put::put_content_named(self.repo.store.as_ref(), &id.key(), cipher.into()).await?;
+            })?
+            .finish();
+        let id = SnapshotId::from_bytes(written.hash);
+        put::put_staged_content_named(
+            self.repo.store.as_ref(),
+            &id.key(),
+            written.staged,
+            written.size,
+        )
+        .await?;
         Ok(id)
     }
 
