@@ -305,6 +305,21 @@ impl Plan {
         self.files.len() >= self.limits.files || self.slots.len() >= self.limits.slots
     }
 
+    /// Whether the batch takes the files of `tree`: within its limits, or
+    /// as its first.
+    fn takes(&self, tree: &Tree) -> bool {
+        let files = tree
+            .entries
+            .iter()
+            .filter(|node| node.kind == NodeKind::File);
+        let (count, blobs) = files.fold((0, 0), |(count, blobs), node| {
+            (count + 1, blobs + node.content.len())
+        });
+        (self.files.is_empty() && self.slots.is_empty())
+            || (self.files.len() + count <= self.limits.files
+                && self.slots.len() + blobs <= self.limits.slots)
+    }
+
     /// Records that the regular file at `snapshot_path` is restored.
     fn note_restored(&mut self, snapshot_path: &[u8]) {
         self.restored

@@ -21,7 +21,9 @@ const SETID_BITS: u32 = 0o6000;
 pub(super) type Subdir = (BlobId, DirId, Vec<u8>);
 
 /// Lays out directories from `queue`, depth first, until the plan holds a
-/// full batch of files or the queue is empty.
+/// full batch of files, the next directory would take it past its limits,
+/// or the queue is empty. A batch stays within its limits unless its first
+/// directory alone passes them, so its lists never outgrow their room.
 pub(super) async fn plan_batch(
     reader: &BlobReader,
     queue: &mut Vec<Subdir>,
@@ -32,6 +34,11 @@ pub(super) async fn plan_batch(
             break;
         };
         let tree = reader.read_tree(&sub).await?;
+        if !plan.takes(&tree) {
+            // Laid out first in the next batch (its pack is still cached).
+            queue.push((sub, dir, snapshot_dir));
+            break;
+        }
         let subdirs = lay_out_entries(reader, tree, dir, &snapshot_dir, plan);
         queue.extend(subdirs);
     }
