@@ -402,7 +402,6 @@ mod tests {
             path: data.path().to_owned(),
             exclude: Vec::new(),
         }];
-        let mut last = None;
         for round in 0..3 {
             if round == 1 {
                 std::fs::write(data.path().join("sub/new.txt"), b"new in the second")?;
@@ -419,10 +418,11 @@ mod tests {
             );
             assert!(snapshot.references.len() >= 8, "{:?}", snapshot.references);
             if round == 2 {
-                assert_eq!(snapshot.summary.blobs_added, 0, "nothing changed");
-                assert_eq!(Some(&snapshot.references), last.as_ref());
+                // Every file from the cache: its blobs are referenced as
+                // known ones. (A folder above the data, such as the
+                // temporary folder, may have changed meanwhile.)
+                assert_eq!(snapshot.summary.files_read, 0, "nothing changed");
             }
-            last = Some(snapshot.references.clone());
         }
         Ok(())
     }
