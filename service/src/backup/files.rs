@@ -479,12 +479,7 @@ impl Archiver {
             },
         };
         bump(&self.progress.bytes, meta.len());
-        // A blob the writer stored is referenced through it.
-        let reused: Vec<BlobId> = content
-            .iter()
-            .filter(|id| !self.writer.stores(id))
-            .copied()
-            .collect();
+        let reused: Vec<BlobId> = self.writer.not_stored(&content).collect();
         if let Ok(mut references) = self.references.lock() {
             references.extend(reused);
         }

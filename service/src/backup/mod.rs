@@ -290,9 +290,7 @@ fn save_tree(
         source,
     })?;
     let saved = writer.save(BlobKind::Tree, &bytes)?;
-    if !writer.stores(&saved.0) {
-        references.insert(saved.0);
-    }
+    references.extend(writer.not_stored(&[saved.0]));
     Ok(saved)
 }
 

@@ -69,10 +69,7 @@ impl<K: KeyRole> SnapshotBuilder<K> {
             },
             StreamFailure::Repo(e) => e.into(),
         })?;
-        // A blob the writer stored is referenced through it.
-        let writer = &self.writer;
-        self.references
-            .extend(content.iter().filter(|id| !writer.stores(id)).copied());
+        self.references.extend(self.writer.not_stored(&content));
         let now = chrono::Utc::now();
         self.add_entry(Node {
             mtime_nsec: now.timestamp_subsec_nanos(),

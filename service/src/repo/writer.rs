@@ -170,8 +170,14 @@ impl BlobWriter {
 
     /// Whether this writer stored (or queued) the blob: it will be among
     /// [`WriteStats::stored`].
-    pub fn stores(&self, id: &BlobId) -> bool {
+    fn stores(&self, id: &BlobId) -> bool {
         self.shared.pending.lock().is_ok_and(|p| p.contains(id))
+    }
+
+    /// The blobs of `ids` this writer did not store: a snapshot references
+    /// those itself, and the others through [`WriteStats::stored`].
+    pub fn not_stored<'a>(&'a self, ids: &'a [BlobId]) -> impl Iterator<Item = BlobId> + 'a {
+        ids.iter().copied().filter(|id| !self.stores(id))
     }
 
     /// Stores `plain` as a blob unless it is already stored, and returns its
