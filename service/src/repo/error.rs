@@ -143,6 +143,21 @@ pub enum RepoError {
         /// Which bound.
         reason: String,
     },
+    /// The file in `TMPDIR` that holds the tree packs read could not be
+    /// made, written or read.
+    #[error(
+        "{action} the tree packs kept in {} (TMPDIR must name a writable folder with room): {source}",
+        dir.display()
+    )]
+    TreeSpill {
+        /// What was being done.
+        action: &'static str,
+        /// The folder (`TMPDIR`).
+        dir: std::path::PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A blob is larger than its kind may be.
     #[error("a {kind:?} blob of {length} bytes is larger than the format allows ({max} bytes)")]
     BlobTooLarge {

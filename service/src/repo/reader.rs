@@ -5,8 +5,9 @@
 //! with one GET per run of nearby blobs; a restore that needs most of a pack
 //! reads the whole pack as it arrives, decrypting each segment once and
 //! holding one blob at a time. Trees live in packs
-//! of their own, which are read whole and kept in a small cache, so walking
-//! a snapshot's trees costs a few GETs.
+//! of their own, each read whole once and kept on local disk, sealed
+//! (module `spill`), so walking a snapshot's trees costs a few GETs and holds no
+//! pack in memory.
 //!
 //! Every tree returned is validated ([`Tree::validate`]), and one reader
 //! returns at most [`MAX_TREE_ENTRIES`] tree entries in all, so a forged
@@ -14,10 +15,12 @@
 //! instead of walking (and restoring) without end.
 
 mod many;
+mod spill;
 
 pub use many::{FetchedBlobs, ManyBlobs};
+use spill::{SpillWriter, TreeSpill};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,7 +46,7 @@ pub struct BlobReader {
     key: ChunkIdKey,
     index: Arc<Index>,
     headers: Arc<Mutex<HashMap<PackId, Bytes>>>,
-    tree_packs: Arc<Mutex<PackCache>>,
+    tree_packs: Arc<TreeSpill>,
     tree_entries: Arc<AtomicU64>,
     tree_entry_limit: u64,
 }
@@ -55,36 +58,8 @@ pub const MAX_TREE_ENTRIES: u64 = 10_000_000;
 /// How deep walkers of trees (`check`, `ls`, the drill) descend at most.
 pub const MAX_TREE_DEPTH: usize = 256;
 
-/// Bytes of decrypted tree packs kept in memory.
-const TREE_CACHE_BYTES: usize = 64 << 20;
 /// A partly fetched pack opened for decryption.
 type PackStream = age::stream::StreamReader<BufReader<SparseObject>>;
-
-/// Recently read packs' plaintexts, oldest first.
-#[derive(Default)]
-struct PackCache {
-    packs: VecDeque<(PackId, Arc<Vec<u8>>)>,
-    bytes: usize,
-}
-
-impl PackCache {
-    fn get(&self, id: &PackId) -> Option<Arc<Vec<u8>>> {
-        self.packs
-            .iter()
-            .find(|(p, _)| p == id)
-            .map(|(_, plain)| plain.clone())
-    }
-
-    fn insert(&mut self, id: PackId, plain: Arc<Vec<u8>>) {
-        self.bytes += plain.len();
-        self.packs.push_back((id, plain));
-        while self.bytes > TREE_CACHE_BYTES && self.packs.len() > 1 {
-            if let Some((_, old)) = self.packs.pop_front() {
-                self.bytes -= old.len();
-            }
-        }
-    }
-}
 
 impl std::fmt::Debug for BlobReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,8 +135,9 @@ impl BlobReader {
     pub async fn read(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let (location, info) = self.locate(id)?;
         if location.blob.kind == super::blob::BlobKind::Tree {
-            let plain = self.cached_pack(&location.pack).await?;
-            return self.blob_in(&location.pack, &plain, &location.blob);
+            return self
+                .read_spilled(&location.pack, &info, &location.blob)
+                .await;
         }
         let key = location.pack.key();
         let blob = location.blob;
@@ -188,21 +164,85 @@ impl BlobReader {
         .map_err(WorkerError::stopped("decrypting a blob"))?
     }
 
-    /// A whole pack's plaintext, from the cache or fetched and decrypted.
-    async fn cached_pack(&self, pack: &PackId) -> Result<Arc<Vec<u8>>, RepoError> {
-        if let Some(plain) = self.tree_packs.lock().ok().and_then(|c| c.get(pack)) {
-            return Ok(plain);
+    /// Reads a blob out of a tree pack, spilling the pack to disk first
+    /// when this reader has not yet.
+    async fn read_spilled(
+        &self,
+        pack: &PackId,
+        info: &PackInfo,
+        blob: &PackedBlob,
+    ) -> Result<Vec<u8>, RepoError> {
+        let spilled = self
+            .tree_packs
+            .get_or_fill(*pack, info.size, |writer| self.spill(*pack, writer))
+            .await?;
+        let (this, blob, key) = (self.clone(), *blob, pack.key());
+        tokio::task::spawn_blocking(move || {
+            let stored = spilled
+                .read(blob.range())
+                .ok_or_else(|| RepoError::Damaged {
+                    key: key.clone(),
+                    reason: format!("blob {} lies outside the pack", blob.id),
+                })??;
+            this.decode(&key, &stored, &blob)
+        })
+        .await
+        .map_err(WorkerError::stopped("reading a tree"))?
+    }
+
+    /// Fetches a whole pack and writes its plaintext with `writer` as it
+    /// arrives; a body cut off midway is fetched again whole, with the
+    /// store's retries.
+    async fn spill(&self, pack: PackId, mut writer: SpillWriter) -> Result<SpillWriter, RepoError> {
+        let body = self.store.get_reader(&pack.key()).await?;
+        let this = self.clone();
+        let (writer, streamed) = tokio::task::spawn_blocking(move || {
+            let streamed = this.decrypt_into(&pack.key(), body, &mut writer);
+            (writer, streamed)
+        })
+        .await
+        .map_err(WorkerError::stopped("spilling a pack"))?;
+        let Err(cut) = streamed else {
+            return Ok(writer);
+        };
+        tracing::debug!(pack = %pack, error = %cut, "reading a tree pack again whole");
+        let cipher = self.store.get(&pack.key()).await?;
+        let (this, mut writer) = (self.clone(), writer);
+        tokio::task::spawn_blocking(move || {
+            writer.restart();
+            this.decrypt_into(&pack.key(), &cipher[..], &mut writer)
+                .map(|()| writer)
+        })
+        .await
+        .map_err(WorkerError::stopped("spilling a pack"))?
+    }
+
+    /// Decrypts a whole pack from `cipher` into `writer` (blocking).
+    fn decrypt_into(
+        &self,
+        key: &str,
+        cipher: impl Read,
+        writer: &mut SpillWriter,
+    ) -> Result<(), RepoError> {
+        let mut stream = crypt::open(self.identity.age_identities(), cipher).map_err(|source| {
+            RepoError::Crypt {
+                key: key.into(),
+                source,
+            }
+        })?;
+        let mut buffer = vec![0; SEGMENT_PLAIN as usize];
+        loop {
+            let read = stream
+                .read(&mut buffer)
+                .map_err(|e| RepoError::Undecodable {
+                    key: key.into(),
+                    source: e.into(),
+                })?;
+            if read == 0 {
+                return Ok(());
+            }
+            writer.append(key, &mut buffer[..read])?;
         }
-        let cipher = self.fetch_pack(pack).await?;
-        let (this, id) = (self.clone(), *pack);
-        let plain = tokio::task::spawn_blocking(move || this.open_pack(&id, &cipher))
-            .await
-            .map_err(WorkerError::stopped("opening a pack"))??;
-        let plain = Arc::new(plain);
-        if let Ok(mut cache) = self.tree_packs.lock() {
-            cache.insert(*pack, plain.clone());
-        }
-        Ok(plain)
     }
 
     /// Decrypts and verifies one blob out of a partly fetched pack into

@@ -25,7 +25,7 @@ use serde::Serialize;
 pub use local::LocalStore;
 pub use s3::{CREDENTIAL_VARIABLES, S3Options, S3Store};
 pub use staged::Staged;
-pub(crate) use staged::TEMP_PREFIX;
+pub(crate) use staged::{TEMP_PREFIX, anonymous_file};
 
 /// An object's bytes, read as they arrive rather than held whole. Its reads
 /// block: use it off the async runtime (in `spawn_blocking`). A transfer

@@ -50,17 +50,7 @@ impl Staged {
     ///
     /// Fails when `dir` cannot hold a new file or `/proc` is not mounted.
     pub(super) fn anonymous_in(dir: &Path) -> io::Result<Self> {
-        use rustix::fs::{Mode, OFlags};
-        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-        let file = match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => File::from(fd),
-            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
-                let (path, file) = create_named(dir)?;
-                std::fs::remove_file(&path)?;
-                file
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let file = anonymous_file(dir)?;
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         std::fs::metadata(&path).map_err(|e| {
             io::Error::new(
@@ -108,6 +98,25 @@ impl Drop for Staged {
         if self.named {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Creates a new file in `dir` that has no name (`O_TMPFILE`, or a name
+/// removed at once where the file system lacks it), readable and writable
+/// by this user only; it is gone once closed.
+///
+/// Fails when `dir` cannot hold a new file.
+pub(crate) fn anonymous_file(dir: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
+            let (path, file) = create_named(dir)?;
+            std::fs::remove_file(&path)?;
+            Ok(file)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
