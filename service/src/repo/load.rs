@@ -86,7 +86,7 @@ async fn load_index(
                     // Never closed: no permit would only mean no limit.
                     let _decoding = decodes.acquire_owned().await.ok();
                     let file: IndexFile = tokio::task::spawn_blocking(move || {
-                        meta::open(&cipher, keys::sealed::Role::age_identities(&identity))
+                        meta::open(&cipher[..], keys::sealed::Role::age_identities(&identity))
                             .map_err(|e| e.at(&object.key))
                     })
                     .await

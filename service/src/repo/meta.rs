@@ -92,7 +92,7 @@ pub(crate) fn seal_into<'a, T: Serialize, W: std::io::Write>(
 /// streaming: besides `cipher`, only the parsed value is held (a snapshot
 /// of a million blobs is about 35 MB of ciphertext).
 pub(crate) fn open<'a, T: MetaObject>(
-    cipher: &[u8],
+    cipher: impl Read,
     identities: impl Iterator<Item = &'a dyn age::Identity>,
 ) -> Result<T, MetaError> {
     let payload = crypt::open(identities, cipher).map_err(MetaError::Crypt)?;
@@ -104,6 +104,79 @@ pub(crate) fn open<'a, T: MetaObject>(
     match payload.error {
         Some(damage) => Err(MetaError::Crypt(CryptError::DamagedPayload(damage))),
         None => parsed,
+    }
+}
+
+/// What [`open_named`] made of an object read as it arrives.
+pub(crate) enum Named<T> {
+    /// The bytes match the name: the object, or why it does not open.
+    Opened(Result<T, MetaError>),
+    /// The bytes do not match the name.
+    Misnamed,
+    /// The bytes stopped coming (a body cut off midway): read it again.
+    Cut(std::io::Error),
+}
+
+/// Opens a metadata object as [`open`] does, from its bytes as they arrive,
+/// hashing them on the way: the object counts only once every byte has
+/// come and they hash to `name`. Nothing is held whole, however long the
+/// object (a snapshot of a million blobs is about 35 MB of ciphertext); at
+/// most what a `T` can be is read.
+pub(crate) fn open_named<'a, T: MetaObject>(
+    cipher: impl Read,
+    name: &[u8; 32],
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
+) -> Named<T> {
+    let mut hashing = Hashing {
+        inner: cipher.take(largest_cipher(T::MAX_PLAIN)),
+        hasher: blake3::Hasher::new(),
+        failed: None,
+    };
+    let opened = open(&mut hashing, identities);
+    if hashing.failed.is_none() {
+        // Errors are kept in `hashing.failed`.
+        let _ = std::io::copy(&mut hashing, &mut std::io::sink());
+    }
+    if let Some(cut) = hashing.failed {
+        return Named::Cut(cut);
+    }
+    if hashing.hasher.finalize().as_bytes() == name {
+        Named::Opened(opened)
+    } else {
+        Named::Misnamed
+    }
+}
+
+/// The largest ciphertext of a plaintext of `plain` bytes: zstd adds a
+/// little to what does not compress, age 16 bytes a 64 KiB segment and a
+/// header.
+fn largest_cipher(plain: usize) -> u64 {
+    let plain = plain as u64;
+    plain + plain / 64 + (1 << 16)
+}
+
+/// A reader that hashes what passes through and keeps the first error of
+/// `inner`.
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    failed: Option<std::io::Error>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(read) => {
+                self.hasher.update(&buf[..read]);
+                Ok(read)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let passed = std::io::Error::new(e.kind(), e.to_string());
+                self.failed.get_or_insert(e);
+                Err(passed)
+            }
+        }
     }
 }
 
@@ -179,10 +252,15 @@ pub(crate) fn verify_name(key: &str, id: &[u8; 32], bytes: &[u8]) -> Result<(), 
     if &content_hash(bytes) == id {
         Ok(())
     } else {
-        Err(RepoError::Damaged {
-            key: key.into(),
-            reason: "its content does not match its name (BLAKE3)".into(),
-        })
+        Err(misnamed(key))
+    }
+}
+
+/// The error for object `key`, whose content does not match its name.
+pub(crate) fn misnamed(key: &str) -> RepoError {
+    RepoError::Damaged {
+        key: key.into(),
+        reason: "its content does not match its name (BLAKE3)".into(),
     }
 }
 
@@ -226,7 +304,7 @@ mod tests {
         )?;
         let identities = || std::iter::once(&identity as &dyn age::Identity);
         assert_eq!(
-            open::<Small>(&sealed, identities()).ok(),
+            open::<Small>(&sealed[..], identities()).ok(),
             Some(Small((0..200).collect()))
         );
 
@@ -238,6 +316,55 @@ mod tests {
             match open::<Small>(damaged, identities()) {
                 Err(MetaError::Crypt(CryptError::DamagedPayload(_))) => {}
                 other => anyhow::bail!("damage not named as such: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader that gives `bytes`, then fails as a reset connection does.
+    struct CutAfter<'a>(&'a [u8]);
+
+    impl Read for CutAfter<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::ErrorKind::ConnectionReset.into());
+            }
+            let read = self.0.read(buf)?;
+            Ok(read)
+        }
+    }
+
+    #[test]
+    fn an_object_read_as_it_arrives_counts_only_when_it_matches_its_name() -> anyhow::Result<()> {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        let value = Small((0..200).collect());
+        let sealed = seal(&value, std::iter::once(&recipient as &dyn age::Recipient))?;
+        let name = content_hash(&sealed);
+        let identities = || std::iter::once(&identity as &dyn age::Identity);
+
+        match open_named::<Small>(&sealed[..], &name, identities()) {
+            Named::Opened(Ok(opened)) => assert_eq!(opened, value),
+            _ => anyhow::bail!("a whole object did not open"),
+        }
+        let mut other_name = name;
+        other_name[0] ^= 1;
+        assert!(matches!(
+            open_named::<Small>(&sealed[..], &other_name, identities()),
+            Named::Misnamed
+        ));
+        let longer = [&sealed[..], b"trailing bytes"].concat();
+        assert!(
+            matches!(
+                open_named::<Small>(&longer[..], &name, identities()),
+                Named::Misnamed
+            ),
+            "bytes after the object are part of what the name binds"
+        );
+        for cut_at in [10, sealed.len() / 2, sealed.len() - 1, sealed.len()] {
+            match open_named::<Small>(CutAfter(&sealed[..cut_at]), &name, identities()) {
+                Named::Cut(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+                _ => anyhow::bail!("a body cut after {cut_at} bytes was not seen as cut"),
             }
         }
         Ok(())

@@ -213,9 +213,11 @@ impl Repository {
     /// index object is unreadable.
     pub async fn unlock<K: KeyRole>(self, identity: K) -> Result<UnlockedRepository<K>, RepoError> {
         let keys_cipher = self.store.get(KEYS_KEY).await?;
-        let keys: KeysObject =
-            meta::open(&keys_cipher, keys::sealed::Role::age_identities(&identity))
-                .map_err(|e| e.at(KEYS_KEY))?;
+        let keys: KeysObject = meta::open(
+            &keys_cipher[..],
+            keys::sealed::Role::age_identities(&identity),
+        )
+        .map_err(|e| e.at(KEYS_KEY))?;
         if keys.config_blake3 != blake3::hash(&self.config_bytes).to_hex().as_str() {
             return Err(RepoError::Damaged {
                 key: CONFIG_KEY.into(),

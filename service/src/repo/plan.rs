@@ -79,7 +79,7 @@ async fn read_plans_reporting(
             };
             let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
             meta::verify_name(&object.key, &id, &cipher)?;
-            meta::open(&cipher, identity.age_identities())
+            meta::open(&cipher[..], identity.age_identities())
                 .map(Some)
                 .map_err(|e| e.at(&object.key))
         };

@@ -35,7 +35,7 @@ pub(super) async fn plan_batch(
         };
         let tree = reader.read_tree(&sub).await?;
         if !plan.takes(&tree) {
-            // Laid out first in the next batch (its pack is still cached).
+            // Laid out first in the next batch (its pack is still spilled).
             queue.push((sub, dir, snapshot_dir));
             break;
         }
