@@ -80,8 +80,9 @@ impl TreeSpill {
     }
 
     /// Pack `id` as spilled, spilled first by `fill` (given a writer for at
-    /// most `bound` bytes, and handing it back once the pack is in) when it
-    /// is not yet. One pack is filled at a time, and each only once.
+    /// most `bound` bytes, and no more than one spill file holds, and
+    /// handing it back once the pack is in) when it is not yet. One pack is
+    /// filled at a time, and each only once.
     ///
     /// Fails when the spill file cannot be made, or as `fill` does.
     pub(super) async fn get_or_fill<F, Fut>(
@@ -98,6 +99,7 @@ impl TreeSpill {
         if let Some(pack) = spilled.packs.get(&id) {
             return Ok(pack.clone());
         }
+        let bound = bound.min(self.limit);
         let full = spilled.end.saturating_add(bound) > self.limit;
         let file = match &spilled.file {
             Some(file) if !full => file.clone(),
@@ -164,7 +166,7 @@ impl SpillWriter {
             return Err(RepoError::Damaged {
                 key: key.into(),
                 reason: format!(
-                    "its plaintext is longer than the {} bytes stored",
+                    "its plaintext is longer than its {} bytes as stored (or a tree pack can be)",
                     self.bound
                 ),
             });
@@ -283,6 +285,19 @@ mod tests {
             Some(vec![8; 30]),
             "pack 1 was forgotten with its file"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pack_is_bounded_by_what_one_file_holds() -> anyhow::Result<()> {
+        let spill_ = TreeSpill::with_limit(100);
+        let refused = spill_
+            .get_or_fill(pack(1), u64::MAX, |mut writer| async move {
+                writer.append("data/01", &mut [0; 101])?;
+                Ok(writer)
+            })
+            .await;
+        assert!(matches!(refused, Err(RepoError::Damaged { .. })));
         Ok(())
     }
 
