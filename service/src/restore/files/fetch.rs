@@ -81,10 +81,11 @@ pub(super) async fn fetch_data(
     progress: &Arc<RestoreProgress>,
     pace: &mut Pace,
 ) -> Result<Vec<(String, String)>, RestoreError> {
-    let mut by_pack: HashMap<PackId, Vec<BlobId>> = HashMap::new();
-    for blob in slots.blobs() {
+    // Each blob by where it lies in `slots`: 8 bytes where its id takes 32.
+    let mut by_pack: HashMap<PackId, Vec<usize>> = HashMap::new();
+    for (at, blob) in slots.blobs() {
         if let Some(location) = reader.index().get(&blob) {
-            by_pack.entry(location.pack).or_default().push(blob);
+            by_pack.entry(location.pack).or_default().push(at);
         }
     }
     let decoders = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
@@ -97,9 +98,10 @@ pub(super) async fn fetch_data(
     let mut packs = by_pack.into_iter();
     loop {
         while running.len() < decoders + pace.ahead(decoders) {
-            let Some((pack, blobs)) = packs.next() else {
+            let Some((pack, places)) = packs.next() else {
                 break;
             };
+            let blobs = places.iter().filter_map(|&at| slots.blob_at(at)).collect();
             let work = PackWork {
                 reader: reader.clone(),
                 outputs: outputs.clone(),

@@ -38,14 +38,20 @@ impl Slots {
             .map(|(_, slot)| slot)
     }
 
-    /// Each blob once.
-    pub(super) fn blobs(&self) -> impl Iterator<Item = BlobId> + '_ {
+    /// Each blob once, with where its first slot lies (for
+    /// [`Slots::blob_at`]).
+    pub(super) fn blobs(&self) -> impl Iterator<Item = (usize, BlobId)> + '_ {
         let placed = &self.placed;
         placed
             .iter()
             .enumerate()
             .filter(|&(at, (id, _))| at == 0 || placed[at - 1].0 != *id)
-            .map(|(_, (id, _))| *id)
+            .map(|(at, (id, _))| (at, *id))
+    }
+
+    /// The blob of the slot at `at`, as [`Slots::blobs`] gave it.
+    pub(super) fn blob_at(&self, at: usize) -> Option<BlobId> {
+        self.placed.get(at).map(|(id, _)| *id)
     }
 }
 
@@ -79,8 +85,10 @@ mod tests {
         assert_eq!(slots.of(&blob(9)).count(), 0);
         assert_eq!(
             slots.blobs().collect::<Vec<_>>(),
-            [blob(1), blob(2), blob(3)]
+            [(0, blob(1)), (1, blob(2)), (2, blob(3))]
         );
+        assert_eq!(slots.blob_at(2), Some(blob(3)));
+        assert_eq!(slots.blob_at(4), None);
         assert_eq!(slots.all().count(), 4);
     }
 }
