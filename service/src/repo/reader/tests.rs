@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
+
 use super::*;
 use crate::repo::DecodeError;
 use crate::repo::blob::BlobKind;
@@ -261,6 +263,117 @@ async fn read_tree_refuses_a_data_blob_and_stops_at_the_entry_limit() -> anyhow:
         limited.for_walk().read_tree(&etc).await?.entries.len(),
         2,
         "each walk counts afresh"
+    );
+    Ok(())
+}
+
+/// A store whose bodies read as they arrive stop halfway with a reset
+/// connection, as a lossy network cuts them; whole reads (with the store's
+/// retries) come through and are counted.
+#[derive(Debug)]
+struct CutBodies {
+    inner: Arc<dyn ObjectStore>,
+    whole_reads: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for CutBodies {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+    fn has_conditional_create(&self) -> bool {
+        self.inner.has_conditional_create()
+    }
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.inner.put_new(key, data).await
+    }
+    fn stage(&self) -> Result<crate::storage::Staged, StorageError> {
+        self.inner.stage()
+    }
+    async fn put_staged(
+        &self,
+        key: &str,
+        staged: crate::storage::Staged,
+    ) -> Result<(), StorageError> {
+        self.inner.put_staged(key, staged).await
+    }
+    async fn size(&self, key: &str) -> Result<u64, StorageError> {
+        self.inner.size(key).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.whole_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.get(key).await
+    }
+    async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let bytes = self.inner.get(key).await?;
+        let half = bytes.slice(..bytes.len() / 2);
+        let reset = std::io::Cursor::new(half).chain(ResetReader);
+        Ok(Box::new(reset))
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectInfo>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn sweep_leftovers(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<crate::storage::Swept, StorageError> {
+        self.inner.sweep_leftovers(older_than).await
+    }
+}
+
+/// A reader whose connection was reset.
+struct ResetReader;
+
+impl Read for ResetReader {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::ConnectionReset.into())
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_or_tree_pack_cut_off_midway_is_read_again_whole() -> anyhow::Result<()> {
+    let repo = TestRepo::new().await?;
+    let written = write_snapshot(&repo.as_service().await?, "home", &files()).await?;
+    let cut = Arc::new(CutBodies {
+        inner: repo.store().clone(),
+        whole_reads: AtomicU64::new(0),
+    });
+    let key = RestoreIdentity::from_file(repo.restore_key(), None)?;
+    let restore = crate::repo::Repository::open(cut.clone())
+        .await?
+        .unlock(key)
+        .await?;
+    let before = cut.whole_reads.load(Ordering::Relaxed);
+
+    assert_eq!(restore.read_snapshot(written.id).await?, written.snapshot);
+    let reader = restore.reader();
+    let root = reader.read_tree(&written.snapshot.root).await?;
+    let names: Vec<_> = root.entries.iter().map(|n| n.name.display()).collect();
+    assert_eq!(names, ["etc", "notes.txt"]);
+    let etc = written
+        .trees
+        .get("etc")
+        .context("the snapshot has no etc")?;
+    let etc = reader.read_tree(etc).await?;
+    assert_eq!(
+        etc.entries.len(),
+        2,
+        "the tree pack is read again from disk"
+    );
+    assert_eq!(
+        cut.whole_reads.load(Ordering::Relaxed) - before,
+        2,
+        "the snapshot and the tree pack, each read again whole once"
     );
     Ok(())
 }
