@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::id::IndexId;
 use super::index::{Index, IndexFile};
-use super::keys::{self, KeyRole};
+use super::keys::KeyRole;
 use super::read_budget::{READ_BUDGET_BYTES, ReadBudget};
 use super::{RepoError, meta, object_id, plan};
 use crate::errors::WorkerError;
@@ -15,12 +15,14 @@ use crate::storage::{ObjectStore, StorageError};
 /// was being read (a prune replaced it).
 const INDEX_RELOADS: usize = 5;
 
-/// Index objects fetched at once at most (each an answer's latency on S3);
-/// fewer when they are large ([`ReadBudget`]).
+/// Index objects whose answers are open at once at most (each an answer's
+/// delay on S3, paid while others are read): fewer when they are large
+/// ([`ReadBudget`], for a body cut off midway, which is read again whole).
+/// A body is read only once a decoder is free, as it arrives.
 const INDEX_FETCHES: usize = 8;
 
-/// Index objects decoded at once: each holds its whole JSON while it is
-/// parsed, tens of megabytes for an index object of a big backup.
+/// Index objects decoded at once: each holds its parsed listing until it
+/// joins the index, tens of megabytes for an index object of a big backup.
 const INDEX_DECODES: usize = 2;
 
 /// Reads the prune plans, then every index object, and marks the packs the
@@ -81,16 +83,10 @@ async fn load_index(
                 let read = async move {
                     let id = object_id::<IndexId>(&object.key, "index/")?;
                     let _held = budget.hold(object.size).await;
-                    let cipher = store.get(&object.key).await?;
-                    meta::verify_name(&object.key, id.as_bytes(), &cipher)?;
+                    let body = meta::NamedBody::open(&store, &object.key, *id.as_bytes()).await?;
                     // Never closed: no permit would only mean no limit.
                     let _decoding = decodes.acquire_owned().await.ok();
-                    let file: IndexFile = tokio::task::spawn_blocking(move || {
-                        meta::open(&cipher[..], keys::sealed::Role::age_identities(&identity))
-                            .map_err(|e| e.at(&object.key))
-                    })
-                    .await
-                    .map_err(WorkerError::stopped("opening an index object"))??;
+                    let file: IndexFile = body.read(&store, &identity).await?;
                     Ok::<_, RepoError>((id, file))
                 };
                 (key, read.await)

@@ -6,13 +6,17 @@
 //! [`MetaObject::validate`] before anyone uses it.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::crypt::{self, CryptError};
 use super::id::content_hash;
+use super::keys::{self, KeyRole};
 use super::{DecodeError, RepoError};
+use crate::errors::WorkerError;
+use crate::storage::{ObjectReader, ObjectStore};
 
 /// Failure to open a metadata object, before it is tied to its key.
 #[derive(Debug)]
@@ -145,6 +149,82 @@ pub(crate) fn open_named<'a, T: MetaObject>(
     } else {
         Named::Misnamed
     }
+}
+
+/// A metadata object's answer, opened (its delay paid) but not yet read.
+pub(crate) struct NamedBody {
+    key: String,
+    name: [u8; 32],
+    body: ObjectReader,
+}
+
+impl NamedBody {
+    /// Opens object `key`, whose name is the BLAKE3 hash `name` of its bytes.
+    ///
+    /// Fails when the object is missing or the store does not answer.
+    pub(crate) async fn open(
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        name: [u8; 32],
+    ) -> Result<Self, RepoError> {
+        Ok(Self {
+            key: key.to_owned(),
+            name,
+            body: store.get_reader(key).await?,
+        })
+    }
+
+    /// Reads and opens the object with `identity` as its bytes arrive
+    /// ([`open_named`]); a body cut off midway is read again whole from
+    /// `store`, with the store's retries.
+    ///
+    /// Fails when the bytes do not match the name or do not open.
+    pub(crate) async fn read<T: MetaObject + Send + 'static>(
+        self,
+        store: &Arc<dyn ObjectStore>,
+        identity: &impl KeyRole,
+    ) -> Result<T, RepoError> {
+        let Self { key, name, body } = self;
+        let opener = identity.clone();
+        let streamed = tokio::task::spawn_blocking(move || {
+            open_named(body, &name, keys::sealed::Role::age_identities(&opener))
+        })
+        .await
+        .map_err(WorkerError::stopped("reading a metadata object"))?;
+        match streamed {
+            Named::Opened(opened) => opened.map_err(|e| e.at(&key)),
+            Named::Misnamed => Err(misnamed(&key)),
+            Named::Cut(cut) => {
+                tracing::debug!(%key, error = %cut, "reading an object again whole");
+                let cipher = store.get(&key).await?;
+                verify_name(&key, &name, &cipher)?;
+                let opener = identity.clone();
+                tokio::task::spawn_blocking(move || {
+                    open(&cipher[..], keys::sealed::Role::age_identities(&opener))
+                        .map_err(|e| e.at(&key))
+                })
+                .await
+                .map_err(WorkerError::stopped("reading a metadata object"))?
+            }
+        }
+    }
+}
+
+/// Reads object `key`, whose name is the BLAKE3 hash `name` of its bytes,
+/// as [`NamedBody::read`] does.
+///
+/// Fails when the object is missing, does not match its name, or does not
+/// open.
+pub(crate) async fn read_named<T: MetaObject + Send + 'static>(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    name: [u8; 32],
+    identity: &impl KeyRole,
+) -> Result<T, RepoError> {
+    NamedBody::open(store, key, name)
+        .await?
+        .read(store, identity)
+        .await
 }
 
 /// The largest ciphertext of a plaintext of `plain` bytes: zstd adds a

@@ -70,18 +70,14 @@ async fn read_plans_reporting(
     let mut problems = Vec::new();
     for object in store.list(PLAN_PREFIX).await? {
         let read = async {
-            let cipher = match store.get(&object.key).await {
-                Ok(cipher) => cipher,
+            let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
+            match meta::read_named(store, &object.key, id, identity).await {
+                Ok(plan) => Ok(Some(plan)),
                 // Deleted since the listing: a prune finished it, after its
                 // packs and the index objects listing them.
-                Err(StorageError::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let id: [u8; 32] = *object_id::<IndexId>(&object.key, PLAN_PREFIX)?.as_bytes();
-            meta::verify_name(&object.key, &id, &cipher)?;
-            meta::open(&cipher[..], identity.age_identities())
-                .map(Some)
-                .map_err(|e| e.at(&object.key))
+                Err(RepoError::Storage(StorageError::NotFound { .. })) => Ok(None),
+                Err(e) => Err(e),
+            }
         };
         match read.await {
             Ok(Some(plan)) => plans.push((object.key, plan)),

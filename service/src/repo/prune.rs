@@ -270,9 +270,8 @@ async fn rewrite_indexes(
             continue;
         }
         let key = index_id.key();
-        let cipher = store.get(&key).await?;
         let mut file: IndexFile =
-            meta::open(&cipher[..], repo.metadata_identities()).map_err(|e| e.at(&key))?;
+            meta::read_named(store, &key, *index_id.as_bytes(), &repo.identity).await?;
         file.packs.retain(|p| !doomed.contains(&p.id));
         if !file.packs.is_empty() {
             super::writer::write_index(store.as_ref(), repo.repository().recipients(), &file.packs)

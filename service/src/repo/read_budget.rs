@@ -2,6 +2,8 @@
 //! read in parallel (a listing's snapshots, the index at unlock): small
 //! objects are read many at a time, a large one (a snapshot of a million
 //! blobs is about 35 MB) alone, so memory does not grow with their number.
+//! Objects are parsed as they arrive, so a read holds its bytes only when
+//! its body was cut off midway and is read again whole.
 
 use std::sync::Arc;
 

@@ -14,7 +14,6 @@ use super::pack_file::PackFile;
 use super::read_budget::{READ_BUDGET_BYTES, ReadBudget};
 use super::snapshot::{Snapshot, SnapshotEntry, SnapshotHeader};
 use super::{Fingerprint, RepoError, Repository, meta, object_id, plan, put, reader, writer};
-use crate::errors::WorkerError;
 use crate::storage::StorageError;
 
 /// A repository whose keys and index are loaded, unlocked with a key of
@@ -154,12 +153,6 @@ impl<K: KeyRole> UnlockedRepository<K> {
     /// Whether the restore key unlocked it (so packs can be read).
     pub fn can_read_data(&self) -> bool {
         keys::sealed::Role::restore_identity(&self.identity).is_some()
-    }
-
-    /// The identities, for opening metadata objects (index, snapshots,
-    /// prune plans).
-    pub(super) fn metadata_identities(&self) -> Box<dyn Iterator<Item = &dyn age::Identity> + '_> {
-        keys::sealed::Role::age_identities(&self.identity)
     }
 
     /// A reader of data when the key is the restore key, for what reads
@@ -302,30 +295,12 @@ impl<K: KeyRole> UnlockedRepository<K> {
     }
 
     /// Reads one snapshot whole or without its reference list, parsed as
-    /// its bytes arrive (see [`meta::open_named`]); a body cut off midway
-    /// is read again whole, with the store's retries.
+    /// its bytes arrive ([`meta::read_named`]).
     async fn read_snapshot_as<T: meta::MetaObject + Send + 'static>(
         &self,
         id: SnapshotId,
     ) -> Result<T, RepoError> {
-        let key = id.key();
-        let body = self.repo.store.get_reader(&key).await?;
-        let this = self.clone();
-        let streamed = tokio::task::spawn_blocking(move || {
-            meta::open_named(body, id.as_bytes(), this.metadata_identities())
-        })
-        .await
-        .map_err(WorkerError::stopped("reading a snapshot"))?;
-        match streamed {
-            meta::Named::Opened(opened) => opened.map_err(|e| e.at(&key)),
-            meta::Named::Misnamed => Err(meta::misnamed(&key)),
-            meta::Named::Cut(cut) => {
-                tracing::debug!(%key, error = %cut, "reading a snapshot again whole");
-                let cipher = self.repo.store.get(&key).await?;
-                meta::verify_name(&key, id.as_bytes(), &cipher)?;
-                meta::open(&cipher[..], self.metadata_identities()).map_err(|e| e.at(&key))
-            }
-        }
+        meta::read_named(&self.repo.store, &id.key(), *id.as_bytes(), &self.identity).await
     }
 
     /// Finds a snapshot by `latest`, `latest:JOB` or an id prefix.

@@ -269,11 +269,20 @@ async fn read_tree_refuses_a_data_blob_and_stops_at_the_entry_limit() -> anyhow:
 
 /// A store whose bodies read as they arrive stop halfway with a reset
 /// connection, as a lossy network cuts them; whole reads (with the store's
-/// retries) come through and are counted.
+/// retries) come through and are noted.
 #[derive(Debug)]
 struct CutBodies {
     inner: Arc<dyn ObjectStore>,
-    whole_reads: AtomicU64,
+    whole_reads: Mutex<Vec<String>>,
+}
+
+impl CutBodies {
+    fn whole_reads(&self) -> Vec<String> {
+        self.whole_reads
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[async_trait::async_trait]
@@ -301,7 +310,9 @@ impl ObjectStore for CutBodies {
         self.inner.size(key).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        self.whole_reads.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut reads) = self.whole_reads.lock() {
+            reads.push(key.to_owned());
+        }
         self.inner.get(key).await
     }
     async fn get_reader(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -341,19 +352,31 @@ impl Read for ResetReader {
 }
 
 #[tokio::test]
-async fn a_snapshot_or_tree_pack_cut_off_midway_is_read_again_whole() -> anyhow::Result<()> {
+async fn metadata_and_tree_packs_cut_off_midway_are_read_again_whole() -> anyhow::Result<()> {
     let repo = TestRepo::new().await?;
     let written = write_snapshot(&repo.as_service().await?, "home", &files()).await?;
     let cut = Arc::new(CutBodies {
         inner: repo.store().clone(),
-        whole_reads: AtomicU64::new(0),
+        whole_reads: Mutex::default(),
     });
     let key = RestoreIdentity::from_file(repo.restore_key(), None)?;
     let restore = crate::repo::Repository::open(cut.clone())
         .await?
         .unlock(key)
         .await?;
-    let before = cut.whole_reads.load(Ordering::Relaxed);
+    let index_objects = repo.keys("index/").await?;
+    assert!(!index_objects.is_empty());
+    for object in &index_objects {
+        assert!(
+            cut.whole_reads().contains(object),
+            "{object} was not read again"
+        );
+    }
+    assert_eq!(
+        restore.index().blob_count() as u64,
+        written.stats.blobs_added
+    );
+    let before = cut.whole_reads().len();
 
     assert_eq!(restore.read_snapshot(written.id).await?, written.snapshot);
     let reader = restore.reader();
@@ -370,10 +393,12 @@ async fn a_snapshot_or_tree_pack_cut_off_midway_is_read_again_whole() -> anyhow:
         2,
         "the tree pack is read again from disk"
     );
+    let again = cut.whole_reads().split_off(before);
     assert_eq!(
-        cut.whole_reads.load(Ordering::Relaxed) - before,
+        again.len(),
         2,
-        "the snapshot and the tree pack, each read again whole once"
+        "the snapshot and the tree pack, each read again whole once: {again:?}"
     );
+    assert_eq!(again[0], written.id.key());
     Ok(())
 }
