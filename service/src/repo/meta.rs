@@ -3,7 +3,10 @@
 //!
 //! Opening one is bounded: its JSON is decompressed up to the kind's
 //! [`MetaObject::MAX_PLAIN`] only, and the parsed value is checked with
-//! [`MetaObject::validate`] before anyone uses it.
+//! [`MetaObject::validate`] before anyone uses it. An object named by the
+//! hash of its bytes (index, snapshot, prune plan) is read from its store
+//! as it arrives ([`NamedBody`]) and counts only once all of it matches
+//! its name.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -92,9 +95,8 @@ pub(crate) fn seal_into<'a, T: Serialize, W: std::io::Write>(
     sealed.finish().map_err(CryptError::EncryptStream)
 }
 
-/// Decrypts, decompresses, parses and validates a metadata object, all
-/// streaming: besides `cipher`, only the parsed value is held (a snapshot
-/// of a million blobs is about 35 MB of ciphertext).
+/// Decrypts, decompresses, parses and validates a metadata object from
+/// `cipher`, all streaming: only the parsed value is held.
 pub(crate) fn open<'a, T: MetaObject>(
     cipher: impl Read,
     identities: impl Iterator<Item = &'a dyn age::Identity>,
