@@ -202,8 +202,11 @@ impl BlobReader {
         })
         .await
         .map_err(WorkerError::stopped("spilling a pack"))?;
-        let Err(cut) = streamed else {
-            return Ok(writer);
+        let cut = match streamed {
+            Ok(()) => return Ok(writer),
+            // The local file failed, not the store: reading again won't help.
+            Err(local @ RepoError::TreeSpill { .. }) => return Err(local),
+            Err(cut) => cut,
         };
         tracing::debug!(pack = %pack, error = %cut, "reading a tree pack again whole");
         let cipher = self.store.get(&pack.key()).await?;
@@ -232,12 +235,16 @@ impl BlobReader {
         })?;
         let mut buffer = vec![0; SEGMENT_PLAIN as usize];
         loop {
-            let read = stream
-                .read(&mut buffer)
-                .map_err(|e| RepoError::Undecodable {
-                    key: key.into(),
-                    source: e.into(),
-                })?;
+            let read = match stream.read(&mut buffer) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(RepoError::Undecodable {
+                        key: key.into(),
+                        source: e.into(),
+                    });
+                }
+            };
             if read == 0 {
                 return Ok(());
             }
