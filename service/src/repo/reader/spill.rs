@@ -25,8 +25,9 @@ use zeroize::Zeroizing;
 use crate::repo::RepoError;
 use crate::repo::id::PackId;
 
-/// Bytes of tree packs one spill file holds before a new one starts: the
-/// trees of ten million files at the default chunk size.
+/// Bytes of tree packs one spill file holds before a new one starts:
+/// twice the trees of ten million small files (a million took 52.5 MB),
+/// the most one walk may read ([`super::MAX_TREE_ENTRIES`]).
 const SPILL_BYTES: u64 = 1 << 30;
 
 /// The tree packs a reader (and its clones) spilled to disk.
