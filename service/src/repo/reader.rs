@@ -180,10 +180,7 @@ impl BlobReader {
         tokio::task::spawn_blocking(move || {
             let stored = spilled
                 .read(blob.range())
-                .ok_or_else(|| RepoError::Damaged {
-                    key: key.clone(),
-                    reason: format!("blob {} lies outside the pack", blob.id),
-                })??;
+                .ok_or_else(|| outside(&key, &blob))??;
             this.decode(&key, &stored, &blob)
         })
         .await
@@ -383,10 +380,7 @@ impl BlobReader {
             .ok()
             .zip(usize::try_from(range.end).ok())
             .and_then(|(start, end)| plain.get(start..end))
-            .ok_or_else(|| RepoError::Damaged {
-                key: key.clone(),
-                reason: format!("blob {} lies outside the pack", blob.id),
-            })?;
+            .ok_or_else(|| outside(&key, blob))?;
         self.decode(&key, stored, blob)
     }
 
@@ -450,6 +444,13 @@ fn mismatch(key: &str, blob: &PackedBlob) -> RepoError {
     RepoError::Damaged {
         key: key.into(),
         reason: format!("blob {} does not match its id", blob.id),
+    }
+}
+
+fn outside(key: &str, blob: &PackedBlob) -> RepoError {
+    RepoError::Damaged {
+        key: key.into(),
+        reason: format!("blob {} lies outside the pack", blob.id),
     }
 }
 
