@@ -133,20 +133,22 @@ pub(crate) fn open_named<'a, T: MetaObject>(
     name: &[u8; 32],
     identities: impl Iterator<Item = &'a dyn age::Identity>,
 ) -> Named<T> {
-    let mut hashing = Hashing {
-        inner: cipher.take(largest_cipher(T::MAX_PLAIN)),
-        hasher: blake3::Hasher::new(),
-        failed: None,
+    let mut watched = Watched {
+        inner: Hashed {
+            inner: cipher.take(largest_cipher(T::MAX_PLAIN)),
+            hasher: blake3::Hasher::new(),
+        },
+        error: None,
     };
-    let opened = open(&mut hashing, identities);
-    if hashing.failed.is_none() {
-        // Errors are kept in `hashing.failed`.
-        let _ = std::io::copy(&mut hashing, &mut std::io::sink());
+    let opened = open(&mut watched, identities);
+    if watched.error.is_none() {
+        // Errors are kept in `watched.error`.
+        let _ = std::io::copy(&mut watched, &mut std::io::sink());
     }
-    if let Some(cut) = hashing.failed {
+    if let Some(cut) = watched.error {
         return Named::Cut(cut);
     }
-    if hashing.hasher.finalize().as_bytes() == name {
+    if watched.inner.hasher.finalize().as_bytes() == name {
         Named::Opened(opened)
     } else {
         Named::Misnamed
@@ -187,29 +189,38 @@ impl NamedBody {
         identity: &impl KeyRole,
     ) -> Result<T, RepoError> {
         let Self { key, name, body } = self;
-        let opener = identity.clone();
-        let streamed = tokio::task::spawn_blocking(move || {
-            open_named(body, &name, keys::sealed::Role::age_identities(&opener))
-        })
-        .await
-        .map_err(WorkerError::stopped("reading a metadata object"))?;
-        match streamed {
-            Named::Opened(opened) => opened.map_err(|e| e.at(&key)),
-            Named::Misnamed => Err(misnamed(&key)),
+        let named = match open_blocking(body, name, identity).await? {
             Named::Cut(cut) => {
                 tracing::debug!(%key, error = %cut, "reading an object again whole");
                 let cipher = store.get(&key).await?;
-                verify_name(&key, &name, &cipher)?;
-                let opener = identity.clone();
-                tokio::task::spawn_blocking(move || {
-                    open(&cipher[..], keys::sealed::Role::age_identities(&opener))
-                        .map_err(|e| e.at(&key))
-                })
-                .await
-                .map_err(WorkerError::stopped("reading a metadata object"))?
+                open_blocking(std::io::Cursor::new(cipher), name, identity).await?
             }
+            named => named,
+        };
+        match named {
+            Named::Opened(opened) => opened.map_err(|e| e.at(&key)),
+            Named::Misnamed => Err(misnamed(&key)),
+            // Bytes held whole are never cut off.
+            Named::Cut(cut) => Err(RepoError::Undecodable {
+                key,
+                source: DecodeError::Read(cut),
+            }),
         }
     }
+}
+
+/// [`open_named`] on the blocking pool.
+async fn open_blocking<T: MetaObject + Send + 'static>(
+    cipher: impl Read + Send + 'static,
+    name: [u8; 32],
+    identity: &impl KeyRole,
+) -> Result<Named<T>, RepoError> {
+    let identity = identity.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        open_named(cipher, &name, keys::sealed::Role::age_identities(&identity))
+    })
+    .await
+    .map_err(WorkerError::stopped("reading a metadata object"))?)
 }
 
 /// Reads object `key`, whose name is the BLAKE3 hash `name` of its bytes,
@@ -237,28 +248,17 @@ fn largest_cipher(plain: usize) -> u64 {
     plain + plain / 64 + (1 << 16)
 }
 
-/// A reader that hashes what passes through and keeps the first error of
-/// `inner`.
-struct Hashing<R> {
+/// A reader that hashes what passes through.
+struct Hashed<R> {
     inner: R,
     hasher: blake3::Hasher,
-    failed: Option<std::io::Error>,
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self.inner.read(buf) {
-            Ok(read) => {
-                self.hasher.update(&buf[..read]);
-                Ok(read)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
-            Err(e) => {
-                let passed = std::io::Error::new(e.kind(), e.to_string());
-                self.failed.get_or_insert(e);
-                Err(passed)
-            }
-        }
+        let read = self.inner.read(buf)?;
+        self.hasher.update(&buf[..read]);
+        Ok(read)
     }
 }
 
@@ -287,8 +287,9 @@ pub(crate) fn parse<T: MetaObject>(packed: impl Read) -> Result<T, MetaError> {
 }
 
 /// A reader that keeps the first error of `inner` (age's, for a damaged
-/// payload) and passes a copy on, so that the error can be told from the
-/// decompressor's or the parser's afterwards.
+/// payload; the store's, for a body cut off) and passes a copy on, so that
+/// the error can be told from the decompressor's or the parser's
+/// afterwards. An interrupted read is no error: it is passed on to retry.
 struct Watched<R> {
     inner: R,
     error: Option<std::io::Error>,
@@ -297,6 +298,9 @@ struct Watched<R> {
 impl<R: Read> Read for Watched<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.inner.read(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return e;
+            }
             let passed = std::io::Error::new(e.kind(), e.to_string());
             self.error.get_or_insert(e);
             passed
